@@ -1,0 +1,1 @@
+"""The shipped demo model: procedural scenes, training script, weights."""
