@@ -1,0 +1,112 @@
+"""What the engine needs from a model family, and nothing more.
+
+An adapter encodes prompts once per call and, for each batch of views, gives the UNet the keyword
+arguments that condition it (text embeddings; for SDXL also pooled embeddings and per-view time
+ids). Guidance, views, fusion and the scheduler are the engine's, shared by every family.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..fusion import Job
+from ..vae import vae_scale_factor
+
+__all__ = ["Conditioning", "ModelAdapter"]
+
+
+@dataclass
+class Conditioning:
+    """Encoded prompts: for each named input a tensor (P, B, ...) for P prompt slots and B images.
+
+    ``negative`` is None when classifier-free guidance is off.
+    """
+
+    positive: dict[str, torch.Tensor]
+    negative: dict[str, torch.Tensor] | None
+    _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def num_slots(self) -> int:
+        return next(iter(self.positive.values())).shape[0]
+
+    @property
+    def batch(self) -> int:
+        return next(iter(self.positive.values())).shape[1]
+
+    def gather(self, name: str, prompts: Sequence[int]) -> torch.Tensor:
+        """Input ``name`` for jobs with these prompt slots: (k*B, ...) or, with guidance,
+        (2*k*B, ...) with all negatives first; cached, since the same groups recur every step."""
+        key = (name, tuple(prompts))
+        if key not in self._cache:
+            pos = torch.cat([self.positive[name][p] for p in prompts])
+            if self.negative is not None:
+                pos = torch.cat([torch.cat([self.negative[name][p] for p in prompts]), pos])
+            self._cache[key] = pos
+        return self._cache[key]
+
+
+class ModelAdapter:
+    """Base adapter: the parts shared by Stable Diffusion families (UNet + VAE + scheduler)."""
+
+    family = "base"
+
+    def __init__(self, pipe: Any):
+        self.pipe = pipe
+
+    @property
+    def unet(self) -> torch.nn.Module:
+        return self.pipe.unet
+
+    @property
+    def vae(self) -> torch.nn.Module:
+        return self.pipe.vae
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return vae_scale_factor(self.vae)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.unet.config.in_channels
+
+    @property
+    def native_latent_size(self) -> tuple[int, int]:
+        """The UNet's training size in latent pixels (height, width): the default window."""
+        size = self.unet.config.sample_size
+        return (size[0], size[1]) if isinstance(size, (list, tuple)) else (size, size)
+
+    @property
+    def prediction_type(self) -> str:
+        return self.pipe.scheduler.config.get("prediction_type", "epsilon")
+
+    def encode(
+        self,
+        prompts: Sequence[Sequence[str]],
+        negatives: Sequence[Sequence[str]],
+        num_images: int,
+        guidance: bool,
+    ) -> Conditioning:
+        """Encode P prompt slots of B' prompts each (and their negatives) for ``num_images`` each."""
+        raise NotImplementedError
+
+    def unet_kwargs(self, cond: Conditioning, jobs: Sequence[Job], canvas: tuple[int, int]) -> dict[str, Any]:
+        """Keyword arguments of the UNet call for a batch of jobs (``canvas`` in latent pixels)."""
+        raise NotImplementedError
+
+
+def split_slots(flat: torch.Tensor, slots: int) -> torch.Tensor:
+    """(P*B, ...) as returned by a pipeline's ``encode_prompt`` to (P, B, ...)."""
+    return flat.reshape(slots, flat.shape[0] // slots, *flat.shape[1:])

@@ -1,0 +1,203 @@
+"""Finding and loading a model: the shipped demo, a Hugging Face repo id, a diffusers folder, or a
+single checkpoint file (.safetensors; pickle formats only when asked for).
+
+Errors are ``ModelNotFoundError`` (a ``ValueError``) with one message that says how to get the
+model, instead of a hub traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "DEMO_MODEL_DIR",
+    "ModelNotFoundError",
+    "checkpoint_family",
+    "default_device",
+    "default_dtype",
+    "load_pipeline",
+]
+
+DEMO_MODEL_DIR = Path(__file__).parent / "demo" / "model"
+PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
+SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+
+
+class ModelNotFoundError(ValueError):
+    """The model can't be found or loaded; the message says how to get it."""
+
+
+def default_device() -> torch.device:
+    """CUDA if present, then Apple's MPS, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def default_dtype(device: torch.device | str) -> torch.dtype:
+    """float16 on accelerators, float32 on the CPU (half precision is slow or missing there)."""
+    return torch.float32 if torch.device(device).type == "cpu" else torch.float16
+
+
+def checkpoint_family(path: str | Path) -> str:
+    """'sdxl', 'sd2' or 'sd1' from the tensor names of an original-format (A1111 / CompVis) checkpoint."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+    else:  # pickle: only reached with allow_pickle=True
+        state = torch.load(str(path), map_location="cpu", weights_only=False)
+        keys = list(state.get("state_dict", state).keys())
+    if any(k.startswith("conditioner.embedders.1") for k in keys):
+        return "sdxl"
+    if any(k.startswith("cond_stage_model.model.") for k in keys):
+        return "sd2"
+    if any(k.startswith("cond_stage_model.transformer.") for k in keys):
+        return "sd1"
+    raise ModelNotFoundError(
+        f"{path} is not a Stable Diffusion checkpoint: it has no text encoder weights "
+        "(expected cond_stage_model.* or conditioner.embedders.*)"
+    )
+
+
+def _how_to_get(model: str) -> str:
+    return (
+        f"model {model!r} is not in the local Hugging Face cache and could not be downloaded. "
+        f"On a machine with network run `hf download {model}` (or `huggingface-cli download {model}`) "
+        "and copy the cache (~/.cache/huggingface), or pass a local diffusers folder or a .safetensors "
+        "checkpoint; `--model demo` runs offline"
+    )
+
+
+def _pipeline_class(name: str):
+    import diffusers
+
+    if name not in SUPPORTED_PIPELINES:
+        raise ModelNotFoundError(
+            f"model is a {name}; multidiffusion supports the Stable Diffusion family "
+            f"({', '.join(SUPPORTED_PIPELINES)}) and their fine-tunes"
+        )
+    return getattr(diffusers, name)
+
+
+def _load_folder(folder: Path, allow_pickle: bool, **kwargs: Any):
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise ModelNotFoundError(f"{folder} is not a diffusers model folder: it has no model_index.json")
+    cls = _pipeline_class(json.loads(index.read_text()).get("_class_name", "?"))
+    has_safetensors = any(folder.glob("*/*.safetensors"))
+    if not has_safetensors and not allow_pickle:
+        raise ModelNotFoundError(
+            f"{folder} holds pickle weights only (.bin), which can run code when loaded; convert them to "
+            ".safetensors or pass allow_pickle=True (--allow-pickle) if you trust the source"
+        )
+    return cls.from_pretrained(str(folder), use_safetensors=has_safetensors, **kwargs)
+
+
+def _load_file(path: Path, allow_pickle: bool, config: str | None, **kwargs: Any):
+    if path.suffix in PICKLE_SUFFIXES and not allow_pickle:
+        raise ModelNotFoundError(
+            f"{path.name} is a pickle checkpoint, which can run arbitrary code when loaded; convert it to "
+            ".safetensors or pass allow_pickle=True (--allow-pickle) if you trust the source"
+        )
+    if path.suffix != ".safetensors" and path.suffix not in PICKLE_SUFFIXES:
+        raise ModelNotFoundError(f"model file must be a .safetensors checkpoint, got {path.name}")
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    family = checkpoint_family(path)
+    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    if config is not None:
+        kwargs["config"] = config
+    try:
+        return cls.from_single_file(str(path), **kwargs)
+    except (OSError, ValueError) as exc:
+        if config is None and ("connect" in str(exc).lower() or "cache" in str(exc).lower()):
+            raise ModelNotFoundError(
+                f"{path.name} is a single-file {family.upper()} checkpoint; building it needs the model's "
+                "configuration, which is not in the local Hugging Face cache. Pass config= (a diffusers "
+                "folder or cached repo id of the same architecture, e.g. the base model it was fine-tuned "
+                "from; --config on the command line)"
+            ) from None
+        raise
+
+
+def _dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """diffusers renamed ``torch_dtype`` to ``dtype`` (0.36); pass the name this version expects."""
+    from diffusers.utils import deprecation_utils
+
+    return {"dtype": dtype} if hasattr(deprecation_utils, "_resolve_dtype") else {"torch_dtype": dtype}
+
+
+def load_pipeline(
+    model: str | os.PathLike,
+    *,
+    torch_dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    allow_pickle: bool = False,
+    config: str | None = None,
+    **kwargs: Any,
+):
+    """A diffusers pipeline for ``model``: "demo", a repo id, a diffusers folder or a checkpoint file.
+
+    Loading tries the local cache first; a repo id not there is downloaded unless HF_HUB_OFFLINE is
+    set. The safety checker is not loaded (multidiffusion does not run it).
+    """
+    device = torch.device(device) if device is not None else default_device()
+    kwargs = {**_dtype_kwarg(torch_dtype or default_dtype(device)), **kwargs}
+    name = str(model)
+    if name == "demo":
+        if not (DEMO_MODEL_DIR / "model_index.json").is_file():
+            raise ModelNotFoundError(
+                f"the demo model's weights are missing from {DEMO_MODEL_DIR}; reinstall multidiffusion "
+                "or train them with `python -m multidiffusion.demo.train`"
+            )
+        pipe = _load_folder(DEMO_MODEL_DIR, allow_pickle=False, **kwargs)
+    elif Path(name).expanduser().exists():
+        path = Path(name).expanduser()
+        if path.is_dir():
+            pipe = _load_folder(path, allow_pickle, safety_checker=None, **kwargs)
+        else:
+            pipe = _load_file(path, allow_pickle, config, **kwargs)
+    elif Path(name).suffix in (".safetensors", *PICKLE_SUFFIXES) or name.startswith((".", "/", "~")):
+        raise ModelNotFoundError(f"model file or folder {name!r} does not exist")
+    else:
+        pipe = _load_repo(name, allow_pickle, **kwargs)
+    return pipe.to(device)
+
+
+def _load_repo(repo: str, allow_pickle: bool, **kwargs: Any):
+    """Resolve a repo id to a local snapshot (cache first, then the hub) and load that folder."""
+    from diffusers import DiffusionPipeline
+    from huggingface_hub.errors import HFValidationError
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "false", "")
+    for local_only in [True] if offline else [True, False]:
+        try:
+            folder = DiffusionPipeline.download(
+                repo,
+                local_files_only=local_only,
+                use_safetensors=None if allow_pickle else True,
+                safety_checker=None,
+            )
+        except HFValidationError:
+            raise ModelNotFoundError(
+                f"model {repo!r} is neither 'demo', an existing folder or file, nor a Hugging Face repo id"
+            ) from None
+        except (OSError, ValueError) as exc:
+            if "safetensors" in str(exc).lower() and not allow_pickle:
+                raise ModelNotFoundError(
+                    f"model {repo!r} has no .safetensors weights; pickle weights can run code when loaded, "
+                    "pass allow_pickle=True (--allow-pickle) if you trust the source"
+                ) from None
+            continue
+        return _load_folder(Path(folder), allow_pickle, safety_checker=None, **kwargs)
+    raise ModelNotFoundError(_how_to_get(repo))

@@ -1,0 +1,355 @@
+"""``MultiDiffusion``: the public entry point. It validates arguments, lays out the jobs of a task
+(panorama windows; region prompts x windows) and runs the one engine: prompts -> embeddings (once)
+-> canvas noise -> per step: views -> batched model calls -> fused prediction -> scheduler step ->
+latents -> tiled decode -> images + parameters.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils.torch_utils import randn_tensor
+
+from . import __version__
+from .adapters import ModelAdapter, adapter_for
+from .fusion import FusionPlan, InputComposer, Job
+from .loading import load_pipeline
+from .sampler import GuidedModel, SamplingStats, sample
+from .schedulers import SCHEDULERS, make_scheduler
+from .vae import decode_latents
+from .validation import (
+    MAX_STEPS,
+    OUTPUT_TYPES,
+    check_choice,
+    check_int,
+    check_number,
+    check_side,
+    pair,
+)
+from .views import grid_views
+
+__all__ = ["MultiDiffusion", "MultiDiffusionOutput"]
+
+Generator = torch.Generator | list[torch.Generator] | None
+
+
+@dataclass
+class MultiDiffusionOutput:
+    """Result of a call. ``images`` is a list of PIL images, an array, a tensor or the latents,
+    by ``output_type``; ``parameters`` regenerate it (written into PNGs); ``stats`` count the cost."""
+
+    images: Any
+    parameters: dict[str, Any] = field(default_factory=dict)
+    stats: SamplingStats = field(default_factory=SamplingStats)
+
+
+class MultiDiffusion:
+    """MultiDiffusion (Bar-Tal et al., ICML 2023) around a Stable Diffusion pipeline.
+
+    >>> md = MultiDiffusion.from_pretrained("demo")
+    >>> md.panorama("snowy mountains at sunset", width=1024).images[0].save("pano.png")
+
+    ``MultiDiffusion(pipe)`` wraps a pipeline you already have, with its LoRAs, textual inversions
+    and scheduler; ``from_pretrained`` loads one and sets the paper's sampler, DDIM.
+    """
+
+    def __init__(
+        self,
+        pipe: Any,
+        scheduler: str | Any | None = None,
+        model_name: str | None = None,
+    ):
+        self.adapter: ModelAdapter = adapter_for(pipe)
+        self.scheduler = scheduler if scheduler is not None else self.pipe.scheduler
+        make_scheduler(self.scheduler, self.pipe.scheduler.config)  # fail now on a bad name
+        self.model_name = (
+            model_name or getattr(getattr(pipe, "config", None), "_name_or_path", None) or "custom"
+        )
+        self._progress: dict[str, Any] = {}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | os.PathLike,
+        *,
+        torch_dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        scheduler: str | Any = "ddim",
+        allow_pickle: bool = False,
+        config: str | None = None,
+        **kwargs: Any,
+    ) -> MultiDiffusion:
+        """Load ``model``: ``"demo"`` (shipped, offline), a Hugging Face repo id (local cache first),
+        a diffusers folder, or a single ``.safetensors`` checkpoint (``config`` names a diffusers
+        folder or repo id with its configuration when the cache has none). Pickle checkpoints
+        (.ckpt/.bin/.pt) load only with ``allow_pickle=True``. ``device`` defaults to CUDA when
+        present, ``torch_dtype`` to float16 on accelerators and float32 on the CPU.
+        """
+        pipe = load_pipeline(
+            model, torch_dtype=torch_dtype, device=device, allow_pickle=allow_pickle, config=config, **kwargs
+        )
+        return cls(pipe, scheduler=scheduler, model_name=str(model))
+
+    # -- conveniences users of diffusers expect -------------------------------------------------
+    @property
+    def pipe(self) -> Any:
+        return self.adapter.pipe
+
+    @property
+    def device(self) -> torch.device:
+        return self.adapter.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.adapter.dtype
+
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> MultiDiffusion:
+        self.pipe.to(device=device, dtype=dtype)
+        return self
+
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        """Options for the tqdm progress bar, as in diffusers (``disable=True`` hides it)."""
+        self._progress = kwargs
+
+    @property
+    def default_size(self) -> tuple[int, int]:
+        """(height, width) in pixels when not given: the model's native size and 4x that wide."""
+        h, w = self.adapter.native_latent_size
+        f = self.adapter.vae_scale_factor
+        return h * f, 4 * w * f
+
+    # -- tasks ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def panorama(
+        self,
+        prompt: str | list[str],
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        negative_prompt: str | list[str] | None = None,
+        window: int | tuple[int, int] | None = None,
+        stride: int | tuple[int, int] | None = None,
+        circular: bool = False,
+        view_batch_size: int | None = None,
+        num_images_per_prompt: int = 1,
+        generator: Generator = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        scheduler: str | Any | None = None,
+        eta: float = 0.0,
+        callback_on_step_end: Callable[..., dict | None] | None = None,
+    ) -> MultiDiffusionOutput:
+        """A panorama of any size: the paper's sliding windows (Sec. 4.1), all under one prompt.
+
+        ``window`` and ``stride`` are in latent pixels (an int or (rows, columns)): window defaults
+        to the model's native latent size (64 for SD 1.x/2-base), stride to window // 8 (the
+        paper's 8). Layouts whose stride does not divide the canvas get a last window flush with
+        the edge, so every latent pixel is denoised. ``circular`` makes a 360-degree panorama: the
+        windows and the decode wrap around the horizontal edge. The other arguments are
+        diffusers': ``latents`` is the initial canvas noise (B, C, height/f, width/f).
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}")
+        negatives = _negatives("negative_prompt", negative_prompt, len(prompts))
+        height, width = self._canvas(height, width)
+        win, strd = self._window(window, stride)
+        views = grid_views(height // self._f, width // self._f, win, strd, circular=bool(circular))
+        plan = FusionPlan(
+            [Job(view, 0) for view in views], (height // self._f, width // self._f), self.device
+        )
+        params = {
+            "mode": "panorama",
+            "prompt": prompt,
+            "negative_prompt": negative_prompt,
+            "window": list(win) if win[0] != win[1] else win[0],
+            "stride": list(strd) if strd[0] != strd[1] else strd[0],
+            "circular": bool(circular),
+        }
+        return self._generate(
+            [prompts],
+            [negatives],
+            [guidance_scale],
+            lambda i: plan,
+            params=params,
+            height=height,
+            width=width,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            view_batch_size=view_batch_size,
+            num_images_per_prompt=num_images_per_prompt,
+            generator=generator,
+            latents=latents,
+            output_type=output_type,
+            scheduler=scheduler,
+            eta=eta,
+            circular=bool(circular),
+            callback_on_step_end=callback_on_step_end,
+        )
+
+    # -- shared machinery -------------------------------------------------------------------------
+    @property
+    def _f(self) -> int:
+        return self.adapter.vae_scale_factor
+
+    def _canvas(self, height: int | None, width: int | None) -> tuple[int, int]:
+        default_h, default_w = self.default_size
+        multiple = max(8, self._f)
+        return (
+            check_side("height", default_h if height is None else height, multiple),
+            check_side("width", default_w if width is None else width, multiple),
+        )
+
+    def _window(self, window: Any, stride: Any) -> tuple[tuple[int, int], tuple[int, int]]:
+        native = self.adapter.native_latent_size
+        win_h, win_w = native if window is None else pair("window", window)
+        win = (check_int("window", win_h, 8), check_int("window", win_w, 8))
+        if stride is None:
+            strd = (max(1, win[0] // 8), max(1, win[1] // 8))
+        else:
+            s_h, s_w = pair("stride", stride)
+            strd = (check_int("stride", s_h, 1, win[0]), check_int("stride", s_w, 1, win[1]))
+        return win, strd
+
+    def _generate(
+        self,
+        prompts: Sequence[Sequence[str]],
+        negatives: Sequence[Sequence[str]],
+        guidance: Sequence[float],
+        plan_for_step: Callable[[int], FusionPlan],
+        *,
+        params: dict[str, Any],
+        height: int,
+        width: int,
+        num_inference_steps: int,
+        guidance_scale: float,
+        view_batch_size: int | None,
+        num_images_per_prompt: int,
+        generator: Generator,
+        latents: torch.Tensor | None,
+        output_type: str,
+        scheduler: str | Any | None,
+        eta: float,
+        circular: bool,
+        callback_on_step_end: Callable[..., dict | None] | None,
+        composer_for_step: Callable[[int, torch.Tensor], InputComposer | None] | None = None,
+        prepare: Callable[[torch.Tensor, Any], None] | None = None,
+    ) -> MultiDiffusionOutput:
+        """Encode prompts once, sample the canvas, decode. ``prompts[p]`` is prompt slot p (its
+        list holds one prompt per canvas in the batch); jobs refer to slots by index.
+        ``prepare(noise, scheduler)`` runs once the initial noise and scheduler exist."""
+        steps = check_int("num_inference_steps", num_inference_steps, 1, MAX_STEPS)
+        check_number("guidance_scale", guidance_scale, 0)
+        for g in guidance:
+            check_number("guidance_scale", g, 0)
+        check_number("eta", eta, 0, 1)
+        n = check_int("num_images_per_prompt", num_images_per_prompt, 1, 64)
+        if view_batch_size is not None:
+            view_batch_size = check_int("view_batch_size", view_batch_size, 1)
+        check_choice("output_type", output_type, OUTPUT_TYPES)
+        sched = make_scheduler(
+            scheduler if scheduler is not None else self.scheduler, self.pipe.scheduler.config
+        )
+
+        batch = len(prompts[0]) * n
+        shape = (batch, self.adapter.latent_channels, height // self._f, width // self._f)
+        noise = self._initial_noise(shape, generator, latents)
+        use_cfg = max(guidance) > 1.0
+        cond = self.adapter.encode(prompts, negatives, n, use_cfg)
+        stats = SamplingStats()
+        model = GuidedModel(self.adapter, cond, guidance, shape[-2:], stats)
+        if prepare is not None:
+            prepare(noise, sched)
+
+        callback = None
+        if callback_on_step_end is not None:
+
+            def callback(i: int, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
+                result = callback_on_step_end(self, i, t, {"latents": x})
+                return (result or {}).get("latents")
+
+        x = sample(
+            model,
+            sched,
+            noise,
+            steps,
+            plan_for_step,
+            batch_size=view_batch_size or self._auto_batch(),
+            composer_for_step=composer_for_step,
+            generator=generator,
+            eta=eta,
+            callback=callback,
+            progress=self._progress,
+        )
+        params = {
+            **params,
+            "model": self.model_name,
+            "height": height,
+            "width": width,
+            "num_inference_steps": steps,
+            "guidance_scale": guidance_scale,
+            "num_images_per_prompt": n,
+            "scheduler": _scheduler_label(scheduler if scheduler is not None else self.scheduler),
+            "eta": eta,
+            "seed": _seed_of(generator, latents),
+            "multidiffusion_version": __version__,
+        }
+        return MultiDiffusionOutput(self._postprocess(x, output_type, circular), params, stats)
+
+    def _initial_noise(self, shape: tuple[int, ...], generator: Generator, latents: torch.Tensor | None):
+        if latents is None:
+            return randn_tensor(shape, generator=generator, device=self.device, dtype=self.dtype)
+        if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != shape:
+            got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+            raise ValueError(
+                f"latents must have shape {shape} (images, channels, height/{self._f}, "
+                f"width/{self._f}), got {got}"
+            )
+        return latents.to(device=self.device, dtype=self.dtype)
+
+    def _auto_batch(self) -> int:
+        """Views per UNet call when not given: larger on accelerators, where batching pays."""
+        return 16 if self.device.type == "cuda" else 4
+
+    def _postprocess(self, latents: torch.Tensor, output_type: str, circular: bool) -> Any:
+        if output_type == "latent":
+            return latents
+        image = decode_latents(self.adapter.vae, latents, circular=circular)
+        processor = VaeImageProcessor(vae_scale_factor=self._f)
+        return processor.postprocess(image, output_type=output_type)
+
+
+def _negatives(name: str, value: str | list[str] | None, count: int) -> list[str]:
+    if value is None:
+        return [""] * count
+    if isinstance(value, str):
+        return [value] * count
+    if isinstance(value, (list, tuple)) and len(value) == count and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ValueError(f"{name} must be a string or a list of {count} strings (one per prompt), got {value!r}")
+
+
+def _scheduler_label(scheduler: Any) -> str:
+    if isinstance(scheduler, str):
+        from .schedulers import scheduler_name
+
+        return scheduler_name(scheduler)
+    name = type(scheduler).__name__
+    for label, (cls_name, overrides) in SCHEDULERS.items():
+        if cls_name == name and all(scheduler.config.get(k) == v for k, v in overrides.items()):
+            return label
+    return name
+
+
+def _seed_of(generator: Generator, latents: torch.Tensor | None) -> int | None:
+    if latents is None and isinstance(generator, torch.Generator):
+        return int(generator.initial_seed())
+    return None

@@ -1,0 +1,76 @@
+"""Schedulers by name, built from a model's scheduler config.
+
+Any diffusers scheduler works with the engine (it steps the whole canvas once per step); these names
+are shortcuts for the command line and the web app. A1111 and ComfyUI spellings are accepted too
+("DPM++ 2M Karras", "dpmpp_2m", "euler_ancestral").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import diffusers
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+__all__ = ["SCHEDULERS", "make_scheduler", "scheduler_name"]
+
+# canonical name -> (diffusers class name, config overrides)
+SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ddim": ("DDIMScheduler", {}),  # the paper's sampler
+    "ddpm": ("DDPMScheduler", {}),
+    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "dpm2": ("KDPM2DiscreteScheduler", {}),
+    "dpm2_a": ("KDPM2AncestralDiscreteScheduler", {}),
+    "dpm++2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False}),
+    "dpm++2m_karras": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True},
+    ),
+    "dpm++2m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+    "dpm++2s": ("DPMSolverSinglestepScheduler", {}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "deis": ("DEISMultistepScheduler", {}),
+}
+
+_ALIASES = {
+    "eulerancestral": "euler_a",
+    "dpmpp2m": "dpm++2m",
+    "dpmpp2mkarras": "dpm++2m_karras",
+    "dpmpp2msde": "dpm++2m_sde",
+    "dpmpp2s": "dpm++2s",
+    "dpmsolver": "dpm++2m",
+    "dpm2ancestral": "dpm2_a",
+    "uni_pc": "unipc",
+}
+
+
+def _key(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum() or ch == "+")
+
+
+_BY_KEY = {_key(name): name for name in SCHEDULERS} | {_key(a): c for a, c in _ALIASES.items()}
+
+
+def scheduler_name(name: str) -> str:
+    """The canonical name for ``name``; ``ValueError`` listing the valid names if unknown."""
+    canonical = _BY_KEY.get(_key(name)) if isinstance(name, str) else None
+    if canonical is None:
+        raise ValueError(
+            f"scheduler must be one of {', '.join(SCHEDULERS)} (or a diffusers scheduler), got {name!r}"
+        )
+    return canonical
+
+
+def make_scheduler(name_or_scheduler: str | SchedulerMixin, config: Any) -> SchedulerMixin:
+    """A fresh scheduler: by name from ``config`` (a model's scheduler config), or a copy of one given.
+
+    A copy is made so that sampling never changes the state of a scheduler the caller holds.
+    """
+    if isinstance(name_or_scheduler, SchedulerMixin):
+        return type(name_or_scheduler).from_config(name_or_scheduler.config)
+    cls_name, overrides = SCHEDULERS[scheduler_name(name_or_scheduler)]
+    cls = getattr(diffusers, cls_name)
+    return cls.from_config(config, **overrides)

@@ -1,0 +1,192 @@
+"""Tiny random-weight Stable Diffusion components, built in-process (no downloads).
+
+Used by the tests and the CPU benchmarks. Shapes follow the real models where it matters: the VAE
+down-samples by 8 like SD's, so pixel and latent sizes relate as in real checkpoints; the UNet
+accepts any latent size; the tokenizer is a real ``CLIPTokenizer`` over a character vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["char_tokenizer", "tiny_sd_pipeline", "tiny_sdxl_pipeline", "write_char_tokenizer"]
+
+_SPECIAL = ["<|startoftext|>", "<|endoftext|>"]
+
+
+def _byte_chars() -> list[str]:
+    """The 256 printable stand-ins for bytes used by CLIP's (and GPT-2's) byte-level BPE."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    extra = [b for b in range(256) if b not in printable]
+    return [chr(b) for b in printable] + [chr(256 + i) for i in range(len(extra))]
+
+
+def write_char_tokenizer(folder: str | Path, max_length: int = 32) -> Path:
+    """Write vocab.json and merges.txt of a character-level CLIP BPE (no merges) into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = _byte_chars()
+    tokens = chars + [c + "</w>" for c in chars] + _SPECIAL
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"model_max_length": max_length, "pad_token": "<|endoftext|>"})
+    )
+    return folder
+
+
+def char_tokenizer(max_length: int = 32):
+    from transformers import CLIPTokenizer
+
+    folder = write_char_tokenizer(tempfile.mkdtemp(prefix="md-tokenizer-"), max_length)
+    return CLIPTokenizer.from_pretrained(str(folder))
+
+
+def _text_encoder(tokenizer, hidden: int = 32, projection: int | None = None, seed: int = 0):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=projection or hidden,
+        hidden_act="gelu",
+    )
+    torch.manual_seed(seed)
+    cls = CLIPTextModelWithProjection if projection else CLIPTextModel
+    return cls(config).eval()
+
+
+def _vae(channels: int = 32, seed: int = 0, sample_size: int = 256):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        block_out_channels=[channels] * 4,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=min(32, channels),
+        sample_size=sample_size,
+    ).eval()
+
+
+def _ddim(prediction_type: str = "epsilon"):
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=prediction_type,
+    )
+
+
+def tiny_sd_pipeline(
+    sample_size: int = 32,
+    channels: tuple[int, ...] = (32, 64),
+    prediction_type: str = "epsilon",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> Any:
+    """A random-weight ``StableDiffusionPipeline``: UNet (32, 64) with cross-attention 32, a VAE
+    that down-samples by 8, a 2-layer CLIP text encoder of width 32, a character tokenizer.
+
+    ``sample_size`` is the UNet's native latent size (the default window)."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    tokenizer = char_tokenizer()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=channels,
+        layers_per_block=1,
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=["DownBlock2D"] + ["CrossAttnDownBlock2D"] * (len(channels) - 1),
+        up_block_types=["CrossAttnUpBlock2D"] * (len(channels) - 1) + ["UpBlock2D"],
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=min(32, channels[0]),
+    ).eval()
+    pipe = StableDiffusionPipeline(
+        unet=unet,
+        vae=_vae(seed=seed, sample_size=sample_size * 8),
+        text_encoder=_text_encoder(tokenizer, seed=seed),
+        tokenizer=tokenizer,
+        scheduler=_ddim(prediction_type),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+
+
+def tiny_sdxl_pipeline(sample_size: int = 32, seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:
+    """A random-weight ``StableDiffusionXLPipeline`` (two text encoders, pooled embeds, time ids)."""
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+
+    tokenizer = char_tokenizer()
+    tokenizer_2 = char_tokenizer()
+    text_encoder = _text_encoder(tokenizer, seed=seed)
+    text_encoder_2 = _text_encoder(tokenizer_2, projection=32, seed=seed + 1)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=80,  # 6 * 8 + 32
+        cross_attention_dim=64,  # 32 + 32 from the two encoders
+        norm_num_groups=32,
+    ).eval()
+    from diffusers import EulerDiscreteScheduler
+
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    pipe = StableDiffusionXLPipeline(
+        unet=unet,
+        vae=_vae(seed=seed, sample_size=sample_size * 8),
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        scheduler=scheduler,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)

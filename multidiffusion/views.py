@@ -1,0 +1,157 @@
+"""Views of the canvas: the maps F_i of the paper, and their inverses.
+
+A view is a window on the latent canvas J. ``crop`` is F_i (it cuts the window out, wrapping around
+the horizontal edge on circular canvases), ``paste_add`` is the accumulation of F_i⁻¹ used by Eq. 5
+(it adds a window-sized tensor back at the window's place, zeros elsewhere).
+
+All sizes here are in latent pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "View",
+    "axis_starts",
+    "crop",
+    "grid_views",
+    "paste_add",
+    "shifted_views",
+]
+
+
+@dataclass(frozen=True)
+class View:
+    """A window of ``height`` x ``width`` latent pixels whose top-left corner is (``top``, ``left``).
+
+    On a circular canvas ``left + width`` may exceed the canvas width: the window then wraps around
+    to column 0.
+    """
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.height, self.width)
+
+
+def axis_starts(size: int, window: int, stride: int, wrap: bool = False) -> list[int]:
+    """Start offsets of windows along one axis so that every position in ``range(size)`` is covered.
+
+    Non-wrapping: windows every ``stride`` from 0, plus a last window flush with the edge when
+    ``size - window`` is not a multiple of ``stride`` (the paper's code and diffusers leave those
+    positions undenoised). A window larger than the axis shrinks to it: one window at 0.
+
+    Wrapping (circular): windows every ``stride`` from 0 up to ``size``; windows that pass the edge
+    continue at 0. With ``size % stride == 0`` the layout is invariant to rolling by a stride.
+    """
+    if size <= 0 or window <= 0 or stride <= 0:
+        raise ValueError(f"size, window and stride must be positive, got {size}, {window}, {stride}")
+    if window >= size:
+        return [0]
+    if wrap:
+        return list(range(0, size, stride))
+    starts = list(range(0, size - window + 1, stride))
+    if starts[-1] + window < size:
+        starts.append(size - window)
+    return starts
+
+
+def grid_views(
+    height: int,
+    width: int,
+    window: tuple[int, int],
+    stride: tuple[int, int],
+    circular: bool = False,
+) -> list[View]:
+    """The paper's sliding windows (Sec. 4.1), row-major, covering every latent pixel.
+
+    ``window`` and ``stride`` are (rows, columns). A window side larger than the canvas shrinks to
+    the canvas side. ``circular`` wraps windows around the horizontal edge (360-degree panoramas).
+    """
+    win_h, win_w = min(window[0], height), min(window[1], width)
+    tops = axis_starts(height, win_h, stride[0])
+    lefts = axis_starts(width, win_w, stride[1], wrap=circular)
+    return [View(top, left, win_h, win_w) for top in tops for left in lefts]
+
+
+def shifted_views(
+    height: int,
+    width: int,
+    window: tuple[int, int],
+    offset: tuple[int, int],
+    circular: bool = False,
+) -> list[View]:
+    """Few windows of the full window size, displaced by ``offset`` (SpotDiffusion-style fast mode).
+
+    Each step of the fast mode draws a fresh offset, so the borders between windows never stay in
+    one place and no seam can form. Along a wrapping axis, ``ceil(size / window)`` windows are
+    spread evenly from ``offset`` (they overlap only by the rounding). Along a non-wrapping axis,
+    windows start at ``offset + k * window`` clamped to the canvas, so the two edge windows may
+    overlap their neighbours. Coverage (latent pixels denoised per canvas pixel) stays close to 1.
+    """
+    win_h, win_w = min(window[0], height), min(window[1], width)
+    tops = _shifted_starts(height, win_h, offset[0], wrap=False)
+    lefts = _shifted_starts(width, win_w, offset[1], wrap=circular)
+    return [View(top, left, win_h, win_w) for top in tops for left in lefts]
+
+
+def _shifted_starts(size: int, window: int, offset: int, wrap: bool) -> list[int]:
+    if window >= size:
+        return [0]
+    if wrap:
+        n = math.ceil(size / window)
+        return [(offset + (k * size) // n) % size for k in range(n)]
+    offset %= window
+    starts = sorted({min(max(s, 0), size - window) for s in range(offset - window, size, window)})
+    # clamping can leave a window whose neighbours already cover it (small canvases): drop it
+    kept = [starts[0]]
+    for i in range(1, len(starts) - 1):
+        if kept[-1] + window < starts[i + 1]:
+            kept.append(starts[i])
+    return kept + starts[-1:] if len(starts) > 1 else kept
+
+
+def _column_slices(view: View, canvas_width: int) -> list[tuple[slice, slice]]:
+    """(canvas columns, view columns) slices of a view, two pieces when it wraps."""
+    left = view.left % canvas_width
+    right = left + view.width
+    if right <= canvas_width:
+        return [(slice(left, right), slice(0, view.width))]
+    first = canvas_width - left
+    return [
+        (slice(left, canvas_width), slice(0, first)),
+        (slice(0, right - canvas_width), slice(first, view.width)),
+    ]
+
+
+def crop(x: torch.Tensor, view: View) -> torch.Tensor:
+    """F_i: the window ``view`` of a canvas ``x`` (..., H, W), wrapping horizontally if needed."""
+    rows = slice(view.top, view.top + view.height)
+    pieces = _column_slices(view, x.shape[-1])
+    if len(pieces) == 1:
+        return x[..., rows, pieces[0][0]]
+    return torch.cat([x[..., rows, canvas_cols] for canvas_cols, _ in pieces], dim=-1)
+
+
+def paste_add(canvas: torch.Tensor, view: View, value: torch.Tensor | float) -> None:
+    """canvas += F_i⁻¹(value), in place: adds a window-sized ``value`` at the window's place."""
+    rows = slice(view.top, view.top + view.height)
+    for canvas_cols, view_cols in _column_slices(view, canvas.shape[-1]):
+        if isinstance(value, torch.Tensor):
+            canvas[..., rows, canvas_cols] += value[..., view_cols]
+        else:
+            canvas[..., rows, canvas_cols] += value
+
+
+def crop_batch(x: torch.Tensor, views: Sequence[View]) -> torch.Tensor:
+    """Crops of equal size from a canvas batch ``x`` (N, C, H, W), stacked view-major: (V*N, C, h, w)."""
+    return torch.cat([crop(x, v) for v in views], dim=0)

@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny random-weight Stable Diffusion pipelines, built in-process (no downloads)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # no test may reach the hub
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+import pytest
+import torch
+
+from multidiffusion import MultiDiffusion
+from multidiffusion.testing import tiny_sd_pipeline
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def sd16():
+    """Native latent size 16 (128 px): small windows, fast panoramas."""
+    return tiny_sd_pipeline(sample_size=16)
+
+
+@pytest.fixture(scope="session")
+def sd64():
+    """Native latent size 64 (512 px), the window diffusers' panorama pipeline hard-codes."""
+    return tiny_sd_pipeline(sample_size=64)
+
+
+@pytest.fixture(scope="session")
+def md16(sd16):
+    md = MultiDiffusion(sd16)
+    md.set_progress_bar_config(disable=True)
+    return md
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(sd16, tmp_path_factory):
+    """sd16 saved as a diffusers folder (safetensors), for loading and command-line tests."""
+    folder = tmp_path_factory.mktemp("tiny-sd")
+    sd16.save_pretrained(folder)
+    return folder
+
+
+def noise(shape, seed=0):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
