@@ -75,9 +75,7 @@ class FusionPlan:
         self.normalizer = den
         # weights move to the device and dtype of the accumulation once, not every step
         self.jobs = [
-            job
-            if job.weight is None
-            else Job(job.view, job.prompt, job.weight.to(self.device, torch.float32))
+            job if job.weight is None else Job(job.view, job.prompt, job.weight.to(self.device, torch.float32))
             for job in self.jobs
         ]
 

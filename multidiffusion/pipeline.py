@@ -67,9 +67,7 @@ class MultiDiffusion:
         self.adapter: ModelAdapter = adapter_for(pipe)
         self.scheduler = scheduler if scheduler is not None else self.pipe.scheduler
         make_scheduler(self.scheduler, self.pipe.scheduler.config)  # fail now on a bad name
-        self.model_name = (
-            model_name or getattr(getattr(pipe, "config", None), "_name_or_path", None) or "custom"
-        )
+        self.model_name = model_name or getattr(getattr(pipe, "config", None), "_name_or_path", None) or "custom"
         self._progress: dict[str, Any] = {}
 
     @classmethod
@@ -108,9 +106,7 @@ class MultiDiffusion:
     def dtype(self) -> torch.dtype:
         return self.adapter.dtype
 
-    def to(
-        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
-    ) -> MultiDiffusion:
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> MultiDiffusion:
         self.pipe.to(device=device, dtype=dtype)
         return self
 
@@ -163,9 +159,7 @@ class MultiDiffusion:
         height, width = self._canvas(height, width)
         win, strd = self._window(window, stride)
         views = grid_views(height // self._f, width // self._f, win, strd, circular=bool(circular))
-        plan = FusionPlan(
-            [Job(view, 0) for view in views], (height // self._f, width // self._f), self.device
-        )
+        plan = FusionPlan([Job(view, 0) for view in views], (height // self._f, width // self._f), self.device)
         params = {
             "mode": "panorama",
             "prompt": prompt,
@@ -255,9 +249,7 @@ class MultiDiffusion:
         if view_batch_size is not None:
             view_batch_size = check_int("view_batch_size", view_batch_size, 1)
         check_choice("output_type", output_type, OUTPUT_TYPES)
-        sched = make_scheduler(
-            scheduler if scheduler is not None else self.scheduler, self.pipe.scheduler.config
-        )
+        sched = make_scheduler(scheduler if scheduler is not None else self.scheduler, self.pipe.scheduler.config)
 
         batch = len(prompts[0]) * n
         shape = (batch, self.adapter.latent_channels, height // self._f, width // self._f)
@@ -310,8 +302,7 @@ class MultiDiffusion:
         if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != shape:
             got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
             raise ValueError(
-                f"latents must have shape {shape} (images, channels, height/{self._f}, "
-                f"width/{self._f}), got {got}"
+                f"latents must have shape {shape} (images, channels, height/{self._f}, width/{self._f}), got {got}"
             )
         return latents.to(device=self.device, dtype=self.dtype)
 

@@ -58,9 +58,7 @@ def scheduler_name(name: str) -> str:
     """The canonical name for ``name``; ``ValueError`` listing the valid names if unknown."""
     canonical = _BY_KEY.get(_key(name)) if isinstance(name, str) else None
     if canonical is None:
-        raise ValueError(
-            f"scheduler must be one of {', '.join(SCHEDULERS)} (or a diffusers scheduler), got {name!r}"
-        )
+        raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)} (or a diffusers scheduler), got {name!r}")
     return canonical
 
 

@@ -137,9 +137,7 @@ def _decode_tiled(vae: nn.Module, z: torch.Tensor, tile: int, overlap: int) -> t
         for view in tiles:
             image = vae.decode(crop(z, view), return_dict=False)[0].float()
             if out is None:
-                out = torch.zeros(
-                    (z.shape[0], image.shape[1], h * f, w * f), dtype=torch.float32, device=z.device
-                )
+                out = torch.zeros((z.shape[0], image.shape[1], h * f, w * f), dtype=torch.float32, device=z.device)
             ramp = _blend_ramp(view, (h, w), overlap, f, z.device)
             pixel_view = View(view.top * f, view.left * f, view.height * f, view.width * f)
             _paste(out, pixel_view, image * ramp)
@@ -166,9 +164,7 @@ def _ramp_1d(start: int, length: int, size: int, overlap: int, f: int, device: t
     return r
 
 
-def _blend_ramp(
-    view: View, canvas: tuple[int, int], overlap: int, f: int, device: torch.device
-) -> torch.Tensor:
+def _blend_ramp(view: View, canvas: tuple[int, int], overlap: int, f: int, device: torch.device) -> torch.Tensor:
     rows = _ramp_1d(view.top, view.height, canvas[0], overlap, f, device)
     cols = _ramp_1d(view.left, view.width, canvas[1], overlap, f, device)
     return rows[:, None] * cols[None, :]

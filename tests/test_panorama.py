@@ -128,9 +128,7 @@ def test_diffusers_layout_leaves_columns_undenoised(sd64):
 
 def test_circular_panorama_is_equivariant_to_rolling_by_strides(md16):
     latents = noise((1, 4, 16, 48), seed=5)
-    kwargs = dict(
-        height=128, width=384, num_inference_steps=3, output_type="latent", circular=True, view_batch_size=1
-    )
+    kwargs = dict(height=128, width=384, num_inference_steps=3, output_type="latent", circular=True, view_batch_size=1)
     base = md16.panorama("a lake", latents=latents.clone(), **kwargs).images
     shift = 3 * 2  # three strides of 2 latent pixels
     rolled = md16.panorama("a lake", latents=torch.roll(latents, shift, dims=-1), **kwargs).images
