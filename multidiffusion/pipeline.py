@@ -17,11 +17,12 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from . import __version__
 from .adapters import ModelAdapter, adapter_for
-from .fusion import FusionPlan, InputComposer, Job
+from .fusion import FusionPlan, InputComposer
+from .layouts import TILINGS, WindowLayout, panorama_plans
 from .loading import load_pipeline
 from .sampler import GuidedModel, SamplingStats, sample
 from .schedulers import SCHEDULERS, make_scheduler
-from .vae import decode_latents
+from .vae import decode_latents, decode_to_uint8
 from .validation import (
     MAX_STEPS,
     OUTPUT_TYPES,
@@ -31,7 +32,7 @@ from .validation import (
     check_side,
     pair,
 )
-from .views import grid_views
+from .views import WEIGHTS
 
 __all__ = ["MultiDiffusion", "MultiDiffusionOutput"]
 
@@ -110,6 +111,16 @@ class MultiDiffusion:
         self.pipe.to(device=device, dtype=dtype)
         return self
 
+    def compile(self, mode: str | None = None, **kwargs: Any) -> MultiDiffusion:
+        """``torch.compile`` the UNet in place (``mode``: None, "reduce-overhead", "max-autotune").
+
+        The first call of each shape compiles (tens of seconds to minutes), so it pays on long runs
+        on a GPU; measured on a CPU, see the README's "Speed and memory". Shapes are static: keep
+        ``view_batch_size`` dividing the number of views to avoid a second compilation.
+        """
+        self.adapter.unet.compile(mode=mode, dynamic=False, **kwargs)
+        return self
+
     def set_progress_bar_config(self, **kwargs: Any) -> None:
         """Options for the tqdm progress bar, as in diffusers (``disable=True`` hides it)."""
         self._progress = kwargs
@@ -142,6 +153,8 @@ class MultiDiffusion:
         scheduler: str | Any | None = None,
         eta: float = 0.0,
         callback_on_step_end: Callable[..., dict | None] | None = None,
+        tiling: str = "grid",
+        weights: str = "uniform",
     ) -> MultiDiffusionOutput:
         """A panorama of any size: the paper's sliding windows (Sec. 4.1), all under one prompt.
 
@@ -151,15 +164,24 @@ class MultiDiffusion:
         the edge, so every latent pixel is denoised. ``circular`` makes a 360-degree panorama: the
         windows and the decode wrap around the horizontal edge. The other arguments are
         diffusers': ``latents`` is the initial canvas noise (B, C, height/f, width/f).
+
+        Fast mode: ``tiling="shifted"`` denoises windows spaced by the stride (default: the window,
+        no overlap) at a fresh random offset every step, about one model evaluation per latent
+        pixel instead of ~7 (SpotDiffusion); the offsets are drawn from a generator seeded with
+        ``generator``'s seed (0 without one), so runs are reproducible. ``weights="gaussian"``
+        weights each window by a Gaussian centred on it (Mixture of Diffusers) instead of the
+        paper's uniform W_i = 1; it matters where windows overlap.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else []
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}")
         negatives = _negatives("negative_prompt", negative_prompt, len(prompts))
         height, width = self._canvas(height, width)
-        win, strd = self._window(window, stride)
-        views = grid_views(height // self._f, width // self._f, win, strd, circular=bool(circular))
-        plan = FusionPlan([Job(view, 0) for view in views], (height // self._f, width // self._f), self.device)
+        check_choice("tiling", tiling, TILINGS)
+        check_choice("weights", weights, WEIGHTS)
+        win, strd = self._window(window, stride, tiling)
+        canvas = (height // self._f, width // self._f)
+        layout = WindowLayout(canvas, win, strd, tiling, bool(circular), seed=_offset_seed(generator))
         params = {
             "mode": "panorama",
             "prompt": prompt,
@@ -167,12 +189,14 @@ class MultiDiffusion:
             "window": list(win) if win[0] != win[1] else win[0],
             "stride": list(strd) if strd[0] != strd[1] else strd[0],
             "circular": bool(circular),
+            "tiling": tiling,
+            "weights": weights,
         }
         return self._generate(
             [prompts],
             [negatives],
             [guidance_scale],
-            lambda i: plan,
+            panorama_plans(layout, weights, device=self.device),
             params=params,
             height=height,
             width=width,
@@ -202,12 +226,14 @@ class MultiDiffusion:
             check_side("width", default_w if width is None else width, multiple),
         )
 
-    def _window(self, window: Any, stride: Any) -> tuple[tuple[int, int], tuple[int, int]]:
+    def _window(self, window: Any, stride: Any, tiling: str = "grid") -> tuple[tuple[int, int], tuple[int, int]]:
+        """Window and stride in latent pixels; the stride defaults to window // 8 for the paper's grid
+        and to the window (no overlap) for the shifted fast mode."""
         native = self.adapter.native_latent_size
         win_h, win_w = native if window is None else pair("window", window)
         win = (check_int("window", win_h, 8), check_int("window", win_w, 8))
         if stride is None:
-            strd = (max(1, win[0] // 8), max(1, win[1] // 8))
+            strd = win if tiling == "shifted" else (max(1, win[0] // 8), max(1, win[1] // 8))
         else:
             s_h, s_w = pair("stride", stride)
             strd = (check_int("stride", s_h, 1, win[0]), check_int("stride", s_w, 1, win[1]))
@@ -313,6 +339,11 @@ class MultiDiffusion:
     def _postprocess(self, latents: torch.Tensor, output_type: str, circular: bool) -> Any:
         if output_type == "latent":
             return latents
+        if output_type == "pil":  # 8 bits per band of rows: no float copy of the whole image
+            from PIL import Image
+
+            pixels = decode_to_uint8(self.adapter.vae, latents, circular=circular).numpy()
+            return [Image.fromarray(p) for p in pixels]
         image = decode_latents(self.adapter.vae, latents, circular=circular)
         processor = VaeImageProcessor(vae_scale_factor=self._f)
         return processor.postprocess(image, output_type=output_type)
@@ -338,6 +369,12 @@ def _scheduler_label(scheduler: Any) -> str:
         if cls_name == name and all(scheduler.config.get(k) == v for k, v in overrides.items()):
             return label
     return name
+
+
+def _offset_seed(generator: Generator) -> int:
+    """Seed of the fast mode's window offsets: the noise generator's seed, so ``--seed`` fixes both."""
+    first = generator[0] if isinstance(generator, list) and generator else generator
+    return int(first.initial_seed()) if isinstance(first, torch.Generator) else 0
 
 
 def _seed_of(generator: Generator, latents: torch.Tensor | None) -> int | None:

@@ -14,7 +14,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["char_tokenizer", "tiny_sd_pipeline", "tiny_sdxl_pipeline", "write_char_tokenizer"]
+__all__ = [
+    "char_tokenizer",
+    "sd_shaped_pipeline",
+    "sd_shaped_vae",
+    "tiny_sd_pipeline",
+    "tiny_sdxl_pipeline",
+    "write_char_tokenizer",
+]
 
 _SPECIAL = ["<|startoftext|>", "<|endoftext|>"]
 
@@ -87,6 +94,74 @@ def _vae(channels: int = 32, seed: int = 0, sample_size: int = 256):
         norm_num_groups=min(32, channels),
         sample_size=sample_size,
     ).eval()
+
+
+# Stable Diffusion 2-base, as in its config.json: widths, blocks, heads (num_attention_heads per level)
+SD2_UNET_CHANNELS = (320, 640, 1280, 1280)
+SD2_HEADS = (5, 10, 20, 20)
+SD2_VAE_CHANNELS = (128, 256, 512, 512)
+
+
+def sd_shaped_vae(divisor: int = 4, seed: int = 0) -> Any:
+    """An ``AutoencoderKL`` with Stable Diffusion's architecture (four blocks of two layers, channels
+    (128, 256, 512, 512), mid-block attention, 32 GroupNorm groups, native 512 px) at ``1/divisor`` of
+    its width, random weights. ``divisor=1`` is the real size."""
+    from diffusers import AutoencoderKL
+
+    channels = [c // divisor for c in SD2_VAE_CHANNELS]
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        block_out_channels=channels,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        latent_channels=4,
+        layers_per_block=2,
+        norm_num_groups=min(32, channels[0]),
+        sample_size=512,
+        scaling_factor=0.18215,
+    ).eval()
+
+
+def sd_shaped_pipeline(
+    divisor: int = 10, vae_divisor: int = 4, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> Any:
+    """A random-weight ``StableDiffusionPipeline`` shaped like Stable Diffusion 2-base: UNet with four
+    levels of two layers (cross-attention in the first three, linear projections), native 64x64
+    latents, 77-token prompts, a VAE that down-samples by 8; every width is ``1/divisor`` of SD's
+    (``divisor=1``: the real architecture, 865M UNet parameters). Used by the benchmarks: model
+    calls, coverage and time ratios carry over to the real model, absolute times don't."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    tokenizer = char_tokenizer(max_length=77)
+    hidden = max(32, 1024 // divisor // 32 * 32)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=[c // divisor for c in SD2_UNET_CHANNELS],
+        layers_per_block=2,
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+        up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+        cross_attention_dim=hidden,
+        attention_head_dim=[max(1, h // divisor) for h in SD2_HEADS],
+        use_linear_projection=True,
+        norm_num_groups=32,
+    ).eval()
+    pipe = StableDiffusionPipeline(
+        unet=unet,
+        vae=sd_shaped_vae(vae_divisor, seed),
+        text_encoder=_text_encoder(tokenizer, hidden=hidden, seed=seed),
+        tokenizer=tokenizer,
+        scheduler=_ddim(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
 
 
 def _ddim(prediction_type: str = "epsilon"):

@@ -1,32 +1,37 @@
-"""Latents to images with bounded memory: tiled, blended and (for 360-degree panoramas) wrapping.
+"""Latents to images and back with bounded memory: tiled, blended and (for 360-degree panoramas)
+wrapping.
 
-A wide canvas is decoded in overlapping tiles whose outputs are blended with linear ramps across the
-overlap, so peak memory depends on the tile size, not the canvas size, and no full-image attention
-matrix is ever formed.
+A canvas larger than the VAE's native size is decoded (or encoded) in overlapping tiles blended with
+linear ramps, with canvas-wide GroupNorm statistics from a first pass over the tiles, so tiles agree
+in tone (see :mod:`multidiffusion.vae_tiling`). Peak memory depends on the tile size, not the
+canvas size, and no full-image attention matrix is ever formed: the mid block's attention is local
+to a tile, the one approximation left. :func:`decode_to_uint8` converts each finished band of rows
+to 8 bits at once, so an image costs its 8-bit size plus one tile row.
 
-Tiles alone shift tones: the decoder's GroupNorm layers normalise each tile by its own statistics.
-We decode twice: the first pass records each GroupNorm layer's per-tile mean and mean square, which
-combine into canvas-wide statistics; the second pass normalises every tile with those. The
-statistics are then the canvas's own up to the first pass's per-tile normalisation of earlier
-layers, so tiles agree in tone and the blend hides the rest (local attention in the mid block).
-A canvas that fits in one tile is decoded whole, exactly as diffusers does.
-
-Circular canvases are padded with their own opposite edge before decoding and cropped after, so the
-0/360-degree seam is decoded with real neighbours on both sides.
+A canvas that fits in one tile is decoded whole, exactly as diffusers does. Circular canvases are
+padded with their own opposite edge before decoding and cropped after, so the 0/360-degree seam is
+decoded with real neighbours on both sides.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .views import View, axis_starts, crop
+from .vae_tiling import GroupNormStats, run_tiled
 
-__all__ = ["decode_latents", "default_tile", "scale_latents", "unscale_latents", "vae_scale_factor"]
+__all__ = [
+    "decode_latents",
+    "decode_to_uint8",
+    "default_tile",
+    "encode_images",
+    "scale_latents",
+    "unscale_latents",
+    "vae_scale_factor",
+]
 
 
 def vae_scale_factor(vae: nn.Module) -> int:
@@ -83,6 +88,46 @@ def _upcast_if_needed(vae: nn.Module) -> Iterator[torch.dtype]:
         yield dtype
 
 
+def _check_tiles(vae: nn.Module, tile: int | None, overlap: int | None) -> tuple[int, int]:
+    tile = tile or default_tile(vae)
+    overlap = tile // 4 if overlap is None else overlap
+    if not 0 <= overlap < tile:
+        raise ValueError(f"overlap must be in [0, tile={tile}), got {overlap}")
+    return tile, overlap
+
+
+def _decode(
+    vae: nn.Module,
+    latents: torch.Tensor,
+    circular: bool,
+    tile: int | None,
+    overlap: int | None,
+    write: Callable[[int, torch.Tensor], None],
+) -> None:
+    """Decode into ``write(first_row, rows)``: bands of image rows, full width, wrap padding removed."""
+    tile, overlap = _check_tiles(vae, tile, overlap)
+    f = vae_scale_factor(vae)
+    with _upcast_if_needed(vae) as dtype:
+        z = unscale_latents(vae, latents).to(dtype)
+        pad = min(max(overlap, 8), z.shape[-1]) if circular else 0
+        if pad:
+            z = torch.cat([z[..., -pad:], z, z[..., :pad]], dim=-1)
+        cols = slice(pad * f, (z.shape[-1] - pad) * f)
+        h, w = z.shape[-2:]
+
+        def emit(row: int, rows: torch.Tensor) -> None:
+            write(row, rows[..., cols])
+
+        if h <= tile and w <= tile:
+            emit(0, vae.decode(z, return_dict=False)[0])
+        else:
+            run_tiled(_decoder(vae), z, (h, w), tile, overlap, 1, f, emit, GroupNormStats(vae.decoder))
+
+
+def _decoder(vae: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda z: vae.decode(z, return_dict=False)[0]
+
+
 @torch.no_grad()
 def decode_latents(
     vae: nn.Module,
@@ -96,127 +141,98 @@ def decode_latents(
 
     ``tile`` and ``overlap`` are in latent pixels (defaults: the VAE's native size and a quarter of
     it). With ``circular``, the canvas wraps horizontally: the left and right edges are decoded as
-    neighbours.
+    neighbours. A canvas that fits in one tile is decoded whole, exactly as diffusers does.
     """
-    tile = tile or default_tile(vae)
-    overlap = tile // 4 if overlap is None else overlap
-    if not 0 <= overlap < tile:
-        raise ValueError(f"overlap must be in [0, tile={tile}), got {overlap}")
-    with _upcast_if_needed(vae) as dtype:
-        z = unscale_latents(vae, latents).to(dtype)
-        pad = 0
-        if circular:
-            pad = min(max(overlap, 8), z.shape[-1])
-            z = torch.cat([z[..., -pad:], z, z[..., :pad]], dim=-1)
-        h, w = z.shape[-2:]
-        if h <= tile and w <= tile:
-            image = vae.decode(z, return_dict=False)[0]
-        else:
-            image = _decode_tiled(vae, z, tile, overlap)
-    if pad:
-        f = vae_scale_factor(vae)
-        image = image[..., pad * f : image.shape[-1] - pad * f]
+    f = vae_scale_factor(vae)
+    shape = (latents.shape[0], vae.config.out_channels, latents.shape[-2] * f, latents.shape[-1] * f)
+    image = torch.empty(shape, dtype=_output_dtype(vae), device=latents.device)
+
+    def write(row: int, rows: torch.Tensor) -> None:
+        image[..., row : row + rows.shape[-2], :] = rows
+
+    _decode(vae, latents, circular, tile, overlap, write)
     return image
 
 
-def _decode_tiled(vae: nn.Module, z: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
+@torch.no_grad()
+def decode_to_uint8(
+    vae: nn.Module,
+    latents: torch.Tensor,
+    *,
+    circular: bool = False,
+    tile: int | None = None,
+    overlap: int | None = None,
+) -> torch.Tensor:
+    """Like :func:`decode_latents`, but straight to 8-bit images (B, H, W, 3) on the CPU, converted
+    one band of rows at a time (as diffusers' ``numpy_to_pil`` rounds), so no float copy of the
+    whole image is ever made: the result is the largest thing a 4096 x 4096 decode holds."""
     f = vae_scale_factor(vae)
-    h, w = z.shape[-2:]
-    tiles = [
-        View(top, left, min(tile, h), min(tile, w))
-        for top in axis_starts(h, min(tile, h), tile - overlap)
-        for left in axis_starts(w, min(tile, w), tile - overlap)
-    ]
-    norms = _GroupNormStats(vae.decoder)
-    with norms.recording():
-        for view in tiles:
-            vae.decode(crop(z, view), return_dict=False)
-    out = None
-    den = torch.zeros((1, 1, h * f, w * f), dtype=torch.float32, device=z.device)
-    with norms.applying():
-        for view in tiles:
-            image = vae.decode(crop(z, view), return_dict=False)[0].float()
-            if out is None:
-                out = torch.zeros((z.shape[0], image.shape[1], h * f, w * f), dtype=torch.float32, device=z.device)
-            ramp = _blend_ramp(view, (h, w), overlap, f, z.device)
-            pixel_view = View(view.top * f, view.left * f, view.height * f, view.width * f)
-            _paste(out, pixel_view, image * ramp)
-            _paste(den, pixel_view, ramp)
-    return (out / den).to(z.dtype)
+    shape = (latents.shape[0], latents.shape[-2] * f, latents.shape[-1] * f, vae.config.out_channels)
+    image = torch.empty(shape, dtype=torch.uint8)
+
+    def write(row: int, rows: torch.Tensor) -> None:
+        rows = (rows.float() / 2 + 0.5).clamp(0, 1).mul(255).round().to(torch.uint8)
+        image[:, row : row + rows.shape[-2]] = rows.permute(0, 2, 3, 1).cpu()
+
+    _decode(vae, latents, circular, tile, overlap, write)
+    return image
 
 
-def _paste(canvas: torch.Tensor, view: View, value: torch.Tensor) -> None:
-    canvas[..., view.top : view.top + view.height, view.left : view.left + view.width] += value
+def _output_dtype(vae: nn.Module) -> torch.dtype:
+    dtype = vae.dtype
+    if dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+        return torch.float32
+    return dtype
 
 
-def _ramp_1d(start: int, length: int, size: int, overlap: int, f: int, device: torch.device) -> torch.Tensor:
-    """Weights along one axis of a tile: rising over the overlap where a neighbour tile exists."""
-    n = length * f
-    r = torch.ones(n, device=device)
-    band = overlap * f
-    if band == 0:
-        return r
-    ramp = (torch.arange(band, device=device, dtype=torch.float32) + 0.5) / band
-    if start > 0:
-        r[:band] = torch.minimum(r[:band], ramp)
-    if start + length < size:
-        r[n - band :] = torch.minimum(r[n - band :], ramp.flip(0))
-    return r
+@torch.no_grad()
+def encode_images(
+    vae: nn.Module,
+    images: torch.Tensor,
+    *,
+    tile: int | None = None,
+    overlap: int | None = None,
+    generator: torch.Generator | None = None,
+    sample: bool = False,
+) -> torch.Tensor:
+    """Encode images (B, 3, H, W) in [-1, 1] to diffusion latents (B, C, H/f, W/f), scaled.
 
-
-def _blend_ramp(view: View, canvas: tuple[int, int], overlap: int, f: int, device: torch.device) -> torch.Tensor:
-    rows = _ramp_1d(view.top, view.height, canvas[0], overlap, f, device)
-    cols = _ramp_1d(view.left, view.width, canvas[1], overlap, f, device)
-    return rows[:, None] * cols[None, :]
-
-
-class _GroupNormStats:
-    """Canvas-wide GroupNorm statistics for tiled decoding (see the module docstring).
-
-    ``recording()``: each GroupNorm normalises by its tile's statistics (as usual) and adds the
-    tile's per-group sums to a canvas total. ``applying()``: each GroupNorm normalises by the totals.
+    Images larger than one tile (``tile`` latent pixels, i.e. ``tile * f`` image pixels; default
+    the VAE's native size) are encoded in blended tiles with canvas-wide GroupNorm statistics, like
+    the decode: memory depends on the tile, not the image. Returns the posterior's mean, or a sample
+    drawn with ``generator`` when ``sample``.
     """
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-    def __init__(self, module: nn.Module):
-        self.norms = [m for m in module.modules() if isinstance(m, nn.GroupNorm)]
-        self.sums: dict[int, list[torch.Tensor]] = {}
+    tile, overlap = _check_tiles(vae, tile, overlap)
+    f = vae_scale_factor(vae)
+    if images.shape[-2] % f or images.shape[-1] % f:
+        raise ValueError(f"images must have sides that are multiples of {f}, got {tuple(images.shape[-2:])}")
+    h, w = images.shape[-2] // f, images.shape[-1] // f
+    with _upcast_if_needed(vae) as dtype:
+        x = images.to(device=vae.device, dtype=dtype)
+        if h <= tile and w <= tile:
+            moments = _encode_moments(vae, x)
+        else:
+            moments = None
 
-    @contextlib.contextmanager
-    def _patched(self, forward) -> Iterator[None]:
-        originals = [norm.forward for norm in self.norms]
-        for i, norm in enumerate(self.norms):
-            norm.forward = lambda x, i=i, norm=norm: forward(i, norm, x)  # type: ignore[method-assign]
-        try:
-            yield
-        finally:
-            for norm, original in zip(self.norms, originals):
-                norm.forward = original  # type: ignore[method-assign]
+            def write(row: int, rows: torch.Tensor) -> None:
+                nonlocal moments
+                if moments is None:
+                    moments = torch.empty((*rows.shape[:2], h, w), dtype=torch.float32, device=rows.device)
+                moments[..., row : row + rows.shape[-2], :] = rows
 
-    def recording(self):
-        self.sums = {}
+            run_tiled(
+                lambda c: _encode_moments(vae, c), x, (h, w), tile, overlap, f, 1, write, GroupNormStats(vae.encoder)
+            )
+        dist = DiagonalGaussianDistribution(moments.float())
+        z = dist.sample(generator) if sample else dist.mode()
+    return scale_latents(vae, z.to(vae.dtype))
 
-        def forward(i: int, norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
-            g = x.double().reshape(x.shape[0], norm.num_groups, -1)
-            total = [g.sum(-1), (g * g).sum(-1), torch.full_like(g[:, :, 0], g.shape[-1])]
-            if i in self.sums:
-                self.sums[i] = [a + b for a, b in zip(self.sums[i], total)]
-            else:
-                self.sums[i] = total
-            return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
 
-        return self._patched(forward)
-
-    def applying(self):
-        def forward(i: int, norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
-            s, sq, n = self.sums[i]
-            mean = (s / n).float()
-            var = (sq / n - (s / n) ** 2).clamp_min(0).float()
-            g = x.float().reshape(x.shape[0], norm.num_groups, -1)
-            g = (g - mean[..., None]) * torch.rsqrt(var[..., None] + norm.eps)
-            y = g.reshape(x.shape).to(x.dtype)
-            if norm.affine:
-                shape = (1, -1) + (1,) * (x.dim() - 2)
-                y = y * norm.weight.view(shape) + norm.bias.view(shape)
-            return y
-
-        return self._patched(forward)
+def _encode_moments(vae: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Mean and log-variance (B, 2C, h, w) of the VAE's posterior, as ``AutoencoderKL._encode``."""
+    moments = vae.encoder(x)
+    if getattr(vae, "quant_conv", None) is not None:
+        moments = vae.quant_conv(moments)
+    return moments

@@ -16,12 +16,15 @@ from dataclasses import dataclass
 import torch
 
 __all__ = [
+    "WEIGHTS",
     "View",
     "axis_starts",
     "crop",
+    "crop_batch",
     "grid_views",
     "paste_add",
     "shifted_views",
+    "window_weights",
 ]
 
 
@@ -89,35 +92,63 @@ def shifted_views(
     window: tuple[int, int],
     offset: tuple[int, int],
     circular: bool = False,
+    stride: tuple[int, int] | None = None,
 ) -> list[View]:
     """Few windows of the full window size, displaced by ``offset`` (SpotDiffusion-style fast mode).
 
     Each step of the fast mode draws a fresh offset, so the borders between windows never stay in
-    one place and no seam can form. Along a wrapping axis, ``ceil(size / window)`` windows are
-    spread evenly from ``offset`` (they overlap only by the rounding). Along a non-wrapping axis,
-    windows start at ``offset + k * window`` clamped to the canvas, so the two edge windows may
-    overlap their neighbours. Coverage (latent pixels denoised per canvas pixel) stays close to 1.
+    one place and no seam can form. ``stride`` (default: the window, i.e. windows that do not
+    overlap) is the spacing of the windows. Along a wrapping axis, ``ceil(size / stride)`` windows
+    are spread evenly from ``offset``. Along a non-wrapping axis, windows start at
+    ``offset + k * stride`` clamped to the canvas, so the two edge windows may overlap their
+    neighbours. Coverage (latent pixels denoised per canvas pixel) stays close to window / stride.
     """
     win_h, win_w = min(window[0], height), min(window[1], width)
-    tops = _shifted_starts(height, win_h, offset[0], wrap=False)
-    lefts = _shifted_starts(width, win_w, offset[1], wrap=circular)
+    s_h, s_w = stride if stride is not None else (win_h, win_w)
+    tops = _shifted_starts(height, win_h, min(s_h, win_h), offset[0], wrap=False)
+    lefts = _shifted_starts(width, win_w, min(s_w, win_w), offset[1], wrap=circular)
     return [View(top, left, win_h, win_w) for top in tops for left in lefts]
 
 
-def _shifted_starts(size: int, window: int, offset: int, wrap: bool) -> list[int]:
+def _shifted_starts(size: int, window: int, stride: int, offset: int, wrap: bool) -> list[int]:
     if window >= size:
         return [0]
     if wrap:
-        n = math.ceil(size / window)
+        n = math.ceil(size / stride)
         return [(offset + (k * size) // n) % size for k in range(n)]
-    offset %= window
-    starts = sorted({min(max(s, 0), size - window) for s in range(offset - window, size, window)})
+    offset %= stride
+    starts = sorted({min(max(s, 0), size - window) for s in range(offset - stride, size, stride)})
+    if stride < window:  # overlapping on purpose: keep every window
+        return starts
     # clamping can leave a window whose neighbours already cover it (small canvases): drop it
     kept = [starts[0]]
     for i in range(1, len(starts) - 1):
         if kept[-1] + window < starts[i + 1]:
             kept.append(starts[i])
     return kept + starts[-1:] if len(starts) > 1 else kept
+
+
+WEIGHTS = ("uniform", "gaussian")
+"""Per-pixel weights W_i of a window in Eq. 5."""
+
+
+def window_weights(height: int, width: int, kind: str = "uniform", variance: float = 0.01) -> torch.Tensor | None:
+    """W_i of a ``height`` x ``width`` window: ``None`` for "uniform" (W_i = 1, the paper's panorama)
+    or, for "gaussian", the separable Gaussian of Mixture of Diffusers (Jiménez, 2023): centre 1,
+    ``exp(-d² / (2 · variance))`` at a distance d from the centre in units of the window side
+    (variance 0.01: about 4e-6 at the edges, never 0). Where windows overlap, the pixels near a
+    window's centre dominate Eq. 5, which hides the borders of windows placed far apart.
+    """
+    if kind == "uniform":
+        return None
+    if kind != "gaussian":
+        raise ValueError(f"weights must be one of {', '.join(map(repr, WEIGHTS))}, got {kind!r}")
+
+    def profile(n: int) -> torch.Tensor:
+        d = (torch.arange(n, dtype=torch.float64) - (n - 1) / 2) / n
+        return torch.exp(-(d * d) / (2 * variance))
+
+    return (profile(height)[:, None] * profile(width)[None, :]).float()
 
 
 def _column_slices(view: View, canvas_width: int) -> list[tuple[slice, slice]]:

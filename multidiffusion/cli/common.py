@@ -58,6 +58,11 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.bin/.pt weights (they can run code)")
     g.add_argument("--device", help="cuda, cpu or mps (default: cuda if present)")
     g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="default: float16 on GPU, else float32")
+    g.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the UNet: pays on GPUs for long runs; on CPUs it rarely does (see README)",
+    )
 
 
 def add_sampling_options(p: argparse.ArgumentParser) -> None:
