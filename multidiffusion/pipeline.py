@@ -294,19 +294,20 @@ class MultiDiffusion:
                 result = callback_on_step_end(self, i, t, {"latents": x})
                 return (result or {}).get("latents")
 
-        x = sample(
-            model,
-            sched,
-            noise,
-            steps,
-            plan_for_step,
-            batch_size=view_batch_size or self._auto_batch(),
-            composer_for_step=composer_for_step,
-            generator=generator,
-            eta=eta,
-            callback=callback,
-            progress=self._progress,
-        )
+        with model.attached():
+            x = sample(
+                model,
+                sched,
+                noise,
+                steps,
+                plan_for_step,
+                batch_size=view_batch_size or self._auto_batch(),
+                composer_for_step=composer_for_step,
+                generator=generator,
+                eta=eta,
+                callback=callback,
+                progress=self._progress,
+            )
         params = {
             **params,
             "model": self.model_name,

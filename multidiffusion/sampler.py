@@ -10,6 +10,7 @@ the adapter. The scheduler keeps its own duties: ``init_noise_sigma``, ``scale_m
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .adapters.base import Conditioning, ModelAdapter
 from .fusion import FusionPlan, InputComposer, Job, fused_prediction
+from .shared_prefix import SharedPrefix
 
 __all__ = ["GuidedModel", "SamplingStats", "sample"]
 
@@ -44,8 +46,10 @@ class SamplingStats:
 class GuidedModel:
     """Φ(x | y) with classifier-free guidance, ε_u + s (ε_c − ε_u), for a batch of jobs.
 
-    The crops of all jobs and both guidance branches go through the UNet in one call. ``guidance``
-    holds one scale per prompt slot (regions may set their own).
+    The crops of all jobs and both guidance branches go through the UNet in one call, whose layers
+    before the first cross-attention run once for both branches (:mod:`~multidiffusion.shared_prefix`;
+    ``share_prefix=False`` turns that off). ``guidance`` holds one scale per prompt slot (regions may
+    set their own).
     """
 
     def __init__(
@@ -55,8 +59,10 @@ class GuidedModel:
         guidance: Sequence[float],
         canvas: tuple[int, int],
         stats: SamplingStats | None = None,
+        share_prefix: bool = True,
     ):
         self.adapter = adapter
+        self.prefix = SharedPrefix(adapter.unet) if share_prefix and cond.negative is not None else None
         self.cond = cond
         self.canvas = canvas
         self.stats = stats if stats is not None else SamplingStats()
@@ -68,7 +74,8 @@ class GuidedModel:
         guided = self.cond.negative is not None
         x = torch.cat([crops, crops]) if guided else crops
         kwargs = self.adapter.unet_kwargs(self.cond, jobs, self.canvas)
-        out = self.adapter.unet(x, t, return_dict=False, **kwargs)[0]
+        with self.prefix.halves(crops.shape[0]) if self.prefix is not None else contextlib.nullcontext():
+            out = self.adapter.unet(x, t, return_dict=False, **kwargs)[0]
         self.stats.model_calls += 1
         self.stats.jobs += len(jobs)
         self.stats.latent_pixels += sum(job.view.height * job.view.width for job in jobs)
@@ -76,6 +83,10 @@ class GuidedModel:
             return out
         uncond, cond = out.chunk(2)
         return uncond + self._scale(jobs, crops.shape[0] // len(jobs)) * (cond - uncond)
+
+    def attached(self) -> contextlib.AbstractContextManager:
+        """Context for a sampling run: installs the shared-prefix hooks, removes them after."""
+        return self.prefix.attached() if self.prefix is not None else contextlib.nullcontext()
 
     def _scale(self, jobs: Sequence[Job], batch: int) -> float | torch.Tensor:
         if self._uniform is not None:
