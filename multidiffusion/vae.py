@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
+from .vae_stages import decoder_stages, encoder_stages, run_latent_stage
 from .vae_tiling import GroupNormStats, run_tiled
 
 __all__ = [
@@ -90,6 +91,8 @@ def _upcast_if_needed(vae: nn.Module) -> Iterator[torch.dtype]:
 
 def _check_tiles(vae: nn.Module, tile: int | None, overlap: int | None) -> tuple[int, int]:
     tile = tile or default_tile(vae)
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 8:
+        raise ValueError(f"tile must be an integer ≥ 8 (latent pixels), got {tile!r}")
     overlap = tile // 4 if overlap is None else overlap
     if not 0 <= overlap < tile:
         raise ValueError(f"overlap must be in [0, tile={tile}), got {overlap}")
@@ -103,6 +106,7 @@ def _decode(
     tile: int | None,
     overlap: int | None,
     write: Callable[[int, torch.Tensor], None],
+    latent_tile: int | None = None,
 ) -> None:
     """Decode into ``write(first_row, rows)``: bands of image rows, full width, wrap padding removed."""
     tile, overlap = _check_tiles(vae, tile, overlap)
@@ -118,14 +122,15 @@ def _decode(
         def emit(row: int, rows: torch.Tensor) -> None:
             write(row, rows[..., cols])
 
+        stages = decoder_stages(vae)
         if h <= tile and w <= tile:
             emit(0, vae.decode(z, return_dict=False)[0])
+        elif stages is None:  # not an AutoencoderKL: tile the whole decoder
+            decode = lambda c: vae.decode(c, return_dict=False)[0]  # noqa: E731
+            run_tiled(decode, z, (h, w), tile, overlap, 1, f, emit, GroupNormStats(vae.decoder))
         else:
-            run_tiled(_decoder(vae), z, (h, w), tile, overlap, 1, f, emit, GroupNormStats(vae.decoder))
-
-
-def _decoder(vae: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    return lambda z: vae.decode(z, return_dict=False)[0]
+            features = run_latent_stage(stages.latent, stages.latent_norms, z, latent_tile or 2 * tile)
+            run_tiled(stages.pixel, features, (h, w), tile, overlap, 1, f, emit, GroupNormStats(*stages.pixel_norms))
 
 
 @torch.no_grad()
@@ -136,12 +141,16 @@ def decode_latents(
     circular: bool = False,
     tile: int | None = None,
     overlap: int | None = None,
+    latent_tile: int | None = None,
 ) -> torch.Tensor:
     """Decode diffusion latents (B, C, h, w) to images (B, 3, h*f, w*f) in [-1, 1].
 
     ``tile`` and ``overlap`` are in latent pixels (defaults: the VAE's native size and a quarter of
-    it). With ``circular``, the canvas wraps horizontally: the left and right edges are decoded as
-    neighbours. A canvas that fits in one tile is decoded whole, exactly as diffusers does.
+    it). The decoder's latent-resolution stage (its mid block and attention) runs whole on canvases
+    up to ``latent_tile`` (default 2 * tile) latent pixels a side and in windows beyond; its
+    pixel-resolution stage runs in tiles (see :mod:`multidiffusion.vae_stages`). With ``circular``,
+    the canvas wraps horizontally: the left and right edges are decoded as neighbours. A canvas that
+    fits in one tile is decoded whole, exactly as diffusers does.
     """
     f = vae_scale_factor(vae)
     shape = (latents.shape[0], vae.config.out_channels, latents.shape[-2] * f, latents.shape[-1] * f)
@@ -150,7 +159,7 @@ def decode_latents(
     def write(row: int, rows: torch.Tensor) -> None:
         image[..., row : row + rows.shape[-2], :] = rows
 
-    _decode(vae, latents, circular, tile, overlap, write)
+    _decode(vae, latents, circular, tile, overlap, write, latent_tile)
     return image
 
 
@@ -162,6 +171,7 @@ def decode_to_uint8(
     circular: bool = False,
     tile: int | None = None,
     overlap: int | None = None,
+    latent_tile: int | None = None,
 ) -> torch.Tensor:
     """Like :func:`decode_latents`, but straight to 8-bit images (B, H, W, 3) on the CPU, converted
     one band of rows at a time (as diffusers' ``numpy_to_pil`` rounds), so no float copy of the
@@ -174,7 +184,7 @@ def decode_to_uint8(
         rows = (rows.float() / 2 + 0.5).clamp(0, 1).mul(255).round().to(torch.uint8)
         image[:, row : row + rows.shape[-2]] = rows.permute(0, 2, 3, 1).cpu()
 
-    _decode(vae, latents, circular, tile, overlap, write)
+    _decode(vae, latents, circular, tile, overlap, write, latent_tile)
     return image
 
 
@@ -192,15 +202,17 @@ def encode_images(
     *,
     tile: int | None = None,
     overlap: int | None = None,
+    latent_tile: int | None = None,
     generator: torch.Generator | None = None,
     sample: bool = False,
 ) -> torch.Tensor:
     """Encode images (B, 3, H, W) in [-1, 1] to diffusion latents (B, C, H/f, W/f), scaled.
 
     Images larger than one tile (``tile`` latent pixels, i.e. ``tile * f`` image pixels; default
-    the VAE's native size) are encoded in blended tiles with canvas-wide GroupNorm statistics, like
-    the decode: memory depends on the tile, not the image. Returns the posterior's mean, or a sample
-    drawn with ``generator`` when ``sample``.
+    the VAE's native size) are encoded like the decode in reverse: the pixel-resolution stage in
+    blended tiles with canvas-wide GroupNorm statistics, the mid block whole up to ``latent_tile``
+    (default 2 * tile). Memory depends on the tile, not the image. Returns the posterior's mean, or
+    a sample drawn with ``generator`` when ``sample``.
     """
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
@@ -211,20 +223,24 @@ def encode_images(
     h, w = images.shape[-2] // f, images.shape[-1] // f
     with _upcast_if_needed(vae) as dtype:
         x = images.to(device=vae.device, dtype=dtype)
+        stages = encoder_stages(vae)
         if h <= tile and w <= tile:
             moments = _encode_moments(vae, x)
         else:
-            moments = None
+            out: torch.Tensor | None = None
 
             def write(row: int, rows: torch.Tensor) -> None:
-                nonlocal moments
-                if moments is None:
-                    moments = torch.empty((*rows.shape[:2], h, w), dtype=torch.float32, device=rows.device)
-                moments[..., row : row + rows.shape[-2], :] = rows
+                nonlocal out
+                if out is None:
+                    out = torch.empty((*rows.shape[:2], h, w), dtype=dtype, device=rows.device)
+                out[..., row : row + rows.shape[-2], :] = rows
 
-            run_tiled(
-                lambda c: _encode_moments(vae, c), x, (h, w), tile, overlap, f, 1, write, GroupNormStats(vae.encoder)
-            )
+            if stages is None:  # not an AutoencoderKL: tile the whole encoder
+                run_tiled(lambda c: _encode_moments(vae, c), x, (h, w), tile, overlap, f, 1, write, GroupNormStats(vae))
+                moments = out
+            else:
+                run_tiled(stages.pixel, x, (h, w), tile, overlap, f, 1, write, GroupNormStats(*stages.pixel_norms))
+                moments = run_latent_stage(stages.latent, stages.latent_norms, out, latent_tile or 2 * tile)
         dist = DiagonalGaussianDistribution(moments.float())
         z = dist.sample(generator) if sample else dist.mode()
     return scale_latents(vae, z.to(vae.dtype))

@@ -114,8 +114,8 @@ class GroupNormStats:
     float64). ``applying()``: each GroupNorm normalises by the totals, in one fused multiply-add.
     """
 
-    def __init__(self, module: nn.Module):
-        self.norms = [m for m in module.modules() if isinstance(m, nn.GroupNorm)]
+    def __init__(self, *modules: nn.Module):
+        self.norms = [m for module in modules for m in module.modules() if isinstance(m, nn.GroupNorm)]
         self.totals: dict[int, tuple[float, torch.Tensor, torch.Tensor]] = {}
 
     @contextlib.contextmanager
