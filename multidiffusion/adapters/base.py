@@ -92,6 +92,10 @@ class ModelAdapter:
     def prediction_type(self) -> str:
         return self.pipe.scheduler.config.get("prediction_type", "epsilon")
 
+    def parameters(self) -> dict[str, Any]:
+        """Family-specific settings that change the output, recorded with each image (PNG metadata)."""
+        return {}
+
     def encode(
         self,
         prompts: Sequence[Sequence[str]],
