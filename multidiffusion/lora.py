@@ -17,6 +17,13 @@ from typing import Any
 __all__ = ["load_lora"]
 
 
+def _peft_backend() -> bool:
+    """Whether diffusers can load LoRAs here (it needs peft)."""
+    from diffusers.utils import USE_PEFT_BACKEND
+
+    return bool(USE_PEFT_BACKEND)
+
+
 def _family(pipe: Any) -> str:
     return "SDXL" if getattr(pipe, "text_encoder_2", None) is not None else "SD 1.x/2.x"
 
@@ -27,10 +34,8 @@ def load_lora(pipe: Any, lora: str | os.PathLike | dict, adapter_name: str | Non
     Returns the adapter name. ``kwargs`` go to diffusers' ``load_lora_weights`` (e.g. ``weight_name``).
     Raises ``ValueError`` when peft is missing or the LoRA does not fit the model's architecture.
     """
-    from diffusers.utils import USE_PEFT_BACKEND
-
     source = "the LoRA state dict" if isinstance(lora, dict) else f"LoRA {str(lora)!r}"
-    if not USE_PEFT_BACKEND:
+    if not _peft_backend():
         raise ValueError("loading LoRAs needs the peft package: pip install peft")
     existing = {name for names in pipe.get_list_adapters().values() for name in names}
     name = adapter_name or f"lora_{len(existing)}"
@@ -42,6 +47,8 @@ def load_lora(pipe: Any, lora: str | os.PathLike | dict, adapter_name: str | Non
     except (RuntimeError, ValueError, KeyError) as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         detail = next((line for line in lines if "size mismatch" in line), lines[0] if lines else type(exc).__name__)
+        if "not found in the base model" in detail:  # peft lists every missing module: say it short
+            detail = "none of the layers it targets exist in this model"
         hint = _shape_hint(detail)
         raise ValueError(
             f"{source} does not fit this {family} model{hint}: a LoRA only works on the architecture it was "
