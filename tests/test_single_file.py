@@ -198,3 +198,17 @@ def test_corrupt_safetensors_file(tmp_path):
     path.write_bytes(b"not a safetensors file")
     with pytest.raises(ModelNotFoundError, match=r"broken\.safetensors is not a readable \.safetensors file"):
         MultiDiffusion.from_pretrained(path, device="cpu")
+
+
+def test_sd2_768_v_shaped_model_windows_follow_sample_size():
+    # SD 2.x 768-v: v-prediction and 96x96 native latents; here 24x24, the same ratio to SD's 64 as 96 is
+    pipe = tiny_sd_pipeline(sample_size=24, prediction_type="v_prediction", seed=4)
+    md = MultiDiffusion(pipe)
+    md.set_progress_bar_config(disable=True)
+    assert md.default_size == (192, 768) and md._window(None, None) == ((24, 24), (3, 3))
+    latents = noise((1, 4, 24, 24), seed=8)
+    expected = pipe("a tree", num_inference_steps=2, latents=latents.clone(), output_type="latent").images
+    got = md.panorama(
+        "a tree", height=192, width=192, num_inference_steps=2, latents=latents.clone(), output_type="latent"
+    ).images
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)

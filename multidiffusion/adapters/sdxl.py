@@ -73,7 +73,6 @@ class StableDiffusionXLAdapter(ModelAdapter):
         self.crops_coords_top_left = crops_coords_top_left
         self.original_size = _original_size(original_size)
         self._check_added_embedding()
-        self._time_ids: dict[Any, torch.Tensor] = {}
 
     def _check_added_embedding(self) -> None:
         """SDXL base UNets take 6 time ids + the pooled embedding; the refiner takes 5 (aesthetic score)."""
@@ -132,7 +131,10 @@ class StableDiffusionXLAdapter(ModelAdapter):
             "encoder_hidden_states": cond.gather("encoder_hidden_states", slots),
             "added_cond_kwargs": {
                 "text_embeds": text_embeds,
-                "time_ids": self.time_ids(jobs, canvas, cond.batch, cond.negative is not None, text_embeds.dtype),
+                "time_ids": cond.cached(
+                    ("time_ids", tuple(job.view for job in jobs), tuple(canvas)),
+                    lambda: self.time_ids(jobs, canvas, cond.batch, cond.negative is not None, text_embeds.dtype),
+                ),
             },
         }
 
@@ -145,14 +147,10 @@ class StableDiffusionXLAdapter(ModelAdapter):
         dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
         """(original_h, original_w, crop_top, crop_left, target_h, target_w) in pixels for each job's
-        ``batch`` images, both guidance branches (same ids) when ``guided``; cached per group of views."""
-        views = tuple(job.view for job in jobs)
-        key = (views, tuple(canvas), batch, guided, dtype)
-        if key not in self._time_ids:
-            rows = [self.view_time_ids(view, canvas) for view in views]
-            ids = torch.tensor(rows, dtype=dtype, device=self.device).repeat_interleave(batch, dim=0)
-            self._time_ids[key] = torch.cat([ids, ids]) if guided else ids
-        return self._time_ids[key]
+        ``batch`` images, both guidance branches (same ids) when ``guided``."""
+        rows = [self.view_time_ids(job.view, canvas) for job in jobs]
+        ids = torch.tensor(rows, dtype=dtype, device=self.device).repeat_interleave(batch, dim=0)
+        return torch.cat([ids, ids]) if guided else ids
 
     def view_time_ids(self, view: Any, canvas: tuple[int, int]) -> list[int]:
         """The six time ids of one view (latent coordinates in, pixels out)."""
