@@ -132,6 +132,20 @@ def check_config(name: str, family: str, shapes: dict[str, tuple[int, ...]], con
         )
 
 
+def _cached_folder(repo: str) -> Path | None:
+    """The cached snapshot folder of a repo id when its configuration is in the local cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        index = try_to_load_from_cache(repo, "model_index.json")
+        unet = try_to_load_from_cache(repo, "unet/config.json")
+    except Exception:  # not a repo id: diffusers reports it below
+        return None
+    if isinstance(index, str) and isinstance(unet, str) and Path(index).parent == Path(unet).parent.parent:
+        return Path(index).parent
+    return None
+
+
 def default_config(family: str, path: Path) -> str:
     """The official base repo whose configuration builds a ``family`` checkpoint (see module doc)."""
     if family == "sd2" and re.search(r"512|base", path.name.lower()):
@@ -152,6 +166,9 @@ def load_single_file(path: Path, config: str | None, **kwargs: Any):
     else:
         local = None
         source = config or default_config(family, path)
+        cached = _cached_folder(source)
+        if cached is not None:
+            check_config(path.name, family, shapes, cached)
     cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     try:
         return cls.from_single_file(str(path), config=source, **kwargs)

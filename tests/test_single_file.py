@@ -212,3 +212,30 @@ def test_sd2_768_v_shaped_model_windows_follow_sample_size():
         "a tree", height=192, width=192, num_inference_steps=2, latents=latents.clone(), output_type="latent"
     ).images
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+def _fake_cache(monkeypatch, tmp_path, repo, folder):
+    """``folder`` as the cached snapshot of ``repo`` in a Hugging Face cache under tmp_path."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hub"
+    entry = cache / ("models--" + repo.replace("/", "--"))
+    shutil.copytree(folder, entry / "snapshots" / "0123abc")
+    (entry / "refs").mkdir()
+    (entry / "refs" / "main").write_text("0123abc")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+
+
+def test_single_file_uses_the_cached_base_config_offline(files, tiny_sdxl_dir, monkeypatch, tmp_path):
+    pipes, paths = files
+    _fake_cache(monkeypatch, tmp_path, "stabilityai/stable-diffusion-xl-base-1.0", tiny_sdxl_dir)
+    md = MultiDiffusion.from_pretrained(paths["sdxl"], device="cpu")
+    assert md.family == "sdxl"
+    assert torch.equal(md.pipe.unet.conv_in.weight, pipes["sdxl"].unet.conv_in.weight)
+
+
+def test_cached_base_config_of_another_architecture_is_refused(files, tiny_model_dir, monkeypatch, tmp_path):
+    _, paths = files
+    _fake_cache(monkeypatch, tmp_path, "stabilityai/stable-diffusion-xl-base-1.0", tiny_model_dir)
+    with pytest.raises(ModelNotFoundError, match=r"is an SDXL checkpoint but config .* is an SD 1\.x/2\.x model"):
+        MultiDiffusion.from_pretrained(paths["sdxl"], device="cpu")
