@@ -127,7 +127,10 @@ def settings_from(args: argparse.Namespace, mapping: dict[str, str], mode: str) 
 
 def load_model(model: str | None, args: argparse.Namespace, **options: Any):
     """The MultiDiffusion object for --model (default: demo) with --device, --dtype, --config,
-    --prediction-type; ``options`` go to ``from_pretrained`` (SDXL micro-conditioning)."""
+    --prediction-type, --crops-coords, --original-size; ``options`` (``from_pretrained``'s SDXL
+    micro-conditioning, e.g. from a PNG's stored settings) take precedence over the flags."""
+    flags = {"crops_coords_top_left": args.crops_coords, "original_size": args.original_size}
+    options = {**{k: v for k, v in flags.items() if v is not None}, **options}
     import torch
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
