@@ -49,7 +49,7 @@ class MultiDiffusionOutput:
 
 
 class MultiDiffusion:
-    """MultiDiffusion (Bar-Tal et al., ICML 2023) around a Stable Diffusion pipeline.
+    """MultiDiffusion (Bar-Tal et al., ICML 2023) around a Stable Diffusion 1.x, 2.x or XL pipeline.
 
     >>> md = MultiDiffusion.from_pretrained("demo")
     >>> md.panorama("snowy mountains at sunset", width=1024).images[0].save("pano.png")
@@ -63,8 +63,19 @@ class MultiDiffusion:
         pipe: Any,
         scheduler: str | Any | None = None,
         model_name: str | None = None,
+        *,
+        clip_skip: int | None = None,
+        crops_coords_top_left: str | None = None,
+        original_size: str | tuple[int, int] | None = None,
     ):
-        self.adapter: ModelAdapter = adapter_for(pipe)
+        """``pipe``: any Stable Diffusion 1.x / 2.x / XL pipeline (text-to-image or img2img; its
+        components are shared, not copied). ``clip_skip`` as in diffusers. SDXL only:
+        ``crops_coords_top_left`` ("zero", default, or "offset": each view's offset on the canvas)
+        and ``original_size`` ("canvas", default, "window" or (height, width) pixels) set the
+        micro-conditioning of every view; see :mod:`multidiffusion.adapters.sdxl` for why."""
+        self.adapter: ModelAdapter = adapter_for(
+            pipe, clip_skip=clip_skip, crops_coords_top_left=crops_coords_top_left, original_size=original_size
+        )
         self.scheduler = scheduler if scheduler is not None else self.pipe.scheduler
         make_scheduler(self.scheduler, self.pipe.scheduler.config)  # fail now on a bad name
         self.model_name = model_name or getattr(getattr(pipe, "config", None), "_name_or_path", None) or "custom"
@@ -80,18 +91,38 @@ class MultiDiffusion:
         scheduler: str | Any = "ddim",
         allow_pickle: bool = False,
         config: str | None = None,
+        prediction_type: str | None = None,
+        clip_skip: int | None = None,
+        crops_coords_top_left: str | None = None,
+        original_size: str | tuple[int, int] | None = None,
         **kwargs: Any,
     ) -> MultiDiffusion:
         """Load ``model``: ``"demo"`` (shipped, offline), a Hugging Face repo id (local cache first),
-        a diffusers folder, or a single ``.safetensors`` checkpoint (``config`` names a diffusers
-        folder or repo id with its configuration when the cache has none). Pickle checkpoints
-        (.ckpt/.bin/.pt) load only with ``allow_pickle=True``. ``device`` defaults to CUDA when
-        present, ``torch_dtype`` to float16 on accelerators and float32 on the CPU.
+        a diffusers folder, or a single ``.safetensors`` checkpoint of SD 1.x, 2.x or SDXL (its
+        family is read from its tensor names; ``config`` names a diffusers folder or repo id of the
+        same architecture, needed offline). Pickle checkpoints (.ckpt/.bin/.pt) load only with
+        ``allow_pickle=True``. ``prediction_type`` ("epsilon", "v_prediction", "sample") overrides
+        the model's, e.g. for v-prediction fine-tunes whose files don't say so. ``device`` defaults
+        to CUDA when present, ``torch_dtype`` to float16 on accelerators and float32 on the CPU.
+        The other options are the constructor's.
         """
         pipe = load_pipeline(
-            model, torch_dtype=torch_dtype, device=device, allow_pickle=allow_pickle, config=config, **kwargs
+            model,
+            torch_dtype=torch_dtype,
+            device=device,
+            allow_pickle=allow_pickle,
+            config=config,
+            prediction_type=prediction_type,
+            **kwargs,
         )
-        return cls(pipe, scheduler=scheduler, model_name=str(model))
+        return cls(
+            pipe,
+            scheduler=scheduler,
+            model_name=str(model),
+            clip_skip=clip_skip,
+            crops_coords_top_left=crops_coords_top_left,
+            original_size=original_size,
+        )
 
     # -- conveniences users of diffusers expect -------------------------------------------------
     @property
@@ -109,6 +140,18 @@ class MultiDiffusion:
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> MultiDiffusion:
         self.pipe.to(device=device, dtype=dtype)
         return self
+
+    @property
+    def family(self) -> str:
+        """The model family: "sd" (SD 1.x / 2.x) or "sdxl"."""
+        return self.adapter.family
+
+    def load_lora(self, lora: str | os.PathLike | dict, adapter_name: str | None = None, **kwargs: Any) -> str:
+        """Load a LoRA into the pipeline (diffusers' ``load_lora_weights``; needs peft) and return its
+        adapter name; ``ValueError`` in one line when it was trained for another model family."""
+        from .lora import load_lora
+
+        return load_lora(self.pipe, lora, adapter_name, **kwargs)
 
     def set_progress_bar_config(self, **kwargs: Any) -> None:
         """Options for the tqdm progress bar, as in diffusers (``disable=True`` hides it)."""
@@ -283,6 +326,7 @@ class MultiDiffusion:
         )
         params = {
             **params,
+            **self.adapter.parameters(),
             "model": self.model_name,
             "height": height,
             "width": width,
