@@ -273,7 +273,7 @@ def segmentation_masks(image: MaskLike, colours: Sequence[tuple[int, int, int]],
     rgb = load_rgb(image, name).astype(np.int64)
     codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
     found, counts = np.unique(codes, return_counts=True)
-    order = np.argsort(-counts)
+    order = np.argsort(-counts, kind="stable")  # by area, ties by colour
     found, counts = found[order], counts[order]
     wanted = {(r << 16) | (g << 8) | b for r, g, b in colours}
 
