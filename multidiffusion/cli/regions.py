@@ -207,6 +207,8 @@ def run(args: argparse.Namespace) -> None:
     scene = parse_scene(data, base=base, source=source, names=names)
     scene.arguments["regions"] += _flag_regions(args)
     kwargs = scene.arguments
+    if not kwargs["regions"] and not kwargs.get("background"):
+        fail("nothing to draw: give a scene file, --from PNG, or --background and --region PROMPT --box/--mask")
     height, width = kwargs.get("height"), kwargs.get("width")
     if height and width:  # the layout's errors before minutes of loading (latent grid of SD, f = 8)
         try:
