@@ -241,7 +241,9 @@ class MultiDiffusion:
         native size, where the canvas is a single window: one view per prompt, as in the paper.
         Larger canvases, panoramas included, use sliding windows (``window``, ``stride`` and
         ``circular`` as in :meth:`panorama`). ``negative_prompt`` is the background's and the
-        default of the regions'; the other arguments are :meth:`panorama`'s.
+        default of the regions'; the other arguments are :meth:`panorama`'s. ``generator`` also
+        draws the bootstrap backgrounds, after the initial noise; with ``latents`` given and no
+        generator they come from torch's global generator.
         """
         height, width = self._canvas(height, width, native=True)
         steps = check_int("num_inference_steps", num_inference_steps, 1, MAX_STEPS)

@@ -13,6 +13,9 @@ A canvas that fits in one tile is decoded whole, exactly as diffusers does.
 
 Circular canvases are padded with their own opposite edge before decoding and cropped after, so the
 0/360-degree seam is decoded with real neighbours on both sides.
+
+Encoding is needed only for the constant-colour backgrounds of region bootstrapping
+(:func:`encode_constant`): small window-sized images, encoded whole.
 """
 
 from __future__ import annotations
