@@ -30,7 +30,12 @@ def check_output_path(path: str | os.PathLike, name: str = "output") -> Path:
         raise ValueError(f"{name} folder {str(parent)!r} does not exist")
     if path.is_dir():
         raise ValueError(f"{name} {str(path)!r} is a folder")
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    try:  # the real test (os.access says yes to root on read-only file systems)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{path.stem}-", suffix=".png"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{name} {str(path)!r} is not writable: {exc.strerror}") from None
+    if path.exists() and not os.access(path, os.W_OK):
         raise ValueError(f"{name} {str(path)!r} is not writable")
     return path
 

@@ -154,7 +154,7 @@ class MultiDiffusion:
         windows and the decode wrap around the horizontal edge. The other arguments are
         diffusers': ``latents`` is the initial canvas noise (B, C, height/f, width/f).
         """
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else []
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}")
         negatives = _negatives("negative_prompt", negative_prompt, len(prompts))
