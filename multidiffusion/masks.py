@@ -162,9 +162,9 @@ def encode_mask(mask: torch.Tensor) -> str:
     if bool(((m == 0) | (m == 1)).all()):
         image = Image.fromarray(m.numpy().astype(bool))  # mode "1"
     elif bool(((m * 255).round() / 255 == m).all()):
-        image = Image.fromarray((m * 255).round().numpy().astype(np.uint8), mode="L")
+        image = Image.fromarray((m * 255).round().numpy().astype(np.uint8))  # mode "L"
     else:
-        image = Image.fromarray((m * 65535).round().numpy().astype(np.uint16), mode="I;16")
+        image = Image.fromarray((m * 65535).round().numpy().astype(np.uint16))  # mode "I;16"
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=True)
     return DATA_URI_PREFIX + base64.b64encode(buffer.getvalue()).decode("ascii")

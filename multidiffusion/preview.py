@@ -97,7 +97,7 @@ def draw_layout(layout: RegionLayout, image: Image.Image | None = None) -> Image
     ]
     tint = torch.einsum("phw,pc->hwc", shares, torch.tensor(colours, dtype=torch.float32))
     tint = tint.repeat_interleave(f, 0).repeat_interleave(f, 1).clamp(0, 255).numpy().astype(np.uint8)
-    canvas = Image.fromarray(tint, mode="RGB")
+    canvas = Image.fromarray(tint)
     if image is not None:
         base = image.convert("RGB").resize(canvas.size)
         canvas = Image.blend(base, canvas, 0.45)

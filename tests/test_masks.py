@@ -50,7 +50,7 @@ def test_every_kind_of_mask_input_reads_the_same(tmp_path):
         str(path),
         Image.open(path),
         Image.fromarray(m),  # mode "1"
-        Image.fromarray(rgba, mode="RGBA"),
+        Image.fromarray(rgba),
         m,
         m.astype(np.uint8) * 255,
         m.astype(np.float32),
