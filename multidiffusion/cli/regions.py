@@ -21,11 +21,11 @@ from .common import (
 
 HELP = """\
 Generate an image from a region layout: each region gets its own prompt, the background prompt takes
-the rest (MultiDiffusion, Bar-Tal et al. 2023, Sec. 4.2). Give a scene file (TOML or JSON; see
-examples/ and `python -c "import multidiffusion.scene as s; help(s)"`), or quick flags.
+the rest (MultiDiffusion, Bar-Tal et al. 2023, Sec. 4.2). Give a scene file (TOML or JSON, fields
+named as in the Python API: see examples/regions/), or quick flags; flags override the scene.
 
 examples:
-  multidiffusion regions examples/regions/scene.toml -o beach.png --preview
+  multidiffusion regions examples/regions/beach.toml -o beach.png --preview
   multidiffusion regions --background "a beach at sunset" --region "a red ball" --box 0.1,0.5,0.4,0.9 \\
       --region "a palm tree" --mask palm.png --feather 16 -o beach.png
   multidiffusion regions --segmentation layout.png --colors "#ff0000=a red car;#000000=a street" -o car.png
