@@ -127,6 +127,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--bootstrap-steps",
         type=int,
+        metavar="N",
         help="steps that denoise each region over a random plain background (default 40%% of the steps)",
     )
     g.add_argument("--preview", action="store_true", help="also write the layout as OUTPUT-layout.png")
