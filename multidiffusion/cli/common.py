@@ -17,6 +17,7 @@ __all__ = [
     "numbered_outputs",
     "original_size_type",
     "settings_from",
+    "stored_settings",
     "window_type",
 ]
 
@@ -103,20 +104,26 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
+def stored_settings(args: argparse.Namespace, mode: str) -> dict[str, Any]:
+    """The parameters stored in --from's PNG ({} without --from); it must have been made by ``mode``."""
+    if not args.from_png:
+        return {}
+    from ..io import read_parameters
+
+    if not Path(args.from_png).is_file():
+        fail(f"--from: no such file {args.from_png!r}")
+    try:
+        stored = read_parameters(args.from_png)
+    except (ValueError, OSError) as exc:
+        fail(f"--from {args.from_png}: {exc}")
+    if stored.get("mode", mode) != mode:
+        fail(f"--from {args.from_png} was made by `multidiffusion {stored['mode']}`, not {mode}")
+    return stored
+
+
 def settings_from(args: argparse.Namespace, mapping: dict[str, str], mode: str) -> dict[str, Any]:
     """Flags given on the command line over settings stored in --from's PNG (keys: API names)."""
-    stored: dict[str, Any] = {}
-    if args.from_png:
-        from ..io import read_parameters
-
-        if not Path(args.from_png).is_file():
-            fail(f"--from: no such file {args.from_png!r}")
-        try:
-            stored = read_parameters(args.from_png)
-        except (ValueError, OSError) as exc:
-            fail(f"--from {args.from_png}: {exc}")
-        if stored.get("mode", mode) != mode:
-            fail(f"--from {args.from_png} was made by `multidiffusion {stored['mode']}`, not {mode}")
+    stored = stored_settings(args, mode)
     settings = {key: stored.get(key) for key in mapping.values()}
     for flag, key in mapping.items():
         value = getattr(args, flag)
