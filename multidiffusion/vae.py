@@ -11,6 +11,9 @@ to 8 bits at once, so an image costs its 8-bit size plus one tile row.
 A canvas that fits in one tile is decoded whole, exactly as diffusers does. Circular canvases are
 padded with their own opposite edge before decoding and cropped after, so the 0/360-degree seam is
 decoded with real neighbours on both sides.
+
+Region bootstrapping encodes small constant-colour images (:func:`encode_constant`, whole);
+:func:`encode_images` encodes images of any size in tiles.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ __all__ = [
     "decode_latents",
     "decode_to_uint8",
     "default_tile",
+    "encode_constant",
     "encode_images",
     "scale_latents",
     "unscale_latents",
@@ -244,6 +248,23 @@ def encode_images(
         dist = DiagonalGaussianDistribution(moments.float())
         z = dist.sample(generator) if sample else dist.mode()
     return scale_latents(vae, z.to(vae.dtype))
+
+
+@torch.no_grad()
+def encode_constant(vae: nn.Module, colours: torch.Tensor, size: tuple[int, int], batch: int = 4) -> torch.Tensor:
+    """Diffusion latents (N, C, *size) of constant images of ``colours`` (N, 3) in [0, 1].
+
+    Each image is ``size`` latent pixels (times the VAE's factor) and encoded whole, ``batch`` per
+    call, edges included; the posterior's mean is used, scaled like any diffusion latent.
+    """
+    f = vae_scale_factor(vae)
+    out = []
+    with _upcast_if_needed(vae) as dtype:
+        for chunk in colours.split(batch):
+            images = (2 * chunk - 1).to(device=vae.device, dtype=dtype)[:, :, None, None]
+            images = images.expand(-1, -1, size[0] * f, size[1] * f).contiguous()
+            out.append(vae.encode(images).latent_dist.mean)
+    return scale_latents(vae, torch.cat(out))
 
 
 def _encode_moments(vae: nn.Module, x: torch.Tensor) -> torch.Tensor:

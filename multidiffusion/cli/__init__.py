@@ -10,12 +10,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import panorama
+from . import panorama, regions
 from .common import EXIT_USAGE, Parser, fail
 
 __all__ = ["build_parser", "main"]
 
-VERBS = [panorama]
+VERBS = [panorama, regions]
 
 
 def build_parser() -> Parser:
