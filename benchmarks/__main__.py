@@ -121,7 +121,20 @@ def table(rows: list[dict]) -> str:
     )
     lines = [head, "|" + "---|" * 10]
     for r in rows:
-        if r["suite"] == "decode":
+        if r["suite"] == "seams":
+            cells = [
+                r["config"],
+                r["peer"],
+                "",
+                "",
+                fmt(r.get("ratio"), ".2f", "x"),
+                "",
+                "",
+                "",
+                "",
+                r.get("notes", ""),
+            ]
+        elif r["suite"] == "decode":
             if "psnr_db" in r:
                 cells = [
                     r["config"],

@@ -50,24 +50,19 @@ InputComposer = Callable[[torch.Tensor, Sequence[Job]], torch.Tensor]
 class FusionPlan:
     """The jobs of one step and the denominator of Eq. 5, Σ_i F_i⁻¹(W_i), computed once.
 
-    Jobs whose weight is zero everywhere (a region prompt in a window its mask does not reach) are
-    dropped: they add nothing to either sum of Eq. 5, so skipping them is exact and saves their
-    model evaluations; ``skipped`` counts them. Raises ``ValueError`` when a canvas pixel gets no
-    weight from any job: Eq. 5 is undefined there.
+    Raises ``ValueError`` when a canvas pixel gets no weight from any job: Eq. 5 is undefined there.
+    (Jobs whose weight is zero in their window are not made in the first place:
+    :meth:`~multidiffusion.regions.RegionLayout.jobs`.)
     """
 
     jobs: list[Job]
     canvas: tuple[int, int]
     device: torch.device | str = "cpu"
     normalizer: torch.Tensor = field(init=False, repr=False)
-    skipped: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         if not self.jobs:
             raise ValueError("a fusion plan needs at least one job")
-        kept = [job for job in self.jobs if job.weight is None or bool(job.weight.any())]
-        self.skipped = len(self.jobs) - len(kept)
-        self.jobs = kept or self.jobs[:1]  # all-zero: keep one so the coverage error below names the problem
         den = torch.zeros((1, 1, *self.canvas), dtype=torch.float32, device=self.device)
         for job in self.jobs:
             w = 1.0 if job.weight is None else job.weight.to(device=self.device, dtype=torch.float32)

@@ -136,9 +136,10 @@ def sd_shaped_pipeline(
 
     tokenizer = char_tokenizer(max_length=77)
     hidden = max(32, 1024 // divisor // 32 * 32)
+    channels = [c // divisor for c in SD2_UNET_CHANNELS]
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        block_out_channels=[c // divisor for c in SD2_UNET_CHANNELS],
+        block_out_channels=channels,
         layers_per_block=2,
         sample_size=64,
         in_channels=4,
@@ -148,7 +149,7 @@ def sd_shaped_pipeline(
         cross_attention_dim=hidden,
         attention_head_dim=[max(1, h // divisor) for h in SD2_HEADS],
         use_linear_projection=True,
-        norm_num_groups=32,
+        norm_num_groups=min(32, channels[0]),
     ).eval()
     pipe = StableDiffusionPipeline(
         unet=unet,

@@ -41,7 +41,9 @@ def test_one_view_equals_stable_diffusion_pipeline(sd16, md16, scheduler):
         generator=torch.Generator().manual_seed(1),
     )
     assert out.stats.model_calls == 4  # one view, both guidance branches in one call
-    np.testing.assert_allclose(out.images, expected, atol=1e-6)
+    # the layers before the first cross-attention run once for both branches (shared_prefix.py):
+    # the same arithmetic at half the batch, equal up to float32 rounding
+    np.testing.assert_allclose(out.images, expected, atol=1e-5)
 
 
 def test_one_view_v_prediction_equals_pipeline():
@@ -53,7 +55,9 @@ def test_one_view_v_prediction_equals_pipeline():
     got = md.panorama(
         "a tree", height=128, width=128, num_inference_steps=3, latents=latents.clone(), output_type="latent"
     ).images
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        got, expected, rtol=0, atol=2e-5
+    )  # float rounding: the shared guidance prefix runs at half batch
 
 
 @pytest.fixture(scope="module")

@@ -45,7 +45,9 @@ def _same_output(loaded: MultiDiffusion, original, **kwargs):
         md.set_progress_bar_config(disable=True)
     expected = reference.panorama("a red barn", latents=latents.clone(), **args).images
     got = loaded.panorama("a red barn", latents=latents.clone(), **args).images
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        got, expected, rtol=0, atol=2e-5
+    )  # float rounding: the shared guidance prefix runs at half batch
 
 
 def test_sd1_single_file(files, tiny_model_dir, sd16):
@@ -211,7 +213,9 @@ def test_sd2_768_v_shaped_model_windows_follow_sample_size():
     got = md.panorama(
         "a tree", height=192, width=192, num_inference_steps=2, latents=latents.clone(), output_type="latent"
     ).images
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        got, expected, rtol=0, atol=2e-5
+    )  # float rounding: the shared guidance prefix runs at half batch
 
 
 def _fake_cache(monkeypatch, tmp_path, repo, folder):

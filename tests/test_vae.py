@@ -1,5 +1,6 @@
 """Tiled, blended and wrap-around decoding."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -59,3 +60,56 @@ def test_circular_decode_has_no_seam(sd16):
 
         assert seam(image) < 1.0, seam(image)  # no larger than an ordinary step between columns
         assert seam(image) < seam(plain) / 2, (seam(image), seam(plain))
+
+
+@torch.no_grad()
+def test_tiled_decode_of_an_sd_shaped_vae_is_within_40_db_of_whole():
+    from multidiffusion.testing import sd_shaped_vae
+
+    vae = sd_shaped_vae(16)  # SD's VAE architecture at 1/16 width, random weights
+    g = torch.Generator().manual_seed(0)  # as the benchmark's latents (benchmarks/decode.py)
+    z = F.interpolate(torch.randn(1, 4, 24, 24, generator=g), size=(96, 96), mode="bicubic")
+    z = z / z.std()  # 768 x 768 px: 2 x 2 tiles of the native 64 latents
+    whole = vae.decode(z / vae.config.scaling_factor).sample
+    tiled = decode_latents(vae, z)
+    assert psnr(tiled, whole) >= 40
+
+
+@torch.no_grad()
+def test_uint8_decode_matches_the_float_decode_and_works_in_bands(sd16, monkeypatch):
+    import multidiffusion.vae_tiling as tiling
+    from multidiffusion.vae import decode_to_uint8
+
+    bands = []
+    original = tiling.run_tiled
+
+    def spy(fn, x, canvas, tile, overlap, in_scale, out_scale, write, norms=None):
+        def record(row, rows):
+            bands.append(rows.shape[-2])
+            write(row, rows)
+
+        return original(fn, x, canvas, tile, overlap, in_scale, out_scale, record, norms)
+
+    monkeypatch.setattr("multidiffusion.vae.run_tiled", spy)
+    z = smooth_latents(48, 40, seed=2)
+    pixels = decode_to_uint8(sd16.vae, z, tile=16, overlap=4)
+    image = decode_latents(sd16.vae, z, tile=16, overlap=4)
+    expected = ((image / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+    assert pixels.shape == (1, 384, 320, 3) and pixels.dtype == torch.uint8
+    assert (pixels.int() - expected.int()).abs().max() <= 1
+    assert sum(bands) == 2 * 384 and max(bands) <= 16 * 8  # rows handed over a tile row at a time
+
+
+@torch.no_grad()
+def test_tiled_encode_is_close_to_whole_encode():
+    from multidiffusion.testing import sd_shaped_vae
+    from multidiffusion.vae import encode_images
+
+    vae = sd_shaped_vae(16)
+    image = vae.decode(smooth_latents(96, 96, seed=3) / vae.config.scaling_factor).sample.clamp(-1, 1)
+    whole = encode_images(vae, image, tile=96)
+    tiled = encode_images(vae, image)
+    assert tiled.shape == whole.shape == (1, 4, 96, 96)
+    assert ((tiled - whole).norm() / whole.norm()).item() < 0.05
+    with pytest.raises(ValueError, match="multiples of 8"):
+        encode_images(vae, image[..., :-4])

@@ -1,0 +1,116 @@
+"""Seam score of the fast mode against the exact mode, on the shipped demo model.
+
+Seam score (from issue 3): the mean absolute horizontal gradient of the image on the columns where
+tiles meet, over the same mean on all other columns; 1.0 means the borders are invisible.
+
+Where do tiles meet? For the exact mode and for fixed tiles (``tiling="grid", stride=window``,
+what independent tiles do) the borders are the multiples of the window. The fast mode moves its
+borders every step, so we score it twice: on the window multiples (as the others), and on every
+column where a window border occurred in any step (read back from its layout), with the exact
+mode's image scored on those same columns for comparison. Scores are averaged over seeds.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from multidiffusion.layouts import WindowLayout
+
+__all__ = ["seam_rows", "seam_score"]
+
+
+def column_gradients(image) -> torch.Tensor:
+    """Mean |I(x) - I(x-1)| per column boundary x = 1..W-1 of an (H, W, 3) uint8 image."""
+    x = torch.as_tensor(__import__("numpy").asarray(image), dtype=torch.float32)
+    return (x[:, 1:] - x[:, :-1]).abs().mean(dim=(0, 2))  # index x-1 is the step into column x
+
+
+def seam_score(image, columns: set[int]) -> float:
+    """Mean gradient into the given columns over the mean into all other columns."""
+    g = column_gradients(image)
+    on = torch.zeros_like(g, dtype=torch.bool)
+    for c in columns:
+        if 0 < c < g.numel() + 1:
+            on[c - 1] = True
+    return (g[on].mean() / g[~on].mean()).item()
+
+
+def border_columns(layout: WindowLayout, steps: int, f: int) -> set[int]:
+    """Pixel columns where a window started or ended, over all steps (canvas edges excluded)."""
+    width = layout.canvas[1]
+    cols: set[int] = set()
+    for i in range(steps):
+        for v in layout.views(i):
+            for c in (v.left, v.left + v.width):
+                if 0 < c < width:
+                    cols.add(c * f)
+    return cols
+
+
+def seam_rows(quick: bool = False, device=None) -> list[dict]:
+    from multidiffusion import MultiDiffusion
+
+    try:
+        md = MultiDiffusion.from_pretrained("demo", device=device)
+    except Exception as exc:  # the demo model is not in this version
+        return [{"suite": "seams", "config": "seam score, demo model", "peer": "exact mode",
+                 "notes": f"not measured: {type(exc).__name__}: {exc}"}]  # fmt: skip
+    md.set_progress_bar_config(disable=True)
+    f = md.adapter.vae_scale_factor
+    win = md.adapter.native_latent_size[1]
+    height, width = win * f, 9 * win * f  # the 512 x 4608 panorama's 1:9, at the demo's native size
+    steps = 10 if quick else 30
+    seeds = [0] if quick else [0, 1, 2, 3]
+    prompt = "a wide mountain valley under a blue sky"
+    window_cols = {k * win * f for k in range(1, 9)}
+    modes = {
+        "exact (grid, stride window/8)": {},
+        "fixed tiles (grid, stride = window)": {"stride": win},
+        "fast (shifted, uniform)": {"tiling": "shifted"},
+        "fast (shifted, gaussian)": {"tiling": "shifted", "weights": "gaussian"},
+    }
+    scores: dict[str, dict[str, list[float]]] = {
+        m: {"window": [], "moving": [], "exact_moving": [], "columns": []} for m in modes
+    }
+    for seed in seeds:
+        images = {}
+        for name, options in modes.items():
+            out = md.panorama(prompt, height=height, width=width, num_inference_steps=steps,
+                              generator=torch.Generator().manual_seed(seed), **options)  # fmt: skip
+            images[name] = out.images[0]
+            scores[name]["window"].append(seam_score(images[name], window_cols))
+        for name, options in modes.items():
+            if options.get("tiling") == "shifted":
+                canvas = (height // f, width // f)
+                layout = WindowLayout(canvas, (win, win), (win, win), "shifted", seed=seed)
+                cols = border_columns(layout, steps, f)
+                scores[name]["columns"].append(len(cols))
+                scores[name]["moving"].append(seam_score(images[name], cols))
+                scores[name]["exact_moving"].append(seam_score(images["exact (grid, stride window/8)"], cols))
+
+    def mean(v: list[float]) -> float | None:
+        return sum(v) / len(v) if v else None
+
+    exact = mean(scores["exact (grid, stride window/8)"]["window"])
+    rows = []
+    for name in modes:
+        s = scores[name]
+        row = {
+            "suite": "seams",
+            "config": f"seam score, demo model {height}x{width}, {steps} steps, {len(seeds)} seeds: {name}",
+            "peer": "exact mode",
+            "seam_window_columns": mean(s["window"]),
+            "seam_exact_window_columns": exact,
+            "seam_moving_columns": mean(s["moving"]),
+            "seam_exact_moving_columns": mean(s["exact_moving"]),
+        }
+        notes = f"at window multiples: {row['seam_window_columns']:.3f} (exact {exact:.3f})"
+        if s["moving"]:
+            notes += (
+                f"; at the ~{mean(s['columns']):.0f} columns where its borders moved: "
+                f"{row['seam_moving_columns']:.3f} (exact {row['seam_exact_moving_columns']:.3f})"
+            )
+            row["ratio"] = row["seam_moving_columns"] / row["seam_exact_moving_columns"]
+        row["notes"] = notes
+        rows.append(row)
+    return rows
