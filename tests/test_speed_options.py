@@ -79,3 +79,29 @@ def test_compiled_unet_gives_the_same_panorama():
     eager = md.panorama("a hill", view_batch_size=9, **kwargs).images
     compiled = md.compile().panorama("a hill", view_batch_size=9, **kwargs).images
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+
+
+def test_cli_dtype_bfloat16_on_cpu(tiny_model_dir, tmp_path, capsys):
+    from PIL import Image
+
+    from .test_cli import FAST, run
+
+    path = tmp_path / "bf16.png"
+    code, _, err = run(
+        [
+            "panorama",
+            "a lake",
+            "--model",
+            str(tiny_model_dir),
+            "--dtype",
+            "bfloat16",
+            "--device",
+            "cpu",
+            "-o",
+            str(path),
+            *FAST,
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert Image.open(path).size == (256, 128)
