@@ -201,33 +201,40 @@ def compile_unet(ctx: Context, width: int = 1024, height: int = 512) -> list[Row
 
 
 def precision(ctx: Context, dtype: torch.dtype, width: int = 1024, height: int = 512) -> list[Row]:
-    """A reduced-precision copy of the pipeline against float32: time and output difference."""
+    """A ``dtype`` copy of the pipeline against a float32 one: time and output difference."""
     import copy
 
     from multidiffusion import MultiDiffusion
 
+    def variant(d: torch.dtype) -> Any:
+        if ctx.pipe.unet.dtype == d:
+            return ctx.pipe, ctx.md
+        pipe = copy.deepcopy(ctx.pipe).to(dtype=d)
+        md = MultiDiffusion(pipe)
+        md.set_progress_bar_config(disable=True)
+        return pipe, md
+
     h, w = height // 8, width // 8
     views = (w - 64) // 8 + 1
     latents = noise((1, 4, h, w)).to(ctx.device)
-    pipe = copy.deepcopy(ctx.pipe).to(dtype=dtype)
-    md = MultiDiffusion(pipe)
-    md.set_progress_bar_config(disable=True)
-    base = ours_panorama(ctx.md, PROMPT, height, width, ctx.steps, GUIDANCE)
-    low = ours_panorama(md, PROMPT, height, width, ctx.steps, GUIDANCE)
+    (pipe32, md32), (pipe_low, md_low) = variant(torch.float32), variant(dtype)
+    base = ours_panorama(md32, PROMPT, height, width, ctx.steps, GUIDANCE)
+    low = ours_panorama(md_low, PROMPT, height, width, ctx.steps, GUIDANCE)
+    name = str(dtype).replace("torch.", "")
     out, m = _repeat(
         ctx,
-        {"float32": lambda: base(latents, views), str(dtype): lambda: low(latents.to(dtype), views)},
-        {str(dtype): pipe.unet},
+        {"float32": lambda: base(latents, views), name: lambda: low(latents.to(dtype), views)},
+        {"float32": pipe32.unet, name: pipe_low.unet},
     )
-    rel = ((out["float32"].float() - out[str(dtype)].float()).norm() / out["float32"].float().norm()).item()
-    image = md.panorama(PROMPT, height=height, width=width, num_inference_steps=1, output_type="np").images
+    rel = ((out["float32"].float() - out[name].float()).norm() / out["float32"].float().norm()).item()
+    image = md_low.panorama(PROMPT, height=height, width=width, num_inference_steps=1, output_type="np").images
     return [
         Row(
             "precision",
-            f"panorama {height}x{width}, {str(dtype).replace('torch.', '')} UNet and VAE",
+            f"panorama {height}x{width}, {name} UNet and VAE",
             "ours, float32",
             m["float32"],
-            m[str(dtype)],
+            m[name],
             h * w,
             ctx.steps,
             notes=f"relative latents difference {rel:.1e}; decode to {image.shape[2]}x{image.shape[1]} ok",
