@@ -184,8 +184,8 @@ def decode_to_uint8(
     shape = (latents.shape[0], latents.shape[-2] * f, latents.shape[-1] * f, vae.config.out_channels)
     image = torch.empty(shape, dtype=torch.uint8)
 
-    def write(row: int, rows: torch.Tensor) -> None:
-        rows = (rows.float() / 2 + 0.5).clamp(0, 1).mul(255).round().to(torch.uint8)
+    def write(row: int, rows: torch.Tensor) -> None:  # rows are finished: convert them in place
+        rows = rows.float().mul_(0.5).add_(0.5).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
         image[:, row : row + rows.shape[-2]] = rows.permute(0, 2, 3, 1).cpu()
 
     _decode(vae, latents, circular, tile, overlap, write, latent_tile)
