@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .vae_stages import decoder_stages, encoder_stages, run_latent_stage
-from .vae_tiling import GroupNormStats, run_tiled
+from .vae_tiling import NORM_STATS, GroupNormStats, run_tiled
 
 __all__ = [
     "decode_latents",
@@ -44,11 +44,17 @@ def vae_scale_factor(vae: nn.Module) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
+MIN_TILE = 64
+"""Smallest default tile, latent pixels: a small VAE (the demo's, native 16) gets larger tiles, since
+a tile's borders cost accuracy and its memory is small anyway."""
+
+
 def default_tile(vae: nn.Module) -> int:
-    """Tile side in latent pixels: the VAE's native sample size (64 for SD 1.x/2.x, 128 for SDXL)."""
+    """Tile side in latent pixels: the VAE's native sample size (64 for SD 1.x/2.x, 128 for SDXL),
+    at least :data:`MIN_TILE`."""
     sample = vae.config.sample_size
     sample = sample[0] if isinstance(sample, (list, tuple)) else sample
-    return max(8, int(sample) // vae_scale_factor(vae))
+    return max(MIN_TILE, int(sample) // vae_scale_factor(vae))
 
 
 def _latent_stats(vae: nn.Module, latents: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -93,7 +99,9 @@ def _upcast_if_needed(vae: nn.Module) -> Iterator[torch.dtype]:
         yield dtype
 
 
-def _check_tiles(vae: nn.Module, tile: int | None, overlap: int | None) -> tuple[int, int]:
+def _check_tiles(vae: nn.Module, tile: int | None, overlap: int | None, norm_stats: str) -> tuple[int, int]:
+    if norm_stats not in NORM_STATS:
+        raise ValueError(f"norm_stats must be one of {', '.join(map(repr, NORM_STATS))}, got {norm_stats!r}")
     tile = tile or default_tile(vae)
     if isinstance(tile, bool) or not isinstance(tile, int) or tile < 8:
         raise ValueError(f"tile must be an integer ≥ 8 (latent pixels), got {tile!r}")
@@ -111,9 +119,10 @@ def _decode(
     overlap: int | None,
     write: Callable[[int, torch.Tensor], None],
     latent_tile: int | None = None,
+    norm_stats: str = "exact",
 ) -> None:
     """Decode into ``write(first_row, rows)``: bands of image rows, full width, wrap padding removed."""
-    tile, overlap = _check_tiles(vae, tile, overlap)
+    tile, overlap = _check_tiles(vae, tile, overlap, norm_stats)
     f = vae_scale_factor(vae)
     with _upcast_if_needed(vae) as dtype:
         z = unscale_latents(vae, latents).to(dtype)
@@ -131,10 +140,11 @@ def _decode(
             emit(0, vae.decode(z, return_dict=False)[0])
         elif stages is None:  # not an AutoencoderKL: tile the whole decoder
             decode = lambda c: vae.decode(c, return_dict=False)[0]  # noqa: E731
-            run_tiled(decode, z, (h, w), tile, overlap, 1, f, emit, GroupNormStats(vae.decoder))
+            run_tiled(decode, z, (h, w), tile, overlap, 1, f, emit, GroupNormStats(vae.decoder, mode=norm_stats))
         else:
-            features = run_latent_stage(stages.latent, stages.latent_norms, z, latent_tile or 2 * tile)
-            run_tiled(stages.pixel, features, (h, w), tile, overlap, 1, f, emit, GroupNormStats(*stages.pixel_norms))
+            features = run_latent_stage(stages.latent, stages.latent_norms, z, latent_tile or 2 * tile, norm_stats)
+            norms = GroupNormStats(*stages.pixel_norms, mode=norm_stats)
+            run_tiled(stages.pixel, features, (h, w), tile, overlap, 1, f, emit, norms)
 
 
 @torch.no_grad()
@@ -146,13 +156,16 @@ def decode_latents(
     tile: int | None = None,
     overlap: int | None = None,
     latent_tile: int | None = None,
+    norm_stats: str = "exact",
 ) -> torch.Tensor:
     """Decode diffusion latents (B, C, h, w) to images (B, 3, h*f, w*f) in [-1, 1].
 
     ``tile`` and ``overlap`` are in latent pixels (defaults: the VAE's native size and a quarter of
     it). The decoder's latent-resolution stage (its mid block and attention) runs whole on canvases
     up to ``latent_tile`` (default 2 * tile) latent pixels a side and in windows beyond; its
-    pixel-resolution stage runs in tiles (see :mod:`multidiffusion.vae_stages`). With ``circular``,
+    pixel-resolution stage runs in tiles (see :mod:`multidiffusion.vae_stages`) normalised with
+    canvas-wide GroupNorm statistics, measured layer by layer (``norm_stats="exact"``) or in one
+    pass (``"fast"``, see :mod:`multidiffusion.vae_tiling`). With ``circular``,
     the canvas wraps horizontally: the left and right edges are decoded as neighbours. A canvas that
     fits in one tile is decoded whole, exactly as diffusers does.
     """
@@ -163,7 +176,7 @@ def decode_latents(
     def write(row: int, rows: torch.Tensor) -> None:
         image[..., row : row + rows.shape[-2], :] = rows
 
-    _decode(vae, latents, circular, tile, overlap, write, latent_tile)
+    _decode(vae, latents, circular, tile, overlap, write, latent_tile, norm_stats)
     return image
 
 
@@ -176,6 +189,7 @@ def decode_to_uint8(
     tile: int | None = None,
     overlap: int | None = None,
     latent_tile: int | None = None,
+    norm_stats: str = "exact",
 ) -> torch.Tensor:
     """Like :func:`decode_latents`, but straight to 8-bit images (B, H, W, 3) on the CPU, converted
     one band of rows at a time (as diffusers' ``numpy_to_pil`` rounds), so no float copy of the
@@ -188,7 +202,7 @@ def decode_to_uint8(
         rows = rows.float().mul_(0.5).add_(0.5).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
         image[:, row : row + rows.shape[-2]] = rows.permute(0, 2, 3, 1).cpu()
 
-    _decode(vae, latents, circular, tile, overlap, write, latent_tile)
+    _decode(vae, latents, circular, tile, overlap, write, latent_tile, norm_stats)
     return image
 
 
@@ -207,6 +221,7 @@ def encode_images(
     tile: int | None = None,
     overlap: int | None = None,
     latent_tile: int | None = None,
+    norm_stats: str = "exact",
     generator: torch.Generator | None = None,
     sample: bool = False,
 ) -> torch.Tensor:
@@ -220,7 +235,7 @@ def encode_images(
     """
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-    tile, overlap = _check_tiles(vae, tile, overlap)
+    tile, overlap = _check_tiles(vae, tile, overlap, norm_stats)
     f = vae_scale_factor(vae)
     if images.shape[-2] % f or images.shape[-1] % f:
         raise ValueError(f"images must have sides that are multiples of {f}, got {tuple(images.shape[-2:])}")
@@ -240,11 +255,13 @@ def encode_images(
                 out[..., row : row + rows.shape[-2], :] = rows
 
             if stages is None:  # not an AutoencoderKL: tile the whole encoder
-                run_tiled(lambda c: _encode_moments(vae, c), x, (h, w), tile, overlap, f, 1, write, GroupNormStats(vae))
+                norms = GroupNormStats(vae, mode=norm_stats)
+                run_tiled(lambda c: _encode_moments(vae, c), x, (h, w), tile, overlap, f, 1, write, norms)
                 moments = out
             else:
-                run_tiled(stages.pixel, x, (h, w), tile, overlap, f, 1, write, GroupNormStats(*stages.pixel_norms))
-                moments = run_latent_stage(stages.latent, stages.latent_norms, out, latent_tile or 2 * tile)
+                norms = GroupNormStats(*stages.pixel_norms, mode=norm_stats)
+                run_tiled(stages.pixel, x, (h, w), tile, overlap, f, 1, write, norms)
+                moments = run_latent_stage(stages.latent, stages.latent_norms, out, latent_tile or 2 * tile, norm_stats)
         dist = DiagonalGaussianDistribution(moments.float())
         z = dist.sample(generator) if sample else dist.mode()
     return scale_latents(vae, z.to(vae.dtype))

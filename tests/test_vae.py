@@ -113,3 +113,24 @@ def test_tiled_encode_is_close_to_whole_encode():
     assert ((tiled - whole).norm() / whole.norm()).item() < 0.05
     with pytest.raises(ValueError, match="multiples of 8"):
         encode_images(vae, image[..., :-4])
+
+
+@torch.no_grad()
+def test_exact_statistics_make_the_trained_demo_vae_tile_invisibly():
+    import numpy as np
+
+    from multidiffusion import MultiDiffusion
+    from multidiffusion.demo.scenes import render_scene, sample_scene
+    from multidiffusion.vae import encode_images
+
+    vae = MultiDiffusion.from_pretrained("demo", device="cpu").pipe.vae
+    pixels = render_scene(sample_scene(np.random.default_rng(0)), height=256, width=256)
+    image = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 127.5 - 1
+    z = encode_images(vae, image, tile=64)  # whole: 64 x 64 latents
+    whole = vae.decode(z / vae.config.scaling_factor).sample
+    exact = decode_latents(vae, z, tile=32)  # 3 x 3 tiles
+    fast = decode_latents(vae, z, tile=32, norm_stats="fast")
+    assert psnr(exact, whole) > 45 > psnr(fast, whole) + 10
+    assert ((encode_images(vae, image, tile=32) - z).norm() / z.norm()).item() < 0.01
+    with pytest.raises(ValueError, match=r"norm_stats must be one of 'exact', 'fast', got 'slow'"):
+        decode_latents(vae, z, tile=32, norm_stats="slow")
