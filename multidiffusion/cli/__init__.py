@@ -10,12 +10,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import panorama
+from . import panorama, serve
 from .common import EXIT_USAGE, Parser, fail
 
 __all__ = ["build_parser", "main"]
 
-VERBS = [panorama]
+VERBS = [panorama, serve]
 
 
 def build_parser() -> Parser:

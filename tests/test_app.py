@@ -1,0 +1,224 @@
+"""The web app without a browser: limits, the fixed model list, form checks, PNG settings, the
+panorama handler, and `multidiffusion serve`'s errors. Browser tests are in tests/browser/."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from PIL import Image
+
+from multidiffusion.app import Limits, ModelPool
+from multidiffusion.app.handlers import OutputStore, generate_panorama
+from multidiffusion.app.settings import (
+    PANORAMA_CHOICES,
+    Choice,
+    available_choices,
+    format_window,
+    panorama_request,
+    parse_window,
+    values_from_png,
+)
+from multidiffusion.cli import main
+from multidiffusion.io import read_parameters, save_png
+
+FORM = {
+    "prompt": "a red house",
+    "negative_prompt": "",
+    "width": 256,
+    "height": 128,
+    "num_inference_steps": 2,
+    "guidance_scale": 7.5,
+    "seed": 5,
+    "scheduler": "ddim",
+    "circular": False,
+    "window": "",
+    "stride": "",
+    "model": "tiny",
+}
+
+
+@pytest.fixture
+def pool(md16):
+    return ModelPool(["tiny", "other"], lambda name: md16)
+
+
+def test_limits_name_the_flag_that_raises_them():
+    limits = Limits(max_side=512, max_steps=20)
+    assert limits.check_side("width", 512) == 512 and limits.check_side("width", 256.0) == 256
+    with pytest.raises(
+        ValueError, match=r"width 1024 px is larger than this server allows: at most 512 px .*--max-side"
+    ):
+        limits.check_side("width", 1024)
+    with pytest.raises(ValueError, match="must be a multiple of 8 px, got 100 \\(try 104\\)"):
+        limits.check_side("height", 100)
+    with pytest.raises(ValueError, match="at least 64"):
+        limits.check_side("height", 8)
+    with pytest.raises(ValueError, match=r"steps 21 is more than this server allows: at most 20 .*--max-steps"):
+        limits.check_steps(21)
+    with pytest.raises(ValueError, match="steps must be an integer from 1 to 20, got 0"):
+        limits.check_steps(0)
+    with pytest.raises(ValueError, match="uploads up to 1 MB"):
+        Limits(max_upload_mb=1).check_upload("the PNG", 2 * 1024 * 1024)
+    with pytest.raises(ValueError, match="--max-side must be an integer from 64 to 16384"):
+        Limits(max_side=10**6)
+
+
+def test_model_pool_offers_only_its_list_and_keeps_one_model_loaded():
+    loads = []
+    pool = ModelPool(["a", "b", "a"], lambda name: loads.append(name) or f"model {name}")
+    assert pool.names == ("a", "b") and pool.default == "a"
+    assert pool.get() == "model a" and pool.get("a") == "model a" and loads == ["a"]
+    assert pool.get("b") == "model b" and pool.get("a") == "model a" and loads == ["a", "b", "a"]
+    for bad in ("/etc/passwd", "../a", "c", 3):
+        with pytest.raises(ValueError, match="model must be one of 'a', 'b' \\(chosen at server start\\)"):
+            pool.get(bad)
+    assert loads == ["a", "b", "a"]
+    with pytest.raises(ValueError, match="at least one model"):
+        ModelPool([], str)
+
+
+def test_window_text():
+    assert parse_window("window", "") is None and parse_window("window", None) is None
+    assert parse_window("window", " 16 ") == 16 and parse_window("window", 16.0) == 16
+    assert parse_window("window", "16x32") == (16, 32)
+    with pytest.raises(ValueError, match="window must be empty"):
+        parse_window("window", "big")
+    assert format_window([16, 32]) == "16x32" and format_window(8) == "8" and format_window(None) == ""
+
+
+def test_form_checks(pool):
+    limits = Limits(max_side=512, max_steps=20)
+    request = panorama_request(FORM, limits, pool)
+    assert request.model == "tiny" and request.seed == 5
+    assert request.kwargs == {
+        "prompt": "a red house",
+        "width": 256,
+        "height": 128,
+        "num_inference_steps": 2,
+        "guidance_scale": 7.5,
+        "scheduler": "ddim",
+        "circular": False,
+    }
+    random = panorama_request({**FORM, "seed": -1, "model": None, "window": "16x16"}, limits, pool)
+    assert 0 <= random.seed < 2**32 and random.model == "tiny" and random.kwargs["window"] == (16, 16)
+    bad = [
+        ({"prompt": "  "}, "enter a prompt first"),
+        ({"width": 4096}, "width 4096 px is larger than this server allows"),
+        ({"num_inference_steps": 500}, "steps 500 is more than this server allows"),
+        ({"guidance_scale": -1}, "guidance must be a number from 0 to 100"),
+        ({"seed": -7}, "seed must be -1 \\(random\\) or a whole number"),
+        ({"scheduler": "fastest"}, "scheduler must be one of ddim"),
+        ({"model": "/tmp/evil"}, "model must be one of"),
+    ]
+    for change, match in bad:
+        with pytest.raises(ValueError, match=match):
+            panorama_request({**FORM, **change}, limits, pool)
+
+
+def test_optional_choices_appear_when_the_api_takes_them(pool):
+    def panorama(prompt, tiling="exact"):
+        pass
+
+    choices = available_choices(panorama)
+    assert [c.key for c in choices] == ["tiling"]
+    assert PANORAMA_CHOICES[0].key == "tiling"
+    request = panorama_request({**FORM, "tiling": "shifted"}, Limits(), pool, choices)
+    assert request.kwargs["tiling"] == "shifted"
+    assert panorama_request(FORM, Limits(), pool, choices).kwargs["tiling"] == "exact"
+    with pytest.raises(ValueError, match="tiling must be one of exact, shifted"):
+        panorama_request(
+            {**FORM, "tiling": "magic"}, Limits(), pool, (Choice("tiling", "Tiling", ("exact", "shifted")),)
+        )
+
+
+def test_generate_writes_a_png_that_loads_back(pool, tmp_path):
+    steps = []
+    store = OutputStore(tmp_path / "out", keep=2)
+    result = generate_panorama(FORM, pool=pool, limits=Limits(), store=store, on_step=lambda i, n: steps.append((i, n)))
+    assert steps == [(1, 2), (2, 2)]
+    assert "256×128 px · seed 5 · " in result.message and "model calls" in result.message
+    params = read_parameters(result.path)
+    assert params["prompt"] == "a red house" and params["seed"] == 5 and params["model"] == "tiny"
+    assert Image.open(result.path).size == (256, 128)
+
+    mode, values, notes = values_from_png(result.path, Limits(), pool)
+    assert mode == "panorama" and notes == []
+    for key in ("prompt", "width", "height", "num_inference_steps", "guidance_scale", "seed", "scheduler", "model"):
+        assert values[key] == FORM[key], key
+    assert values["window"] == "16" and values["stride"] == "2"
+
+    for _ in range(3):  # the store keeps the newest `keep` files
+        generate_panorama({**FORM, "num_inference_steps": 1}, pool=pool, limits=Limits(), store=store)
+    assert len(list((tmp_path / "out").glob("*.png"))) == 2
+
+
+def test_png_settings_are_fitted_to_the_server(pool, tmp_path):
+    path = tmp_path / "big.png"
+    save_png(
+        Image.new("RGB", (8, 8)),
+        path,
+        {
+            "mode": "panorama",
+            "prompt": "x",
+            "width": 8192,
+            "num_inference_steps": 999,
+            "model": "/elsewhere/sd",
+            "scheduler": "mystery",
+        },
+    )
+    _, values, notes = values_from_png(path, Limits(max_side=1024, max_steps=50), pool)
+    assert values["width"] == 1024 and values["num_inference_steps"] == 50
+    assert values["model"] == "tiny" and values["scheduler"] == "ddim"
+    assert len(notes) == 4 and "model '/elsewhere/sd' is not offered by this server" in notes[0]
+
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(plain)
+    with pytest.raises(ValueError, match="has no multidiffusion parameters"):
+        values_from_png(plain, Limits(), pool)
+    with pytest.raises(ValueError, match="uploads up to"):
+        values_from_png(path, Limits(max_upload_mb=1e-5), pool)
+
+
+def run_cli(args, capsys):
+    try:
+        code = main(args)
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+def test_serve_without_gradio_says_how_to_install_it(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # makes `import gradio` fail
+    code, err = run_cli(["serve"], capsys)
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "error: the web app needs Gradio, which is not installed: pip install 'multidiffusion[app]'"
+    ]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--max-side", "99999"], "--max-side must be an integer from 64 to 16384, got 99999"),
+        (["--max-steps", "0"], "--max-steps must be an integer from 1 to 1000, got 0"),
+        (["--port", "70000"], "--port must be from 1 to 65535"),
+        (["--model", "/no/such/model"], "model file or folder '/no/such/model' does not exist"),
+    ],
+)
+def test_serve_bad_flags_are_one_line(capsys, args, message):
+    pytest.importorskip("gradio")
+    code, err = run_cli(["serve", *args], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+
+
+def test_page_builds_with_every_tab(md16):
+    pytest.importorskip("gradio")
+    from multidiffusion.app.server import create_app
+
+    app = create_app(["tiny"], lambda name: md16, Limits())
+    config = app.get_config_file()
+    ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
+    assert {"pano-prompt", "pano-generate", "pano-result", "pano-message", "load-png"} <= ids
