@@ -222,3 +222,22 @@ def test_page_builds_with_every_tab(md16):
     config = app.get_config_file()
     ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
     assert {"pano-prompt", "pano-generate", "pano-result", "pano-message", "load-png"} <= ids
+
+
+def test_errors_reach_the_page_as_one_message(caplog):
+    pytest.importorskip("gradio")
+    from multidiffusion.app.ui import guarded, message
+
+    def bad_input():
+        raise ValueError("width <b>too</b> large")
+
+    def bug():
+        raise RuntimeError("secret internals")
+
+    shown = guarded(bad_input, lambda msg: msg)()
+    assert shown == '<div class="md-message error">width &lt;b&gt;too&lt;/b&gt; large</div>'
+    shown = guarded(bug, lambda msg: msg)()
+    assert "internal error (RuntimeError); details are in the server log" in shown
+    assert "secret" not in shown and "Traceback" not in shown
+    assert "secret internals" in caplog.text  # the traceback goes to the server's log
+    assert message("info", "") == ""

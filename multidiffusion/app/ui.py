@@ -73,8 +73,8 @@ def guarded(fn: Callable[..., Any], on_error: Callable[[str], Any]) -> Callable[
         except ValueError as exc:
             return on_error(message("error", str(exc)))
         except Exception as exc:  # an internal failure: the log gets the traceback, the page one line
-            log.exception("generation failed")
-            return on_error(message("error", f"internal error ({type(exc).__name__}); the server's log has details"))
+            log.exception("request failed")
+            return on_error(message("error", f"internal error ({type(exc).__name__}); details are in the server log"))
 
     return run
 
@@ -153,6 +153,7 @@ def _panorama_tab(ctx: AppContext) -> dict[str, Any]:
         guarded(run, lambda msg: (gr.skip(), gr.skip(), msg)),
         inputs=set(fields.values()),
         outputs=[result, download, status],
+        show_progress_on=result,
         concurrency_limit=1,
         concurrency_id="generate",
     )
