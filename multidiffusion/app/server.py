@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,7 +23,10 @@ def create_app(models: Sequence[str], loader: Loader, limits: Limits, store: Out
     from .ui import AppContext, build_app
 
     pool = ModelPool(models, loader)
-    ctx = AppContext(pool, limits, store or OutputStore(), pool.get().default_size)
+    if store is None:
+        store = OutputStore()
+        atexit.register(shutil.rmtree, store.folder, ignore_errors=True)
+    ctx = AppContext(pool, limits, store, pool.get().default_size)
     return build_app(ctx)
 
 

@@ -85,3 +85,14 @@ def test_settings_load_from_a_png(page, tmp_path):
     assert page.input_value("#pano-seed input") == "42"
     assert page.input_value("#pano-steps input[type=number]") == "12"
     assert page.locator("#pano-circular input").is_checked()
+
+
+def test_uploads_are_size_limited(page, tmp_path):
+    import numpy as np
+
+    noise = np.random.default_rng(0).integers(0, 255, (1000, 1000, 3), dtype=np.uint8)  # 3 MB as PNG
+    path = tmp_path / "huge.png"
+    Image.fromarray(noise).save(path)
+    page.click("#load-accordion button, #load-accordion .label-wrap")
+    page.locator("#load-png input[type=file]").set_input_files(str(path))
+    page.get_by_text("exceed the maximum allowed size of 2.0 Mb").wait_for()
