@@ -9,16 +9,26 @@ __version__ = "0.1.0"
 from .fusion import FusionPlan, Job, fused_prediction
 from .loading import ModelNotFoundError
 from .pipeline import MultiDiffusion, MultiDiffusionOutput
+from .preview import layout_preview
+from .regions import MAX_REGIONS, Region, RegionLayout, region_layout
+from .scene import Scene, load_scene
 from .views import View, grid_views
 
 __all__ = [
+    "MAX_REGIONS",
     "FusionPlan",
     "Job",
     "ModelNotFoundError",
     "MultiDiffusion",
     "MultiDiffusionOutput",
+    "Region",
+    "RegionLayout",
+    "Scene",
     "View",
     "__version__",
     "fused_prediction",
     "grid_views",
+    "layout_preview",
+    "load_scene",
+    "region_layout",
 ]

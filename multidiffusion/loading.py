@@ -21,11 +21,13 @@ __all__ = [
     "default_device",
     "default_dtype",
     "load_pipeline",
+    "set_prediction_type",
 ]
 
 DEMO_MODEL_DIR = Path(__file__).parent / "demo" / "model"
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 class ModelNotFoundError(ValueError):
@@ -44,29 +46,6 @@ def default_device() -> torch.device:
 def default_dtype(device: torch.device | str) -> torch.dtype:
     """float16 on accelerators, float32 on the CPU (half precision is slow or missing there)."""
     return torch.float32 if torch.device(device).type == "cpu" else torch.float16
-
-
-def checkpoint_family(path: str | Path) -> str:
-    """'sdxl', 'sd2' or 'sd1' from the tensor names of an original-format (A1111 / CompVis) checkpoint."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            keys = list(f.keys())
-    else:  # pickle: only reached with allow_pickle=True
-        state = torch.load(str(path), map_location="cpu", weights_only=False)
-        keys = list(state.get("state_dict", state).keys())
-    if any(k.startswith("conditioner.embedders.1") for k in keys):
-        return "sdxl"
-    if any(k.startswith("cond_stage_model.model.") for k in keys):
-        return "sd2"
-    if any(k.startswith("cond_stage_model.transformer.") for k in keys):
-        return "sd1"
-    raise ModelNotFoundError(
-        f"{path} is not a Stable Diffusion checkpoint: it has no text encoder weights "
-        "(expected cond_stage_model.* or conditioner.embedders.*)"
-    )
 
 
 def _how_to_get(model: str) -> str:
@@ -111,23 +90,16 @@ def _load_file(path: Path, allow_pickle: bool, config: str | None, **kwargs: Any
         )
     if path.suffix != ".safetensors" and path.suffix not in PICKLE_SUFFIXES:
         raise ModelNotFoundError(f"model file must be a .safetensors checkpoint, got {path.name}")
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from .single_file import load_single_file
 
-    family = checkpoint_family(path)
-    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
-    if config is not None:
-        kwargs["config"] = config
-    try:
-        return cls.from_single_file(str(path), **kwargs)
-    except (OSError, ValueError) as exc:
-        if config is None and ("connect" in str(exc).lower() or "cache" in str(exc).lower()):
-            raise ModelNotFoundError(
-                f"{path.name} is a single-file {family.upper()} checkpoint; building it needs the model's "
-                "configuration, which is not in the local Hugging Face cache. Pass config= (a diffusers "
-                "folder or cached repo id of the same architecture, e.g. the base model it was fine-tuned "
-                "from; --config on the command line)"
-            ) from None
-        raise
+    return load_single_file(path, config, **kwargs)
+
+
+def set_prediction_type(pipe: Any, prediction_type: str) -> None:
+    """Make the pipeline's scheduler (and every scheduler built from its config) use ``prediction_type``."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {prediction_type!r}")
+    pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=prediction_type)
 
 
 def _dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
@@ -144,13 +116,18 @@ def load_pipeline(
     device: torch.device | str | None = None,
     allow_pickle: bool = False,
     config: str | None = None,
+    prediction_type: str | None = None,
     **kwargs: Any,
 ):
-    """A diffusers pipeline for ``model``: "demo", a repo id, a diffusers folder or a checkpoint file.
+    """A diffusers pipeline for ``model``: "demo", a repo id, a diffusers folder or a checkpoint file
+    (SD 1.x, 2.x or SDXL; see :mod:`multidiffusion.single_file`).
 
     Loading tries the local cache first; a repo id not there is downloaded unless HF_HUB_OFFLINE is
-    set. The safety checker is not loaded (multidiffusion does not run it).
+    set. The safety checker is not loaded (multidiffusion does not run it). ``prediction_type``
+    overrides the scheduler's ("epsilon", "v_prediction" or "sample").
     """
+    if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {prediction_type!r}")
     device = torch.device(device) if device is not None else default_device()
     kwargs = {**_dtype_kwarg(torch_dtype or default_dtype(device)), **kwargs}
     name = str(model)
@@ -171,6 +148,8 @@ def load_pipeline(
         raise ModelNotFoundError(f"model file or folder {name!r} does not exist")
     else:
         pipe = _load_repo(name, allow_pickle, **kwargs)
+    if prediction_type is not None:
+        set_prediction_type(pipe, prediction_type)
     return pipe.to(device)
 
 
@@ -201,3 +180,8 @@ def _load_repo(repo: str, allow_pickle: bool, **kwargs: Any):
             continue
         return _load_folder(Path(folder), allow_pickle, safety_checker=None, **kwargs)
     raise ModelNotFoundError(_how_to_get(repo))
+
+
+# re-exported for compatibility: the single-file logic lives in its own module, which needs
+# ModelNotFoundError from this one (hence the import at the end)
+from .single_file import checkpoint_family  # noqa: E402

@@ -17,8 +17,10 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from . import __version__
 from .adapters import ModelAdapter, adapter_for
+from .bootstrap import bootstrap_composer, draw_backgrounds
 from .fusion import FusionPlan, InputComposer, Job
 from .loading import load_pipeline
+from .regions import Region, RegionLayout, region_layout
 from .sampler import GuidedModel, SamplingStats, sample
 from .schedulers import SCHEDULERS, make_scheduler
 from .vae import decode_latents
@@ -49,7 +51,7 @@ class MultiDiffusionOutput:
 
 
 class MultiDiffusion:
-    """MultiDiffusion (Bar-Tal et al., ICML 2023) around a Stable Diffusion pipeline.
+    """MultiDiffusion (Bar-Tal et al., ICML 2023) around a Stable Diffusion 1.x, 2.x or XL pipeline.
 
     >>> md = MultiDiffusion.from_pretrained("demo")
     >>> md.panorama("snowy mountains at sunset", width=1024).images[0].save("pano.png")
@@ -63,8 +65,19 @@ class MultiDiffusion:
         pipe: Any,
         scheduler: str | Any | None = None,
         model_name: str | None = None,
+        *,
+        clip_skip: int | None = None,
+        crops_coords_top_left: str | None = None,
+        original_size: str | tuple[int, int] | None = None,
     ):
-        self.adapter: ModelAdapter = adapter_for(pipe)
+        """``pipe``: any Stable Diffusion 1.x / 2.x / XL pipeline (text-to-image or img2img; its
+        components are shared, not copied). ``clip_skip`` as in diffusers. SDXL only:
+        ``crops_coords_top_left`` ("zero", default, or "offset": each view's offset on the canvas)
+        and ``original_size`` ("canvas", default, "window" or (height, width) pixels) set the
+        micro-conditioning of every view; see :mod:`multidiffusion.adapters.sdxl` for why."""
+        self.adapter: ModelAdapter = adapter_for(
+            pipe, clip_skip=clip_skip, crops_coords_top_left=crops_coords_top_left, original_size=original_size
+        )
         self.scheduler = scheduler if scheduler is not None else self.pipe.scheduler
         make_scheduler(self.scheduler, self.pipe.scheduler.config)  # fail now on a bad name
         self.model_name = model_name or getattr(getattr(pipe, "config", None), "_name_or_path", None) or "custom"
@@ -80,18 +93,38 @@ class MultiDiffusion:
         scheduler: str | Any = "ddim",
         allow_pickle: bool = False,
         config: str | None = None,
+        prediction_type: str | None = None,
+        clip_skip: int | None = None,
+        crops_coords_top_left: str | None = None,
+        original_size: str | tuple[int, int] | None = None,
         **kwargs: Any,
     ) -> MultiDiffusion:
         """Load ``model``: ``"demo"`` (shipped, offline), a Hugging Face repo id (local cache first),
-        a diffusers folder, or a single ``.safetensors`` checkpoint (``config`` names a diffusers
-        folder or repo id with its configuration when the cache has none). Pickle checkpoints
-        (.ckpt/.bin/.pt) load only with ``allow_pickle=True``. ``device`` defaults to CUDA when
-        present, ``torch_dtype`` to float16 on accelerators and float32 on the CPU.
+        a diffusers folder, or a single ``.safetensors`` checkpoint of SD 1.x, 2.x or SDXL (its
+        family is read from its tensor names; ``config`` names a diffusers folder or repo id of the
+        same architecture, needed offline). Pickle checkpoints (.ckpt/.bin/.pt) load only with
+        ``allow_pickle=True``. ``prediction_type`` ("epsilon", "v_prediction", "sample") overrides
+        the model's, e.g. for v-prediction fine-tunes whose files don't say so. ``device`` defaults
+        to CUDA when present, ``torch_dtype`` to float16 on accelerators and float32 on the CPU.
+        The other options are the constructor's.
         """
         pipe = load_pipeline(
-            model, torch_dtype=torch_dtype, device=device, allow_pickle=allow_pickle, config=config, **kwargs
+            model,
+            torch_dtype=torch_dtype,
+            device=device,
+            allow_pickle=allow_pickle,
+            config=config,
+            prediction_type=prediction_type,
+            **kwargs,
         )
-        return cls(pipe, scheduler=scheduler, model_name=str(model))
+        return cls(
+            pipe,
+            scheduler=scheduler,
+            model_name=str(model),
+            clip_skip=clip_skip,
+            crops_coords_top_left=crops_coords_top_left,
+            original_size=original_size,
+        )
 
     # -- conveniences users of diffusers expect -------------------------------------------------
     @property
@@ -109,6 +142,18 @@ class MultiDiffusion:
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> MultiDiffusion:
         self.pipe.to(device=device, dtype=dtype)
         return self
+
+    @property
+    def family(self) -> str:
+        """The model family: "sd" (SD 1.x / 2.x) or "sdxl"."""
+        return self.adapter.family
+
+    def load_lora(self, lora: str | os.PathLike | dict, adapter_name: str | None = None, **kwargs: Any) -> str:
+        """Load a LoRA into the pipeline (diffusers' ``load_lora_weights``; needs peft) and return its
+        adapter name; ``ValueError`` in one line when it was trained for another model family."""
+        from .lora import load_lora
+
+        return load_lora(self.pipe, lora, adapter_name, **kwargs)
 
     def set_progress_bar_config(self, **kwargs: Any) -> None:
         """Options for the tqdm progress bar, as in diffusers (``disable=True`` hides it)."""
@@ -189,13 +234,137 @@ class MultiDiffusion:
             callback_on_step_end=callback_on_step_end,
         )
 
+    def region_layout(
+        self,
+        height: int | None = None,
+        width: int | None = None,
+        background: str | None = None,
+        regions: Sequence[Region | dict[str, Any]] = (),
+    ) -> RegionLayout:
+        """The regions rasterised on this model's latent grid, as :meth:`regions` uses them: per
+        prompt slot (background first) the masks M_p and Eq. 5 weights W_p; ``.preview()`` draws it.
+        ``height`` and ``width`` default to the model's native size."""
+        height, width = self._canvas(height, width, native=True)
+        return region_layout(regions, height, width, self._f, background)
+
+    @torch.no_grad()
+    def regions(
+        self,
+        height: int | None = None,
+        width: int | None = None,
+        background: str | None = None,
+        regions: Sequence[Region | dict[str, Any]] = (),
+        bootstrap_steps: int | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        negative_prompt: str | None = None,
+        window: int | tuple[int, int] | None = None,
+        stride: int | tuple[int, int] | None = None,
+        circular: bool = False,
+        view_batch_size: int | None = None,
+        num_images_per_prompt: int = 1,
+        generator: Generator = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        scheduler: str | Any | None = None,
+        eta: float = 0.0,
+        callback_on_step_end: Callable[..., dict | None] | None = None,
+    ) -> MultiDiffusionOutput:
+        """Region-based generation (paper Sec. 4.2): each region of the canvas gets its own prompt.
+
+        ``regions`` are :class:`Region` objects (a prompt with a mask, a box, or a colour of a
+        segmentation map via ``Region.from_segmentation``); ``background`` is the prompt of the
+        complement of their union (None only if they cover the canvas). Each prompt's weights on
+        the latent grid enter Eq. 5 (see :class:`~multidiffusion.regions.RegionLayout`); a prompt
+        is evaluated only in the windows where its weight is non-zero.
+
+        ``bootstrap_steps``: for that many first steps each region is denoised over a random
+        constant-colour background (:mod:`~multidiffusion.bootstrap`); default 40 % of the steps
+        (the paper's 20 of 50), 0 turns it off. ``height`` and ``width`` default to the model's
+        native size, where the canvas is a single window: one view per prompt, as in the paper.
+        Larger canvases, panoramas included, use sliding windows (``window``, ``stride`` and
+        ``circular`` as in :meth:`panorama`). ``negative_prompt`` is the background's and the
+        default of the regions'; the other arguments are :meth:`panorama`'s. ``generator`` also
+        draws the bootstrap backgrounds, after the initial noise; with ``latents`` given and no
+        generator they come from torch's global generator.
+        """
+        height, width = self._canvas(height, width, native=True)
+        steps = check_int("num_inference_steps", num_inference_steps, 1, MAX_STEPS)
+        if bootstrap_steps is None:
+            bootstrap_steps = int(0.4 * steps + 0.5)
+        bootstrap_steps = check_int("bootstrap_steps", bootstrap_steps, 0, steps)
+        if negative_prompt is not None and not isinstance(negative_prompt, str):
+            raise ValueError(f"negative_prompt must be a string or None, got {negative_prompt!r}")
+        layout = region_layout(regions, height, width, self._f, background)
+        win, strd = self._window(window, stride)
+        canvas = (height // self._f, width // self._f)
+        views = grid_views(*canvas, win, strd, circular=bool(circular))
+        plan = FusionPlan(layout.jobs(views), canvas, self.device)
+
+        composer: dict[str, Any] = {}
+
+        def prepare(noise: torch.Tensor, sched: Any) -> None:
+            if not bootstrap_steps or not layout.regions:
+                return
+            backgrounds = draw_backgrounds(
+                self.adapter.vae,
+                steps=bootstrap_steps,
+                views=len(views),
+                regions=len(layout.regions),
+                images=noise.shape[0],
+                size=views[0].size,
+                generator=generator,
+                dtype=self.dtype,
+            )
+            composer["for_step"] = bootstrap_composer(layout, views, backgrounds, noise, sched)
+
+        def composer_for_step(i: int, t: torch.Tensor) -> InputComposer | None:
+            return composer["for_step"](i, t) if composer else None
+
+        params = {
+            "mode": "regions",
+            "background": background,
+            "negative_prompt": negative_prompt,
+            "regions": layout.region_parameters(),
+            "bootstrap_steps": bootstrap_steps,
+            "window": list(win) if win[0] != win[1] else win[0],
+            "stride": list(strd) if strd[0] != strd[1] else strd[0],
+            "circular": bool(circular),
+        }
+        return self._generate(
+            [[p] for p in layout.prompts],
+            [[n] for n in layout.negative_prompts(negative_prompt)],
+            layout.guidance_scales(guidance_scale),
+            lambda i: plan,
+            params=params,
+            height=height,
+            width=width,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            view_batch_size=view_batch_size,
+            num_images_per_prompt=num_images_per_prompt,
+            generator=generator,
+            latents=latents,
+            output_type=output_type,
+            scheduler=scheduler,
+            eta=eta,
+            circular=bool(circular),
+            callback_on_step_end=callback_on_step_end,
+            composer_for_step=composer_for_step,
+            prepare=prepare,
+        )
+
     # -- shared machinery -------------------------------------------------------------------------
     @property
     def _f(self) -> int:
         return self.adapter.vae_scale_factor
 
-    def _canvas(self, height: int | None, width: int | None) -> tuple[int, int]:
+    def _canvas(self, height: int | None, width: int | None, native: bool = False) -> tuple[int, int]:
+        """Validated (height, width); defaults: :attr:`default_size`, or the model's native size."""
         default_h, default_w = self.default_size
+        if native:
+            h, w = self.adapter.native_latent_size
+            default_h, default_w = h * self._f, w * self._f
         multiple = max(8, self._f)
         return (
             check_side("height", default_h if height is None else height, multiple),
@@ -283,6 +452,7 @@ class MultiDiffusion:
         )
         params = {
             **params,
+            **self.adapter.parameters(),
             "model": self.model_name,
             "height": height,
             "width": width,

@@ -151,7 +151,9 @@ def tiny_sdxl_pipeline(sample_size: int = 32, seed: int = 0, dtype: torch.dtype 
     tokenizer = char_tokenizer()
     tokenizer_2 = char_tokenizer()
     text_encoder = _text_encoder(tokenizer, seed=seed)
-    text_encoder_2 = _text_encoder(tokenizer_2, projection=32, seed=seed + 1)
+    # the second encoder is wider than the first, as in SDXL (768 and 1280): single-file loading tells
+    # the two apart by their widths
+    text_encoder_2 = _text_encoder(tokenizer_2, hidden=48, projection=32, seed=seed + 1)
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         block_out_channels=(32, 64),
@@ -166,8 +168,8 @@ def tiny_sdxl_pipeline(sample_size: int = 32, seed: int = 0, dtype: torch.dtype 
         addition_embed_type="text_time",
         addition_time_embed_dim=8,
         transformer_layers_per_block=(1, 2),
-        projection_class_embeddings_input_dim=80,  # 6 * 8 + 32
-        cross_attention_dim=64,  # 32 + 32 from the two encoders
+        projection_class_embeddings_input_dim=80,  # 6 time ids * 8 + 32 (pooled projection)
+        cross_attention_dim=80,  # 32 + 48 from the two encoders
         norm_num_groups=32,
     ).eval()
     from diffusers import EulerDiscreteScheduler
@@ -187,6 +189,7 @@ def tiny_sdxl_pipeline(sample_size: int = 32, seed: int = 0, dtype: torch.dtype 
         tokenizer=tokenizer,
         tokenizer_2=tokenizer_2,
         scheduler=scheduler,
+        add_watermarker=False,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)

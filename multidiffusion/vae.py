@@ -13,6 +13,9 @@ A canvas that fits in one tile is decoded whole, exactly as diffusers does.
 
 Circular canvases are padded with their own opposite edge before decoding and cropped after, so the
 0/360-degree seam is decoded with real neighbours on both sides.
+
+Encoding is needed only for the constant-colour backgrounds of region bootstrapping
+(:func:`encode_constant`): small window-sized images, encoded whole.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from torch import nn
 
 from .views import View, axis_starts, crop
 
-__all__ = ["decode_latents", "default_tile", "scale_latents", "unscale_latents", "vae_scale_factor"]
+__all__ = ["decode_latents", "default_tile", "encode_constant", "scale_latents", "unscale_latents", "vae_scale_factor"]
 
 
 def vae_scale_factor(vae: nn.Module) -> int:
@@ -117,6 +120,23 @@ def decode_latents(
         f = vae_scale_factor(vae)
         image = image[..., pad * f : image.shape[-1] - pad * f]
     return image
+
+
+@torch.no_grad()
+def encode_constant(vae: nn.Module, colours: torch.Tensor, size: tuple[int, int], batch: int = 4) -> torch.Tensor:
+    """Diffusion latents (N, C, *size) of constant images of ``colours`` (N, 3) in [0, 1].
+
+    Each image is ``size`` latent pixels (times the VAE's factor) and encoded whole, ``batch`` per
+    call, edges included; the posterior's mean is used, scaled like any diffusion latent.
+    """
+    f = vae_scale_factor(vae)
+    out = []
+    with _upcast_if_needed(vae) as dtype:
+        for chunk in colours.split(batch):
+            images = (2 * chunk - 1).to(device=vae.device, dtype=dtype)[:, :, None, None]
+            images = images.expand(-1, -1, size[0] * f, size[1] * f).contiguous()
+            out.append(vae.encode(images).latent_dist.mean)
+    return scale_latents(vae, torch.cat(out))
 
 
 def _decode_tiled(vae: nn.Module, z: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from multidiffusion import MultiDiffusion
-from multidiffusion.testing import tiny_sd_pipeline
+from multidiffusion.testing import tiny_sd_pipeline, tiny_sdxl_pipeline
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -46,3 +46,11 @@ def tiny_model_dir(sd16, tmp_path_factory):
 
 def noise(shape, seed=0):
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory):
+    """A tiny random SDXL (native latent size 16) saved as a diffusers folder."""
+    folder = tmp_path_factory.mktemp("tiny-sdxl")
+    tiny_sdxl_pipeline(sample_size=16).save_pretrained(folder)
+    return folder

@@ -6,16 +6,58 @@ from typing import Any
 
 from .base import Conditioning, ModelAdapter
 from .sd import StableDiffusionAdapter
+from .sdxl import StableDiffusionXLAdapter
 
-__all__ = ["Conditioning", "ModelAdapter", "StableDiffusionAdapter", "adapter_for"]
+__all__ = ["Conditioning", "ModelAdapter", "StableDiffusionAdapter", "StableDiffusionXLAdapter", "adapter_for"]
+
+SDXL_OPTIONS = ("crops_coords_top_left", "original_size")
 
 
-def adapter_for(pipe: Any, **kwargs: Any) -> ModelAdapter:
-    """The adapter for a diffusers pipeline (or any object with its components)."""
-    for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+def model_family(pipe: Any) -> str:
+    """'sdxl' for UNets with SDXL's text-and-time added conditioning, else 'sd' (SD 1.x / 2.x).
+
+    Raises ``ValueError`` for pipelines the engine can't drive: missing components, other added
+    conditionings, or UNets whose input is not the VAE's latent alone (inpainting, depth, upscaler).
+    """
+    for name in ("unet", "vae", "scheduler"):
         if getattr(pipe, name, None) is None:
             raise ValueError(
-                f"pipe must be a Stable Diffusion pipeline with a UNet, VAE, text encoder, tokenizer and "
-                f"scheduler; {type(pipe).__name__} has no {name!r}"
+                f"pipe must be a Stable Diffusion (1.x, 2.x or XL) pipeline; {type(pipe).__name__} has no {name!r}"
             )
-    return StableDiffusionAdapter(pipe, **kwargs)
+    unet_config, vae_config = pipe.unet.config, pipe.vae.config
+    if unet_config.in_channels != vae_config.latent_channels:
+        raise ValueError(
+            f"the UNet takes {unet_config.in_channels} input channels but the VAE's latents have "
+            f"{vae_config.latent_channels}: inpainting, depth and upscaling UNets need an extra image input; "
+            "use a text-to-image model (the base model the inpainting model was made from)"
+        )
+    added = unet_config.get("addition_embed_type")
+    if added == "text_time":
+        required = ("text_encoder_2", "tokenizer_2")
+        family = "sdxl"
+    elif added is None:
+        required = ("text_encoder", "tokenizer")
+        family = "sd"
+    else:
+        raise ValueError(f"UNets with addition_embed_type={added!r} are not supported (only SD 1.x, 2.x and SDXL)")
+    for name in required:
+        if getattr(pipe, name, None) is None:
+            raise ValueError(
+                f"pipe must have a {name!r} for this {family.upper()} UNet; {type(pipe).__name__} has none"
+            )
+    return family
+
+
+def adapter_for(pipe: Any, **options: Any) -> ModelAdapter:
+    """The adapter for a diffusers pipeline (text-to-image or img2img; their components are shared).
+
+    ``options``: ``clip_skip`` for every family; ``crops_coords_top_left`` and ``original_size`` for
+    SDXL (see :mod:`multidiffusion.adapters.sdxl`). A ``None`` option takes the adapter's default.
+    """
+    options = {k: v for k, v in options.items() if v is not None}
+    if model_family(pipe) == "sdxl":
+        return StableDiffusionXLAdapter(pipe, **options)
+    for name in SDXL_OPTIONS:
+        if name in options:
+            raise ValueError(f"{name} is SDXL's micro-conditioning; this model is SD 1.x/2.x, which has none")
+    return StableDiffusionAdapter(pipe, **options)

@@ -7,7 +7,7 @@ ids). Guidance, views, fusion and the scheduler are the engine's, shared by ever
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,12 +41,19 @@ class Conditioning:
     def gather(self, name: str, prompts: Sequence[int]) -> torch.Tensor:
         """Input ``name`` for jobs with these prompt slots: (k*B, ...) or, with guidance,
         (2*k*B, ...) with all negatives first; cached, since the same groups recur every step."""
-        key = (name, tuple(prompts))
-        if key not in self._cache:
+
+        def make() -> torch.Tensor:
             pos = torch.cat([self.positive[name][p] for p in prompts])
-            if self.negative is not None:
-                pos = torch.cat([torch.cat([self.negative[name][p] for p in prompts]), pos])
-            self._cache[key] = pos
+            if self.negative is None:
+                return pos
+            return torch.cat([torch.cat([self.negative[name][p] for p in prompts]), pos])
+
+        return self.cached((name, tuple(prompts)), make)
+
+    def cached(self, key: Any, make: Callable[[], Any]) -> Any:
+        """``make()``, computed once per key for this call: for adapter inputs that recur every step."""
+        if key not in self._cache:
+            self._cache[key] = make()
         return self._cache[key]
 
 
@@ -91,6 +98,10 @@ class ModelAdapter:
     @property
     def prediction_type(self) -> str:
         return self.pipe.scheduler.config.get("prediction_type", "epsilon")
+
+    def parameters(self) -> dict[str, Any]:
+        """Family-specific settings that change the output, recorded with each image (PNG metadata)."""
+        return {}
 
     def encode(
         self,

@@ -15,7 +15,9 @@ __all__ = [
     "fail",
     "load_model",
     "numbered_outputs",
+    "original_size_type",
     "settings_from",
+    "stored_settings",
     "window_type",
 ]
 
@@ -47,6 +49,16 @@ def window_type(text: str) -> int | tuple[int, int]:
     raise argparse.ArgumentTypeError(f"expected an integer or HxW, got {text!r}")
 
 
+def original_size_type(text: str) -> str | tuple[int, int]:
+    """'canvas', 'window' or HxW pixels, e.g. '2048x2048'."""
+    if text in ("canvas", "window"):
+        return text
+    size = window_type(text) if "x" in text.lower() else None
+    if not isinstance(size, tuple):
+        raise argparse.ArgumentTypeError(f"expected canvas, window or HxW pixels, got {text!r}")
+    return size
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument(
@@ -56,6 +68,21 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--config", help="for a .safetensors file: diffusers folder or repo id with its config")
     g.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.bin/.pt weights (they can run code)")
+    g.add_argument(
+        "--prediction-type",
+        choices=["epsilon", "v_prediction", "sample"],
+        help="override the model's (e.g. v_prediction for an SD 2.x 768-v .safetensors file)",
+    )
+    g.add_argument(
+        "--crops-coords",
+        choices=["zero", "offset"],
+        help="SDXL: each view's crop conditioning, (0, 0) or its offset on the canvas (default: zero)",
+    )
+    g.add_argument(
+        "--original-size",
+        type=original_size_type,
+        help="SDXL: each view's original-size conditioning: canvas, window or HxW pixels (default: canvas)",
+    )
     g.add_argument("--device", help="cuda, cpu or mps (default: cuda if present)")
     g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="default: float16 on GPU, else float32")
 
@@ -77,20 +104,26 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
+def stored_settings(args: argparse.Namespace, mode: str) -> dict[str, Any]:
+    """The parameters stored in --from's PNG ({} without --from); it must have been made by ``mode``."""
+    if not args.from_png:
+        return {}
+    from ..io import read_parameters
+
+    if not Path(args.from_png).is_file():
+        fail(f"--from: no such file {args.from_png!r}")
+    try:
+        stored = read_parameters(args.from_png)
+    except (ValueError, OSError) as exc:
+        fail(f"--from {args.from_png}: {exc}")
+    if stored.get("mode", mode) != mode:
+        fail(f"--from {args.from_png} was made by `multidiffusion {stored['mode']}`, not {mode}")
+    return stored
+
+
 def settings_from(args: argparse.Namespace, mapping: dict[str, str], mode: str) -> dict[str, Any]:
     """Flags given on the command line over settings stored in --from's PNG (keys: API names)."""
-    stored: dict[str, Any] = {}
-    if args.from_png:
-        from ..io import read_parameters
-
-        if not Path(args.from_png).is_file():
-            fail(f"--from: no such file {args.from_png!r}")
-        try:
-            stored = read_parameters(args.from_png)
-        except (ValueError, OSError) as exc:
-            fail(f"--from {args.from_png}: {exc}")
-        if stored.get("mode", mode) != mode:
-            fail(f"--from {args.from_png} was made by `multidiffusion {stored['mode']}`, not {mode}")
+    stored = stored_settings(args, mode)
     settings = {key: stored.get(key) for key in mapping.values()}
     for flag, key in mapping.items():
         value = getattr(args, flag)
@@ -99,8 +132,12 @@ def settings_from(args: argparse.Namespace, mapping: dict[str, str], mode: str) 
     return settings
 
 
-def load_model(model: str | None, args: argparse.Namespace):
-    """The MultiDiffusion object for --model (default: demo) with --device, --dtype, --config."""
+def load_model(model: str | None, args: argparse.Namespace, **options: Any):
+    """The MultiDiffusion object for --model (default: demo) with --device, --dtype, --config,
+    --prediction-type, --crops-coords, --original-size; ``options`` (``from_pretrained``'s SDXL
+    micro-conditioning, e.g. from a PNG's stored settings) take precedence over the flags."""
+    flags = {"crops_coords_top_left": args.crops_coords, "original_size": args.original_size}
+    options = {**{k: v for k, v in flags.items() if v is not None}, **options}
     import torch
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
@@ -115,6 +152,8 @@ def load_model(model: str | None, args: argparse.Namespace):
         device=args.device,
         allow_pickle=args.allow_pickle,
         config=args.config,
+        prediction_type=args.prediction_type,
+        **options,
     )
     md.set_progress_bar_config(disable=args.quiet, leave=False)
     return md

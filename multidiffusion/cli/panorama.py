@@ -44,7 +44,21 @@ FLAGS = {
     "batch_size": "view_batch_size",
     "num_images": "num_images_per_prompt",
     "model": "model",
+    "crops_coords": "crops_coords_top_left",  # SDXL micro-conditioning, model options
+    "original_size": "original_size",
 }
+MODEL_OPTIONS = {"crops_coords": "crops_coords_top_left", "original_size": "original_size"}
+
+
+def _model_options(settings: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """SDXL options from flags, or from --from's PNG unless --model names another model (they may
+    not apply to it: an SD 1.x model refuses them)."""
+    options = {}
+    for flag, key in MODEL_OPTIONS.items():
+        value = settings.pop(key)
+        if value is not None and (getattr(args, flag) is not None or args.model is None):
+            options[key] = tuple(value) if isinstance(value, list) else value
+    return options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -106,7 +120,7 @@ def run(args: argparse.Namespace) -> None:
     precheck(settings)
     seed = settings.pop("seed")
     seed = secrets.randbelow(2**32) if seed is None else seed
-    md = load_model(settings.pop("model"), args)
+    md = load_model(settings.pop("model"), args, **_model_options(settings, args))
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items() if v is not None}
     start = time.perf_counter()
     out = md.panorama(generator=torch.Generator("cpu").manual_seed(seed), **kwargs)

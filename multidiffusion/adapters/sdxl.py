@@ -1,0 +1,180 @@
+"""Stable Diffusion XL: two text encoders, a pooled text embedding and six "time ids" per view.
+
+SDXL's UNet is conditioned (Podell et al. 2023, Sec. 2.2) on the size of the original training
+image, the top-left corner of the crop taken from it, and the target size of the generated image:
+
+    time_ids = (original_h, original_w, crop_top, crop_left, target_h, target_w)     (pixels)
+
+Under MultiDiffusion each view is a crop of a larger canvas, so these values are set per view:
+
+- ``target_size`` is the view's own size: it is the image the UNet generates (SDXL's multi-aspect
+  fine-tuning pairs each training image with target = its actual size).
+- ``original_size="canvas"`` (default): the canvas size. The window is then described as a piece of
+  an image that size, and SDXL's size conditioning reads a large original as a high-resolution
+  source. diffusers' SDXL tiling pipeline (examples/community/mixture_tiling_sdxl.py) and Optimum's
+  SDXL panorama pipeline do the same (original size = the full image). ``"window"`` uses the view's
+  size, as a plain SDXL call of that size would; an explicit ``(height, width)`` in pixels is kept
+  for every view (e.g. (2048, 2048) to push for detail).
+- ``crops_coords_top_left="zero"`` (default): (0, 0) for every view. The SDXL paper recommends
+  (0, 0) for well-centred, uncropped-looking images, and both peer pipelines above use it for
+  every tile. ``"offset"`` gives each view its offset on the canvas (in pixels), the literal
+  reading of "this window is a crop of the canvas": content may then continue past the window's
+  edges, which suits panoramas, but crop values of thousands of pixels lie outside what SDXL saw
+  in training; we have not measured which is better on real weights.
+
+A view covering the whole canvas therefore gets exactly what ``StableDiffusionXLPipeline`` passes
+for an image of that size (original = target = canvas, crop (0, 0)), under every option except an
+explicit ``original_size``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..fusion import Job
+from .base import Conditioning, ModelAdapter, split_slots
+
+__all__ = ["CROPS_COORDS", "ORIGINAL_SIZES", "StableDiffusionXLAdapter"]
+
+CROPS_COORDS = ("zero", "offset")
+ORIGINAL_SIZES = ("canvas", "window")
+_NUM_TIME_IDS = 6
+
+
+class StableDiffusionXLAdapter(ModelAdapter):
+    """SDXL base models and their fine-tunes. Text encoding goes through the pipeline's own
+    ``encode_prompt`` (both encoders, pooled embedding; LoRAs, textual inversions and clip skip
+    apply); the time ids are built per view (see the module docstring for the options)."""
+
+    family = "sdxl"
+
+    def __init__(
+        self,
+        pipe: Any,
+        clip_skip: int | None = None,
+        crops_coords_top_left: str = "zero",
+        original_size: str | tuple[int, int] = "canvas",
+    ):
+        from diffusers import StableDiffusionXLPipeline
+
+        if not isinstance(pipe, StableDiffusionXLPipeline):
+            # img2img or other siblings share the components: reuse them, no copies
+            pipe = StableDiffusionXLPipeline.from_pipe(pipe)
+        super().__init__(pipe)
+        self.clip_skip = clip_skip
+        if crops_coords_top_left not in CROPS_COORDS:
+            raise ValueError(
+                f"crops_coords_top_left must be one of {', '.join(map(repr, CROPS_COORDS))}, "
+                f"got {crops_coords_top_left!r}"
+            )
+        self.crops_coords_top_left = crops_coords_top_left
+        self.original_size = _original_size(original_size)
+        self._check_added_embedding()
+
+    def _check_added_embedding(self) -> None:
+        """SDXL base UNets take 6 time ids + the pooled embedding; the refiner takes 5 (aesthetic score)."""
+        unet = self.unet
+        expected = unet.add_embedding.linear_1.in_features
+        pooled = self.pipe.text_encoder_2.config.projection_dim
+        given = unet.config.addition_time_embed_dim * _NUM_TIME_IDS + pooled
+        if expected != given:
+            raise ValueError(
+                f"this UNet's added conditioning takes {expected} features, but SDXL's {_NUM_TIME_IDS} time ids and "
+                f"pooled text embedding give {given}: an SDXL refiner (aesthetic-score conditioning) cannot generate "
+                "from noise; use an SDXL base model or a fine-tune of it"
+            )
+
+    def parameters(self) -> dict[str, Any]:
+        size = self.original_size
+        return {
+            "crops_coords_top_left": self.crops_coords_top_left,
+            "original_size": size if isinstance(size, str) else list(size),
+        }
+
+    def encode(
+        self,
+        prompts: Sequence[Sequence[str]],
+        negatives: Sequence[Sequence[str]],
+        num_images: int,
+        guidance: bool,
+    ) -> Conditioning:
+        flat = [p for slot in prompts for p in slot]
+        flat_neg = [n for slot in negatives for n in slot]
+        pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
+            prompt=flat,
+            device=self.device,
+            num_images_per_prompt=num_images,
+            do_classifier_free_guidance=guidance,
+            negative_prompt=flat_neg if guidance else None,
+            clip_skip=self.clip_skip,
+        )
+        slots = len(prompts)
+        positive = {"encoder_hidden_states": split_slots(pos, slots), "text_embeds": split_slots(pooled, slots)}
+        if not guidance:
+            return Conditioning(positive, None)
+        if self.pipe.config.get("force_zeros_for_empty_prompt", False):
+            # SDXL's unconditional branch is all zeros where no negative prompt is given, as in diffusers
+            # (negative_prompt=None); an empty string counts as none here
+            empty = torch.tensor([n == "" for n in flat_neg], device=neg.device).repeat_interleave(num_images)
+            neg = torch.where(empty.view(-1, 1, 1), torch.zeros_like(neg), neg)
+            neg_pooled = torch.where(empty.view(-1, 1), torch.zeros_like(neg_pooled), neg_pooled)
+        negative = {"encoder_hidden_states": split_slots(neg, slots), "text_embeds": split_slots(neg_pooled, slots)}
+        return Conditioning(positive, negative)
+
+    def unet_kwargs(self, cond: Conditioning, jobs: Sequence[Job], canvas: tuple[int, int]) -> dict[str, Any]:
+        slots = [job.prompt for job in jobs]
+        text_embeds = cond.gather("text_embeds", slots)
+        return {
+            "encoder_hidden_states": cond.gather("encoder_hidden_states", slots),
+            "added_cond_kwargs": {
+                "text_embeds": text_embeds,
+                "time_ids": cond.cached(
+                    ("time_ids", tuple(job.view for job in jobs), tuple(canvas)),
+                    lambda: self.time_ids(jobs, canvas, cond.batch, cond.negative is not None, text_embeds.dtype),
+                ),
+            },
+        }
+
+    def time_ids(
+        self,
+        jobs: Sequence[Job],
+        canvas: tuple[int, int],
+        batch: int,
+        guided: bool,
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
+        """(original_h, original_w, crop_top, crop_left, target_h, target_w) in pixels for each job's
+        ``batch`` images, both guidance branches (same ids) when ``guided``."""
+        rows = [self.view_time_ids(job.view, canvas) for job in jobs]
+        ids = torch.tensor(rows, dtype=dtype, device=self.device).repeat_interleave(batch, dim=0)
+        return torch.cat([ids, ids]) if guided else ids
+
+    def view_time_ids(self, view: Any, canvas: tuple[int, int]) -> list[int]:
+        """The six time ids of one view (latent coordinates in, pixels out)."""
+        f = self.vae_scale_factor
+        target = [view.height * f, view.width * f]
+        if self.original_size == "canvas":
+            original = [canvas[0] * f, canvas[1] * f]
+        elif self.original_size == "window":
+            original = target
+        else:
+            original = list(self.original_size)
+        crop = [view.top * f, (view.left % canvas[1]) * f] if self.crops_coords_top_left == "offset" else [0, 0]
+        return original + crop + target
+
+
+def _original_size(value: Any) -> str | tuple[int, int]:
+    if isinstance(value, str) and value in ORIGINAL_SIZES:
+        return value
+    if (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
+        return (int(value[0]), int(value[1]))
+    raise ValueError(
+        f"original_size must be 'canvas', 'window' or a (height, width) pair of positive pixel counts, got {value!r}"
+    )

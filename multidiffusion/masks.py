@@ -1,0 +1,316 @@
+"""Masks: from what users give (files, images, arrays, tensors, boxes, colour-coded maps) to weights
+on the latent grid.
+
+A pixel mask is a float tensor (H, W) with values in [0, 1]: 1 where a prompt applies, 0 where it
+does not, in between for soft edges. Inputs are read as follows:
+
+- an image file, a PIL image or a ``data:image/png;base64,`` URI (how masks are stored in the PNGs
+  we write): its alpha channel when it has any transparency, else its luminance; 8-bit images are
+  divided by 255, 16-bit ones by 65535;
+- a NumPy array or a torch tensor (H, W) (leading singleton axes are dropped): booleans, uint8
+  (÷ 255), uint16 (÷ 65535), other integers in {0, 1}, or floats in [0, 1];
+- a box (x0, y0, x1, y1): integers are pixels, floats are fractions of the canvas in [0, 1].
+
+**Mapping to the latent grid.** The model works on latents f times smaller than the image (f = 8
+for Stable Diffusion). A latent pixel's weight is the *area average* of the pixel mask over the
+f x f block of image pixels it decodes to (:func:`to_latent_grid`). A binary mask aligned to the
+blocks stays binary; a mask edge that cuts a block gives that latent pixel a soft weight equal to
+the covered fraction, so the prompts meeting there share it in Eq. 5 in proportion to their areas.
+(The paper's script thresholds the mask at 0.5 and resizes it with nearest neighbours, which moves
+edges by up to half a latent pixel.) A mask whose size is not the canvas's but whose aspect ratio
+is, is resized to the canvas first (bilinear, antialiased); another aspect ratio is an error.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageColor
+
+__all__ = [
+    "DATA_URI_PREFIX",
+    "MaskLike",
+    "box_mask",
+    "box_pixels",
+    "colour_hex",
+    "colour_table",
+    "encode_mask",
+    "feather_mask",
+    "fit_mask",
+    "load_mask",
+    "load_rgb",
+    "parse_colour",
+    "segmentation_masks",
+    "to_latent_grid",
+]
+
+MaskLike = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
+"""A mask as users give it: a path, a PIL image, an array or a tensor (see the module docstring)."""
+
+DATA_URI_PREFIX = "data:image/png;base64,"
+ASPECT_TOLERANCE = 0.01
+"""Largest relative difference of aspect ratios accepted between a mask and the canvas."""
+
+
+# -- reading -------------------------------------------------------------------------------------
+def _open_image(value: str | os.PathLike, name: str) -> Image.Image:
+    if isinstance(value, str) and value.startswith("data:"):
+        if not value.startswith(DATA_URI_PREFIX):
+            raise ValueError(f"{name} must be a file or a {DATA_URI_PREFIX}... URI, got {value[:40]!r}...")
+        try:
+            data = base64.b64decode(value[len(DATA_URI_PREFIX) :], validate=True)
+            image = Image.open(io.BytesIO(data))
+            image.load()
+        except Exception as exc:
+            raise ValueError(f"{name} is not a valid base64 PNG data URI ({exc})") from None
+        return image
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ValueError(f"{name}: no such file {str(path)!r}")
+    try:
+        image = Image.open(path)
+        image.load()
+    except Exception as exc:
+        raise ValueError(f"{name}: {str(path)!r} is not an image ({exc})") from None
+    return image
+
+
+def _image_to_mask(image: Image.Image) -> torch.Tensor:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64) / 65535.0
+        return torch.from_numpy(array.astype(np.float32))
+    if image.mode == "F":
+        return _array_to_mask(np.asarray(image), "mask")
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    if has_alpha:
+        alpha = image.convert("RGBA").getchannel("A")
+        if alpha.getextrema()[0] < 255:
+            return torch.from_numpy(np.asarray(alpha, dtype=np.float32) / 255.0)
+    return torch.from_numpy(np.asarray(image.convert("L"), dtype=np.float32) / 255.0)
+
+
+def _array_to_mask(array: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(array)) if isinstance(array, np.ndarray) else array.detach().cpu()
+    while t.dim() > 2 and t.shape[0] == 1:
+        t = t[0]
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be a 2-D (height, width) array, got shape {tuple(t.shape)}")
+    if t.numel() == 0:
+        raise ValueError(f"{name} has no pixels (shape {tuple(t.shape)})")
+    if t.dtype == torch.bool:
+        return t.float()
+    if t.dtype == torch.uint8:
+        return t.float() / 255.0
+    if t.dtype == torch.uint16:
+        return t.float() / 65535.0
+    if not t.is_floating_point():
+        values = torch.unique(t)
+        if not bool(((values == 0) | (values == 1)).all()):
+            raise ValueError(
+                f"{name}: integer masks must hold 0 and 1 (or be uint8 0-255), got values {values[:5].tolist()}"
+            )
+        return t.float()
+    t = t.float()
+    lo, hi = float(t.min()), float(t.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo < 0 or hi > 1:
+        raise ValueError(f"{name}: float mask values must be in [0, 1], got range [{lo:g}, {hi:g}]")
+    return t
+
+
+def load_mask(value: MaskLike, name: str = "mask") -> torch.Tensor:
+    """A pixel mask (H, W), float32 in [0, 1], from a path, data URI, PIL image, array or tensor."""
+    if isinstance(value, (str, os.PathLike)):
+        return _image_to_mask(_open_image(value, name))
+    if isinstance(value, Image.Image):
+        return _image_to_mask(value)
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return _array_to_mask(value, name)
+    raise ValueError(f"{name} must be a path, a PIL image, a NumPy array or a torch tensor, got {type(value).__name__}")
+
+
+def load_rgb(value: MaskLike, name: str = "map") -> np.ndarray:
+    """A colour image (H, W, 3) uint8 from a path, data URI, PIL image, array or tensor."""
+    if isinstance(value, (str, os.PathLike)):
+        value = _open_image(value, name)
+    if isinstance(value, Image.Image):
+        return np.asarray(value.convert("RGB"))
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        if value.ndim == 3 and value.shape[0] in (3, 4) and value.shape[-1] not in (3, 4):
+            value = np.moveaxis(value, 0, -1)
+        if value.ndim != 3 or value.shape[-1] not in (3, 4) or value.dtype != np.uint8:
+            raise ValueError(f"{name} must be a (height, width, 3) uint8 array, got {value.dtype} {value.shape}")
+        return value[..., :3]
+    raise ValueError(f"{name} must be a path, a PIL image or an array, got {type(value).__name__}")
+
+
+# -- writing -------------------------------------------------------------------------------------
+def encode_mask(mask: torch.Tensor) -> str:
+    """A compact, lossless-as-possible PNG data URI of a pixel mask: 1-bit for binary masks,
+    8-bit when values are multiples of 1/255, else 16-bit (error ≤ 1/131070)."""
+    m = mask.detach().float().cpu().clamp(0, 1)
+    if bool(((m == 0) | (m == 1)).all()):
+        image = Image.fromarray(m.numpy().astype(bool))  # mode "1"
+    elif bool(((m * 255).round() / 255 == m).all()):
+        image = Image.fromarray((m * 255).round().numpy().astype(np.uint8))  # mode "L"
+    else:
+        image = Image.fromarray((m * 65535).round().numpy().astype(np.uint16))  # mode "I;16"
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return DATA_URI_PREFIX + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# -- geometry ------------------------------------------------------------------------------------
+def fit_mask(mask: torch.Tensor, height: int, width: int, name: str = "mask") -> torch.Tensor:
+    """``mask`` at the canvas size: as is, resized if only the size differs, an error if the aspect
+    ratio differs (a mask drawn for another layout would be stretched)."""
+    h, w = mask.shape
+    if (h, w) == (height, width):
+        return mask
+    if abs((w / h) / (width / height) - 1) > ASPECT_TOLERANCE:
+        raise ValueError(
+            f"{name} is {w}x{h} pixels (aspect {w / h:.3f}) but the canvas is {width}x{height} (aspect "
+            f"{width / height:.3f}): give a mask of the canvas's size or aspect ratio"
+        )
+    resized = F.interpolate(mask[None, None], size=(height, width), mode="bilinear", antialias=True)
+    return resized[0, 0].clamp(0, 1)
+
+
+def box_pixels(box: Sequence[float], height: int, width: int, name: str = "box") -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) in whole pixels: integers as they are, fractions (floats) times the canvas
+    size, rounded. Raises when the box leaves the canvas or is empty."""
+    fractions = any(isinstance(v, float) for v in box)
+    if fractions:
+        x0, y0, x1, y1 = (round(v * s) for v, s in zip(box, (width, height, width, height)))
+    else:
+        x0, y0, x1, y1 = (int(v) for v in box)
+        if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
+            raise ValueError(
+                f"{name} {tuple(box)} leaves the {width}x{height} canvas: pixel boxes need 0 ≤ x0 < x1 ≤ {width} "
+                f"and 0 ≤ y0 < y1 ≤ {height} (or give fractions of the canvas as floats in [0, 1])"
+            )
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"{name} {tuple(box)} is less than one pixel wide or high on the {width}x{height} canvas")
+    return x0, y0, x1, y1
+
+
+def box_mask(box: Sequence[float], height: int, width: int, name: str = "box") -> torch.Tensor:
+    """The pixel mask of a box: 1 inside [x0, x1) x [y0, y1), 0 elsewhere."""
+    x0, y0, x1, y1 = box_pixels(box, height, width, name)
+    mask = torch.zeros(height, width)
+    mask[y0:y1, x0:x1] = 1
+    return mask
+
+
+def feather_mask(mask: torch.Tensor, feather: float) -> torch.Tensor:
+    """Soft edges for rough layouts: the mask blurred by a Gaussian of standard deviation
+    ``feather / 2`` pixels, so each edge becomes a ramp about ``2 * feather`` pixels wide centred on
+    it (10 % to 90 % over 1.3 feather). The canvas border is extended, so a mask that reaches the
+    border stays 1 there."""
+    if feather <= 0:
+        return mask
+    sigma = feather / 2
+    radius = max(1, math.ceil(3 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    m = mask[None, None].float()
+    m = F.pad(m, (radius, radius, 0, 0), mode="replicate")
+    m = F.conv2d(m, kernel.view(1, 1, 1, -1))
+    m = F.pad(m, (0, 0, radius, radius), mode="replicate")
+    m = F.conv2d(m, kernel.view(1, 1, -1, 1))
+    return m[0, 0].clamp(0, 1)
+
+
+def to_latent_grid(mask: torch.Tensor, scale_factor: int) -> torch.Tensor:
+    """Pixel mask (H, W) -> latent weights (H / f, W / f): the mean of each f x f pixel block."""
+    return F.avg_pool2d(mask[None, None].float(), scale_factor)[0, 0]
+
+
+# -- colours and segmentation maps ---------------------------------------------------------------
+def parse_colour(value: Any, name: str = "colour") -> tuple[int, int, int]:
+    """An RGB triple from '#rrggbb', '#rgb', 'r,g,b', a CSS colour name or a sequence of 3 ints."""
+    if isinstance(value, str):
+        text = value.strip()
+        if "," in text:
+            parts = text.strip("()[] ").split(",")
+            try:
+                value = [int(p) for p in parts]
+            except ValueError:
+                raise ValueError(f"{name} {text!r} is not a colour: use '#rrggbb', 'r,g,b' or a name") from None
+        else:
+            try:
+                rgb = ImageColor.getrgb(text)
+            except ValueError:
+                raise ValueError(f"{name} {text!r} is not a colour: use '#rrggbb', 'r,g,b' or a name") from None
+            return rgb[0], rgb[1], rgb[2]
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value)
+    ):
+        return value[0], value[1], value[2]
+    raise ValueError(f"{name} {value!r} is not a colour: use '#rrggbb', 'r,g,b' or three integers 0-255")
+
+
+def colour_hex(rgb: Sequence[int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
+
+
+def segmentation_masks(image: MaskLike, colours: Sequence[tuple[int, int, int]], name: str = "map") -> list[np.ndarray]:
+    """One boolean mask per colour of a colour-coded map. Every colour of the map must be listed
+    and every listed colour must occur: ValueError naming the colours found otherwise."""
+    rgb = load_rgb(image, name).astype(np.int64)
+    codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    found, counts = np.unique(codes, return_counts=True)
+    order = np.argsort(-counts, kind="stable")  # by area, ties by colour
+    found, counts = found[order], counts[order]
+    wanted = {(r << 16) | (g << 8) | b for r, g, b in colours}
+
+    def describe(code: int, count: int) -> str:
+        return f"{colour_hex(((code >> 16) & 255, (code >> 8) & 255, code & 255))} ({count} px)"
+
+    missing = [(c, n) for c, n in zip(found.tolist(), counts.tolist()) if c not in wanted]
+    if missing:
+        listed = ", ".join(describe(c, n) for c, n in missing[:12])
+        more = ""
+        if len(missing) > 12:
+            more = f" and {len(missing) - 12} more (is the map antialiased or a JPEG? use flat colours)"
+        raise ValueError(
+            f"{name} has colours with no prompt: {listed}{more}. Colours in the map: "
+            f"{', '.join(describe(c, n) for c, n in zip(found.tolist()[:12], counts.tolist()[:12]))}"
+            f"{' ...' if len(found) > 12 else ''}. Give each a prompt (an empty prompt leaves it to the background)"
+        )
+    present = set(found.tolist())
+    absent = [colour_hex(c) for c in colours if ((c[0] << 16) | (c[1] << 8) | c[2]) not in present]
+    if absent:
+        raise ValueError(
+            f"{name} does not contain the colours {', '.join(absent)}; colours in the map: "
+            f"{', '.join(describe(c, n) for c, n in zip(found.tolist()[:12], counts.tolist()[:12]))}"
+        )
+    return [codes == ((r << 16) | (g << 8) | b) for r, g, b in colours]
+
+
+def colour_table(table: Mapping[Any, Any], name: str = "colors") -> list[tuple[tuple[int, int, int], Any]]:
+    """(rgb, value) pairs of a colour -> value table; duplicate colours (e.g. 'red' and '#ff0000') fail."""
+    if not isinstance(table, Mapping) or not table:
+        raise ValueError(f"{name} must be a non-empty table of colour -> prompt, got {table!r}")
+    pairs: list[tuple[tuple[int, int, int], Any]] = []
+    seen: dict[tuple[int, int, int], Any] = {}
+    for key, value in table.items():
+        rgb = parse_colour(key, f"{name} key")
+        if rgb in seen:
+            raise ValueError(f"{name}: {key!r} and {seen[rgb]!r} are the same colour {colour_hex(rgb)}")
+        seen[rgb] = key
+        pairs.append((rgb, value))
+    return pairs
