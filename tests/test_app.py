@@ -226,7 +226,7 @@ def test_page_builds_with_every_tab(md16):
 
 def test_errors_reach_the_page_as_one_message(caplog):
     pytest.importorskip("gradio")
-    from multidiffusion.app.ui import guarded, message
+    from multidiffusion.app.widgets import guarded, message
 
     def bad_input():
         raise ValueError("width <b>too</b> large")

@@ -22,9 +22,9 @@ import torch
 from ..io import save_png
 from .limits import Limits
 from .models import ModelPool
-from .settings import Choice, panorama_request
+from .settings import Choice, panorama_request, regions_request
 
-__all__ = ["OutputStore", "Result", "generate_panorama"]
+__all__ = ["OutputStore", "Result", "generate_panorama", "generate_regions", "preview_regions"]
 
 StepCallback = Callable[[int, int], None]
 
@@ -57,6 +57,7 @@ class OutputStore:
 class Result:
     path: Path
     message: str
+    preview: Any = None  # the layout preview (regions)
 
 
 def _step_callback(on_step: StepCallback | None, total: int):
@@ -70,10 +71,12 @@ def _step_callback(on_step: StepCallback | None, total: int):
     return callback
 
 
-def _summary(image: Any, seed: int, seconds: float, stats: Any) -> str:
+def _summary(image: Any, seed: int, seconds: float, stats: Any, extra: str = "") -> str:
     w, h = image.size
     calls = getattr(stats, "model_calls", None)
-    return f"{w}×{h} px · seed {seed} · {seconds:.1f} s" + (f" · {calls} model calls" if calls is not None else "")
+    return f"{w}×{h} px · seed {seed}{extra} · {seconds:.1f} s" + (
+        f" · {calls} model calls" if calls is not None else ""
+    )
 
 
 def generate_panorama(
@@ -100,3 +103,40 @@ def generate_panorama(
     # the model as this server names it, so the PNG loads back into the page
     path = store.save(image, {**out.parameters, "model": request.model}, "panorama")
     return Result(path, _summary(image, request.seed, seconds, out.stats))
+
+
+def _layout(md: Any, kwargs: Mapping[str, Any]) -> Any:
+    return md.region_layout(kwargs["height"], kwargs["width"], kwargs.get("background"), kwargs["regions"])
+
+
+def preview_regions(values: Mapping[str, Any], *, pool: ModelPool, limits: Limits) -> Any:
+    """The layout preview (what each prompt controls, on the model's latent grid) as a PIL image."""
+    request = regions_request(values, limits, pool)
+    return _layout(pool.get(request.model), request.kwargs).preview()
+
+
+def generate_regions(
+    values: Mapping[str, Any],
+    *,
+    pool: ModelPool,
+    limits: Limits,
+    store: OutputStore,
+    on_step: StepCallback | None = None,
+) -> Result:
+    """One image from the Regions tab: the layout's regions, the boxes, the background prompt."""
+    request = regions_request(values, limits, pool)
+    md = pool.get(request.model)
+    preview = _layout(md, request.kwargs).preview()  # validates the layout before any sampling
+    steps = request.kwargs["num_inference_steps"]
+    start = time.perf_counter()
+    out = md.regions(
+        generator=torch.Generator("cpu").manual_seed(request.seed),
+        callback_on_step_end=_step_callback(on_step, steps),
+        **request.kwargs,
+    )
+    seconds = time.perf_counter() - start
+    image = out.images[0]
+    path = store.save(image, {**out.parameters, "model": request.model}, "regions")
+    count = len(request.kwargs["regions"])
+    extra = f" · {count} region{'s' if count != 1 else ''}"
+    return Result(path, _summary(image, request.seed, seconds, out.stats, extra), preview)

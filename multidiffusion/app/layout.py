@@ -5,12 +5,16 @@ library's job; this module only reads the page's values.
 
 from __future__ import annotations
 
+import colorsys
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from ..regions import Region
 
 __all__ = [
     "BACKGROUND",
@@ -19,10 +23,14 @@ __all__ = [
     "colour_cell",
     "colour_of_cell",
     "layout_colours",
+    "layout_from_regions",
     "layout_image",
     "merge_colour_table",
+    "page_regions",
     "read_boxes",
     "read_colour_table",
+    "read_map",
+    "region_colour",
 ]
 
 PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#ffe119", "#911eb4", "#42d4f4", "#f58231", "#f032e6")
@@ -48,6 +56,8 @@ def layout_image(value: Any) -> Image.Image | None:
         return None
     if isinstance(value, np.ndarray):
         value = Image.fromarray(value)
+    if value.mode in ("RGBA", "LA", "PA") or (value.mode == "P" and "transparency" in value.info):
+        value = value.convert("RGBA")
     if value.mode == "RGBA":  # erased (transparent) pixels are blank canvas
         canvas = Image.new("RGB", value.size, BACKGROUND)
         canvas.paste(value, mask=value.getchannel("A"))
@@ -55,7 +65,28 @@ def layout_image(value: Any) -> Image.Image | None:
     return value.convert("RGB")
 
 
-def layout_colours(image: Image.Image, max_colours: int = MAX_COLOURS, min_fraction: float = MIN_FRACTION) -> list[str]:
+def read_map(path: str | os.PathLike, max_side: int) -> tuple[Image.Image, str]:
+    """An uploaded colour map as the page's layout, and a note for the page. Sides that are not
+    multiples of 8 are rounded (nearest-neighbour resampling keeps the colours flat)."""
+    try:
+        image = Image.open(path)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"the colour map is not an image PIL can read ({exc})") from None
+    w, h = image.size
+    if max(w, h) > max_side:
+        raise ValueError(f"the colour map is {w}×{h} px; this server takes maps up to {max_side} px per side")
+    image = layout_image(image)
+    size = (max(8, round(w / 8) * 8), max(8, round(h / 8) * 8))
+    if size == (w, h):
+        return image, f"Loaded a {w}×{h} px colour map; the canvas is now its size."
+    return image.resize(size, Image.Resampling.NEAREST), (
+        f"Loaded a {w}×{h} px colour map, resized to {size[0]}×{size[1]} px (sides are multiples of 8)."
+    )
+
+
+def layout_colours(
+    image: Image.Image, max_colours: int | None = MAX_COLOURS, min_fraction: float = MIN_FRACTION
+) -> list[str]:
     """The colours of a layout as '#rrggbb', most frequent first."""
     pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
     colours, counts = np.unique(pixels, axis=0, return_counts=True)
@@ -66,7 +97,8 @@ def layout_colours(image: Image.Image, max_colours: int = MAX_COLOURS, min_fract
 
 def colour_cell(colour: str) -> str:
     """A table cell that shows a swatch and the colour's hex code."""
-    return f'<span style="color:{colour}">■</span> {colour}'
+    swatch = f"display:inline-block;width:0.9em;height:0.9em;background:{colour};border:1px solid #888"
+    return f'<span style="{swatch}"></span> {colour}'
 
 
 def colour_of_cell(cell: object) -> str | None:
@@ -133,3 +165,65 @@ def read_boxes(table: Any) -> list[tuple[str, str, Box]]:
             box = (int(x0), int(y0), int(x1), int(y1))
         boxes.append((prompt, negative, box))
     return boxes
+
+
+def page_regions(layout: Any, colours: Any, boxes: Any, max_side: int) -> list[Region]:
+    """The page's regions: one per colour of the layout that has a prompt in the colour table (every
+    other colour is background), then one per row of the boxes table."""
+    regions: list[Region] = []
+    image = layout_image(layout)
+    prompts = read_colour_table(colours)
+    if image is not None and prompts:
+        if max(image.size) > max_side:
+            raise ValueError(
+                f"the layout is {image.width}×{image.height} px; this server takes layouts up to {max_side} px per side"
+            )
+        table: dict[str, Any] = dict.fromkeys(layout_colours(image, max_colours=None, min_fraction=0), "")
+        for colour, (prompt, negative) in prompts.items():
+            if colour in table:  # rows of colours painted over since are ignored
+                table[colour] = {"prompt": prompt, "negative_prompt": negative or None}
+        regions += Region.from_segmentation(image, table)
+    for prompt, negative, box in read_boxes(boxes):
+        regions.append(Region(prompt, negative_prompt=negative or None, box=box))
+    return regions
+
+
+def region_colour(i: int) -> str:
+    """A distinct colour for the i-th region restored from a PNG: the palette, then spread hues."""
+    if i < len(PALETTE):
+        return PALETTE[i]
+    r, g, b = colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.55 + 0.4 * ((i // 7) % 2), 0.85 - 0.3 * ((i // 3) % 2))
+    return f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}"
+
+
+def layout_from_regions(
+    regions: Sequence[Mapping[str, Any]], width: int, height: int
+) -> tuple[Image.Image, list[list[str]], list[list[Any]], list[str]]:
+    """The page's layout for regions stored in a PNG: (colour map, colour table, boxes table, notes).
+
+    Masks are painted in distinct colours (soft masks where they are at least 0.5; later regions
+    over earlier ones); boxes go to the boxes table. Settings the page does not edit (a region's
+    weight, guidance, feather) are named in the notes.
+    """
+    canvas = np.full((height, width, 3), 255, np.uint8)
+    colour_rows: list[list[str]] = []
+    box_rows: list[list[Any]] = []
+    notes: list[str] = []
+    for i, data in enumerate(regions):
+        prompt, negative = str(data.get("prompt", "")), str(data.get("negative_prompt") or "")
+        dropped = [k for k in ("weight", "guidance_scale", "feather") if data.get(k) not in (None, 0, 0.0, 1.0)]
+        if dropped:
+            notes.append(f"region {i + 1} ({prompt!r}): its {', '.join(dropped)} can't be edited here and were reset")
+        if data.get("box") is not None:
+            box_rows.append([prompt, negative, *data["box"]])
+            continue
+        if data.get("mask") is None:
+            continue
+        mask = Region(prompt, mask=data["mask"]).pixel_mask(height, width, f"region {i + 1}").numpy() >= 0.5
+        if not mask.any():
+            notes.append(f"region {i + 1} ({prompt!r}) is too faint a mask to paint and was left out")
+            continue
+        colour = region_colour(len(colour_rows))
+        canvas[mask] = [int(colour[k : k + 2], 16) for k in (1, 3, 5)]
+        colour_rows.append([colour_cell(colour), prompt, negative])
+    return Image.fromarray(canvas), colour_rows, box_rows, notes

@@ -20,7 +20,8 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 def create_app(models: Sequence[str], loader: Loader, limits: Limits, store: OutputStore | None = None) -> Any:
     """The Gradio Blocks for ``models`` (the first is loaded now, so a bad model fails at start)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
-    from .ui import AppContext, build_app
+    from .context import AppContext
+    from .ui import build_app
 
     pool = ModelPool(models, loader)
     if store is None:
@@ -40,7 +41,7 @@ def launch(
     block: bool = True,
 ) -> Any:
     """Serve ``app``: generations queue one at a time (at most ``queue_size`` waiting)."""
-    from .ui import CSS, THEME
+    from .widgets import CSS, THEME
 
     app.queue(max_size=queue_size, default_concurrency_limit=1)
     return app.launch(

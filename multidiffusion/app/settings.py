@@ -19,7 +19,8 @@ from typing import Any
 
 from ..io import read_parameters
 from ..schedulers import SCHEDULERS, scheduler_name
-from ..validation import check_number
+from ..validation import check_int, check_number
+from .layout import layout_from_regions, page_regions
 from .limits import Limits
 from .models import ModelPool
 
@@ -33,6 +34,7 @@ __all__ = [
     "panorama_request",
     "parse_window",
     "random_seed",
+    "regions_request",
     "values_from_png",
 ]
 
@@ -136,12 +138,9 @@ def _text(name: str, value: object, required: bool = False) -> str | None:
     return text or None
 
 
-def panorama_request(
-    values: Mapping[str, Any], limits: Limits, pool: ModelPool, choices: tuple[Choice, ...] = ()
-) -> Request:
-    """Check a panorama form against the server's limits; ValueError with a message for the page."""
-    kwargs: dict[str, Any] = {
-        "prompt": _text("prompt", values.get("prompt"), required=True),
+def _sampling(values: Mapping[str, Any], limits: Limits) -> dict[str, Any]:
+    """The settings both tabs share, checked against the server's limits."""
+    return {
         "negative_prompt": _text("negative prompt", values.get("negative_prompt")),
         "width": limits.check_side("width", values.get("width")),
         "height": limits.check_side("height", values.get("height")),
@@ -152,11 +151,34 @@ def panorama_request(
         "window": parse_window("window", values.get("window")),
         "stride": parse_window("stride", values.get("stride")),
     }
+
+
+def panorama_request(
+    values: Mapping[str, Any], limits: Limits, pool: ModelPool, choices: tuple[Choice, ...] = ()
+) -> Request:
+    """Check a panorama form against the server's limits; ValueError with a message for the page."""
+    kwargs: dict[str, Any] = {"prompt": _text("prompt", values.get("prompt"), required=True)}
+    kwargs.update(_sampling(values, limits))
     for choice in choices:
         value = values.get(choice.key) or choice.choices[0]
         if value not in choice.choices:
             raise ValueError(f"{choice.label.lower()} must be one of {', '.join(choice.choices)}, got {value!r}")
         kwargs[choice.key] = value
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    return Request(pool.check(values.get("model")), _seed(values.get("seed")), kwargs)
+
+
+def regions_request(values: Mapping[str, Any], limits: Limits, pool: ModelPool) -> Request:
+    """Check a regions form: the shared settings plus the background prompt, bootstrapping steps and
+    the regions of the layout (colour map and colour table) and of the boxes table."""
+    kwargs = _sampling(values, limits)
+    kwargs["background"] = _text("background prompt", values.get("background"))
+    bootstrap = values.get("bootstrap_steps")
+    if isinstance(bootstrap, float) and bootstrap.is_integer():
+        bootstrap = int(bootstrap)
+    if bootstrap not in (None, "", -1):
+        kwargs["bootstrap_steps"] = check_int("bootstrap steps", bootstrap, 0, kwargs["num_inference_steps"])
+    kwargs["regions"] = page_regions(values.get("layout"), values.get("colours"), values.get("boxes"), limits.max_side)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     return Request(pool.check(values.get("model")), _seed(values.get("seed")), kwargs)
 
@@ -198,4 +220,14 @@ def values_from_png(path: str | os.PathLike, limits: Limits, pool: ModelPool) ->
     if values.get("scheduler") not in (None, *SCHEDULER_NAMES):
         notes.append(f"scheduler {values['scheduler']!r} is not in the list; using ddim")
         values["scheduler"] = "ddim"
+    if mode == "regions":
+        width, height = values.get("width"), values.get("height")
+        if not (isinstance(width, int) and isinstance(height, int)):
+            raise ValueError("the image's region settings have no canvas size")
+        try:
+            layout, colours, boxes, more = layout_from_regions(params.get("regions") or [], width, height)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ValueError(f"the image's regions can't be read: {exc}") from None
+        values.update(layout=layout, colours=colours, boxes=boxes)
+        notes += more
     return mode, values, notes

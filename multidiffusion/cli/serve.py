@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import fail, load_model
+from .common import add_model_options, fail, load_model
 
 HELP = """\
 Start the web app: a Panorama tab and a Regions tab in the browser, over the same engine as the
@@ -28,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="start the web app (needs multidiffusion[app])",
         description=HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        conflict_handler="resolve",  # --model below replaces add_model_options' single --model
     )
     g = p.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
@@ -52,18 +53,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_MAX_UPLOAD_MB,
         help=f"largest upload in MB (default {DEFAULT_MAX_UPLOAD_MB:g})",
     )
-    g = p.add_argument_group("model")
-    g.add_argument(
+    add_model_options(p)
+    model_group = next(g for g in p._action_groups if g.title == "model")
+    model_group.add_argument(
         "--model",
         action="append",
         metavar="MODEL",
         help="a model the page offers: 'demo', a repo id, a diffusers folder or a .safetensors file; "
         "repeat for a list (default: demo)",
     )
-    g.add_argument("--config", help="for a .safetensors file: diffusers folder or repo id with its config")
-    g.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.bin/.pt weights (they can run code)")
-    g.add_argument("--device", help="cuda, cpu or mps (default: cuda if present)")
-    g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="default: float16 on GPU, else float32")
     p.set_defaults(run=run, quiet=True)
 
 
