@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -222,6 +223,8 @@ def test_page_builds_with_every_tab(md16):
     config = app.get_config_file()
     ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
     assert {"pano-prompt", "pano-generate", "pano-result", "pano-message", "load-png"} <= ids
+    assert {"regions-background", "regions-layout", "regions-colours", "regions-boxes", "regions-upload"} <= ids
+    assert {"regions-preview", "regions-generate", "regions-result", "regions-preview-image"} <= ids
 
 
 def test_errors_reach_the_page_as_one_message(caplog):
@@ -241,3 +244,55 @@ def test_errors_reach_the_page_as_one_message(caplog):
     assert "secret" not in shown and "Traceback" not in shown
     assert "secret internals" in caplog.text  # the traceback goes to the server's log
     assert message("info", "") == ""
+
+
+def regions_form():
+    from multidiffusion.app.layout import colour_cell
+
+    a = np.full((128, 256, 3), 255, np.uint8)
+    a[:, 128:] = (230, 25, 75)
+    return {
+        **{k: v for k, v in FORM.items() if k != "prompt"},
+        "width": 256,
+        "height": 128,
+        "background": "a green meadow",
+        "bootstrap_steps": -1,
+        "layout": {"background": None, "layers": [], "composite": Image.fromarray(a)},
+        "colours": [[colour_cell("#ffffff"), "", ""], [colour_cell("#e6194b"), "snowy mountains", ""]],
+        "boxes": [["a red house", "fog", 0.1, 0.5, 0.4, 1.0]],
+    }
+
+
+def test_regions_form_checks(pool):
+    from multidiffusion.app.settings import regions_request
+
+    request = regions_request(regions_form(), Limits(), pool)
+    assert request.kwargs["background"] == "a green meadow" and "bootstrap_steps" not in request.kwargs
+    assert [r.prompt for r in request.kwargs["regions"]] == ["snowy mountains", "a red house"]
+    assert regions_request({**regions_form(), "bootstrap_steps": 1}, Limits(), pool).kwargs["bootstrap_steps"] == 1
+    with pytest.raises(ValueError, match="bootstrap steps must be an integer from 0 to 2, got 3"):
+        regions_request({**regions_form(), "bootstrap_steps": 3}, Limits(), pool)
+    with pytest.raises(ValueError, match="box 1: x0, y0, x1, y1 must be numbers"):
+        regions_request({**regions_form(), "boxes": [["x", "", "a", 0, 1, 1]]}, Limits(), pool)
+
+
+def test_regions_generate_preview_and_load_back(pool, tmp_path):
+    from multidiffusion.app.handlers import generate_regions, preview_regions
+
+    preview = preview_regions(regions_form(), pool=pool, limits=Limits())
+    assert preview.size == (256, 128)
+    with pytest.raises(ValueError, match="covered by no region"):
+        preview_regions({**regions_form(), "background": " "}, pool=pool, limits=Limits())
+
+    result = generate_regions(regions_form(), pool=pool, limits=Limits(), store=OutputStore(tmp_path))
+    assert "256×128 px · seed 5 · 2 regions" in result.message and result.preview.size == (256, 128)
+    params = read_parameters(result.path)
+    assert params["mode"] == "regions" and params["model"] == "tiny" and len(params["regions"]) == 2
+
+    mode, values, notes = values_from_png(result.path, Limits(), pool)
+    assert mode == "regions" and notes == []
+    assert values["background"] == "a green meadow" and values["seed"] == 5 and values["width"] == 256
+    assert [row[1:] for row in values["colours"]] == [["snowy mountains", ""]]
+    assert values["boxes"] == [["a red house", "fog", 0.1, 0.5, 0.4, 1.0]]
+    again = generate_regions({**regions_form(), **values}, pool=pool, limits=Limits(), store=OutputStore(tmp_path))
+    assert (np.asarray(Image.open(again.path)) == np.asarray(Image.open(result.path))).all()  # same image again

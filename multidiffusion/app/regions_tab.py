@@ -171,8 +171,9 @@ def regions_tab(ctx: AppContext) -> dict[str, Any]:
         concurrency_limit=1,
         concurrency_id="preview",
     )
-    # the editor does not report brush strokes as they happen: the buttons read its colours
-    for trigger in (fields["layout"].change, preview_button.click, generate.click):
+    # the buttons read the layout's colours into the table: the editor reports no brush strokes as they
+    # happen, and its change event also fires when a PNG's settings set it (with the table not yet set)
+    for trigger in (preview_button.click, generate.click):
         trigger(_colour_rows, inputs=[fields["layout"], fields["colours"]], outputs=fields["colours"], queue=False)
     upload_map.upload(
         guarded(load_map, lambda msg: (gr.skip(), gr.skip(), gr.skip(), gr.skip(), msg)),
