@@ -279,3 +279,27 @@ def test_inpainting_unet_is_refused():
     pipe.unet = UNet2DConditionModel.from_config({**pipe.unet.config, "in_channels": 9})
     with pytest.raises(ValueError, match="takes 9 input channels but the VAE's latents have 4"):
         MultiDiffusion(pipe)
+
+
+@pytest.mark.parametrize("circular", [False, True])
+def test_sdxl_regions_with_bootstrapping(xl16, circular):
+    from multidiffusion import Region
+
+    md = _md(xl16)
+    out = md.regions(
+        height=128,
+        width=384,
+        background="a meadow",
+        regions=[Region("a red house", box=(0.05, 0.2, 0.3, 0.9)), Region("a tree", box=(200, 16, 360, 120))],
+        bootstrap_steps=1,
+        num_inference_steps=2,
+        circular=circular,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert out.images.shape == (1, 128, 384, 3)
+    assert np.isfinite(out.images).all()
+    from multidiffusion.views import grid_views
+
+    views = len(grid_views(16, 48, (16, 16), (2, 2), circular=circular))
+    assert out.stats.jobs < 3 * views * out.stats.steps  # each region only in the windows it touches
