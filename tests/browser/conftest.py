@@ -135,7 +135,14 @@ def screenshot():
 
     def take(page, name: str) -> None:
         if folder:
-            Path(folder).mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
+            from PIL import Image
+
+            path = Path(folder) / f"{name}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(path), full_page=True)
+            if path.stat().st_size > 300_000:  # keep the README's images small: 256 colours
+                with Image.open(path) as image:
+                    quantized = image.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT)
+                quantized.save(path, optimize=True)
 
     return take
