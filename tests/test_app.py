@@ -274,6 +274,10 @@ def test_regions_form_checks(pool):
         regions_request({**regions_form(), "bootstrap_steps": 3}, Limits(), pool)
     with pytest.raises(ValueError, match="box 1: x0, y0, x1, y1 must be numbers"):
         regions_request({**regions_form(), "boxes": [["x", "", "a", 0, 1, 1]]}, Limits(), pool)
+    with pytest.raises(ValueError, match="the layout is 256×128 px but the canvas is 128×128: set width and height"):
+        regions_request({**regions_form(), "width": 128}, Limits(), pool)
+    request = regions_request({**regions_form(), "width": 512, "height": 256}, Limits(), pool)  # same aspect: scaled
+    assert request.kwargs["regions"][0].pixel_mask(256, 512).shape == (256, 512)
 
 
 def test_regions_generate_preview_and_load_back(pool, tmp_path):

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..masks import ASPECT_TOLERANCE
 from ..regions import Region
 
 __all__ = [
@@ -167,9 +168,12 @@ def read_boxes(table: Any) -> list[tuple[str, str, Box]]:
     return boxes
 
 
-def page_regions(layout: Any, colours: Any, boxes: Any, max_side: int) -> list[Region]:
+def page_regions(
+    layout: Any, colours: Any, boxes: Any, max_side: int, canvas: tuple[int, int] | None = None
+) -> list[Region]:
     """The page's regions: one per colour of the layout that has a prompt in the colour table (every
-    other colour is background), then one per row of the boxes table."""
+    other colour is background), then one per row of the boxes table. ``canvas`` (width, height):
+    the layout must have its aspect ratio (it is scaled to it)."""
     regions: list[Region] = []
     image = layout_image(layout)
     prompts = read_colour_table(colours)
@@ -177,6 +181,11 @@ def page_regions(layout: Any, colours: Any, boxes: Any, max_side: int) -> list[R
         if max(image.size) > max_side:
             raise ValueError(
                 f"the layout is {image.width}×{image.height} px; this server takes layouts up to {max_side} px per side"
+            )
+        if canvas is not None and abs(image.width * canvas[1] / (image.height * canvas[0]) - 1) > ASPECT_TOLERANCE:
+            raise ValueError(
+                f"the layout is {image.width}×{image.height} px but the canvas is {canvas[0]}×{canvas[1]}: set width "
+                "and height to the layout's size (or its aspect ratio), or start a new blank canvas"
             )
         table: dict[str, Any] = dict.fromkeys(layout_colours(image, max_colours=None, min_fraction=0), "")
         for colour, (prompt, negative) in prompts.items():

@@ -178,7 +178,13 @@ def regions_request(values: Mapping[str, Any], limits: Limits, pool: ModelPool) 
         bootstrap = int(bootstrap)
     if bootstrap not in (None, "", -1):
         kwargs["bootstrap_steps"] = check_int("bootstrap steps", bootstrap, 0, kwargs["num_inference_steps"])
-    kwargs["regions"] = page_regions(values.get("layout"), values.get("colours"), values.get("boxes"), limits.max_side)
+    kwargs["regions"] = page_regions(
+        values.get("layout"),
+        values.get("colours"),
+        values.get("boxes"),
+        limits.max_side,
+        canvas=(kwargs["width"], kwargs["height"]),
+    )
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     return Request(pool.check(values.get("model")), _seed(values.get("seed")), kwargs)
 
