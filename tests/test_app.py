@@ -300,3 +300,19 @@ def test_regions_generate_preview_and_load_back(pool, tmp_path):
     assert values["boxes"] == [["a red house", "fog", 0.1, 0.5, 0.4, 1.0]]
     again = generate_regions({**regions_form(), **values}, pool=pool, limits=Limits(), store=OutputStore(tmp_path))
     assert (np.asarray(Image.open(again.path)) == np.asarray(Image.open(result.path))).all()  # same image again
+
+
+def test_serve_wires_models_limits_and_host(monkeypatch, capsys):
+    pytest.importorskip("gradio")
+    from multidiffusion.app import server
+
+    calls = {}
+    monkeypatch.setattr(server, "create_app", lambda models, loader, limits: calls.update(models=models, limits=limits))
+    monkeypatch.setattr(server, "launch", lambda app, **kw: calls.update(kw))
+    code, err = run_cli(["serve", "--model", "a", "--model", "b", "--max-side", "512", "--host", "0.0.0.0"], capsys)
+    assert code == 0
+    assert calls["models"] == ["a", "b"] and calls["limits"] == Limits(max_side=512)
+    assert calls["host"] == "0.0.0.0" and calls["port"] == 7860 and calls["queue_size"] == 16
+    assert "warning: serving on 0.0.0.0: anyone who can reach this address can use the page" in err
+    code, err = run_cli(["serve"], capsys)
+    assert calls["models"] == ["demo"] and calls["host"] == "127.0.0.1" and "warning" not in err
