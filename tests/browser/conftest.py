@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from multidiffusion.loading import DEMO_MODEL_DIR
+
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -50,6 +52,8 @@ def _missing() -> str | None:
         return "Gradio is not installed: pip install -e '.[app]'"
     if chromium_path() is None:
         return "Chromium is not installed: apt-get install chromium (or set MULTIDIFFUSION_CHROMIUM)"
+    if MODEL == "demo" and not (DEMO_MODEL_DIR / "model_index.json").is_file():
+        return f"the demo model is not in this checkout ({DEMO_MODEL_DIR} has no model_index.json)"
     return None
 
 
