@@ -10,12 +10,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import panorama, regions
+from . import panorama, regions, serve
 from .common import EXIT_USAGE, Parser, fail
 
 __all__ = ["build_parser", "main"]
 
-VERBS = [panorama, regions]
+VERBS = [panorama, regions, serve]
 
 
 def build_parser() -> Parser:

@@ -1,0 +1,42 @@
+"""What the page's handlers share: the models, the limits and where results go."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..pipeline import MultiDiffusion
+from .handlers import OutputStore
+from .limits import Limits
+from .models import ModelPool
+from .settings import Choice, available_choices
+
+__all__ = ["AppContext"]
+
+
+@dataclass
+class AppContext:
+    pool: ModelPool
+    limits: Limits
+    store: OutputStore
+    default_size: tuple[int, int]  # (height, width) of a panorama for the first model (native x 4 wide)
+
+    @property
+    def native_size(self) -> tuple[int, int]:
+        """(height, width) of the first model's native image."""
+        height, width = self.default_size
+        return height, width // 4
+
+    @property
+    def regions_size(self) -> tuple[int, int]:
+        """The Regions tab's first canvas: native height, twice the native width, within the limits."""
+        height, width = self.native_size
+        return min(height, self.limits.max_side), min(2 * width, self.limits.max_side)
+
+    @property
+    def panorama_size(self) -> tuple[int, int]:
+        height, width = self.default_size
+        return min(height, self.limits.max_side), min(width, self.limits.max_side)
+
+    @property
+    def panorama_choices(self) -> tuple[Choice, ...]:
+        return available_choices(MultiDiffusion.panorama)

@@ -1,0 +1,69 @@
+"""What one request may ask of the server. The defaults keep a shared machine responsive; the
+operator raises them with ``multidiffusion serve --max-side ... --max-steps ...``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..validation import MAX_SIDE, MAX_STEPS, MIN_SIDE, check_int
+
+__all__ = ["DEFAULT_MAX_SIDE", "DEFAULT_MAX_STEPS", "DEFAULT_MAX_UPLOAD_MB", "Limits"]
+
+DEFAULT_MAX_SIDE = 4096
+"""Longest canvas side in pixels a request may ask for (8 SD windows; 64 demo-model windows)."""
+DEFAULT_MAX_STEPS = 150
+"""Most denoising steps a request may ask for."""
+DEFAULT_MAX_UPLOAD_MB = 10.0
+"""Largest upload (a PNG to read settings from, a segmentation map) in megabytes."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The server's caps; ``check_*`` raise ValueError with a message for the page."""
+
+    max_side: int = DEFAULT_MAX_SIDE
+    max_steps: int = DEFAULT_MAX_STEPS
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
+
+    def __post_init__(self) -> None:
+        check_int("--max-side", self.max_side, MIN_SIDE, MAX_SIDE)
+        check_int("--max-steps", self.max_steps, 1, MAX_STEPS)
+        if not 0 < self.max_upload_mb <= 1024:
+            raise ValueError(f"--max-upload-mb must be a number from 0 to 1024, got {self.max_upload_mb}")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    def check_side(self, name: str, value: object) -> int:
+        """A canvas side: a whole number of pixels, a multiple of 8, within this server's limit."""
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be a whole number of pixels, got {value!r}")
+        if value > self.max_side:
+            raise ValueError(
+                f"{name} {value} px is larger than this server allows: at most {self.max_side} px per side "
+                "(the operator sets this with `multidiffusion serve --max-side`)"
+            )
+        if value < MIN_SIDE:
+            raise ValueError(f"{name} must be at least {MIN_SIDE} px, got {value}")
+        if value % 8:
+            raise ValueError(f"{name} must be a multiple of 8 px, got {value} (try {-(-value // 8) * 8})")
+        return value
+
+    def check_steps(self, value: object) -> int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool) and value > self.max_steps:
+            raise ValueError(
+                f"steps {value} is more than this server allows: at most {self.max_steps} "
+                "(the operator sets this with `multidiffusion serve --max-steps`)"
+            )
+        return check_int("steps", value, 1, self.max_steps)
+
+    def check_upload(self, name: str, size: int) -> None:
+        if size > self.max_upload_bytes:
+            raise ValueError(
+                f"{name} is {size / 1024 / 1024:.1f} MB; this server accepts uploads up to {self.max_upload_mb:g} MB"
+            )

@@ -1,0 +1,190 @@
+"""The Regions tab: paint a layout (or upload a colour map), give each colour a prompt, add boxes,
+preview what each prompt controls, generate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from .context import AppContext
+from .handlers import generate_regions, preview_regions
+from .layout import (
+    BACKGROUND,
+    PALETTE,
+    blank_layout,
+    layout_colours,
+    layout_image,
+    merge_colour_table,
+    read_map,
+)
+from .widgets import guarded, message, model_dropdown, progress_steps, sampling_controls
+
+__all__ = ["regions_tab"]
+
+COLOUR_HEADERS = ["colour", "prompt", "negative prompt"]
+BOX_HEADERS = ["prompt", "negative prompt", "x0", "y0", "x1", "y1"]
+HOW_TO = """Paint regions on the canvas with the brush (pick a colour with the palette button) or upload a
+colour-coded map (flat colours, e.g. a PNG), then press **Preview the layout**: the table lists the layout's colours.
+Give each colour its prompt; colours left without one, like the white of a blank canvas, belong to the background.
+Boxes add regions by coordinates."""
+MAP_TYPES = [".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"]
+
+
+def _colour_rows(layout: Any, table: Any) -> list[list[str]]:
+    image = layout_image(layout)
+    return merge_colour_table(layout_colours(image) if image is not None else [], table)
+
+
+def regions_tab(ctx: AppContext) -> dict[str, Any]:
+    """The tab's form components by API name (what a PNG's settings fill in)."""
+    height, width = ctx.regions_size
+    fields: dict[str, Any] = {}
+    with gr.Row():
+        with gr.Column(scale=4):
+            fields["background"] = gr.Textbox(
+                label="Background prompt",
+                info="everything outside the regions",
+                placeholder="a green meadow under a blue sky",
+                elem_id="regions-background",
+            )
+            fields["negative_prompt"] = gr.Textbox(
+                label="Negative prompt",
+                info="the background's, and the default of every region's",
+                elem_id="regions-negative",
+            )
+        with gr.Column(scale=1, min_width=200):
+            generate = gr.Button("Generate", variant="primary", elem_id="regions-generate")
+            preview_button = gr.Button("Preview the layout", elem_id="regions-preview")
+            fields["model"] = model_dropdown(ctx, "regions")
+
+    def bootstrap(row: dict[str, Any]) -> None:
+        row["bootstrap_steps"] = gr.Number(
+            value=-1,
+            label="Bootstrapping steps",
+            info="first steps that denoise each region on a plain background; -1: 40% of the steps (paper: 20 of 50)",
+            precision=0,
+            elem_id="regions-bootstrap",
+        )
+
+    fields.update(sampling_controls(ctx, "regions", (height, width), bootstrap))
+    gr.Markdown(HOW_TO)
+    with gr.Row():
+        with gr.Column(scale=3):
+            fields["layout"] = gr.ImageEditor(
+                value=blank_layout(width, height),
+                type="pil",
+                image_mode="RGB",
+                format="png",
+                label="Layout",
+                sources=[],  # maps come through the upload button, whose event carries the file
+                brush=gr.Brush(colors=[*PALETTE, BACKGROUND], default_color=PALETTE[0], color_mode="fixed"),
+                layers=False,
+                transforms=(),
+                height=360,
+                elem_id="regions-layout",
+            )
+            with gr.Row():
+                new_canvas = gr.Button("New blank canvas (width × height)", size="sm", elem_id="regions-new")
+                upload_map = gr.UploadButton(
+                    "Upload a colour map", file_types=MAP_TYPES, size="sm", elem_id="regions-upload"
+                )
+        with gr.Column(scale=2):
+            fields["colours"] = gr.Dataframe(
+                value=merge_colour_table([BACKGROUND], None),
+                headers=COLOUR_HEADERS,
+                datatype=["html", "str", "str"],
+                static_columns=[0],
+                type="array",
+                interactive=True,
+                label="Colours: a prompt for each region (empty: background)",
+                elem_id="regions-colours",
+            )
+            fields["boxes"] = gr.Dataframe(
+                value=[["", "", None, None, None, None]],
+                headers=BOX_HEADERS,
+                datatype=["str", "str", "number", "number", "number", "number"],
+                type="array",
+                interactive=True,
+                label="Boxes: x0, y0, x1, y1 as fractions of the canvas (0-1) or pixels",
+                elem_id="regions-boxes",
+            )
+    status = gr.HTML(elem_id="regions-message")
+    with gr.Row(equal_height=True):
+        preview = gr.Image(
+            label="Layout: what each prompt controls",
+            type="pil",
+            format="png",
+            interactive=False,
+            height=320,
+            elem_id="regions-preview-image",
+            elem_classes="md-result",
+        )
+        result = gr.Image(
+            label="Result",
+            type="filepath",
+            format="png",
+            interactive=False,
+            height=320,
+            elem_id="regions-result",
+            elem_classes="md-result",
+        )
+    download = gr.DownloadButton("Download PNG (with its settings)", visible=False, elem_id="regions-download")
+
+    def form(data: dict[Any, Any]) -> dict[str, Any]:
+        return {key: data[component] for key, component in fields.items()}
+
+    def run(data: dict[Any, Any], progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
+        out = generate_regions(
+            form(data), pool=ctx.pool, limits=ctx.limits, store=ctx.store, on_step=progress_steps(progress)
+        )
+        download_button = gr.DownloadButton(value=str(out.path), visible=True)
+        return out.preview, str(out.path), download_button, message("info", out.message)
+
+    def show_preview(data: dict[Any, Any]) -> tuple[Any, str]:
+        return preview_regions(form(data), pool=ctx.pool, limits=ctx.limits), ""
+
+    def load_map(path: str | None, table: Any) -> tuple[Any, ...]:
+        """An uploaded map becomes the layout; the canvas takes its size; the table its colours."""
+        if not path:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), ""
+        image, note = read_map(path, ctx.limits.max_side)
+        w = ctx.limits.check_side("the colour map's width", image.width)
+        h = ctx.limits.check_side("the colour map's height", image.height)
+        return image, w, h, _colour_rows(image, table), message("info", note)
+
+    def new_layout(w: Any, h: Any) -> tuple[Any, str]:
+        return blank_layout(ctx.limits.check_side("width", w), ctx.limits.check_side("height", h)), ""
+
+    generate.click(
+        guarded(run, lambda msg: (gr.skip(), gr.skip(), gr.skip(), msg)),
+        inputs=set(fields.values()),
+        outputs=[preview, result, download, status],
+        show_progress_on=result,
+        concurrency_limit=1,
+        concurrency_id="generate",
+    )
+    preview_button.click(
+        guarded(show_preview, lambda msg: (gr.skip(), msg)),
+        inputs=set(fields.values()),
+        outputs=[preview, status],
+        concurrency_limit=1,
+        concurrency_id="preview",
+    )
+    # the buttons read the layout's colours into the table: the editor reports no brush strokes as they
+    # happen, and its change event also fires when a PNG's settings set it (with the table not yet set)
+    for trigger in (preview_button.click, generate.click):
+        trigger(_colour_rows, inputs=[fields["layout"], fields["colours"]], outputs=fields["colours"], queue=False)
+    upload_map.upload(
+        guarded(load_map, lambda msg: (gr.skip(), gr.skip(), gr.skip(), gr.skip(), msg)),
+        inputs=[upload_map, fields["colours"]],
+        outputs=[fields["layout"], fields["width"], fields["height"], fields["colours"], status],
+        queue=False,
+    )
+    new_canvas.click(
+        guarded(new_layout, lambda msg: (gr.skip(), msg)),
+        inputs=[fields["width"], fields["height"]],
+        outputs=[fields["layout"], status],
+        queue=False,
+    )
+    return fields

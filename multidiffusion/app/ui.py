@@ -1,0 +1,68 @@
+"""The Gradio page: a settings loader over the Panorama and Regions tabs.
+
+Layout only: every button calls a function of :mod:`.handlers` or :mod:`.settings` through
+:func:`~.widgets.guarded`, which turns a ``ValueError`` into a message in the page and anything
+else into a one-line internal error (the traceback goes to the server's log, never to the browser).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import gradio as gr
+
+from .context import AppContext
+from .panorama_tab import panorama_tab
+from .regions_tab import regions_tab
+from .settings import values_from_png
+from .widgets import CSS, THEME, guarded, message
+
+__all__ = ["CSS", "THEME", "AppContext", "build_app"]
+
+INTRO = """## MultiDiffusion
+Panoramas of any size and region prompts with a pretrained diffusion model, no training
+([Bar-Tal et al., ICML 2023](https://arxiv.org/abs/2302.08113)). Generations run one at a time."""
+
+
+def _settings_loader(ctx: AppContext, tabs: Any, forms: Mapping[str, Mapping[str, Any]]) -> None:
+    """A drop zone for PNGs this tool wrote: their settings fill the form of their tab."""
+
+    def load(path: str | None) -> dict[Any, Any]:
+        if not path:
+            return {}
+        mode, values, notes = values_from_png(path, ctx.limits, ctx.pool)
+        form = forms[mode]
+        updates: dict[Any, Any] = {component: values[key] for key, component in form.items() if key in values}
+        text = f"Loaded the settings of a {mode} image." + "".join(f" Note: {n}." for n in notes)
+        updates[tabs] = gr.Tabs(selected=mode)
+        updates[status] = message("note" if notes else "info", text)
+        return updates
+
+    components = [c for form in forms.values() for c in form.values()]
+    with gr.Accordion("Load settings from a PNG", open=False, elem_id="load-accordion"):
+        png = gr.File(
+            label="Drop a PNG made by multidiffusion here", file_types=[".png"], height=120, elem_id="load-png"
+        )
+        status = gr.HTML(elem_id="load-message")
+    png.upload(
+        guarded(load, lambda msg: {status: msg}),
+        inputs=png,
+        outputs=[tabs, status, *components],
+        queue=False,
+    )
+
+
+def build_app(ctx: AppContext) -> gr.Blocks:
+    """The page. Launch it with :func:`multidiffusion.app.server.launch` (queue, limits, theme)."""
+    with gr.Blocks(title="MultiDiffusion", analytics_enabled=False, delete_cache=(3600, 3600)) as app:
+        gr.Markdown(INTRO)
+        loader_slot = gr.Column()
+        with gr.Tabs(selected="panorama") as tabs:
+            with gr.Tab("Panorama", id="panorama", elem_id="tab-panorama"):
+                panorama = panorama_tab(ctx)
+            with gr.Tab("Regions", id="regions", elem_id="tab-regions"):
+                regions = regions_tab(ctx)
+        with loader_slot:
+            _settings_loader(ctx, tabs, {"panorama": panorama, "regions": regions})
+    return app

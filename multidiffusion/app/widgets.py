@@ -1,0 +1,115 @@
+"""Pieces of the page both tabs use: messages, error handling, the sampling controls."""
+
+from __future__ import annotations
+
+import functools
+import html
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import gradio as gr
+
+from ..schedulers import SCHEDULERS
+from ..validation import MIN_SIDE
+from .context import AppContext
+from .settings import random_seed
+
+__all__ = ["CSS", "THEME", "guarded", "message", "model_dropdown", "progress_steps", "sampling_controls"]
+
+log = logging.getLogger("multidiffusion.app")
+
+CSS = """
+.md-message { padding: 0.4em 0.8em; border-radius: 6px; min-height: 1.6em; }
+.md-message.error { background: #fdecea; color: #8a1c12; border: 1px solid #f5c2bd; }
+.md-message.info { background: #eef6ee; color: #1d4d1f; border: 1px solid #c8e2c9; }
+.md-message.note { background: #fff8e1; color: #6b4e00; border: 1px solid #f0dc9b; }
+.md-result img { width: 100%; height: 100%; object-fit: contain; }  /* small images shown large */
+"""
+
+SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]
+THEME = gr.themes.Soft(font=SYSTEM_FONTS, font_mono=["ui-monospace", "monospace"])  # no web fonts: works offline
+
+
+def message(kind: str, text: str) -> str:
+    """A message for the page: kind is 'error', 'info' or 'note'; the text is escaped."""
+    return f'<div class="md-message {kind}">{html.escape(text)}</div>' if text else ""
+
+
+def guarded(fn: Callable[..., Any], on_error: Callable[[str], Any]) -> Callable[..., Any]:
+    """``fn``, with a ValueError shown as its message and other failures as one line (the
+    traceback goes to the server's log, never to the browser)."""
+
+    @functools.wraps(fn)  # Gradio reads the signature (gr.Progress) through __wrapped__
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ValueError as exc:
+            return on_error(message("error", str(exc)))
+        except Exception as exc:  # an internal failure
+            log.exception("request failed")
+            return on_error(message("error", f"internal error ({type(exc).__name__}); details are in the server log"))
+
+    return run
+
+
+def progress_steps(progress: Any) -> Callable[[int, int], None]:
+    """A step callback that moves Gradio's progress bar."""
+    progress(0, desc="loading the model")
+
+    def on_step(i: int, total: int) -> None:
+        progress((i, total), desc="denoising" if i < total else "decoding", unit="steps")
+
+    return on_step
+
+
+def model_dropdown(ctx: AppContext, prefix: str) -> Any:
+    return gr.Dropdown(
+        list(ctx.pool.names),
+        value=ctx.pool.default,
+        label="Model",
+        info="chosen when the server started",
+        interactive=len(ctx.pool.names) > 1,
+        elem_id=f"{prefix}-model",
+    )
+
+
+def sampling_controls(
+    ctx: AppContext, prefix: str, size: tuple[int, int], extra: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Canvas size, steps, guidance, seed (and its dice), scheduler, circular, windows; ``extra``
+    adds a tab's own controls to the seed row. Component ids are ``{prefix}-{name}``."""
+    limits = ctx.limits
+    fields: dict[str, Any] = {}
+    height, width = size
+    with gr.Row():
+        side_info = f"pixels, a multiple of 8, {MIN_SIDE} to {limits.max_side}"
+        fields["width"] = gr.Number(value=width, label="Width", info=side_info, precision=0, elem_id=f"{prefix}-width")
+        fields["height"] = gr.Number(
+            value=height, label="Height", info=side_info, precision=0, elem_id=f"{prefix}-height"
+        )
+        fields["num_inference_steps"] = gr.Slider(
+            1, limits.max_steps, value=min(50, limits.max_steps), step=1, label="Steps", elem_id=f"{prefix}-steps"
+        )
+        fields["guidance_scale"] = gr.Slider(0, 20, value=7.5, step=0.5, label="Guidance", elem_id=f"{prefix}-guidance")
+    with gr.Row(equal_height=True):
+        with gr.Column(min_width=220):
+            fields["seed"] = gr.Number(
+                value=-1, label="Seed", info="-1: a new random seed each time", precision=0, elem_id=f"{prefix}-seed"
+            )
+            dice = gr.Button("Random seed", size="sm", elem_id=f"{prefix}-dice")
+        fields["scheduler"] = gr.Dropdown(
+            list(SCHEDULERS), value="ddim", label="Scheduler", elem_id=f"{prefix}-scheduler"
+        )
+        fields["circular"] = gr.Checkbox(
+            label="Circular (360°)", info="wraps around the left and right edges", elem_id=f"{prefix}-circular"
+        )
+        if extra is not None:
+            extra(fields)
+    with gr.Accordion("Windows", open=False), gr.Row():
+        fields["window"] = gr.Textbox(
+            label="Window", info="latent pixels, N or ROWSxCOLUMNS; empty: the model's native size"
+        )
+        fields["stride"] = gr.Textbox(label="Stride", info="latent pixels; empty: window / 8 (the paper's)")
+    dice.click(random_seed, outputs=fields["seed"], queue=False)
+    return fields

@@ -1,0 +1,87 @@
+"""``multidiffusion serve``: the web app (Gradio), on this machine only unless told otherwise."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .common import add_model_options, fail, load_model
+
+HELP = """\
+Start the web app: a Panorama tab and a Regions tab in the browser, over the same engine as the
+command line. One generation runs at a time; others wait in a queue.
+
+The models the page offers are fixed here (repeat --model for a list); the page never takes a path.
+Requests are capped by --max-side (pixels per canvas side), --max-steps and --max-upload-mb.
+
+examples:
+  multidiffusion serve                                   # demo model, http://127.0.0.1:7860
+  multidiffusion serve --model stabilityai/stable-diffusion-2-base --model demo --max-side 4608
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..app.limits import DEFAULT_MAX_SIDE, DEFAULT_MAX_STEPS, DEFAULT_MAX_UPLOAD_MB
+
+    p = sub.add_parser(
+        "serve",
+        help="start the web app (needs multidiffusion[app])",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        conflict_handler="resolve",  # --model below replaces add_model_options' single --model
+    )
+    g = p.add_argument_group("server")
+    g.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    g.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    g.add_argument("--queue-size", type=int, default=16, help="requests that may wait for their turn (default 16)")
+    g = p.add_argument_group("limits")
+    g.add_argument(
+        "--max-side",
+        type=int,
+        default=DEFAULT_MAX_SIDE,
+        help=f"largest canvas side in pixels a request may ask for (default {DEFAULT_MAX_SIDE})",
+    )
+    g.add_argument(
+        "--max-steps",
+        type=int,
+        default=DEFAULT_MAX_STEPS,
+        help=f"most denoising steps a request may ask for (default {DEFAULT_MAX_STEPS})",
+    )
+    g.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=DEFAULT_MAX_UPLOAD_MB,
+        help=f"largest upload in MB (default {DEFAULT_MAX_UPLOAD_MB:g})",
+    )
+    add_model_options(p)
+    model_group = next(g for g in p._action_groups if g.title == "model")
+    model_group.add_argument(
+        "--model",
+        action="append",
+        metavar="MODEL",
+        help="a model the page offers: 'demo', a repo id, a diffusers folder or a .safetensors file; "
+        "repeat for a list (default: demo)",
+    )
+    p.set_defaults(run=run, quiet=True)
+
+
+def run(args: argparse.Namespace) -> None:
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        fail("the web app needs Gradio, which is not installed: pip install 'multidiffusion[app]'")
+    from ..app.limits import Limits
+    from ..app.server import LOOPBACK, create_app, launch
+
+    if not 1 <= args.port <= 65535:
+        fail(f"--port must be from 1 to 65535, got {args.port}")
+    if args.queue_size < 1:
+        fail(f"--queue-size must be at least 1, got {args.queue_size}")
+    limits = Limits(args.max_side, args.max_steps, args.max_upload_mb)
+    models = args.model or ["demo"]
+    if args.host not in LOOPBACK:
+        print(f"warning: serving on {args.host}: anyone who can reach this address can use the page", file=sys.stderr)
+    app = create_app(models, lambda name: load_model(name, args), limits)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"multidiffusion: serving {', '.join(models)} at http://{host}:{args.port} (Ctrl+C to stop)", flush=True)
+    launch(app, host=args.host, port=args.port, limits=limits, queue_size=args.queue_size)
