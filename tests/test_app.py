@@ -3,6 +3,7 @@ panorama handler, and `multidiffusion serve`'s errors. Browser tests are in test
 
 from __future__ import annotations
 
+import inspect
 import sys
 
 import numpy as np
@@ -117,8 +118,19 @@ def test_form_checks(pool):
             panorama_request({**FORM, **change}, limits, pool)
 
 
+def test_choices_match_the_engine():
+    """Each drop-down offers what MultiDiffusion.panorama accepts, its first choice the API default."""
+    from multidiffusion import MultiDiffusion
+
+    params = inspect.signature(MultiDiffusion.panorama).parameters
+    choices = available_choices(MultiDiffusion.panorama)
+    assert {c.key for c in choices} == {c.key for c in PANORAMA_CHOICES}
+    for c in choices:
+        assert c.choices[0] == params[c.key].default, c
+
+
 def test_optional_choices_appear_when_the_api_takes_them(pool):
-    def panorama(prompt, tiling="exact"):
+    def panorama(prompt, tiling="grid"):
         pass
 
     choices = available_choices(panorama)
@@ -126,10 +138,10 @@ def test_optional_choices_appear_when_the_api_takes_them(pool):
     assert PANORAMA_CHOICES[0].key == "tiling"
     request = panorama_request({**FORM, "tiling": "shifted"}, Limits(), pool, choices)
     assert request.kwargs["tiling"] == "shifted"
-    assert panorama_request(FORM, Limits(), pool, choices).kwargs["tiling"] == "exact"
-    with pytest.raises(ValueError, match="tiling must be one of exact, shifted"):
+    assert panorama_request(FORM, Limits(), pool, choices).kwargs["tiling"] == "grid"
+    with pytest.raises(ValueError, match="tiling must be one of grid, shifted"):
         panorama_request(
-            {**FORM, "tiling": "magic"}, Limits(), pool, (Choice("tiling", "Tiling", ("exact", "shifted")),)
+            {**FORM, "tiling": "magic"}, Limits(), pool, (Choice("tiling", "Tiling", ("grid", "shifted")),)
         )
 
 

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..io import read_parameters
+from ..layouts import TILINGS
 from ..schedulers import SCHEDULERS, scheduler_name
 from ..validation import check_int, check_number
+from ..views import WEIGHTS
 from .layout import layout_from_regions, page_regions
 from .limits import Limits
 from .models import ModelPool
@@ -54,8 +56,8 @@ class Choice:
 
 # One line per optional panorama argument (the first choice is the default).
 PANORAMA_CHOICES: tuple[Choice, ...] = (
-    Choice("tiling", "Tiling", ("exact", "shifted"), "shifted: fewer windows per step, much faster"),
-    Choice("weights", "Window weights", ("uniform", "gaussian"), "gaussian hides seams at large strides"),
+    Choice("tiling", "Tiling", TILINGS, "shifted: fewer windows per step, much faster"),
+    Choice("weights", "Window weights", WEIGHTS, "gaussian hides seams at large strides"),
 )
 
 PANORAMA_KEYS: tuple[str, ...] = (
