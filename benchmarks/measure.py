@@ -23,6 +23,7 @@ __all__ = ["Measurement", "measure", "median_of", "peak_rss_mb"]
 class Measurement:
     seconds: float = 0.0
     model_calls: int = 0
+    evaluations: int = 0  # UNet batch rows: one crop under one prompt (or unconditional) each
     model_seconds: float = 0.0
     latent_pixels: int = 0  # summed over the UNet batch, both guidance branches
     peak_mb: float = 0.0  # CPU: peak RSS of the process during the run; CUDA: max_memory_allocated
@@ -84,6 +85,7 @@ def measure(run: Callable[[], Any], unet: torch.nn.Module | None, device: torch.
         starts.append(time.perf_counter())
         x = args[0] if args else kwargs["sample"]
         m.latent_pixels += x.shape[0] * x.shape[-2] * x.shape[-1]
+        m.evaluations += x.shape[0]
 
     def after(module, args, kwargs, output):
         if cuda:

@@ -69,10 +69,13 @@ def regions_rows(ctx: Context, width: int = 2048, height: int = 512) -> list[Row
             m["ours"],
             h * w,
             ctx.steps,
-            notes=f"ours view_batch_size={b}: {jobs} of {len(views) * prompts} (window, prompt) jobs per step; "
+            notes=f"UNet evaluations (batch rows, both guidance branches) {m['paper'].evaluations} / "
+            f"{m['ours'].evaluations}: {m['paper'].evaluations / m['ours'].evaluations:.2f}x fewer; "
+            f"ours view_batch_size={b}: {jobs} of {len(views) * prompts} (window, prompt) jobs per step; "
             f"at view_batch_size=1 {single.model_calls} calls, {single.seconds:.1f} s; max |latents diff| = {diff:.1e}",
             extra={
                 "jobs_per_step": {"peer": len(views) * prompts, "ours": jobs},
+                "evaluations": {"peer": m["paper"].evaluations, "ours": m["ours"].evaluations},
                 "ours_batch1": single.as_dict(),
                 "max_abs_diff": diff,
             },

@@ -14,6 +14,7 @@ import contextlib
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -31,6 +32,7 @@ class SamplingStats:
 
     model_calls: int = 0
     jobs: int = 0
+    evaluations: int = 0  # UNet batch rows: crops under a prompt, plus the unconditional ones
     latent_pixels: int = 0
     steps: int = 0
     canvas_pixels: int = 0
@@ -50,6 +52,12 @@ class GuidedModel:
     before the first cross-attention run once for both branches (:mod:`~multidiffusion.shared_prefix`;
     ``share_prefix=False`` turns that off). ``guidance`` holds one scale per prompt slot (regions may
     set their own).
+
+    Shared unconditional branch: jobs of one call that see the same view with bit-identical crops
+    and the same negative conditioning (the prompts of a region layout in one window, outside
+    bootstrapping) have the same ε_u, so it is evaluated once for them: a window under P prompts
+    costs P + 1 UNet rows instead of 2P. The output is unchanged (``share_unconditional=False``
+    turns it off); the paper's loop and diffusers evaluate ε_u once per prompt.
     """
 
     def __init__(
@@ -60,8 +68,11 @@ class GuidedModel:
         canvas: tuple[int, int],
         stats: SamplingStats | None = None,
         share_prefix: bool = True,
+        share_unconditional: bool = True,
     ):
         self.adapter = adapter
+        self.share_unconditional = share_unconditional
+        self._same_negative: dict[tuple[int, int], bool] = {}
         self.prefix = SharedPrefix(adapter.unet) if share_prefix and cond.negative is not None else None
         self.cond = cond
         self.canvas = canvas
@@ -72,17 +83,69 @@ class GuidedModel:
 
     def __call__(self, crops: torch.Tensor, t: torch.Tensor, jobs: Sequence[Job]) -> torch.Tensor:
         guided = self.cond.negative is not None
-        x = torch.cat([crops, crops]) if guided else crops
         kwargs = self.adapter.unet_kwargs(self.cond, jobs, self.canvas)
-        with self.prefix.halves(crops.shape[0]) if self.prefix is not None else contextlib.nullcontext():
+        n, per = crops.shape[0], crops.shape[0] // len(jobs)
+        groups = self._unconditional_groups(crops, jobs, per) if guided and self.share_unconditional else None
+        if not guided:
+            x, context = crops, contextlib.nullcontext()
+        elif groups is None:
+            x = torch.cat([crops, crops])
+            context = self.prefix.halves(n) if self.prefix is not None else contextlib.nullcontext()
+        else:  # one unconditional row set per group, then every job's conditional rows
+            shared_rows = _job_rows(groups[0], per, crops.device)
+            x = torch.cat([crops.index_select(0, shared_rows), crops])
+            everything = torch.arange(n, device=crops.device)
+            kwargs = _select_rows(kwargs, 2 * n, torch.cat([shared_rows, everything + n]))
+            context = (
+                self.prefix.rows(everything + shared_rows.numel(), torch.cat([shared_rows, everything]))
+                if self.prefix is not None
+                else contextlib.nullcontext()
+            )
+        with context:
             out = self.adapter.unet(x, t, return_dict=False, **kwargs)[0]
         self.stats.model_calls += 1
         self.stats.jobs += len(jobs)
+        self.stats.evaluations += x.shape[0]
         self.stats.latent_pixels += sum(job.view.height * job.view.width for job in jobs)
         if not guided:
             return out
-        uncond, cond = out.chunk(2)
-        return uncond + self._scale(jobs, crops.shape[0] // len(jobs)) * (cond - uncond)
+        if groups is None:
+            uncond, cond = out.chunk(2)
+        else:
+            shared, cond = out[: x.shape[0] - n], out[x.shape[0] - n :]
+            uncond = shared.index_select(0, _job_rows(groups[1], per, out.device))
+        return uncond + self._scale(jobs, per) * (cond - uncond)
+
+    def _unconditional_groups(
+        self, crops: torch.Tensor, jobs: Sequence[Job], per: int
+    ) -> tuple[list[int], list[int]] | None:
+        """Jobs whose ε_u is the same: (a representative job per group, each job's group), or None
+        when every job is its own group. Same view, same negative conditioning, equal crops."""
+        representatives: list[int] = []
+        inverse: list[int] = []
+        by_view: dict[Any, list[int]] = {}
+        for j, job in enumerate(jobs):
+            for g in by_view.setdefault(job.view, []):
+                r = representatives[g]
+                if self._negatives_equal(jobs[r].prompt, job.prompt) and torch.equal(
+                    crops[r * per : (r + 1) * per], crops[j * per : (j + 1) * per]
+                ):
+                    inverse.append(g)
+                    break
+            else:
+                by_view[job.view].append(len(representatives))
+                inverse.append(len(representatives))
+                representatives.append(j)
+        return None if len(representatives) == len(jobs) else (representatives, inverse)
+
+    def _negatives_equal(self, p: int, q: int) -> bool:
+        if p == q:
+            return True
+        key = (min(p, q), max(p, q))
+        if key not in self._same_negative:
+            negative = self.cond.negative or {}
+            self._same_negative[key] = all(torch.equal(v[p], v[q]) for v in negative.values())
+        return self._same_negative[key]
 
     def attached(self) -> contextlib.AbstractContextManager:
         """Context for a sampling run: installs the shared-prefix hooks, removes them after."""
@@ -96,6 +159,21 @@ class GuidedModel:
             scales = torch.tensor([self.guidance[p] for p in key], device=self.adapter.device)
             self._scales[key] = scales.repeat_interleave(batch).to(self.adapter.dtype).view(-1, 1, 1, 1)
         return self._scales[key]
+
+
+def _job_rows(jobs: Sequence[int], per: int, device: torch.device) -> torch.Tensor:
+    """Batch rows of the given job indices, ``per`` rows (images) each."""
+    index = torch.tensor(jobs, device=device).repeat_interleave(per) * per
+    return index + torch.arange(per, device=device).repeat(len(jobs))
+
+
+def _select_rows(value: Any, full: int, rows: torch.Tensor) -> Any:
+    """``value`` (UNet keyword arguments, nested) with every batch-sized tensor reduced to ``rows``."""
+    if isinstance(value, dict):
+        return {k: _select_rows(v, full, rows) for k, v in value.items()}
+    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == full:
+        return value.index_select(0, rows.to(value.device))
+    return value
 
 
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], "torch.Tensor | None"]

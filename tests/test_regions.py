@@ -153,6 +153,46 @@ def test_skipping_prompts_outside_their_windows_changes_nothing_and_saves_model_
     assert skipped.stats.jobs == 2 * 8 and skipped.stats.model_calls == 2 * 8
 
 
+@pytest.mark.parametrize("bootstrap_steps", [0, 1], ids=["plain", "bootstrapped"])
+def test_shared_unconditional_branch_changes_nothing_and_saves_evaluations(md16, monkeypatch, bootstrap_steps):
+    """Prompts of one window share ε_u: P + 1 UNet rows per window instead of 2P. A region with its
+    own negative prompt, and bootstrapped crops (which differ), get their own ε_u."""
+    import multidiffusion.sampler as sampler
+
+    regions = [
+        Region("a red ball", box=(0, 0, 96, 128)),
+        Region("a dog", box=(256, 0, 384, 128)),
+        Region("a cat", box=(96, 0, 160, 64), negative_prompt="blurry"),
+    ]
+    kwargs = dict(
+        height=128, width=384, background="a beach", regions=regions, bootstrap_steps=bootstrap_steps,
+        num_inference_steps=2, latents=noise((1, 4, 16, 48), seed=4), output_type="latent", window=16, stride=8,
+        view_batch_size=6,
+    )  # fmt: skip
+    shared = md16.regions(**kwargs, generator=torch.Generator().manual_seed(0))
+    original = sampler.GuidedModel.__init__
+
+    def init(self, *args, **kw):
+        original(self, *args, share_unconditional=False, **kw)
+
+    monkeypatch.setattr(sampler.GuidedModel, "__init__", init)
+    plain = md16.regions(**kwargs, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(shared.images, plain.images, rtol=1e-5, atol=1e-5)
+    assert shared.stats.jobs == plain.stats.jobs and shared.stats.model_calls == plain.stats.model_calls
+    assert plain.stats.evaluations == 2 * plain.stats.jobs
+    # per step: each of the 5 windows needs one ε_u for the beach, ball and dog prompts together
+    # (when their crops are the model's input as they are), and the cat its own (another negative)
+    layout = md16.region_layout(128, 384, "a beach", regions)
+    jobs = layout.jobs(grid_views(16, 48, (16, 16), (8, 8)))
+    views = {job.view for job in jobs}
+    cat_views = {job.view for job in jobs if job.prompt == 3}
+    per_step = len(jobs) + len(views) + len(cat_views)
+    if bootstrap_steps == 0:
+        assert shared.stats.evaluations == 2 * per_step
+    else:  # the first step's foreground crops are composites: more rows, still fewer than 2 per job
+        assert 2 * per_step < shared.stats.evaluations < plain.stats.evaluations
+
+
 def test_layout_background_is_the_complement_of_the_union_and_weights_scale():
     a = torch.zeros(64, 64)
     a[:, :40] = 1

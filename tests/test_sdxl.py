@@ -303,3 +303,23 @@ def test_sdxl_regions_with_bootstrapping(xl16, circular):
 
     views = len(grid_views(16, 48, (16, 16), (2, 2), circular=circular))
     assert out.stats.jobs < 3 * views * out.stats.steps  # each region only in the windows it touches
+
+
+def test_sdxl_regions_share_the_unconditional_branch_exactly(xl16, monkeypatch):
+    """Per-view time ids and pooled embeddings follow the shared ε_u rows: same output as without."""
+    import multidiffusion.sampler as sampler
+    from multidiffusion import Region
+
+    kwargs = dict(
+        height=128, width=256, background="a meadow", num_inference_steps=2, output_type="latent",
+        regions=[Region("a red house", box=(0.05, 0.2, 0.5, 0.9)), Region("a tree", box=(128, 16, 240, 120))],
+        latents=torch.randn((1, 4, 16, 32), generator=torch.Generator().manual_seed(2)), view_batch_size=8,
+    )  # fmt: skip
+    shared = _md(xl16).regions(**kwargs, generator=torch.Generator().manual_seed(0))  # bootstrapping draws
+    original = sampler.GuidedModel.__init__
+    monkeypatch.setattr(
+        sampler.GuidedModel, "__init__", lambda self, *a, **kw: original(self, *a, share_unconditional=False, **kw)
+    )
+    plain = _md(xl16).regions(**kwargs, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(shared.images, plain.images, rtol=1e-5, atol=1e-5)
+    assert shared.stats.evaluations < plain.stats.evaluations == 2 * plain.stats.jobs
