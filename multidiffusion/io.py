@@ -59,6 +59,15 @@ def a1111_parameters(params: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once, at import: os.umask can only be read by setting it
+
+
 def save_png(image: Image.Image, path: str | os.PathLike, params: Mapping[str, Any] | None = None) -> Path:
     """Write ``image`` with ``params`` in its text chunks; the file appears whole or not at all."""
     path = Path(path)
@@ -70,6 +79,7 @@ def save_png(image: Image.Image, path: str | os.PathLike, params: Mapping[str, A
     try:
         with os.fdopen(fd, "wb") as f:
             image.save(f, format="PNG", pnginfo=info)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a new file gets the usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -158,3 +158,14 @@ def test_help_explains_the_command(capsys):
     assert code == 0
     for word in ("--width", "--circular", "--seed", "--scheduler", "examples:", "latent pixels"):
         assert word in out
+
+
+def test_png_gets_the_usual_file_mode(tmp_path):
+    """Written through a private temporary file, the PNG still gets 0666 less the umask, not 0600."""
+    from PIL import Image
+
+    from multidiffusion.io import _UMASK, save_png
+
+    path = save_png(Image.new("RGB", (8, 8)), tmp_path / "x.png", {"prompt": "a"})
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_UMASK
+    assert [p.name for p in tmp_path.iterdir()] == ["x.png"]
