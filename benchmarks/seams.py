@@ -15,6 +15,7 @@ exact mode's image on those same columns for comparison. Scores are averaged ove
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from multidiffusion.layouts import WindowLayout
@@ -24,7 +25,7 @@ __all__ = ["seam_rows", "seam_score"]
 
 def column_gradients(image) -> torch.Tensor:
     """Mean |I(x) - I(x-1)| per column boundary x = 1..W-1 of an (H, W, 3) uint8 image."""
-    x = torch.as_tensor(__import__("numpy").asarray(image), dtype=torch.float32)
+    x = torch.from_numpy(np.array(image, dtype=np.float32))  # a copy: PIL's array is read-only
     return (x[:, 1:] - x[:, :-1]).abs().mean(dim=(0, 2))  # index x-1 is the step into column x
 
 
