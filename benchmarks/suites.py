@@ -136,6 +136,9 @@ def fast_mode(ctx: Context, width: int = 4608, height: int = 512) -> list[Row]:
         "shifted, gaussian": ours_panorama(
             ctx.md, PROMPT, height, width, ctx.steps, GUIDANCE, tiling="shifted", weights="gaussian"
         ),
+        "shifted, gaussian, stride 56 (windows overlap by 1/8)": ours_panorama(
+            ctx.md, PROMPT, height, width, ctx.steps, GUIDANCE, tiling="shifted", weights="gaussian", stride=(64, 56)
+        ),
         "grid, gaussian, stride 32": ours_panorama(
             ctx.md, PROMPT, height, width, ctx.steps, GUIDANCE, weights="gaussian", stride=32
         ),
