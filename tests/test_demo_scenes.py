@@ -173,3 +173,13 @@ def test_two_step_sample_is_finite(pipe) -> None:
     )
     assert out.images.shape == (1, 64, 64, 3)
     assert np.isfinite(out.images).all()
+
+
+def test_text_encoder_tensors_have_the_hub_layout():
+    """``text_model.*`` names, as SD checkpoints on the Hub: transformers 4.x loads nothing else (it
+    would silently build a random text encoder), and 5.x loads these too."""
+    from safetensors import safe_open
+
+    with safe_open(str(DEFAULT_MODEL_DIR / "text_encoder" / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert keys and all(k.startswith("text_model.") for k in keys)

@@ -33,6 +33,7 @@ __all__ = [
     "build_unet",
     "build_vae",
     "count_parameters",
+    "prefix_text_encoder_keys",
     "save_pipeline",
 ]
 
@@ -114,6 +115,18 @@ def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def prefix_text_encoder_keys(path: str | Path) -> None:
+    """Rename a CLIPTextModel's tensors to ``text_model.*`` in place, as SD checkpoints on the Hub
+    and transformers 4.x write them. transformers 5 saves them without the prefix, which 4.x does
+    not load (it silently initialises a random text encoder); 5.x loads both."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(path))
+    renamed = {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in tensors.items()}
+    if renamed.keys() != tensors.keys():
+        save_file(renamed, str(path), metadata={"format": "pt"})
+
+
 def save_pipeline(
     folder: str | Path, vae: AutoencoderKL, unet: UNet2DConditionModel, text_encoder: CLIPTextModel
 ) -> Path:
@@ -137,6 +150,7 @@ def save_pipeline(
         requires_safety_checker=False,
     )
     pipe.save_pretrained(tmp, safe_serialization=True)
+    prefix_text_encoder_keys(tmp / "text_encoder" / "model.safetensors")
     shutil.rmtree(tmp / "tokenizer")
     write_tokenizer(tmp / "tokenizer")  # only vocab.json + merges.txt + configs: loads in any version
     index = json.loads((tmp / "model_index.json").read_text())
