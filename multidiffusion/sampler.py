@@ -90,14 +90,14 @@ class GuidedModel:
             x, context = crops, contextlib.nullcontext()
         elif groups is None:
             x = torch.cat([crops, crops])
-            context = self.prefix.halves(n) if self.prefix is not None else contextlib.nullcontext()
+            context = self.prefix.halves(n, crops.device) if self.prefix is not None else contextlib.nullcontext()
         else:  # one unconditional row set per group, then every job's conditional rows
             shared_rows = _job_rows(groups[0], per, crops.device)
             x = torch.cat([crops.index_select(0, shared_rows), crops])
             everything = torch.arange(n, device=crops.device)
             kwargs = _select_rows(kwargs, 2 * n, torch.cat([shared_rows, everything + n]))
             context = (
-                self.prefix.rows(everything + shared_rows.numel(), torch.cat([shared_rows, everything]))
+                self.prefix.rows(shared_rows.numel(), torch.cat([shared_rows, everything]))
                 if self.prefix is not None
                 else contextlib.nullcontext()
             )

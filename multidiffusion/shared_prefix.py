@@ -48,9 +48,9 @@ def shared_prefix_modules(unet: nn.Module) -> list[nn.Module]:
     return [*modules, transformer.norm, transformer.proj_in, first.norm1, first.attn1]
 
 
-def _select(value: Any, full: int, rows: torch.Tensor) -> Any:
+def _select(value: Any, full: int, first: int) -> Any:
     if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == full:
-        return value.index_select(0, rows.to(value.device))
+        return value[first:]  # a view: no copy on the hot path
     return value
 
 
@@ -68,7 +68,7 @@ class SharedPrefix:
 
     def __init__(self, unet: nn.Module):
         self.modules = shared_prefix_modules(unet)
-        self._distinct: torch.Tensor | None = None  # batch rows computed
+        self._first: int | None = None  # the batch rows from here on are computed
         self._expand: torch.Tensor | None = None  # for every batch row, its row among the computed
         self._full = 0
         self._halved: dict[int, bool] = {}
@@ -86,26 +86,26 @@ class SharedPrefix:
             for handle in handles:
                 handle.remove()
 
-    def halves(self, half: int) -> contextlib.AbstractContextManager:
+    def halves(self, half: int, device: torch.device | str = "cpu") -> contextlib.AbstractContextManager:
         """The UNet's batch is two identical halves of ``half`` rows each, for one call."""
-        rows = torch.arange(half)
-        return self.rows(rows + half, torch.cat([rows, rows]))
+        rows = torch.arange(half, device=device)
+        return self.rows(half, torch.cat([rows, rows]))
 
     @contextlib.contextmanager
-    def rows(self, distinct: torch.Tensor, expand: torch.Tensor) -> Iterator[None]:
-        """For one call: batch row r equals row ``distinct[expand[r]]``; only ``distinct`` rows
-        go through the shared layers."""
-        self._distinct, self._expand, self._full = distinct, expand, expand.numel()
+    def rows(self, first: int, expand: torch.Tensor) -> Iterator[None]:
+        """For one call: the rows from ``first`` on are distinct, and batch row r equals row
+        ``first + expand[r]``; only the distinct rows go through the shared layers."""
+        self._first, self._expand, self._full = first, expand, expand.numel()
         try:
             yield
         finally:
-            self._distinct = self._expand = None
+            self._first = self._expand = None
 
     def _before(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        if self._distinct is None:
+        if self._first is None:
             return None
-        new_args = tuple(_select(a, self._full, self._distinct) for a in args)
-        new_kwargs = {k: _select(v, self._full, self._distinct) for k, v in kwargs.items()}
+        new_args = tuple(_select(a, self._full, self._first) for a in args)
+        new_kwargs = {k: _select(v, self._full, self._first) for k, v in kwargs.items()}
         halved = any(a is not b for a, b in zip(new_args, args)) or any(new_kwargs[k] is not kwargs[k] for k in kwargs)
         self._halved[id(module)] = halved
         return (new_args, new_kwargs) if halved else None

@@ -53,7 +53,7 @@ def test_shared_prefix_is_off_where_the_time_embedding_sees_the_prompt():
 
     assert shared_prefix_modules(tiny_sdxl_pipeline(sample_size=16).unet) == []
     prefix = SharedPrefix(tiny_sd_pipeline(sample_size=16).unet)
-    assert prefix.modules and prefix._distinct is None
+    assert prefix.modules and prefix._first is None
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
