@@ -50,8 +50,8 @@ def machine(device) -> dict:
 
 
 def build(args, device, dtype):
+    from devtools.components import sd_shaped_pipeline
     from multidiffusion import MultiDiffusion
-    from multidiffusion.testing import sd_shaped_pipeline
 
     if args.model == "reduced":
         pipe = sd_shaped_pipeline(divisor=10)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from devtools.demo.checker import colour_fractions
 from multidiffusion import MultiDiffusion, Region
-from multidiffusion.demo.checker import colour_fractions
 
 # (background, region prompt, its colour class, box x0, y0, x1, y1 in pixels of a 64 x 64 image)
 CASES = [

@@ -27,8 +27,8 @@ def smooth_latents(h: int, w: int, seed: int = 0) -> torch.Tensor:
 
 
 def main() -> None:
-    from multidiffusion.testing import sd_shaped_vae
-    from multidiffusion.vae import decode_latents, decode_to_uint8
+    from devtools.components import sd_shaped_vae
+    from multidiffusion.vae.codec import decode_latents, decode_to_uint8
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--size", type=int, default=1024, help="image side in pixels")
@@ -45,9 +45,9 @@ def main() -> None:
     if args.vae == "demo":
         import numpy as np
 
+        from devtools.demo.scenes import render_scene, sample_scene
         from multidiffusion import MultiDiffusion
-        from multidiffusion.demo.scenes import render_scene, sample_scene
-        from multidiffusion.vae import encode_images
+        from multidiffusion.vae.codec import encode_images
 
         vae = MultiDiffusion.from_pretrained("demo", device=device).pipe.vae
         pixels = render_scene(sample_scene(np.random.default_rng(0)), height=args.size, width=args.size)

@@ -1,14 +1,14 @@
 """Three regions and a background on a wide canvas: ours against the paper's per-view region loop
-(:func:`multidiffusion.reference.paper_regions`), same components, latents, windows and masks,
+(:func:`devtools.reference.paper_regions`), same components, latents, windows and masks,
 DDIM, no bootstrapping (it adds the same background encodes to both)."""
 
 from __future__ import annotations
 
 import torch
 
+from devtools.reference import paper_regions
 from multidiffusion import Region, region_layout
-from multidiffusion.reference import paper_regions
-from multidiffusion.views import grid_views
+from multidiffusion.engine.views import grid_views
 
 from .measure import measure
 from .suites import GUIDANCE, Context, Row, _calibrate, _repeat, noise

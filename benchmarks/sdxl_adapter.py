@@ -19,8 +19,8 @@ import time
 
 import torch
 
+from devtools.components import tiny_sdxl_pipeline
 from multidiffusion import MultiDiffusion
-from multidiffusion.testing import tiny_sdxl_pipeline
 
 
 def _timed(fn, repeats: int) -> float:

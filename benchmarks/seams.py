@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from multidiffusion.layouts import WindowLayout
+from multidiffusion.engine.windows import WindowLayout
 
 __all__ = ["seam_rows", "seam_score"]
 

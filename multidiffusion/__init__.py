@@ -4,15 +4,14 @@ Panoramas of any size and region prompts with a pretrained Stable Diffusion mode
 each step denoises views of one canvas and fuses their predictions per pixel (paper Eq. 5).
 """
 
-__version__ = "0.1.0"
-
-from .fusion import FusionPlan, Job, fused_prediction
-from .loading import ModelNotFoundError
-from .pipeline import MultiDiffusion, MultiDiffusionOutput
-from .preview import layout_preview
-from .regions import MAX_REGIONS, Region, RegionLayout, region_layout
-from .scene import Scene, load_scene
-from .views import View, grid_views
+from multidiffusion.engine.fusion import FusionPlan, Job, fused_prediction
+from multidiffusion.engine.views import View, grid_views
+from multidiffusion.models.loading import ModelNotFoundError
+from multidiffusion.pipeline import MultiDiffusion, MultiDiffusionOutput
+from multidiffusion.regions.layout import MAX_REGIONS, Region, RegionLayout, region_layout
+from multidiffusion.regions.preview import layout_preview
+from multidiffusion.regions.scene import Scene, load_scene
+from multidiffusion.version import __version__
 
 __all__ = [
     "MAX_REGIONS",

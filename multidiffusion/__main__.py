@@ -1,5 +1,5 @@
 """``python -m multidiffusion``: the command line."""
 
-from .cli import main
+from multidiffusion.cli import main
 
 raise SystemExit(main())

@@ -15,17 +15,14 @@ import torch
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
-from . import __version__
-from .adapters import ModelAdapter, adapter_for
-from .bootstrap import bootstrap_composer, draw_backgrounds
-from .fusion import FusionPlan, InputComposer
-from .layouts import TILINGS, WindowLayout, panorama_plans
-from .loading import load_pipeline
-from .regions import Region, RegionLayout, region_layout
-from .sampler import GuidedModel, SamplingStats, sample
-from .schedulers import SCHEDULERS, make_scheduler
-from .vae import decode_latents, decode_to_uint8
-from .validation import (
+from multidiffusion.engine.fusion import FusionPlan, InputComposer
+from multidiffusion.engine.sampler import GuidedModel, SamplingStats, sample
+from multidiffusion.engine.schedulers import SCHEDULERS, make_scheduler
+from multidiffusion.engine.views import WEIGHTS, grid_views
+from multidiffusion.engine.windows import TILINGS, WindowLayout, panorama_plans
+from multidiffusion.models import ModelAdapter, adapter_for
+from multidiffusion.models.loading import load_pipeline
+from multidiffusion.options import (
     MAX_STEPS,
     OUTPUT_TYPES,
     check_choice,
@@ -34,7 +31,10 @@ from .validation import (
     check_side,
     pair,
 )
-from .views import WEIGHTS, grid_views
+from multidiffusion.regions.bootstrap import bootstrap_composer, draw_backgrounds
+from multidiffusion.regions.layout import Region, RegionLayout, region_layout
+from multidiffusion.vae.codec import decode_latents, decode_to_uint8
+from multidiffusion.version import __version__
 
 __all__ = ["MultiDiffusion", "MultiDiffusionOutput"]
 
@@ -75,7 +75,7 @@ class MultiDiffusion:
         components are shared, not copied). ``clip_skip`` as in diffusers. SDXL only:
         ``crops_coords_top_left`` ("zero", default, or "offset": each view's offset on the canvas)
         and ``original_size`` ("canvas", default, "window" or (height, width) pixels) set the
-        micro-conditioning of every view; see :mod:`multidiffusion.adapters.sdxl` for why."""
+        micro-conditioning of every view; see :mod:`multidiffusion.models.sdxl` for why."""
         self.adapter: ModelAdapter = adapter_for(
             pipe, clip_skip=clip_skip, crops_coords_top_left=crops_coords_top_left, original_size=original_size
         )
@@ -163,18 +163,18 @@ class MultiDiffusion:
     def load_lora(self, lora: str | os.PathLike | dict, adapter_name: str | None = None, **kwargs: Any) -> str:
         """Load a LoRA into the pipeline (diffusers' ``load_lora_weights``; needs peft) and return its
         adapter name; ``ValueError`` in one line when it was trained for another model family."""
-        from .lora import load_lora
+        from multidiffusion.models.lora import load_lora
 
         return load_lora(self.pipe, lora, adapter_name, **kwargs)
 
     def set_vae_tiling(
         self, tile: int | None = None, overlap: int | None = None, norm_stats: str = "exact"
     ) -> MultiDiffusion:
-        """How canvases larger than the VAE's tile are decoded (see :func:`~multidiffusion.vae.decode_latents`):
+        """How canvases larger than the VAE's tile are decoded (see :func:`~multidiffusion.vae.codec.decode_latents`):
         ``tile`` and ``overlap`` in latent pixels (defaults: the VAE's native size, at least 64, and a
         quarter of it); ``norm_stats="fast"`` measures GroupNorm statistics in one pass instead of
         layer by layer (about 2-3x faster decoding, visibly less faithful on trained VAEs)."""
-        from .vae_tiling import NORM_STATS
+        from multidiffusion.vae.tiles import NORM_STATS
 
         check_choice("norm_stats", norm_stats, NORM_STATS)
         self._decode = {"tile": tile, "overlap": overlap, "norm_stats": norm_stats}
@@ -313,11 +313,11 @@ class MultiDiffusion:
         ``regions`` are :class:`Region` objects (a prompt with a mask, a box, or a colour of a
         segmentation map via ``Region.from_segmentation``); ``background`` is the prompt of the
         complement of their union (None only if they cover the canvas). Each prompt's weights on
-        the latent grid enter Eq. 5 (see :class:`~multidiffusion.regions.RegionLayout`); a prompt
+        the latent grid enter Eq. 5 (see :class:`~multidiffusion.regions.layout.RegionLayout`); a prompt
         is evaluated only in the windows where its weight is non-zero.
 
         ``bootstrap_steps``: for that many first steps each region is denoised over a random
-        constant-colour background (:mod:`~multidiffusion.bootstrap`); default 40 % of the steps
+        constant-colour background (:mod:`~multidiffusion.regions.bootstrap`); default 40 % of the steps
         (the paper's 20 of 50), 0 turns it off. ``height`` and ``width`` default to the model's
         native size, where the canvas is a single window: one view per prompt, as in the paper.
         Larger canvases, panoramas included, use sliding windows (``window``, ``stride`` and
@@ -551,7 +551,7 @@ def _negatives(name: str, value: str | list[str] | None, count: int) -> list[str
 
 def _scheduler_label(scheduler: Any) -> str:
     if isinstance(scheduler, str):
-        from .schedulers import scheduler_name
+        from multidiffusion.engine.schedulers import scheduler_name
 
         return scheduler_name(scheduler)
     name = type(scheduler).__name__

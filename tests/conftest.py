@@ -11,8 +11,8 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 import pytest
 import torch
 
+from devtools.components import tiny_sd_pipeline, tiny_sdxl_pipeline
 from multidiffusion import MultiDiffusion
-from multidiffusion.testing import tiny_sd_pipeline, tiny_sdxl_pipeline
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

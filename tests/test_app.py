@@ -22,7 +22,7 @@ from multidiffusion.app.settings import (
     values_from_png,
 )
 from multidiffusion.cli import main
-from multidiffusion.io import read_parameters, save_png
+from multidiffusion.metadata import read_parameters, save_png
 
 FORM = {
     "prompt": "a red house",

@@ -1,6 +1,6 @@
 """End-to-end checks with the shipped demo model: it draws what prompts say, as a single image, as a
 panorama, and region by region. Each picture is read by the rule-based checker of
-:mod:`multidiffusion.demo.checker`, which knows nothing of the model.
+:mod:`devtools.demo.checker`, which knows nothing of the model.
 
 These run the real sampling loop (DDIM, 20 steps) on real trained weights, so a regression that
 still produces finite, well-shaped noise (wrong guidance, a broken fused step, a bad decode) fails
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from devtools.demo.checker import agreement, agreement_score, classify
 from multidiffusion import MultiDiffusion, Region
-from multidiffusion.demo.checker import agreement, agreement_score, classify
 
 STEPS = 20
 

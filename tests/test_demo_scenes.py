@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from multidiffusion.demo.architecture import DEFAULT_MODEL_DIR
-from multidiffusion.demo.checker import (
+from devtools.demo.architecture import DEFAULT_MODEL_DIR
+from devtools.demo.checker import (
     agreement,
     agreement_score,
     classify,
@@ -18,7 +18,7 @@ from multidiffusion.demo.checker import (
     mask_colour,
     parse_caption,
 )
-from multidiffusion.demo.scenes import VOCABULARY, Scene, SceneObject, generate, render_scene, sample_scene
+from devtools.demo.scenes import VOCABULARY, Scene, SceneObject, generate, render_scene, sample_scene
 
 ATTRIBUTES = ("sky", "ground", "celestial", "mountains", "hills")
 

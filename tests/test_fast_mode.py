@@ -4,9 +4,9 @@ Diffusers), one engine with a different plan per step."""
 import pytest
 import torch
 
-import multidiffusion.fusion as fusion
-from multidiffusion.layouts import WindowLayout, panorama_plans
-from multidiffusion.views import paste_add, window_weights
+import multidiffusion.engine.fusion as fusion
+from multidiffusion.engine.views import paste_add, window_weights
+from multidiffusion.engine.windows import WindowLayout, panorama_plans
 
 from .conftest import noise
 
@@ -116,7 +116,7 @@ def test_cli_fast_mode_is_stored_and_regenerated(tiny_model_dir, tmp_path, capsy
     import numpy as np
     from PIL import Image
 
-    from multidiffusion.io import read_parameters
+    from multidiffusion.metadata import read_parameters
 
     from .test_cli import FAST, run
 

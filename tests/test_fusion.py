@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from multidiffusion.fusion import FusionPlan, Job, fused_prediction
-from multidiffusion.views import View, crop, grid_views
+from multidiffusion.engine.fusion import FusionPlan, Job, fused_prediction
+from multidiffusion.engine.views import View, crop, grid_views
 
 
 def fake_model(crops, t, jobs):

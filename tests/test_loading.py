@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from multidiffusion import ModelNotFoundError, MultiDiffusion
-from multidiffusion.loading import default_dtype
+from multidiffusion.models.loading import default_dtype
 
 
 def test_from_pretrained_folder(tiny_model_dir):

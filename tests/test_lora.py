@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from devtools.components import tiny_sd_pipeline, tiny_sdxl_pipeline
 from multidiffusion import MultiDiffusion
-from multidiffusion.testing import tiny_sd_pipeline, tiny_sdxl_pipeline
 
 from .conftest import noise
 
@@ -24,9 +24,9 @@ def _sd_lora():
 
 
 def test_lora_without_peft_is_one_clear_error(monkeypatch):
-    import multidiffusion.lora
+    import multidiffusion.models.lora
 
-    monkeypatch.setattr(multidiffusion.lora, "_peft_backend", lambda: False)
+    monkeypatch.setattr(multidiffusion.models.lora, "_peft_backend", lambda: False)
     md = MultiDiffusion(tiny_sd_pipeline(sample_size=16))
     with pytest.raises(ValueError, match="loading LoRAs needs the peft package: pip install peft"):
         md.load_lora({})

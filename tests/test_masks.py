@@ -1,4 +1,4 @@
-"""Masks as users give them, and how they map to the latent grid (documented in multidiffusion.masks)."""
+"""Masks as users give them, and how they map to the latent grid (documented in multidiffusion.regions.masks)."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from multidiffusion import Region
-from multidiffusion.masks import (
+from multidiffusion.regions.masks import (
     box_mask,
     box_pixels,
     encode_mask,

@@ -5,9 +5,9 @@ import pytest
 import torch
 from diffusers import StableDiffusionPanoramaPipeline
 
+from devtools.components import tiny_sd_pipeline
 from multidiffusion import MultiDiffusion
-from multidiffusion.schedulers import SCHEDULERS, make_scheduler
-from multidiffusion.testing import tiny_sd_pipeline
+from multidiffusion.engine.schedulers import SCHEDULERS, make_scheduler
 
 from .conftest import noise
 
@@ -100,7 +100,7 @@ def test_panorama_equals_diffusers_panorama(sd64, diffusers_panorama, view_batch
 
 
 def test_every_latent_pixel_is_denoised_when_stride_does_not_divide(md16, monkeypatch):
-    import multidiffusion.fusion as fusion
+    import multidiffusion.engine.fusion as fusion
 
     seen = torch.zeros(1, 1, 21, 53)  # 168 x 424 px: (53-16) % 2 != 0 and (21-16) % 2 != 0
     original = fusion.crop_batch

@@ -7,13 +7,13 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
+from devtools.reference import paper_regions
 from multidiffusion import MAX_REGIONS, Region, RegionLayout, layout_preview, region_layout
-from multidiffusion.bootstrap import MAX_COLOURS, BootstrapBackgrounds, bootstrap_composer, draw_backgrounds
-from multidiffusion.preview import BACKGROUND_TINT, PALETTE
-from multidiffusion.reference import paper_regions
-from multidiffusion.schedulers import SCHEDULERS
-from multidiffusion.views import crop as crop_view
-from multidiffusion.views import grid_views, paste_add
+from multidiffusion.engine.schedulers import SCHEDULERS
+from multidiffusion.engine.views import crop as crop_view
+from multidiffusion.engine.views import grid_views, paste_add
+from multidiffusion.regions.bootstrap import MAX_COLOURS, BootstrapBackgrounds, bootstrap_composer, draw_backgrounds
+from multidiffusion.regions.preview import BACKGROUND_TINT, PALETTE
 
 from .conftest import noise
 
@@ -157,7 +157,7 @@ def test_skipping_prompts_outside_their_windows_changes_nothing_and_saves_model_
 def test_shared_unconditional_branch_changes_nothing_and_saves_evaluations(md16, monkeypatch, bootstrap_steps):
     """Prompts of one window share ε_u: P + 1 UNet rows per window instead of 2P. A region with its
     own negative prompt, and bootstrapped crops (which differ), get their own ε_u."""
-    import multidiffusion.sampler as sampler
+    import multidiffusion.engine.sampler as sampler
 
     regions = [
         Region("a red ball", box=(0, 0, 96, 128)),

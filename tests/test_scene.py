@@ -12,9 +12,9 @@ from PIL import Image
 
 from multidiffusion import MAX_REGIONS, load_scene, region_layout
 from multidiffusion.cli import main
-from multidiffusion.io import read_parameters
-from multidiffusion.masks import load_mask
-from multidiffusion.scene import parse_scene
+from multidiffusion.metadata import read_parameters
+from multidiffusion.regions.masks import load_mask
+from multidiffusion.regions.scene import parse_scene
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "regions"
 

@@ -5,12 +5,12 @@ import pytest
 import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline
 
+from devtools.components import tiny_sd_pipeline, tiny_sdxl_pipeline
 from multidiffusion import MultiDiffusion
-from multidiffusion.adapters import StableDiffusionXLAdapter
-from multidiffusion.fusion import FusionPlan, Job
-from multidiffusion.schedulers import make_scheduler
-from multidiffusion.testing import tiny_sd_pipeline, tiny_sdxl_pipeline
-from multidiffusion.views import View, grid_views
+from multidiffusion.engine.fusion import FusionPlan, Job
+from multidiffusion.engine.schedulers import make_scheduler
+from multidiffusion.engine.views import View, grid_views
+from multidiffusion.models import StableDiffusionXLAdapter
 
 from .conftest import noise
 
@@ -299,7 +299,7 @@ def test_sdxl_regions_with_bootstrapping(xl16, circular):
     )
     assert out.images.shape == (1, 128, 384, 3)
     assert np.isfinite(out.images).all()
-    from multidiffusion.views import grid_views
+    from multidiffusion.engine.views import grid_views
 
     views = len(grid_views(16, 48, (16, 16), (2, 2), circular=circular))
     assert out.stats.jobs < 3 * views * out.stats.steps  # each region only in the windows it touches
@@ -307,7 +307,7 @@ def test_sdxl_regions_with_bootstrapping(xl16, circular):
 
 def test_sdxl_regions_share_the_unconditional_branch_exactly(xl16, monkeypatch):
     """Per-view time ids and pooled embeddings follow the shared ε_u rows: same output as without."""
-    import multidiffusion.sampler as sampler
+    import multidiffusion.engine.sampler as sampler
     from multidiffusion import Region
 
     kwargs = dict(

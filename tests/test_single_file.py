@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from devtools.components import tiny_sd_pipeline, tiny_sdxl_pipeline
 from multidiffusion import ModelNotFoundError, MultiDiffusion
-from multidiffusion.single_file import checkpoint_family, default_config
-from multidiffusion.testing import tiny_sd_pipeline, tiny_sdxl_pipeline
+from multidiffusion.models.single_file import checkpoint_family, default_config
 
 from .conftest import noise
 from .original_format import write_original_checkpoint

@@ -5,10 +5,10 @@ precision and compile options, which must run."""
 import pytest
 import torch
 
-import multidiffusion.sampler as sampler
+import multidiffusion.engine.sampler as sampler
+from devtools.components import sd_shaped_pipeline, tiny_sd_pipeline
 from multidiffusion import MultiDiffusion
-from multidiffusion.shared_prefix import SharedPrefix, shared_prefix_modules
-from multidiffusion.testing import sd_shaped_pipeline, tiny_sd_pipeline
+from multidiffusion.engine.shared_prefix import SharedPrefix, shared_prefix_modules
 
 from .conftest import noise
 
@@ -49,7 +49,7 @@ def test_shared_guidance_prefix_leaves_the_output_unchanged(md16, sd_shaped, whi
 
 
 def test_shared_prefix_is_off_where_the_time_embedding_sees_the_prompt():
-    from multidiffusion.testing import tiny_sdxl_pipeline
+    from devtools.components import tiny_sdxl_pipeline
 
     assert shared_prefix_modules(tiny_sdxl_pipeline(sample_size=16).unet) == []
     prefix = SharedPrefix(tiny_sd_pipeline(sample_size=16).unet)

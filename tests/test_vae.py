@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from multidiffusion.vae import decode_latents
+from multidiffusion.vae.codec import decode_latents
 
 
 def smooth_latents(h, w, seed=0):
@@ -64,7 +64,7 @@ def test_circular_decode_has_no_seam(sd16):
 
 @torch.no_grad()
 def test_tiled_decode_of_an_sd_shaped_vae_is_within_40_db_of_whole():
-    from multidiffusion.testing import sd_shaped_vae
+    from devtools.components import sd_shaped_vae
 
     vae = sd_shaped_vae(16)  # SD's VAE architecture at 1/16 width, random weights
     g = torch.Generator().manual_seed(0)  # as the benchmark's latents (benchmarks/decode.py)
@@ -77,8 +77,8 @@ def test_tiled_decode_of_an_sd_shaped_vae_is_within_40_db_of_whole():
 
 @torch.no_grad()
 def test_uint8_decode_matches_the_float_decode_and_works_in_bands(sd16, monkeypatch):
-    import multidiffusion.vae_tiling as tiling
-    from multidiffusion.vae import decode_to_uint8
+    import multidiffusion.vae.tiles as tiling
+    from multidiffusion.vae.codec import decode_to_uint8
 
     bands = []
     original = tiling.run_tiled
@@ -90,7 +90,7 @@ def test_uint8_decode_matches_the_float_decode_and_works_in_bands(sd16, monkeypa
 
         return original(fn, x, canvas, tile, overlap, in_scale, out_scale, record, norms)
 
-    monkeypatch.setattr("multidiffusion.vae.run_tiled", spy)
+    monkeypatch.setattr("multidiffusion.vae.codec.run_tiled", spy)
     z = smooth_latents(48, 40, seed=2)
     pixels = decode_to_uint8(sd16.vae, z, tile=16, overlap=4)
     image = decode_latents(sd16.vae, z, tile=16, overlap=4)
@@ -102,8 +102,8 @@ def test_uint8_decode_matches_the_float_decode_and_works_in_bands(sd16, monkeypa
 
 @torch.no_grad()
 def test_tiled_encode_is_close_to_whole_encode():
-    from multidiffusion.testing import sd_shaped_vae
-    from multidiffusion.vae import encode_images
+    from devtools.components import sd_shaped_vae
+    from multidiffusion.vae.codec import encode_images
 
     vae = sd_shaped_vae(16)
     image = vae.decode(smooth_latents(96, 96, seed=3) / vae.config.scaling_factor).sample.clamp(-1, 1)
@@ -119,9 +119,9 @@ def test_tiled_encode_is_close_to_whole_encode():
 def test_exact_statistics_make_the_trained_demo_vae_tile_invisibly():
     import numpy as np
 
+    from devtools.demo.scenes import render_scene, sample_scene
     from multidiffusion import MultiDiffusion
-    from multidiffusion.demo.scenes import render_scene, sample_scene
-    from multidiffusion.vae import encode_images
+    from multidiffusion.vae.codec import encode_images
 
     vae = MultiDiffusion.from_pretrained("demo", device="cpu").pipe.vae
     pixels = render_scene(sample_scene(np.random.default_rng(0)), height=256, width=256)

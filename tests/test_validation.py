@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from multidiffusion import MultiDiffusion
-from multidiffusion.validation import MAX_SIDE
+from multidiffusion.options import MAX_SIDE
 
 SMALL = dict(height=128, width=256, num_inference_steps=1, output_type="latent")
 
@@ -53,7 +53,7 @@ def test_bad_scheduler_name_at_construction(sd16):
 
 
 def test_scheduler_aliases(md16):
-    from multidiffusion.schedulers import scheduler_name
+    from multidiffusion.engine.schedulers import scheduler_name
 
     assert scheduler_name("DPM++ 2M Karras") == "dpm++2m_karras"
     assert scheduler_name("dpmpp_2m") == "dpm++2m"

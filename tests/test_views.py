@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from multidiffusion.views import View, axis_starts, crop, grid_views, paste_add, shifted_views
+from multidiffusion.engine.views import View, axis_starts, crop, grid_views, paste_add, shifted_views
 
 
 def coverage(views, height, width):

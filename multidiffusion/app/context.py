@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..pipeline import MultiDiffusion
-from .handlers import OutputStore
-from .limits import Limits
-from .models import ModelPool
-from .settings import Choice, available_choices
+from multidiffusion.app.handlers import OutputStore
+from multidiffusion.app.limits import Limits
+from multidiffusion.app.models import ModelPool
+from multidiffusion.app.settings import Choice, available_choices
+from multidiffusion.pipeline import MultiDiffusion
 
 __all__ = ["AppContext"]
 

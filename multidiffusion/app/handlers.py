@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from ..io import save_png
-from .limits import Limits
-from .models import ModelPool
-from .settings import Choice, panorama_request, regions_request
+from multidiffusion.app.limits import Limits
+from multidiffusion.app.models import ModelPool
+from multidiffusion.app.settings import Choice, panorama_request, regions_request
+from multidiffusion.metadata import save_png
 
 __all__ = ["OutputStore", "Result", "generate_panorama", "generate_regions", "preview_regions"]
 

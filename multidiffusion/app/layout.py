@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..masks import ASPECT_TOLERANCE
-from ..regions import Region
+from multidiffusion.regions.layout import Region
+from multidiffusion.regions.masks import ASPECT_TOLERANCE
 
 __all__ = [
     "BACKGROUND",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..validation import MAX_SIDE, MAX_STEPS, MIN_SIDE, check_int
+from multidiffusion.options import MAX_SIDE, MAX_STEPS, MIN_SIDE, check_int
 
 __all__ = ["DEFAULT_MAX_SIDE", "DEFAULT_MAX_STEPS", "DEFAULT_MAX_UPLOAD_MB", "Limits"]
 

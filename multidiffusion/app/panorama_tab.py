@@ -6,9 +6,9 @@ from typing import Any
 
 import gradio as gr
 
-from .context import AppContext
-from .handlers import generate_panorama
-from .widgets import guarded, message, model_dropdown, progress_steps, sampling_controls
+from multidiffusion.app.context import AppContext
+from multidiffusion.app.handlers import generate_panorama
+from multidiffusion.app.widgets import guarded, message, model_dropdown, progress_steps, sampling_controls
 
 __all__ = ["panorama_tab"]
 

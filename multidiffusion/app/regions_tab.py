@@ -7,9 +7,9 @@ from typing import Any
 
 import gradio as gr
 
-from .context import AppContext
-from .handlers import generate_regions, preview_regions
-from .layout import (
+from multidiffusion.app.context import AppContext
+from multidiffusion.app.handlers import generate_regions, preview_regions
+from multidiffusion.app.layout import (
     BACKGROUND,
     PALETTE,
     blank_layout,
@@ -18,7 +18,7 @@ from .layout import (
     merge_colour_table,
     read_map,
 )
-from .widgets import guarded, message, model_dropdown, progress_steps, sampling_controls
+from multidiffusion.app.widgets import guarded, message, model_dropdown, progress_steps, sampling_controls
 
 __all__ = ["regions_tab"]
 

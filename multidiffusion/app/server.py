@@ -8,9 +8,9 @@ import shutil
 from collections.abc import Sequence
 from typing import Any
 
-from .handlers import OutputStore
-from .limits import Limits
-from .models import Loader, ModelPool
+from multidiffusion.app.handlers import OutputStore
+from multidiffusion.app.limits import Limits
+from multidiffusion.app.models import Loader, ModelPool
 
 __all__ = ["LOOPBACK", "create_app", "launch"]
 
@@ -20,8 +20,8 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 def create_app(models: Sequence[str], loader: Loader, limits: Limits, store: OutputStore | None = None) -> Any:
     """The Gradio Blocks for ``models`` (the first is loaded now, so a bad model fails at start)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
-    from .context import AppContext
-    from .ui import build_app
+    from multidiffusion.app.context import AppContext
+    from multidiffusion.app.ui import build_app
 
     pool = ModelPool(models, loader)
     if store is None:
@@ -41,7 +41,7 @@ def launch(
     block: bool = True,
 ) -> Any:
     """Serve ``app``: generations queue one at a time (at most ``queue_size`` waiting)."""
-    from .widgets import CSS, THEME
+    from multidiffusion.app.widgets import CSS, THEME
 
     app.queue(max_size=queue_size, default_concurrency_limit=1)
     return app.launch(

@@ -17,14 +17,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..io import read_parameters
-from ..layouts import TILINGS
-from ..schedulers import SCHEDULERS, scheduler_name
-from ..validation import check_int, check_number
-from ..views import WEIGHTS
-from .layout import layout_from_regions, page_regions
-from .limits import Limits
-from .models import ModelPool
+from multidiffusion.app.layout import layout_from_regions, page_regions
+from multidiffusion.app.limits import Limits
+from multidiffusion.app.models import ModelPool
+from multidiffusion.engine.schedulers import SCHEDULERS, scheduler_name
+from multidiffusion.engine.views import WEIGHTS
+from multidiffusion.engine.windows import TILINGS
+from multidiffusion.metadata import read_parameters
+from multidiffusion.options import check_int, check_number
 
 __all__ = [
     "PANORAMA_CHOICES",

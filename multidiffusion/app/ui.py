@@ -12,11 +12,11 @@ from typing import Any
 
 import gradio as gr
 
-from .context import AppContext
-from .panorama_tab import panorama_tab
-from .regions_tab import regions_tab
-from .settings import values_from_png
-from .widgets import CSS, THEME, guarded, message
+from multidiffusion.app.context import AppContext
+from multidiffusion.app.panorama_tab import panorama_tab
+from multidiffusion.app.regions_tab import regions_tab
+from multidiffusion.app.settings import values_from_png
+from multidiffusion.app.widgets import CSS, THEME, guarded, message
 
 __all__ = ["CSS", "THEME", "AppContext", "build_app"]
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import gradio as gr
 
-from ..schedulers import SCHEDULERS
-from ..validation import MIN_SIDE
-from .context import AppContext
-from .settings import random_seed
+from multidiffusion.app.context import AppContext
+from multidiffusion.app.settings import random_seed
+from multidiffusion.engine.schedulers import SCHEDULERS
+from multidiffusion.options import MIN_SIDE
 
 __all__ = ["CSS", "THEME", "guarded", "message", "model_dropdown", "progress_steps", "sampling_controls"]
 

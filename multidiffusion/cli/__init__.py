@@ -10,8 +10,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import panorama, regions, serve
-from .common import EXIT_USAGE, Parser, fail
+from multidiffusion.cli import panorama, regions, serve
+from multidiffusion.cli.common import EXIT_USAGE, Parser, fail
 
 __all__ = ["build_parser", "main"]
 

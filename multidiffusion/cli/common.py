@@ -113,7 +113,7 @@ def stored_settings(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     """The parameters stored in --from's PNG ({} without --from); it must have been made by ``mode``."""
     if not args.from_png:
         return {}
-    from ..io import read_parameters
+    from multidiffusion.metadata import read_parameters
 
     if not Path(args.from_png).is_file():
         fail(f"--from: no such file {args.from_png!r}")
@@ -147,7 +147,7 @@ def load_model(model: str | None, args: argparse.Namespace, **options: Any):
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    from .. import MultiDiffusion
+    from multidiffusion import MultiDiffusion
 
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()

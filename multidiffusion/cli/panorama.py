@@ -7,7 +7,7 @@ import secrets
 import time
 from typing import Any
 
-from .common import (
+from multidiffusion.cli.common import (
     add_model_options,
     add_sampling_options,
     fail,
@@ -96,8 +96,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def precheck(settings: dict[str, Any]) -> None:
     """Checks that need no model, so bad input fails before minutes of loading."""
-    from ..schedulers import scheduler_name
-    from ..validation import MAX_STEPS, check_int, check_number, check_side, pair
+    from multidiffusion.engine.schedulers import scheduler_name
+    from multidiffusion.options import MAX_STEPS, check_int, check_number, check_side, pair
 
     flag = {v: "--" + k.replace("_", "-") for k, v in FLAGS.items()}
     checks = {
@@ -125,7 +125,7 @@ def precheck(settings: dict[str, Any]) -> None:
 def run(args: argparse.Namespace) -> None:
     import torch
 
-    from ..io import check_output_path, save_png
+    from multidiffusion.metadata import check_output_path, save_png
 
     settings = settings_from(args, FLAGS, "panorama")
     if not settings.get("prompt"):

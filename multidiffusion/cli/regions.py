@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import (
+from multidiffusion.cli.common import (
     add_model_options,
     add_sampling_options,
     fail,
@@ -144,7 +144,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _colour_table(text: str) -> dict[str, Any]:
-    from ..scene import read_scene_file
+    from multidiffusion.regions.scene import read_scene_file
 
     if Path(text).suffix.lower() in (".toml", ".json"):
         return read_scene_file(text)
@@ -159,7 +159,7 @@ def _colour_table(text: str) -> dict[str, Any]:
 
 def _scene_data(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None, str, dict[str, str]]:
     """The scene as given (file or --from PNG) with the flags on top, its folder, name and flag names."""
-    from ..scene import read_scene_file
+    from multidiffusion.regions.scene import read_scene_file
 
     if args.scene and args.from_png:
         fail("give a scene file or --from PNG, not both")
@@ -183,7 +183,7 @@ def _scene_data(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None, 
 
 
 def _flag_regions(args: argparse.Namespace) -> list:
-    from ..scene import parse_region
+    from multidiffusion.regions.scene import parse_region
 
     regions = []
     for spec in args.region_specs or []:
@@ -196,9 +196,9 @@ def _flag_regions(args: argparse.Namespace) -> list:
 def run(args: argparse.Namespace) -> None:
     import torch
 
-    from ..io import check_output_path, save_png
-    from ..preview import layout_preview
-    from ..scene import parse_scene
+    from multidiffusion.metadata import check_output_path, save_png
+    from multidiffusion.regions.preview import layout_preview
+    from multidiffusion.regions.scene import parse_scene
 
     output = check_output_path(args.output, "--output")
     preview = output.with_name(f"{output.stem}-layout.png") if args.preview or args.preview_only else None

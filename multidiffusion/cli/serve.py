@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_model_options, fail, load_model
+from multidiffusion.cli.common import add_model_options, fail, load_model
 
 HELP = """\
 Start the web app: a Panorama tab and a Regions tab in the browser, over the same engine as the
@@ -21,7 +21,7 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..app.limits import DEFAULT_MAX_SIDE, DEFAULT_MAX_STEPS, DEFAULT_MAX_UPLOAD_MB
+    from multidiffusion.app.limits import DEFAULT_MAX_SIDE, DEFAULT_MAX_STEPS, DEFAULT_MAX_UPLOAD_MB
 
     p = sub.add_parser(
         "serve",
@@ -70,8 +70,8 @@ def run(args: argparse.Namespace) -> None:
         import gradio  # noqa: F401
     except ImportError:
         fail("the web app needs Gradio, which is not installed: pip install 'multidiffusion[app]'")
-    from ..app.limits import Limits
-    from ..app.server import LOOPBACK, create_app, launch
+    from multidiffusion.app.limits import Limits
+    from multidiffusion.app.server import LOOPBACK, create_app, launch
 
     if not 1 <= args.port <= 65535:
         fail(f"--port must be from 1 to 65535, got {args.port}")

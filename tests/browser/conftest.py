@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from multidiffusion.loading import DEMO_MODEL_DIR
+from multidiffusion.models.loading import DEMO_MODEL_DIR
 
 CHROMIUM_ARGS = [
     "--headless",

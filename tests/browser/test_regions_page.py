@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from multidiffusion.io import read_parameters
+from multidiffusion.metadata import read_parameters
 
 from .conftest import GENERATE_MS, MODEL
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .captions import caption_scene
-from .vocabulary import GROUNDS, HOUSE_COLOURS, SKIES, TREE_COLOURS, VOCABULARY
+from devtools.demo.captions import caption_scene
+from devtools.demo.vocabulary import GROUNDS, HOUSE_COLOURS, SKIES, TREE_COLOURS, VOCABULARY
 
 __all__ = [
     "NATIVE_SIZE",

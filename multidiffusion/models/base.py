@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from ..fusion import Job
-from ..vae import vae_scale_factor
+from multidiffusion.engine.fusion import Job
+from multidiffusion.vae.codec import vae_scale_factor
 
 __all__ = ["Conditioning", "ModelAdapter"]
 

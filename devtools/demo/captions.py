@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .vocabulary import (
+from devtools.demo.vocabulary import (
     CELESTIAL_PHRASES,
     GROUND_PHRASES,
     HILL_PHRASES,
@@ -22,7 +22,7 @@ from .vocabulary import (
 )
 
 if TYPE_CHECKING:
-    from .scenes import Scene
+    from devtools.demo.scenes import Scene
 
 __all__ = ["caption_scene"]
 

@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .regions import MAX_REGIONS, Region
-from .validation import MAX_STEPS, check_int, check_number, check_side, pair
+from multidiffusion.options import MAX_STEPS, check_int, check_number, check_side, pair
+from multidiffusion.regions.layout import MAX_REGIONS, Region
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -213,7 +213,7 @@ def parse_scene(
         for s, w in zip(pair(label("stride"), values["stride"]), limits):
             check_int(label("stride"), s, 1, w)
     if "scheduler" in values:
-        from .schedulers import scheduler_name
+        from multidiffusion.engine.schedulers import scheduler_name
 
         try:
             scheduler_name(values["scheduler"])

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .scenes import NATIVE_SIZE, generate
+from devtools.demo.scenes import NATIVE_SIZE, generate
 
 __all__ = ["make_dataset", "to_tensor", "tokenize"]
 

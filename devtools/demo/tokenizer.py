@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
-from .vocabulary import VOCABULARY
+from devtools.demo.vocabulary import VOCABULARY
 
 __all__ = ["BOS", "EOS", "MODEL_MAX_LENGTH", "build_vocab_and_merges", "write_tokenizer"]
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .views import axis_starts
+from multidiffusion.engine.views import axis_starts
 
 __all__ = ["NORM_STATS", "GroupNormStats", "run_tiled", "tile_starts"]
 

@@ -24,7 +24,7 @@ __all__ = [
     "set_prediction_type",
 ]
 
-DEMO_MODEL_DIR = Path(__file__).parent / "demo" / "model"
+DEMO_MODEL_DIR = Path(__file__).parents[1] / "demo" / "model"
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -90,7 +90,7 @@ def _load_file(path: Path, allow_pickle: bool, config: str | None, **kwargs: Any
         )
     if path.suffix != ".safetensors" and path.suffix not in PICKLE_SUFFIXES:
         raise ModelNotFoundError(f"model file must be a .safetensors checkpoint, got {path.name}")
-    from .single_file import load_single_file
+    from multidiffusion.models.single_file import load_single_file
 
     return load_single_file(path, config, **kwargs)
 
@@ -120,7 +120,7 @@ def load_pipeline(
     **kwargs: Any,
 ):
     """A diffusers pipeline for ``model``: "demo", a repo id, a diffusers folder or a checkpoint file
-    (SD 1.x, 2.x or SDXL; see :mod:`multidiffusion.single_file`).
+    (SD 1.x, 2.x or SDXL; see :mod:`multidiffusion.models.single_file`).
 
     Loading tries the local cache first; a repo id not there is downloaded unless HF_HUB_OFFLINE is
     set. The safety checker is not loaded (multidiffusion does not run it). ``prediction_type``
@@ -135,7 +135,7 @@ def load_pipeline(
         if not (DEMO_MODEL_DIR / "model_index.json").is_file():
             raise ModelNotFoundError(
                 f"the demo model's weights are missing from {DEMO_MODEL_DIR}; reinstall multidiffusion "
-                "or train them with `python -m multidiffusion.demo.train`"
+                "or train them with `python -m devtools.demo.train`"
             )
         pipe = _load_folder(DEMO_MODEL_DIR, allow_pickle=False, **kwargs)
     elif Path(name).expanduser().exists():
@@ -184,4 +184,4 @@ def _load_repo(repo: str, allow_pickle: bool, **kwargs: Any):
 
 # re-exported for compatibility: the single-file logic lives in its own module, which needs
 # ModelNotFoundError from this one (hence the import at the end)
-from .single_file import checkpoint_family  # noqa: E402
+from multidiffusion.models.single_file import checkpoint_family  # noqa: E402

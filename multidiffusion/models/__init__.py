@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Conditioning, ModelAdapter
-from .sd import StableDiffusionAdapter
-from .sdxl import StableDiffusionXLAdapter
+from multidiffusion.models.base import Conditioning, ModelAdapter
+from multidiffusion.models.sd import StableDiffusionAdapter
+from multidiffusion.models.sdxl import StableDiffusionXLAdapter
 
 __all__ = ["Conditioning", "ModelAdapter", "StableDiffusionAdapter", "StableDiffusionXLAdapter", "adapter_for"]
 
@@ -52,7 +52,7 @@ def adapter_for(pipe: Any, **options: Any) -> ModelAdapter:
     """The adapter for a diffusers pipeline (text-to-image or img2img; their components are shared).
 
     ``options``: ``clip_skip`` for every family; ``crops_coords_top_left`` and ``original_size`` for
-    SDXL (see :mod:`multidiffusion.adapters.sdxl`). A ``None`` option takes the adapter's default.
+    SDXL (see :mod:`multidiffusion.models.sdxl`). A ``None`` option takes the adapter's default.
     """
     options = {k: v for k, v in options.items() if v is not None}
     if model_family(pipe) == "sdxl":

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from .regions import Region, RegionLayout, region_layout
+from multidiffusion.regions.layout import Region, RegionLayout, region_layout
 
 __all__ = ["draw_layout", "layout_preview"]
 

@@ -1,4 +1,4 @@
-"""Train the demo model from a seed: ``python -m multidiffusion.demo.train``.
+"""Train the demo model from a seed: ``python -m devtools.demo.train``.
 
 Three phases, all on the CPU (``torch.set_num_threads(2)`` by default):
 
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPTokenizer
 
-from .architecture import (
+from devtools.demo.architecture import (
     DEFAULT_MODEL_DIR,
     build_text_encoder,
     build_unet,
@@ -43,12 +43,12 @@ from .architecture import (
     save_pipeline,
     train_scheduler,
 )
-from .data import make_dataset, to_tensor, tokenize
-from .tokenizer import write_tokenizer
+from devtools.demo.data import make_dataset, to_tensor, tokenize
+from devtools.demo.tokenizer import write_tokenizer
 
-log = logging.getLogger("multidiffusion.demo.train")
+log = logging.getLogger("devtools.demo.train")
 
-DEFAULT_CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
+DEFAULT_CHECKPOINT_DIR = Path(__file__).resolve().parents[2] / "out" / "demo-checkpoints"
 
 
 @dataclass
@@ -466,7 +466,7 @@ def run(cfg: TrainConfig, resume_path: str | None = None) -> Path:
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | None]:
     """Command-line options; every TrainConfig field has a flag."""
     d = TrainConfig()
-    p = argparse.ArgumentParser(prog="python -m multidiffusion.demo.train", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m devtools.demo.train", description=__doc__.split("\n")[0])
     p.add_argument("--output", default=d.output, help="pipeline folder to write (default: the shipped model)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--num-images", type=int, default=d.num_images, help="scenes pre-generated into memory")
@@ -521,7 +521,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | None]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``python -m multidiffusion.demo.train``."""
+    """Entry point of ``python -m devtools.demo.train``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     cfg, resume = parse_args(argv)
     if "OMP_WAIT_POLICY" not in os.environ:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .vae_tiling import GroupNormStats, run_tiled
+from multidiffusion.vae.tiles import GroupNormStats, run_tiled
 
 __all__ = ["Stages", "decoder_stages", "encoder_stages", "run_latent_stage"]
 

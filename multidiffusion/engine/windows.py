@@ -19,8 +19,8 @@ from collections.abc import Callable
 
 import torch
 
-from .fusion import FusionPlan, Job
-from .views import View, grid_views, shifted_views, window_weights
+from multidiffusion.engine.fusion import FusionPlan, Job
+from multidiffusion.engine.views import View, grid_views, shifted_views, window_weights
 
 __all__ = ["TILINGS", "WindowLayout", "panorama_plans"]
 
@@ -68,7 +68,7 @@ def panorama_plans(
     device: torch.device | str = "cpu",
 ) -> Callable[[int], FusionPlan]:
     """``plan_for_step`` of a panorama: every view of the step under one prompt slot, weighted by
-    ``weights`` ("uniform" or "gaussian", see :func:`~multidiffusion.views.window_weights`).
+    ``weights`` ("uniform" or "gaussian", see :func:`~multidiffusion.engine.views.window_weights`).
 
     The grid's plan is built once; the shifted layout's once per step (the Eq. 5 denominator of a
     few windows, negligible next to the model calls)."""

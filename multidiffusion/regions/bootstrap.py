@@ -29,10 +29,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .fusion import InputComposer, Job
-from .regions import RegionLayout
-from .vae import encode_constant
-from .views import View, crop
+from multidiffusion.engine.fusion import InputComposer, Job
+from multidiffusion.engine.views import View, crop
+from multidiffusion.regions.layout import RegionLayout
+from multidiffusion.vae.codec import encode_constant
 
 __all__ = ["ENCODE_BATCH", "MAX_COLOURS", "BootstrapBackgrounds", "bootstrap_composer", "draw_backgrounds"]
 
@@ -96,7 +96,7 @@ def bootstrap_composer(
     noise: torch.Tensor,
     scheduler,
 ) -> Callable[[int, torch.Tensor], InputComposer | None]:
-    """``composer_for_step(i, t)`` for :func:`~multidiffusion.sampler.sample`: during the first
+    """``composer_for_step(i, t)`` for :func:`~multidiffusion.engine.sampler.sample`: during the first
     ``backgrounds.steps`` steps, a composer that puts each foreground job's region over its noised
     background; None afterwards. ``noise`` is the canvas's initial noise (B, C, H, W), unscaled."""
     index = {view: i for i, view in enumerate(views)}

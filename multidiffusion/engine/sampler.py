@@ -4,7 +4,7 @@
         x = scheduler.step(fused_prediction(model, scale(x), t, plan), t, x)
 
 Guidance lives in :class:`GuidedModel` (both branches of every view in one UNet call); views and
-weights in the :class:`~multidiffusion.fusion.FusionPlan` of each step; everything model-specific in
+weights in the :class:`~multidiffusion.engine.fusion.FusionPlan` of each step; everything model-specific in
 the adapter. The scheduler keeps its own duties: ``init_noise_sigma``, ``scale_model_input``.
 """
 
@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .adapters.base import Conditioning, ModelAdapter
-from .fusion import FusionPlan, InputComposer, Job, fused_prediction
-from .shared_prefix import SharedPrefix
+from multidiffusion.engine.fusion import FusionPlan, InputComposer, Job, fused_prediction
+from multidiffusion.engine.shared_prefix import SharedPrefix
+from multidiffusion.models.base import Conditioning, ModelAdapter
 
 __all__ = ["GuidedModel", "SamplingStats", "sample"]
 
@@ -49,7 +49,7 @@ class GuidedModel:
     """Φ(x | y) with classifier-free guidance, ε_u + s (ε_c − ε_u), for a batch of jobs.
 
     The crops of all jobs and both guidance branches go through the UNet in one call, whose layers
-    before the first cross-attention run once for both branches (:mod:`~multidiffusion.shared_prefix`;
+    before the first cross-attention run once for both branches (:mod:`~multidiffusion.engine.shared_prefix`;
     ``share_prefix=False`` turns that off). ``guidance`` holds one scale per prompt slot (regions may
     set their own).
 

@@ -12,7 +12,7 @@ The background formula is the paper's (region_based.py): for masks that do not o
 1 − max_k M_k, and wherever the regions' masks sum to at most 1 the weights form a partition of
 unity. Without a background prompt the regions must cover every latent pixel.
 
-Each (window, prompt) pair becomes a :class:`~multidiffusion.fusion.Job` only where the prompt's
+Each (window, prompt) pair becomes a :class:`~multidiffusion.engine.fusion.Job` only where the prompt's
 weight is non-zero inside the window (:meth:`RegionLayout.jobs`): skipping the others is exact
 (their terms in Eq. 5 are zero) and is the main saving on layouts.
 """
@@ -29,8 +29,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .fusion import Job
-from .masks import (
+from multidiffusion.engine.fusion import Job
+from multidiffusion.engine.views import View, crop
+from multidiffusion.regions.masks import (
     MaskLike,
     box_mask,
     colour_hex,
@@ -42,7 +43,6 @@ from .masks import (
     segmentation_masks,
     to_latent_grid,
 )
-from .views import View, crop
 
 __all__ = ["MAX_FEATHER", "MAX_REGIONS", "Region", "RegionLayout", "as_regions", "region_layout"]
 
@@ -68,7 +68,7 @@ class Region:
     or floats as fractions of the canvas in [0, 1]. Give one of the two. ``weight`` scales the
     region's W_k in Eq. 5 against its neighbours and the background; ``guidance_scale`` overrides
     the call's for this prompt; ``negative_prompt`` defaults to the call's; ``feather`` softens the
-    mask's edges by about that many pixels (:func:`~multidiffusion.masks.feather_mask`).
+    mask's edges by about that many pixels (:func:`~multidiffusion.regions.masks.feather_mask`).
     """
 
     prompt: str
@@ -276,7 +276,7 @@ class RegionLayout:
 
     def preview(self, image: Image.Image | None = None) -> Image.Image:
         """The layout as an image: each prompt's area tinted, its prompt written on it."""
-        from .preview import draw_layout
+        from multidiffusion.regions.preview import draw_layout
 
         return draw_layout(self, image)
 

@@ -3,7 +3,7 @@ wrapping.
 
 A canvas larger than the VAE's native size is decoded (or encoded) in overlapping tiles blended with
 linear ramps, with canvas-wide GroupNorm statistics from a first pass over the tiles, so tiles agree
-in tone (see :mod:`multidiffusion.vae_tiling`). Peak memory depends on the tile size, not the
+in tone (see :mod:`multidiffusion.vae.tiles`). Peak memory depends on the tile size, not the
 canvas size, and no full-image attention matrix is ever formed: the mid block's attention is local
 to a tile, the one approximation left. :func:`decode_to_uint8` converts each finished band of rows
 to 8 bits at once, so an image costs its 8-bit size plus one tile row.
@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from .vae_stages import decoder_stages, encoder_stages, run_latent_stage
-from .vae_tiling import NORM_STATS, GroupNormStats, run_tiled
+from multidiffusion.vae.stages import decoder_stages, encoder_stages, run_latent_stage
+from multidiffusion.vae.tiles import NORM_STATS, GroupNormStats, run_tiled
 
 __all__ = [
     "decode_latents",
@@ -163,9 +163,9 @@ def decode_latents(
     ``tile`` and ``overlap`` are in latent pixels (defaults: the VAE's native size and a quarter of
     it). The decoder's latent-resolution stage (its mid block and attention) runs whole on canvases
     up to ``latent_tile`` (default 2 * tile) latent pixels a side and in windows beyond; its
-    pixel-resolution stage runs in tiles (see :mod:`multidiffusion.vae_stages`) normalised with
+    pixel-resolution stage runs in tiles (see :mod:`multidiffusion.vae.stages`) normalised with
     canvas-wide GroupNorm statistics, measured layer by layer (``norm_stats="exact"``) or in one
-    pass (``"fast"``, see :mod:`multidiffusion.vae_tiling`). With ``circular``,
+    pass (``"fast"``, see :mod:`multidiffusion.vae.tiles`). With ``circular``,
     the canvas wraps horizontally: the left and right edges are decoded as neighbours. A canvas that
     fits in one tile is decoded whole, exactly as diffusers does.
     """

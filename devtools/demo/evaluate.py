@@ -1,4 +1,4 @@
-"""Measure how often the demo model draws what its captions say: ``python -m multidiffusion.demo.evaluate``.
+"""Measure how often the demo model draws what its captions say: ``python -m devtools.demo.evaluate``.
 
 Captions are drawn from the scene generator (with a seed the training set did not use), images are
 sampled at the native size with StableDiffusionPipeline, and :func:`checker.agreement` compares each
@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .architecture import DEFAULT_MODEL_DIR
-from .captions import caption_scene
-from .checker import agreement
-from .scenes import sample_scene
+from devtools.demo.architecture import DEFAULT_MODEL_DIR
+from devtools.demo.captions import caption_scene
+from devtools.demo.checker import agreement
+from devtools.demo.scenes import sample_scene
 
 __all__ = ["SCHEDULERS", "evaluate", "load_pipeline", "sample_captions"]
 
@@ -120,8 +120,8 @@ def _save_grid(images: list[np.ndarray], path: str, cols: int = 10) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``python -m multidiffusion.demo.evaluate``."""
-    p = argparse.ArgumentParser(prog="python -m multidiffusion.demo.evaluate", description=__doc__.split("\n")[0])
+    """Entry point of ``python -m devtools.demo.evaluate``."""
+    p = argparse.ArgumentParser(prog="python -m devtools.demo.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--model", default=str(DEFAULT_MODEL_DIR))
     p.add_argument("-n", "--num-images", type=int, default=200)
     p.add_argument("--steps", type=int, default=25)

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from .loading import ModelNotFoundError
+from multidiffusion.models.loading import ModelNotFoundError
 
 __all__ = ["DEFAULT_CONFIGS", "checkpoint_family", "load_single_file", "read_shapes"]
 

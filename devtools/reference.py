@@ -11,7 +11,7 @@ where, during the first ``bootstrap_steps`` steps, a foreground prompt's input (
 steps from) is its region over a noised constant-colour background,
 x_k = M_k ⊙ x + (1 − M_k) ⊙ add_noise(bg, ε, t); otherwise x_k = x. Prompts are evaluated in every
 view, masks zero or not (no skipping). The library instead fuses predictions and steps the canvas
-once (:mod:`multidiffusion.fusion`); for DDIM with binary masks the two agree.
+once (:mod:`multidiffusion.engine.fusion`); for DDIM with binary masks the two agree.
 
 DDIM only (η = 0): a scheduler step per view is only well defined for a scheduler without history.
 """
@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from diffusers import DDIMScheduler
 
-from .bootstrap import BootstrapBackgrounds
-from .views import View, crop, paste_add
+from multidiffusion.engine.views import View, crop, paste_add
+from multidiffusion.regions.bootstrap import BootstrapBackgrounds
 
 __all__ = ["paper_regions"]
 
@@ -50,7 +50,7 @@ def paper_regions(
     ``masks`` (P, h, w) are the prompts' masks on the latent grid (slot 0 the background when
     ``background``: it is never bootstrapped); ``views`` default to one covering the canvas;
     ``backgrounds`` give the bootstrap backgrounds of (step, view index, region) (see
-    :func:`multidiffusion.bootstrap.draw_backgrounds`). Returns the final latents.
+    :func:`multidiffusion.regions.bootstrap.draw_backgrounds`). Returns the final latents.
     """
     unet, device = pipe.unet, latents.device
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config)

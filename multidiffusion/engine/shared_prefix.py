@@ -8,7 +8,7 @@ the costliest single layer at the full window resolution (4096 tokens for SD's 6
 Hooks run those modules on the distinct rows only and copy the results to the others: the same
 output, the same call count, about 5% less UNet time on SD-shaped models (see the README's
 benchmark). The batch need not be two equal halves: with a shared unconditional branch (regions,
-:class:`~multidiffusion.sampler.GuidedModel`) the first rows are copies of some of the last ones,
+:class:`~multidiffusion.engine.sampler.GuidedModel`) the first rows are copies of some of the last ones,
 described by :meth:`SharedPrefix.rows`.
 """
 

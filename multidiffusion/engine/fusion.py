@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .views import View, crop_batch, paste_add
+from multidiffusion.engine.views import View, crop_batch, paste_add
 
 __all__ = ["Denoiser", "FusionPlan", "InputComposer", "Job", "fused_prediction"]
 
@@ -52,7 +52,7 @@ class FusionPlan:
 
     Raises ``ValueError`` when a canvas pixel gets no weight from any job: Eq. 5 is undefined there.
     (Jobs whose weight is zero in their window are not made in the first place:
-    :meth:`~multidiffusion.regions.RegionLayout.jobs`.)
+    :meth:`~multidiffusion.regions.layout.RegionLayout.jobs`.)
     """
 
     jobs: list[Job]

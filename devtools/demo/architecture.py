@@ -24,7 +24,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from .tokenizer import BOS, EOS, MODEL_MAX_LENGTH, build_vocab_and_merges, write_tokenizer
+from devtools.demo.tokenizer import BOS, EOS, MODEL_MAX_LENGTH, build_vocab_and_merges, write_tokenizer
 
 __all__ = [
     "DEFAULT_MODEL_DIR",
@@ -37,7 +37,7 @@ __all__ = [
     "save_pipeline",
 ]
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "model"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "multidiffusion" / "demo" / "model"
 IMAGE_SIZE = 64
 LATENT_SIZE = 16
 
