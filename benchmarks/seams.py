@@ -6,7 +6,7 @@ other columns at the same phase of the VAE's grid (multiples of its factor f): w
 always fall on latent-pixel boundaries, where a VAE's decode has its own faint periodic pattern,
 so comparing with every other column would score the VAE rather than the tiling.
 
-Where do tiles meet? For the exact mode and for fixed tiles (``tiling="grid", stride=window``,
+Where do tiles meet? For the exact mode and for fixed tiles (``placement="grid", stride=window``,
 what independent tiles do) the borders are the multiples of the window. The fast mode moves its
 borders every step, so we score it on the window multiples (as the others), and on the borders of
 its last step (read back from its layout: the freshest, where a seam would show most), scoring the
@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from multidiffusion.engine.windows import WindowLayout
+from multidiffusion.engine.windows import Windows
 
 __all__ = ["seam_rows", "seam_score"]
 
@@ -42,7 +42,7 @@ def seam_score(image, columns: set[int], period: int = 1) -> float:
     return (g[on].mean() / g[off].mean()).item()
 
 
-def border_columns(layout: WindowLayout, steps: range, f: int) -> set[int]:
+def border_columns(layout: Windows, steps: range, f: int) -> set[int]:
     """Pixel columns where a window started or ended in the given steps (canvas edges excluded)."""
     width = layout.canvas[1]
     cols: set[int] = set()
@@ -73,10 +73,10 @@ def seam_rows(quick: bool = False, device=None) -> list[dict]:
     modes = {
         "exact (grid, stride window/8)": {},
         "fixed tiles (grid, stride = window)": {"stride": win},
-        "fast (shifted, uniform)": {"tiling": "shifted"},
-        "fast (shifted, gaussian)": {"tiling": "shifted", "weights": "gaussian"},
+        "fast (shifted, uniform)": {"placement": "shifted"},
+        "fast (shifted, gaussian)": {"placement": "shifted", "weights": "gaussian"},
         "fast (shifted, gaussian, windows overlap by 1/8)": {
-            "tiling": "shifted",
+            "placement": "shifted",
             "weights": "gaussian",
             "stride": (win, win - win // 8),
         },
@@ -92,10 +92,10 @@ def seam_rows(quick: bool = False, device=None) -> list[dict]:
             images[name] = out.images[0]
             scores[name]["window"].append(seam_score(images[name], window_cols, f))
         for name, options in modes.items():
-            if options.get("tiling") == "shifted":
+            if options.get("placement") == "shifted":
                 canvas = (height // f, width // f)
                 stride = options.get("stride", (win, win))
-                layout = WindowLayout(canvas, (win, win), stride, "shifted", seed=seed)
+                layout = Windows(canvas, (win, win), stride, "shifted", seed=seed)
                 cols = border_columns(layout, range(steps - 1, steps), f)
                 scores[name]["columns"].append(len(cols))
                 scores[name]["moving"].append(seam_score(images[name], cols, f))

@@ -132,12 +132,12 @@ def fast_mode(ctx: Context, width: int = 4608, height: int = 512) -> list[Row]:
     latents = noise((1, 4, h, w)).to(ctx.device, ctx.pipe.unet.dtype)
     b_ours = ctx.batches.get("ours") or 4
     runs = {
-        "shifted, uniform": ours_panorama(ctx.md, PROMPT, height, width, ctx.steps, GUIDANCE, tiling="shifted"),
+        "shifted, uniform": ours_panorama(ctx.md, PROMPT, height, width, ctx.steps, GUIDANCE, placement="shifted"),
         "shifted, gaussian": ours_panorama(
-            ctx.md, PROMPT, height, width, ctx.steps, GUIDANCE, tiling="shifted", weights="gaussian"
+            ctx.md, PROMPT, height, width, ctx.steps, GUIDANCE, placement="shifted", weights="gaussian"
         ),
         "shifted, gaussian, stride 56 (windows overlap by 1/8)": ours_panorama(
-            ctx.md, PROMPT, height, width, ctx.steps, GUIDANCE, tiling="shifted", weights="gaussian", stride=(64, 56)
+            ctx.md, PROMPT, height, width, ctx.steps, GUIDANCE, placement="shifted", weights="gaussian", stride=(64, 56)
         ),
         "grid, gaussian, stride 32": ours_panorama(
             ctx.md, PROMPT, height, width, ctx.steps, GUIDANCE, weights="gaussian", stride=32

@@ -1,7 +1,16 @@
-"""Images on disk: PNG with the generation parameters in text chunks, written atomically.
+"""Images on disk: PNG with the generation parameters in text chunks, written atomically, and the
+one reader that turns them back into a task's options.
 
-Two chunks are written: ``multidiffusion`` holds the parameters as JSON (what ``--from`` reads to
-regenerate an image), ``parameters`` holds an AUTOMATIC1111-style summary that other tools display.
+Two chunks are written: ``multidiffusion`` holds the parameters as JSON (what ``--from`` and the web
+app read to regenerate an image), ``parameters`` holds an AUTOMATIC1111-style summary that other
+tools display.
+
+**Stored settings are untrusted** (a PNG can come from anyone). :func:`read_settings` never lets
+them name a file to open: masks travel embedded as PNG data URIs, and a mask given as anything else
+is refused with one message that does not depend on what the name points to (nothing is opened or
+looked up); the model is recorded as a name (a file's name, never its folder), which a shell loads
+only when it is the demo or a Hugging Face repo id (:func:`is_model_name`), and never with pickle
+allowed.
 """
 
 from __future__ import annotations
@@ -10,14 +19,38 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-__all__ = ["METADATA_KEY", "a1111_parameters", "check_output_path", "read_parameters", "save_png"]
+from multidiffusion.options import Limits, SamplingOptions, build_options
+
+__all__ = [
+    "METADATA_KEY",
+    "MODEL_OPTIONS",
+    "StoredSettings",
+    "a1111_parameters",
+    "check_output_path",
+    "is_model_name",
+    "model_label",
+    "numbered_paths",
+    "read_parameters",
+    "read_settings",
+    "save_png",
+    "settings_from_parameters",
+]
 
 METADATA_KEY = "multidiffusion"
+MAX_PNG_BYTES = 256 * 1024 * 1024
+"""Largest PNG whose settings are read (only its first chunks are, but a FIFO or a device is no PNG)."""
+NOT_SETTINGS = ("mode", "multidiffusion_version", "image_index")
+"""Stored keys that are not task settings."""
+MODEL_OPTIONS = ("crops_coords_top_left", "original_size")
+"""Stored keys that configure the model (SDXL micro-conditioning), not the task."""
+RENAMED = {"tiling": "placement"}
+"""Keys of older versions and their names now."""
 
 
 def check_output_path(path: str | os.PathLike, name: str = "output") -> Path:
@@ -87,9 +120,57 @@ def save_png(image: Image.Image, path: str | os.PathLike, params: Mapping[str, A
     return path
 
 
+def numbered_paths(path: Path, count: int) -> list[Path]:
+    """out.png, out-2.png, out-3.png, ... for ``count`` images."""
+    return [path] + [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(2, count + 1)]
+
+
+def model_label(model: str | os.PathLike) -> str:
+    """How a model is recorded: "demo" and repo ids as they are, a file or folder by its name only
+    (a stored setting never holds a path on this machine)."""
+    name = str(model)
+    return name if is_model_name(name) else Path(name).name
+
+
+def is_model_name(name: Any) -> bool:
+    """True for "demo" and Hugging Face repo ids ("org/name"): what stored settings may load by
+    themselves. Paths, file names (.safetensors, .ckpt, ...) and anything odd are not."""
+    if not isinstance(name, str):
+        return False
+    if name == "demo":
+        return True
+    parts = name.split("/")
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+    return (
+        len(parts) == 2
+        and all(p and set(p) <= allowed and not p.startswith(".") for p in parts)
+        and Path(parts[1]).suffix.lower() not in (".safetensors", ".ckpt", ".bin", ".pt", ".pth")
+        and not name.endswith(".git")
+    )
+
+
+def _open_png(source: str | os.PathLike) -> Image.Image:
+    try:
+        info = os.stat(source)
+    except OSError as exc:
+        raise ValueError(f"can't read {str(source)!r}: {exc.strerror}") from None
+    import stat
+
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{str(source)!r} is not a regular file")
+    if info.st_size > MAX_PNG_BYTES:
+        raise ValueError(
+            f"{str(source)!r} is {info.st_size / 2**20:.0f} MB, more than the {MAX_PNG_BYTES >> 20} MB read"
+        )
+    try:
+        return Image.open(source)
+    except Exception as exc:  # PIL raises many kinds for files that are not images
+        raise ValueError(f"{str(source)!r} is not an image PIL can read ({type(exc).__name__})") from None
+
+
 def read_parameters(source: str | os.PathLike | Image.Image) -> dict[str, Any]:
     """The parameters stored by :func:`save_png`; ValueError if the image has none."""
-    image = source if isinstance(source, Image.Image) else Image.open(source)
+    image = source if isinstance(source, Image.Image) else _open_png(source)
     text = getattr(image, "text", {}) or image.info
     if METADATA_KEY not in text:
         raise ValueError("image has no multidiffusion parameters (it was not written by multidiffusion)")
@@ -100,3 +181,62 @@ def read_parameters(source: str | os.PathLike | Image.Image) -> dict[str, Any]:
     if not isinstance(params, dict):
         raise ValueError("image's multidiffusion parameters are not a JSON object")
     return params
+
+
+@dataclass
+class StoredSettings:
+    """Settings read back from a PNG: the ``task``, its settings by API name (``values``), the
+    ``model`` it was made with (a name, or None) and that model's options (SDXL micro-conditioning)."""
+
+    task: str
+    values: dict[str, Any]
+    model: str | None = None
+    model_options: dict[str, Any] = field(default_factory=dict)
+
+    def options(self, limits: Limits | None = None, **changes: Any) -> SamplingOptions:
+        """The task's options, with ``changes`` (e.g. flags given on the command line) on top."""
+        return build_options(self.task, {**self.values, **changes}, limits)
+
+
+def settings_from_parameters(params: Mapping[str, Any], task: str | None = None) -> StoredSettings:
+    """The one reader of stored parameters (``--from``, scene files' stored form, the web app).
+
+    ``task``: the task expected (ValueError if they are another's). Masks must be embedded data
+    URIs; any other string is refused without being looked at (see the module docstring)."""
+    if not isinstance(params, Mapping):
+        raise ValueError("the stored settings are not a table")
+    stored_task = params.get("mode")
+    from multidiffusion.options import TASK_OPTIONS
+
+    if stored_task not in TASK_OPTIONS:
+        raise ValueError(f"the stored settings are for {stored_task!r}, not one of {', '.join(TASK_OPTIONS)}")
+    if task is not None and stored_task != task:
+        raise ValueError(f"the image was made by the {stored_task} task, not {task}")
+    values = {RENAMED.get(k, k): v for k, v in params.items() if k not in NOT_SETTINGS}
+    model = values.pop("model", None)
+    if model is not None and not isinstance(model, str):
+        raise ValueError(f"the stored model must be a name, got {model!r}")
+    model_options = {k: values.pop(k) for k in MODEL_OPTIONS if values.get(k) is not None}
+    for k in MODEL_OPTIONS:
+        values.pop(k, None)
+    for key in ("window", "stride", "original_size"):
+        for mapping in (values, model_options):
+            if isinstance(mapping.get(key), list):
+                mapping[key] = tuple(mapping[key])
+    regions = values.get("regions")
+    if regions is not None:
+        if not isinstance(regions, list):
+            raise ValueError(f"regions must be a list of region tables, got {type(regions).__name__}")
+        for i, region in enumerate(regions):
+            mask = region.get("mask") if isinstance(region, Mapping) else None
+            if isinstance(mask, str) and not mask.startswith("data:"):
+                raise ValueError(
+                    f"regions[{i}].mask: stored settings carry masks embedded (PNG data URIs); a file name is "
+                    "refused and never opened"
+                )
+    return StoredSettings(stored_task, values, model, model_options)
+
+
+def read_settings(source: str | os.PathLike | Image.Image, task: str | None = None) -> StoredSettings:
+    """:func:`settings_from_parameters` of a PNG written by :func:`save_png`."""
+    return settings_from_parameters(read_parameters(source), task)

@@ -130,18 +130,18 @@ def test_choices_match_the_engine():
 
 
 def test_optional_choices_appear_when_the_api_takes_them(pool):
-    def panorama(prompt, tiling="grid"):
+    def panorama(prompt, placement="grid"):
         pass
 
     choices = available_choices(panorama)
-    assert [c.key for c in choices] == ["tiling"]
-    assert PANORAMA_CHOICES[0].key == "tiling"
-    request = panorama_request({**FORM, "tiling": "shifted"}, Limits(), pool, choices)
-    assert request.kwargs["tiling"] == "shifted"
-    assert panorama_request(FORM, Limits(), pool, choices).kwargs["tiling"] == "grid"
+    assert [c.key for c in choices] == ["placement"]
+    assert PANORAMA_CHOICES[0].key == "placement"
+    request = panorama_request({**FORM, "placement": "shifted"}, Limits(), pool, choices)
+    assert request.kwargs["placement"] == "shifted"
+    assert panorama_request(FORM, Limits(), pool, choices).kwargs["placement"] == "grid"
     with pytest.raises(ValueError, match="tiling must be one of grid, shifted"):
         panorama_request(
-            {**FORM, "tiling": "magic"}, Limits(), pool, (Choice("tiling", "Tiling", ("grid", "shifted")),)
+            {**FORM, "placement": "magic"}, Limits(), pool, (Choice("placement", "Tiling", ("grid", "shifted")),)
         )
 
 

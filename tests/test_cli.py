@@ -54,12 +54,17 @@ def test_png_metadata_regenerates_the_same_image(tiny_model_dir, tmp_path, capsy
     assert "Negative prompt: fog" in Image.open(first).text["parameters"]
 
     again = tmp_path / "again.png"
-    code, _, err = run(["panorama", "--from", str(first), "-o", str(again), "-q"], capsys)
+    code, _, err = run(
+        ["panorama", "--from", str(first), "--model", str(tiny_model_dir), "-o", str(again), "-q"], capsys
+    )
     assert code == 0, err
     np.testing.assert_array_equal(pixels(first), pixels(again))
 
     changed = tmp_path / "changed.png"
-    code, _, _ = run(["panorama", "--from", str(first), "--seed", "4", "-o", str(changed), "-q"], capsys)
+    code, _, _ = run(
+        ["panorama", "--from", str(first), "--model", str(tiny_model_dir), "--seed", "4", "-o", str(changed), "-q"],
+        capsys,
+    )
     assert code == 0
     assert not np.array_equal(pixels(first), pixels(changed))
     assert read_parameters(changed)["seed"] == 4
@@ -83,15 +88,15 @@ def test_several_images_are_numbered(tiny_model_dir, tmp_path, capsys):
 
 
 BAD = [
-    (["--width", "100"], "--width must be a multiple of 8 from 64 to 16384 (pixels), got 100"),
-    (["--height", "0"], "--height must be a multiple of 8"),
-    (["--width", "-64"], "--width must be a multiple of 8"),
-    (["--width", "99999"], "--width must be a multiple of 8"),
-    (["--stride", "0"], "--stride must be an integer"),
-    (["--window", "16", "--stride", "17"], "--stride must be an integer from 1 to 16, got 17"),
-    (["--stride", "17"], "stride must be an integer from 1 to 16, got 17"),  # checked against the model's window
-    (["--steps", "0"], "--steps must be an integer from 1 to 1000, got 0"),
-    (["--guidance", "-1"], "--guidance must be a number ≥ 0, got -1.0"),
+    (["--width", "100"], "width must be a multiple of 8 from 64 to 16384 (pixels), got 100 (--width)"),
+    (["--height", "0"], "height must be a multiple of 8"),
+    (["--width", "-64"], "width must be a multiple of 8"),
+    (["--width", "99999"], "width must be a multiple of 8"),
+    (["--stride", "0"], "stride must be an integer ≥ 1, got 0 (--stride)"),
+    (["--window", "16", "--stride", "17"], "stride must be an integer from 1 to 16, got 17 (--stride)"),
+    (["--stride", "17"], "stride must be at most the window 16x16, got 17x17"),  # checked against the model's window
+    (["--steps", "0"], "num_inference_steps must be an integer from 1 to 1000, got 0 (--steps)"),
+    (["--guidance", "-1"], "guidance_scale must be a number ≥ 0, got -1.0 (--guidance)"),
     (["--scheduler", "fast"], "scheduler must be one of ddim"),
     (["--steps", "two"], "argument --steps: invalid int value: 'two'"),
     (["--model", "/no/such/model"], "model file or folder '/no/such/model' does not exist"),
@@ -149,7 +154,7 @@ def test_real_process_prints_no_traceback(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: --width must be a multiple of 8 from 64 to 16384 (pixels), got 100"
+    assert proc.stderr.strip() == "error: width must be a multiple of 8 from 64 to 16384 (pixels), got 100 (--width)"
     assert "Traceback" not in proc.stderr
 
 

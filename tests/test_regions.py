@@ -154,11 +154,9 @@ def test_skipping_prompts_outside_their_windows_changes_nothing_and_saves_model_
 
 
 @pytest.mark.parametrize("bootstrap_steps", [0, 1], ids=["plain", "bootstrapped"])
-def test_shared_unconditional_branch_changes_nothing_and_saves_evaluations(md16, monkeypatch, bootstrap_steps):
+def test_shared_unconditional_branch_changes_nothing_and_saves_evaluations(md16, bootstrap_steps):
     """Prompts of one window share ε_u: P + 1 UNet rows per window instead of 2P. A region with its
     own negative prompt, and bootstrapped crops (which differ), get their own ε_u."""
-    import multidiffusion.engine.sampler as sampler
-
     regions = [
         Region("a red ball", box=(0, 0, 96, 128)),
         Region("a dog", box=(256, 0, 384, 128)),
@@ -170,13 +168,11 @@ def test_shared_unconditional_branch_changes_nothing_and_saves_evaluations(md16,
         view_batch_size=6,
     )  # fmt: skip
     shared = md16.regions(**kwargs, generator=torch.Generator().manual_seed(0))
-    original = sampler.GuidedModel.__init__
-
-    def init(self, *args, **kw):
-        original(self, *args, share_unconditional=False, **kw)
-
-    monkeypatch.setattr(sampler.GuidedModel, "__init__", init)
-    plain = md16.regions(**kwargs, generator=torch.Generator().manual_seed(0))
+    md16.share_unconditional = False
+    try:
+        plain = md16.regions(**kwargs, generator=torch.Generator().manual_seed(0))
+    finally:
+        md16.share_unconditional = True
     torch.testing.assert_close(shared.images, plain.images, rtol=1e-5, atol=1e-5)
     assert shared.stats.jobs == plain.stats.jobs and shared.stats.model_calls == plain.stats.model_calls
     assert plain.stats.evaluations == 2 * plain.stats.jobs
@@ -219,9 +215,11 @@ def test_no_background_is_fine_when_regions_cover_the_canvas(md16):
 
 
 def test_uncovered_pixels_without_background_are_an_error(md16):
-    with pytest.raises(ValueError, match=r"background is None but 50.0% of the canvas \(in x 64..128, y 0..128 px\)"):
+    with pytest.raises(
+        ValueError, match=r"no background prompt, but 50.0% of the canvas \(in x 64..128, y 0..128 px\)"
+    ):
         md16.regions(128, 128, None, [Region("sky", box=(0, 0, 64, 128))], num_inference_steps=2)
-    with pytest.raises(ValueError, match=r"background is None but 100\.0%"):
+    with pytest.raises(ValueError, match=r"no background prompt, but 100\.0%"):
         md16.regions(128, 128, None, [], num_inference_steps=2)
 
 
@@ -395,5 +393,5 @@ def test_preview_tints_each_prompt_and_validates(md16):
     assert image.getpixel((20, 40)) == PALETTE[0]  # inside the ball's mask, away from its label
     assert image.getpixel((240, 112)) == PALETTE[1]
     assert layout_preview(ball_and_dog(128, 256), 128, 256, "a beach").size == (256, 128)
-    with pytest.raises(ValueError, match="background is None"):
+    with pytest.raises(ValueError, match="no background prompt"):
         layout_preview([Region("a", box=(0, 0, 8, 8))], 64, 64)

@@ -17,7 +17,9 @@ def test_sdxl_flags_are_stored_and_regenerated(tiny_sdxl_dir, tmp_path, capsys):
     assert params["crops_coords_top_left"] == "offset" and params["original_size"] == [1024, 2048]
 
     again = tmp_path / "again.png"
-    code, _, err = run(["panorama", "--from", str(first), "-o", str(again), "-q"], capsys)
+    code, _, err = run(
+        ["panorama", "--from", str(first), "--model", str(tiny_sdxl_dir), "-o", str(again), "-q"], capsys
+    )
     assert code == 0, err
     np.testing.assert_array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(again)))
 

@@ -1,24 +1,36 @@
-"""What the command-line verbs share: the parser, option groups, settings from --from, loading."""
+"""What the command-line verbs share: the parser, option groups, flags -> API names, --from, the model
+to load (and the policy on which one), the report line."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from multidiffusion.metadata import StoredSettings, is_model_name, model_label, read_settings
+from multidiffusion.models.loading import PREDICTION_TYPES
+from multidiffusion.models.sdxl import CROPS_COORDS, ORIGINAL_SIZES
+from multidiffusion.options import SCHEDULER_NAMES
+
+DTYPES = ("float32", "float16", "bfloat16")
+
 __all__ = [
     "EXIT_USAGE",
+    "SAMPLING_FLAGS",
     "Parser",
     "add_model_options",
     "add_sampling_options",
     "fail",
+    "flag_values",
     "load_model",
-    "numbered_outputs",
+    "model_choice",
     "original_size_type",
-    "settings_from",
+    "report",
     "stored_settings",
     "window_type",
+    "with_flag",
 ]
 
 EXIT_USAGE = 2
@@ -51,7 +63,7 @@ def window_type(text: str) -> int | tuple[int, int]:
 
 def original_size_type(text: str) -> str | tuple[int, int]:
     """'canvas', 'window' or HxW pixels, e.g. '2048x2048'."""
-    if text in ("canvas", "window"):
+    if text in ORIGINAL_SIZES:
         return text
     size = window_type(text) if "x" in text.lower() else None
     if not isinstance(size, tuple):
@@ -70,12 +82,12 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.bin/.pt weights (they can run code)")
     g.add_argument(
         "--prediction-type",
-        choices=["epsilon", "v_prediction", "sample"],
+        choices=PREDICTION_TYPES,
         help="override the model's (e.g. v_prediction for an SD 2.x 768-v .safetensors file)",
     )
     g.add_argument(
         "--crops-coords",
-        choices=["zero", "offset"],
+        choices=CROPS_COORDS,
         help="SDXL: each view's crop conditioning, (0, 0) or its offset on the canvas (default: zero)",
     )
     g.add_argument(
@@ -84,7 +96,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         help="SDXL: each view's original-size conditioning: canvas, window or HxW pixels (default: canvas)",
     )
     g.add_argument("--device", help="cuda, cpu or mps (default: cuda if present)")
-    g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="default: float16 on GPU, else float32")
+    g.add_argument("--dtype", choices=DTYPES, help="default: float16 on GPU, else float32")
     g.add_argument(
         "--compile",
         action="store_true",
@@ -92,70 +104,103 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+SAMPLING_FLAGS = {
+    "negative": "negative_prompt",
+    "width": "width",
+    "height": "height",
+    "window": "window",
+    "stride": "stride",
+    "circular": "circular",
+    "steps": "num_inference_steps",
+    "guidance": "guidance_scale",
+    "seed": "seed",
+    "scheduler": "scheduler",
+    "batch_size": "view_batch_size",
+    "num_images": "num_images_per_prompt",
+}
+"""Command-line flag (argparse dest) -> API name, for the options every task shares."""
+
+
 def add_sampling_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument("--steps", type=int, help="denoising steps (default 50)")
     g.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 7.5)")
     g.add_argument("--negative", help="negative prompt: what the image should not show")
-    g.add_argument("--seed", type=int, help="random seed; the same seed, device and dtype give the same image")
     g.add_argument(
-        "--scheduler",
-        help="ddim (default, as the paper), euler, euler_a, dpm++2m, dpm++2m_karras, unipc, pndm, heun, ...",
+        "--seed", type=int, help="random seed (-1: random); the same seed, device and dtype give the same image"
     )
-    g.add_argument("--batch-size", type=int, help="views per model call (default: 4 on CPU, 16 on GPU)")
+    g.add_argument("--scheduler", help=f"{', '.join(SCHEDULER_NAMES)} (default ddim, as the paper)")
+    g.add_argument("--batch-size", type=int, help="views per model call (default: scales with the model's window)")
     g.add_argument("--num-images", type=int, help="images to generate (out.png, out-2.png, ...)")
     g.add_argument("-o", "--output", required=True, help="output PNG (parameters are stored in it)")
     g.add_argument("--from", dest="from_png", metavar="PNG", help="reuse the settings stored in a PNG; flags override")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
-def stored_settings(args: argparse.Namespace, mode: str) -> dict[str, Any]:
-    """The parameters stored in --from's PNG ({} without --from); it must have been made by ``mode``."""
-    if not args.from_png:
-        return {}
-    from multidiffusion.metadata import read_parameters
-
-    if not Path(args.from_png).is_file():
-        fail(f"--from: no such file {args.from_png!r}")
-    try:
-        stored = read_parameters(args.from_png)
-    except (ValueError, OSError) as exc:
-        fail(f"--from {args.from_png}: {exc}")
-    if stored.get("mode", mode) != mode:
-        fail(f"--from {args.from_png} was made by `multidiffusion {stored['mode']}`, not {mode}")
-    return stored
-
-
-def settings_from(args: argparse.Namespace, mapping: dict[str, str], mode: str) -> dict[str, Any]:
-    """Flags given on the command line over settings stored in --from's PNG (keys: API names)."""
-    stored = stored_settings(args, mode)
-    settings = {key: stored.get(key) for key in mapping.values()}
-    for flag, key in mapping.items():
-        value = getattr(args, flag)
+def flag_values(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
+    """The flags given on the command line, by API name (tuples become lists, as stored)."""
+    values = {}
+    for flag, key in flags.items():
+        value = getattr(args, flag, None)
         if value is not None:
-            settings[key] = value
-    return settings
+            values[key] = value
+    return values
 
 
-def load_model(model: str | None, args: argparse.Namespace, **options: Any):
-    """The MultiDiffusion object for --model (default: demo) with --device, --dtype, --config,
-    --prediction-type, --crops-coords, --original-size, --compile; ``options`` (``from_pretrained``'s SDXL
-    micro-conditioning, e.g. from a PNG's stored settings) take precedence over the flags."""
+def stored_settings(args: argparse.Namespace, task: str) -> StoredSettings | None:
+    """The settings stored in --from's PNG (None without --from); it must have been made by ``task``."""
+    if not args.from_png:
+        return None
+    try:
+        return read_settings(args.from_png, task)
+    except ValueError as exc:
+        fail(f"--from {args.from_png}: {exc}")
+
+
+def with_flag(message: str, flags: dict[str, str], given: dict[str, Any]) -> str:
+    """An options error, with the flag that gave the value when the user typed it: the message is
+    the library's own (the same from the API, a scene file and the web app), the flag is added."""
+    for flag, key in flags.items():
+        if key in given and (message.startswith(f"{key} ") or message.startswith(f"{key}:")):
+            return f"{message} (--{flag.replace('_', '-')})"
+    return message
+
+
+def model_choice(args: argparse.Namespace, stored: StoredSettings | None) -> tuple[str, bool, dict[str, Any]]:
+    """(model, allow_pickle, SDXL options) to load: --model as typed (the only model --allow-pickle
+    covers); else the model --from's PNG names, if it is the demo or a repo id (stored settings never
+    name files to load, see :mod:`multidiffusion.metadata`); else the demo."""
     flags = {"crops_coords_top_left": args.crops_coords, "original_size": args.original_size}
-    options = {**{k: v for k, v in flags.items() if v is not None}, **options}
+    typed = {k: v for k, v in flags.items() if v is not None}
+    if args.model is not None:  # the stored model's options apply when it is the same model
+        same = stored is not None and stored.model == model_label(args.model)
+        return args.model, bool(args.allow_pickle), {**(stored.model_options if same else {}), **typed}
+    if stored is None or stored.model is None:
+        return "demo", False, typed
+    if not is_model_name(stored.model):
+        fail(
+            f"--from {args.from_png}: the image was made with the model {stored.model!r}, a file; pass --model PATH "
+            "to use it (settings stored in a PNG never name files to load)"
+        )
+    return stored.model, False, {**stored.model_options, **typed}
+
+
+def load_model(model: str, args: argparse.Namespace, allow_pickle: bool = False, **options: Any):
+    """The MultiDiffusion object for ``model`` with --device, --dtype, --config, --prediction-type and
+    --compile; ``options`` are ``from_pretrained``'s SDXL micro-conditioning."""
     import torch
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    from multidiffusion import MultiDiffusion
+    from multidiffusion.pipeline import MultiDiffusion
 
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
     md = MultiDiffusion.from_pretrained(
-        model or "demo",
+        model,
         torch_dtype=getattr(torch, args.dtype) if args.dtype else None,
         device=args.device,
-        allow_pickle=args.allow_pickle,
+        allow_pickle=allow_pickle,
         config=args.config,
         prediction_type=args.prediction_type,
         **options,
@@ -166,6 +211,7 @@ def load_model(model: str | None, args: argparse.Namespace, **options: Any):
     return md
 
 
-def numbered_outputs(path: Path, count: int) -> list[Path]:
-    """out.png, out-2.png, out-3.png, ... for ``count`` images."""
-    return [path] + [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(2, count + 1)]
+def report(saved: Any, extra: Sequence[Path] = ()) -> None:
+    """The one line a verb prints when it is done."""
+    written = [str(p) for p in [*saved.paths, *extra]]
+    print(f"wrote {', '.join(written)} ({saved.summary})")

@@ -4,20 +4,24 @@ masks, segmentation maps)."""
 from __future__ import annotations
 
 import argparse
-import secrets
-import time
 from pathlib import Path
 from typing import Any
 
 from multidiffusion.cli.common import (
+    SAMPLING_FLAGS,
     add_model_options,
     add_sampling_options,
     fail,
+    flag_values,
     load_model,
-    numbered_outputs,
+    model_choice,
+    report,
     stored_settings,
     window_type,
+    with_flag,
 )
+from multidiffusion.metadata import StoredSettings
+from multidiffusion.regions.scene import Scene, parse_region, parse_scene, read_scene_file
 
 HELP = """\
 Generate an image from a region layout: each region gets its own prompt, the background prompt takes
@@ -32,24 +36,8 @@ examples:
   multidiffusion regions --from beach.png --seed 2 -o again.png   # rerun a stored scene with changes
 """
 
-# command-line flag -> scene field (the API's argument name)
-FLAGS = {
-    "background": "background",
-    "negative": "negative_prompt",
-    "width": "width",
-    "height": "height",
-    "window": "window",
-    "stride": "stride",
-    "circular": "circular",
-    "bootstrap_steps": "bootstrap_steps",
-    "steps": "num_inference_steps",
-    "guidance": "guidance_scale",
-    "seed": "seed",
-    "scheduler": "scheduler",
-    "batch_size": "view_batch_size",
-    "num_images": "num_images_per_prompt",
-    "model": "model",
-}
+FLAGS = {"background": "background", "bootstrap_steps": "bootstrap_steps", **SAMPLING_FLAGS}
+"""Command-line flag (argparse dest) -> scene field (the API's argument name)."""
 REGION_FLAGS = {"--region": "prompt", "--box": "box", "--mask": "mask", "--feather": "feather"}
 
 
@@ -130,8 +118,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="steps that denoise each region over a random plain background (default 40%% of the steps)",
     )
-    g.add_argument("--preview", action="store_true", help="also write the layout as OUTPUT-layout.png")
+    g.add_argument(
+        "--preview",
+        action="store_true",
+        help="also write the layout as OUTPUT-layout.png, before generating (--preview-only: without generating)",
+    )
     g.add_argument("--preview-only", action="store_true", help="write only the layout preview; load no model")
+    g.add_argument(
+        "--allow-outside-files",
+        action="store_true",
+        help="let a scene file read masks and maps outside its own folder (refused by default)",
+    )
     g = p.add_argument_group("canvas")
     g.add_argument("--width", type=int, help="pixels, a multiple of 8 (default: the model's native size)")
     g.add_argument("--height", type=int, help="pixels, a multiple of 8 (default: the model's native size)")
@@ -144,8 +141,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _colour_table(text: str) -> dict[str, Any]:
-    from multidiffusion.regions.scene import read_scene_file
-
     if Path(text).suffix.lower() in (".toml", ".json"):
         return read_scene_file(text)
     table = {}
@@ -157,87 +152,72 @@ def _colour_table(text: str) -> dict[str, Any]:
     return table
 
 
-def _scene_data(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None, str, dict[str, str]]:
-    """The scene as given (file or --from PNG) with the flags on top, its folder, name and flag names."""
-    from multidiffusion.regions.scene import read_scene_file
-
+def _scene(args: argparse.Namespace) -> tuple[Scene, StoredSettings | None]:
+    """The scene as given (file, --from PNG or flags alone) with the flags on top."""
     if args.scene and args.from_png:
         fail("give a scene file or --from PNG, not both")
     data: dict[str, Any] = {}
-    base, source = None, "scene"
+    base, source = None, ""
+    stored = stored_settings(args, "regions")
     if args.scene:
         data, base, source = read_scene_file(args.scene), Path(args.scene).expanduser().parent, Path(args.scene).name
-    elif args.from_png:
-        data, source = stored_settings(args, "regions"), f"--from {args.from_png}"
-    names = {}
-    for flag, key in FLAGS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            data[key] = list(value) if isinstance(value, tuple) else value
-            names[key] = "--" + flag.replace("_", "-")
+    elif stored is not None:
+        data, source = dict(stored.values), f"--from {args.from_png}"
+    given = flag_values(args, FLAGS)
+    data.update(given)
     if args.segmentation or args.colors:
         if not (args.segmentation and args.colors):
             fail("--segmentation MAP and --colors TABLE go together")
         data["segmentation"] = {"map": str(Path(args.segmentation).resolve()), "colors": _colour_table(args.colors)}
-    return data, base, source, names
+    flag_regions = [
+        parse_region(spec, f"--region {spec['prompt']!r}") for spec in (args.region_specs or [])
+    ]  # typed paths: the user's own, read as given
+    if flag_regions:
+        data["regions"] = [*(data.get("regions") or []), *flag_regions]
+    if not data.get("regions") and not data.get("background") and not data.get("segmentation"):
+        fail("nothing to draw: give a scene file, --from PNG, or --background and --region PROMPT --box/--mask")
+    try:
+        scene = parse_scene(data, base=base, source=source, allow_outside=args.allow_outside_files)
+    except ValueError as exc:
+        fail(with_flag(str(exc), FLAGS, given))
+    return scene, stored
 
 
-def _flag_regions(args: argparse.Namespace) -> list:
-    from multidiffusion.regions.scene import parse_region
-
-    regions = []
-    for spec in args.region_specs or []:
-        if "mask" in spec:
-            spec = {**spec, "mask": str(Path(spec["mask"]).expanduser().resolve())}
-        regions.append(parse_region(spec, f"--region {spec['prompt']!r}"))
-    return regions
+def _check_layout(scene: Scene) -> None:
+    """Each region on the canvas, before minutes of loading (masks load once: Region caches them)."""
+    o = scene.options
+    if o.height and o.width:
+        for i, region in enumerate(o.regions):
+            region.pixel_mask(o.height, o.width, f"regions[{i}]")
 
 
 def run(args: argparse.Namespace) -> None:
-    import torch
-
+    from multidiffusion.jobs import run_and_save
     from multidiffusion.metadata import check_output_path, save_png
     from multidiffusion.regions.preview import layout_preview
-    from multidiffusion.regions.scene import parse_scene
 
     output = check_output_path(args.output, "--output")
     preview = output.with_name(f"{output.stem}-layout.png") if args.preview or args.preview_only else None
     if preview is not None:
         check_output_path(preview, "--preview")
-    data, base, source, names = _scene_data(args)
-    scene = parse_scene(data, base=base, source=source, names=names)
-    scene.arguments["regions"] += _flag_regions(args)
-    kwargs = scene.arguments
-    if not kwargs["regions"] and not kwargs.get("background"):
-        fail("nothing to draw: give a scene file, --from PNG, or --background and --region PROMPT --box/--mask")
-    height, width = kwargs.get("height"), kwargs.get("width")
-    if height and width:  # the layout's errors before minutes of loading (latent grid of SD, f = 8)
-        try:
-            image = layout_preview(kwargs["regions"], height, width, kwargs.get("background"))
-        except ValueError as exc:
-            fail(f"{source}: {exc}" if args.scene else str(exc))
+    scene, stored = _scene(args)
+    options = scene.options
+    _check_layout(scene)
+    count = f"{len(options.regions)} region{'s' if len(options.regions) != 1 else ''}"
     if args.preview_only:
-        if not (height and width):
+        if not (options.height and options.width):
             fail("--preview-only needs the canvas size (--width and --height, or in the scene)")
-        save_png(image, preview)  # no parameters: a preview is not an image to re-run
-        print(f"wrote {preview} ({width}x{height} layout of {len(kwargs['regions'])} regions)")
+        save_png(layout_preview(options.regions, options.height, options.width, options.background), preview)
+        print(f"wrote {preview} ({options.width}x{options.height} layout of {count})")
         return
-    seed = secrets.randbelow(2**32) if scene.seed is None else scene.seed
-    md = load_model(scene.model, args)
-    start = time.perf_counter()
-    out = md.regions(generator=torch.Generator("cpu").manual_seed(seed), **kwargs)
-    elapsed = time.perf_counter() - start
-    paths = numbered_outputs(output, len(out.images))
-    for path in paths[1:]:
-        check_output_path(path, "--output")
-    for i, (image, path) in enumerate(zip(out.images, paths)):
-        save_png(image, path, {**out.parameters, "image_index": i})
-    written = [str(p) for p in paths]
-    if preview is not None:
-        layout = md.region_layout(
-            out.parameters["height"], out.parameters["width"], kwargs.get("background"), kwargs["regions"]
-        )
+    if args.model is None and scene.model is not None:
+        args.model = scene.model  # a scene file is the user's own: its model is as if typed
+    model, allow_pickle, model_options = model_choice(args, stored)
+    md = load_model(model, args, allow_pickle, **model_options)
+    layout = md.region_layout(options.height, options.width, options.background, options.regions)
+    extra = []
+    if preview is not None:  # written before the run, so a long run can be checked (and stopped)
         save_png(layout.preview(), preview)
-        written.append(str(preview))
-    w, h = out.images[0].size
-    print(f"wrote {', '.join(written)} ({w}x{h}, {elapsed:.1f} s, {out.stats.model_calls} model calls)")
+        print(f"wrote {preview} (layout of {count}; generating...)")
+        extra.append(preview)
+    report(run_and_save(md, options, output, layout=layout))

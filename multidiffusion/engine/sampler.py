@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from multidiffusion.engine.adapter import Conditioning, ModelAdapter
 from multidiffusion.engine.fusion import FusionPlan, InputComposer, Job, fused_prediction
 from multidiffusion.engine.shared_prefix import SharedPrefix
-from multidiffusion.models.base import Conditioning, ModelAdapter
 
 __all__ = ["GuidedModel", "SamplingStats", "sample"]
 
@@ -36,6 +36,7 @@ class SamplingStats:
     latent_pixels: int = 0
     steps: int = 0
     canvas_pixels: int = 0
+    seconds: float = 0.0  # wall time of the whole call, decode included
 
     @property
     def coverage(self) -> float:

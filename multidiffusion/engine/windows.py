@@ -1,13 +1,14 @@
 """Which windows each step denoises: the paper's fixed grid, or the fast mode's shifted windows.
 
-The engine has one sampling loop; a layout only changes the jobs of each step (``plan_for_step``).
+The engine has one sampling loop; a placement only changes the jobs of each step (``plan_for_step``).
 
 - ``"grid"``: the paper's sliding windows (Sec. 4.1), the same every step. With the default stride
   (window / 8) every latent pixel goes through the model about 6-7 times per step.
-- ``"shifted"``: windows spaced by the stride (default: the window, so they do not overlap) at a
-  fresh random offset every step, as SpotDiffusion (Frolov et al., 2024). The borders between
-  windows move every step, so none stays long enough to become a seam, and each pixel is denoised
-  about once per step (coverage ≈ window / stride, plus the clamped edge windows).
+- ``"shifted"``: windows spaced by the stride at a fresh random offset every step, as
+  SpotDiffusion (Frolov et al., 2024). The borders between windows move every step, so none stays
+  long enough to become a seam, and each pixel is denoised about window / stride times per step
+  (plus the clamped edge windows). The default stride, 7/8 of the window, makes neighbours overlap
+  by 1/8, where Gaussian weights (Mixture of Diffusers) blend them (:func:`default_stride`).
 
 Offsets come from their own ``torch.Generator`` seeded with ``seed``, drawn in step order, so a run
 is reproducible and does not disturb the generator that draws the noise.
@@ -22,12 +23,20 @@ import torch
 from multidiffusion.engine.fusion import FusionPlan, Job
 from multidiffusion.engine.views import View, grid_views, shifted_views, window_weights
 
-__all__ = ["TILINGS", "WindowLayout", "panorama_plans"]
+__all__ = ["PLACEMENTS", "Windows", "default_stride", "panorama_plans"]
 
-TILINGS = ("grid", "shifted")
+PLACEMENTS = ("grid", "shifted")
 
 
-class WindowLayout:
+def default_stride(window: tuple[int, int], placement: str) -> tuple[int, int]:
+    """The stride when none is given: window // 8 for the paper's grid (its 8 for 64-latent windows);
+    window - window // 8 for shifted windows, which then overlap by 1/8."""
+    if placement == "shifted":
+        return window[0] - window[0] // 8, window[1] - window[1] // 8
+    return max(1, window[0] // 8), max(1, window[1] // 8)
+
+
+class Windows:
     """The views F_i of each step on a ``canvas`` of (rows, columns) latent pixels."""
 
     def __init__(
@@ -35,20 +44,20 @@ class WindowLayout:
         canvas: tuple[int, int],
         window: tuple[int, int],
         stride: tuple[int, int],
-        tiling: str = "grid",
+        placement: str = "grid",
         circular: bool = False,
         seed: int = 0,
     ):
-        if tiling not in TILINGS:
-            raise ValueError(f"tiling must be one of {', '.join(map(repr, TILINGS))}, got {tiling!r}")
+        if placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {', '.join(map(repr, PLACEMENTS))}, got {placement!r}")
         self.canvas, self.window, self.stride = canvas, window, stride
-        self.tiling, self.circular, self.seed = tiling, circular, seed
-        self._grid = grid_views(*canvas, window, stride, circular=circular) if tiling == "grid" else None
+        self.placement, self.circular, self.seed = placement, circular, seed
+        self._grid = grid_views(*canvas, window, stride, circular=circular) if placement == "grid" else None
         self._generator = torch.Generator("cpu").manual_seed(seed)
         self._offsets: list[tuple[int, int]] = []
 
     def offset(self, step: int) -> tuple[int, int]:
-        """The shifted layout's offset at ``step``: uniform in [0, stride) per axis, seeded."""
+        """The shifted windows' offset at ``step``: uniform in [0, stride) per axis, seeded."""
         while len(self._offsets) <= step:
             rows = int(torch.randint(0, self.stride[0], (1,), generator=self._generator))
             cols = int(torch.randint(0, self.stride[1], (1,), generator=self._generator))
@@ -62,7 +71,7 @@ class WindowLayout:
 
 
 def panorama_plans(
-    layout: WindowLayout,
+    windows: Windows,
     weights: str = "uniform",
     prompt: int = 0,
     device: torch.device | str = "cpu",
@@ -70,7 +79,7 @@ def panorama_plans(
     """``plan_for_step`` of a panorama: every view of the step under one prompt slot, weighted by
     ``weights`` ("uniform" or "gaussian", see :func:`~multidiffusion.engine.views.window_weights`).
 
-    The grid's plan is built once; the shifted layout's once per step (the Eq. 5 denominator of a
+    The grid's plan is built once; shifted windows' once per step (the Eq. 5 denominator of a
     few windows, negligible next to the model calls)."""
     cache: dict[tuple[int, int], torch.Tensor | None] = {}
 
@@ -81,9 +90,9 @@ def panorama_plans(
         return cache[view.size]
 
     def plan(step: int) -> FusionPlan:
-        return FusionPlan([Job(v, prompt, weight(v)) for v in layout.views(step)], layout.canvas, device)
+        return FusionPlan([Job(v, prompt, weight(v)) for v in windows.views(step)], windows.canvas, device)
 
-    if layout.tiling == "grid":
+    if windows.placement == "grid":
         fixed = plan(0)
         return lambda step: fixed
     return plan

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from multidiffusion.models.base import Conditioning, ModelAdapter
+from multidiffusion.engine.adapter import Conditioning, ModelAdapter
 from multidiffusion.models.sd import StableDiffusionAdapter
 from multidiffusion.models.sdxl import StableDiffusionXLAdapter
 

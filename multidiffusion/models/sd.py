@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from multidiffusion.engine.adapter import Conditioning, ModelAdapter, split_slots
 from multidiffusion.engine.fusion import Job
-from multidiffusion.models.base import Conditioning, ModelAdapter, split_slots
 
 __all__ = ["StableDiffusionAdapter"]
 

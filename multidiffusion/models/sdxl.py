@@ -34,8 +34,8 @@ from typing import Any
 
 import torch
 
+from multidiffusion.engine.adapter import Conditioning, ModelAdapter, split_slots
 from multidiffusion.engine.fusion import Job
-from multidiffusion.models.base import Conditioning, ModelAdapter, split_slots
 
 __all__ = ["CROPS_COORDS", "ORIGINAL_SIZES", "StableDiffusionXLAdapter"]
 

@@ -79,6 +79,7 @@ class Region:
     guidance_scale: float | None = None
     feather: float = 0.0
     _pixels: tuple[int, torch.Tensor] | None = field(default=None, init=False, repr=False)
+    _fitted: tuple[Any, torch.Tensor] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt.strip():
@@ -141,7 +142,14 @@ class Region:
         return self._pixels[1]
 
     def pixel_mask(self, height: int, width: int, name: str = "region") -> torch.Tensor:
-        """The region on a ``height`` x ``width`` canvas, feathered: (H, W) in [0, 1]."""
+        """The region on a ``height`` x ``width`` canvas, feathered: (H, W) in [0, 1]. Kept for the
+        last canvas asked, so checking a layout and running it rasterise it once."""
+        key = (height, width, id(self.mask), self.box, self.feather)
+        if self._fitted is None or self._fitted[0] != key:
+            self._fitted = (key, self._rasterise(height, width, name))
+        return self._fitted[1]
+
+    def _rasterise(self, height: int, width: int, name: str) -> torch.Tensor:
         if self.mask is not None:
             mask = fit_mask(self.source_mask(f"{name}.mask"), height, width, f"{name}.mask")
             if not bool((mask > 0).any()):
@@ -186,14 +194,15 @@ def _check_box(box: Any) -> tuple[float, ...]:
     return values
 
 
-def as_regions(regions: Any) -> list[Region]:
-    """``regions`` as a list of :class:`Region` (dicts of Region fields are accepted)."""
+def as_regions(regions: Any, max_regions: int = MAX_REGIONS, note: str = "") -> list[Region]:
+    """``regions`` as a list of :class:`Region` (dicts of Region fields are accepted); errors name
+    the region by its index (``regions[1].box ...``)."""
     if regions is None:
         return []
     if isinstance(regions, (Region, Mapping, str)) or not isinstance(regions, Sequence):
         raise ValueError(f"regions must be a list of Region, got {type(regions).__name__}")
-    if len(regions) > MAX_REGIONS:
-        raise ValueError(f"regions: at most {MAX_REGIONS} regions per canvas, got {len(regions)}")
+    if len(regions) > max_regions:
+        raise ValueError(f"regions: at most {max_regions} regions per canvas, got {len(regions)}{note}")
     out = []
     for i, region in enumerate(regions):
         if isinstance(region, Mapping):
@@ -322,7 +331,7 @@ def _check_covered(masks: torch.Tensor, f: int, height: int, width: int) -> None
     rows, cols = np.nonzero(uncovered.numpy())
     share = 100 * count / uncovered.numel()
     raise ValueError(
-        f"background is None but {share:.1f}% of the canvas (in x {cols.min() * f}..{(cols.max() + 1) * f}, "
+        f"no background prompt, but {share:.1f}% of the canvas (in x {cols.min() * f}..{(cols.max() + 1) * f}, "
         f"y {rows.min() * f}..{(rows.max() + 1) * f} px) is covered by no region: give a background prompt "
         "or regions that cover the whole canvas"
     )

@@ -24,7 +24,13 @@ store in a PNG are a scene too (masks inlined as PNG data URIs), so ``--from out
     map = "masks/layout.png"
     colors = { "#ff0000" = "a red car", "#000000" = "" }   # "" leaves a colour to the background
 
-Unknown fields and wrong types are errors that name the field (``scene.toml: regions[1].box ...``).
+Unknown fields and wrong types are errors that name the field (``scene.toml: regions[1].box ...``);
+the settings are checked by :mod:`multidiffusion.options`, as everywhere else.
+
+**Files a scene may read**: masks and maps under the scene file's own folder (symbolic links are
+resolved first), unless the caller allows more (``allow_outside=True``; the command line's
+``--allow-outside-files``). A name outside is refused before anything is opened, with the same
+message whether it exists or not.
 """
 
 from __future__ import annotations
@@ -35,40 +41,27 @@ import math
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from multidiffusion.options import MAX_STEPS, check_int, check_number, check_side, pair
-from multidiffusion.regions.layout import MAX_REGIONS, Region
+from multidiffusion.options import Limits, RegionsOptions, build_options
+from multidiffusion.regions.layout import Region
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["REGION_FIELDS", "SCENE_FIELDS", "Scene", "load_scene", "parse_region", "parse_scene", "read_scene_file"]
+__all__ = ["REGION_FIELDS", "SCENE_ONLY", "Scene", "load_scene", "parse_region", "parse_scene", "read_scene_file"]
 
-SCENE_FIELDS: dict[str, str] = {
+SCENE_ONLY: dict[str, str] = {
     "model": "a string",
-    "width": "an integer (pixels)",
-    "height": "an integer (pixels)",
-    "background": "a string",
-    "negative_prompt": "a string",
     "regions": "a list of region tables",
     "segmentation": "a table with map and colors",
-    "bootstrap_steps": "an integer",
-    "num_inference_steps": "an integer",
-    "guidance_scale": "a number",
-    "window": "an integer or [rows, columns]",
-    "stride": "an integer or [rows, columns]",
-    "circular": "a boolean",
-    "view_batch_size": "an integer",
-    "num_images_per_prompt": "an integer",
-    "seed": "an integer",
-    "scheduler": "a string",
-    "eta": "a number",
 }
+"""Scene fields that are not task options: every other field is one of
+:func:`~multidiffusion.options.option_names` ("regions")."""
 REGION_FIELDS: dict[str, str] = {
     "prompt": "a string",
     "negative_prompt": "a string",
@@ -85,12 +78,20 @@ METADATA_ONLY = ("mode", "multidiffusion_version", "image_index")
 
 @dataclass
 class Scene:
-    """A parsed scene: ``arguments`` for :meth:`MultiDiffusion.regions` (regions as :class:`Region`),
-    and the ``model`` and ``seed`` to run it with (None: unset)."""
+    """A parsed scene: the checked ``options`` of the regions task and the ``model`` to run it with
+    (None: unset)."""
 
-    arguments: dict[str, Any] = field(default_factory=dict)
+    options: RegionsOptions
     model: str | None = None
-    seed: int | None = None
+
+    @property
+    def arguments(self) -> dict[str, Any]:
+        """The options as keyword arguments of :meth:`MultiDiffusion.regions` (set ones only)."""
+        return {k: v for k, v in self.options.settings().items() if k != "seed"}
+
+    @property
+    def seed(self) -> int | None:
+        return self.options.seed
 
 
 def _kind_ok(kind: str, value: Any) -> bool:
@@ -125,13 +126,22 @@ def _check_fields(data: Any, fields: Mapping[str, str], where: str, label: Any) 
             raise ValueError(f"{label(key)} must be {fields[key]}, got {value!r}")
 
 
-def _resolve(path: str, base: Path | None) -> str:
-    if path.startswith("data:") or base is None or Path(path).expanduser().is_absolute():
+def _resolve(path: str, base: Path | None, where: str, allow_outside: bool = False) -> str:
+    """``path`` relative to ``base``; outside ``base`` (after resolving links) only when allowed."""
+    if path.startswith("data:") or base is None:
         return path
-    return str(base / path)
+    full = base / Path(path).expanduser()
+    if not allow_outside:
+        root = os.path.realpath(base)
+        if os.path.commonpath([root, os.path.realpath(full)]) != root:
+            raise ValueError(
+                f"{where} {path!r} is outside the scene's folder: a scene reads files under its own folder "
+                "(allow more with --allow-outside-files, or allow_outside=True)"
+            )
+    return str(full)
 
 
-def parse_region(table: Any, where: str, base: Path | None = None) -> Region:
+def parse_region(table: Any, where: str, base: Path | None = None, allow_outside: bool = False) -> Region:
     """A region table (``REGION_FIELDS``) as a :class:`Region`; mask paths are relative to ``base``.
     Errors start with ``where`` (e.g. 'scene.toml: regions[1]')."""
     _check_fields(table, REGION_FIELDS, where, lambda key: f"{where}.{key}")
@@ -139,14 +149,14 @@ def parse_region(table: Any, where: str, base: Path | None = None) -> Region:
         raise ValueError(f"{where} needs a prompt")
     values = {k: v for k, v in table.items() if v is not None}
     if "mask" in values:
-        values["mask"] = _resolve(values["mask"], base)
+        values["mask"] = _resolve(values["mask"], base, f"{where}.mask", allow_outside)
     try:
         return Region(**values)
     except ValueError as exc:
         raise ValueError(f"{where}.{exc}") from None
 
 
-def _segmentation_regions(table: Any, where: str, base: Path | None) -> list[Region]:
+def _segmentation_regions(table: Any, where: str, base: Path | None, allow_outside: bool) -> list[Region]:
     _check_fields(table, SEGMENTATION_FIELDS, where, lambda key: f"{where}.{key}")
     for key in SEGMENTATION_FIELDS:
         if table.get(key) is None:
@@ -161,9 +171,11 @@ def _segmentation_regions(table: Any, where: str, base: Path | None) -> list[Reg
             raise ValueError(f"{name} must be a prompt or a table of region fields, got {value!r}")
         colors[colour] = value
     try:
-        return Region.from_segmentation(_resolve(table["map"], base), colors)
+        source = _resolve(table["map"], base, f"{where}.map", allow_outside)
+        return Region.from_segmentation(source, colors)
     except ValueError as exc:
-        raise ValueError(f"{where}.{exc}") from None
+        text = str(exc)
+        raise ValueError(text if text.startswith(where) else f"{where}: {text}") from None
 
 
 def parse_scene(
@@ -171,70 +183,43 @@ def parse_scene(
     *,
     base: str | os.PathLike | None = None,
     source: str = "scene",
-    names: Mapping[str, str] | None = None,
+    limits: Limits | None = None,
+    allow_outside: bool = False,
 ) -> Scene:
-    """Validate a scene (a mapping of ``SCENE_FIELDS``) and build its :class:`Scene`.
+    """Validate a scene (a mapping of the regions task's options, ``model``, ``regions`` and
+    ``segmentation``) and build its :class:`Scene`.
 
-    ``base``: the folder mask paths are relative to; ``source`` prefixes error messages; ``names``
-    renames fields in errors (the command line names its flags).
-    """
-    names = names or {}
+    ``base``: the folder mask paths are relative to (and confined to, unless ``allow_outside``);
+    ``source`` prefixes error messages."""
+    if not isinstance(data, Mapping):
+        raise ValueError(_at(source, f"a scene must be a table, got {data!r}"))
     base_dir = Path(base) if base is not None else None
-
-    def label(key: str) -> str:
-        return names.get(key) or f"{source}: {key}"
-
-    data = {k: v for k, v in data.items() if k not in METADATA_ONLY}
-    _check_fields(data, SCENE_FIELDS, source, label)
-    values = {k: v for k, v in data.items() if v is not None}
-
-    for key in ("width", "height"):
-        if key in values:
-            check_side(label(key), values[key])
-    if "num_inference_steps" in values:
-        check_int(label("num_inference_steps"), values["num_inference_steps"], 1, MAX_STEPS)
-    if "bootstrap_steps" in values:
-        check_int(label("bootstrap_steps"), values["bootstrap_steps"], 0, values.get("num_inference_steps", MAX_STEPS))
-    if "guidance_scale" in values:
-        check_number(label("guidance_scale"), values["guidance_scale"], 0)
-    if "eta" in values:
-        check_number(label("eta"), values["eta"], 0, 1)
-    if "view_batch_size" in values:
-        check_int(label("view_batch_size"), values["view_batch_size"], 1)
-    if "num_images_per_prompt" in values:
-        check_int(label("num_images_per_prompt"), values["num_images_per_prompt"], 1, 64)
-    if "seed" in values:
-        check_int(label("seed"), values["seed"], 0, 2**64 - 1)
-    window = values.get("window")
-    for w in pair(label("window"), window) if window is not None else ():
-        check_int(label("window"), w, 8)
-    if "stride" in values:
-        limits = pair(label("window"), window) if window is not None else (None, None)
-        for s, w in zip(pair(label("stride"), values["stride"]), limits):
-            check_int(label("stride"), s, 1, w)
-    if "scheduler" in values:
-        from multidiffusion.engine.schedulers import scheduler_name
-
-        try:
-            scheduler_name(values["scheduler"])
-        except ValueError as exc:
-            raise ValueError(f"{label('scheduler')}: {exc}") from None
-    for key in ("background", "negative_prompt"):
-        if key in values and not values[key].strip():
-            raise ValueError(f"{label(key)} must not be empty (leave it out instead)")
-
+    values = {k: v for k, v in data.items() if k not in METADATA_ONLY}
+    for key, kind in SCENE_ONLY.items():
+        if values.get(key) is not None and not _kind_ok(kind, values[key]):
+            raise ValueError(_at(source, f"{key} must be {kind}, got {values[key]!r}"))
+    model = values.pop("model", None)
     regions = [
-        parse_region(table, f"{source}: regions[{i}]", base_dir) for i, table in enumerate(values.pop("regions", []))
+        table
+        if isinstance(table, Region)
+        else parse_region(table, _at(source, f"regions[{i}]"), base_dir, allow_outside)
+        for i, table in enumerate(values.pop("regions", None) or [])
     ]
-    if "segmentation" in values:
-        regions += _segmentation_regions(values.pop("segmentation"), f"{source}: segmentation", base_dir)
-    if len(regions) > MAX_REGIONS:
-        raise ValueError(f"{source}: at most {MAX_REGIONS} regions per scene, got {len(regions)}")
-    model, seed = values.pop("model", None), values.pop("seed", None)
-    for key in ("window", "stride"):
-        if isinstance(values.get(key), list):
-            values[key] = tuple(values[key])
-    return Scene(arguments={**values, "regions": regions}, model=model, seed=seed)
+    if values.get("segmentation") is not None:
+        regions += _segmentation_regions(
+            values.pop("segmentation"), _at(source, "segmentation"), base_dir, allow_outside
+        )
+    values.pop("segmentation", None)
+    try:
+        options = build_options("regions", {**values, "regions": regions}, limits)
+    except ValueError as exc:
+        raise ValueError(_at(source, str(exc))) from None
+    return Scene(options, model)
+
+
+def _at(source: str, message: str) -> str:
+    """``message`` prefixed with where it came from (a scene file's name), if anywhere."""
+    return f"{source}: {message}" if source else message
 
 
 def read_scene_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -258,7 +243,10 @@ def read_scene_file(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def load_scene(path: str | os.PathLike) -> Scene:
-    """Read and validate a scene file; mask and map paths are relative to the file's folder."""
+def load_scene(path: str | os.PathLike, *, limits: Limits | None = None, allow_outside: bool = False) -> Scene:
+    """Read and validate a scene file; mask and map paths are relative to the file's folder and,
+    unless ``allow_outside``, under it."""
     path = Path(path).expanduser()
-    return parse_scene(read_scene_file(path), base=path.parent, source=path.name)
+    return parse_scene(
+        read_scene_file(path), base=path.parent, source=path.name, limits=limits, allow_outside=allow_outside
+    )

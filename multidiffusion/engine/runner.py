@@ -1,0 +1,241 @@
+"""One runner for every task: prompts encoded once -> start latents -> per step: jobs -> batched
+model calls -> fused prediction (paper Eq. 5) -> one scheduler step -> latents -> tiled decode ->
+images + parameters.
+
+The runner knows nothing of panoramas or regions: a :class:`~multidiffusion.engine.task.Task`
+supplies the prompt slots, the jobs of each step, what it composes into the model's input and its
+start latents. What is the same for every task lives here: the scheduler, the noise and its
+generator, guidance, cancellation between steps, the cost bound, decoding and the parameters
+common to every result.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils.torch_utils import randn_tensor
+
+from multidiffusion.engine.sampler import GuidedModel, SamplingStats, sample
+from multidiffusion.engine.schedulers import SCHEDULERS, make_scheduler, scheduler_name
+from multidiffusion.engine.task import Start, Task
+from multidiffusion.output import MultiDiffusionOutput
+from multidiffusion.vae.codec import decode_latents, decode_to_uint8
+from multidiffusion.version import __version__
+
+__all__ = ["Cancelled", "RunSettings", "run"]
+
+Generator = torch.Generator | list[torch.Generator] | None
+StepCallback = Callable[..., Any]
+
+
+class Cancelled(Exception):
+    """Raised between steps when ``should_stop()`` says so; nothing is decoded or returned."""
+
+
+@dataclass
+class RunSettings:
+    """How a model runs, whatever the task: set on the ``MultiDiffusion`` object.
+
+    ``share_prefix``: guidance branches share the UNet layers before the first cross-attention;
+    ``share_unconditional``: the prompts of one window share ε_u. Both leave the output unchanged
+    (tests compare with them off) and exist as switches for that comparison and for debugging.
+    """
+
+    scheduler: Any
+    model_name: str
+    share_prefix: bool = True
+    share_unconditional: bool = True
+    progress: dict[str, Any] = field(default_factory=dict)
+    decode: dict[str, Any] = field(default_factory=dict)
+
+
+def run(
+    task: Task,
+    settings: RunSettings,
+    *,
+    generator: Generator = None,
+    latents: torch.Tensor | None = None,
+    callback_on_step_end: StepCallback | None = None,
+    pipeline: Any = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> MultiDiffusionOutput:
+    """Run ``task`` and return its images, parameters and cost.
+
+    ``generator`` and ``latents`` as in diffusers (``latents``: the initial canvas noise); without
+    either, a seed in the task's options makes the generator. ``callback_on_step_end(pipeline, i,
+    t, {"latents": x})`` may return a dict whose "latents" replace the canvas. ``should_stop()`` is
+    asked after every step; True raises :class:`Cancelled`.
+    """
+    started = time.perf_counter()
+    adapter, options = task.adapter, task.options
+    if generator is None and latents is None and options.seed is not None:
+        generator = torch.Generator("cpu").manual_seed(options.seed)
+    slots = task.prompt_slots()
+    batch = len(slots.prompts[0]) * options.num_images_per_prompt
+    _check_generator(generator, batch)
+    scheduler = options.scheduler if options.scheduler is not None else settings.scheduler
+    sched = make_scheduler(scheduler, adapter.pipe.scheduler.config)
+    plan_for_step = task.plans(_offset_seed(generator))
+    _check_cost(task, plan_for_step, batch)
+
+    h, w = task.latent_size
+    noise = _initial_noise(adapter, (batch, adapter.latent_channels, h, w), generator, latents)
+    use_cfg = max(slots.guidance) > 1.0
+    cond = adapter.encode(slots.prompts, slots.negatives, options.num_images_per_prompt, use_cfg)
+    stats = SamplingStats()
+    model = GuidedModel(
+        adapter,
+        cond,
+        slots.guidance,
+        (h, w),
+        stats,
+        share_prefix=settings.share_prefix,
+        share_unconditional=settings.share_unconditional,
+    )
+    start = Start(noise, sched, generator)
+    composer = task.composer(start)
+    callback = _step_callback(callback_on_step_end, pipeline, should_stop)
+    with model.attached():
+        x = sample(
+            model,
+            sched,
+            task.start_latents(start),
+            options.num_inference_steps,
+            plan_for_step,
+            batch_size=options.view_batch_size or auto_batch(adapter),
+            composer_for_step=composer,
+            generator=generator,
+            eta=options.eta,
+            callback=callback,
+            progress=settings.progress,
+        )
+    params = {
+        "mode": task.name,
+        **task.parameters(),
+        **adapter.parameters(),
+        "model": settings.model_name,
+        "num_inference_steps": options.num_inference_steps,
+        "guidance_scale": options.guidance_scale,
+        "num_images_per_prompt": options.num_images_per_prompt,
+        "scheduler": _scheduler_label(scheduler),
+        "eta": options.eta,
+        "seed": _seed_of(generator, latents),
+        "multidiffusion_version": __version__,
+    }
+    images = _postprocess(adapter, x, options.output_type, task.circular, settings.decode)
+    stats.seconds = time.perf_counter() - started
+    return MultiDiffusionOutput(images, params, stats)
+
+
+def auto_batch(adapter: Any) -> int:
+    """Views per UNet call when not given: about 16k latent pixels of native windows per call on the
+    CPU (4 of SD's 64x64 windows, 64 of the demo model's 16x16), 4x that on accelerators, where
+    batching pays (16 SD windows, 4 SDXL ones). Measured: README, "Speed and memory"."""
+    h, w = adapter.native_latent_size
+    budget = 4 * 64 * 64 * (4 if adapter.device.type == "cuda" else 1)
+    return max(1, budget // (h * w))
+
+
+def _check_generator(generator: Any, batch: int) -> None:
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if isinstance(generator, list) and all(isinstance(g, torch.Generator) for g in generator):
+        if len(generator) != batch:
+            raise ValueError(
+                f"generator: a list needs one torch.Generator per image ({batch}: prompts x "
+                f"num_images_per_prompt), got {len(generator)}"
+            )
+        return
+    raise TypeError(
+        f"generator must be a torch.Generator, a list of them (one per image) or None, got {type(generator).__name__}"
+    )
+
+
+def _check_cost(task: Task, plan_for_step: Callable[[int], Any], images: int) -> None:
+    """The compute bound of the options' limits: latent pixels through the model over the call
+    (every job of the first step, as many steps, every image; per guidance branch)."""
+    bound = task.options.checked_against.max_evaluations
+    if bound is None:
+        return
+    per_step = sum(job.view.height * job.view.width for job in plan_for_step(0).jobs)
+    cost = per_step * task.options.num_inference_steps * images
+    if cost > bound:
+        raise ValueError(
+            f"this request needs {cost:,} latent-pixel model evaluations ({len(plan_for_step(0).jobs)} windows "
+            f"per step x {task.options.num_inference_steps} steps), more than the {bound:,} allowed"
+            f"{task.options.checked_against.suffix()}: use fewer steps, a smaller canvas or a larger stride"
+        )
+
+
+def _step_callback(
+    callback: StepCallback | None, pipeline: Any, should_stop: Callable[[], bool] | None
+) -> Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None] | None:
+    if callback is None and should_stop is None:
+        return None
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback_on_step_end must be callable or None, got {type(callback).__name__}")
+
+    def on_step(i: int, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
+        replaced = None
+        if callback is not None:
+            result = callback(pipeline, i, t, {"latents": x})
+            if result is not None and not isinstance(result, dict):
+                raise TypeError(
+                    f"callback_on_step_end must return a dict (or None), got {type(result).__name__} at step {i}"
+                )
+            replaced = (result or {}).get("latents")
+        if should_stop is not None and should_stop():
+            raise Cancelled(f"cancelled after step {i + 1}")
+        return replaced
+
+    return on_step
+
+
+def _initial_noise(adapter: Any, shape: tuple[int, ...], generator: Generator, latents: torch.Tensor | None):
+    if latents is None:
+        return randn_tensor(shape, generator=generator, device=adapter.device, dtype=adapter.dtype)
+    if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != shape:
+        got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+        f = adapter.vae_scale_factor
+        raise ValueError(f"latents must have shape {shape} (images, channels, height/{f}, width/{f}), got {got}")
+    return latents.to(device=adapter.device, dtype=adapter.dtype)
+
+
+def _postprocess(adapter: Any, latents: torch.Tensor, output_type: str, circular: bool, decode: dict) -> Any:
+    if output_type == "latent":
+        return latents
+    if output_type == "pil":  # 8 bits per band of rows: no float copy of the whole image
+        from PIL import Image
+
+        pixels = decode_to_uint8(adapter.vae, latents, circular=circular, **decode).numpy()
+        return [Image.fromarray(p) for p in pixels]
+    image = decode_latents(adapter.vae, latents, circular=circular, **decode)
+    processor = VaeImageProcessor(vae_scale_factor=adapter.vae_scale_factor)
+    return processor.postprocess(image, output_type=output_type)
+
+
+def _scheduler_label(scheduler: Any) -> str:
+    if isinstance(scheduler, str):
+        return scheduler_name(scheduler)
+    name = type(scheduler).__name__
+    for label, (cls_name, overrides) in SCHEDULERS.items():
+        if cls_name == name and all(scheduler.config.get(k) == v for k, v in overrides.items()):
+            return label
+    return name
+
+
+def _offset_seed(generator: Generator) -> int:
+    """Seed of random window placement: the noise generator's seed, so ``--seed`` fixes both."""
+    first = generator[0] if isinstance(generator, list) and generator else generator
+    return int(first.initial_seed()) if isinstance(first, torch.Generator) else 0
+
+
+def _seed_of(generator: Generator, latents: torch.Tensor | None) -> int | None:
+    if latents is None and isinstance(generator, torch.Generator):
+        return int(generator.initial_seed())
+    return None

@@ -1,0 +1,67 @@
+"""One generation as the shells run it: seed -> generate -> PNG(s) -> summary.
+
+The command line and the web app both call :func:`run_and_save`, so a seed is resolved, a run is
+timed, files are written (whole or not at all, never for a cancelled run) and a result is
+summarised in one place.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from multidiffusion.options import SamplingOptions, random_seed
+from multidiffusion.output import MultiDiffusionOutput
+
+__all__ = ["SavedRun", "run_and_save", "summary"]
+
+
+@dataclass
+class SavedRun:
+    output: MultiDiffusionOutput
+    paths: list[Path]
+    seed: int
+
+    @property
+    def summary(self) -> str:
+        return summary(self.output, self.seed)
+
+
+def summary(output: MultiDiffusionOutput, seed: int | None) -> str:
+    """'256x64 px, seed 3, 4.1 s, 40 model calls'."""
+    w, h = output.images[0].size
+    seed_text = f", seed {seed}" if seed is not None else ""
+    return f"{w}x{h} px{seed_text}, {output.stats.seconds:.1f} s, {output.stats.model_calls} model calls"
+
+
+def run_and_save(
+    md: Any,
+    options: SamplingOptions,
+    path: str | os.PathLike,
+    *,
+    extra: dict[str, Any] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    **context: Any,
+) -> SavedRun:
+    """Generate ``options`` with ``md`` (a random seed when none is set, so the PNG can regenerate
+    it) and save the images to ``path`` (numbered after the first). ``on_step(done, total)``
+    reports progress; ``should_stop()`` cancels between steps (nothing is written)."""
+    if options.output_type != "pil":
+        raise ValueError(f"output_type must be 'pil' to save PNGs, got {options.output_type!r}")
+    if options.seed is None:
+        options.seed = random_seed()
+    callback = None
+    if on_step is not None:
+        total = options.num_inference_steps
+
+        def callback(pipe: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            on_step(i + 1, total)
+            return {}
+
+    out = md.generate(options, callback_on_step_end=callback, should_stop=should_stop, **context)
+    paths = out.save(path, **(extra or {}))
+    return SavedRun(out, paths, options.seed)

@@ -1,0 +1,18 @@
+"""Tasks as plug-ins: each says its prompt slots, the jobs of each step, what it composes into the
+model's input and its start latents (:class:`~multidiffusion.engine.task.Task`); one runner does the
+rest. A new task adds a module here, its options class in :mod:`multidiffusion.options`, and a line
+in :data:`TASKS`."""
+
+from multidiffusion.engine.task import Task
+from multidiffusion.tasks.panorama import PanoramaTask
+from multidiffusion.tasks.regions import RegionsTask
+
+__all__ = ["TASKS", "PanoramaTask", "RegionsTask", "task_for"]
+
+TASKS: dict[str, type[Task]] = {"panorama": PanoramaTask, "regions": RegionsTask}
+"""Task name (as in :data:`multidiffusion.options.TASK_OPTIONS` and stored PNGs) -> its class."""
+
+
+def task_for(options, adapter, **context) -> Task:
+    """The task of ``options`` bound to a model's ``adapter``."""
+    return TASKS[options.task](options, adapter, **context)

@@ -1,0 +1,100 @@
+"""Region prompts (paper Sec. 4.2): each region of the canvas gets its own prompt slot, the
+background the complement of their union; bootstrapping composes regions over plain colours."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from multidiffusion.engine.fusion import FusionPlan
+from multidiffusion.engine.task import PromptSlots, Start, StepComposer, Task
+from multidiffusion.engine.views import grid_views
+from multidiffusion.options import RegionsOptions
+from multidiffusion.regions.bootstrap import bootstrap_composer, draw_backgrounds
+from multidiffusion.regions.layout import RegionLayout, region_layout
+from multidiffusion.tasks.common import canvas_size, window_and_stride, window_parameters
+
+__all__ = ["RegionsTask"]
+
+
+class RegionsTask(Task):
+    """Prompt slots: the background (when given) then the regions. Jobs: every (window, slot) pair
+    where the slot's weight is non-zero in the window (:meth:`RegionLayout.jobs`), the same every
+    step. At the model's native size the canvas is one window: one view per prompt, as the paper.
+
+    ``layout``: the regions already rasterised for this canvas and model (a shell that previewed
+    the layout passes it, so a layout is rasterised once per run)."""
+
+    name = "regions"
+    options: RegionsOptions
+
+    def __init__(self, options: RegionsOptions, adapter: Any, layout: RegionLayout | None = None):
+        super().__init__(options, adapter)
+        h, w = adapter.native_latent_size
+        f = adapter.vae_scale_factor
+        self._size = canvas_size(options, adapter, (h * f, w * f))
+        self.window, self.stride = window_and_stride(options, adapter)
+        if layout is None or not _same_layout(layout, options, (*self._size, f)):
+            layout = region_layout(options.regions, *self._size, f, options.background)
+        self.layout = layout
+        self.views = grid_views(*self.latent_size, self.window, self.stride, circular=self.circular)
+        self._plan: FusionPlan | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self._size
+
+    def prompt_slots(self) -> PromptSlots:
+        negatives = self.layout.negative_prompts(self.options.negative_prompt)
+        return PromptSlots(
+            [[p] for p in self.layout.prompts],
+            [[n] for n in negatives],
+            self.layout.guidance_scales(self.options.guidance_scale),
+        )
+
+    def plans(self, seed: int) -> Callable[[int], FusionPlan]:
+        if self._plan is None:
+            self._plan = FusionPlan(self.layout.jobs(self.views), self.latent_size, self.adapter.device)
+        plan = self._plan
+        return lambda step: plan
+
+    def composer(self, start: Start) -> StepComposer | None:
+        """Bootstrapping (:mod:`multidiffusion.regions.bootstrap`) for the first ``bootstrap_steps``;
+        the backgrounds are drawn from the call's generator after the initial noise."""
+        steps = self.options.bootstrap_steps
+        if not steps or not self.layout.regions:
+            return None
+        backgrounds = draw_backgrounds(
+            self.adapter.vae,
+            steps=steps,
+            views=len(self.views),
+            regions=len(self.layout.regions),
+            images=start.noise.shape[0],
+            size=self.views[0].size,
+            generator=start.generator,
+            dtype=self.adapter.dtype,
+        )
+        return bootstrap_composer(self.layout, self.views, backgrounds, start.noise, start.scheduler)
+
+    def parameters(self) -> dict[str, Any]:
+        o = self.options
+        return {
+            "background": o.background,
+            "negative_prompt": o.negative_prompt,
+            "regions": self.layout.region_parameters(),
+            "bootstrap_steps": o.bootstrap_steps,
+            "height": self.size[0],
+            "width": self.size[1],
+            **window_parameters(self.window, self.stride),
+            "circular": o.circular,
+        }
+
+
+def _same_layout(layout: RegionLayout, options: RegionsOptions, canvas: tuple[int, int, int]) -> bool:
+    """Whether ``layout`` was rasterised from these very regions, background and canvas."""
+    return (
+        (layout.height, layout.width, layout.scale_factor) == canvas
+        and layout.background == options.background
+        and len(layout.regions) == len(options.regions)
+        and all(a is b for a, b in zip(layout.regions, options.regions))
+    )
