@@ -8,8 +8,7 @@ from multidiffusion.engine.fusion import FusionPlan, Job, fused_prediction
 from multidiffusion.engine.views import View, grid_views
 from multidiffusion.models.loading import ModelNotFoundError
 from multidiffusion.pipeline import MultiDiffusion, MultiDiffusionOutput
-from multidiffusion.regions.layout import MAX_REGIONS, Region, RegionLayout, region_layout
-from multidiffusion.regions.preview import layout_preview
+from multidiffusion.regions.layout import MAX_REGIONS, Region, RegionLayout, layout_preview, region_layout
 from multidiffusion.regions.scene import Scene, load_scene
 from multidiffusion.version import __version__
 

@@ -93,7 +93,7 @@ def test_form_checks(pool):
     limits = Limits(max_side=512, max_steps=20)
     request = panorama_request(FORM, limits, pool)
     assert request.model == "tiny" and request.seed == 5
-    assert request.kwargs == {
+    expected = {
         "prompt": "a red house",
         "width": 256,
         "height": 128,
@@ -102,14 +102,16 @@ def test_form_checks(pool):
         "scheduler": "ddim",
         "circular": False,
     }
+    assert {k: request.kwargs[k] for k in expected} == expected
+    assert request.options.checked_against.max_side == 512  # the server's limits, in the options
     random = panorama_request({**FORM, "seed": -1, "model": None, "window": "16x16"}, limits, pool)
     assert 0 <= random.seed < 2**32 and random.model == "tiny" and random.kwargs["window"] == (16, 16)
     bad = [
-        ({"prompt": "  "}, "enter a prompt first"),
-        ({"width": 4096}, "width 4096 px is larger than this server allows"),
-        ({"num_inference_steps": 500}, "steps 500 is more than this server allows"),
-        ({"guidance_scale": -1}, "guidance must be a number from 0 to 100"),
-        ({"seed": -7}, "seed must be -1 \\(random\\) or a whole number"),
+        ({"prompt": "  "}, "prompt must be a non-empty prompt"),
+        ({"width": 4096}, "width must be a multiple of 8 from 64 to 512 \\(pixels\\), got 4096 \\(this server"),
+        ({"num_inference_steps": 500}, "num_inference_steps must be an integer from 1 to 20, got 500 \\(this server"),
+        ({"guidance_scale": -1}, "guidance_scale must be a number ≥ 0"),
+        ({"seed": -7}, "seed must be -1 \\(random\\) or an integer from 0 to"),
         ({"scheduler": "fastest"}, "scheduler must be one of ddim"),
         ({"model": "/tmp/evil"}, "model must be one of"),
     ]
@@ -125,8 +127,8 @@ def test_choices_match_the_engine():
     params = inspect.signature(MultiDiffusion.panorama).parameters
     choices = available_choices(MultiDiffusion.panorama)
     assert {c.key for c in choices} == {c.key for c in PANORAMA_CHOICES}
-    for c in choices:
-        assert c.choices[0] == params[c.key].default, c
+    for c in choices:  # "auto" stands for None: the API picks by placement
+        assert c.choices[0] == (params[c.key].default or "auto"), c
 
 
 def test_optional_choices_appear_when_the_api_takes_them(pool):
@@ -139,7 +141,7 @@ def test_optional_choices_appear_when_the_api_takes_them(pool):
     request = panorama_request({**FORM, "placement": "shifted"}, Limits(), pool, choices)
     assert request.kwargs["placement"] == "shifted"
     assert panorama_request(FORM, Limits(), pool, choices).kwargs["placement"] == "grid"
-    with pytest.raises(ValueError, match="tiling must be one of grid, shifted"):
+    with pytest.raises(ValueError, match="placement must be one of 'grid', 'shifted', got 'magic'"):
         panorama_request(
             {**FORM, "placement": "magic"}, Limits(), pool, (Choice("placement", "Tiling", ("grid", "shifted")),)
         )
@@ -279,10 +281,10 @@ def test_regions_form_checks(pool):
     from multidiffusion.app.settings import regions_request
 
     request = regions_request(regions_form(), Limits(), pool)
-    assert request.kwargs["background"] == "a green meadow" and "bootstrap_steps" not in request.kwargs
+    assert request.kwargs["background"] == "a green meadow" and request.kwargs["bootstrap_steps"] == 1  # 40 %
     assert [r.prompt for r in request.kwargs["regions"]] == ["snowy mountains", "a red house"]
     assert regions_request({**regions_form(), "bootstrap_steps": 1}, Limits(), pool).kwargs["bootstrap_steps"] == 1
-    with pytest.raises(ValueError, match="bootstrap steps must be an integer from 0 to 2, got 3"):
+    with pytest.raises(ValueError, match="bootstrap_steps must be an integer from 0 to 2, got 3"):
         regions_request({**regions_form(), "bootstrap_steps": 3}, Limits(), pool)
     with pytest.raises(ValueError, match="box 1: x0, y0, x1, y1 must be numbers"):
         regions_request({**regions_form(), "boxes": [["x", "", "a", 0, 1, 1]]}, Limits(), pool)

@@ -1,8 +1,10 @@
 """The page's settings by API name: what a form sends, what a PNG brings back.
 
 A form's values arrive as a dict keyed by ``MultiDiffusion`` argument names (plus ``seed`` and
-``model``); :func:`panorama_request` checks them against the server's limits and turns them into
-API arguments, and :func:`values_from_png` turns a PNG's stored parameters back into form values.
+``model``); :func:`panorama_request` builds the task's options from them with the server's limits
+(:mod:`multidiffusion.options`: the same checks and messages as the API, the command line and scene
+files), and :func:`values_from_png` turns a PNG's stored settings, read by the library's one reader
+(:func:`multidiffusion.metadata.read_settings`), back into form values.
 Optional panorama arguments (fast tiling, window weights) are one line each in
 :data:`PANORAMA_CHOICES`; the page shows a line's control only when ``MultiDiffusion.panorama``
 accepts its argument.
@@ -12,7 +14,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,11 +21,16 @@ from typing import Any
 from multidiffusion.app.layout import layout_from_regions, page_regions
 from multidiffusion.app.limits import Limits
 from multidiffusion.app.models import ModelPool
-from multidiffusion.engine.schedulers import SCHEDULERS, scheduler_name
-from multidiffusion.engine.views import WEIGHTS
-from multidiffusion.engine.windows import TILINGS
-from multidiffusion.metadata import read_parameters
-from multidiffusion.options import check_int, check_number
+from multidiffusion.metadata import read_settings
+from multidiffusion.options import (
+    PLACEMENTS,
+    SCHEDULER_NAMES,
+    WEIGHTS,
+    SamplingOptions,
+    build_options,
+    random_seed,
+)
+from multidiffusion.options import Limits as TaskLimits
 
 __all__ = [
     "PANORAMA_CHOICES",
@@ -40,9 +46,6 @@ __all__ = [
     "values_from_png",
 ]
 
-MAX_SEED = 2**32 - 1
-SCHEDULER_NAMES = tuple(SCHEDULERS)
-
 
 @dataclass(frozen=True)
 class Choice:
@@ -56,8 +59,8 @@ class Choice:
 
 # One line per optional panorama argument (the first choice is the default).
 PANORAMA_CHOICES: tuple[Choice, ...] = (
-    Choice("tiling", "Tiling", TILINGS, "shifted: fewer windows per step, much faster"),
-    Choice("weights", "Window weights", WEIGHTS, "gaussian hides seams at large strides"),
+    Choice("placement", "Window placement", PLACEMENTS, "shifted: fewer windows per step, much faster"),
+    Choice("weights", "Window weights", ("auto", *WEIGHTS), "auto: uniform on the grid, gaussian when shifted"),
 )
 
 PANORAMA_KEYS: tuple[str, ...] = (
@@ -80,10 +83,6 @@ def available_choices(method: Any, choices: tuple[Choice, ...] = PANORAMA_CHOICE
     """The optional arguments ``method`` (e.g. ``MultiDiffusion.panorama``) accepts."""
     params = inspect.signature(method).parameters
     return tuple(c for c in choices if c.key in params)
-
-
-def random_seed() -> int:
-    return secrets.randbelow(MAX_SEED + 1)
 
 
 def parse_window(name: str, text: object) -> int | tuple[int, int] | None:
@@ -114,81 +113,81 @@ def format_window(value: object) -> str:
 
 @dataclass
 class Request:
-    """A checked form: the model to use, the seed, and the API arguments."""
+    """A checked form: the model to use and the task's options (seed resolved)."""
 
     model: str
-    seed: int
-    kwargs: dict[str, Any]
+    options: SamplingOptions
+
+    @property
+    def seed(self) -> int:
+        return self.options.seed
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The options as keyword arguments of the task's ``MultiDiffusion`` method."""
+        return {k: v for k, v in self.options.settings().items() if k != "seed" and v is not None}
 
 
-def _seed(value: object) -> int:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if value is None or value == "" or value == -1:
-        return random_seed()
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
-        raise ValueError(f"seed must be -1 (random) or a whole number from 0 to {MAX_SEED}, got {value!r}")
-    return value
+def task_limits(limits: Limits) -> TaskLimits:
+    """The server's caps as the options layer's limits (one image per request)."""
+    return TaskLimits(
+        max_side=limits.max_side,
+        max_steps=limits.max_steps,
+        max_images=1,
+        max_evaluations=getattr(limits, "max_evaluations", None),
+        note="this server's limit; the operator sets it with `multidiffusion serve --max-side/--max-steps/"
+        "--max-evaluations`",
+    )
 
 
-def _text(name: str, value: object, required: bool = False) -> str | None:
-    text = (value or "").strip() if isinstance(value, str) or value is None else None
-    if text is None:
-        raise ValueError(f"{name} must be text, got {value!r}")
-    if required and not text:
-        raise ValueError(f"enter a {name} first: what the image should show")
-    return text or None
+def _values(values: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """The form's values for ``keys``: empty text is "the default", windows parsed from text."""
+    out: dict[str, Any] = {}
+    for key in keys:
+        value = values.get(key)
+        if isinstance(value, str) and not value.strip() and key not in ("prompt",):
+            value = None
+        if key in ("window", "stride"):
+            value = parse_window(key, value)
+        if key == "weights" and value == "auto":
+            value = None
+        if key == "seed" and value in ("", -1, -1.0, None):
+            value = random_seed()
+        out[key] = value
+    return out
 
 
-def _sampling(values: Mapping[str, Any], limits: Limits) -> dict[str, Any]:
-    """The settings both tabs share, checked against the server's limits."""
-    return {
-        "negative_prompt": _text("negative prompt", values.get("negative_prompt")),
-        "width": limits.check_side("width", values.get("width")),
-        "height": limits.check_side("height", values.get("height")),
-        "num_inference_steps": limits.check_steps(values.get("num_inference_steps")),
-        "guidance_scale": check_number("guidance", values.get("guidance_scale"), 0, 100),
-        "scheduler": scheduler_name(values.get("scheduler") or "ddim"),
-        "circular": bool(values.get("circular")),
-        "window": parse_window("window", values.get("window")),
-        "stride": parse_window("stride", values.get("stride")),
-    }
+def _build(task: str, values: dict[str, Any], limits: Limits, pool: ModelPool) -> Request:
+    model = pool.check(values.pop("model", None))
+    if values.get("seed") is None:
+        values["seed"] = random_seed()
+    return Request(model, build_options(task, values, task_limits(limits)))
 
 
 def panorama_request(
     values: Mapping[str, Any], limits: Limits, pool: ModelPool, choices: tuple[Choice, ...] = ()
 ) -> Request:
     """Check a panorama form against the server's limits; ValueError with a message for the page."""
-    kwargs: dict[str, Any] = {"prompt": _text("prompt", values.get("prompt"), required=True)}
-    kwargs.update(_sampling(values, limits))
-    for choice in choices:
-        value = values.get(choice.key) or choice.choices[0]
-        if value not in choice.choices:
-            raise ValueError(f"{choice.label.lower()} must be one of {', '.join(choice.choices)}, got {value!r}")
-        kwargs[choice.key] = value
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    return Request(pool.check(values.get("model")), _seed(values.get("seed")), kwargs)
+    keys = (*PANORAMA_KEYS, *(c.key for c in choices))
+    return _build("panorama", _values(values, keys), limits, pool)
 
 
 def regions_request(values: Mapping[str, Any], limits: Limits, pool: ModelPool) -> Request:
     """Check a regions form: the shared settings plus the background prompt, bootstrapping steps and
     the regions of the layout (colour map and colour table) and of the boxes table."""
-    kwargs = _sampling(values, limits)
-    kwargs["background"] = _text("background prompt", values.get("background"))
-    bootstrap = values.get("bootstrap_steps")
-    if isinstance(bootstrap, float) and bootstrap.is_integer():
-        bootstrap = int(bootstrap)
-    if bootstrap not in (None, "", -1):
-        kwargs["bootstrap_steps"] = check_int("bootstrap steps", bootstrap, 0, kwargs["num_inference_steps"])
-    kwargs["regions"] = page_regions(
+    keys = (*[k for k in PANORAMA_KEYS if k != "prompt"], "background", "bootstrap_steps")
+    form = _values(values, keys)
+    if form.get("bootstrap_steps") in (-1, -1.0):
+        form["bootstrap_steps"] = None
+    width, height = form.get("width"), form.get("height")
+    form["regions"] = page_regions(
         values.get("layout"),
         values.get("colours"),
         values.get("boxes"),
         limits.max_side,
-        canvas=(kwargs["width"], kwargs["height"]),
+        canvas=(width, height),
     )
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    return Request(pool.check(values.get("model")), _seed(values.get("seed")), kwargs)
+    return _build("regions", form, limits, pool)
 
 
 def values_from_png(path: str | os.PathLike, limits: Limits, pool: ModelPool) -> tuple[str, dict[str, Any], list[str]]:
@@ -198,17 +197,13 @@ def values_from_png(path: str | os.PathLike, limits: Limits, pool: ModelPool) ->
     offer, a size above its limits); the form is never given a path to load.
     """
     limits.check_upload("the PNG", os.path.getsize(path))
-    try:
-        params = read_parameters(path)
-    except OSError as exc:
-        raise ValueError(f"can't read the image: {exc}") from None
-    mode = params.get("mode")
-    if mode not in ("panorama", "regions"):
-        raise ValueError(f"the image's settings are for {mode!r}, which this page can't load")
+    stored = read_settings(path)  # the library's one reader: masks embedded, never a path
+    mode = stored.task
+    params = {**stored.values, "model": stored.model}
     notes: list[str] = []
     values: dict[str, Any] = {}
     for key in (*PANORAMA_KEYS, *(c.key for c in PANORAMA_CHOICES), "background", "bootstrap_steps"):
-        if key in params:
+        if params.get(key) is not None:
             values[key] = params[key]
     for key in ("window", "stride"):
         if key in values:
@@ -228,6 +223,11 @@ def values_from_png(path: str | os.PathLike, limits: Limits, pool: ModelPool) ->
     if values.get("scheduler") not in (None, *SCHEDULER_NAMES):
         notes.append(f"scheduler {values['scheduler']!r} is not in the list; using ddim")
         values["scheduler"] = "ddim"
+    adjusted = ("scheduler", "width", "height", "num_inference_steps")
+    try:  # the same checks as a run, once this server's adjustments (noted above) are made
+        build_options(mode, {**stored.values, **{k: values[k] for k in adjusted if k in values}})
+    except ValueError as exc:
+        raise ValueError(f"the image's settings can't be used: {exc}") from None
     if mode == "regions":
         width, height = values.get("width"), values.get("height")
         if not (isinstance(width, int) and isinstance(height, int)):

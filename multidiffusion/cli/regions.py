@@ -194,7 +194,7 @@ def _check_layout(scene: Scene) -> None:
 def run(args: argparse.Namespace) -> None:
     from multidiffusion.jobs import run_and_save
     from multidiffusion.metadata import check_output_path, save_png
-    from multidiffusion.regions.preview import layout_preview
+    from multidiffusion.regions.layout import layout_preview
 
     output = check_output_path(args.output, "--output")
     preview = output.with_name(f"{output.stem}-layout.png") if args.preview or args.preview_only else None

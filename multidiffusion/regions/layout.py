@@ -44,7 +44,7 @@ from multidiffusion.regions.masks import (
     to_latent_grid,
 )
 
-__all__ = ["MAX_FEATHER", "MAX_REGIONS", "Region", "RegionLayout", "as_regions", "region_layout"]
+__all__ = ["MAX_FEATHER", "MAX_REGIONS", "Region", "RegionLayout", "as_regions", "layout_preview", "region_layout"]
 
 MAX_REGIONS = 32
 """Most regions per canvas (each is a prompt slot: one text encoding, and jobs in the windows it
@@ -335,3 +335,20 @@ def _check_covered(masks: torch.Tensor, f: int, height: int, width: int) -> None
         f"y {rows.min() * f}..{(rows.max() + 1) * f} px) is covered by no region: give a background prompt "
         "or regions that cover the whole canvas"
     )
+
+
+def layout_preview(
+    regions: Sequence[Region | Mapping[str, Any]],
+    height: int,
+    width: int,
+    background: str | None = None,
+    *,
+    scale_factor: int = 8,
+    image: Image.Image | None = None,
+) -> Image.Image:
+    """The preview of a layout without a model (``scale_factor``: the VAE's, 8 for Stable Diffusion).
+
+    Validates like :meth:`MultiDiffusion.regions`; ``image`` (the canvas's size) is shown under the
+    tints, e.g. the generated image.
+    """
+    return region_layout(regions, height, width, scale_factor, background).preview(image)

@@ -8,17 +8,17 @@ soft edges and overlaps included), and each prompt is written where its share is
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from multidiffusion.regions.layout import Region, RegionLayout, region_layout
+if TYPE_CHECKING:
+    from multidiffusion.regions.layout import RegionLayout
 
-__all__ = ["draw_layout", "layout_preview"]
+__all__ = ["draw_layout"]
 
 BACKGROUND_TINT = (96, 96, 96)
 PALETTE = [
@@ -40,23 +40,6 @@ PALETTE = [
     (170, 255, 195),
 ]
 MAX_LABEL = 48
-
-
-def layout_preview(
-    regions: Sequence[Region | Mapping[str, Any]],
-    height: int,
-    width: int,
-    background: str | None = None,
-    *,
-    scale_factor: int = 8,
-    image: Image.Image | None = None,
-) -> Image.Image:
-    """The preview of a layout without a model (``scale_factor``: the VAE's, 8 for Stable Diffusion).
-
-    Validates like :meth:`MultiDiffusion.regions`; ``image`` (the canvas's size) is shown under the
-    tints, e.g. the generated image.
-    """
-    return draw_layout(region_layout(regions, height, width, scale_factor, background), image)
 
 
 def _label(text: str) -> str:
