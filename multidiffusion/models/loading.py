@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ import torch
 
 __all__ = [
     "DEMO_MODEL_DIR",
+    "HUB_TIMEOUT_S",
     "ModelNotFoundError",
     "checkpoint_family",
     "default_device",
@@ -28,6 +32,10 @@ DEMO_MODEL_DIR = Path(__file__).parents[1] / "demo" / "model"
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+# Longest wait, in seconds, for the Hugging Face Hub to answer the look-up of a repo id that is not in the
+# local cache (DNS, connection and answer together); past it loading fails with ModelNotFoundError.
+# The hub client itself has no limit there: a server that accepts connections and never answers hangs it.
+HUB_TIMEOUT_S = 10.0
 
 
 class ModelNotFoundError(ValueError):
@@ -48,9 +56,10 @@ def default_dtype(device: torch.device | str) -> torch.dtype:
     return torch.float32 if torch.device(device).type == "cpu" else torch.float16
 
 
-def _how_to_get(model: str) -> str:
+def _how_to_get(model: str, reason: str | None = None) -> str:
+    why = f" ({reason})" if reason else ""
     return (
-        f"model {model!r} is not in the local Hugging Face cache and could not be downloaded. "
+        f"model {model!r} is not in the local Hugging Face cache and could not be downloaded{why}. "
         f"On a machine with network run `hf download {model}` (or `huggingface-cli download {model}`) "
         "and copy the cache (~/.cache/huggingface), or pass a local diffusers folder or a .safetensors "
         "checkpoint; `--model demo` runs offline"
@@ -154,19 +163,36 @@ def load_pipeline(
 
 
 def _load_repo(repo: str, allow_pickle: bool, **kwargs: Any):
-    """Resolve a repo id to a local snapshot (cache first, then the hub) and load that folder."""
+    """Resolve a repo id to a local snapshot (cache first, then the hub) and load that folder.
+
+    Everything up to the download itself is bounded by ``HUB_TIMEOUT_S`` in total: the cache look-up
+    (the hub client contacts the endpoint even then, when not offline) and one question to the hub.
+    The download that follows has the hub client's own limits (HF_HUB_DOWNLOAD_TIMEOUT per read).
+    """
     from diffusers import DiffusionPipeline
+    from huggingface_hub import constants
     from huggingface_hub.errors import HFValidationError
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "false", "")
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "false", "")
+    deadline = time.monotonic() + HUB_TIMEOUT_S
     for local_only in [True] if offline else [True, False]:
-        try:
-            folder = DiffusionPipeline.download(
+
+        def find(local_only: bool = local_only) -> str:
+            return DiffusionPipeline.download(
                 repo,
                 local_files_only=local_only,
                 use_safetensors=None if allow_pickle else True,
                 safety_checker=None,
             )
+
+        try:
+            if local_only:
+                folder = _before(deadline, find, repo)
+            else:
+                _before(deadline, lambda: _ask_hub(repo), repo)  # the hub answers: the download can start
+                folder = find()
+        except ModelNotFoundError:
+            raise
         except HFValidationError:
             raise ModelNotFoundError(
                 f"model {repo!r} is neither 'demo', an existing folder or file, nor a Hugging Face repo id"
@@ -180,6 +206,54 @@ def _load_repo(repo: str, allow_pickle: bool, **kwargs: Any):
             continue
         return _load_folder(Path(folder), allow_pickle, safety_checker=None, **kwargs)
     raise ModelNotFoundError(_how_to_get(repo))
+
+
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def _before(deadline: float, fn: Callable[[], Any], repo: str) -> Any:
+    """``fn()`` run in a thread, given up on at ``deadline`` (``time.monotonic()``): the hub client's
+    requests have no time limit by default and name resolution never has one. An abandoned thread is
+    a daemon and ends with its request."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = fn()
+        except BaseException as exc:  # re-raised in the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name=f"hub look-up of {repo}", daemon=True)
+    thread.start()
+    thread.join(max(0.0, deadline - time.monotonic()))
+    if thread.is_alive():
+        raise ModelNotFoundError(_how_to_get(repo, f"{_endpoint()} did not answer within {HUB_TIMEOUT_S:g} s"))
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def _ask_hub(repo: str) -> None:
+    """Whether the hub has ``repo``; ``ModelNotFoundError`` saying why not (missing, unreachable, silent)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        HfApi(endpoint=_endpoint()).model_info(repo, timeout=HUB_TIMEOUT_S)
+    except RepositoryNotFoundError:
+        reason = f"{_endpoint()} has no such model, or it is private: log in with `hf auth login` if you have access"
+    except Exception as exc:  # the hub client's network errors (httpx, requests) and HTTP errors
+        if "timeout" in type(exc).__name__.lower():
+            reason = f"{_endpoint()} did not answer within {HUB_TIMEOUT_S:g} s"
+        else:
+            detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            reason = f"{_endpoint()} could not be reached: {type(exc).__name__}" + (f": {detail}" if detail else "")
+    else:
+        return
+    raise ModelNotFoundError(_how_to_get(repo, reason))
 
 
 # re-exported for compatibility: the single-file logic lives in its own module, which needs
