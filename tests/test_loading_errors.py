@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -9,7 +10,10 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 
+from multidiffusion import ModelNotFoundError, MultiDiffusion
+from multidiffusion.models import loading
 from multidiffusion.models.loading import HUB_TIMEOUT_S
 
 ROOT = Path(__file__).parents[1]
@@ -75,3 +79,155 @@ def test_a_silent_hub_fails_within_the_timeout(silent_hub, tmp_path):
     assert f"did not answer within {HUB_TIMEOUT_S:g} s" in message and url in message
     assert "hf download someone/some-model" in message and "\n" not in message
     assert result["elapsed"] < HUB_TIMEOUT_S + 5  # the stated bound, plus margin for a loaded machine
+
+
+# -- arguments: one clear ValueError / TypeError, checked before anything is read or loaded ----------------
+
+
+@pytest.fixture
+def no_weights_loaded(monkeypatch):
+    """Fail the test if loading gets as far as reading a model."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights were loaded before the arguments were checked")
+
+    for name in ("_load_folder", "_load_file", "_load_repo"):
+        monkeypatch.setattr(loading, name, refuse)
+
+
+@pytest.mark.parametrize(
+    ("model", "error", "match"),
+    [
+        (None, TypeError, r"model must be 'demo', a Hugging Face repo id, or the path .* got NoneType"),
+        (42, TypeError, r"model must be .* \(a str or os.PathLike\), got int"),
+        (["a/b"], TypeError, "got list"),
+        ("", ValueError, "got an empty string"),
+        ("  ", ValueError, "got an empty string"),
+    ],
+)
+def test_model_must_be_a_name_or_path(no_weights_loaded, model, error, match):
+    with pytest.raises(error, match=match):
+        MultiDiffusion.from_pretrained(model, device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("device", "error", "match"),
+    [
+        ("foo", ValueError, r"device must be 'cpu', 'cuda', 'cuda:N', 'mps' or 'xpu', got 'foo'"),
+        ("cuda:x", ValueError, "got 'cuda:x'"),
+        ("meta", ValueError, "got 'meta'"),
+        (0.5, TypeError, "device must be a str or torch.device .* got float"),
+    ],
+)
+def test_unknown_device(tiny_model_dir, no_weights_loaded, device, error, match):
+    with pytest.raises(error, match=match):
+        MultiDiffusion.from_pretrained(tiny_model_dir, device=device)
+
+
+@pytest.mark.skipif(torch.backends.cuda.is_built(), reason="this torch has CUDA")
+def test_cuda_on_a_torch_without_cuda(tiny_model_dir, no_weights_loaded):
+    with pytest.raises(ValueError, match="CUDA is not available in this torch build") as info:
+        MultiDiffusion.from_pretrained(tiny_model_dir, device="cuda")
+    assert "install a CUDA build of torch" in str(info.value) and "device='cpu'" in str(info.value)
+    with pytest.raises(ValueError, match="CUDA is not available in this torch build"):
+        MultiDiffusion.from_pretrained(tiny_model_dir, device=torch.device("cuda", 1))
+
+
+def test_cuda_built_but_no_gpu(tiny_model_dir, no_weights_loaded, monkeypatch):
+    monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="torch was built with CUDA but sees no GPU"):
+        MultiDiffusion.from_pretrained(tiny_model_dir, device="cuda")
+
+
+def test_a_cuda_index_that_does_not_exist(tiny_model_dir, no_weights_loaded, monkeypatch):
+    monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError, match=r"'cuda:2' does not exist: torch sees 2 CUDA device\(s\), cuda:0 \.\. cuda:1"):
+        MultiDiffusion.from_pretrained(tiny_model_dir, device="cuda:2")
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")
+def test_mps_where_unavailable(tiny_model_dir, no_weights_loaded):
+    with pytest.raises(ValueError, match=r"device 'mps': Apple's MPS is not available \(.*\); use device='cpu'"):
+        MultiDiffusion.from_pretrained(tiny_model_dir, device="mps")
+
+
+@pytest.mark.parametrize(
+    ("dtype", "error", "match"),
+    [
+        ("float16", TypeError, r"torch_dtype must be a torch floating dtype \(.*\), got 'float16' \(did you mean "),
+        (torch.int8, ValueError, "torch_dtype must be a torch floating dtype .* got torch.int8"),
+        (torch.complex64, ValueError, "got torch.complex64"),
+        (torch.float8_e4m3fn, ValueError, "got torch.float8_e4m3fn"),
+        (16, TypeError, "got 16"),
+    ],
+)
+def test_torch_dtype_must_be_a_float_dtype(tiny_model_dir, no_weights_loaded, dtype, error, match):
+    with pytest.raises(error, match=match):
+        MultiDiffusion.from_pretrained(tiny_model_dir, device="cpu", torch_dtype=dtype)
+
+
+def test_allow_pickle_must_be_a_bool(tiny_model_dir, no_weights_loaded):
+    with pytest.raises(TypeError, match="allow_pickle must be True or False, got 'no'"):
+        MultiDiffusion.from_pretrained(tiny_model_dir, device="cpu", allow_pickle="no")
+
+
+def test_config_must_be_a_folder_or_repo_id(tiny_model_dir, no_weights_loaded, tmp_path):
+    with pytest.raises(TypeError, match=r"config must be a diffusers folder or a repo id .* got int"):
+        MultiDiffusion.from_pretrained(tiny_model_dir, device="cpu", config=3)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="config must be a diffusers folder or a repo id, got the file"):
+        MultiDiffusion.from_pretrained(tiny_model_dir, device="cpu", config=tmp_path / "config.json")
+
+
+def test_good_arguments_still_load(tiny_model_dir):
+    md = MultiDiffusion.from_pretrained(tiny_model_dir, device=torch.device("cpu"), torch_dtype=torch.bfloat16)
+    assert md.device.type == "cpu" and md.dtype == torch.bfloat16
+
+
+# -- broken diffusers folders: name the folder and what is missing -----------------------------------------
+
+
+@pytest.fixture
+def model_copy(tiny_model_dir, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    return folder
+
+
+def test_folder_without_unet(model_copy):
+    shutil.rmtree(model_copy / "unet")
+    with pytest.raises(ModelNotFoundError) as info:
+        MultiDiffusion.from_pretrained(model_copy, device="cpu")
+    message = str(info.value)
+    assert f"{model_copy} is missing its 'unet' component" in message and "no unet/ folder" in message
+
+
+def test_unet_without_config(model_copy):
+    (model_copy / "unet" / "config.json").unlink()
+    with pytest.raises(ModelNotFoundError, match=r"incomplete 'unet' component: .*unet has no config\.json"):
+        MultiDiffusion.from_pretrained(model_copy, device="cpu")
+
+
+def test_index_without_unet(model_copy):
+    index = json.loads((model_copy / "model_index.json").read_text())
+    del index["unet"]
+    (model_copy / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelNotFoundError, match=r"has no 'unet' component: its model_index\.json lists none"):
+        MultiDiffusion.from_pretrained(model_copy, device="cpu")
+
+
+@pytest.mark.parametrize("text", ['{"_class_name": "StableDiffusionPipeline",', "", "\xff\xfe"])
+def test_index_that_is_not_json(model_copy, text):
+    (model_copy / "model_index.json").write_bytes(text.encode("latin-1"))
+    with pytest.raises(ModelNotFoundError) as info:
+        MultiDiffusion.from_pretrained(model_copy, device="cpu")
+    assert f"{model_copy / 'model_index.json'} is not valid JSON (" in str(info.value)
+
+
+def test_index_that_is_not_an_object(model_copy):
+    (model_copy / "model_index.json").write_text("[1, 2]")
+    with pytest.raises(ModelNotFoundError, match=r"is not a diffusers model index .* got list"):
+        MultiDiffusion.from_pretrained(model_copy, device="cpu")

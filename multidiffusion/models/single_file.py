@@ -43,10 +43,13 @@ _UNET = "model.diffusion_model."
 _CROSS_ATTENTION = re.compile(re.escape(_UNET) + r".*\.attn2\.to_k\.weight$")
 
 
-def read_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
-    """Tensor name -> shape. For .safetensors only the header is read; pickles are loaded."""
+def read_shapes(path: str | Path, *, allow_pickle: bool = False) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape. For .safetensors only the header is read; any other file is a pickle,
+    loaded (which can run code) only with ``allow_pickle=True`` and otherwise never opened."""
+    from multidiffusion.models.loading import is_pickle_path
+
     path = Path(path)
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" and not is_pickle_path(path):
         from safetensors import safe_open
 
         try:
@@ -54,14 +57,21 @@ def read_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
                 return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
         except Exception as exc:  # safetensors raises its own error types
             raise ModelNotFoundError(f"{path.name} is not a readable .safetensors file: {exc}") from None
-    state = torch.load(str(path), map_location="cpu", weights_only=False)  # only with allow_pickle=True
+    if not allow_pickle:
+        raise ModelNotFoundError(
+            f"{path.name} is not a .safetensors file; pickle checkpoints can run arbitrary code when loaded, pass "
+            "allow_pickle=True (--allow-pickle) if you trust the source"
+        )
+    state = torch.load(str(path), map_location="cpu", weights_only=False)
     state = state.get("state_dict", state)
     return {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
-def checkpoint_family(path_or_shapes: str | Path | dict[str, tuple[int, ...]], name: str | None = None) -> str:
+def checkpoint_family(
+    path_or_shapes: str | Path | dict[str, tuple[int, ...]], name: str | None = None, *, allow_pickle: bool = False
+) -> str:
     """'sdxl', 'sd2' or 'sd1' from the tensor names of an original-format checkpoint (a path, or the
-    name -> shape map of :func:`read_shapes`).
+    name -> shape map of :func:`read_shapes`; a pickle path is read only with ``allow_pickle=True``).
 
     ``ModelNotFoundError`` for checkpoints the engine can't drive: no text encoder, SDXL refiners,
     inpainting / depth models (extra UNet input channels).
@@ -69,7 +79,7 @@ def checkpoint_family(path_or_shapes: str | Path | dict[str, tuple[int, ...]], n
     if isinstance(path_or_shapes, dict):
         shapes, name = path_or_shapes, name or "the checkpoint"
     else:
-        shapes, name = read_shapes(path_or_shapes), name or Path(path_or_shapes).name
+        shapes, name = read_shapes(path_or_shapes, allow_pickle=allow_pickle), name or Path(path_or_shapes).name
     keys = shapes.keys()
     if any(k.startswith("conditioner.embedders.1.") for k in keys):
         family = "sdxl"
@@ -153,11 +163,12 @@ def default_config(family: str, path: Path) -> str:
     return DEFAULT_CONFIGS[family]
 
 
-def load_single_file(path: Path, config: str | None, **kwargs: Any):
-    """A StableDiffusion(XL)Pipeline from an original-format checkpoint (see the module doc)."""
+def load_single_file(path: Path, config: str | None, allow_pickle: bool = False, **kwargs: Any):
+    """A StableDiffusion(XL)Pipeline from an original-format checkpoint (see the module doc); a pickle
+    checkpoint only with ``allow_pickle=True``."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    shapes = read_shapes(path)
+    shapes = read_shapes(path, allow_pickle=allow_pickle)
     family = checkpoint_family(shapes, path.name)
     local = Path(config).expanduser() if config is not None else None
     if local is not None and local.is_dir():
