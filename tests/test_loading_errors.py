@@ -15,6 +15,7 @@ import torch
 from multidiffusion import ModelNotFoundError, MultiDiffusion
 from multidiffusion.models import loading
 from multidiffusion.models.loading import HUB_TIMEOUT_S
+from multidiffusion.models.single_file import checkpoint_family
 
 ROOT = Path(__file__).parents[1]
 
@@ -231,3 +232,96 @@ def test_index_that_is_not_an_object(model_copy):
     (model_copy / "model_index.json").write_text("[1, 2]")
     with pytest.raises(ModelNotFoundError, match=r"is not a diffusers model index .* got list"):
         MultiDiffusion.from_pretrained(model_copy, device="cpu")
+
+
+# -- pickles: never opened, not even read, without allow_pickle ------------------------------------------
+
+_WATCHED: dict[str, list[str]] = {}
+
+
+def _audit(event, args):
+    if event == "open" and _WATCHED and isinstance(args[0], (str, bytes, os.PathLike)):
+        _WATCHED.setdefault("opened", []).append(os.path.realpath(os.fsdecode(args[0])))
+
+
+sys.addaudithook(_audit)  # sees every open() from Python (torch.load, pickle, Path.read_bytes); cheap otherwise
+
+
+class _Payload:
+    """Unpickling this creates the marker file: what a malicious checkpoint could do instead."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def _evil_checkpoint(path: Path, marker: Path) -> Path:
+    torch.save({"state_dict": {"model.diffusion_model.x": _Payload(marker)}}, path)
+    return path
+
+
+@pytest.fixture
+def watch_opens():
+    """The real paths Python opened while the test ran."""
+    _WATCHED["on"] = []
+    yield lambda: _WATCHED.get("opened", [])
+    _WATCHED.clear()
+
+
+def test_the_payload_is_live(tmp_path, watch_opens):
+    """The checks on the tests themselves: unpickling the checkpoint creates the marker, and the
+    watch sees torch.load open the file."""
+    marker = tmp_path / "marker"
+    path = _evil_checkpoint(tmp_path / "evil.ckpt", marker)
+    torch.load(path, weights_only=False)
+    assert marker.exists() and str(path.resolve()) in watch_opens()
+
+
+@pytest.mark.parametrize("name", ["model.ckpt", "model.bin", "model.pt", "model.pth", "MODEL.CKPT", "model.Pth"])
+def test_a_pickle_checkpoint_is_never_opened(tmp_path, watch_opens, name):
+    marker = tmp_path / "marker"
+    path = _evil_checkpoint(tmp_path / name, marker)
+    with pytest.raises(ModelNotFoundError, match=r"is a pickle checkpoint.*allow_pickle=True"):
+        MultiDiffusion.from_pretrained(path, device="cpu")
+    assert not marker.exists()
+    assert str(path.resolve()) not in watch_opens()
+
+
+def test_a_link_to_a_pickle_is_never_opened(tmp_path, watch_opens):
+    marker = tmp_path / "marker"
+    target = _evil_checkpoint(tmp_path / "evil.ckpt", marker)
+    link = tmp_path / "model.safetensors"
+    link.symlink_to(target)
+    with pytest.raises(ModelNotFoundError, match=r"model\.safetensors is a pickle checkpoint"):
+        MultiDiffusion.from_pretrained(link, device="cpu")
+    assert not marker.exists() and str(target.resolve()) not in watch_opens()
+
+
+def test_checkpoint_family_does_not_unpickle(tmp_path, watch_opens):
+    marker = tmp_path / "marker"
+    path = _evil_checkpoint(tmp_path / "evil.ckpt", marker)
+    with pytest.raises(ModelNotFoundError, match=r"allow_pickle=True"):
+        checkpoint_family(path)
+    assert not marker.exists() and str(path.resolve()) not in watch_opens()
+
+
+def test_a_pickle_only_component_is_refused_unopened(tiny_model_dir, tmp_path, watch_opens):
+    folder, marker = tmp_path / "model", tmp_path / "marker"
+    shutil.copytree(tiny_model_dir, folder)
+    for f in folder.glob("unet/*.safetensors"):
+        f.unlink()
+    path = _evil_checkpoint(folder / "unet" / "diffusion_pytorch_model.bin", marker)
+    with pytest.raises(ModelNotFoundError, match=r"pickle weights only \(\.bin\) for unet,"):
+        MultiDiffusion.from_pretrained(folder, device="cpu")
+    assert not marker.exists() and str(path.resolve()) not in watch_opens()
+
+
+def test_a_pickle_next_to_safetensors_is_never_opened(tiny_model_dir, sd16, tmp_path, watch_opens):
+    folder, marker = tmp_path / "model", tmp_path / "marker"
+    shutil.copytree(tiny_model_dir, folder)
+    path = _evil_checkpoint(folder / "unet" / "diffusion_pytorch_model.bin", marker)
+    md = MultiDiffusion.from_pretrained(folder, device="cpu")
+    assert torch.equal(md.pipe.unet.conv_in.weight, sd16.unet.conv_in.weight)  # the .safetensors
+    assert not marker.exists() and str(path.resolve()) not in watch_opens()
