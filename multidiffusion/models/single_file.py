@@ -156,6 +156,33 @@ def _cached_folder(repo: str) -> Path | None:
     return None
 
 
+# the tensor-name prefixes of each component in an original-format checkpoint
+_COMPONENT_PREFIXES = {
+    "unet": (_UNET,),
+    "vae": ("first_stage_model.",),
+    "text_encoder": ("cond_stage_model.", "conditioner.embedders.0."),
+    "text_encoder_2": ("conditioner.embedders.1.",),
+}
+
+
+def _refuse_pickles_from_config(name: str, shapes: dict[str, tuple[int, ...]], config: Path) -> None:
+    """A component missing from the checkpoint is loaded from the ``config`` folder (diffusers falls back
+    to ``from_pretrained`` there, which reads a .bin if that is all it finds): refuse that without
+    allow_pickle, before anything is opened."""
+    from multidiffusion.models.loading import is_pickle_path
+
+    for component, prefixes in _COMPONENT_PREFIXES.items():
+        sub = config / component
+        if any(k.startswith(prefixes) for k in shapes) or not (sub / "config.json").is_file():
+            continue
+        if not any(sub.glob("*.safetensors")) and any(is_pickle_path(f) for f in sub.iterdir() if f.is_file()):
+            raise ModelNotFoundError(
+                f"{name} has no {component} weights, so they would come from config {str(config)!r}, whose "
+                f"{component}/ holds pickle weights only (.bin), which can run arbitrary code when loaded; convert "
+                "them to .safetensors or pass allow_pickle=True (--allow-pickle) if you trust the source"
+            )
+
+
 def default_config(family: str, path: Path) -> str:
     """The official base repo whose configuration builds a ``family`` checkpoint (see module doc)."""
     if family == "sd2" and re.search(r"512|base", path.name.lower()):
@@ -167,10 +194,12 @@ def load_single_file(path: Path, config: str | None, allow_pickle: bool = False,
     """A StableDiffusion(XL)Pipeline from an original-format checkpoint (see the module doc); a pickle
     checkpoint only with ``allow_pickle=True``."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
 
     shapes = read_shapes(path, allow_pickle=allow_pickle)
     family = checkpoint_family(shapes, path.name)
     local = Path(config).expanduser() if config is not None else None
+    cached: Path | None = None
     if local is not None and local.is_dir():
         check_config(path.name, family, shapes, local)
         source = str(local)
@@ -180,9 +209,17 @@ def load_single_file(path: Path, config: str | None, allow_pickle: bool = False,
         cached = _cached_folder(source)
         if cached is not None:
             check_config(path.name, family, shapes, cached)
+    folder = local if local is not None else cached
+    if folder is not None and not allow_pickle:
+        _refuse_pickles_from_config(path.name, shapes, folder)
     cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     try:
         return cls.from_single_file(str(path), config=source, **kwargs)
+    except SingleFileComponentError as exc:  # a component neither in the file nor in the configuration
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelNotFoundError(
+            f"{path.name} lacks the weights of a component and config {source!r} can't supply them ({detail[:200]})"
+        ) from None
     except OSError as exc:
         if local is None:  # a repo id: its configuration is neither cached nor downloadable
             raise ModelNotFoundError(
