@@ -278,8 +278,14 @@ def load_pipeline(
     (SD 1.x, 2.x or SDXL; see :mod:`multidiffusion.models.single_file`).
 
     Loading tries the local cache first; a repo id not there is downloaded unless HF_HUB_OFFLINE is
-    set. The safety checker is not loaded (multidiffusion does not run it). ``prediction_type``
+    set, and ``ModelNotFoundError`` follows when the hub has not answered within ``HUB_TIMEOUT_S``.
+    The safety checker is not loaded (multidiffusion does not run it). ``prediction_type``
     overrides the scheduler's ("epsilon", "v_prediction" or "sample").
+
+    Bad arguments raise ``TypeError`` / ``ValueError`` naming the parameter and what is allowed (an
+    unknown ``device`` or one this machine lacks, a ``torch_dtype`` other than ``FLOAT_DTYPES``), before
+    anything is read. Pickle files (.ckpt, .bin, .pt, .pth, any case, or links to one) are never
+    opened unless ``allow_pickle`` is True.
     """
     # every argument is checked before any file is read or weight loaded
     name = _check_model(model)
