@@ -349,8 +349,8 @@ def _load_repo(repo: str, allow_pickle: bool, **kwargs: Any):
             )
 
         try:
-            if local_only:
-                folder = _before(deadline, find, repo)
+            if local_only:  # online, the hub client contacts the endpoint even for a cached model
+                folder = find() if offline else _before(deadline, find, repo)
             else:
                 _before(deadline, lambda: _ask_hub(repo), repo)  # the hub answers: the download can start
                 folder = find()
