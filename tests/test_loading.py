@@ -48,12 +48,25 @@ def test_pickle_checkpoints_are_refused(tmp_path, suffix):
         MultiDiffusion.from_pretrained(path, device="cpu")
 
 
-def test_pickle_only_folder_is_refused(tiny_model_dir, tmp_path):
+def test_pickle_only_folder_is_refused(sd16, tmp_path):
     folder = tmp_path / "bin-only"
+    sd16.save_pretrained(folder, safe_serialization=False)
+    # diffusers writes .bin; transformers 5 writes .safetensors whatever it is asked
+    assert not any(folder.glob("unet/*.safetensors")) and any(folder.glob("unet/*.bin"))
+    with pytest.raises(ModelNotFoundError, match=r"pickle weights only \(\.bin\) for .*unet"):
+        MultiDiffusion.from_pretrained(folder, device="cpu")
+    md = MultiDiffusion.from_pretrained(folder, device="cpu", allow_pickle=True)
+    assert torch.equal(md.pipe.unet.conv_in.weight, sd16.unet.conv_in.weight)
+
+
+def test_folder_without_weights(tiny_model_dir, tmp_path):
+    folder = tmp_path / "no-weights"
     shutil.copytree(tiny_model_dir, folder)
-    for f in folder.glob("*/*.safetensors"):
+    for f in folder.glob("unet/*.safetensors"):
         f.unlink()
-    with pytest.raises(ModelNotFoundError, match="pickle weights only"):
+    with pytest.raises(
+        ModelNotFoundError, match=r"has no weights for unet \(no \.safetensors or pickle file in unet/\)"
+    ):
         MultiDiffusion.from_pretrained(folder, device="cpu")
 
 

@@ -243,3 +243,31 @@ def test_cached_base_config_of_another_architecture_is_refused(files, tiny_model
     _fake_cache(monkeypatch, tmp_path, "stabilityai/stable-diffusion-xl-base-1.0", tiny_model_dir)
     with pytest.raises(ModelNotFoundError, match=r"is an SDXL checkpoint but config .* is an SD 1\.x/2\.x model"):
         MultiDiffusion.from_pretrained(paths["sdxl"], device="cpu")
+
+
+class _Payload:
+    """Unpickling this creates the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_a_component_missing_from_the_file_is_not_unpickled_from_the_config(tiny_sdxl_dir, tmp_path):
+    """An SDXL file without its first text encoder (conditioner.embedders.0.*): diffusers would load it
+    from the config folder, and there it is a pickle; refused without allow_pickle, and not unpickled."""
+    from safetensors.torch import load_file, save_file
+
+    path = write_original_checkpoint(tiny_sdxl_pipeline(sample_size=16, seed=5), tmp_path / "xl.safetensors", "sdxl")
+    state = {k: v for k, v in load_file(str(path)).items() if not k.startswith("conditioner.embedders.0.")}
+    save_file(state, str(path))
+    config, marker = tmp_path / "config", tmp_path / "marker"
+    shutil.copytree(tiny_sdxl_dir, config)
+    for f in config.glob("text_encoder/*.safetensors"):
+        f.unlink()
+    torch.save({"weights": _Payload(marker)}, config / "text_encoder" / "pytorch_model.bin")
+    with pytest.raises(ModelNotFoundError, match=r"has no text_encoder weights, so they would come from config .*"):
+        MultiDiffusion.from_pretrained(path, config=str(config), device="cpu")
+    assert not marker.exists()

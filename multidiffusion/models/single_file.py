@@ -43,10 +43,13 @@ _UNET = "model.diffusion_model."
 _CROSS_ATTENTION = re.compile(re.escape(_UNET) + r".*\.attn2\.to_k\.weight$")
 
 
-def read_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
-    """Tensor name -> shape. For .safetensors only the header is read; pickles are loaded."""
+def read_shapes(path: str | Path, *, allow_pickle: bool = False) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape. For .safetensors only the header is read; any other file is a pickle,
+    loaded (which can run code) only with ``allow_pickle=True`` and otherwise never opened."""
+    from multidiffusion.models.loading import is_pickle_path
+
     path = Path(path)
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" and not is_pickle_path(path):
         from safetensors import safe_open
 
         try:
@@ -54,14 +57,21 @@ def read_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
                 return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
         except Exception as exc:  # safetensors raises its own error types
             raise ModelNotFoundError(f"{path.name} is not a readable .safetensors file: {exc}") from None
-    state = torch.load(str(path), map_location="cpu", weights_only=False)  # only with allow_pickle=True
+    if not allow_pickle:
+        raise ModelNotFoundError(
+            f"{path.name} is not a .safetensors file; pickle checkpoints can run arbitrary code when loaded, pass "
+            "allow_pickle=True (--allow-pickle) if you trust the source"
+        )
+    state = torch.load(str(path), map_location="cpu", weights_only=False)
     state = state.get("state_dict", state)
     return {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
-def checkpoint_family(path_or_shapes: str | Path | dict[str, tuple[int, ...]], name: str | None = None) -> str:
+def checkpoint_family(
+    path_or_shapes: str | Path | dict[str, tuple[int, ...]], name: str | None = None, *, allow_pickle: bool = False
+) -> str:
     """'sdxl', 'sd2' or 'sd1' from the tensor names of an original-format checkpoint (a path, or the
-    name -> shape map of :func:`read_shapes`).
+    name -> shape map of :func:`read_shapes`; a pickle path is read only with ``allow_pickle=True``).
 
     ``ModelNotFoundError`` for checkpoints the engine can't drive: no text encoder, SDXL refiners,
     inpainting / depth models (extra UNet input channels).
@@ -69,7 +79,7 @@ def checkpoint_family(path_or_shapes: str | Path | dict[str, tuple[int, ...]], n
     if isinstance(path_or_shapes, dict):
         shapes, name = path_or_shapes, name or "the checkpoint"
     else:
-        shapes, name = read_shapes(path_or_shapes), name or Path(path_or_shapes).name
+        shapes, name = read_shapes(path_or_shapes, allow_pickle=allow_pickle), name or Path(path_or_shapes).name
     keys = shapes.keys()
     if any(k.startswith("conditioner.embedders.1.") for k in keys):
         family = "sdxl"
@@ -146,6 +156,33 @@ def _cached_folder(repo: str) -> Path | None:
     return None
 
 
+# the tensor-name prefixes of each component in an original-format checkpoint
+_COMPONENT_PREFIXES = {
+    "unet": (_UNET,),
+    "vae": ("first_stage_model.",),
+    "text_encoder": ("cond_stage_model.", "conditioner.embedders.0."),
+    "text_encoder_2": ("conditioner.embedders.1.",),
+}
+
+
+def _refuse_pickles_from_config(name: str, shapes: dict[str, tuple[int, ...]], config: Path) -> None:
+    """A component missing from the checkpoint is loaded from the ``config`` folder (diffusers falls back
+    to ``from_pretrained`` there, which reads a .bin if that is all it finds): refuse that without
+    allow_pickle, before anything is opened."""
+    from multidiffusion.models.loading import is_pickle_path
+
+    for component, prefixes in _COMPONENT_PREFIXES.items():
+        sub = config / component
+        if any(k.startswith(prefixes) for k in shapes) or not (sub / "config.json").is_file():
+            continue
+        if not any(sub.glob("*.safetensors")) and any(is_pickle_path(f) for f in sub.iterdir() if f.is_file()):
+            raise ModelNotFoundError(
+                f"{name} has no {component} weights, so they would come from config {str(config)!r}, whose "
+                f"{component}/ holds pickle weights only (.bin), which can run arbitrary code when loaded; convert "
+                "them to .safetensors or pass allow_pickle=True (--allow-pickle) if you trust the source"
+            )
+
+
 def default_config(family: str, path: Path) -> str:
     """The official base repo whose configuration builds a ``family`` checkpoint (see module doc)."""
     if family == "sd2" and re.search(r"512|base", path.name.lower()):
@@ -153,13 +190,16 @@ def default_config(family: str, path: Path) -> str:
     return DEFAULT_CONFIGS[family]
 
 
-def load_single_file(path: Path, config: str | None, **kwargs: Any):
-    """A StableDiffusion(XL)Pipeline from an original-format checkpoint (see the module doc)."""
+def load_single_file(path: Path, config: str | None, allow_pickle: bool = False, **kwargs: Any):
+    """A StableDiffusion(XL)Pipeline from an original-format checkpoint (see the module doc); a pickle
+    checkpoint only with ``allow_pickle=True``."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
 
-    shapes = read_shapes(path)
+    shapes = read_shapes(path, allow_pickle=allow_pickle)
     family = checkpoint_family(shapes, path.name)
     local = Path(config).expanduser() if config is not None else None
+    cached: Path | None = None
     if local is not None and local.is_dir():
         check_config(path.name, family, shapes, local)
         source = str(local)
@@ -169,9 +209,17 @@ def load_single_file(path: Path, config: str | None, **kwargs: Any):
         cached = _cached_folder(source)
         if cached is not None:
             check_config(path.name, family, shapes, cached)
+    folder = local if local is not None else cached
+    if folder is not None and not allow_pickle:
+        _refuse_pickles_from_config(path.name, shapes, folder)
     cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     try:
         return cls.from_single_file(str(path), config=source, **kwargs)
+    except SingleFileComponentError as exc:  # a component neither in the file nor in the configuration
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelNotFoundError(
+            f"{path.name} lacks the weights of a component and config {source!r} can't supply them ({detail[:200]})"
+        ) from None
     except OSError as exc:
         if local is None:  # a repo id: its configuration is neither cached nor downloadable
             raise ModelNotFoundError(
