@@ -100,7 +100,7 @@ def check_pixels(width: int, height: int, name: str, limits: ImageLimits = DEFAU
     if width * height > limits.max_pixels:
         raise ValueError(
             f"{name}: {what + ' is ' if what else ''}{width}x{height} = {width * height:,} pixels; images may have at "
-            f"most {limits.max_pixels:,} pixels (max_pixels, e.g. 8192x8192 for the default)"
+            f"most {limits.max_pixels:,} pixels (max_pixels)"
         )
 
 
@@ -180,9 +180,16 @@ def _open_path(value: str | os.PathLike, name: str, limits: ImageLimits) -> Imag
     except OSError as exc:
         raise ValueError(f"{name}: cannot read {what} ({exc.strerror or exc})") from None
     with os.fdopen(fd, "rb") as file:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             raise ValueError(f"{name}: {what} is not a regular file (a FIFO, socket or device?); give an image file")
-        data = file.read(limits.max_bytes + 1)  # the file may have grown since the stat
+        # read(n) allocates n bytes up front: ask for the file's size (+1 to see EOF), not the limit.
+        data = file.read(min(info.st_size, limits.max_bytes) + 1)
+        while len(data) <= limits.max_bytes:  # it may have grown since the stat
+            more = file.read(min(1 << 20, limits.max_bytes + 1 - len(data)))
+            if not more:
+                break
+            data += more
     if len(data) > limits.max_bytes:
         raise ValueError(f"{name}: {what} is over {_mb(limits.max_bytes)}, the most an image file may be (max_bytes)")
     return _decode(io.BytesIO(data), name, what, limits, f"{name}: {what} is not an image")
