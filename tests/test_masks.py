@@ -176,3 +176,19 @@ def test_segmentation_table_errors():
         Region.from_segmentation(seg, {"#f00": Region("a", box=(0, 0, 1, 1)), "#00f": "b", "#000": "c"})
     with pytest.raises(ValueError, match="fields"):
         Region.from_segmentation(seg, {"#f00": {"prompt": "a", "colour": 1}, "#00f": "b", "#000": "c"})
+
+
+def test_segmentation_masks_are_built_one_at_a_time_for_the_colours_listed():
+    from multidiffusion.regions.masks import segmentation_masks
+
+    seg = _segmentation_map()
+    colours = [(255, 0, 0), (0, 0, 255), (0, 0, 0)]
+    masks = segmentation_masks(seg, colours)
+    assert len(masks) == 3 and not isinstance(masks, list)  # built on access, not all at once
+    codes = seg.astype(np.int64) @ np.array([1 << 16, 1 << 8, 1])
+    expected = [codes == (r << 16 | g << 8 | b) for r, g, b in colours]
+    for got, want in zip(masks, expected):
+        assert got.dtype == bool and np.array_equal(got, want)
+    assert np.array_equal(masks[-1], expected[-1]) and len(masks[1:]) == 2
+    with pytest.raises(IndexError):
+        masks[3]

@@ -6,7 +6,8 @@ does not, in between for soft edges. Inputs are read as follows:
 
 - an image file, a PIL image or a ``data:image/png;base64,`` URI (how masks are stored in the PNGs
   we write): its alpha channel when it has any transparency, else its luminance; 8-bit images are
-  divided by 255, 16-bit ones by 65535;
+  divided by 255, 16-bit ones by 65535. Files and URIs are read by :func:`multidiffusion.images.open_image`,
+  within its limits on bytes and pixels; colour-coded maps are also limited in colours;
 - a NumPy array or a torch tensor (H, W) (leading singleton axes are dropped): booleans, uint8
   (÷ 255), uint16 (÷ 65535), other integers in {0, 1}, or floats in [0, 1];
 - a box (x0, y0, x1, y1): integers are pixels, floats are fractions of the canvas in [0, 1].
@@ -28,16 +29,18 @@ import io
 import math
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageColor
 
+from multidiffusion.images import DATA_URI_PREFIX, DEFAULT_LIMITS, ImageLimits, colour_counts, open_image, pack_rgb
+
 __all__ = [
     "DATA_URI_PREFIX",
+    "ColourMasks",
     "MaskLike",
     "box_mask",
     "box_pixels",
@@ -56,32 +59,13 @@ __all__ = [
 MaskLike = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
 """A mask as users give it: a path, a PIL image, an array or a tensor (see the module docstring)."""
 
-DATA_URI_PREFIX = "data:image/png;base64,"
 ASPECT_TOLERANCE = 0.01
 """Largest relative difference of aspect ratios accepted between a mask and the canvas."""
 
 
 # -- reading -------------------------------------------------------------------------------------
-def _open_image(value: str | os.PathLike, name: str) -> Image.Image:
-    if isinstance(value, str) and value.startswith("data:"):
-        if not value.startswith(DATA_URI_PREFIX):
-            raise ValueError(f"{name} must be a file or a {DATA_URI_PREFIX}... URI, got {value[:40]!r}...")
-        try:
-            data = base64.b64decode(value[len(DATA_URI_PREFIX) :], validate=True)
-            image = Image.open(io.BytesIO(data))
-            image.load()
-        except Exception as exc:
-            raise ValueError(f"{name} is not a valid base64 PNG data URI ({exc})") from None
-        return image
-    path = Path(value).expanduser()
-    if not path.is_file():
-        raise ValueError(f"{name}: no such file {str(path)!r}")
-    try:
-        image = Image.open(path)
-        image.load()
-    except Exception as exc:
-        raise ValueError(f"{name}: {str(path)!r} is not an image ({exc})") from None
-    return image
+def _open_image(value: str | os.PathLike, name: str, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:
+    return open_image(value, name, limits)
 
 
 def _image_to_mask(image: Image.Image) -> torch.Tensor:
@@ -126,21 +110,19 @@ def _array_to_mask(array: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
     return t
 
 
-def load_mask(value: MaskLike, name: str = "mask") -> torch.Tensor:
-    """A pixel mask (H, W), float32 in [0, 1], from a path, data URI, PIL image, array or tensor."""
-    if isinstance(value, (str, os.PathLike)):
-        return _image_to_mask(_open_image(value, name))
-    if isinstance(value, Image.Image):
-        return _image_to_mask(value)
+def load_mask(value: MaskLike, name: str = "mask", limits: ImageLimits = DEFAULT_LIMITS) -> torch.Tensor:
+    """A pixel mask (H, W), float32 in [0, 1], from a path, data URI, PIL image, array or tensor.
+    Files, URIs and PIL images are held to ``limits`` (bytes, pixels)."""
+    if isinstance(value, (str, os.PathLike, Image.Image)):
+        return _image_to_mask(_open_image(value, name, limits))
     if isinstance(value, (np.ndarray, torch.Tensor)):
         return _array_to_mask(value, name)
     raise ValueError(f"{name} must be a path, a PIL image, a NumPy array or a torch tensor, got {type(value).__name__}")
 
 
-def load_rgb(value: MaskLike, name: str = "map") -> np.ndarray:
-    """A colour image (H, W, 3) uint8 from a path, data URI, PIL image, array or tensor."""
-    if isinstance(value, (str, os.PathLike)):
-        value = _open_image(value, name)
+def _read_rgb(value: MaskLike, name: str, limits: ImageLimits) -> np.ndarray:
+    if isinstance(value, (str, os.PathLike, Image.Image)):
+        value = _open_image(value, name, limits)
     if isinstance(value, Image.Image):
         return np.asarray(value.convert("RGB"))
     if isinstance(value, torch.Tensor):
@@ -152,6 +134,14 @@ def load_rgb(value: MaskLike, name: str = "map") -> np.ndarray:
             raise ValueError(f"{name} must be a (height, width, 3) uint8 array, got {value.dtype} {value.shape}")
         return value[..., :3]
     raise ValueError(f"{name} must be a path, a PIL image or an array, got {type(value).__name__}")
+
+
+def load_rgb(value: MaskLike, name: str = "map", limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """A colour-coded map (H, W, 3) uint8 from a path, data URI, PIL image, array or tensor, held to
+    ``limits``: bytes and pixels, and at most ``limits.max_colours`` distinct colours."""
+    rgb = _read_rgb(value, name, limits)
+    colour_counts(rgb, limits, name)
+    return rgb
 
 
 # -- writing -------------------------------------------------------------------------------------
@@ -267,12 +257,37 @@ def colour_hex(rgb: Sequence[int]) -> str:
     return "#{:02x}{:02x}{:02x}".format(*rgb)
 
 
-def segmentation_masks(image: MaskLike, colours: Sequence[tuple[int, int, int]], name: str = "map") -> list[np.ndarray]:
-    """One boolean mask per colour of a colour-coded map. Every colour of the map must be listed
-    and every listed colour must occur: ValueError naming the colours found otherwise."""
-    rgb = load_rgb(image, name).astype(np.int64)
-    codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-    found, counts = np.unique(codes, return_counts=True)
+class ColourMasks(Sequence[np.ndarray]):
+    """The boolean masks of some colours of a map, each built when it is asked for (indexing,
+    iteration) and not kept: holding one mask per colour of a large map would take colours x
+    pixels bytes. Keeps the map's packed colour codes (4 bytes per pixel)."""
+
+    def __init__(self, codes: np.ndarray, colours: Sequence[tuple[int, int, int]]) -> None:
+        self._codes = codes
+        self._wanted = [(r << 16) | (g << 8) | b for r, g, b in colours]
+
+    def __len__(self) -> int:
+        return len(self._wanted)
+
+    @overload
+    def __getitem__(self, index: int) -> np.ndarray: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[np.ndarray]: ...
+    def __getitem__(self, index: int | slice) -> np.ndarray | list[np.ndarray]:
+        if isinstance(index, slice):
+            return [self._codes == code for code in self._wanted[index]]
+        return self._codes == self._wanted[index]
+
+
+def segmentation_masks(
+    image: MaskLike, colours: Sequence[tuple[int, int, int]], name: str = "map", limits: ImageLimits = DEFAULT_LIMITS
+) -> ColourMasks:
+    """One boolean mask per colour of a colour-coded map, built lazily (see :class:`ColourMasks`).
+    Every colour of the map must be listed and every listed colour must occur: ValueError naming the
+    colours found otherwise. Maps beyond ``limits`` (bytes, pixels, ``max_colours`` colours) are
+    refused before any mask is built."""
+    codes = pack_rgb(_read_rgb(image, name, limits))
+    found, counts = colour_counts(codes, limits, name)
     order = np.argsort(-counts, kind="stable")  # by area, ties by colour
     found, counts = found[order], counts[order]
     wanted = {(r << 16) | (g << 8) | b for r, g, b in colours}
@@ -298,7 +313,7 @@ def segmentation_masks(image: MaskLike, colours: Sequence[tuple[int, int, int]],
             f"{name} does not contain the colours {', '.join(absent)}; colours in the map: "
             f"{', '.join(describe(c, n) for c, n in zip(found.tolist()[:12], counts.tolist()[:12]))}"
         )
-    return [codes == ((r << 16) | (g << 8) | b) for r, g, b in colours]
+    return ColourMasks(codes, colours)
 
 
 def colour_table(table: Mapping[Any, Any], name: str = "colors") -> list[tuple[tuple[int, int, int], Any]]:

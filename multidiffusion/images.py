@@ -1,0 +1,256 @@
+"""One loader for every image a user hands us (masks, segmentation maps, init and control images),
+with limits on file size, pixels and, for colour maps, distinct colours.
+
+Images come from the command line, scene files and the web app, so they may be hostile: a small
+PNG can declare 30000 x 30000 pixels (a decompression bomb), a path can name a FIFO or a device
+that blocks or never ends, and a colour map with one colour per pixel makes per-colour work
+explode. :func:`open_image` checks, in this order and before decoding a single pixel:
+
+- a path is a regular file (``os.stat``; FIFOs, devices and folders are refused without being
+  opened) of at most ``max_bytes``; a ``data:image/png;base64,`` URI's payload is at most
+  ``max_bytes`` once decoded (checked on the base64 text, before decoding);
+- the header's width x height is at most ``max_pixels`` (PIL reads the header lazily);
+- then the pixels are decoded; any decoding failure, and PIL's own decompression-bomb error, is a
+  ValueError naming the parameter.
+
+:func:`count_colours` / :func:`colour_counts` count the distinct RGB colours of a map in O(pixels)
+(one ``np.unique`` over packed 24-bit codes) and refuse maps with more than ``max_colours``.
+
+Every error is a ValueError whose message names the parameter, the value (file name or size) and
+the limit, so the CLI, scene loader and web app can show it as is.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "DATA_URI_PREFIX",
+    "DEFAULT_LIMITS",
+    "ImageLimits",
+    "check_pixels",
+    "colour_counts",
+    "count_colours",
+    "open_image",
+    "pack_rgb",
+]
+
+DATA_URI_PREFIX = "data:image/png;base64,"
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Caps on one image input.
+
+    ``max_pixels``: width x height from the header, checked before decoding. 64 Mpx (8192 x 8192)
+    is twice the largest canvas side the web app serves by default (4096) in each direction and
+    still small enough to decode (64 MB per 8-bit channel). It is below PIL's own warning threshold
+    (``Image.MAX_IMAGE_PIXELS``, about 89 Mpx); PIL refuses anything over twice that by itself, so
+    raising ``max_pixels`` past about 179 Mpx also needs ``Image.MAX_IMAGE_PIXELS`` raised.
+
+    ``max_bytes``: size of a file or of a data URI's decoded payload. 64 MB holds an uncompressed
+    8192 x 8192 8-bit greyscale PNG; any sensible mask or map is far smaller.
+
+    ``max_colours``: distinct RGB colours in a colour-coded segmentation map. Each colour is one
+    region with its own prompt and its own mask on the latent grid, so the work and memory grow
+    with colours x pixels; 256 is more regions than anyone prompts by hand (the paper's maps have
+    a handful) and lets an 8-bit palette image through whole. A map with many more colours is
+    antialiased, a JPEG or a photo, not a layout.
+    """
+
+    max_pixels: int = 8192 * 8192
+    max_bytes: int = 64 * 1024 * 1024
+    max_colours: int = 256
+
+    def __post_init__(self) -> None:
+        for field in ("max_pixels", "max_bytes", "max_colours"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ImageLimits.{field} must be a whole number ≥ 1, got {value!r}")
+
+
+DEFAULT_LIMITS = ImageLimits()
+"""The limits used when none are given: 64 Mpx, 64 MB, 256 colours."""
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1024 / 1024:.1f} MB ({size:,} bytes)"
+
+
+def _describe(source: object) -> str:
+    if isinstance(source, str) and source.startswith("data:"):
+        return "the data URI"
+    if isinstance(source, (str, os.PathLike)):
+        return repr(str(source))
+    return f"the {type(source).__name__}"
+
+
+def check_pixels(width: int, height: int, name: str, limits: ImageLimits = DEFAULT_LIMITS, what: str = "") -> None:
+    """ValueError when a ``width`` x ``height`` image has more than ``limits.max_pixels`` pixels."""
+    if width * height > limits.max_pixels:
+        raise ValueError(
+            f"{name}: {what + ' is ' if what else ''}{width}x{height} = {width * height:,} pixels; images may have at "
+            f"most {limits.max_pixels:,} pixels (max_pixels)"
+        )
+
+
+def _bomb(exc: Exception, name: str, what: str, limits: ImageLimits) -> ValueError:
+    """PIL's DecompressionBombError as our ValueError, with the pixel count PIL read from the header."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f"{int(found.group(1)):,} pixels" if found else "more pixels than PIL allows"
+    limit = limits.max_pixels
+    if Image.MAX_IMAGE_PIXELS is not None:
+        limit = min(limit, 2 * Image.MAX_IMAGE_PIXELS)
+    return ValueError(f"{name}: {what} is {size}; images may have at most {limit:,} pixels (max_pixels)")
+
+
+def _decode(fp: io.IOBase, name: str, what: str, limits: ImageLimits, bad: str) -> Image.Image:
+    """Open lazily, check the header's size, then decode. Every failure is a ValueError naming
+    ``name``; ``bad`` starts the message for data that is not an image."""
+
+    def failure(exc: Exception) -> ValueError:
+        if isinstance(exc, Image.DecompressionBombError):
+            return _bomb(exc, name, what, limits)
+        return ValueError(f"{bad} ({exc})")
+
+    try:
+        image = Image.open(fp)  # reads the header only
+    except Exception as exc:
+        raise failure(exc) from None
+    check_pixels(image.width, image.height, name, limits, what)
+    try:
+        image.load()
+    except Exception as exc:
+        raise failure(exc) from None
+    return image
+
+
+def _open_data_uri(value: str, name: str, limits: ImageLimits) -> Image.Image:
+    if not value.startswith(DATA_URI_PREFIX):
+        raise ValueError(f"{name} must be a file or a {DATA_URI_PREFIX}... URI, got {value[:40]!r}...")
+    payload = value[len(DATA_URI_PREFIX) :]
+    bad = f"{name} is not a valid base64 PNG data URI"
+    decoded = len(payload) // 4 * 3  # the decoded size, give or take 2 bytes of padding
+    if decoded > limits.max_bytes + 2:
+        raise ValueError(
+            f"{name}: the data URI holds about {_mb(decoded)}; images may be at most {_mb(limits.max_bytes)} "
+            "(max_bytes)"
+        )
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"{bad} ({exc})") from None
+    if len(data) > limits.max_bytes:
+        raise ValueError(
+            f"{name}: the data URI holds {_mb(len(data))}; images may be at most {_mb(limits.max_bytes)} (max_bytes)"
+        )
+    return _decode(io.BytesIO(data), name, "the data URI", limits, bad)
+
+
+def _open_path(value: str | os.PathLike, name: str, limits: ImageLimits) -> Image.Image:
+    path = Path(value).expanduser()
+    what = repr(str(path))
+    try:
+        info = os.stat(path)  # follows links: a link to /dev/zero is a device
+    except FileNotFoundError:
+        raise ValueError(f"{name}: no such file {what}") from None
+    except OSError as exc:
+        raise ValueError(f"{name}: cannot read {what} ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file (a FIFO, socket or device?)"
+        raise ValueError(f"{name}: {what} is {kind}; give an image file")
+    if info.st_size > limits.max_bytes:
+        raise ValueError(
+            f"{name}: {what} is {_mb(info.st_size)}; image files may be at most {_mb(limits.max_bytes)} (max_bytes)"
+        )
+    # Non-blocking open and fstat: the path may have been swapped for a FIFO since the stat.
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise ValueError(f"{name}: cannot read {what} ({exc.strerror or exc})") from None
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{name}: {what} is not a regular file (a FIFO, socket or device?); give an image file")
+        # read(n) allocates n bytes up front: ask for the file's size (+1 to see EOF), not the limit.
+        data = file.read(min(info.st_size, limits.max_bytes) + 1)
+        while len(data) <= limits.max_bytes:  # it may have grown since the stat
+            more = file.read(min(1 << 20, limits.max_bytes + 1 - len(data)))
+            if not more:
+                break
+            data += more
+    if len(data) > limits.max_bytes:
+        raise ValueError(f"{name}: {what} is over {_mb(limits.max_bytes)}, the most an image file may be (max_bytes)")
+    return _decode(io.BytesIO(data), name, what, limits, f"{name}: {what} is not an image")
+
+
+def open_image(source: str | os.PathLike | Image.Image, name: str, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:
+    """A decoded PIL image from a path, a ``data:image/png;base64,`` URI or a PIL image, within
+    ``limits`` (see the module docstring); ValueError naming ``name`` otherwise."""
+    if isinstance(source, Image.Image):
+        check_pixels(source.width, source.height, name, limits, "the image")
+        return source
+    if isinstance(source, str) and source.startswith("data:"):
+        return _open_data_uri(source, name, limits)
+    if isinstance(source, (str, os.PathLike)):
+        return _open_path(source, name, limits)
+    raise ValueError(f"{name} must be a path, a {DATA_URI_PREFIX}... URI or a PIL image, got {type(source).__name__}")
+
+
+# -- colours -------------------------------------------------------------------------------------
+def pack_rgb(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3 or 4) uint8 -> (H, W) uint32 codes 0xRRGGBB (alpha ignored)."""
+    codes = rgb[..., 0].astype(np.uint32) << 16
+    codes |= rgb[..., 1].astype(np.uint32) << 8
+    codes |= rgb[..., 2]
+    return codes
+
+
+def _codes(value: Image.Image | np.ndarray, name: str, limits: ImageLimits) -> np.ndarray:
+    if isinstance(value, Image.Image):
+        check_pixels(value.width, value.height, name, limits, "the map")
+        value = np.asarray(value.convert("RGB"))
+    if not isinstance(value, np.ndarray):
+        raise ValueError(f"{name} must be a PIL image or an array, got {type(value).__name__}")
+    is_codes = value.ndim == 2 and value.dtype == np.uint32
+    if not is_codes and not (value.ndim == 3 and value.shape[-1] in (3, 4) and value.dtype == np.uint8):
+        raise ValueError(
+            f"{name} must be a (height, width, 3) uint8 array or (height, width) uint32 colour codes, "
+            f"got {value.dtype} {value.shape}"
+        )
+    check_pixels(value.shape[1], value.shape[0], name, limits, "the map")
+    return value if is_codes else pack_rgb(value)
+
+
+def colour_counts(
+    value: Image.Image | np.ndarray, limits: ImageLimits = DEFAULT_LIMITS, name: str = "map"
+) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct colours of a map as 0xRRGGBB codes (ascending) and their pixel counts.
+
+    ``value`` is a PIL image, a (H, W, 3 or 4) uint8 array or the (H, W) uint32 codes of
+    :func:`pack_rgb`. One ``np.unique`` over the codes: time O(pixels log pixels), memory a few
+    bytes per pixel, whatever the number of colours. ValueError when there are more than
+    ``limits.max_colours``."""
+    found, counts = np.unique(_codes(value, name, limits), return_counts=True)
+    if len(found) > limits.max_colours:
+        raise ValueError(
+            f"{name} has {len(found):,} colours; a colour map may have at most {limits.max_colours} (max_colours), one "
+            "flat colour per region (is the map antialiased, a JPEG or a photo? draw it with flat colours)"
+        )
+    return found, counts
+
+
+def count_colours(value: Image.Image | np.ndarray, limits: ImageLimits = DEFAULT_LIMITS, name: str = "map") -> int:
+    """How many distinct RGB colours a map has; ValueError when more than ``limits.max_colours``."""
+    return len(colour_counts(value, limits, name)[0])
