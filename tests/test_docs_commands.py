@@ -214,8 +214,8 @@ def adapt(argv: list[str], folder: Path, placeholders: bool) -> list[str]:
         elif name in INPUT_OPTIONS and not (name == "--colors" and not value.endswith((".toml", ".json"))):
             value = _input(value, name, argv, folder, placeholders)
         adapted += [name] if value is None else [name, value]
-    for key, flag in (("width", "--width"), ("height", "--height")):
-        if flag not in given and key in scene:
+    for key, flag in (("width", "--width"), ("height", "--height")):  # a demo scene keeps its size (pixel boxes)
+        if flag not in given and key in scene and scale != 1:
             adapted += [flag, str(scene[key])]
     adapted = _shrink(adapted, scale)
     adapted += ["--model", DEMO, "--steps", "2", "-q"]
