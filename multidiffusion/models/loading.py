@@ -7,7 +7,6 @@ model, instead of a hub traceback.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import threading
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from multidiffusion.models.files import PICKLE_SUFFIXES, ModelNotFoundError, is_pickle_path
 
 __all__ = [
     "DEMO_MODEL_DIR",
@@ -33,7 +34,6 @@ __all__ = [
 ]
 
 DEMO_MODEL_DIR = Path(__file__).parents[1] / "demo" / "model"
-PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -43,10 +43,6 @@ PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 # local cache (DNS, connection and answer together); past it loading fails with ModelNotFoundError.
 # The hub client itself has no limit there: a server that accepts connections and never answers hangs it.
 HUB_TIMEOUT_S = 10.0
-
-
-class ModelNotFoundError(ValueError):
-    """The model can't be found or loaded; the message says how to get it."""
 
 
 def default_device() -> torch.device:
@@ -82,16 +78,6 @@ def _pipeline_class(name: str):
             f"({', '.join(SUPPORTED_PIPELINES)}) and their fine-tunes"
         )
     return getattr(diffusers, name)
-
-
-def is_pickle_path(path: str | os.PathLike) -> bool:
-    """Whether ``path`` names a pickle checkpoint (.ckpt, .bin, .pt, .pth in any case), or is a link to
-    one; decided from names only, the file is not opened."""
-    path = Path(path)
-    suffixes = {path.suffix.lower()}
-    with contextlib.suppress(OSError, RuntimeError):  # a link loop: the name is all there is
-        suffixes.add(path.resolve().suffix.lower())
-    return bool(suffixes & set(PICKLE_SUFFIXES))
 
 
 def _pickle_refusal(what: str) -> ModelNotFoundError:
@@ -421,4 +407,4 @@ def _ask_hub(repo: str) -> None:
 
 # re-exported for compatibility: the single-file logic lives in its own module, which needs
 # ModelNotFoundError from this one (hence the import at the end)
-from multidiffusion.models.single_file import checkpoint_family  # noqa: E402
+from multidiffusion.models.single_file import checkpoint_family  # noqa: E402  (re-exported)

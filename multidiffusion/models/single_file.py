@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from multidiffusion.models.loading import ModelNotFoundError
+from multidiffusion.models.files import ModelNotFoundError, is_pickle_path
 
 __all__ = ["DEFAULT_CONFIGS", "checkpoint_family", "load_single_file", "read_shapes"]
 
@@ -46,7 +46,6 @@ _CROSS_ATTENTION = re.compile(re.escape(_UNET) + r".*\.attn2\.to_k\.weight$")
 def read_shapes(path: str | Path, *, allow_pickle: bool = False) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape. For .safetensors only the header is read; any other file is a pickle,
     loaded (which can run code) only with ``allow_pickle=True`` and otherwise never opened."""
-    from multidiffusion.models.loading import is_pickle_path
 
     path = Path(path)
     if path.suffix == ".safetensors" and not is_pickle_path(path):
@@ -169,7 +168,6 @@ def _refuse_pickles_from_config(name: str, shapes: dict[str, tuple[int, ...]], c
     """A component missing from the checkpoint is loaded from the ``config`` folder (diffusers falls back
     to ``from_pretrained`` there, which reads a .bin if that is all it finds): refuse that without
     allow_pickle, before anything is opened."""
-    from multidiffusion.models.loading import is_pickle_path
 
     for component, prefixes in _COMPONENT_PREFIXES.items():
         sub = config / component

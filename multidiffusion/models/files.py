@@ -1,0 +1,26 @@
+"""What loading a model and reading a single checkpoint share: the one error, and how a pickle file
+is recognised (by its name alone: a pickle can run code when it is opened)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+__all__ = ["PICKLE_SUFFIXES", "ModelNotFoundError", "is_pickle_path"]
+
+PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
+
+
+class ModelNotFoundError(ValueError):
+    """The model can't be found or loaded; the message says how to get it."""
+
+
+def is_pickle_path(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a pickle checkpoint (.ckpt, .bin, .pt, .pth in any case), or is a link to
+    one; decided from names only, the file is not opened."""
+    path = Path(path)
+    suffixes = {path.suffix.lower()}
+    with contextlib.suppress(OSError, RuntimeError):  # a link loop: the name is all there is
+        suffixes.add(path.resolve().suffix.lower())
+    return bool(suffixes & set(PICKLE_SUFFIXES))
