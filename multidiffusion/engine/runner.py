@@ -135,7 +135,8 @@ def run(
 def auto_batch(adapter: Any) -> int:
     """Views per UNet call when not given: about 16k latent pixels of native windows per call on the
     CPU (4 of SD's 64x64 windows, 64 of the demo model's 16x16), 4x that on accelerators, where
-    batching pays (16 SD windows, 4 SDXL ones). Measured: README, "Speed and memory"."""
+    larger batches pay (16 SD windows, 4 SDXL ones). A heuristic: the benchmark calibrates
+    ``view_batch_size`` per configuration (README, "Speed and memory"; ``benchmarks/results/``)."""
     h, w = adapter.native_latent_size
     budget = 4 * 64 * 64 * (4 if adapter.device.type == "cuda" else 1)
     return max(1, budget // (h * w))

@@ -4,9 +4,11 @@ wrapping.
 A canvas larger than the VAE's native size is decoded (or encoded) in overlapping tiles blended with
 linear ramps, with canvas-wide GroupNorm statistics from a first pass over the tiles, so tiles agree
 in tone (see :mod:`multidiffusion.vae.tiles`). Peak memory depends on the tile size, not the
-canvas size, and no full-image attention matrix is ever formed: the mid block's attention is local
-to a tile, the one approximation left. :func:`decode_to_uint8` converts each finished band of rows
-to 8 bits at once, so an image costs its 8-bit size plus one tile row.
+canvas size. The mid block and its attention run whole up to ``latent_tile`` latent pixels a side
+and in windows beyond, so no full-image attention matrix of a large canvas is ever formed (see
+:mod:`multidiffusion.vae.stages`). :func:`decode_to_uint8` converts each finished band of rows to 8
+bits at once, so an image costs its 8-bit size plus one tile row. Measured memory and fidelity:
+README, "Speed and memory", and ``benchmarks/results/``.
 
 A canvas that fits in one tile is decoded whole, exactly as diffusers does. Circular canvases are
 padded with their own opposite edge before decoding and cropped after, so the 0/360-degree seam is

@@ -5,9 +5,10 @@ global self-attention) followed by a pixel-resolution stage (the up blocks and o
 more pixels and nearly all of the memory). The encoder is the mirror image. Decoding therefore runs
 the latent stage on the whole latent canvas (in windows of ``latent_tile`` only beyond that size),
 with its exact attention and GroupNorm statistics, keeps its output (a few hundred channels at
-latent resolution) and tiles the pixel stage only. Measured on a random SD-shaped VAE at 1024 x 1024
-px with one-pass statistics, this took tiled vs whole decoding from 38.6 to 41.8 dB PSNR: tile-local
-attention was the larger error, and it also skewed the statistics the tiles record.
+latent resolution) and tiles the pixel stage only. Tile-local attention was the larger error of
+tiling the whole decoder, and it also skewed the GroupNorm statistics the tiles record; how close
+tiled and whole decodes come is measured by ``python -m benchmarks --suites decode`` (README,
+"Speed and memory"; figures in ``benchmarks/results/``).
 """
 
 from __future__ import annotations

@@ -11,9 +11,10 @@ Tiles alone shift tones: the GroupNorm layers would normalise each tile by its o
 layer (the default): layer k's per-tile moments are merged into canvas moments while layers before
 k already use canvas moments, so they are the whole decode's (up to the tiles' borders); this costs
 about half a pass over the tiles per GroupNorm layer, since each measuring pass stops at its layer.
-Or fast, in one pass where each tile normalises by its own moments; that skews deeper layers.
-Measured (README, "Speed and memory"): tiled vs whole decode of the trained demo VAE, 23-28 dB fast
-and 57 dB exact; of random SD-shaped VAEs, 38-42 dB fast.
+Or fast, in one pass where each tile normalises by its own moments; that skews deeper layers, most
+on trained VAEs. How far each mode's tiled decode is from a whole decode, and what it costs, is
+measured by ``python -m benchmarks --suites decode`` (README, "Speed and memory";
+``benchmarks/results/``).
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ class GroupNormStats:
     recorded with layers 1..k-1 already normalised by canvas statistics, so every tile sees what a
     whole decode computes, up to the tiles' borders. ``mode="fast"`` records all layers in one pass
     in which each tile normalises by its own statistics (:meth:`recording`); per-tile normalisation
-    skews the deeper layers' statistics, by several dB of PSNR on trained VAEs (see the README).
+    skews the deeper layers' statistics, most on trained VAEs (README, "Speed and memory").
     ``applying()``: each GroupNorm normalises by the totals, in one fused multiply-add.
     """
 
