@@ -18,7 +18,7 @@ from multidiffusion.app.layout import (
     merge_colour_table,
     read_map,
 )
-from multidiffusion.app.widgets import guarded, message, model_dropdown, progress_steps, sampling_controls
+from multidiffusion.app.widgets import client_gone, guarded, message, model_dropdown, progress_steps, sampling_controls
 
 __all__ = ["regions_tab"]
 
@@ -136,7 +136,12 @@ def regions_tab(ctx: AppContext) -> dict[str, Any]:
 
     def run(data: dict[Any, Any], progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
         out = generate_regions(
-            form(data), pool=ctx.pool, limits=ctx.limits, store=ctx.store, on_step=progress_steps(progress)
+            form(data),
+            pool=ctx.pool,
+            limits=ctx.limits,
+            store=ctx.store,
+            on_step=progress_steps(progress),
+            is_cancelled=client_gone(),
         )
         download_button = gr.DownloadButton(value=str(out.path), visible=True)
         return out.preview, str(out.path), download_button, message("info", out.message)
