@@ -81,9 +81,7 @@ def test_a_cancelled_job_stops_and_the_next_runs_alone(md16, tmp_path, reference
 
     def job(key, is_cancelled):
         try:
-            outcome[key] = generate_panorama(
-                FORM, pool=pool, limits=Limits(), store=store, is_cancelled=is_cancelled
-            )
+            outcome[key] = generate_panorama(FORM, pool=pool, limits=Limits(), store=store, is_cancelled=is_cancelled)
         except Exception as exc:
             outcome[key] = exc
 
