@@ -7,6 +7,7 @@ on SIGTERM or SIGINT (Ctrl+C), whose handlers remove it and then do what was don
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import shutil
 import signal
@@ -23,6 +24,8 @@ __all__ = ["LOOPBACK", "create_app", "launch", "remove_at_exit", "remove_on_sign
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+log = logging.getLogger("multidiffusion.app")
 
 _temporary: list[Path] = []  # folders to remove when the server stops
 _signals_installed = False
@@ -65,6 +68,16 @@ def remove_on_signals() -> None:
     _signals_installed = True
 
 
+async def _client_went_away(request: Any, exc: Exception) -> Any:
+    """A client that went away mid-request (a page closed or reloaded while its image editor was
+    uploading): nothing to answer, and no traceback for the log (Gradio's upload route lets
+    Starlette's ClientDisconnect through, and uvicorn logs it as an error of the application)."""
+    from starlette.responses import Response
+
+    log.info("a client went away during %s", request.url.path)
+    return Response(status_code=400)
+
+
 def create_app(models: Sequence[str], loader: Loader, limits: Limits, store: OutputStore | None = None) -> Any:
     """The Gradio Blocks for ``models`` (the first is loaded now, so a bad model fails at start)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
@@ -90,6 +103,8 @@ def launch(
 ) -> Any:
     """Serve ``app``: generations queue one at a time (at most ``queue_size`` waiting). ``host`` is
     a name or an IPv4 or IPv6 address (``::1``); ``block=True`` also installs :func:`remove_on_signals`."""
+    from starlette.requests import ClientDisconnect
+
     from multidiffusion.app.widgets import CSS, THEME
 
     app.queue(max_size=queue_size, default_concurrency_limit=1)
@@ -107,4 +122,5 @@ def launch(
         theme=THEME,
         css=CSS,
         footer_links=["gradio"],
+        app_kwargs={"exception_handlers": {ClientDisconnect: _client_went_away}},
     )
