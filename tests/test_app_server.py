@@ -126,3 +126,33 @@ def test_serve_takes_ipv6_hosts(monkeypatch, capsys):
     for host in ("::1", "[::1]"):
         code, err = run_cli(["serve", "--host", host, "--port", "7861"], capsys)
         assert code == 0 and calls["host"] == "::1" and "warning" not in err
+
+
+def test_a_client_that_goes_away_mid_upload_is_one_log_line(md16, tmp_path, caplog):
+    """A page closed while its image editor uploads: the server logs one line, no traceback."""
+    pytest.importorskip("gradio")
+    import logging
+
+    from multidiffusion.app.handlers import OutputStore
+    from multidiffusion.app.server import create_app, launch
+
+    caplog.set_level(logging.INFO, logger="multidiffusion.app")
+    app = create_app(["tiny"], lambda name: md16, Limits(), OutputStore(tmp_path / "out"))
+    port = _free_port()
+    try:
+        launch(app, host="127.0.0.1", port=port, limits=Limits(), block=False)
+        head = (
+            "POST /gradio_api/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n"
+            "Content-Type: multipart/form-data; boundary=xyz\r\n\r\n"
+            '--xyz\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        )
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(head.encode() + b"\0" * 1000)  # a tenth of the file, then the client is gone
+        deadline = time.monotonic() + STARTUP_S
+        while "a client went away during /gradio_api/upload" not in caplog.text:
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.1)
+        assert "Traceback" not in caplog.text
+    finally:
+        app.close()
