@@ -3,6 +3,9 @@
 Errors a user can fix are ``ValueError`` with a message for the page (from the checks here or from
 the library, which names the parameter and the allowed range); the UI layer shows them, and shows
 anything else as a one-line internal error while the traceback goes to the server's log.
+
+A generation holds its model for the whole run (:meth:`ModelPool.use`), checks ``is_cancelled``
+between denoising steps, and stops with :class:`~.jobs.Cancelled` (writing no PNG) once it is true.
 """
 
 from __future__ import annotations
@@ -19,12 +22,13 @@ from typing import Any
 
 import torch
 
+from multidiffusion.app.jobs import CancelCheck, Cancelled, check_cancelled
 from multidiffusion.app.limits import Limits
 from multidiffusion.app.models import ModelPool
 from multidiffusion.app.settings import Choice, panorama_request, regions_request
 from multidiffusion.metadata import save_png
 
-__all__ = ["OutputStore", "Result", "generate_panorama", "generate_regions", "preview_regions"]
+__all__ = ["Cancelled", "OutputStore", "Result", "generate_panorama", "generate_regions", "preview_regions"]
 
 StepCallback = Callable[[int, int], None]
 
@@ -60,12 +64,15 @@ class Result:
     preview: Any = None  # the layout preview (regions)
 
 
-def _step_callback(on_step: StepCallback | None, total: int):
-    if on_step is None:
+def _step_callback(on_step: StepCallback | None, total: int, is_cancelled: CancelCheck | None):
+    """The API's ``callback_on_step_end``: stops a cancelled job (raising ends the run), moves the progress."""
+    if on_step is None and is_cancelled is None:
         return None
 
     def callback(md: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        on_step(i + 1, total)
+        check_cancelled(is_cancelled)
+        if on_step is not None:
+            on_step(i + 1, total)
         return {}
 
     return callback
@@ -87,18 +94,21 @@ def generate_panorama(
     store: OutputStore,
     choices: tuple[Choice, ...] = (),
     on_step: StepCallback | None = None,
+    is_cancelled: CancelCheck | None = None,
 ) -> Result:
-    """One panorama from the form's ``values`` (keys: API names, ``seed``, ``model``)."""
+    """One panorama from the form's ``values`` (keys: API names, ``seed``, ``model``); ``Cancelled``
+    once ``is_cancelled()`` is true (checked while waiting for the model and between steps)."""
     request = panorama_request(values, limits, pool, choices)
-    md = pool.get(request.model)
     steps = request.kwargs["num_inference_steps"]
-    start = time.perf_counter()
-    out = md.panorama(
-        generator=torch.Generator("cpu").manual_seed(request.seed),
-        callback_on_step_end=_step_callback(on_step, steps),
-        **request.kwargs,
-    )
-    seconds = time.perf_counter() - start
+    with pool.use(request.model, is_cancelled) as md:
+        start = time.perf_counter()
+        out = md.panorama(
+            generator=torch.Generator("cpu").manual_seed(request.seed),
+            callback_on_step_end=_step_callback(on_step, steps, is_cancelled),
+            **request.kwargs,
+        )
+        seconds = time.perf_counter() - start
+    check_cancelled(is_cancelled)  # cancelled while decoding: no PNG
     image = out.images[0]
     # the model as this server names it, so the PNG loads back into the page
     path = store.save(image, {**out.parameters, "model": request.model}, "panorama")
@@ -112,7 +122,8 @@ def _layout(md: Any, kwargs: Mapping[str, Any]) -> Any:
 def preview_regions(values: Mapping[str, Any], *, pool: ModelPool, limits: Limits) -> Any:
     """The layout preview (what each prompt controls, on the model's latent grid) as a PIL image."""
     request = regions_request(values, limits, pool)
-    return _layout(pool.get(request.model), request.kwargs).preview()
+    with pool.use(request.model) as md:
+        return _layout(md, request.kwargs).preview()
 
 
 def generate_regions(
@@ -122,19 +133,22 @@ def generate_regions(
     limits: Limits,
     store: OutputStore,
     on_step: StepCallback | None = None,
+    is_cancelled: CancelCheck | None = None,
 ) -> Result:
-    """One image from the Regions tab: the layout's regions, the boxes, the background prompt."""
+    """One image from the Regions tab: the layout's regions, the boxes, the background prompt;
+    ``Cancelled`` as :func:`generate_panorama`."""
     request = regions_request(values, limits, pool)
-    md = pool.get(request.model)
-    preview = _layout(md, request.kwargs).preview()  # validates the layout before any sampling
     steps = request.kwargs["num_inference_steps"]
-    start = time.perf_counter()
-    out = md.regions(
-        generator=torch.Generator("cpu").manual_seed(request.seed),
-        callback_on_step_end=_step_callback(on_step, steps),
-        **request.kwargs,
-    )
-    seconds = time.perf_counter() - start
+    with pool.use(request.model, is_cancelled) as md:
+        preview = _layout(md, request.kwargs).preview()  # validates the layout before any sampling
+        start = time.perf_counter()
+        out = md.regions(
+            generator=torch.Generator("cpu").manual_seed(request.seed),
+            callback_on_step_end=_step_callback(on_step, steps, is_cancelled),
+            **request.kwargs,
+        )
+        seconds = time.perf_counter() - start
+    check_cancelled(is_cancelled)
     image = out.images[0]
     path = store.save(image, {**out.parameters, "model": request.model}, "regions")
     count = len(request.kwargs["regions"])

@@ -6,6 +6,7 @@ library's job; this module only reads the page's values.
 from __future__ import annotations
 
 import colorsys
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -42,6 +43,10 @@ MAX_COLOURS = 16
 """Most colours the table lists (the most frequent ones); rarer colours stay background."""
 MIN_FRACTION = 0.001
 """Colours covering less of the canvas than this are edge pixels of anti-aliased maps, not regions."""
+MAX_DISTINCT = 4096
+"""Most distinct colours a layout may have: a map is flat colours, one per region (a photo has 10^5)."""
+COUNT_PIXELS = 1 << 20
+"""The table's colours are counted on at most this many pixels of the layout (an even grid of them)."""
 _HEX = re.compile(r"#[0-9a-fA-F]{6}")
 
 
@@ -86,14 +91,27 @@ def read_map(path: str | os.PathLike, max_side: int) -> tuple[Image.Image, str]:
 
 
 def layout_colours(
-    image: Image.Image, max_colours: int | None = MAX_COLOURS, min_fraction: float = MIN_FRACTION
+    image: Image.Image,
+    max_colours: int | None = MAX_COLOURS,
+    min_fraction: float = MIN_FRACTION,
+    max_pixels: int | None = COUNT_PIXELS,
 ) -> list[str]:
-    """The colours of a layout as '#rrggbb', most frequent first."""
-    pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
-    colours, counts = np.unique(pixels, axis=0, return_counts=True)
+    """The colours of a layout as '#rrggbb', most frequent first, counted on at most ``max_pixels``
+    pixels (an even grid; None: all of them). ValueError if it has more than ``MAX_DISTINCT`` colours."""
+    a = np.asarray(image.convert("RGB"))
+    if max_pixels is not None and a.shape[0] * a.shape[1] > max_pixels:
+        step = math.ceil(math.sqrt(a.shape[0] * a.shape[1] / max_pixels))
+        a = a[::step, ::step]
+    codes = (a[..., 0].astype(np.uint32) << 16) | (a[..., 1].astype(np.uint32) << 8) | a[..., 2]
+    colours, counts = np.unique(codes.ravel(), return_counts=True)  # one number per colour: fast, small
+    if len(colours) > MAX_DISTINCT:
+        raise ValueError(
+            f"the layout has more than {MAX_DISTINCT} colours (a photo or a smooth drawing?): use a colour map "
+            "of flat colours, one per region"
+        )
     order = np.argsort(-counts, kind="stable")
-    keep = [i for i in order if counts[i] >= min_fraction * len(pixels)][:max_colours]
-    return ["#{:02x}{:02x}{:02x}".format(*colours[i]) for i in keep]
+    keep = [i for i in order if counts[i] >= min_fraction * codes.size][:max_colours]
+    return [f"#{int(colours[i]):06x}" for i in keep]
 
 
 def colour_cell(colour: str) -> str:
@@ -187,7 +205,9 @@ def page_regions(
                 f"the layout is {image.width}×{image.height} px but the canvas is {canvas[0]}×{canvas[1]}: set width "
                 "and height to the layout's size (or its aspect ratio), or start a new blank canvas"
             )
-        table: dict[str, Any] = dict.fromkeys(layout_colours(image, max_colours=None, min_fraction=0), "")
+        table: dict[str, Any] = dict.fromkeys(
+            layout_colours(image, max_colours=None, min_fraction=0, max_pixels=None), ""
+        )
         for colour, (prompt, negative) in prompts.items():
             if colour in table:  # rows of colours painted over since are ignored
                 table[colour] = {"prompt": prompt, "negative_prompt": negative or None}

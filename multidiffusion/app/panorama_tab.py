@@ -8,7 +8,7 @@ import gradio as gr
 
 from multidiffusion.app.context import AppContext
 from multidiffusion.app.handlers import generate_panorama
-from multidiffusion.app.widgets import guarded, message, model_dropdown, progress_steps, sampling_controls
+from multidiffusion.app.widgets import client_gone, guarded, message, model_dropdown, progress_steps, sampling_controls
 
 __all__ = ["panorama_tab"]
 
@@ -54,6 +54,7 @@ def panorama_tab(ctx: AppContext) -> dict[str, Any]:
             store=ctx.store,
             choices=ctx.panorama_choices,
             on_step=progress_steps(progress),
+            is_cancelled=client_gone(),
         )
         return str(out.path), gr.DownloadButton(value=str(out.path), visible=True), message("info", out.message)
 

@@ -3,6 +3,7 @@ preview what each prompt controls, generate."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import gradio as gr
@@ -18,7 +19,7 @@ from multidiffusion.app.layout import (
     merge_colour_table,
     read_map,
 )
-from multidiffusion.app.widgets import guarded, message, model_dropdown, progress_steps, sampling_controls
+from multidiffusion.app.widgets import client_gone, guarded, message, model_dropdown, progress_steps, sampling_controls
 
 __all__ = ["regions_tab"]
 
@@ -29,11 +30,19 @@ colour-coded map (flat colours, e.g. a PNG), then press **Preview the layout**: 
 Give each colour its prompt; colours left without one, like the white of a blank canvas, belong to the background.
 Boxes add regions by coordinates."""
 MAP_TYPES = [".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"]
+PAGE_QUEUE = "page"
+"""The queue of the page's light jobs (colour tables, maps, settings): one at a time, beside generations."""
 
 
-def _colour_rows(layout: Any, table: Any) -> list[list[str]]:
+def _colour_rows(layout: Any, table: Any, max_side: int) -> list[list[str]]:
     image = layout_image(layout)
-    return merge_colour_table(layout_colours(image) if image is not None else [], table)
+    if image is None:
+        return merge_colour_table([], table)
+    if max(image.size) > max_side:
+        raise ValueError(
+            f"the layout is {image.width}×{image.height} px; this server takes layouts up to {max_side} px per side"
+        )
+    return merge_colour_table(layout_colours(image), table)
 
 
 def regions_tab(ctx: AppContext) -> dict[str, Any]:
@@ -136,7 +145,12 @@ def regions_tab(ctx: AppContext) -> dict[str, Any]:
 
     def run(data: dict[Any, Any], progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
         out = generate_regions(
-            form(data), pool=ctx.pool, limits=ctx.limits, store=ctx.store, on_step=progress_steps(progress)
+            form(data),
+            pool=ctx.pool,
+            limits=ctx.limits,
+            store=ctx.store,
+            on_step=progress_steps(progress),
+            is_cancelled=client_gone(),
         )
         download_button = gr.DownloadButton(value=str(out.path), visible=True)
         return out.preview, str(out.path), download_button, message("info", out.message)
@@ -148,13 +162,18 @@ def regions_tab(ctx: AppContext) -> dict[str, Any]:
         """An uploaded map becomes the layout; the canvas takes its size; the table its colours."""
         if not path:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), ""
+        ctx.limits.check_upload("the colour map", os.path.getsize(path))  # before decoding it
         image, note = read_map(path, ctx.limits.max_side)
         w = ctx.limits.check_side("the colour map's width", image.width)
         h = ctx.limits.check_side("the colour map's height", image.height)
-        return image, w, h, _colour_rows(image, table), message("info", note)
+        return image, w, h, _colour_rows(image, table, ctx.limits.max_side), message("info", note)
 
     def new_layout(w: Any, h: Any) -> tuple[Any, str]:
         return blank_layout(ctx.limits.check_side("width", w), ctx.limits.check_side("height", h)), ""
+
+    def colour_table(layout: Any, table: Any) -> tuple[Any, Any]:
+        """The layout's colours into the table (keeping the prompts typed for them)."""
+        return _colour_rows(layout, table, ctx.limits.max_side), gr.skip()
 
     generate.click(
         guarded(run, lambda msg: (gr.skip(), gr.skip(), gr.skip(), msg)),
@@ -173,18 +192,24 @@ def regions_tab(ctx: AppContext) -> dict[str, Any]:
     )
     # the buttons read the layout's colours into the table: the editor reports no brush strokes as they
     # happen, and its change event also fires when a PNG's settings set it (with the table not yet set)
+    light = {"concurrency_limit": 1, "concurrency_id": PAGE_QUEUE}  # queued, like every job that does work
     for trigger in (preview_button.click, generate.click):
-        trigger(_colour_rows, inputs=[fields["layout"], fields["colours"]], outputs=fields["colours"], queue=False)
+        trigger(
+            guarded(colour_table, lambda msg: (gr.skip(), msg)),
+            inputs=[fields["layout"], fields["colours"]],
+            outputs=[fields["colours"], status],
+            **light,
+        )
     upload_map.upload(
         guarded(load_map, lambda msg: (gr.skip(), gr.skip(), gr.skip(), gr.skip(), msg)),
         inputs=[upload_map, fields["colours"]],
         outputs=[fields["layout"], fields["width"], fields["height"], fields["colours"], status],
-        queue=False,
+        **light,
     )
     new_canvas.click(
         guarded(new_layout, lambda msg: (gr.skip(), msg)),
         inputs=[fields["width"], fields["height"]],
         outputs=[fields["layout"], status],
-        queue=False,
+        **light,
     )
     return fields

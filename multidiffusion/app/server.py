@@ -1,20 +1,81 @@
-"""Start the page: one generation at a time (a queue), uploads capped, errors never as tracebacks."""
+"""Start the page: one generation at a time (a queue), uploads capped, errors never as tracebacks.
+
+The server's results go to a temporary folder that is removed when it stops: at a normal exit, and
+on SIGTERM or SIGINT (Ctrl+C), whose handlers remove it and then do what was done before them.
+"""
 
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import shutil
+import signal
+import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from multidiffusion.app.handlers import OutputStore
 from multidiffusion.app.limits import Limits
 from multidiffusion.app.models import Loader, ModelPool
 
-__all__ = ["LOOPBACK", "create_app", "launch"]
+__all__ = ["LOOPBACK", "create_app", "launch", "remove_at_exit", "remove_on_signals"]
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+log = logging.getLogger("multidiffusion.app")
+
+_temporary: list[Path] = []  # folders to remove when the server stops
+_signals_installed = False
+
+
+def _remove_temporary() -> None:
+    while _temporary:
+        shutil.rmtree(_temporary.pop(), ignore_errors=True)
+
+
+def remove_at_exit(folder: str | os.PathLike) -> None:
+    """Remove ``folder`` when this process exits normally (see :func:`remove_on_signals` for signals)."""
+    if not _temporary:
+        atexit.register(_remove_temporary)
+    _temporary.append(Path(folder))
+
+
+def _on_signal(previous: Any):
+    def handler(signum: int, frame: Any) -> None:
+        _remove_temporary()
+        if callable(previous):  # e.g. Python's SIGINT handler: KeyboardInterrupt, and Gradio closes
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:  # the default: end the process as the signal would have
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    return handler
+
+
+def remove_on_signals() -> None:
+    """On SIGTERM and SIGINT, remove the temporary folders, then do what the previous handler did
+    (only from the main thread, once; a signal that was ignored stays ignored)."""
+    global _signals_installed
+    if _signals_installed or threading.current_thread() is not threading.main_thread():
+        return
+    for signum in STOP_SIGNALS:
+        previous = signal.getsignal(signum)
+        if previous != signal.SIG_IGN:
+            signal.signal(signum, _on_signal(previous))
+    _signals_installed = True
+
+
+async def _client_went_away(request: Any, exc: Exception) -> Any:
+    """A client that went away mid-request (a page closed or reloaded while its image editor was
+    uploading): nothing to answer, and no traceback for the log (Gradio's upload route lets
+    Starlette's ClientDisconnect through, and uvicorn logs it as an error of the application)."""
+    from starlette.responses import Response
+
+    log.info("a client went away during %s", request.url.path)
+    return Response(status_code=400)
 
 
 def create_app(models: Sequence[str], loader: Loader, limits: Limits, store: OutputStore | None = None) -> Any:
@@ -26,7 +87,7 @@ def create_app(models: Sequence[str], loader: Loader, limits: Limits, store: Out
     pool = ModelPool(models, loader)
     if store is None:
         store = OutputStore()
-        atexit.register(shutil.rmtree, store.folder, ignore_errors=True)
+        remove_at_exit(store.folder)
     ctx = AppContext(pool, limits, store, pool.get().default_size)
     return build_app(ctx)
 
@@ -40,12 +101,17 @@ def launch(
     queue_size: int = 16,
     block: bool = True,
 ) -> Any:
-    """Serve ``app``: generations queue one at a time (at most ``queue_size`` waiting)."""
+    """Serve ``app``: generations queue one at a time (at most ``queue_size`` waiting). ``host`` is
+    a name or an IPv4 or IPv6 address (``::1``); ``block=True`` also installs :func:`remove_on_signals`."""
+    from starlette.requests import ClientDisconnect
+
     from multidiffusion.app.widgets import CSS, THEME
 
     app.queue(max_size=queue_size, default_concurrency_limit=1)
+    if block:
+        remove_on_signals()
     return app.launch(
-        server_name=host,
+        server_name=f"[{host}]" if ":" in host and not host.startswith("[") else host,  # IPv6: Gradio's URL form
         server_port=port,
         max_file_size=limits.max_upload_bytes,
         show_error=False,  # exceptions the handlers don't catch show as "Error", never a traceback
@@ -56,4 +122,5 @@ def launch(
         theme=THEME,
         css=CSS,
         footer_links=["gradio"],
+        app_kwargs={"exception_handlers": {ClientDisconnect: _client_went_away}},
     )

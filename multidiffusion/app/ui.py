@@ -14,7 +14,7 @@ import gradio as gr
 
 from multidiffusion.app.context import AppContext
 from multidiffusion.app.panorama_tab import panorama_tab
-from multidiffusion.app.regions_tab import regions_tab
+from multidiffusion.app.regions_tab import PAGE_QUEUE, regions_tab
 from multidiffusion.app.settings import values_from_png
 from multidiffusion.app.widgets import CSS, THEME, guarded, message
 
@@ -49,7 +49,8 @@ def _settings_loader(ctx: AppContext, tabs: Any, forms: Mapping[str, Mapping[str
         guarded(load, lambda msg: {status: msg}),
         inputs=png,
         outputs=[tabs, status, *components],
-        queue=False,
+        concurrency_limit=1,
+        concurrency_id=PAGE_QUEUE,
     )
 
 

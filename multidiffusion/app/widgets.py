@@ -11,11 +11,21 @@ from typing import Any
 import gradio as gr
 
 from multidiffusion.app.context import AppContext
+from multidiffusion.app.jobs import CancelCheck, Cancelled
 from multidiffusion.app.settings import random_seed
 from multidiffusion.engine.schedulers import SCHEDULERS
 from multidiffusion.options import MIN_SIDE
 
-__all__ = ["CSS", "THEME", "guarded", "message", "model_dropdown", "progress_steps", "sampling_controls"]
+__all__ = [
+    "CSS",
+    "THEME",
+    "client_gone",
+    "guarded",
+    "message",
+    "model_dropdown",
+    "progress_steps",
+    "sampling_controls",
+]
 
 log = logging.getLogger("multidiffusion.app")
 
@@ -37,13 +47,16 @@ def message(kind: str, text: str) -> str:
 
 
 def guarded(fn: Callable[..., Any], on_error: Callable[[str], Any]) -> Callable[..., Any]:
-    """``fn``, with a ValueError shown as its message and other failures as one line (the
-    traceback goes to the server's log, never to the browser)."""
+    """``fn``, with a ValueError shown as its message, a cancelled job as a note, and other failures
+    as one line (the traceback goes to the server's log, never to the browser)."""
 
     @functools.wraps(fn)  # Gradio reads the signature (gr.Progress) through __wrapped__
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except Cancelled:
+            log.info("a job was cancelled by its client")
+            return on_error(message("note", "Cancelled."))
         except ValueError as exc:
             return on_error(message("error", str(exc)))
         except Exception as exc:  # an internal failure
@@ -51,6 +64,36 @@ def guarded(fn: Callable[..., Any], on_error: Callable[[str], Any]) -> Callable[
             return on_error(message("error", f"internal error ({type(exc).__name__}); details are in the server log"))
 
     return run
+
+
+def client_gone() -> CancelCheck:
+    """For a handler that Gradio's queue is running: a check that turns true once its client cancels
+    the job (Gradio then drops the event from its running jobs, though the handler's thread goes on)
+    or goes away (Gradio marks the event no longer alive). Call it in the handler's thread.
+
+    Gradio (6.31) tells a plain function neither, so this reads its queue: the running events and
+    their ``alive`` flag. Outside a queued event (a direct call, a test) the job is never cancelled.
+    """
+    from gradio.context import LocalContext
+
+    queue = getattr(LocalContext.blocks.get(None), "_queue", None)
+    event_id = LocalContext.event_id.get(None)
+
+    def event() -> Any:
+        for job in getattr(queue, "active_jobs", None) or ():
+            for evt in job or ():
+                if getattr(evt, "_id", None) == event_id:
+                    return evt
+        return None
+
+    if queue is None or event_id is None or event() is None:
+        return lambda: False
+
+    def gone() -> bool:
+        evt = event()
+        return evt is None or not getattr(evt, "alive", True)
+
+    return gone
 
 
 def progress_steps(progress: Any) -> Callable[[int, int], None]:

@@ -79,6 +79,8 @@ def run(args: argparse.Namespace) -> None:
         fail(f"--queue-size must be at least 1, got {args.queue_size}")
     limits = Limits(args.max_side, args.max_steps, args.max_upload_mb)
     models = args.model or ["demo"]
+    if args.host.startswith("[") and args.host.endswith("]"):  # an IPv6 address as URLs write it
+        args.host = args.host[1:-1]
     if args.host not in LOOPBACK:
         print(f"warning: serving on {args.host}: anyone who can reach this address can use the page", file=sys.stderr)
     app = create_app(models, lambda name: load_model(name, args), limits)
