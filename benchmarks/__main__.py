@@ -10,111 +10,10 @@ Face id or folder (``--model stabilityai/stable-diffusion-2-base``) benchmarks r
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
-import subprocess
-import sys
 from pathlib import Path
 
 SUITES = ("exact", "fast", "regions", "seams", "decode", "compile", "precision")
-
-
-def machine(device) -> dict:
-    import torch
-
-    info = {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "load_average": os.getloadavg(),
-        "device": str(device),
-    }
-    try:
-        import diffusers
-
-        info["diffusers"] = diffusers.__version__
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def build(args, device, dtype):
-    from devtools.components import sd_shaped_pipeline
-    from multidiffusion import MultiDiffusion
-
-    if args.model == "reduced":
-        pipe = sd_shaped_pipeline(divisor=10)
-    elif args.model == "full":
-        pipe = sd_shaped_pipeline(divisor=1)
-    else:
-        md = MultiDiffusion.from_pretrained(args.model, torch_dtype=dtype, device=device)
-        md.set_progress_bar_config(disable=True)
-        return md.pipe, md
-    pipe = pipe.to(device=device, dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    md = MultiDiffusion(pipe)
-    md.set_progress_bar_config(disable=True)
-    return pipe, md
-
-
-def decode_rows(args, device) -> list[dict]:
-    """Each decode in its own process, so its peak memory is its own."""
-    cuda = device.type == "cuda"
-    divisor = args.vae_divisor or (1 if cuda else 16)
-    dtype = "float16" if cuda else "float32"
-    rows = []
-
-    def run(*extra: str) -> dict:
-        cmd = [sys.executable, "-m", "benchmarks.decode", "--device", str(device), "--dtype", dtype, *extra]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        return json.loads(out.strip().splitlines()[-1])
-
-    sizes = [512, 1024] if args.quick else [1024, 4096]
-    mem = {size: run("--size", str(size), "--divisor", str(divisor)) for size in sizes}
-    small, large = mem[sizes[0]], mem[sizes[-1]]
-    key = "cuda_peak_mb" if cuda else "peak_rss_mb"
-    delta = "cuda_delta_mb" if cuda else "decode_rss_delta_mb"
-    rows.append(
-        {
-            "suite": "decode",
-            "config": f"decode {sizes[-1]}x{sizes[-1]} vs {sizes[0]}x{sizes[0]}, SD-shaped VAE 1/{divisor} width, "
-            "tile 64, exact statistics, to 8-bit pixels",
-            "peer": f"ours at {sizes[0]}x{sizes[0]}",
-            "peak_mb": {"peer": small[key], "ours": large[key]},
-            "memory_ratio": large[key] / small[key],
-            "delta_ratio": large[delta] / max(small[delta], 1e-9),
-            "seconds": {"peer": small["seconds"], "ours": large["seconds"]},
-            "detail": mem,
-        }
-    )
-    size = 512 if args.quick else 1024
-    cases = [("sd", d) for d in sorted({divisor, 8} if not cuda else {divisor})] + [("demo", 1)]
-    for vae, div in cases:
-        r = run("--size", str(size), "--divisor", str(div), "--vae", vae, "--psnr")
-        name = f"SD-shaped random VAE 1/{div} width" if vae == "sd" else "the demo's trained VAE, a rendered scene"
-        rows.append(
-            {
-                "suite": "decode",
-                "config": f"tiled vs whole decode {size}x{size}, {name}, default tiles",
-                "peer": "whole decode",
-                "psnr_db": r["psnr_db_exact"],
-                "psnr_db_fast": r["psnr_db_fast"],
-                "seconds": {"peer": r["whole_seconds"], "ours": r["tiled_seconds_exact"]},
-                "seconds_fast": r["tiled_seconds_fast"],
-            }
-        )
-    return rows
 
 
 def fmt(v, spec=".2f", unit="") -> str:
@@ -220,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     dtype = torch.float16 if cuda else torch.float32
 
     from . import suites as S
+    from .common import Context, build_components, machine, write_results
+    from .decode import decode_rows
+    from .regions_bench import regions_rows
+    from .seams import seam_rows
 
     info = machine(device)
     info.update(model=args.model, steps=steps, repeats=repeats, dtype=str(dtype))
@@ -231,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     ctx = None
     if any(s in suites for s in ("exact", "fast", "regions", "compile", "precision")):
-        pipe, md = build(args, device, dtype)
-        ctx = S.Context(pipe, md, device, steps, repeats, args.quick)
+        pipe, md = build_components(args.model, device, dtype)
+        ctx = Context(pipe, md, device, steps, repeats, args.quick)
 
     def add(new_rows) -> None:
         for row in new_rows:
@@ -246,26 +149,24 @@ def main(argv: list[str] | None = None) -> int:
     if "fast" in suites:
         add(S.fast_mode(ctx, 2048 if args.quick else 4608))
     if "regions" in suites:
-        add(S.regions(ctx, 1024 if args.quick else 2048))
+        add(regions_rows(ctx, 1024 if args.quick else 2048))
     if "seams" in suites:
-        from .seams import seam_rows
-
         add(seam_rows(quick=args.quick, device=device))
     if "compile" in suites:
         add(S.compile_unet(ctx, 1024 if not args.quick else 512))
     if "precision" in suites:
         add(S.precision(ctx, torch.bfloat16 if not cuda else torch.float16, 1024 if not args.quick else 512))
     if "decode" in suites:
-        add(decode_rows(args, device))
+        add(decode_rows(args.quick, device, args.vae_divisor))
 
     info["load_average_end"] = os.getloadavg()
     if ctx is not None:
         info["view_batch_size_calibration"] = ctx.batches
     print()
     print(table(rows))
-    out = Path(args.json or f"benchmarks/results/{'quick-' if args.quick else ''}{device.type}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": info, "rows": rows}, indent=2, default=str))
+    out = write_results(
+        Path(args.json or f"benchmarks/results/{'quick-' if args.quick else ''}{device.type}.json"), info, rows
+    )
     print(f"\nwrote {out}")
     return 0
 

@@ -12,18 +12,70 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-from .measure import _RssPoller
+from .measure import RssPoller
 
 
 def smooth_latents(h: int, w: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     z = F.interpolate(torch.randn(1, 4, max(1, h // 4), max(1, w // 4), generator=g), size=(h, w), mode="bicubic")
     return z / z.std()
+
+
+def decode_rows(quick: bool, device: torch.device, vae_divisor: int | None = None) -> list[dict]:
+    """The decode suite, run from ``python -m benchmarks``: each decode in its own process (this
+    module's :func:`main`), so its peak memory is its own."""
+    cuda = device.type == "cuda"
+    divisor = vae_divisor or (1 if cuda else 16)
+    dtype = "float16" if cuda else "float32"
+    rows = []
+
+    def run(*extra: str) -> dict:
+        cmd = [sys.executable, "-m", "benchmarks.decode", "--device", str(device), "--dtype", dtype, *extra]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
+    sizes = [512, 1024] if quick else [1024, 4096]
+    mem = {size: run("--size", str(size), "--divisor", str(divisor)) for size in sizes}
+    small, large = mem[sizes[0]], mem[sizes[-1]]
+    key = "cuda_peak_mb" if cuda else "peak_rss_mb"
+    delta = "cuda_delta_mb" if cuda else "decode_rss_delta_mb"
+    rows.append(
+        {
+            "suite": "decode",
+            "config": f"decode {sizes[-1]}x{sizes[-1]} vs {sizes[0]}x{sizes[0]}, SD-shaped VAE 1/{divisor} width, "
+            "tile 64, exact statistics, to 8-bit pixels",
+            "peer": f"ours at {sizes[0]}x{sizes[0]}",
+            "peak_mb": {"peer": small[key], "ours": large[key]},
+            "memory_ratio": large[key] / small[key],
+            "delta_ratio": large[delta] / max(small[delta], 1e-9),
+            "seconds": {"peer": small["seconds"], "ours": large["seconds"]},
+            "detail": mem,
+        }
+    )
+    size = 512 if quick else 1024
+    cases = [("sd", d) for d in sorted({divisor, 8} if not cuda else {divisor})] + [("demo", 1)]
+    for vae, div in cases:
+        r = run("--size", str(size), "--divisor", str(div), "--vae", vae, "--psnr")
+        name = f"SD-shaped random VAE 1/{div} width" if vae == "sd" else "the demo's trained VAE, a rendered scene"
+        rows.append(
+            {
+                "suite": "decode",
+                "config": f"tiled vs whole decode {size}x{size}, {name}, default tiles",
+                "peer": "whole decode",
+                "psnr_db": r["psnr_db_exact"],
+                "psnr_db_fast": r["psnr_db_fast"],
+                "seconds": {"peer": r["whole_seconds"], "ours": r["tiled_seconds_exact"]},
+                "seconds_fast": r["tiled_seconds_fast"],
+            }
+        )
+    return rows
 
 
 def main() -> None:
@@ -73,7 +125,7 @@ def main() -> None:
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
                 base_cuda = torch.cuda.memory_allocated()
-            with _RssPoller() as rss:
+            with RssPoller() as rss:
                 start_rss = rss.peak
                 start = time.perf_counter()
                 image = decode_to_uint8(vae, z, tile=args.tile, norm_stats=args.norm_stats)

@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 import torch
 
-__all__ = ["Measurement", "measure", "median_of", "peak_rss_mb"]
+__all__ = ["Measurement", "RssPoller", "measure", "median_of", "peak_rss_mb"]
 
 
 @dataclass
@@ -42,7 +42,7 @@ class Measurement:
         return {**asdict(self), "in_model": self.in_model}
 
 
-class _RssPoller:
+class RssPoller:
     """Peak resident memory of this process while the run lasts (polled every 2 ms)."""
 
     def __init__(self) -> None:
@@ -56,7 +56,7 @@ class _RssPoller:
             self.peak = max(self.peak, self.process.memory_info().rss)
             time.sleep(0.002)
 
-    def __enter__(self) -> _RssPoller:
+    def __enter__(self) -> RssPoller:
         self._thread.start()
         return self
 
@@ -103,7 +103,7 @@ def measure(run: Callable[[], Any], unet: torch.nn.Module | None, device: torch.
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        with _RssPoller() as rss:
+        with RssPoller() as rss:
             start = time.perf_counter()
             result = run()
             if cuda:

@@ -9,9 +9,10 @@ import torch
 from devtools.reference import paper_regions
 from multidiffusion import Region, region_layout
 from multidiffusion.engine.views import grid_views
+from multidiffusion.engine.windows import default_stride
 
+from .common import GUIDANCE, Context, Row, calibrate, noise, repeat
 from .measure import measure
-from .suites import GUIDANCE, Context, Row, _calibrate, _repeat, noise
 
 BACKGROUND = "a green meadow under a blue sky"
 REGIONS = [
@@ -22,10 +23,11 @@ REGIONS = [
 
 
 def regions_rows(ctx: Context, width: int = 2048, height: int = 512) -> list[Row]:
-    f = 8
+    """Three region prompts and a background: ours against the paper's per-view region loop."""
+    f = ctx.md.adapter.vae_scale_factor
     h, w = height // f, width // f
     layout = region_layout(REGIONS, height, width, f, BACKGROUND)
-    views = grid_views(h, w, (64, 64), (8, 8))
+    views = grid_views(h, w, ctx.window, default_stride(ctx.window, "grid"))
     latents = noise((1, 4, h, w), seed=1).to(ctx.device, ctx.pipe.unet.dtype)
     jobs = len(layout.jobs(views))
 
@@ -54,8 +56,8 @@ def regions_rows(ctx: Context, width: int = 2048, height: int = 512) -> list[Row
             views=views,
         )
 
-    b = _calibrate(ctx, "ours-regions", ours, latents, jobs)
-    out, m = _repeat(ctx, {"paper": paper, "ours": lambda: ours(latents, b)})
+    b = calibrate(ctx, "ours-regions", ours, latents, jobs)
+    out, m = repeat(ctx, {"paper": paper, "ours": lambda: ours(latents, b)})
     diff = (out["paper"].float() - out["ours"].float()).abs().max().item()
     # the same layout at view_batch_size=1: one job per call, to separate skipping from batching
     _, single = measure(lambda: ours(latents, 1), ctx.pipe.unet, ctx.device)

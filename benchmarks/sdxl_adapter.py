@@ -5,7 +5,7 @@
 2. A 1:4 panorama: model calls, coverage, and the time spent building the UNet's keyword
    arguments (embeddings gathered per prompt slot, time ids per view) against the UNet's own time.
 
-    OMP_NUM_THREADS=1 python benchmarks/sdxl_adapter.py [--repeats 5]
+    OMP_NUM_THREADS=1 python -m benchmarks.sdxl_adapter [--repeats 5]
 
 Ratios carry over to real models only as upper bounds: the tiny UNet is ~1000x cheaper than
 SDXL's, while the adapter's per-call work does not depend on the UNet's width.
@@ -14,7 +14,6 @@ SDXL's, while the adapter's per-call work does not depend on the UNet's width.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
@@ -22,14 +21,7 @@ import torch
 from devtools.components import tiny_sdxl_pipeline
 from multidiffusion import MultiDiffusion
 
-
-def _timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from .common import median_seconds
 
 
 def main() -> None:
@@ -45,8 +37,12 @@ def main() -> None:
     common = dict(num_inference_steps=args.steps, guidance_scale=7.5, output_type="latent")
 
     with torch.no_grad():
-        plain = _timed(lambda: pipe("a boat", height=256, width=256, latents=latents.clone(), **common), args.repeats)
-        ours = _timed(lambda: md.panorama("a boat", height=256, width=256, latents=latents.clone(), **common), 3)
+        plain = median_seconds(
+            lambda: pipe("a boat", height=256, width=256, latents=latents.clone(), **common), args.repeats
+        )
+        ours = median_seconds(
+            lambda: md.panorama("a boat", height=256, width=256, latents=latents.clone(), **common), 3
+        )
     print(f"one view, {args.steps} steps: diffusers {plain * 1e3:.0f} ms, multidiffusion {ours * 1e3:.0f} ms, "
           f"ratio {ours / plain:.3f}")  # fmt: skip
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from multidiffusion.engine.windows import Windows
+from multidiffusion.engine.windows import Windows, default_stride
 
 __all__ = ["seam_rows", "seam_score"]
 
@@ -73,13 +73,9 @@ def seam_rows(quick: bool = False, device=None) -> list[dict]:
     modes = {
         "exact (grid, stride window/8)": {},
         "fixed tiles (grid, stride = window)": {"stride": win},
-        "fast (shifted, uniform)": {"placement": "shifted"},
-        "fast (shifted, gaussian)": {"placement": "shifted", "weights": "gaussian"},
-        "fast (shifted, gaussian, windows overlap by 1/8)": {
-            "placement": "shifted",
-            "weights": "gaussian",
-            "stride": (win, win - win // 8),
-        },
+        "fast (shifted, uniform, no overlap)": {"placement": "shifted", "weights": "uniform", "stride": win},
+        "fast (shifted, gaussian, no overlap)": {"placement": "shifted", "weights": "gaussian", "stride": win},
+        "fast (shifted, defaults: gaussian, windows overlap by 1/8)": {"placement": "shifted"},
     }
     scores: dict[str, dict[str, list[float]]] = {
         m: {"window": [], "moving": [], "exact_moving": [], "columns": []} for m in modes
@@ -94,7 +90,8 @@ def seam_rows(quick: bool = False, device=None) -> list[dict]:
         for name, options in modes.items():
             if options.get("placement") == "shifted":
                 canvas = (height // f, width // f)
-                stride = options.get("stride", (win, win))
+                stride = options.get("stride", default_stride((win, win), "shifted"))
+                stride = (stride, stride) if isinstance(stride, int) else stride
                 layout = Windows(canvas, (win, win), stride, "shifted", seed=seed)
                 cols = border_columns(layout, range(steps - 1, steps), f)
                 scores[name]["columns"].append(len(cols))

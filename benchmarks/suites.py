@@ -3,112 +3,27 @@ in the same process on the same components and latents (see ``measure.py`` for w
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .measure import Measurement, measure, median_of
-from .peers import diffusers_panorama, ours_panorama
+from multidiffusion.engine.views import grid_views
+from multidiffusion.engine.windows import default_stride
 
-PROMPT = "a photo of the dolomites"
-GUIDANCE = 7.5
-
-
-@dataclass
-class Context:
-    pipe: Any
-    md: Any
-    device: torch.device
-    steps: int
-    repeats: int
-    quick: bool
-    batches: dict[str, int] = field(default_factory=dict)  # best view_batch_size found, per runner
-    cache: dict[str, Measurement] = field(default_factory=dict)
-
-
-@dataclass
-class Row:
-    suite: str
-    config: str
-    peer: str
-    peer_m: Measurement | None
-    ours_m: Measurement | None
-    canvas: int  # latent pixels
-    steps: int
-    branches: int = 2
-    notes: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        def side(m: Measurement | None) -> dict[str, Any] | None:
-            if m is None:
-                return None
-            return {
-                **m.as_dict(),
-                "coverage": m.coverage(self.canvas, self.steps, self.branches) if self.canvas else None,
-            }
-
-        ratio = self.ours_m.seconds / self.peer_m.seconds if self.peer_m and self.ours_m else None
-        return {
-            "suite": self.suite,
-            "config": self.config,
-            "peer": self.peer,
-            "steps": self.steps,
-            "ratio": ratio,
-            "peer_measured": side(self.peer_m),
-            "ours": side(self.ours_m),
-            "notes": self.notes,
-            **self.extra,
-        }
-
-
-def noise(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-
-
-def _repeat(
-    ctx: Context, runs: dict[str, Any], unets: dict[str, Any] | None = None
-) -> tuple[dict[str, Any], dict[str, Measurement]]:
-    """Each runner ``ctx.repeats`` times, interleaved (so load changes hit all alike); medians.
-    ``unets`` names the UNet each runner uses when it is not the shared one (None: no hooks)."""
-    unets = unets or {}
-    results: dict[str, Any] = {}
-    measured: dict[str, list[Measurement]] = {name: [] for name in runs}
-    for _ in range(ctx.repeats):
-        for name, run in runs.items():
-            results[name], m = measure(run, unets.get(name, ctx.pipe.unet), ctx.device)
-            measured[name].append(m)
-    return results, {name: median_of(ms) for name, ms in measured.items()}
-
-
-def _calibrate(ctx: Context, name: str, run, latents: torch.Tensor, views: int) -> int:
-    """The fastest view_batch_size of ``run`` among a few candidates, by one-step runs."""
-    if name in ctx.batches:
-        return ctx.batches[name]
-    candidates = sorted({b for b in (1, 4, 8, views) if b <= views})
-    if ctx.quick:
-        candidates = [min(4, views)]
-    times = {}
-    for b in candidates:
-        _, m = measure(lambda b=b: run(latents, b, num_inference_steps=1), ctx.pipe.unet, ctx.device)
-        times[b] = m.seconds
-    best = min(times, key=times.get)
-    ctx.batches[name] = best
-    ctx.batches[name + "_times"] = {str(k): round(v, 3) for k, v in times.items()}  # type: ignore[assignment]
-    return best
+from .common import GUIDANCE, PROMPT, Context, Row, calibrate, diffusers_panorama, noise, ours_panorama, repeat
+from .measure import measure
 
 
 def panorama_exact(ctx: Context, width: int, height: int = 512) -> list[Row]:
     """Ours (exact mode) against diffusers' panorama pipeline, each at its best view_batch_size."""
     h, w = height // 8, width // 8
-    views = ((h - 64) // 8 + 1) * ((w - 64) // 8 + 1)
+    views = len(grid_views(h, w, ctx.window, default_stride(ctx.window, "grid")))
     latents = noise((1, 4, h, w)).to(ctx.device, ctx.pipe.unet.dtype)
     peer = diffusers_panorama(ctx.pipe, PROMPT, height, width, ctx.steps, GUIDANCE)
     ours = ours_panorama(ctx.md, PROMPT, height, width, ctx.steps, GUIDANCE)
-    b_peer = _calibrate(ctx, "diffusers", peer, latents, views)
-    b_ours = _calibrate(ctx, "ours", ours, latents, views)
-    out, m = _repeat(ctx, {"peer": lambda: peer(latents, b_peer), "ours": lambda: ours(latents, b_ours)})
+    b_peer = calibrate(ctx, "diffusers", peer, latents, views)
+    b_ours = calibrate(ctx, "ours", ours, latents, views)
+    out, m = repeat(ctx, {"peer": lambda: peer(latents, b_peer), "ours": lambda: ours(latents, b_ours)})
     diff = (out["peer"].float() - out["ours"].float()).abs().max().item()
     ctx.cache[f"exact-{width}"] = m["ours"]
     return [
@@ -131,28 +46,30 @@ def fast_mode(ctx: Context, width: int = 4608, height: int = 512) -> list[Row]:
     h, w = height // 8, width // 8
     latents = noise((1, 4, h, w)).to(ctx.device, ctx.pipe.unet.dtype)
     b_ours = ctx.batches.get("ours") or 4
-    runs = {
-        "shifted, uniform": ours_panorama(ctx.md, PROMPT, height, width, ctx.steps, GUIDANCE, placement="shifted"),
-        "shifted, gaussian": ours_panorama(
-            ctx.md, PROMPT, height, width, ctx.steps, GUIDANCE, placement="shifted", weights="gaussian"
-        ),
-        "shifted, gaussian, stride 56 (windows overlap by 1/8)": ours_panorama(
-            ctx.md, PROMPT, height, width, ctx.steps, GUIDANCE, placement="shifted", weights="gaussian", stride=(64, 56)
-        ),
-        "grid, gaussian, stride 32": ours_panorama(
-            ctx.md, PROMPT, height, width, ctx.steps, GUIDANCE, weights="gaussian", stride=32
-        ),
+    win = ctx.window
+    overlap = default_stride(win, "shifted")  # placement="shifted"'s default: windows overlap by 1/8
+    options = {
+        f"shifted (defaults: Gaussian weights, stride {overlap[1]}, windows overlap by 1/8)": {},
+        f"shifted, uniform, stride {win[1]} (no overlap)": {"weights": "uniform", "stride": win},
+        f"shifted, Gaussian, stride {win[1]} (no overlap)": {"weights": "gaussian", "stride": win},
     }
+    runs = {
+        name: ours_panorama(ctx.md, PROMPT, height, width, ctx.steps, GUIDANCE, placement="shifted", **o)
+        for name, o in options.items()
+    }
+    runs["grid, Gaussian, stride 32"] = ours_panorama(
+        ctx.md, PROMPT, height, width, ctx.steps, GUIDANCE, placement="grid", weights="gaussian", stride=32
+    )
     if f"exact-{width}" not in ctx.cache:
         exact = ours_panorama(ctx.md, PROMPT, height, width, ctx.steps, GUIDANCE)
         runs = {"exact": exact, **runs}
-    _, m = _repeat(ctx, {name: (lambda run=run: run(latents, b_ours)) for name, run in runs.items()})
+    _, m = repeat(ctx, {name: (lambda run=run: run(latents, b_ours)) for name, run in runs.items()})
     exact_m = ctx.cache.get(f"exact-{width}") or m.pop("exact")
     return [
         Row(
             "fast",
             f"panorama {height}x{width}, {name}",
-            "ours, exact mode (grid, stride 8)",
+            "ours, exact mode (grid, stride window/8, uniform weights)",
             exact_m,
             m[name],
             h * w,
@@ -169,7 +86,7 @@ def compile_unet(ctx: Context, width: int = 1024, height: int = 512) -> list[Row
     from multidiffusion import MultiDiffusion
 
     h, w = height // 8, width // 8
-    views = (w - 64) // 8 + 1
+    views = len(grid_views(h, w, ctx.window, default_stride(ctx.window, "grid")))
     latents = noise((1, 4, h, w)).to(ctx.device, ctx.pipe.unet.dtype)
     eager = ours_panorama(ctx.md, PROMPT, height, width, ctx.steps, GUIDANCE)
     import copy
@@ -182,7 +99,7 @@ def compile_unet(ctx: Context, width: int = 1024, height: int = 512) -> list[Row
     compiled = ours_panorama(md, PROMPT, height, width, ctx.steps, GUIDANCE)
     # no hooks on the compiled UNet (they would break its graph); it makes the same calls as eager
     _, m_first = measure(lambda: compiled(latents, views), None, ctx.device)  # includes compilation
-    out, m = _repeat(
+    out, m = repeat(
         ctx,
         {"eager": lambda: eager(latents, views), "compiled": lambda: compiled(latents, views)},
         {"compiled": None},
@@ -218,13 +135,13 @@ def precision(ctx: Context, dtype: torch.dtype, width: int = 1024, height: int =
         return pipe, md
 
     h, w = height // 8, width // 8
-    views = (w - 64) // 8 + 1
+    views = len(grid_views(h, w, ctx.window, default_stride(ctx.window, "grid")))
     latents = noise((1, 4, h, w)).to(ctx.device)
     (pipe32, md32), (pipe_low, md_low) = variant(torch.float32), variant(dtype)
     base = ours_panorama(md32, PROMPT, height, width, ctx.steps, GUIDANCE)
     low = ours_panorama(md_low, PROMPT, height, width, ctx.steps, GUIDANCE)
     name = str(dtype).replace("torch.", "")
-    out, m = _repeat(
+    out, m = repeat(
         ctx,
         {"float32": lambda: base(latents, views), name: lambda: low(latents.to(dtype), views)},
         {"float32": pipe32.unet, name: pipe_low.unet},
@@ -244,23 +161,3 @@ def precision(ctx: Context, dtype: torch.dtype, width: int = 1024, height: int =
             extra={"relative_diff": rel},
         )
     ]
-
-
-def regions(ctx: Context, width: int = 2048, height: int = 512) -> list[Row]:
-    """Three region prompts and a background: ours against the paper's per-view region loop."""
-    try:
-        from .regions_bench import regions_rows
-    except ImportError as exc:  # the reference loop or the regions API is not in this version
-        return [
-            Row(
-                "regions",
-                f"three regions on {height}x{width}",
-                "paper's per-view region loop",
-                None,
-                None,
-                0,
-                ctx.steps,
-                notes=f"not measured: {exc}",
-            )
-        ]
-    return regions_rows(ctx, width, height)
