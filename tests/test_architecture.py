@@ -126,3 +126,57 @@ def test_no_training_or_test_code_in_the_package():
     for path in PACKAGE.rglob("*.py"):
         assert not [m for m in imports_of(path) if m.split(".")[0] in ("devtools", "tests", "benchmarks")], path
     assert not (PACKAGE / "testing.py").exists() and not (PACKAGE / "demo" / "train.py").exists()
+
+
+BENCHMARKS = PACKAGE.parent / "benchmarks"
+
+
+def benchmark_imports(path: Path) -> list[tuple[str, str]]:
+    """(module, name) of every ``from <benchmark module> import name`` in ``path``, relative or
+    absolute, at module level or inside functions; ``import benchmarks.x`` gives (x, "")."""
+    tree = ast.parse(path.read_text())
+    found: list[tuple[str, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1:  # benchmarks' modules are one folder: `.` is the folder
+                base = node.module or ""
+            elif node.level == 0 and (node.module or "").split(".")[0] == "benchmarks":
+                base = node.module.partition(".")[2]
+            else:
+                continue
+            for alias in node.names:
+                if base:
+                    found.append((base, alias.name))
+                else:  # `from . import suites`
+                    found.append((alias.name, ""))
+        elif isinstance(node, ast.Import):
+            found += [(a.name.partition(".")[2], "") for a in node.names if a.name.startswith("benchmarks.")]
+    return found
+
+
+def test_benchmarks_share_a_common_module_without_cycles_or_private_imports():
+    """Benchmark modules import what they share from public names (benchmarks/common.py), never a
+    sibling's ``_private`` helper, and import each other without cycles."""
+    modules = {p.stem: p for p in BENCHMARKS.glob("*.py")}
+    assert "common" in modules
+    edges: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        for target, imported in benchmark_imports(path):
+            target = target.split(".")[0]
+            if target not in modules or target == name:
+                continue
+            assert not imported.startswith("_"), f"benchmarks/{name}.py imports {imported} from benchmarks/{target}.py"
+            edges[name].add(target)
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(v: str, path: list[str]) -> None:
+        state[v] = 1
+        for w in sorted(edges[v]):
+            assert state.get(w) != 1, f"import cycle in benchmarks/: {' -> '.join([*path, v, w])}"
+            if w not in state:
+                visit(w, [*path, v])
+        state[v] = 2
+
+    for v in sorted(edges):
+        if v not in state:
+            visit(v, [])
