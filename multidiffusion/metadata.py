@@ -208,7 +208,7 @@ def settings_from_parameters(params: Mapping[str, Any], task: str | None = None)
     stored_task = params.get("mode")
     from multidiffusion.options import TASK_OPTIONS
 
-    if stored_task not in TASK_OPTIONS:
+    if not isinstance(stored_task, str) or stored_task not in TASK_OPTIONS:
         raise ValueError(f"the stored settings are for {stored_task!r}, not one of {', '.join(TASK_OPTIONS)}")
     if task is not None and stored_task != task:
         raise ValueError(f"the image was made by the {stored_task} task, not {task}")

@@ -152,7 +152,7 @@ def test_generate_writes_a_png_that_loads_back(pool, tmp_path):
     store = OutputStore(tmp_path / "out", keep=2)
     result = generate_panorama(FORM, pool=pool, limits=Limits(), store=store, on_step=lambda i, n: steps.append((i, n)))
     assert steps == [(1, 2), (2, 2)]
-    assert "256×128 px · seed 5 · " in result.message and "model calls" in result.message
+    assert "256x128 px, seed 5, " in result.message and "model calls" in result.message
     params = read_parameters(result.path)
     assert params["prompt"] == "a red house" and params["seed"] == 5 and params["model"] == "tiny"
     assert Image.open(result.path).size == (256, 128)
@@ -303,7 +303,11 @@ def test_regions_generate_preview_and_load_back(pool, tmp_path):
         preview_regions({**regions_form(), "background": " "}, pool=pool, limits=Limits())
 
     result = generate_regions(regions_form(), pool=pool, limits=Limits(), store=OutputStore(tmp_path))
-    assert "256×128 px · seed 5 · 2 regions" in result.message and result.preview.size == (256, 128)
+    assert (
+        "256x128 px, seed 5, " in result.message
+        and "· 2 regions" in result.message
+        and result.preview.size == (256, 128)
+    )
     params = read_parameters(result.path)
     assert params["mode"] == "regions" and params["model"] == "tiny" and len(params["regions"]) == 2
 

@@ -37,7 +37,7 @@ class GatedModel:
     def __getattr__(self, name):
         return getattr(self.md, name)
 
-    def panorama(self, callback_on_step_end=None, **kwargs):
+    def generate(self, options, callback_on_step_end=None, **kwargs):
         first = self._calls == 0
         self._calls += 1
 
@@ -50,7 +50,7 @@ class GatedModel:
         self.running += 1
         self.most_running = max(self.most_running, self.running)
         try:
-            out = self.md.panorama(callback_on_step_end=callback, **kwargs)
+            out = self.md.generate(options, callback_on_step_end=callback, **kwargs)
         except BaseException as exc:
             self.outcomes.append(type(exc).__name__)
             raise
@@ -198,7 +198,7 @@ def test_a_cancelled_page_job_stops_and_the_next_job_is_right(served, reference,
 
     assert done["success"], done
     image, _, status = done["output"]["data"]
-    assert "256×128 px · seed 5" in status
+    assert "256x128 px, seed 5" in status
     _wait_for(lambda: len(gated.outcomes) == 2, "both jobs to end")
     assert gated.outcomes == ["Cancelled", "done"]  # the first job stopped; the second ran alone
     assert gated.most_running == 1

@@ -20,12 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from multidiffusion.app.jobs import CancelCheck, Cancelled, check_cancelled
+from multidiffusion.app.jobs import CancelCheck, Cancelled
 from multidiffusion.app.limits import Limits
 from multidiffusion.app.models import ModelPool
 from multidiffusion.app.settings import Choice, panorama_request, regions_request
+from multidiffusion.jobs import run_and_save
 from multidiffusion.metadata import save_png
 
 __all__ = ["Cancelled", "OutputStore", "Result", "generate_panorama", "generate_regions", "preview_regions"]
@@ -44,10 +43,13 @@ class OutputStore:
         self._count = itertools.count(1)
         self._lock = threading.Lock()
 
-    def save(self, image: Any, params: Mapping[str, Any], stem: str) -> Path:
+    def path(self, stem: str) -> Path:
+        """A fresh path for a result (written by :func:`multidiffusion.jobs.run_and_save`)."""
         with self._lock:
-            path = self.folder / f"{stem}-{int(time.time())}-{next(self._count)}.png"
-        save_png(image, path, params)
+            return self.folder / f"{stem}-{int(time.time())}-{next(self._count)}.png"
+
+    def save(self, image: Any, params: Mapping[str, Any], stem: str) -> Path:
+        path = save_png(image, self.path(stem), params)
         self._prune()
         return path
 
@@ -64,26 +66,24 @@ class Result:
     preview: Any = None  # the layout preview (regions)
 
 
-def _step_callback(on_step: StepCallback | None, total: int, is_cancelled: CancelCheck | None):
-    """The API's ``callback_on_step_end``: stops a cancelled job (raising ends the run), moves the progress."""
-    if on_step is None and is_cancelled is None:
-        return None
+def _run(md: Any, request: Any, store: OutputStore, stem: str, on_step: Any, is_cancelled: Any, **context: Any):
+    """The library's shared job (seed -> generate -> PNG -> summary), cancellable between steps;
+    the model is stored as this server names it, so the PNG loads back into the page."""
 
-    def callback(md: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        check_cancelled(is_cancelled)
-        if on_step is not None:
-            on_step(i + 1, total)
-        return {}
+    def should_stop() -> bool:
+        return is_cancelled is not None and bool(is_cancelled())
 
-    return callback
-
-
-def _summary(image: Any, seed: int, seconds: float, stats: Any, extra: str = "") -> str:
-    w, h = image.size
-    calls = getattr(stats, "model_calls", None)
-    return f"{w}×{h} px · seed {seed}{extra} · {seconds:.1f} s" + (
-        f" · {calls} model calls" if calls is not None else ""
+    saved = run_and_save(
+        md,
+        request.options,
+        store.path(stem),
+        extra={"model": request.model},
+        on_step=on_step,
+        should_stop=should_stop,
+        **context,
     )
+    store._prune()
+    return saved
 
 
 def generate_panorama(
@@ -99,31 +99,17 @@ def generate_panorama(
     """One panorama from the form's ``values`` (keys: API names, ``seed``, ``model``); ``Cancelled``
     once ``is_cancelled()`` is true (checked while waiting for the model and between steps)."""
     request = panorama_request(values, limits, pool, choices)
-    steps = request.kwargs["num_inference_steps"]
     with pool.use(request.model, is_cancelled) as md:
-        start = time.perf_counter()
-        out = md.panorama(
-            generator=torch.Generator("cpu").manual_seed(request.seed),
-            callback_on_step_end=_step_callback(on_step, steps, is_cancelled),
-            **request.kwargs,
-        )
-        seconds = time.perf_counter() - start
-    check_cancelled(is_cancelled)  # cancelled while decoding: no PNG
-    image = out.images[0]
-    # the model as this server names it, so the PNG loads back into the page
-    path = store.save(image, {**out.parameters, "model": request.model}, "panorama")
-    return Result(path, _summary(image, request.seed, seconds, out.stats))
-
-
-def _layout(md: Any, kwargs: Mapping[str, Any]) -> Any:
-    return md.region_layout(kwargs["height"], kwargs["width"], kwargs.get("background"), kwargs["regions"])
+        saved = _run(md, request, store, "panorama", on_step, is_cancelled)
+    return Result(saved.paths[0], saved.summary)
 
 
 def preview_regions(values: Mapping[str, Any], *, pool: ModelPool, limits: Limits) -> Any:
     """The layout preview (what each prompt controls, on the model's latent grid) as a PIL image."""
     request = regions_request(values, limits, pool)
+    o = request.options
     with pool.use(request.model) as md:
-        return _layout(md, request.kwargs).preview()
+        return md.region_layout(o.height, o.width, o.background, o.regions).preview()
 
 
 def generate_regions(
@@ -136,21 +122,13 @@ def generate_regions(
     is_cancelled: CancelCheck | None = None,
 ) -> Result:
     """One image from the Regions tab: the layout's regions, the boxes, the background prompt;
-    ``Cancelled`` as :func:`generate_panorama`."""
+    ``Cancelled`` as :func:`generate_panorama`. The layout is rasterised once, for the preview
+    and the run."""
     request = regions_request(values, limits, pool)
-    steps = request.kwargs["num_inference_steps"]
+    o = request.options
     with pool.use(request.model, is_cancelled) as md:
-        preview = _layout(md, request.kwargs).preview()  # validates the layout before any sampling
-        start = time.perf_counter()
-        out = md.regions(
-            generator=torch.Generator("cpu").manual_seed(request.seed),
-            callback_on_step_end=_step_callback(on_step, steps, is_cancelled),
-            **request.kwargs,
-        )
-        seconds = time.perf_counter() - start
-    check_cancelled(is_cancelled)
-    image = out.images[0]
-    path = store.save(image, {**out.parameters, "model": request.model}, "regions")
-    count = len(request.kwargs["regions"])
-    extra = f" · {count} region{'s' if count != 1 else ''}"
-    return Result(path, _summary(image, request.seed, seconds, out.stats, extra), preview)
+        layout = md.region_layout(o.height, o.width, o.background, o.regions)  # checked before sampling
+        preview = layout.preview()
+        saved = _run(md, request, store, "regions", on_step, is_cancelled, layout=layout)
+    count = len(o.regions)
+    return Result(saved.paths[0], f"{saved.summary} · {count} region{'s' if count != 1 else ''}", preview)

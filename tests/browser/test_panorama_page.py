@@ -33,7 +33,7 @@ def test_generate_a_demo_panorama(page, tmp_path, screenshot):
     image = generated_image(page)
     assert image.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [256, 64]
     status = page.locator("#pano-message")
-    assert "256×64 px · seed 7" in status.inner_text()
+    assert "256x64 px, seed 7" in status.inner_text()
     screenshot(page, "app-panorama")
 
     with page.expect_download() as download:

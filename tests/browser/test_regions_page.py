@@ -71,7 +71,9 @@ def test_upload_a_map_assign_prompts_generate(page, tmp_path, screenshot):
     page.wait_for_function("() => document.querySelector('#regions-result img').naturalWidth > 0")
     assert image.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [128, 64]
     assert page.locator("#regions-preview-image img").is_visible()  # the layout, beside the result
-    assert "128×64 px · seed 3 · 2 regions" in page.inner_text("#regions-message")
+    assert "128x64 px, seed 3, " in page.inner_text("#regions-message") and "2 regions" in page.inner_text(
+        "#regions-message"
+    )
     screenshot(page, "app-regions")
 
     with page.expect_download() as download:

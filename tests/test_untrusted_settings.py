@@ -1,0 +1,224 @@
+"""Settings from elsewhere (a PNG from anyone, a scene file, a form) go through one options layer:
+the same bad value gets the same message from the API, the command line, a scene file and the web
+app; stored settings never name a file to open or a model file to load; any input gives a result or
+a clean error."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image, PngImagePlugin
+
+from multidiffusion.app import Limits as ServerLimits
+from multidiffusion.app import ModelPool
+from multidiffusion.app.settings import PANORAMA_KEYS, panorama_request, values_from_png
+from multidiffusion.cli import main
+from multidiffusion.metadata import METADATA_KEY, settings_from_parameters
+from multidiffusion.options import MAX_SEED, PanoramaOptions, build_options
+from multidiffusion.regions.scene import load_scene, parse_scene
+
+
+def run_cli(argv, capsys):
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+BAD = [  # (API name, CLI flag and its text, bad value, the library's message)
+    ("num_inference_steps", "--steps", 0, "num_inference_steps must be an integer from 1 to 1000, got 0"),
+    ("guidance_scale", "--guidance", -1.5, "guidance_scale must be a number ≥ 0, got -1.5"),
+    ("width", "--width", 100, "width must be a multiple of 8 from 64 to 16384 (pixels), got 100"),
+    ("seed", "--seed", -5, f"seed must be -1 (random) or an integer from 0 to {MAX_SEED}, got -5"),
+    ("scheduler", "--scheduler", "fastest", "scheduler must be one of ddim, ddpm"),
+    ("stride", "--stride", 0, "stride must be an integer ≥ 1, got 0"),
+    ("num_images_per_prompt", "--num-images", 0, "num_images_per_prompt must be an integer from 1 to 64, got 0"),
+]
+
+
+@pytest.mark.parametrize(("key", "flag", "value", "message"), BAD, ids=[b[0] for b in BAD])
+def test_the_same_bad_value_gets_the_same_message_everywhere(md16, tmp_path, capsys, key, flag, value, message):
+    # the Python API
+    with pytest.raises(ValueError) as api:  # the API takes a generator; seeds are the options'
+        if key == "seed":
+            md16.generate(PanoramaOptions(prompt="a lake", seed=value))
+        else:
+            md16.panorama("a lake", **{key: value})
+    assert message in str(api.value)
+    # the command line (one line, exit 2, the flag named after the library's message)
+    code, _, err = run_cli(["panorama", "a lake", flag, value, "-o", tmp_path / "x.png", "--model", "demo"], capsys)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
+    assert message in err, err
+    # a scene file
+    scene = tmp_path / "scene.json"
+    scene.write_text(json.dumps({"background": "a lake", key: value}))
+    with pytest.raises(ValueError) as from_scene:
+        load_scene(scene)
+    assert str(from_scene.value) == f"scene.json: {api.value}" or message in str(from_scene.value)
+    # the web app's form (a server whose limits are the library's), for the settings the page has
+    if key not in PANORAMA_KEYS:
+        return
+    pool = ModelPool(["tiny"], lambda name: md16)
+    form = {"prompt": "a lake", "model": "tiny", "window": "", "stride": "", "seed": 1, key: value}
+    if key in ("window", "stride"):
+        form[key] = str(value)
+    with pytest.raises(ValueError) as app:
+        panorama_request(form, ServerLimits(max_side=16384, max_steps=1000), pool)
+    assert message in str(app.value)
+
+
+def _png_with(tmp_path, params, name="stored.png"):
+    info = PngImagePlugin.PngInfo()
+    info.add_text(METADATA_KEY, json.dumps(params))
+    path = tmp_path / name
+    Image.new("RGB", (64, 64)).save(path, pnginfo=info)
+    return path
+
+
+REGIONS = {"mode": "regions", "width": 64, "height": 64, "background": "a lake", "num_inference_steps": 2}
+
+
+def _targets(tmp_path):
+    """What a stored mask name may point at: an image, text, a FIFO, nothing."""
+    Image.new("L", (64, 64), 255).save(tmp_path / "image.png")
+    (tmp_path / "text.png").write_text("not an image")
+    os.mkfifo(tmp_path / "fifo.png")
+    return {
+        "image": tmp_path / "image.png",
+        "text": tmp_path / "text.png",
+        "fifo": tmp_path / "fifo.png",
+        "missing": tmp_path / "missing.png",
+    }
+
+
+def test_a_stored_mask_name_is_refused_the_same_way_whatever_it_names(tmp_path, capsys, md16, monkeypatch):
+    opened: list[str] = []
+    targets = {str(p) for p in _targets(tmp_path).values()}
+
+    def audit(event, args):
+        if event == "open" and args and str(args[0]) in targets:
+            opened.append(str(args[0]))
+
+    sys.addaudithook(audit)
+    pool = ModelPool(["tiny"], lambda name: md16)
+    messages = set()
+    for kind, target in _targets_again(tmp_path).items():
+        regions = [{"prompt": "a moon", "mask": str(target)}]
+        png = _png_with(tmp_path, {**REGIONS, "regions": regions}, f"{kind}-settings.png")
+        code, _, err = run_cli(["regions", "--from", png, "--model", "demo", "-o", tmp_path / "o.png"], capsys)
+        assert code == 2
+        messages.add(err.replace(str(png), "PNG"))
+        with pytest.raises(ValueError) as app:
+            values_from_png(png, ServerLimits(), pool)
+        messages.add(str(app.value))
+    assert len(messages) == 2, messages  # one for the command line, one for the page: no oracle
+    assert all("stored settings carry masks embedded" in m for m in messages)
+    assert opened == []  # nothing named was opened
+    assert not (tmp_path / "o.png").exists()
+
+
+def _targets_again(tmp_path):
+    return {
+        "image": tmp_path / "image.png",
+        "text": tmp_path / "text.png",
+        "fifo": tmp_path / "fifo.png",
+        "missing": tmp_path / "missing.png",
+    }
+
+
+def test_scene_files_read_only_under_their_folder(tmp_path):
+    _targets(tmp_path)
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    (scenes / "link.png").symlink_to(tmp_path / "image.png")
+    messages = set()
+    for name in (
+        "../image.png",
+        "../text.png",
+        "../fifo.png",
+        "../missing.png",
+        str(tmp_path / "image.png"),
+        "link.png",
+    ):
+        (scenes / "s.toml").write_text(f'background = "a lake"\n[[regions]]\nprompt = "a moon"\nmask = "{name}"\n')
+        with pytest.raises(ValueError) as exc:
+            load_scene(scenes / "s.toml")
+        messages.add(str(exc.value).replace(repr(name), "NAME"))
+    assert len(messages) == 1 and "outside the scene's folder" in messages.pop()
+    (scenes / "s.toml").write_text('background = "a lake"\n[[regions]]\nprompt = "a moon"\nmask = "../image.png"\n')
+    assert load_scene(scenes / "s.toml", allow_outside=True).options.regions[0].prompt == "a moon"
+
+
+def test_allow_pickle_never_covers_a_model_a_png_names(tmp_path, capsys):
+    marker = tmp_path / "ran"
+    for model in ("evil.ckpt", str(tmp_path / "evil.ckpt"), "../evil.ckpt", "evil.safetensors"):
+        png = _png_with(tmp_path, {"mode": "panorama", "prompt": "a lake", "model": model})
+        code, _, err = run_cli(["panorama", "--from", png, "--allow-pickle", "-o", tmp_path / "o.png"], capsys)
+        assert code == 2 and "pass --model PATH to use it" in err, err
+    assert not marker.exists() and not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("abc", "seed must be -1 \\(random\\) or an integer"), (2**64, "seed must be -1"), (True, "seed must be")],
+)
+def test_stored_seeds_are_checked(value, message):
+    stored = settings_from_parameters({"mode": "panorama", "prompt": "a lake", "seed": value})
+    with pytest.raises(ValueError, match=message):
+        stored.options()
+
+
+def test_a_stored_seed_of_minus_one_means_random():
+    assert settings_from_parameters({"mode": "panorama", "prompt": "a", "seed": -1}).options().seed is None
+
+
+def test_prompts_must_be_text_everywhere():
+    for prompt in ("   ", "\t\n", "bad \udcff bytes"):
+        with pytest.raises(ValueError, match="prompt must be"):
+            build_options("panorama", {"prompt": prompt})
+        with pytest.raises(ValueError, match="background must be"):
+            build_options("regions", {"background": prompt})
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+KEYS = st.sampled_from(
+    [
+        "width", "height", "background", "negative_prompt", "regions", "segmentation", "bootstrap_steps",
+        "num_inference_steps", "guidance_scale", "window", "stride", "circular", "view_batch_size",
+        "num_images_per_prompt", "seed", "scheduler", "eta", "model", "prompt", "mode", "placement", "weights",
+        "output_type", "tiling", "crops_coords_top_left", "original_size", "unknown",
+    ]
+)  # fmt: skip
+REGION = st.dictionaries(
+    st.sampled_from(["prompt", "negative_prompt", "mask", "box", "feather", "weight", "guidance_scale", "x"]),
+    JSON | st.sampled_from(["a moon", [0.1, 0.1, 0.5, 0.5], [0, 0, 32, 32], "data:image/png;base64,AAAA", "m.png"]),
+    max_size=5,
+)
+SETTINGS = st.dictionaries(KEYS, JSON | st.lists(REGION, max_size=3), max_size=8)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=SETTINGS)
+def test_fuzz_scene_files_give_a_result_or_a_clean_error(tmp_path, data):
+    with contextlib.suppress(ValueError):
+        parse_scene(data, base=tmp_path, source="scene.toml")
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=SETTINGS, task=st.sampled_from(["panorama", "regions", "other", None]))
+def test_fuzz_stored_png_settings_give_a_result_or_a_clean_error(data, task):
+    params = {**data, "mode": task} if task is not None else data
+    with contextlib.suppress(ValueError):
+        settings_from_parameters(params).options()
