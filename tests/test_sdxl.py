@@ -7,10 +7,12 @@ from diffusers import StableDiffusionXLImg2ImgPipeline
 
 from devtools.components import tiny_sd_pipeline, tiny_sdxl_pipeline
 from multidiffusion import MultiDiffusion
-from multidiffusion.engine.fusion import FusionPlan, Job
+from multidiffusion.engine.fusion import Job
 from multidiffusion.engine.schedulers import make_scheduler
 from multidiffusion.engine.views import View, grid_views
 from multidiffusion.models import StableDiffusionXLAdapter
+from multidiffusion.options import PanoramaOptions
+from multidiffusion.tasks.common import window_and_stride
 
 from .conftest import noise
 
@@ -174,32 +176,17 @@ def test_time_ids_follow_jobs_anywhere_with_several_prompt_slots(xl16):
 
 def test_sdxl_runs_jobs_of_several_prompt_slots(xl16):
     """The engine path regions will take: whole-canvas jobs of two prompts with complementary masks."""
+    from multidiffusion import Region
+
     md = _md(xl16)
-    canvas = (16, 32)
-    left = torch.zeros(canvas)
-    left[:, :16] = 1
-    view = View(0, 0, *canvas)
-    plan = FusionPlan([Job(view, 0, left), Job(view, 1, 1 - left)], canvas)
-    out = md._generate(
-        [["a forest"], ["a lake"]],
-        [[""], ["people"]],
-        [7.5, 5.0],
-        lambda i: plan,
-        params={},
-        height=128,
-        width=256,
-        num_inference_steps=2,
-        guidance_scale=7.5,
-        view_batch_size=None,
-        num_images_per_prompt=1,
+    regions = [
+        Region("a forest", box=(0, 0, 128, 128)),
+        Region("a lake", box=(128, 0, 256, 128), negative_prompt="people", guidance_scale=5.0),
+    ]
+    out = md.regions(
+        128, 256, None, regions, bootstrap_steps=0, num_inference_steps=2, output_type="np",
         generator=torch.Generator().manual_seed(0),
-        latents=None,
-        output_type="np",
-        scheduler=None,
-        eta=0.0,
-        circular=False,
-        callback_on_step_end=None,
-    )
+    )  # fmt: skip
     assert out.images.shape == (1, 128, 256, 3) and np.isfinite(out.images).all()
 
 
@@ -207,7 +194,7 @@ def test_default_canvas_and_window_follow_sample_size():
     md = _md(tiny_sdxl_pipeline(sample_size=24))
     assert md.family == "sdxl"
     assert md.default_size == (192, 768)  # native 24 latents x 8, and 4x that wide
-    assert md._window(None, None) == ((24, 24), (3, 3))
+    assert window_and_stride(PanoramaOptions(prompt="x"), md.adapter) == ((24, 24), (3, 3))
 
 
 def test_img2img_sibling_shares_components_and_gives_the_same_panorama(xl16):

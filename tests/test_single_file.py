@@ -10,6 +10,8 @@ import torch
 from devtools.components import tiny_sd_pipeline, tiny_sdxl_pipeline
 from multidiffusion import ModelNotFoundError, MultiDiffusion
 from multidiffusion.models.single_file import checkpoint_family, default_config
+from multidiffusion.options import PanoramaOptions
+from multidiffusion.tasks.common import window_and_stride
 
 from .conftest import noise
 from .original_format import write_original_checkpoint
@@ -207,7 +209,8 @@ def test_sd2_768_v_shaped_model_windows_follow_sample_size():
     pipe = tiny_sd_pipeline(sample_size=24, prediction_type="v_prediction", seed=4)
     md = MultiDiffusion(pipe)
     md.set_progress_bar_config(disable=True)
-    assert md.default_size == (192, 768) and md._window(None, None) == ((24, 24), (3, 3))
+    assert md.default_size == (192, 768)
+    assert window_and_stride(PanoramaOptions(prompt="x"), md.adapter) == ((24, 24), (3, 3))
     latents = noise((1, 4, 24, 24), seed=8)
     expected = pipe("a tree", num_inference_steps=2, latents=latents.clone(), output_type="latent").images
     got = md.panorama(

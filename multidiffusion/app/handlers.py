@@ -24,6 +24,7 @@ from multidiffusion.app.jobs import CancelCheck, Cancelled
 from multidiffusion.app.limits import Limits
 from multidiffusion.app.models import ModelPool
 from multidiffusion.app.settings import Choice, panorama_request, regions_request
+from multidiffusion.engine.runner import Cancelled as EngineCancelled
 from multidiffusion.jobs import run_and_save
 from multidiffusion.metadata import save_png
 
@@ -73,15 +74,18 @@ def _run(md: Any, request: Any, store: OutputStore, stem: str, on_step: Any, is_
     def should_stop() -> bool:
         return is_cancelled is not None and bool(is_cancelled())
 
-    saved = run_and_save(
-        md,
-        request.options,
-        store.path(stem),
-        extra={"model": request.model},
-        on_step=on_step,
-        should_stop=should_stop,
-        **context,
-    )
+    try:
+        saved = run_and_save(
+            md,
+            request.options,
+            store.path(stem),
+            extra={"model": request.model},
+            on_step=on_step,
+            should_stop=should_stop,
+            **context,
+        )
+    except EngineCancelled:
+        raise Cancelled() from None
     store._prune()
     return saved
 
