@@ -172,9 +172,10 @@ class Limits:
     ``note`` (e.g. "this server's limit, set with `multidiffusion serve --max-side`") is added to the
     message when a value is above one of them.
 
-    ``max_evaluations`` bounds compute, not sizes: latent pixels pushed through the model over the
-    whole call (steps x Σ window areas per step x images x prompt slots), checked once the model's
-    window is known. A 4096 x 64 panorama with window 8 and stride 1 costs 18x the default's.
+    ``max_evaluations`` bounds compute, not sizes: window evaluations over the whole call (jobs per
+    step, a job being one view under one prompt, x steps x images), checked once the model's window
+    is known. On the demo model a 4096 x 64 panorama with window 8 and stride 1 at 150 steps costs
+    152,550 of them; with the defaults (50 steps) 25,250.
     """
 
     max_side: int = MAX_SIDE

@@ -222,3 +222,18 @@ def test_fuzz_stored_png_settings_give_a_result_or_a_clean_error(data, task):
     params = {**data, "mode": task} if task is not None else data
     with contextlib.suppress(ValueError):
         settings_from_parameters(params).options()
+
+
+def test_compute_per_request_is_bounded(md16):
+    """Sides and steps alone allow costly requests (window 8, stride 1): window evaluations are
+    bounded too, before any model call."""
+    pool = ModelPool(["tiny"], lambda name: md16)
+    form = {"prompt": "a lake", "model": "tiny", "width": 4096, "height": 64, "num_inference_steps": 150}
+    limits = ServerLimits(max_side=4096, max_steps=150)
+    request = panorama_request({**form, "window": "8", "stride": "1"}, limits, pool)
+    calls = []
+    with pytest.raises(ValueError, match=r"this request needs [\d,]+ window evaluations .* more than the 50,000"):
+        md16.generate(request.options, callback_on_step_end=lambda *a: calls.append(1))
+    assert calls == []
+    cheap = panorama_request({**form, "num_inference_steps": 1}, limits, pool)
+    assert md16.generate(cheap.options).stats.steps == 1

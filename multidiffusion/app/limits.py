@@ -7,12 +7,16 @@ from dataclasses import dataclass
 
 from multidiffusion.options import MAX_SIDE, MAX_STEPS, MIN_SIDE, check_int
 
-__all__ = ["DEFAULT_MAX_SIDE", "DEFAULT_MAX_STEPS", "DEFAULT_MAX_UPLOAD_MB", "Limits"]
+__all__ = ["DEFAULT_MAX_EVALUATIONS", "DEFAULT_MAX_SIDE", "DEFAULT_MAX_STEPS", "DEFAULT_MAX_UPLOAD_MB", "Limits"]
 
 DEFAULT_MAX_SIDE = 4096
 """Longest canvas side in pixels a request may ask for (8 SD windows; 64 demo-model windows)."""
 DEFAULT_MAX_STEPS = 150
 """Most denoising steps a request may ask for."""
+DEFAULT_MAX_EVALUATIONS = 50_000
+"""Most window evaluations per request (views x prompts per step, x steps): the compute bound, since
+sides and steps alone allow a 4096 x 64 demo panorama with window 8 and stride 1 (1,017 windows a
+step). A default 4096-wide demo panorama costs 25,250; an SD 512 x 4608 one 3,250."""
 DEFAULT_MAX_UPLOAD_MB = 10.0
 """Largest upload (a PNG to read settings from, a segmentation map) in megabytes."""
 
@@ -24,8 +28,10 @@ class Limits:
     max_side: int = DEFAULT_MAX_SIDE
     max_steps: int = DEFAULT_MAX_STEPS
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
+    max_evaluations: int = DEFAULT_MAX_EVALUATIONS
 
     def __post_init__(self) -> None:
+        check_int("--max-evaluations", self.max_evaluations, 1)
         check_int("--max-side", self.max_side, MIN_SIDE, MAX_SIDE)
         check_int("--max-steps", self.max_steps, 1, MAX_STEPS)
         if not 0 < self.max_upload_mb <= 1024:

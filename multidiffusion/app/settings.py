@@ -134,7 +134,7 @@ def task_limits(limits: Limits) -> TaskLimits:
         max_side=limits.max_side,
         max_steps=limits.max_steps,
         max_images=1,
-        max_evaluations=getattr(limits, "max_evaluations", None),
+        max_evaluations=limits.max_evaluations,
         note="this server's limit; the operator sets it with `multidiffusion serve --max-side/--max-steps/"
         "--max-evaluations`",
     )

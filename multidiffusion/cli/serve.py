@@ -21,7 +21,12 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from multidiffusion.app.limits import DEFAULT_MAX_SIDE, DEFAULT_MAX_STEPS, DEFAULT_MAX_UPLOAD_MB
+    from multidiffusion.app.limits import (
+        DEFAULT_MAX_EVALUATIONS,
+        DEFAULT_MAX_SIDE,
+        DEFAULT_MAX_STEPS,
+        DEFAULT_MAX_UPLOAD_MB,
+    )
 
     p = sub.add_parser(
         "serve",
@@ -46,6 +51,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=DEFAULT_MAX_STEPS,
         help=f"most denoising steps a request may ask for (default {DEFAULT_MAX_STEPS})",
+    )
+    g.add_argument(
+        "--max-evaluations",
+        type=int,
+        default=DEFAULT_MAX_EVALUATIONS,
+        help="most window evaluations a request may cost, windows x steps: the compute bound "
+        f"(default {DEFAULT_MAX_EVALUATIONS})",
     )
     g.add_argument(
         "--max-upload-mb",
@@ -77,7 +89,7 @@ def run(args: argparse.Namespace) -> None:
         fail(f"--port must be from 1 to 65535, got {args.port}")
     if args.queue_size < 1:
         fail(f"--queue-size must be at least 1, got {args.queue_size}")
-    limits = Limits(args.max_side, args.max_steps, args.max_upload_mb)
+    limits = Limits(args.max_side, args.max_steps, args.max_upload_mb, args.max_evaluations)
     models = args.model or ["demo"]
     if args.host.startswith("[") and args.host.endswith("]"):  # an IPv6 address as URLs write it
         args.host = args.host[1:-1]

@@ -158,18 +158,18 @@ def _check_generator(generator: Any, batch: int) -> None:
 
 
 def _check_cost(task: Task, plan_for_step: Callable[[int], Any], images: int) -> None:
-    """The compute bound of the options' limits: latent pixels through the model over the call
-    (every job of the first step, as many steps, every image; per guidance branch)."""
+    """The compute bound of the options' limits: window evaluations over the call (the jobs of the
+    first step, as many steps, every image; a job is one view under one prompt)."""
     bound = task.options.checked_against.max_evaluations
     if bound is None:
         return
-    per_step = sum(job.view.height * job.view.width for job in plan_for_step(0).jobs)
-    cost = per_step * task.options.num_inference_steps * images
+    jobs = len(plan_for_step(0).jobs)
+    cost = jobs * task.options.num_inference_steps * images
     if cost > bound:
         raise ValueError(
-            f"this request needs {cost:,} latent-pixel model evaluations ({len(plan_for_step(0).jobs)} windows "
-            f"per step x {task.options.num_inference_steps} steps), more than the {bound:,} allowed"
-            f"{task.options.checked_against.suffix()}: use fewer steps, a smaller canvas or a larger stride"
+            f"this request needs {cost:,} window evaluations ({jobs} per step x {task.options.num_inference_steps} "
+            f"steps x {images} images), more than the {bound:,} allowed{task.options.checked_against.suffix()}: use "
+            "fewer steps, a smaller canvas, a larger window or stride, or placement='shifted'"
         )
 
 
