@@ -29,11 +29,13 @@ the rest (MultiDiffusion, Bar-Tal et al. 2023, Sec. 4.2). Give a scene file (TOM
 named as in the Python API: see examples/regions/), or quick flags; flags override the scene.
 
 examples:
-  multidiffusion regions examples/regions/beach.toml -o beach.png --preview
-  multidiffusion regions --background "a beach at sunset" --region "a red ball" --box 0.1,0.5,0.4,0.9 \\
-      --region "a palm tree" --mask palm.png --feather 16 -o beach.png
-  multidiffusion regions --segmentation layout.png --colors "#ff0000=a red car;#000000=a street" -o car.png
-  multidiffusion regions --from beach.png --seed 2 -o again.png   # rerun a stored scene with changes
+  multidiffusion regions examples/demo/boxes.toml -o boxes.png --preview
+  multidiffusion regions --model demo --background "a snowy field at sunset" --region "a yellow sun" \
+      --box 0.6,0.05,0.8,0.3 --region "a red house" --mask examples/demo/masks/house.png --feather 2 \
+      --width 128 --height 64 -o house.png
+  multidiffusion regions --segmentation examples/demo/masks/lake.png --width 256 --height 64 --colors \
+      "#87ceeb=an orange sunset sky;#808080=snowy mountains;#228b22=a green meadow;#1e90ff=a calm lake" -o lake.png
+  multidiffusion regions --from boxes.png --seed 2 -o again.png   # rerun a stored scene with changes
 """
 
 FLAGS = {"background": "background", "bootstrap_steps": "bootstrap_steps", **SAMPLING_FLAGS}
