@@ -123,6 +123,8 @@ def _shrink(argv: list[str], scale: int) -> list[str]:
     ``MAX_SIDE`` (the aspect ratio kept, for masks and maps), as multiples of 8 and at least 64."""
     sides = {i + 1: int(argv[i + 1]) / scale for i, token in enumerate(argv[:-1]) if token in ("--width", "--height")}
     factor = max([1.0, *(side / MAX_SIDE for side in sides.values())])
+    if sides:  # never below 64 px a side, so the aspect ratio (a map's, a mask's) survives the shrink
+        factor = max(1.0, min(factor, min(sides.values()) / 64))
     argv = list(argv)
     for i, side in sides.items():
         argv[i] = str(max(64, round(side / factor / 8) * 8))

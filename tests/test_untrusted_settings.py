@@ -18,20 +18,11 @@ from PIL import Image, PngImagePlugin
 from multidiffusion.app import Limits as ServerLimits
 from multidiffusion.app import ModelPool
 from multidiffusion.app.settings import PANORAMA_KEYS, panorama_request, values_from_png
-from multidiffusion.cli import main
 from multidiffusion.metadata import METADATA_KEY, settings_from_parameters
 from multidiffusion.options import MAX_SEED, PanoramaOptions, build_options
 from multidiffusion.regions.scene import load_scene, parse_scene
 
-
-def run_cli(argv, capsys):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
+from .test_scene import run_cli
 
 BAD = [  # (API name, CLI flag and its text, bad value, the library's message)
     ("num_inference_steps", "--steps", 0, "num_inference_steps must be an integer from 1 to 1000, got 0"),
@@ -101,7 +92,8 @@ def _targets(tmp_path):
 
 def test_a_stored_mask_name_is_refused_the_same_way_whatever_it_names(tmp_path, capsys, md16, monkeypatch):
     opened: list[str] = []
-    targets = {str(p) for p in _targets(tmp_path).values()}
+    named = _targets(tmp_path)
+    targets = {str(p) for p in named.values()}
 
     def audit(event, args):
         if event == "open" and args and str(args[0]) in targets:
@@ -110,7 +102,7 @@ def test_a_stored_mask_name_is_refused_the_same_way_whatever_it_names(tmp_path, 
     sys.addaudithook(audit)
     pool = ModelPool(["tiny"], lambda name: md16)
     messages = set()
-    for kind, target in _targets_again(tmp_path).items():
+    for kind, target in named.items():
         regions = [{"prompt": "a moon", "mask": str(target)}]
         png = _png_with(tmp_path, {**REGIONS, "regions": regions}, f"{kind}-settings.png")
         code, _, err = run_cli(["regions", "--from", png, "--model", "demo", "-o", tmp_path / "o.png"], capsys)
@@ -123,15 +115,6 @@ def test_a_stored_mask_name_is_refused_the_same_way_whatever_it_names(tmp_path, 
     assert all("stored settings carry masks embedded" in m for m in messages)
     assert opened == []  # nothing named was opened
     assert not (tmp_path / "o.png").exists()
-
-
-def _targets_again(tmp_path):
-    return {
-        "image": tmp_path / "image.png",
-        "text": tmp_path / "text.png",
-        "fifo": tmp_path / "fifo.png",
-        "missing": tmp_path / "missing.png",
-    }
 
 
 def test_scene_files_read_only_under_their_folder(tmp_path):

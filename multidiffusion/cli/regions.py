@@ -30,10 +30,11 @@ named as in the Python API: see examples/regions/), or quick flags; flags overri
 
 examples:
   multidiffusion regions examples/demo/boxes.toml -o boxes.png --preview
-  multidiffusion regions --model demo --background "a snowy field at sunset" --region "a yellow sun" \
-      --box 0.6,0.05,0.8,0.3 --region "a red house" --mask examples/demo/masks/house.png --feather 2 \
+  multidiffusion regions --model demo --background "a snowy field at sunset" --region "a yellow sun" \\
+      --box 0.6,0.05,0.8,0.3 --region "a red house" --mask examples/demo/masks/house.png --feather 2 \\
       --width 128 --height 64 -o house.png
-  multidiffusion regions --segmentation examples/demo/masks/lake.png --width 256 --height 64 --colors \
+  multidiffusion regions --model demo --segmentation examples/demo/masks/lake.png --width 256 --height 64 \\
+      --colors \\
       "#87ceeb=an orange sunset sky;#808080=snowy mountains;#228b22=a green meadow;#1e90ff=a calm lake" -o lake.png
   multidiffusion regions --from boxes.png --seed 2 -o again.png   # rerun a stored scene with changes
 """

@@ -53,7 +53,7 @@ def test_too_large_a_canvas_is_a_clear_message(page):
     status = page.locator("#pano-message .error")
     status.wait_for()
     text = status.inner_text()
-    assert f"width 100000 px is larger than this server allows: at most {MAX_SIDE} px per side" in text
+    assert f"width must be a multiple of 8 from 64 to {MAX_SIDE} (pixels), got 100000 (this server's limit" in text
     assert "Traceback" not in page.content()
     assert page.locator("#pano-result img").count() == 0
 
