@@ -38,6 +38,7 @@ __all__ = [
     "DATA_URI_PREFIX",
     "DEFAULT_LIMITS",
     "ImageLimits",
+    "check_file",
     "check_pixels",
     "colour_counts",
     "count_colours",
@@ -157,7 +158,9 @@ def _open_data_uri(value: str, name: str, limits: ImageLimits) -> Image.Image:
     return _decode(io.BytesIO(data), name, "the data URI", limits, bad)
 
 
-def _open_path(value: str | os.PathLike, name: str, limits: ImageLimits) -> Image.Image:
+def check_file(value: str | os.PathLike, name: str, limits: ImageLimits = DEFAULT_LIMITS) -> Path:
+    """``value`` as a path to a regular file of at most ``limits.max_bytes``, checked with ``stat``
+    (links followed) before anything is opened: folders, FIFOs, sockets and devices are refused."""
     path = Path(value).expanduser()
     what = repr(str(path))
     try:
@@ -173,6 +176,12 @@ def _open_path(value: str | os.PathLike, name: str, limits: ImageLimits) -> Imag
         raise ValueError(
             f"{name}: {what} is {_mb(info.st_size)}; image files may be at most {_mb(limits.max_bytes)} (max_bytes)"
         )
+    return path
+
+
+def _open_path(value: str | os.PathLike, name: str, limits: ImageLimits) -> Image.Image:
+    path = check_file(value, name, limits)
+    what = repr(str(path))
     # Non-blocking open and fstat: the path may have been swapped for a FIFO since the stat.
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
     try:

@@ -25,7 +25,8 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from multidiffusion.options import Limits, SamplingOptions, build_options
+from multidiffusion.images import ImageLimits, check_file
+from multidiffusion.options import TASK_OPTIONS, Limits, SamplingOptions, build_options
 
 __all__ = [
     "METADATA_KEY",
@@ -150,20 +151,10 @@ def is_model_name(name: Any) -> bool:
 
 
 def _open_png(source: str | os.PathLike) -> Image.Image:
+    """The PNG's header and text chunks (no pixels decoded), after the image loader's file checks."""
+    path = check_file(source, "the PNG", ImageLimits(max_bytes=MAX_PNG_BYTES))
     try:
-        info = os.stat(source)
-    except OSError as exc:
-        raise ValueError(f"can't read {str(source)!r}: {exc.strerror}") from None
-    import stat
-
-    if not stat.S_ISREG(info.st_mode):
-        raise ValueError(f"{str(source)!r} is not a regular file")
-    if info.st_size > MAX_PNG_BYTES:
-        raise ValueError(
-            f"{str(source)!r} is {info.st_size / 2**20:.0f} MB, more than the {MAX_PNG_BYTES >> 20} MB read"
-        )
-    try:
-        return Image.open(source)
+        return Image.open(path)
     except Exception as exc:  # PIL raises many kinds for files that are not images
         raise ValueError(f"{str(source)!r} is not an image PIL can read ({type(exc).__name__})") from None
 
@@ -206,8 +197,6 @@ def settings_from_parameters(params: Mapping[str, Any], task: str | None = None)
     if not isinstance(params, Mapping):
         raise ValueError("the stored settings are not a table")
     stored_task = params.get("mode")
-    from multidiffusion.options import TASK_OPTIONS
-
     if not isinstance(stored_task, str) or stored_task not in TASK_OPTIONS:
         raise ValueError(f"the stored settings are for {stored_task!r}, not one of {', '.join(TASK_OPTIONS)}")
     if task is not None and stored_task != task:

@@ -258,10 +258,6 @@ class SamplingOptions:
         """The options as a mapping of API names (what ``build_options`` takes back)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
 
-    def replace(self, **changes: Any) -> SamplingOptions:
-        """A copy with ``changes``, checked again against the same limits."""
-        return type(self)(**{**self.settings(), **changes}, limits=self.checked_against)
-
 
 def check_negative(name: str, value: Any, count: int | None = None) -> None:
     """A negative prompt: None, a string ("" is none), or with ``count`` a list of that many strings."""
