@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 import os
 import re
@@ -38,10 +39,12 @@ __all__ = [
     "DATA_URI_PREFIX",
     "DEFAULT_LIMITS",
     "ImageLimits",
+    "InputImage",
     "check_file",
     "check_pixels",
     "colour_counts",
     "count_colours",
+    "input_image",
     "open_image",
     "pack_rgb",
 ]
@@ -180,6 +183,11 @@ def check_file(value: str | os.PathLike, name: str, limits: ImageLimits = DEFAUL
 
 
 def _open_path(value: str | os.PathLike, name: str, limits: ImageLimits) -> Image.Image:
+    return _read_path(value, name, limits)[0]
+
+
+def _read_path(value: str | os.PathLike, name: str, limits: ImageLimits) -> tuple[Image.Image, bytes]:
+    """The decoded image at a path and the file's bytes (what its SHA-256 is taken of)."""
     path = check_file(value, name, limits)
     what = repr(str(path))
     # Non-blocking open and fstat: the path may have been swapped for a FIFO since the stat.
@@ -201,7 +209,7 @@ def _open_path(value: str | os.PathLike, name: str, limits: ImageLimits) -> Imag
             data += more
     if len(data) > limits.max_bytes:
         raise ValueError(f"{name}: {what} is over {_mb(limits.max_bytes)}, the most an image file may be (max_bytes)")
-    return _decode(io.BytesIO(data), name, what, limits, f"{name}: {what} is not an image")
+    return _decode(io.BytesIO(data), name, what, limits, f"{name}: {what} is not an image"), data
 
 
 def open_image(source: str | os.PathLike | Image.Image, name: str, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:
@@ -215,6 +223,101 @@ def open_image(source: str | os.PathLike | Image.Image, name: str, limits: Image
     if isinstance(source, (str, os.PathLike)):
         return _open_path(source, name, limits)
     raise ValueError(f"{name} must be a path, a {DATA_URI_PREFIX}... URI or a PIL image, got {type(source).__name__}")
+
+
+# -- input images (img2img, upscale, inpaint, outpaint) --------------------------------------------
+@dataclass(frozen=True, eq=False)
+class InputImage:
+    """An input image, decoded and checked, with where it came from: ``path`` and the SHA-256 of the
+    file's bytes when it was read from a file (recorded in the result's PNG metadata, so settings
+    read back can tell when the file is missing or has changed), else None."""
+
+    image: Image.Image
+    path: str | None = None
+    sha256: str | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) in pixels."""
+        return self.image.height, self.image.width
+
+    def record(self) -> dict[str, str | None]:
+        """What the PNG metadata stores: the path and its SHA-256 (None for in-memory images)."""
+        return {"path": self.path, "sha256": self.sha256}
+
+
+def _as_pil(value: object, name: str, limits: ImageLimits) -> Image.Image:
+    """A PIL image from a numpy array (H, W[, 1/3/4], uint8, or float in [0, 1]) or a torch tensor
+    ((1,) C, H, W in [0, 1]), as diffusers' image processors take them."""
+    array = value
+    if type(value).__module__.startswith("torch"):
+        t = value.detach().float().cpu()
+        if t.dim() == 4 and t.shape[0] == 1:
+            t = t[0]
+        if t.dim() != 3 or t.shape[0] not in (1, 3):
+            raise ValueError(f"{name}: a tensor must be (3, H, W) or (1, 3, H, W) in [0, 1], got {tuple(t.shape)}")
+        array = t.permute(1, 2, 0).numpy()
+    if (
+        not isinstance(array, np.ndarray)
+        or array.ndim not in (2, 3)
+        or (array.ndim == 3 and array.shape[-1] not in (1, 3, 4))
+    ):
+        shape = getattr(array, "shape", "")
+        allowed = "an image file, a PIL image, an (H, W, 3) array or a tensor"
+        raise ValueError(f"{name} must be {allowed}, got {type(value).__name__} {shape}".rstrip())
+    check_pixels(array.shape[1], array.shape[0], name, limits, "the image")
+    if array.dtype != np.uint8:
+        if not np.issubdtype(array.dtype, np.floating) or not np.isfinite(array).all():
+            raise ValueError(f"{name}: an array must be uint8 or float in [0, 1], got {array.dtype}")
+        array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    return Image.fromarray(array)
+
+
+def input_image(
+    value: object, name: str = "image", limits: ImageLimits = DEFAULT_LIMITS, mode: str = "RGB"
+) -> InputImage:
+    """An input image in ``mode`` ("RGB" for images, "L" for masks) from a path, a data URI, a PIL
+    image, an array or a tensor, or the ``{"path": ..., "sha256": ...}`` record of stored settings,
+    whose file must still have that SHA-256. Checked like every image we are handed
+    (:func:`open_image`); ValueError naming ``name`` otherwise.
+
+    Reading the file a stored record names is safe even when the PNG came from someone else: the
+    file is used only if its bytes hash to the recorded SHA-256, so a record can only name content
+    its author already has."""
+    if isinstance(value, InputImage):
+        return value if value.image.mode == mode else InputImage(value.image.convert(mode), value.path, value.sha256)
+    if isinstance(value, dict):
+        return _recorded(value, name, limits, mode)
+    if isinstance(value, Image.Image):
+        check_pixels(value.width, value.height, name, limits, "the image")
+        return InputImage(value.convert(mode) if value.mode != mode else value)
+    if isinstance(value, str) and value.startswith("data:"):
+        return InputImage(_open_data_uri(value, name, limits).convert(mode))
+    if isinstance(value, (str, os.PathLike)):
+        image, data = _read_path(value, name, limits)
+        return InputImage(image.convert(mode), str(value), hashlib.sha256(data).hexdigest())
+    if value is None:
+        raise ValueError(f"{name} is required: give an image file, a PIL image or an array")
+    return InputImage(_as_pil(value, name, limits).convert(mode))
+
+
+def _recorded(value: dict, name: str, limits: ImageLimits, mode: str) -> InputImage:
+    path, digest = value.get("path"), value.get("sha256")
+    if set(value) - {"path", "sha256"} or not isinstance(path, str) or not isinstance(digest, str):
+        raise ValueError(f"{name}: a stored input must be {{'path': ..., 'sha256': ...}}, got {value!r}")
+    if not os.path.exists(path):
+        raise ValueError(
+            f"{name}: the input file {path!r} recorded with these settings is missing; give the image again"
+        )
+    found = input_image(path, name, limits, mode)
+    if found.sha256 != digest.lower():
+        raise ValueError(
+            f"{name}: the input file {path!r} has changed since these settings were recorded (SHA-256 "
+            f"{found.sha256[:12]}... instead of {digest[:12]}...); give the image again"
+        )
+    return found
 
 
 # -- colours -------------------------------------------------------------------------------------

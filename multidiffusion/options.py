@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import InitVar, dataclass, field
@@ -34,6 +35,7 @@ from multidiffusion.regions.layout import MAX_REGIONS, Region, as_regions
 
 __all__ = [
     "MAX_IMAGES",
+    "MAX_SCALE",
     "MAX_SEED",
     "MAX_SIDE",
     "MAX_STEPS",
@@ -42,18 +44,25 @@ __all__ = [
     "PLACEMENTS",
     "SCHEDULER_NAMES",
     "TASK_OPTIONS",
+    "UPSCALE_FILTERS",
     "WEIGHTS",
+    "Img2ImgOptions",
+    "InpaintOptions",
     "Limits",
+    "OutpaintOptions",
     "PanoramaOptions",
     "RegionsOptions",
     "SamplingOptions",
+    "UpscaleOptions",
     "build_options",
     "check_choice",
     "check_int",
     "check_negative",
     "check_number",
+    "check_same_aspect",
     "check_seed",
     "check_side",
+    "check_strength",
     "check_text",
     "pair",
     "random_seed",
@@ -285,6 +294,7 @@ class PanoramaOptions(SamplingOptions):
     """
 
     task: ClassVar[str] = "panorama"
+    prompt_required: ClassVar[bool] = True
 
     prompt: str | list[str] | None = None
     placement: str = "grid"
@@ -293,8 +303,10 @@ class PanoramaOptions(SamplingOptions):
     def __post_init__(self, limits: Limits | None) -> None:
         if isinstance(self.prompt, (list, tuple)) and self.prompt:
             self.prompt = [check_text(f"prompt[{i}]", p) for i, p in enumerate(self.prompt)]
-        else:
+        elif self.prompt_required or self.prompt not in (None, ""):
             check_text("prompt", self.prompt)
+        else:
+            self.prompt = ""
         super().__post_init__(limits)
         check_negative("negative_prompt", self.negative_prompt, len(self.prompts))
         check_choice("placement", self.placement, PLACEMENTS)
@@ -314,13 +326,16 @@ class PanoramaOptions(SamplingOptions):
 class RegionsOptions(SamplingOptions):
     """Region prompts (paper Sec. 4.2): each :class:`~multidiffusion.regions.Region` gets its own
     prompt, ``background`` the complement of their union. ``bootstrap_steps`` (None: 40 % of the
-    steps, the paper's 20 of 50; 0: off) denoise each region over a random plain colour first."""
+    steps, the paper's 20 of 50; 0: off) denoise each region over a random plain colour first.
+    With ``image`` the layout re-works that image from ``strength`` (None: 0.75), as img2img does."""
 
     task: ClassVar[str] = "regions"
 
     background: str | None = None
     regions: Sequence[Region | Mapping[str, Any]] = ()
     bootstrap_steps: int | None = None
+    image: Any = None
+    strength: float | None = None
 
     def __post_init__(self, limits: Limits | None) -> None:
         super().__post_init__(limits)
@@ -333,9 +348,215 @@ class RegionsOptions(SamplingOptions):
         self.bootstrap_steps = check_int("bootstrap_steps", self.bootstrap_steps, 0, steps)
         if not self.regions and self.background is None:
             raise ValueError("regions: give at least one region or a background prompt")
+        if self.image is None:
+            if self.strength is not None:
+                raise ValueError("strength applies to an input image: give image= too, or leave strength unset")
+        else:
+            self.image = _input_image(self, "image")
+            self.strength = check_strength(0.75 if self.strength is None else self.strength)
 
 
-TASK_OPTIONS: dict[str, type[SamplingOptions]] = {"panorama": PanoramaOptions, "regions": RegionsOptions}
+# -- images in -----------------------------------------------------------------------------------------
+MAX_SCALE = 8.0
+"""Largest upscaling factor: 8x takes a 512 px image to 4096 px; larger jumps give the model too
+little to work from in one pass (upscale twice instead)."""
+UPSCALE_FILTERS = ("lanczos", "bicubic", "bilinear", "nearest")
+MAX_UPSCALER_BYTES = 2 * 1024**3
+"""Largest upscaler model file (ESRGAN-family networks are 1-100 MB; some are larger)."""
+"""Resampling filters an upscale can use by name (PIL's); a model file or a callable also works."""
+
+
+def check_strength(value: Any, name: str = "strength") -> float:
+    """diffusers' ``strength``: the fraction of the schedule that runs, in (0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 < value <= 1:
+        raise ValueError(
+            f"{name} must be a number in (0, 1] (the fraction of the steps that re-work the image), got {value!r}"
+        )
+    return float(value)
+
+
+def _input_image(options: SamplingOptions, name: str, mode: str = "RGB") -> Any:
+    from multidiffusion.images import input_image
+
+    return input_image(getattr(options, name), name, mode=mode)
+
+
+def _image_canvas(options: Img2ImgOptions, size: tuple[int, int], what: str) -> None:
+    """Height and width from the input's size (rounded down to multiples of 8) when not given."""
+    lim = options.checked_against
+    note = f" ({what}; give height and width to resize it)"
+    for key, value in zip(("height", "width"), size):
+        if getattr(options, key) is None:
+            setattr(options, key, check_side(key, value - value % 8, 8, lim.max_side, lim.suffix() or note))
+
+
+@dataclass
+class Img2ImgOptions(PanoramaOptions):
+    """Image-to-image on a canvas of any size: ``image`` (a file, PIL image, array or tensor) is
+    encoded, noised to the step ``strength`` says (diffusers' convention: 0.75 runs the last 75 % of
+    the steps) and denoised with the panorama's windows. The canvas is the image's size (rounded
+    down to multiples of 8) unless ``height`` and ``width`` resize it."""
+
+    task: ClassVar[str] = "img2img"
+
+    image: Any = None
+    strength: float = 0.75
+
+    def __post_init__(self, limits: Limits | None) -> None:
+        super().__post_init__(limits)
+        self.strength = check_strength(self.strength)
+        self.image = _input_image(self, "image")
+        _image_canvas(self, self.image.size, "the input image's size")
+
+
+@dataclass
+class UpscaleOptions(Img2ImgOptions):
+    """Upscaling: ``image`` resized ``scale`` times by ``upscaler`` ("lanczos" and PIL's other
+    filters, an ESRGAN-family model file read by spandrel, or a callable PIL -> PIL), then re-worked
+    from ``strength`` (default 0.35) over windows. The prompt may be empty. ``noise_inversion``
+    starts from a DDIM inversion of the resized image's latents instead of fresh noise
+    (``inversion_steps`` of them, default the steps that run); ``allow_pickle`` lets a ``.pth``
+    upscaler file be unpickled (only for files you trust)."""
+
+    task: ClassVar[str] = "upscale"
+    prompt_required: ClassVar[bool] = False
+
+    strength: float = 0.35
+    scale: float = 2.0
+    upscaler: Any = "lanczos"
+    noise_inversion: bool = False
+    inversion_steps: int | None = None
+    allow_pickle: bool = False
+
+    def __post_init__(self, limits: Limits | None) -> None:
+        given = self.height, self.width
+        self.height = self.width = None
+        self.scale = check_number("scale", self.scale, 1, MAX_SCALE)
+        self.upscaler = check_upscaler(self.upscaler, self.allow_pickle)
+        for key in ("noise_inversion", "allow_pickle"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"{key} must be True or False, got {getattr(self, key)!r}")
+        if self.inversion_steps is not None:
+            self.inversion_steps = check_int("inversion_steps", self.inversion_steps, 1, MAX_STEPS)
+        PanoramaOptions.__post_init__(self, limits)
+        self.strength = check_strength(self.strength)
+        self.image = _input_image(self, "image")
+        h, w = self.image.size
+        what = f"the input's {w}x{h} times scale {self.scale:g}"
+        _image_canvas(self, (round(h * self.scale), round(w * self.scale)), what)
+        _derived_size(self, given, "an upscale's size is the image's times scale; give scale instead")
+
+
+def check_upscaler(value: Any, allow_pickle: bool = False) -> Any:
+    """A filter name (:data:`UPSCALE_FILTERS`), a callable, or an upscaler model file that exists
+    and, when it is a pickle (.pth, .pt, .ckpt, .bin: opening one can run code), ``allow_pickle``."""
+    if isinstance(value, str) and value.lower() in UPSCALE_FILTERS:
+        return value.lower()
+    if callable(value):
+        return value
+    if not isinstance(value, (str, os.PathLike)):
+        raise ValueError(
+            f"upscaler must be one of {', '.join(map(repr, UPSCALE_FILTERS))}, an upscaler model file "
+            f"(.safetensors, .pth) or a callable, got {type(value).__name__}"
+        )
+    from multidiffusion.images import ImageLimits, check_file
+    from multidiffusion.models.files import is_pickle_path
+
+    path = check_file(value, "upscaler", ImageLimits(max_bytes=MAX_UPSCALER_BYTES))
+    if is_pickle_path(path) and allow_pickle is not True:
+        raise ValueError(
+            f"upscaler: {str(value)!r} is a pickle file, which can run code when opened; convert it to "
+            ".safetensors, or pass allow_pickle=True (--allow-pickle) if you trust its source"
+        )
+    return str(value)
+
+
+def _derived_size(options: SamplingOptions, given: tuple[Any, Any], why: str) -> None:
+    """Height and width given to a task that derives them must equal the derived ones (stored
+    settings carry them)."""
+    for key, value in zip(("height", "width"), given):
+        if value is not None and value != getattr(options, key):
+            raise ValueError(f"{key}: {why} ({getattr(options, key)} here), got {value!r}")
+
+
+@dataclass
+class InpaintOptions(Img2ImgOptions):
+    """Inpainting: ``mask`` (white = repaint, black = keep; a file, PIL image or array of the image's
+    size or aspect ratio) is feathered by ``mask_blur`` pixels; everything outside it is kept by
+    blending the known image back after every step (any model) or, with a 9-channel inpainting
+    UNet, by the model itself. ``strength`` 1 (the default) repaints the masked area from noise."""
+
+    task: ClassVar[str] = "inpaint"
+
+    strength: float = 1.0
+    mask: Any = None
+    mask_blur: int = 4
+
+    def __post_init__(self, limits: Limits | None) -> None:
+        super().__post_init__(limits)
+        self.mask_blur = check_int("mask_blur", self.mask_blur, 0, 256)
+        self.mask = _input_image(self, "mask", mode="L")
+        check_same_aspect("mask", self.mask.size, "image", self.image.size)
+
+
+def check_same_aspect(name: str, size: tuple[int, int], other: str, other_size: tuple[int, int]) -> None:
+    """ValueError when an image of ``size`` (height, width) has another aspect ratio than ``other``'s
+    (1 % tolerance: a mask of another size of the same shape is resized)."""
+    (h, w), (oh, ow) = size, other_size
+    if abs(w * oh - ow * h) > 0.01 * ow * h:
+        raise ValueError(
+            f"{name} is {w}x{h} but the {other} is {ow}x{oh}: give a {name} of the same size or at least the same "
+            "aspect ratio"
+        )
+
+
+@dataclass
+class OutpaintOptions(Img2ImgOptions):
+    """Outpainting: the canvas is the image extended by ``left``, ``right``, ``top`` and ``bottom``
+    pixels (multiples of 8), painted under the prompt; the image is kept, its last ``overlap``
+    pixels towards each new side repainted so the seam blends (``mask_blur`` feathers it). With
+    ``circular=True`` the canvas wraps around: the showcase is a photo extended to 360 degrees."""
+
+    task: ClassVar[str] = "outpaint"
+
+    strength: float = 1.0
+    left: int = 0
+    right: int = 0
+    top: int = 0
+    bottom: int = 0
+    overlap: int = 16
+    mask_blur: int = 8
+
+    def __post_init__(self, limits: Limits | None) -> None:
+        given = self.height, self.width
+        self.height = self.width = None
+        lim = limits if limits is not None else LIBRARY_LIMITS
+        for key in ("left", "right", "top", "bottom"):
+            setattr(self, key, check_int(key, getattr(self, key), 0, lim.max_side))
+            if getattr(self, key) % 8:
+                raise ValueError(f"{key} must be a multiple of 8 (pixels), got {getattr(self, key)}")
+        if not (self.left or self.right or self.top or self.bottom):
+            raise ValueError("outpaint: give at least one of left, right, top, bottom (pixels to add)")
+        self.overlap = check_int("overlap", self.overlap, 0, 512)
+        self.mask_blur = check_int("mask_blur", self.mask_blur, 0, 256)
+        PanoramaOptions.__post_init__(self, limits)
+        self.strength = check_strength(self.strength)
+        self.image = _input_image(self, "image")
+        h, w = self.image.size
+        h, w = h - h % 8, w - w % 8
+        size = (h + self.top + self.bottom, w + self.left + self.right)
+        _image_canvas(self, size, f"the input's {w}x{h} plus the added sides")
+        _derived_size(self, given, "an outpaint's size is the image's plus left, right, top and bottom")
+
+
+TASK_OPTIONS: dict[str, type[SamplingOptions]] = {
+    "panorama": PanoramaOptions,
+    "regions": RegionsOptions,
+    "img2img": Img2ImgOptions,
+    "upscale": UpscaleOptions,
+    "inpaint": InpaintOptions,
+    "outpaint": OutpaintOptions,
+}
 """Task name -> its options class. A new task registers its class here."""
 
 

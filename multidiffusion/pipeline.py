@@ -19,7 +19,16 @@ from multidiffusion.engine.schedulers import make_scheduler
 from multidiffusion.metadata import model_label
 from multidiffusion.models import adapter_for
 from multidiffusion.models.loading import load_pipeline
-from multidiffusion.options import PanoramaOptions, RegionsOptions, SamplingOptions, check_choice
+from multidiffusion.options import (
+    Img2ImgOptions,
+    InpaintOptions,
+    OutpaintOptions,
+    PanoramaOptions,
+    RegionsOptions,
+    SamplingOptions,
+    UpscaleOptions,
+    check_choice,
+)
 from multidiffusion.output import MultiDiffusionOutput
 from multidiffusion.regions.layout import Region, RegionLayout, region_layout
 from multidiffusion.tasks import task_for
@@ -260,6 +269,8 @@ class MultiDiffusion:
         scheduler: str | Any | None = None,
         eta: float = 0.0,
         callback_on_step_end: Callable[..., dict | None] | None = None,
+        image: Any = None,
+        strength: float | None = None,
     ) -> MultiDiffusionOutput:
         """Region-based generation (paper Sec. 4.2): each region of the canvas gets its own prompt.
 
@@ -278,8 +289,166 @@ class MultiDiffusion:
         default of the regions'; the other arguments are :meth:`panorama`'s. ``generator`` also
         draws the bootstrap backgrounds, after the initial noise; with ``latents`` given and no
         generator they come from torch's global generator.
+
+        ``image`` (a file, PIL image, array or tensor) re-works that image under the layout from
+        ``strength`` (default 0.75), as :meth:`img2img` does; the canvas defaults to its size.
         """
         options = RegionsOptions(**_options_of(RegionsOptions, locals()))
+        return self.generate(options, generator=generator, latents=latents, callback_on_step_end=callback_on_step_end)
+
+    @torch.no_grad()
+    def img2img(
+        self,
+        image: Any,
+        prompt: str | list[str],
+        strength: float = 0.75,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        negative_prompt: str | list[str] | None = None,
+        window: int | tuple[int, int] | None = None,
+        stride: int | tuple[int, int] | None = None,
+        circular: bool = False,
+        view_batch_size: int | None = None,
+        num_images_per_prompt: int = 1,
+        generator: Generator = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        scheduler: str | Any | None = None,
+        eta: float = 0.0,
+        callback_on_step_end: Callable[..., dict | None] | None = None,
+        placement: str = "grid",
+        weights: str | None = None,
+    ) -> MultiDiffusionOutput:
+        """Re-work an image of any size under ``prompt`` (SDEdit over sliding windows).
+
+        ``image``: a file, a PIL image, an (H, W, 3) array or a (3, H, W) tensor in [0, 1]; the
+        canvas is its size rounded down to multiples of 8, or ``height`` x ``width`` (resized,
+        Lanczos). It is encoded in tiles and noised to the step ``strength`` says (diffusers'
+        convention: the last ``int(num_inference_steps * strength)`` steps run); the rest are
+        :meth:`panorama`'s arguments, fast mode and ``circular`` included. ``latents`` is the
+        noise added to the encoded image. At the model's native size with the grid placement this
+        equals diffusers' img2img pipelines.
+        """
+        options = Img2ImgOptions(**_options_of(Img2ImgOptions, locals()))
+        return self.generate(options, generator=generator, latents=latents, callback_on_step_end=callback_on_step_end)
+
+    @torch.no_grad()
+    def upscale(
+        self,
+        image: Any,
+        scale: float = 2.0,
+        prompt: str | list[str] = "",
+        strength: float = 0.35,
+        upscaler: str | os.PathLike | Callable[..., Any] = "lanczos",
+        noise_inversion: bool = False,
+        inversion_steps: int | None = None,
+        allow_pickle: bool = False,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        negative_prompt: str | list[str] | None = None,
+        window: int | tuple[int, int] | None = None,
+        stride: int | tuple[int, int] | None = None,
+        circular: bool = False,
+        view_batch_size: int | None = None,
+        num_images_per_prompt: int = 1,
+        generator: Generator = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        scheduler: str | Any | None = None,
+        eta: float = 0.0,
+        callback_on_step_end: Callable[..., dict | None] | None = None,
+        placement: str = "grid",
+        weights: str | None = None,
+    ) -> MultiDiffusionOutput:
+        """Upscale ``image`` ``scale`` times (1 to 8): resized by ``upscaler`` ("lanczos", the default,
+        or "bicubic", "bilinear", "nearest"; an ESRGAN-family model file read by spandrel, from the
+        ``upscale`` extra; or any callable PIL image -> PIL image), then encoded in tiles, re-worked
+        by MultiDiffusion from ``strength`` and decoded in tiles: memory follows the tile and the
+        window, not the image. The prompt may be empty. ``noise_inversion`` starts from a DDIM
+        inversion of the resized image's latents (``inversion_steps`` model steps, default the
+        steps that run) instead of fresh noise, keeping more of the input's detail.
+        ``placement="shifted"`` (the fast mode) pays most here: about one model evaluation per
+        latent pixel per step. ``allow_pickle`` lets a ``.pth`` upscaler be unpickled.
+        """
+        options = UpscaleOptions(**_options_of(UpscaleOptions, locals()))
+        return self.generate(options, generator=generator, latents=latents, callback_on_step_end=callback_on_step_end)
+
+    @torch.no_grad()
+    def inpaint(
+        self,
+        image: Any,
+        mask: Any,
+        prompt: str | list[str],
+        strength: float = 1.0,
+        mask_blur: int = 4,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        negative_prompt: str | list[str] | None = None,
+        window: int | tuple[int, int] | None = None,
+        stride: int | tuple[int, int] | None = None,
+        circular: bool = False,
+        view_batch_size: int | None = None,
+        num_images_per_prompt: int = 1,
+        generator: Generator = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        scheduler: str | Any | None = None,
+        eta: float = 0.0,
+        callback_on_step_end: Callable[..., dict | None] | None = None,
+        placement: str = "grid",
+        weights: str | None = None,
+    ) -> MultiDiffusionOutput:
+        """Repaint the white part of ``mask`` in ``image`` (any size) under ``prompt``, keeping the rest.
+
+        ``mask``: white = repaint, black = keep (a file, PIL image or array of the image's size or
+        aspect ratio), feathered by ``mask_blur`` pixels. With any model the known image is blended
+        back after every step (diffusers' latent blending); a 9-channel inpainting UNet (SD 1.5/2
+        or SDXL inpainting) also sees the mask and the masked image in every view. ``strength`` 1
+        repaints from pure noise; the rest are :meth:`img2img`'s arguments.
+        """
+        options = InpaintOptions(**_options_of(InpaintOptions, locals()))
+        return self.generate(options, generator=generator, latents=latents, callback_on_step_end=callback_on_step_end)
+
+    @torch.no_grad()
+    def outpaint(
+        self,
+        image: Any,
+        prompt: str | list[str],
+        left: int = 0,
+        right: int = 0,
+        top: int = 0,
+        bottom: int = 0,
+        overlap: int = 16,
+        mask_blur: int = 8,
+        strength: float = 1.0,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        negative_prompt: str | list[str] | None = None,
+        window: int | tuple[int, int] | None = None,
+        stride: int | tuple[int, int] | None = None,
+        circular: bool = False,
+        view_batch_size: int | None = None,
+        num_images_per_prompt: int = 1,
+        generator: Generator = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        scheduler: str | Any | None = None,
+        eta: float = 0.0,
+        callback_on_step_end: Callable[..., dict | None] | None = None,
+        placement: str = "grid",
+        weights: str | None = None,
+    ) -> MultiDiffusionOutput:
+        """Extend ``image`` by ``left``, ``right``, ``top`` and ``bottom`` pixels (multiples of 8) under
+        ``prompt``: an inpainting of a larger canvas whose mask is the new area plus ``overlap``
+        pixels of the image along each new side (feathered by ``mask_blur``). With ``circular=True``
+        the canvas wraps around horizontally, so extending a photo left and right makes a seamless
+        360-degree panorama. The rest are :meth:`inpaint`'s arguments.
+        """
+        options = OutpaintOptions(**_options_of(OutpaintOptions, locals()))
         return self.generate(options, generator=generator, latents=latents, callback_on_step_end=callback_on_step_end)
 
     @torch.no_grad()

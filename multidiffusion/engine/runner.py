@@ -27,7 +27,7 @@ from multidiffusion.output import MultiDiffusionOutput
 from multidiffusion.vae.codec import decode_latents, decode_to_uint8
 from multidiffusion.version import __version__
 
-__all__ = ["Cancelled", "RunSettings", "run"]
+__all__ = ["Cancelled", "RunSettings", "denoising_timesteps", "run"]
 
 Generator = torch.Generator | list[torch.Generator] | None
 StepCallback = Callable[..., Any]
@@ -80,10 +80,12 @@ def run(
     _check_generator(generator, batch)
     scheduler = options.scheduler if options.scheduler is not None else settings.scheduler
     sched = make_scheduler(scheduler, adapter.pipe.scheduler.config)
+    timesteps = denoising_timesteps(sched, options.num_inference_steps, task.strength, adapter.device)
     plan_for_step = task.plans(_offset_seed(generator))
-    _check_cost(task, plan_for_step, batch)
+    _check_cost(task, plan_for_step, batch, len(timesteps))  # every timestep is one model evaluation
 
     h, w = task.latent_size
+    task.prepare(generator, batch, settings.decode)  # e.g. the encoder's sample, drawn before the noise
     noise = _initial_noise(adapter, (batch, adapter.latent_channels, h, w), generator, latents)
     use_cfg = max(slots.guidance) > 1.0
     cond = adapter.encode(slots.prompts, slots.negatives, options.num_images_per_prompt, use_cfg)
@@ -97,17 +99,18 @@ def run(
         share_prefix=settings.share_prefix,
         share_unconditional=settings.share_unconditional,
     )
-    start = Start(noise, sched, generator)
+    batch_size = options.view_batch_size or auto_batch(adapter)
+    start = Start(noise, sched, generator, timesteps, model, plan_for_step, batch_size)
     composer = task.composer(start)
-    callback = _step_callback(callback_on_step_end, pipeline, should_stop)
+    callback = _step_callback(callback_on_step_end, pipeline, should_stop, task.after_step(start))
     with model.attached():
         x = sample(
             model,
             sched,
             task.start_latents(start),
-            options.num_inference_steps,
+            timesteps,
             plan_for_step,
-            batch_size=options.view_batch_size or auto_batch(adapter),
+            batch_size=batch_size,
             composer_for_step=composer,
             generator=generator,
             eta=options.eta,
@@ -130,6 +133,20 @@ def run(
     images = _postprocess(adapter, x, options.output_type, task.circular, settings.decode)
     stats.seconds = time.perf_counter() - started
     return MultiDiffusionOutput(images, params, stats)
+
+
+def denoising_timesteps(scheduler: Any, steps: int, strength: float, device: Any) -> torch.Tensor:
+    """Set ``steps`` timesteps on ``scheduler`` and return those a call of this ``strength`` runs, as
+    diffusers' image-to-image pipelines do: the last ``int(steps * strength)`` steps (all at
+    strength 1), with the scheduler's begin index set to the first of them."""
+    scheduler.set_timesteps(steps, device=device)
+    if strength >= 1.0:
+        return scheduler.timesteps
+    order = getattr(scheduler, "order", 1)
+    first = max(steps - min(int(steps * strength), steps), 0) * order
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(first)
+    return scheduler.timesteps[first:]
 
 
 def auto_batch(adapter: Any) -> int:
@@ -157,39 +174,49 @@ def _check_generator(generator: Any, batch: int) -> None:
     )
 
 
-def _check_cost(task: Task, plan_for_step: Callable[[int], Any], images: int) -> None:
+def _check_cost(task: Task, plan_for_step: Callable[[int], Any], images: int, steps: int) -> None:
     """The compute bound of the options' limits: window evaluations over the call (the jobs of the
-    first step, as many steps, every image; a job is one view under one prompt)."""
+    first step, as many steps as run, every image, plus what the task spends outside the steps; a
+    job is one view under one prompt)."""
     bound = task.options.checked_against.max_evaluations
     if bound is None:
         return
     jobs = len(plan_for_step(0).jobs)
-    cost = jobs * task.options.num_inference_steps * images
+    extra = task.extra_evaluations(jobs)
+    cost = (jobs * steps + extra) * images
     if cost > bound:
+        more = f" + {extra:,} before sampling" if extra else ""
         raise ValueError(
-            f"this request needs {cost:,} window evaluations ({jobs} per step x {task.options.num_inference_steps} "
-            f"steps x {images} images), more than the {bound:,} allowed{task.options.checked_against.suffix()}: use "
+            f"this request needs {cost:,} window evaluations ({jobs} per step x {steps} steps{more} x {images} "
+            f"images), more than the {bound:,} allowed{task.options.checked_against.suffix()}: use "
             "fewer steps, a smaller canvas, a larger window or stride, or placement='shifted'"
         )
 
 
 def _step_callback(
-    callback: StepCallback | None, pipeline: Any, should_stop: Callable[[], bool] | None
+    callback: StepCallback | None,
+    pipeline: Any,
+    should_stop: Callable[[], bool] | None,
+    after_step: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
 ) -> Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None] | None:
-    if callback is None and should_stop is None:
+    """The sampler's per-step callback: the task's ``after_step`` first (inpainting's blending, as
+    diffusers does it before its callback), then the caller's callback, then cancellation."""
+    if callback is None and should_stop is None and after_step is None:
         return None
     if callback is not None and not callable(callback):
         raise TypeError(f"callback_on_step_end must be callable or None, got {type(callback).__name__}")
 
     def on_step(i: int, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
-        replaced = None
+        replaced = after_step(i, t, x) if after_step is not None else None
+        if replaced is not None:
+            x = replaced
         if callback is not None:
             result = callback(pipeline, i, t, {"latents": x})
             if result is not None and not isinstance(result, dict):
                 raise TypeError(
                     f"callback_on_step_end must return a dict (or None), got {type(result).__name__} at step {i}"
                 )
-            replaced = (result or {}).get("latents")
+            replaced = (result or {}).get("latents", replaced)
         if should_stop is not None and should_stop():
             raise Cancelled(f"cancelled after step {i + 1}")
         return replaced

@@ -195,7 +195,7 @@ def sample(
     model: GuidedModel,
     scheduler,
     latents: torch.Tensor,
-    num_inference_steps: int,
+    timesteps: torch.Tensor,
     plan_for_step: Callable[[int], FusionPlan],
     *,
     batch_size: int | None = None,
@@ -205,19 +205,21 @@ def sample(
     callback: StepCallback | None = None,
     progress: dict | None = None,
 ) -> torch.Tensor:
-    """Run the MultiDiffusion process Ψ from noise ``latents`` (unscaled, N(0, I)) to clean latents.
+    """Run the MultiDiffusion process Ψ over ``timesteps`` from ``latents`` (in the scheduler's units:
+    noise times ``init_noise_sigma`` for text-to-image, a noised image for image-to-image) to clean
+    latents. The scheduler's timesteps (and, for image-to-image, its begin index) are set already.
 
     ``plan_for_step(i)`` gives the views, prompts and weights of step i (fixed for the paper's grid,
     fresh for the shifted fast mode); ``composer_for_step(i, t)`` may rewrite the crops fed to the
-    model (bootstrapping of regions).
+    model (bootstrapping of regions, an inpainting model's mask channels); ``callback(i, t, x)`` may
+    replace the canvas after each step (inpainting's blending, the caller's callback).
     """
-    scheduler.set_timesteps(num_inference_steps, device=latents.device)
-    timesteps = scheduler.timesteps
-    x = latents * scheduler.init_noise_sigma
+    x = latents
     extra = _step_kwargs(scheduler, generator, eta)
     model.stats.canvas_pixels = x.shape[-2] * x.shape[-1]
     order = getattr(scheduler, "order", 1)
-    with tqdm(total=num_inference_steps, **(progress or {})) as bar:
+    total = -(-len(timesteps) // order)  # steps, as diffusers counts them
+    with tqdm(total=total, **(progress or {})) as bar:
         for i, t in enumerate(timesteps):
             x_in = scheduler.scale_model_input(x, t)
             compose = composer_for_step(i, t) if composer_for_step is not None else None

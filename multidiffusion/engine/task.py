@@ -1,6 +1,6 @@
 """What a task tells the runner, and nothing more.
 
-A task (panorama, regions; next: img2img, upscale, inpaint) states
+A task (panorama, regions, img2img, upscale, inpaint, outpaint) states
 
 - its **prompt slots**: the prompts the model is conditioned on (each encoded once per call), their
   negatives and guidance scales; jobs refer to slots by index;
@@ -8,7 +8,12 @@ A task (panorama, regions; next: img2img, upscale, inpaint) states
   each, with the Eq. 5 denominator (a :class:`~multidiffusion.engine.fusion.FusionPlan`);
 - what it **composes into the model's input** (``composer``), e.g. bootstrapping's plain-colour
   backgrounds, given the initial noise and the scheduler;
-- its **start latents** (``start_latents``: the noise for text-to-image tasks);
+- what it **prepares before the noise is drawn** (``prepare``: image tasks encode their input,
+  drawing the encoder's sample from the generator first, in diffusers' order);
+- its **strength** (the fraction of the schedule it runs, diffusers' ``strength``: 1 for
+  text-to-image) and its **start latents** (``start_latents``: scaled noise for text-to-image, the
+  noised input image for image-to-image);
+- what it does **after each step** (``after_step``: inpainting blends the known image back);
 - the **parameters** that regenerate it (written into PNGs).
 
 The runner (:mod:`.runner`) does the rest for every task: encode -> sample -> decode. A new task is
@@ -27,7 +32,7 @@ import torch
 from multidiffusion.engine.adapter import ModelAdapter
 from multidiffusion.engine.fusion import FusionPlan, InputComposer
 
-__all__ = ["PromptSlots", "Start", "StepComposer", "Task"]
+__all__ = ["AfterStep", "PromptSlots", "Start", "StepComposer", "Task"]
 
 StepComposer = Callable[[int, torch.Tensor], "InputComposer | None"]
 """(step index, timestep) -> the composer of that step's model inputs, or None."""
@@ -46,11 +51,21 @@ class PromptSlots:
 @dataclass
 class Start:
     """What exists once sampling is about to begin: the canvas's initial noise (unscaled), the
-    scheduler with its timesteps set, and the call's generator."""
+    scheduler with its timesteps set, the timesteps this call runs (all of them unless the task's
+    strength is below 1), the call's generator, and the guided model with the jobs of each step and
+    the views per model call (for tasks that run the model before sampling: noise inversion)."""
 
     noise: torch.Tensor
     scheduler: Any
     generator: torch.Generator | list[torch.Generator] | None
+    timesteps: torch.Tensor | None = None
+    model: Any = None
+    plan_for_step: Callable[[int], FusionPlan] | None = None
+    batch_size: int | None = None
+
+
+AfterStep = Callable[[int, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
+"""(step index, timestep, latents after the step) -> replaced latents, or None to keep them."""
 
 
 class Task:
@@ -88,9 +103,28 @@ class Task:
         """What the task composes into the model's input per step; None: the crops as they are."""
         return None
 
+    @property
+    def strength(self) -> float:
+        """How much of the schedule runs, as diffusers' ``strength``: 1 starts from pure noise."""
+        return 1.0
+
+    def prepare(self, generator: Any, images: int, vae_tiling: dict[str, Any]) -> None:
+        """Work before the initial noise is drawn (image tasks: encode the input, sampling the
+        encoder's posterior with ``generator``, tiled as ``vae_tiling`` says); nothing by default."""
+
     def start_latents(self, start: Start) -> torch.Tensor:
-        """The canvas the sampler starts from, unscaled: the initial noise for text-to-image."""
-        return start.noise
+        """The canvas the sampler starts from, in the scheduler's units: for text-to-image the
+        initial noise times the scheduler's ``init_noise_sigma``."""
+        return start.noise * start.scheduler.init_noise_sigma
+
+    def after_step(self, start: Start) -> AfterStep | None:
+        """What replaces the canvas after each scheduler step (inpainting's blending), or None."""
+        return None
+
+    def extra_evaluations(self, jobs_per_step: int) -> int:
+        """Window evaluations the task spends outside the sampling steps (noise inversion), for the
+        compute bound."""
+        return 0
 
     def parameters(self) -> dict[str, Any]:
         """JSON-ready settings that regenerate the result (by API names), defaults resolved."""

@@ -4,12 +4,13 @@ rest. A new task adds a module here, its options class in :mod:`multidiffusion.o
 in :data:`TASKS`."""
 
 from multidiffusion.engine.task import Task
+from multidiffusion.tasks.img2img import Img2ImgTask
 from multidiffusion.tasks.panorama import PanoramaTask
 from multidiffusion.tasks.regions import RegionsTask
 
-__all__ = ["TASKS", "PanoramaTask", "RegionsTask", "task_for"]
+__all__ = ["TASKS", "Img2ImgTask", "PanoramaTask", "RegionsTask", "task_for"]
 
-TASKS: dict[str, type[Task]] = {"panorama": PanoramaTask, "regions": RegionsTask}
+TASKS: dict[str, type[Task]] = {"panorama": PanoramaTask, "regions": RegionsTask, "img2img": Img2ImgTask}
 """Task name (as in :data:`multidiffusion.options.TASK_OPTIONS` and stored PNGs) -> its class."""
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from multidiffusion.engine.fusion import FusionPlan
 from multidiffusion.engine.task import PromptSlots, Start, StepComposer, Task
 from multidiffusion.engine.views import grid_views
@@ -13,6 +15,7 @@ from multidiffusion.options import RegionsOptions
 from multidiffusion.regions.bootstrap import bootstrap_composer, draw_backgrounds
 from multidiffusion.regions.layout import RegionLayout, region_layout
 from multidiffusion.tasks.common import canvas_size, window_and_stride, window_parameters
+from multidiffusion.tasks.images import EncodedImage
 
 __all__ = ["RegionsTask"]
 
@@ -39,6 +42,7 @@ class RegionsTask(Task):
         self.layout = layout
         self.views = grid_views(*self.latent_size, self.window, self.stride, circular=self.circular)
         self._plan: FusionPlan | None = None
+        self.input = EncodedImage(options.image, self._size, adapter) if options.image is not None else None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -57,6 +61,18 @@ class RegionsTask(Task):
             self._plan = FusionPlan(self.layout.jobs(self.views), self.latent_size, self.adapter.device)
         plan = self._plan
         return lambda step: plan
+
+    @property
+    def strength(self) -> float:
+        return self.options.strength if self.input is not None else 1.0
+
+    def prepare(self, generator: Any, images: int, vae_tiling: dict[str, Any]) -> None:
+        if self.input is not None:
+            self.input.encode(generator, images, vae_tiling)
+
+    def start_latents(self, start: Start) -> torch.Tensor:
+        """Scaled noise, or with an input image the image noised to the first timestep that runs."""
+        return self.input.noised(start) if self.input is not None else super().start_latents(start)
 
     def composer(self, start: Start) -> StepComposer | None:
         """Bootstrapping (:mod:`multidiffusion.regions.bootstrap`) for the first ``bootstrap_steps``;
@@ -87,6 +103,7 @@ class RegionsTask(Task):
             "width": self.size[1],
             **window_parameters(self.window, self.stride),
             "circular": o.circular,
+            **({"image": self.input.record(), "strength": o.strength} if self.input is not None else {}),
         }
 
 

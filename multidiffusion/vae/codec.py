@@ -224,7 +224,7 @@ def encode_images(
     overlap: int | None = None,
     latent_tile: int | None = None,
     norm_stats: str = "exact",
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     sample: bool = False,
 ) -> torch.Tensor:
     """Encode images (B, 3, H, W) in [-1, 1] to diffusion latents (B, C, H/f, W/f), scaled.
@@ -233,7 +233,9 @@ def encode_images(
     the VAE's native size) are encoded like the decode in reverse: the pixel-resolution stage in
     blended tiles with canvas-wide GroupNorm statistics, the mid block whole up to ``latent_tile``
     (default 2 * tile). Memory depends on the tile, not the image. Returns the posterior's mean, or
-    a sample drawn with ``generator`` when ``sample``.
+    a sample drawn with ``generator`` when ``sample`` (as diffusers' ``latent_dist.sample``; a list
+    of generators gives one sample of the first image per generator, as diffusers' image-to-image
+    pipelines draw them).
     """
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
@@ -265,7 +267,10 @@ def encode_images(
                 run_tiled(stages.pixel, x, (h, w), tile, overlap, f, 1, write, norms)
                 moments = run_latent_stage(stages.latent, stages.latent_norms, out, latent_tile or 2 * tile, norm_stats)
         dist = DiagonalGaussianDistribution(moments.float())
-        z = dist.sample(generator) if sample else dist.mode()
+        if sample and isinstance(generator, list):
+            z = torch.cat([DiagonalGaussianDistribution(moments[:1].float()).sample(g) for g in generator])
+        else:
+            z = dist.sample(generator) if sample else dist.mode()
     return scale_latents(vae, z.to(vae.dtype))
 
 
