@@ -87,6 +87,22 @@ def test_one_view_equals_diffusers_inpaint(sd16, sd16_9ch, channels, scheduler, 
     assert got.stats.steps == int(STEPS * strength)
 
 
+def test_images_per_prompt_and_generator_lists_draw_like_diffusers_inpaint(sd16_9ch):
+    """With a list of generators diffusers samples the one input image (and the masked image) with the
+    first of them, and the noise with each: unlike its img2img pipeline."""
+    pipe = StableDiffusionInpaintPipeline(**sd16_9ch.components)
+    pipe.set_progress_bar_config(disable=True)
+    image, mask = _picture(seed=2), _mask(box=(64, 0, 128, 128))
+    kwargs = dict(strength=0.75, num_inference_steps=STEPS, num_images_per_prompt=2, output_type="latent")
+    expected = pipe(
+        "a tree", image=image, mask_image=mask, generator=[torch.Generator().manual_seed(s) for s in (1, 2)], **kwargs
+    )
+    got = _md(sd16_9ch).inpaint(
+        image, mask, "a tree", mask_blur=0, generator=[torch.Generator().manual_seed(s) for s in (1, 2)], **kwargs
+    )
+    assert got.images.shape[0] == 2 and (got.images - expected.images).abs().max() <= 1e-4
+
+
 @pytest.mark.parametrize(("channels", "strength"), [(4, 1.0), (9, 0.75)])
 def test_one_view_equals_diffusers_sdxl_inpaint(channels, strength):
     xl = tiny_sdxl_inpaint_pipeline(sample_size=16, in_channels=channels)
