@@ -305,6 +305,11 @@ def input_image(
 
 def _recorded(value: dict, name: str, limits: ImageLimits, mode: str) -> InputImage:
     path, digest = value.get("path"), value.get("sha256")
+    if set(value) <= {"path", "sha256"} and path is None and digest is None:
+        raise ValueError(
+            f"{name}: these settings were recorded from an image given in memory, not read from a file; give the "
+            "image again"
+        )
     if set(value) - {"path", "sha256"} or not isinstance(path, str) or not isinstance(digest, str):
         raise ValueError(f"{name}: a stored input must be {{'path': ..., 'sha256': ...}}, got {value!r}")
     if not os.path.exists(path):
