@@ -354,6 +354,7 @@ class RegionsOptions(SamplingOptions):
         else:
             self.image = _input_image(self, "image")
             self.strength = check_strength(0.75 if self.strength is None else self.strength)
+            _image_canvas(self, self.image.size, "the input image's size")
 
 
 # -- images in -----------------------------------------------------------------------------------------
