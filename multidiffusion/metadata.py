@@ -37,7 +37,7 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from multidiffusion.images import ImageLimits, check_file
+from multidiffusion.images import ImageLimits, check_file, is_input_record
 from multidiffusion.options import TASK_OPTIONS, UPSCALE_FILTERS, Limits, SamplingOptions, build_options
 
 __all__ = [
@@ -46,7 +46,6 @@ __all__ = [
     "StoredSettings",
     "a1111_parameters",
     "check_output_path",
-    "is_input_record",
     "is_model_name",
     "model_label",
     "numbered_paths",
@@ -267,25 +266,6 @@ def settings_from_parameters(params: Mapping[str, Any], task: str | None = None)
                     "refused and never opened"
                 )
     return StoredSettings(stored_task, values, model, model_options, inputs, files)
-
-
-def is_input_record(value: Any) -> bool:
-    """Whether ``value`` is an input image's record as :class:`~multidiffusion.images.InputImage`
-    writes it: ``{"path": str, "sha256": 64 hex digits}``, or both None for an image that was given
-    in memory (kept, so the message on use can say so). Nothing is opened."""
-    if not isinstance(value, Mapping) or set(value) != {"path", "sha256"}:
-        return False
-    path, digest = value["path"], value["sha256"]
-    if path is None and digest is None:
-        return True
-    return (
-        isinstance(path, str)
-        and bool(path)
-        and "\0" not in path
-        and isinstance(digest, str)
-        and len(digest) == 64
-        and all(c in "0123456789abcdefABCDEF" for c in digest)
-    )
 
 
 def read_settings(source: str | os.PathLike | Image.Image, task: str | None = None) -> StoredSettings:

@@ -62,7 +62,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from multidiffusion.metadata import is_input_record
+from multidiffusion.images import is_input_record
 from multidiffusion.options import TASK_OPTIONS, UPSCALE_FILTERS, Limits, SamplingOptions, build_options, option_names
 from multidiffusion.regions.layout import Region
 
