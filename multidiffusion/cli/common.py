@@ -161,6 +161,10 @@ def stored_settings(args: argparse.Namespace, task: str) -> StoredSettings | Non
         fail(f"--from {args.from_png}: {exc}")
 
 
+IMAGE_VERBS = ("img2img", "upscale", "inpaint", "outpaint")
+"""The verbs that take an input image and, with --scene, scene files of their task."""
+
+
 def scene_file(path: str, verb: str) -> tuple[dict[str, Any], Path, str]:
     """(contents, folder, name) of a scene file for ``verb``'s task; a scene of another task is
     refused with the command that runs it."""
@@ -179,10 +183,6 @@ def scene_file(path: str, verb: str) -> tuple[dict[str, Any], Path, str]:
             fail(f"{name}: task is {task!r}, not {verb}: run it with `{run}`")
         fail(f"{name}: task must be one of 'regions', {', '.join(map(repr, IMAGE_VERBS))}, got {task!r}")
     return data, Path(path).expanduser().absolute().parent, name
-
-
-IMAGE_VERBS = ("img2img", "upscale", "inpaint", "outpaint")
-"""The verbs that take an input image and, with --scene, scene files of their task."""
 
 
 def typed_file(value: str | None) -> Path | None:

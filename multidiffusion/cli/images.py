@@ -33,6 +33,7 @@ from multidiffusion.options import PLACEMENTS, UPSCALE_FILTERS, WEIGHTS
 __all__ = [
     "DERIVED_SIZE",
     "INPUTS",
+    "add_common_options",
     "add_image_options",
     "add_scene_options",
     "add_window_options",
