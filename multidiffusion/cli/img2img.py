@@ -21,7 +21,7 @@ canvas is the image's size (rounded down to multiples of 8) unless --width/--hei
 
 examples:
   multidiffusion img2img --model demo -i examples/demo/images/mountains.png "snowy mountains under an overcast sky" \\
-      --strength 0.6 --steps 20 -o snowy.png
+      --strength 0.8 --steps 20 -o snowy.png
   multidiffusion img2img -i photo.png "a watercolour painting" --model stabilityai/stable-diffusion-2-base \\
       --strength 0.5 --placement shifted -o painting.png
   multidiffusion img2img --from snowy.png --strength 0.8 -o again.png   # the same input, read back and checked
