@@ -29,8 +29,10 @@ import io
 import os
 import re
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -45,6 +47,7 @@ __all__ = [
     "colour_counts",
     "count_colours",
     "input_image",
+    "is_input_record",
     "open_image",
     "pack_rgb",
 ]
@@ -303,8 +306,32 @@ def input_image(
     return InputImage(_as_pil(value, name, limits).convert(mode))
 
 
+def is_input_record(value: Any) -> bool:
+    """Whether ``value`` is an input image's record as :class:`InputImage`
+    writes it: ``{"path": str, "sha256": 64 hex digits}``, or both None for an image that was given
+    in memory (kept, so the message on use can say so). Nothing is opened."""
+    if not isinstance(value, Mapping) or set(value) != {"path", "sha256"}:
+        return False
+    path, digest = value["path"], value["sha256"]
+    if path is None and digest is None:
+        return True
+    return (
+        isinstance(path, str)
+        and bool(path)
+        and "\0" not in path
+        and isinstance(digest, str)
+        and len(digest) == 64
+        and all(c in "0123456789abcdefABCDEF" for c in digest)
+    )
+
+
 def _recorded(value: dict, name: str, limits: ImageLimits, mode: str) -> InputImage:
     path, digest = value.get("path"), value.get("sha256")
+    if set(value) <= {"path", "sha256"} and path is None and digest is None:
+        raise ValueError(
+            f"{name}: these settings were recorded from an image given in memory, not read from a file; give the "
+            "image again"
+        )
     if set(value) - {"path", "sha256"} or not isinstance(path, str) or not isinstance(digest, str):
         raise ValueError(f"{name}: a stored input must be {{'path': ..., 'sha256': ...}}, got {value!r}")
     if not os.path.exists(path):

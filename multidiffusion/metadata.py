@@ -5,12 +5,24 @@ Two chunks are written: ``multidiffusion`` holds the parameters as JSON (what ``
 app read to regenerate an image), ``parameters`` holds an AUTOMATIC1111-style summary that other
 tools display.
 
-**Stored settings are untrusted** (a PNG can come from anyone). :func:`read_settings` never lets
-them name a file to open: masks travel embedded as PNG data URIs, and a mask given as anything else
-is refused with one message that does not depend on what the name points to (nothing is opened or
-looked up); the model is recorded as a name (a file's name, never its folder), which a shell loads
-only when it is the demo or a Hugging Face repo id (:func:`is_model_name`), and never with pickle
-allowed.
+**Stored settings are untrusted** (a PNG can come from anyone). :func:`read_settings` lets them
+name a file in one form only, and never a file to load code or weights from:
+
+- Region masks travel embedded as PNG data URIs; a mask given as anything else is refused with one
+  message that does not depend on what the name points to (nothing is opened or looked up).
+- Input images (``image``, and an inpainting ``mask``) are either embedded (PNG data URIs) or
+  recorded as the file that was read and the SHA-256 of its bytes (``{"path": ..., "sha256":
+  ...}``, :class:`~multidiffusion.images.InputImage`). Reading the file a record names is safe
+  even when the PNG came from someone else: the file is used only if its bytes hash to the
+  recorded SHA-256, so a record can only name content its author already has; a file that is
+  missing or has changed is refused with a message that says so. Records are kept apart from the
+  other settings (:attr:`StoredSettings.inputs`): a shell that must not read its own disk for a
+  stranger (a server) simply leaves them out; the command line's ``--from`` uses them. Any other
+  value is refused, without being opened.
+- The model is recorded as a name (a file's name, never its folder), which a shell loads only when
+  it is the demo or a Hugging Face repo id (:func:`is_model_name`), and never with pickle allowed;
+  an upscaler model file is likewise kept apart by name (:attr:`StoredSettings.files`), for the
+  user to give again, and ``allow_pickle`` is never read back.
 """
 
 from __future__ import annotations
@@ -25,8 +37,8 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from multidiffusion.images import ImageLimits, check_file
-from multidiffusion.options import TASK_OPTIONS, Limits, SamplingOptions, build_options
+from multidiffusion.images import ImageLimits, check_file, is_input_record
+from multidiffusion.options import TASK_OPTIONS, UPSCALE_FILTERS, Limits, SamplingOptions, build_options
 
 __all__ = [
     "METADATA_KEY",
@@ -52,6 +64,12 @@ MODEL_OPTIONS = ("crops_coords_top_left", "original_size")
 """Stored keys that configure the model (SDXL micro-conditioning), not the task."""
 RENAMED = {"tiling": "placement"}
 """Keys of older versions and their names now."""
+INPUT_KEYS = ("image", "mask")
+"""Stored keys that hold input images: embedded (PNG data URIs) or records of a file and its SHA-256."""
+FILE_KEYS = ("upscaler",)
+"""Stored keys that may name a file to load (weights): kept apart by name, never loaded from a PNG."""
+NEVER_READ = ("allow_pickle",)
+"""Stored keys ignored on reading: only the user, on the command line or in code, allows pickles."""
 
 
 def check_output_path(path: str | os.PathLike, name: str = "output") -> Path:
@@ -177,23 +195,32 @@ def read_parameters(source: str | os.PathLike | Image.Image) -> dict[str, Any]:
 @dataclass
 class StoredSettings:
     """Settings read back from a PNG: the ``task``, its settings by API name (``values``), the
-    ``model`` it was made with (a name, or None) and that model's options (SDXL micro-conditioning)."""
+    ``model`` it was made with (a name, or None) and that model's options (SDXL micro-conditioning).
+
+    ``inputs``: the input images recorded as files (``{"path": ..., "sha256": ...}`` by key, e.g.
+    ``image``, ``mask``), apart from ``values`` because using one reads a file on this machine (only
+    if its SHA-256 still matches; see the module docstring). ``files``: settings that named a file
+    to load (an upscaler model), by key, as the file's name only; never loaded from here."""
 
     task: str
     values: dict[str, Any]
     model: str | None = None
     model_options: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
 
     def options(self, limits: Limits | None = None, **changes: Any) -> SamplingOptions:
-        """The task's options, with ``changes`` (e.g. flags given on the command line) on top."""
-        return build_options(self.task, {**self.values, **changes}, limits)
+        """The task's options, the recorded input files included, with ``changes`` (e.g. flags given
+        on the command line) on top."""
+        return build_options(self.task, {**self.values, **self.inputs, **changes}, limits)
 
 
 def settings_from_parameters(params: Mapping[str, Any], task: str | None = None) -> StoredSettings:
     """The one reader of stored parameters (``--from``, scene files' stored form, the web app).
 
-    ``task``: the task expected (ValueError if they are another's). Masks must be embedded data
-    URIs; any other string is refused without being looked at (see the module docstring)."""
+    ``task``: the task expected (ValueError if they are another's). Region masks must be embedded
+    data URIs; input images embedded or records of a file and its SHA-256 (kept in ``inputs``);
+    anything else is refused without being looked at (see the module docstring)."""
     if not isinstance(params, Mapping):
         raise ValueError("the stored settings are not a table")
     stored_task = params.get("mode")
@@ -201,7 +228,22 @@ def settings_from_parameters(params: Mapping[str, Any], task: str | None = None)
         raise ValueError(f"the stored settings are for {stored_task!r}, not one of {', '.join(TASK_OPTIONS)}")
     if task is not None and stored_task != task:
         raise ValueError(f"the image was made by the {stored_task} task, not {task}")
-    values = {RENAMED.get(k, k): v for k, v in params.items() if k not in NOT_SETTINGS}
+    values = {RENAMED.get(k, k): v for k, v in params.items() if k not in NOT_SETTINGS + NEVER_READ}
+    inputs = {key: values.pop(key) for key in INPUT_KEYS if is_input_record(values.get(key))}
+    for key in INPUT_KEYS:
+        value = values.get(key)
+        if value is not None and not (isinstance(value, str) and value.startswith("data:")):
+            raise ValueError(
+                f"{key}: stored settings carry input images embedded (PNG data URIs) or as a record of the file "
+                "read and its SHA-256 ({'path': ..., 'sha256': ...}); anything else is refused and never opened"
+            )
+    files = {}
+    for key in FILE_KEYS:
+        value = values.get(key)
+        if value is not None and not (isinstance(value, str) and value.lower() in UPSCALE_FILTERS):
+            values.pop(key)
+            path = value.get("path") if isinstance(value, Mapping) else value
+            files[key] = Path(path).name if isinstance(path, str) else repr(path)
     model = values.pop("model", None)
     if model is not None and not isinstance(model, str):
         raise ValueError(f"the stored model must be a name, got {model!r}")
@@ -223,7 +265,7 @@ def settings_from_parameters(params: Mapping[str, Any], task: str | None = None)
                     f"regions[{i}].mask: stored settings carry masks embedded (PNG data URIs); a file name is "
                     "refused and never opened"
                 )
-    return StoredSettings(stored_task, values, model, model_options)
+    return StoredSettings(stored_task, values, model, model_options, inputs, files)
 
 
 def read_settings(source: str | os.PathLike | Image.Image, task: str | None = None) -> StoredSettings:

@@ -353,7 +353,8 @@ class RegionsOptions(SamplingOptions):
                 raise ValueError("strength applies to an input image: give image= too, or leave strength unset")
         else:
             self.image = _input_image(self, "image")
-            self.strength = check_strength(0.75 if self.strength is None else self.strength)
+            self.strength = check_strength(0.75 if self.strength is None else self.strength, steps=steps)
+            _image_canvas(self, self.image.size, "the input image's size")
 
 
 # -- images in -----------------------------------------------------------------------------------------
@@ -366,11 +367,17 @@ MAX_UPSCALER_BYTES = 2 * 1024**3
 """Resampling filters an upscale can use by name (PIL's); a model file or a callable also works."""
 
 
-def check_strength(value: Any, name: str = "strength") -> float:
-    """diffusers' ``strength``: the fraction of the schedule that runs, in (0, 1]."""
+def check_strength(value: Any, name: str = "strength", steps: int | None = None) -> float:
+    """diffusers' ``strength``: the fraction of the schedule that runs, in (0, 1]; with ``steps``, also
+    enough for at least one of them to run (``int(steps * strength)`` of them run below 1)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 < value <= 1:
         raise ValueError(
             f"{name} must be a number in (0, 1] (the fraction of the steps that re-work the image), got {value!r}"
+        )
+    if steps is not None and value < 1 and int(steps * value) < 1:
+        raise ValueError(
+            f"{name} {value:g} runs none of the {steps} steps (int({steps} x {value:g}) = 0): give a {name} of at "
+            f"least {math.ceil(100 / steps) / 100:g} or more steps (num_inference_steps)"
         )
     return float(value)
 
@@ -404,7 +411,7 @@ class Img2ImgOptions(PanoramaOptions):
 
     def __post_init__(self, limits: Limits | None) -> None:
         super().__post_init__(limits)
-        self.strength = check_strength(self.strength)
+        self.strength = check_strength(self.strength, steps=self.num_inference_steps)
         self.image = _input_image(self, "image")
         _image_canvas(self, self.image.size, "the input image's size")
 
@@ -439,7 +446,7 @@ class UpscaleOptions(Img2ImgOptions):
         if self.inversion_steps is not None:
             self.inversion_steps = check_int("inversion_steps", self.inversion_steps, 1, MAX_STEPS)
         PanoramaOptions.__post_init__(self, limits)
-        self.strength = check_strength(self.strength)
+        self.strength = check_strength(self.strength, steps=self.num_inference_steps)
         self.image = _input_image(self, "image")
         h, w = self.image.size
         what = f"the input's {w}x{h} times scale {self.scale:g}"
@@ -540,7 +547,7 @@ class OutpaintOptions(Img2ImgOptions):
         self.overlap = check_int("overlap", self.overlap, 0, 512)
         self.mask_blur = check_int("mask_blur", self.mask_blur, 0, 256)
         PanoramaOptions.__post_init__(self, limits)
-        self.strength = check_strength(self.strength)
+        self.strength = check_strength(self.strength, steps=self.num_inference_steps)
         self.image = _input_image(self, "image")
         h, w = self.image.size
         h, w = h - h % 8, w - w % 8

@@ -9,18 +9,22 @@ How a documented command is adapted (``adapt``):
   native, latents 1/8 of the image) has its ``--width``/``--height`` divided by 8 and its
   ``--window``/``--stride`` (latent pixels; the demo's are 1/4 of the image) by 4; every side is then
   capped at ``MAX_SIDE`` pixels;
-- ``--steps 2`` (and ``--bootstrap-steps 1`` where the verb has it: scenes ask for up to 20);
+- ``--steps 2`` (and ``--bootstrap-steps 1`` where the verb has it: scenes ask for up to 20); a verb
+  with ``--strength`` gets the fewest steps that still run one at its strength (0.35: 3 steps);
+- outpainting's ``--left``/``--right``/``--top``/``--bottom`` shrink with the sides (pixels);
 - ``-o`` and ``--from`` paths are file names in one folder per documentation source, and a
   ``--from x.png`` command runs after the command that wrote ``x.png``;
-- input files (scene files, masks, maps, colour tables) are resolved from the repository root,
-  where a new user runs the README's commands. The ``--help`` examples may name placeholders that
-  are not shipped (``--mask palm.png``); those are drawn here (``PLACEHOLDER_INPUTS``).
+- input files (scene files, images, masks, maps, colour tables) are resolved from the repository
+  root, where a new user runs the README's commands. The ``--help`` examples may name placeholders
+  that are not shipped (``--mask palm.png``, ``-i photo.png``); those are drawn here (64 x 64, so an
+  image and a mask drawn for it agree).
 
 Commands that can't run here are in ``SKIP_VERBS`` / ``SKIP_OPTIONS`` with the reason.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 import sys
@@ -32,6 +36,8 @@ import pytest
 from PIL import Image
 
 from multidiffusion.cli import build_parser, main
+from multidiffusion.options import TASK_OPTIONS
+from multidiffusion.tasks import TASKS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -57,9 +63,13 @@ SKIP_OPTIONS = {
     "--allow-pickle": "loads a pickle checkpoint",
     "--prediction-type": "a checkpoint's prediction type (SD 2.x 768-v)",
     "--compile": "torch.compile takes minutes on a CPU",
+    "--upscaler": "an upscaler model file (ESRGAN family, read by spandrel) is not shipped",
 }
+# Options whose value makes the command skipped only when it is not one of these (a filter name).
+SKIP_UNLESS = {"--upscaler": ("lanczos", "bicubic", "bilinear", "nearest")}
 # Options whose value is an input file (resolved from the repository).
-INPUT_OPTIONS = ("--mask", "--segmentation", "--colors")
+INPUT_OPTIONS = ("--mask", "--segmentation", "--colors", "-i", "--image", "--scene")
+SIDE_OPTIONS = ("--left", "--right", "--top", "--bottom")  # outpainting's added pixels
 
 
 # -- parsing the documentation ---------------------------------------------------------------------
@@ -143,6 +153,10 @@ def _placeholder(name: str, option: str, argv: list[str], folder: Path) -> Path:
         mask = np.zeros((64, 64), dtype=np.uint8)
         mask[16:48, 16:48] = 255
         Image.fromarray(mask).save(path)
+    elif option in ("-i", "--image"):  # a sky over a meadow, the demo's kind of picture
+        rgb = np.zeros((64, 64, 3), dtype=np.uint8)
+        rgb[:40], rgb[40:] = (90, 150, 230), (40, 140, 50)
+        Image.fromarray(rgb).save(path)
     elif option == "--segmentation":  # vertical stripes of the colours --colors lists
         from multidiffusion.regions.masks import parse_colour
 
@@ -196,6 +210,8 @@ def adapt(argv: list[str], folder: Path, placeholders: bool) -> list[str]:
     for name, value in out:
         if name == "--model":
             model = value
+        if name == "--scene":
+            scene = read_scene_file(_input(value, name, argv, folder, placeholders))
     model = model or scene.get("model")
     scale = 1 if model in (None, DEMO) else SD_SCALE
     latent_scale = 1 if model in (None, DEMO) else SD_LATENT_SCALE
@@ -211,6 +227,8 @@ def adapt(argv: list[str], folder: Path, placeholders: bool) -> list[str]:
             continue  # set below
         if name in ("--window", "--stride"):
             value = _latent(value, latent_scale, 8 if name == "--window" else 1)
+        elif name in SIDE_OPTIONS:
+            value = str(max(8, int(value) // scale // 8 * 8)) if int(value) else value
         elif name in ("-o", "--output", "--from"):
             value = str(folder / Path(value).name)
         elif name in INPUT_OPTIONS and not (name == "--colors" and not value.endswith((".toml", ".json"))):
@@ -220,7 +238,12 @@ def adapt(argv: list[str], folder: Path, placeholders: bool) -> list[str]:
         if flag not in given and key in scene and scale != 1:
             adapted += [flag, str(scene[key])]
     adapted = _shrink(adapted, scale)
-    adapted += ["--model", DEMO, "--steps", "2", "-q"]
+    steps = 2
+    if "--strength" in options and (verb != "regions" or _value(adapted, "-i", "--image")):
+        # enough steps for one to run: int(steps x strength) >= 1
+        strength = float(_value(adapted, "--strength") or scene.get("strength") or 0.35)
+        steps = max(steps, math.ceil(1 / strength - 1e-9))
+    adapted += ["--model", DEMO, "--steps", str(steps), "-q"]
     if "--bootstrap-steps" in options:
         adapted += ["--bootstrap-steps", "1"]
     return adapted
@@ -251,9 +274,14 @@ def ordered(commands: list[list[str]]) -> list[list[str]]:
 def skip_reason(argv: list[str]) -> str | None:
     if argv[0] in SKIP_VERBS:
         return SKIP_VERBS[argv[0]]
-    for token in argv:
-        if token.split("=", 1)[0] in SKIP_OPTIONS:
-            return SKIP_OPTIONS[token.split("=", 1)[0]]
+    if argv[0] in TASK_OPTIONS and argv[0] not in TASKS:
+        return f"the {argv[0]} task is not merged yet (its options and command line are)"
+    for i, token in enumerate(argv):
+        name = token.split("=", 1)[0]
+        if name in SKIP_OPTIONS:
+            value = token.split("=", 1)[1] if "=" in token else (argv[i + 1] if i + 1 < len(argv) else "")
+            if value.lower() not in SKIP_UNLESS.get(name, ()):
+                return SKIP_OPTIONS[name]
     return None
 
 

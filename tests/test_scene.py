@@ -275,3 +275,128 @@ def test_cli_errors_are_one_line_and_write_nothing(tmp_path, tiny_model_dir, cap
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert re.search(message, err), err
     assert set(tmp_path.iterdir()) == before  # nothing written
+
+
+# -- scene files with input images (img2img, upscale, inpaint, outpaint; regions re-working an image) ------
+def _photo(path, width=128, height=64):
+    rgb = np.zeros((height, width, 3), dtype=np.uint8)
+    rgb[: height // 2] = (90, 150, 230)
+    rgb[height // 2 :] = (40, 140, 50)
+    Image.fromarray(rgb).save(path)
+    return path
+
+
+@pytest.fixture
+def image_dir(tmp_path):
+    (tmp_path / "images").mkdir()
+    _photo(tmp_path / "images" / "photo.png")
+    mask = np.zeros((64, 128), dtype=np.uint8)
+    mask[:32] = 255
+    Image.fromarray(mask).save(tmp_path / "images" / "sky.png")
+    return tmp_path
+
+
+def test_a_scene_names_its_task_and_its_files_are_relative_to_it(image_dir):
+    import hashlib
+
+    from multidiffusion.options import InpaintOptions, OutpaintOptions, UpscaleOptions
+
+    photo = image_dir / "images" / "photo.png"
+    digest = hashlib.sha256(photo.read_bytes()).hexdigest()
+    texts = {
+        "inpaint": 'task = "inpaint"\nimage = "images/photo.png"\nmask = "images/sky.png"\nprompt = "a sunset"\n',
+        "upscale": 'task = "upscale"\nimage = "images/photo.png"\nscale = 2\nupscaler = "Bicubic"\n',
+        "outpaint": 'task = "outpaint"\nimage = "images/photo.png"\nprompt = "a"\nleft = 64\nseed = 2\n',
+        "record": f'task = "img2img"\nprompt = "a"\nimage = {{ path = "images/photo.png", sha256 = "{digest}" }}\n',
+    }
+    scenes = {}
+    for name, text in texts.items():
+        (image_dir / f"{name}.toml").write_text(text)
+        scenes[name] = load_scene(image_dir / f"{name}.toml")
+    inpaint = scenes["inpaint"].options
+    assert isinstance(inpaint, InpaintOptions) and scenes["inpaint"].task == "inpaint"
+    assert inpaint.image.path == str(photo) and inpaint.image.sha256 == digest  # absolute, recorded as such
+    assert inpaint.mask.path == str(image_dir / "images" / "sky.png") and inpaint.mask.image.mode == "L"
+    upscale = scenes["upscale"].options
+    assert isinstance(upscale, UpscaleOptions) and upscale.upscaler == "bicubic" and upscale.width == 256
+    outpaint = scenes["outpaint"].options
+    assert isinstance(outpaint, OutpaintOptions) and (outpaint.width, outpaint.seed) == (192, 2)
+    assert scenes["record"].options.image.sha256 == digest
+    # the same scene as JSON reads the same
+    (image_dir / "inpaint.json").write_text(
+        json.dumps({"task": "inpaint", "image": "images/photo.png", "mask": "images/sky.png", "prompt": "a sunset"})
+    )
+    assert load_scene(image_dir / "inpaint.json").options.image.sha256 == digest
+
+
+def test_a_regions_scene_reworks_an_image(image_dir):
+    (image_dir / "s.toml").write_text(
+        'image = "images/photo.png"\nstrength = 0.6\nbackground = "a sky"\n'
+        '[[regions]]\nprompt = "a sun"\nbox = [0.1, 0.1, 0.3, 0.4]\n'
+    )
+    options = load_scene(image_dir / "s.toml").options
+    assert options.task == "regions" and options.strength == 0.6
+    assert (options.height, options.width) == (64, 128)  # the canvas defaults to the image's size
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('task = "paint"', "scene.toml: task must be one of 'panorama', 'regions', 'img2img'"),
+        ("task = 3", "scene.toml: task must be a string, got 3"),
+        ('task = "img2img"\nprompt = "a"', "scene.toml: image is required"),
+        ('task = "img2img"\nprompt = "a"\nimage = "nope.png"', "scene.toml: image: no such file '"),
+        ('task = "img2img"\nprompt = "a"\nimage = "images/photo.png"\nstrength = 0', "scene.toml: strength must be"),
+        ('task = "img2img"\nprompt = "a"\nimage = { path = "images/photo.png" }', r"scene.toml: image must be an"),
+        (
+            'task = "img2img"\nprompt = "a"\nimage = { path = "images/photo.png", sha256 = "' + "0" * 64 + '" }',
+            "has changed since these settings were recorded",
+        ),
+        ('task = "inpaint"\nprompt = "a"\nimage = "images/photo.png"', "scene.toml: mask is required"),
+        (
+            'task = "inpaint"\nprompt = "a"\nimage = "images/photo.png"\nmask = "images/tall.png"',
+            "scene.toml: mask is 64x128 but the image is 128x64",
+        ),
+        ('task = "upscale"\nimage = "images/photo.png"\nscale = 10', "scene.toml: scale must be a number from 1 to 8"),
+        ('task = "upscale"\nimage = "images/photo.png"\nupscaler = "x.pth"', "scene.toml: upscaler: no such file"),
+        ('task = "upscale"\nimage = "images/photo.png"\nallow_pickle = true', "allow_pickle can't be set by a scene"),
+        (
+            'task = "img2img"\nprompt = "a"\nimage = "images/photo.png"\nbackground = "b"',
+            "unknown setting 'background'",
+        ),
+        (
+            'task = "img2img"\nprompt = "a"\nimage = "i.png"\n[[regions]]\nprompt = "r"\nbox = [0, 0, 1, 1]',
+            'scene.toml: regions is for region layouts (task = "regions"), not for img2img',
+        ),
+        ('background = "b"\nstrength = 0.5', "scene.toml: strength applies to an input image"),
+    ],
+)
+def test_scene_image_errors_name_the_field(image_dir, text, message):
+    mask = np.zeros((128, 64), dtype=np.uint8)
+    Image.fromarray(mask).save(image_dir / "images" / "tall.png")
+    (image_dir / "scene.toml").write_text(text + "\n")
+    with pytest.raises(ValueError) as exc:
+        load_scene(image_dir / "scene.toml")
+    assert message in str(exc.value)
+
+
+def test_a_pickle_upscaler_in_a_scene_needs_the_callers_permission(image_dir):
+    (image_dir / "model.pth").write_bytes(b"weights")
+    (image_dir / "s.toml").write_text('task = "upscale"\nimage = "images/photo.png"\nupscaler = "model.pth"\n')
+    with pytest.raises(ValueError, match=r"s\.toml: upscaler: .*model\.pth' is a pickle file"):
+        load_scene(image_dir / "s.toml")
+    assert load_scene(image_dir / "s.toml", allow_pickle=True).options.upscaler == str(image_dir / "model.pth")
+
+
+def test_the_cli_runs_a_scene_only_with_its_verb(image_dir, capsys):
+    (image_dir / "s.toml").write_text('task = "inpaint"\nimage = "images/photo.png"\nprompt = "a"\n')
+    (image_dir / "r.toml").write_text('background = "a"\n')
+    out = image_dir / "out.png"
+    for argv, message in [
+        (["regions", image_dir / "s.toml"], f"run it with `multidiffusion inpaint --scene {image_dir / 's.toml'}`"),
+        (["outpaint", "--scene", image_dir / "s.toml"], "s.toml: task is 'inpaint', not outpaint"),
+        (["img2img", "--scene", image_dir / "r.toml"], f"run it with `multidiffusion regions {image_dir / 'r.toml'}`"),
+    ]:
+        code, _, err = run_cli([*argv, "-o", out, "--model", "/no/such/model"], capsys)
+        assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not out.exists()

@@ -19,7 +19,7 @@ from multidiffusion.app import Limits as ServerLimits
 from multidiffusion.app import ModelPool
 from multidiffusion.app.settings import PANORAMA_KEYS, panorama_request, values_from_png
 from multidiffusion.metadata import METADATA_KEY, settings_from_parameters
-from multidiffusion.options import MAX_SEED, PanoramaOptions, build_options
+from multidiffusion.options import MAX_SEED, TASK_OPTIONS, PanoramaOptions, build_options
 from multidiffusion.regions.scene import load_scene, parse_scene
 
 from .test_scene import run_cli
@@ -117,8 +117,19 @@ def test_a_stored_mask_name_is_refused_the_same_way_whatever_it_names(tmp_path, 
     assert not (tmp_path / "o.png").exists()
 
 
-def test_scene_files_read_only_under_their_folder(tmp_path):
-    _targets(tmp_path)
+SCENE_FILES = {  # a scene that reads NAME, for every kind of file a scene may name
+    "mask": 'background = "a lake"\n[[regions]]\nprompt = "a moon"\nmask = "NAME"\n',
+    "image": 'task = "img2img"\nprompt = "a lake"\nimage = "NAME"\n',
+    "inpaint-mask": 'task = "inpaint"\nprompt = "a"\nimage = "data:image/png;base64,AAAA"\nmask = "NAME"\n',
+    "record": 'task = "img2img"\nprompt = "a"\nimage = { path = "NAME", sha256 = "' + "0" * 64 + '" }\n',
+    "upscaler": 'task = "upscale"\nimage = "data:image/png;base64,AAAA"\nupscaler = "NAME"\n',
+}
+
+
+@pytest.mark.parametrize("kind", SCENE_FILES)
+def test_scene_files_read_only_under_their_folder(tmp_path, kind):
+    named = _targets(tmp_path)
+    opened = _audit_opens({str(p) for p in named.values()})
     scenes = tmp_path / "scenes"
     scenes.mkdir()
     (scenes / "link.png").symlink_to(tmp_path / "image.png")
@@ -131,13 +142,116 @@ def test_scene_files_read_only_under_their_folder(tmp_path):
         str(tmp_path / "image.png"),
         "link.png",
     ):
-        (scenes / "s.toml").write_text(f'background = "a lake"\n[[regions]]\nprompt = "a moon"\nmask = "{name}"\n')
+        (scenes / "s.toml").write_text(SCENE_FILES[kind].replace("NAME", name))
         with pytest.raises(ValueError) as exc:
             load_scene(scenes / "s.toml")
         messages.add(str(exc.value).replace(repr(name), "NAME"))
     assert len(messages) == 1 and "outside the scene's folder" in messages.pop()
-    (scenes / "s.toml").write_text('background = "a lake"\n[[regions]]\nprompt = "a moon"\nmask = "../image.png"\n')
-    assert load_scene(scenes / "s.toml", allow_outside=True).options.regions[0].prompt == "a moon"
+    assert opened == []
+    (scenes / "s.toml").write_text(SCENE_FILES[kind].replace("NAME", "../image.png"))
+    if kind == "mask":
+        assert load_scene(scenes / "s.toml", allow_outside=True).options.regions[0].prompt == "a moon"
+    elif kind == "image":
+        assert load_scene(scenes / "s.toml", allow_outside=True).options.image.path == str(named["image"])
+
+
+IMG2IMG = {"mode": "img2img", "prompt": "a lake", "num_inference_steps": 2}
+
+
+def _audit_opens(targets: set[str]) -> list[str]:
+    """A list that collects every open() of one of ``targets`` from now on (an audit hook)."""
+    opened: list[str] = []
+
+    def audit(event, args):
+        if event == "open" and args and str(args[0]) in targets:
+            opened.append(str(args[0]))
+
+    sys.addaudithook(audit)
+    return opened
+
+
+@pytest.mark.parametrize("key", ["image", "mask"])
+def test_a_stored_input_name_is_refused_the_same_way_whatever_it_names(tmp_path, capsys, md16, key):
+    named = _targets(tmp_path)
+    opened = _audit_opens({str(p) for p in named.values()})
+    pool = ModelPool(["tiny"], lambda name: md16)
+    task = "inpaint" if key == "mask" else "img2img"
+    messages = set()
+    for kind, target in named.items():
+        params = {**IMG2IMG, "mode": task, key: str(target)}
+        if key == "mask":
+            params["image"] = "data:image/png;base64,AAAA"
+        png = _png_with(tmp_path, params, f"{kind}-settings.png")
+        code, _, err = run_cli([task, "--from", png, "--model", "demo", "-o", tmp_path / "o.png"], capsys)
+        assert code == 2
+        messages.add(err.replace(str(png), "PNG"))
+        with pytest.raises(ValueError) as app:
+            values_from_png(png, ServerLimits(), pool)
+        messages.add(str(app.value))
+    assert len(messages) == 2, messages  # one for the command line, one for the page: no oracle
+    assert all(f"{key}: stored settings carry input images embedded" in m for m in messages)
+    assert opened == []
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_a_stored_input_record_is_used_only_if_its_sha256_matches(tmp_path):
+    import hashlib
+
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (64, 64), (10, 20, 30)).save(photo)
+    digest = hashlib.sha256(photo.read_bytes()).hexdigest()
+    stored = settings_from_parameters({**IMG2IMG, "image": {"path": str(photo), "sha256": digest}})
+    assert "image" not in stored.values and stored.inputs == {"image": {"path": str(photo), "sha256": digest}}
+    assert stored.options().image.sha256 == digest
+    for record, message in [
+        ({"path": str(photo), "sha256": "f" * 64}, "has changed since these settings were recorded"),
+        ({"path": str(tmp_path / "gone.png"), "sha256": digest}, "recorded with these settings is missing"),
+        ({"path": None, "sha256": None}, "recorded from an image given in memory"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            settings_from_parameters({**IMG2IMG, "image": record}).options()
+    for record in (
+        {"path": str(photo)},
+        {"path": str(photo), "sha256": "abc"},
+        {"path": str(photo), "sha256": digest, "more": 1},
+        {"path": 3, "sha256": digest},
+        [str(photo), digest],
+    ):
+        with pytest.raises(ValueError, match="stored settings carry input images embedded"):
+            settings_from_parameters({**IMG2IMG, "image": record})
+
+
+def test_the_app_never_reads_a_recorded_input(tmp_path, md16):
+    """A server must not read its own disk for an uploaded PNG (even a hash-checked read tells
+    whether a file exists): records are kept apart from the values the page reads."""
+    Image.new("RGB", (64, 64)).save(tmp_path / "photo.png")
+    record = {"path": str(tmp_path / "photo.png"), "sha256": "0" * 64}
+    png = _png_with(tmp_path, {**IMG2IMG, "image": record})
+    opened = _audit_opens({record["path"]})
+    with pytest.raises(ValueError, match="image is required"):
+        values_from_png(png, ServerLimits(), ModelPool(["tiny"], lambda name: md16))
+    assert opened == []
+
+
+def test_a_stored_upscaler_file_is_never_loaded(tmp_path, capsys):
+    import hashlib
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "photo.png")
+    (tmp_path / "evil.pth").write_bytes(b"pickle")
+    record = {
+        "path": str(tmp_path / "photo.png"),
+        "sha256": hashlib.sha256((tmp_path / "photo.png").read_bytes()).hexdigest(),
+    }
+    opened = _audit_opens({str(tmp_path / "evil.pth")})
+    for upscaler in (str(tmp_path / "evil.pth"), "evil.pth", {"path": str(tmp_path / "evil.pth"), "sha256": "0" * 64}):
+        params = {"mode": "upscale", "image": record, "upscaler": upscaler, "allow_pickle": True}
+        stored = settings_from_parameters(params)
+        assert stored.files == {"upscaler": "evil.pth"} and "allow_pickle" not in stored.values
+        png = _png_with(tmp_path, params)
+        code, _, err = run_cli(["upscale", "--from", png, "--allow-pickle", "-o", tmp_path / "o.png"], capsys)
+        assert code == 2 and "made with the upscaler 'evil.pth', a file; pass --upscaler FILE to use it" in err, err
+    assert settings_from_parameters({**params, "upscaler": "Lanczos"}).values["upscaler"] == "Lanczos"
+    assert opened == [] and not (tmp_path / "o.png").exists()
 
 
 def test_allow_pickle_never_covers_a_model_a_png_names(tmp_path, capsys):
@@ -182,6 +296,8 @@ KEYS = st.sampled_from(
         "num_inference_steps", "guidance_scale", "window", "stride", "circular", "view_batch_size",
         "num_images_per_prompt", "seed", "scheduler", "eta", "model", "prompt", "mode", "placement", "weights",
         "output_type", "tiling", "crops_coords_top_left", "original_size", "unknown",
+        "image", "mask", "strength", "scale", "upscaler", "allow_pickle", "noise_inversion", "inversion_steps",
+        "mask_blur", "left", "right", "top", "bottom", "overlap", "task",
     ]
 )  # fmt: skip
 REGION = st.dictionaries(
@@ -189,7 +305,15 @@ REGION = st.dictionaries(
     JSON | st.sampled_from(["a moon", [0.1, 0.1, 0.5, 0.5], [0, 0, 32, 32], "data:image/png;base64,AAAA", "m.png"]),
     max_size=5,
 )
-SETTINGS = st.dictionaries(KEYS, JSON | st.lists(REGION, max_size=3), max_size=8)
+RECORD = st.fixed_dictionaries(
+    {
+        "path": st.none() | st.sampled_from(["photo.png", "/nonexistent/x.png"]),
+        "sha256": st.none() | st.text(max_size=64),
+    }
+)
+SETTINGS = st.dictionaries(
+    KEYS, JSON | st.lists(REGION, max_size=3) | RECORD | st.sampled_from(["lanczos", "x.pth", "img2img"]), max_size=8
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -200,7 +324,7 @@ def test_fuzz_scene_files_give_a_result_or_a_clean_error(tmp_path, data):
 
 
 @settings(max_examples=150, deadline=None)
-@given(data=SETTINGS, task=st.sampled_from(["panorama", "regions", "other", None]))
+@given(data=SETTINGS, task=st.sampled_from([*TASK_OPTIONS, "other", None]))
 def test_fuzz_stored_png_settings_give_a_result_or_a_clean_error(data, task):
     params = {**data, "mode": task} if task is not None else data
     with contextlib.suppress(ValueError):

@@ -10,18 +10,19 @@ import os
 import sys
 from collections.abc import Sequence
 
-from multidiffusion.cli import panorama, regions, serve
+from multidiffusion.cli import img2img, inpaint, outpaint, panorama, regions, serve, upscale
 from multidiffusion.cli.common import EXIT_USAGE, Parser, fail
 
 __all__ = ["build_parser", "main"]
 
-VERBS = [panorama, regions, serve]
+VERBS = [panorama, regions, img2img, upscale, inpaint, outpaint, serve]
 
 
 def build_parser() -> Parser:
     parser = Parser(
         prog="multidiffusion",
-        description="Panoramas of any size and region prompts with Stable Diffusion, no training "
+        description="Panoramas of any size, region prompts, and image-to-image, upscaling, inpainting and "
+        "outpainting at any size with Stable Diffusion, no training "
         "(MultiDiffusion, Bar-Tal et al., ICML 2023). Run `multidiffusion COMMAND --help` for each command.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)

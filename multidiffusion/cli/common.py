@@ -18,17 +18,21 @@ DTYPES = ("float32", "float16", "bfloat16")
 
 __all__ = [
     "EXIT_USAGE",
+    "IMAGE_VERBS",
     "SAMPLING_FLAGS",
     "Parser",
     "add_model_options",
     "add_sampling_options",
     "fail",
     "flag_values",
+    "in_context",
     "load_model",
     "model_choice",
     "original_size_type",
     "report",
+    "scene_file",
     "stored_settings",
+    "typed_file",
     "window_type",
     "with_flag",
 ]
@@ -155,6 +159,46 @@ def stored_settings(args: argparse.Namespace, task: str) -> StoredSettings | Non
         return read_settings(args.from_png, task)
     except ValueError as exc:
         fail(f"--from {args.from_png}: {exc}")
+
+
+IMAGE_VERBS = ("img2img", "upscale", "inpaint", "outpaint")
+"""The verbs that take an input image and, with --scene, scene files of their task."""
+
+
+def scene_file(path: str, verb: str) -> tuple[dict[str, Any], Path, str]:
+    """(contents, folder, name) of a scene file for ``verb``'s task; a scene of another task is
+    refused with the command that runs it."""
+    from multidiffusion.regions.scene import read_scene_file
+
+    try:
+        data = read_scene_file(path)
+    except ValueError as exc:
+        fail(str(exc))
+    mode = data.get("mode")  # stored parameters copied into a scene name the task "mode"
+    task = data.get("task") or (mode if isinstance(mode, str) else None) or "regions"
+    name = Path(path).name
+    if task != verb:
+        if isinstance(task, str) and task in ("regions", *IMAGE_VERBS):
+            run = f"multidiffusion regions {path}" if task == "regions" else f"multidiffusion {task} --scene {path}"
+            fail(f"{name}: task is {task!r}, not {verb}: run it with `{run}`")
+        fail(f"{name}: task must be one of 'regions', {', '.join(map(repr, IMAGE_VERBS))}, got {task!r}")
+    return data, Path(path).expanduser().absolute().parent, name
+
+
+def typed_file(value: str | None) -> Path | None:
+    """A file name typed on the command line, as an absolute ``Path``: the user's own, read as given
+    (a scene's file names, plain strings, are confined to its folder), and recorded absolute in the
+    result's PNG so ``--from`` finds it from any folder."""
+    return None if value is None else Path(value).expanduser().absolute()
+
+
+def in_context(message: str, flags: dict[str, str], given: dict[str, Any], source: str) -> str:
+    """An options error with where the value came from: the flag when the user typed it
+    (:func:`with_flag`), else the scene file or ``--from PNG`` that held it (``source``)."""
+    flagged = with_flag(message, flags, given)
+    if flagged != message or not source:
+        return flagged
+    return f"{source}: {message}"
 
 
 def with_flag(message: str, flags: dict[str, str], given: dict[str, Any]) -> str:

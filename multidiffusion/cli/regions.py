@@ -13,12 +13,14 @@ from multidiffusion.cli.common import (
     add_sampling_options,
     fail,
     flag_values,
+    in_context,
     load_model,
     model_choice,
     report,
+    scene_file,
     stored_settings,
+    typed_file,
     window_type,
-    with_flag,
 )
 from multidiffusion.metadata import StoredSettings
 from multidiffusion.regions.scene import Scene, parse_region, parse_scene, read_scene_file
@@ -37,9 +39,16 @@ examples:
       --colors \\
       "#87ceeb=an orange sunset sky;#808080=snowy mountains;#228b22=a green meadow;#1e90ff=a calm lake" -o lake.png
   multidiffusion regions --from boxes.png --seed 2 -o again.png   # rerun a stored scene with changes
+  multidiffusion regions examples/demo/masks.toml -i examples/demo/images/mountains.png --strength 0.8 -o night.png
 """
 
-FLAGS = {"background": "background", "bootstrap_steps": "bootstrap_steps", **SAMPLING_FLAGS}
+FLAGS = {
+    "background": "background",
+    "bootstrap_steps": "bootstrap_steps",
+    **SAMPLING_FLAGS,
+    "image": "image",
+    "strength": "strength",
+}
 """Command-line flag (argparse dest) -> scene field (the API's argument name)."""
 REGION_FLAGS = {"--region": "prompt", "--box": "box", "--mask": "mask", "--feather": "feather"}
 
@@ -130,7 +139,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--allow-outside-files",
         action="store_true",
-        help="let a scene file read masks and maps outside its own folder (refused by default)",
+        help="let a scene file read masks, maps and images outside its own folder (refused by default)",
+    )
+    g = p.add_argument_group("input image (optional)")
+    g.add_argument(
+        "-i",
+        "--image",
+        metavar="FILE",
+        help="re-work this image under the layout instead of starting from noise (the canvas defaults to its size); "
+        "the result's PNG records its path and SHA-256",
+    )
+    g.add_argument(
+        "--strength",
+        type=float,
+        metavar="S",
+        help="with --image: how much of it is re-worked, in (0, 1]: the fraction of the steps that run (default 0.75)",
     )
     g = p.add_argument_group("canvas")
     g.add_argument("--width", type=int, help="pixels, a multiple of 8 (default: the model's native size)")
@@ -163,10 +186,12 @@ def _scene(args: argparse.Namespace) -> tuple[Scene, StoredSettings | None]:
     base, source = None, ""
     stored = stored_settings(args, "regions")
     if args.scene:
-        data, base, source = read_scene_file(args.scene), Path(args.scene).expanduser().parent, Path(args.scene).name
+        data, base, source = scene_file(args.scene, "regions")
     elif stored is not None:
-        data, source = dict(stored.values), f"--from {args.from_png}"
+        data, source = {**stored.values, **stored.inputs}, f"--from {args.from_png}"
     given = flag_values(args, FLAGS)
+    if "image" in given:
+        given["image"] = typed_file(given["image"])  # the user's own file, read as given
     data.update(given)
     if args.segmentation or args.colors:
         if not (args.segmentation and args.colors):
@@ -180,9 +205,9 @@ def _scene(args: argparse.Namespace) -> tuple[Scene, StoredSettings | None]:
     if not data.get("regions") and not data.get("background") and not data.get("segmentation"):
         fail("nothing to draw: give a scene file, --from PNG, or --background and --region PROMPT --box/--mask")
     try:
-        scene = parse_scene(data, base=base, source=source, allow_outside=args.allow_outside_files)
+        scene = parse_scene(data, base=base, source="", allow_outside=args.allow_outside_files)
     except ValueError as exc:
-        fail(with_flag(str(exc), FLAGS, given))
+        fail(in_context(str(exc), FLAGS, given, source))
     return scene, stored
 
 

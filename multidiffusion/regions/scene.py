@@ -27,10 +27,27 @@ store in a PNG are a scene too (masks inlined as PNG data URIs), so ``--from out
 Unknown fields and wrong types are errors that name the field (``scene.toml: regions[1].box ...``);
 the settings are checked by :mod:`multidiffusion.options`, as everywhere else.
 
-**Files a scene may read**: masks and maps under the scene file's own folder (symbolic links are
-resolved first), unless the caller allows more (``allow_outside=True``; the command line's
-``--allow-outside-files``). A name outside is refused before anything is opened, with the same
-message whether it exists or not.
+**Images in.** ``task`` names the task a scene runs (default "regions"; also "img2img", "upscale",
+"inpaint", "outpaint" and "panorama", with the fields of their options, named as in the Python
+API). ``image`` (and an inpainting's ``mask``) is a file relative to the scene file, or a PNG data
+URI; a region layout with an ``image`` re-works that image from ``strength``::
+
+    task = "inpaint"                   # run with `multidiffusion inpaint --scene inpaint.toml`
+    image = "photo.png"                # relative to the scene file
+    mask = "photo-mask.png"            # white: repaint
+    prompt = "a red house"
+    strength = 1.0                     # also: mask_blur; upscale: scale, upscaler (a filter name
+                                       #   or a model file), noise_inversion, inversion_steps;
+                                       #   outpaint: left, right, top, bottom, overlap
+
+An input may also be the record a PNG stores (``image = { path = "photo.png", sha256 = "..." }``):
+the file must still have that SHA-256. A scene can't set ``allow_pickle`` (a pickle upscaler can
+run code): the caller allows it (``parse_scene(..., allow_pickle=True)``, ``--allow-pickle``).
+
+**Files a scene may read**: masks, maps, input images and upscaler models under the scene file's
+own folder (symbolic links are resolved first), unless the caller allows more
+(``allow_outside=True``; the command line's ``--allow-outside-files``). A name outside is refused
+before anything is opened, with the same message whether it exists or not.
 """
 
 from __future__ import annotations
@@ -45,7 +62,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from multidiffusion.options import Limits, RegionsOptions, build_options
+from multidiffusion.images import is_input_record
+from multidiffusion.options import TASK_OPTIONS, UPSCALE_FILTERS, Limits, SamplingOptions, build_options, option_names
 from multidiffusion.regions.layout import Region
 
 if sys.version_info >= (3, 11):
@@ -53,15 +71,27 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["REGION_FIELDS", "SCENE_ONLY", "Scene", "load_scene", "parse_region", "parse_scene", "read_scene_file"]
+__all__ = [
+    "INPUT_FIELDS",
+    "REGION_FIELDS",
+    "SCENE_ONLY",
+    "Scene",
+    "load_scene",
+    "parse_region",
+    "parse_scene",
+    "read_scene_file",
+]
 
 SCENE_ONLY: dict[str, str] = {
     "model": "a string",
+    "task": "a string",
     "regions": "a list of region tables",
     "segmentation": "a table with map and colors",
 }
-"""Scene fields that are not task options: every other field is one of
-:func:`~multidiffusion.options.option_names` ("regions")."""
+"""Scene fields that are not task options: every other field is one of the task's
+:func:`~multidiffusion.options.option_names`."""
+INPUT_FIELDS = ("image", "mask")
+"""Task options that are input images: files relative to the scene file (or PNG data URIs)."""
 REGION_FIELDS: dict[str, str] = {
     "prompt": "a string",
     "negative_prompt": "a string",
@@ -78,15 +108,19 @@ METADATA_ONLY = ("mode", "multidiffusion_version", "image_index")
 
 @dataclass
 class Scene:
-    """A parsed scene: the checked ``options`` of the regions task and the ``model`` to run it with
-    (None: unset)."""
+    """A parsed scene: the checked ``options`` of its task (regions unless the scene says
+    otherwise) and the ``model`` to run it with (None: unset)."""
 
-    options: RegionsOptions
+    options: SamplingOptions
     model: str | None = None
 
     @property
+    def task(self) -> str:
+        return self.options.task
+
+    @property
     def arguments(self) -> dict[str, Any]:
-        """The options as keyword arguments of :meth:`MultiDiffusion.regions` (set ones only)."""
+        """The options as keyword arguments of the task's method (e.g. :meth:`MultiDiffusion.regions`)."""
         return {k: v for k, v in self.options.settings().items() if k != "seed"}
 
     @property
@@ -141,6 +175,38 @@ def _resolve(path: str, base: Path | None, where: str, allow_outside: bool = Fal
     return str(full)
 
 
+def _input(value: Any, base: Path | None, where: str, allow_outside: bool) -> Any:
+    """An input image field: a file name (relative to ``base`` and confined to it, like masks), a PNG
+    data URI, or a stored record whose path is treated the same way. Anything else (an image or a
+    ``Path`` the caller put there, not the file) passes as given, for the options to check."""
+    if isinstance(value, str):
+        return value if value.startswith("data:") else _absolute(_resolve(value, base, where, allow_outside), base)
+    if isinstance(value, Mapping):
+        if is_input_record(value) and value["path"] is None:
+            return dict(value)  # an image given in memory: the options say so
+        if not is_input_record(value):
+            raise ValueError(
+                f"{where} must be an image file, a PNG data URI or a table {{ path = ..., sha256 = ... }} (a stored "
+                f"input's record), got {dict(value)!r}"
+            )
+        path = _absolute(_resolve(value["path"], base, where, allow_outside), base)
+        return {"path": path, "sha256": value["sha256"]}
+    return value
+
+
+def _absolute(path: str, base: Path | None) -> str:
+    """A file read from a scene as an absolute path (what a result's PNG records, so ``--from`` finds
+    it from any folder); stored settings (no ``base``) keep theirs."""
+    return os.path.abspath(path) if base is not None else path
+
+
+def _upscaler(value: Any, base: Path | None, where: str, allow_outside: bool) -> Any:
+    """A filter name as is; any other text is a model file, relative to ``base`` and confined to it."""
+    if not isinstance(value, str) or value.lower() in UPSCALE_FILTERS:
+        return value
+    return _absolute(_resolve(value, base, where, allow_outside), base)
+
+
 def parse_region(table: Any, where: str, base: Path | None = None, allow_outside: bool = False) -> Region:
     """A region table (``REGION_FIELDS``) as a :class:`Region`; mask paths are relative to ``base``.
     Errors start with ``where`` (e.g. 'scene.toml: regions[1]')."""
@@ -185,12 +251,14 @@ def parse_scene(
     source: str = "scene",
     limits: Limits | None = None,
     allow_outside: bool = False,
+    allow_pickle: bool = False,
 ) -> Scene:
-    """Validate a scene (a mapping of the regions task's options, ``model``, ``regions`` and
-    ``segmentation``) and build its :class:`Scene`.
+    """Validate a scene (a mapping of its task's options, ``task``, ``model`` and, for regions,
+    ``regions`` and ``segmentation``) and build its :class:`Scene`.
 
-    ``base``: the folder mask paths are relative to (and confined to, unless ``allow_outside``);
-    ``source`` prefixes error messages."""
+    ``base``: the folder file names are relative to (and confined to, unless ``allow_outside``);
+    ``source`` prefixes error messages; ``allow_pickle``: the caller lets a pickle upscaler model be
+    unpickled (a scene can't say so itself)."""
     if not isinstance(data, Mapping):
         raise ValueError(_at(source, f"a scene must be a table, got {data!r}"))
     base_dir = Path(base) if base is not None else None
@@ -199,19 +267,44 @@ def parse_scene(
         if values.get(key) is not None and not _kind_ok(kind, values[key]):
             raise ValueError(_at(source, f"{key} must be {kind}, got {values[key]!r}"))
     model = values.pop("model", None)
-    regions = [
-        table
-        if isinstance(table, Region)
-        else parse_region(table, _at(source, f"regions[{i}]"), base_dir, allow_outside)
-        for i, table in enumerate(values.pop("regions", None) or [])
-    ]
-    if values.get("segmentation") is not None:
-        regions += _segmentation_regions(
-            values.pop("segmentation"), _at(source, "segmentation"), base_dir, allow_outside
+    mode = data.get("mode")  # stored parameters name the task "mode"
+    task = values.pop("task", None) or (mode if isinstance(mode, str) else None) or "regions"
+    if task not in TASK_OPTIONS:
+        raise ValueError(_at(source, f"task must be one of {', '.join(map(repr, TASK_OPTIONS))}, got {task!r}"))
+    if task == "regions":
+        regions = [
+            table
+            if isinstance(table, Region)
+            else parse_region(table, _at(source, f"regions[{i}]"), base_dir, allow_outside)
+            for i, table in enumerate(values.pop("regions", None) or [])
+        ]
+        if values.get("segmentation") is not None:
+            regions += _segmentation_regions(
+                values.pop("segmentation"), _at(source, "segmentation"), base_dir, allow_outside
+            )
+        values.pop("segmentation", None)
+        values["regions"] = regions
+    else:
+        for key in ("regions", "segmentation"):
+            if values.pop(key, None) is not None:
+                raise ValueError(_at(source, f'{key} is for region layouts (task = "regions"), not for {task}'))
+    for key in INPUT_FIELDS:
+        if values.get(key) is not None:
+            values[key] = _input(values[key], base_dir, _at(source, key), allow_outside)
+    if values.get("upscaler") is not None:
+        values["upscaler"] = _upscaler(values["upscaler"], base_dir, _at(source, "upscaler"), allow_outside)
+    if "allow_pickle" in values:
+        raise ValueError(
+            _at(
+                source,
+                "allow_pickle can't be set by a scene (a pickle can run code when opened): the caller allows "
+                "it (--allow-pickle, or parse_scene(..., allow_pickle=True))",
+            )
         )
-    values.pop("segmentation", None)
+    if allow_pickle and "allow_pickle" in option_names(task):
+        values["allow_pickle"] = True
     try:
-        options = build_options("regions", {**values, "regions": regions}, limits)
+        options = build_options(task, values, limits)
     except ValueError as exc:
         raise ValueError(_at(source, str(exc))) from None
     return Scene(options, model)
@@ -243,10 +336,17 @@ def read_scene_file(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def load_scene(path: str | os.PathLike, *, limits: Limits | None = None, allow_outside: bool = False) -> Scene:
-    """Read and validate a scene file; mask and map paths are relative to the file's folder and,
-    unless ``allow_outside``, under it."""
+def load_scene(
+    path: str | os.PathLike, *, limits: Limits | None = None, allow_outside: bool = False, allow_pickle: bool = False
+) -> Scene:
+    """Read and validate a scene file; file names in it (masks, maps, input images, an upscaler
+    model) are relative to the file's folder and, unless ``allow_outside``, under it."""
     path = Path(path).expanduser()
     return parse_scene(
-        read_scene_file(path), base=path.parent, source=path.name, limits=limits, allow_outside=allow_outside
+        read_scene_file(path),
+        base=path.parent,
+        source=path.name,
+        limits=limits,
+        allow_outside=allow_outside,
+        allow_pickle=allow_pickle,
     )
