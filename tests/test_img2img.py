@@ -179,5 +179,5 @@ def test_not_an_image_file_is_named(tmp_path):
 
 
 def test_a_strength_that_runs_no_step_is_refused_before_any_work(md16):
-    with pytest.raises(ValueError, match=r"strength 0.3 of num_inference_steps=2 runs no step .* at least 4 steps"):
+    with pytest.raises(ValueError, match=r"strength 0.3 runs none of the 2 steps"):
         md16.img2img(Image.new("RGB", (128, 128)), "x", strength=0.3, num_inference_steps=2)

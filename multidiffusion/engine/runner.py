@@ -11,7 +11,6 @@ common to every result.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -144,12 +143,6 @@ def denoising_timesteps(scheduler: Any, steps: int, strength: float, device: Any
     if strength >= 1.0:
         return scheduler.timesteps
     order = getattr(scheduler, "order", 1)
-    if int(steps * strength) < 1:
-        fewest = math.ceil(1 / strength)
-        raise ValueError(
-            f"strength {strength:g} of num_inference_steps={steps} runs no step (int(steps x strength) = 0); "
-            f"use at least {fewest} steps or a higher strength"
-        )
     first = max(steps - min(int(steps * strength), steps), 0) * order
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(first)
