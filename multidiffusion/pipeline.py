@@ -210,6 +210,11 @@ class MultiDiffusion:
         callback_on_step_end: Callable[..., dict | None] | None = None,
         placement: str = "grid",
         weights: str | None = None,
+        control_image: Any = None,
+        controlnet_conditioning_scale: float | list[float] = 1.0,
+        control_guidance_start: float | list[float] = 0.0,
+        control_guidance_end: float | list[float] = 1.0,
+        guess_mode: bool = False,
     ) -> MultiDiffusionOutput:
         """A panorama of any size: the paper's sliding windows (Sec. 4.1), all under one prompt.
 
@@ -226,6 +231,12 @@ class MultiDiffusion:
         pixel instead of ~7. The offsets are drawn from a generator seeded with ``generator``'s
         seed (0 without one), so runs are reproducible. ``weights`` ("uniform", the paper's W_i = 1,
         or "gaussian") overrides the placement's default.
+
+        ControlNet (when the model has one: ``from_pretrained(..., controlnet=...)`` or a diffusers
+        ControlNet pipeline): ``control_image`` (one per ControlNet) belongs to the canvas (another
+        size of the same aspect ratio is resized) and each view is conditioned on its crop;
+        ``controlnet_conditioning_scale``, ``control_guidance_start`` / ``end`` and ``guess_mode``
+        are diffusers'. Every task takes these.
         """
         options = PanoramaOptions(**_options_of(PanoramaOptions, locals()))
         return self.generate(options, generator=generator, latents=latents, callback_on_step_end=callback_on_step_end)
@@ -271,6 +282,11 @@ class MultiDiffusion:
         callback_on_step_end: Callable[..., dict | None] | None = None,
         image: Any = None,
         strength: float | None = None,
+        control_image: Any = None,
+        controlnet_conditioning_scale: float | list[float] = 1.0,
+        control_guidance_start: float | list[float] = 0.0,
+        control_guidance_end: float | list[float] = 1.0,
+        guess_mode: bool = False,
     ) -> MultiDiffusionOutput:
         """Region-based generation (paper Sec. 4.2): each region of the canvas gets its own prompt.
 
@@ -320,6 +336,11 @@ class MultiDiffusion:
         callback_on_step_end: Callable[..., dict | None] | None = None,
         placement: str = "grid",
         weights: str | None = None,
+        control_image: Any = None,
+        controlnet_conditioning_scale: float | list[float] = 1.0,
+        control_guidance_start: float | list[float] = 0.0,
+        control_guidance_end: float | list[float] = 1.0,
+        guess_mode: bool = False,
     ) -> MultiDiffusionOutput:
         """Re-work an image of any size under ``prompt`` (SDEdit over sliding windows).
 
@@ -361,6 +382,11 @@ class MultiDiffusion:
         callback_on_step_end: Callable[..., dict | None] | None = None,
         placement: str = "grid",
         weights: str | None = None,
+        control_image: Any = None,
+        controlnet_conditioning_scale: float | list[float] = 1.0,
+        control_guidance_start: float | list[float] = 0.0,
+        control_guidance_end: float | list[float] = 1.0,
+        guess_mode: bool = False,
     ) -> MultiDiffusionOutput:
         """Upscale ``image`` ``scale`` times (1 to 8): resized by ``upscaler`` ("lanczos", the default,
         or "bicubic", "bilinear", "nearest"; an ESRGAN-family model file read by spandrel, from the
@@ -401,6 +427,11 @@ class MultiDiffusion:
         callback_on_step_end: Callable[..., dict | None] | None = None,
         placement: str = "grid",
         weights: str | None = None,
+        control_image: Any = None,
+        controlnet_conditioning_scale: float | list[float] = 1.0,
+        control_guidance_start: float | list[float] = 0.0,
+        control_guidance_end: float | list[float] = 1.0,
+        guess_mode: bool = False,
     ) -> MultiDiffusionOutput:
         """Repaint the white part of ``mask`` in ``image`` (any size) under ``prompt``, keeping the rest.
 
@@ -441,6 +472,11 @@ class MultiDiffusion:
         callback_on_step_end: Callable[..., dict | None] | None = None,
         placement: str = "grid",
         weights: str | None = None,
+        control_image: Any = None,
+        controlnet_conditioning_scale: float | list[float] = 1.0,
+        control_guidance_start: float | list[float] = 0.0,
+        control_guidance_end: float | list[float] = 1.0,
+        guess_mode: bool = False,
     ) -> MultiDiffusionOutput:
         """Extend ``image`` by ``left``, ``right``, ``top`` and ``bottom`` pixels (multiples of 8) under
         ``prompt``: an inpainting of a larger canvas whose mask is the new area plus ``overlap``

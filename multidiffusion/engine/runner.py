@@ -20,6 +20,7 @@ import torch
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
+from multidiffusion.engine.control import build_controls
 from multidiffusion.engine.sampler import GuidedModel, SamplingStats, sample
 from multidiffusion.engine.schedulers import SCHEDULERS, make_scheduler, scheduler_name
 from multidiffusion.engine.task import Start, Task
@@ -90,6 +91,7 @@ def run(
     use_cfg = max(slots.guidance) > 1.0
     cond = adapter.encode(slots.prompts, slots.negatives, options.num_images_per_prompt, use_cfg)
     stats = SamplingStats()
+    controls = build_controls(options, adapter, task.size)
     model = GuidedModel(
         adapter,
         cond,
@@ -98,6 +100,7 @@ def run(
         stats,
         share_prefix=settings.share_prefix,
         share_unconditional=settings.share_unconditional,
+        controls=controls,
     )
     batch_size = options.view_batch_size or auto_batch(adapter)
     start = Start(noise, sched, generator, timesteps, model, plan_for_step, batch_size)
@@ -127,6 +130,7 @@ def run(
         "num_images_per_prompt": options.num_images_per_prompt,
         "scheduler": _scheduler_label(scheduler),
         "eta": options.eta,
+        **_control_parameters(options),
         "seed": _seed_of(generator, latents),
         "multidiffusion_version": __version__,
     }
@@ -245,6 +249,19 @@ def _postprocess(adapter: Any, latents: torch.Tensor, output_type: str, circular
     image = decode_latents(adapter.vae, latents, circular=circular, **decode)
     processor = VaeImageProcessor(vae_scale_factor=adapter.vae_scale_factor)
     return processor.postprocess(image, output_type=output_type)
+
+
+def _control_parameters(options: Any) -> dict[str, Any]:
+    """The ControlNet settings as stored (control images by path and SHA-256), when there are any."""
+    if not options.control_image:
+        return {}
+    return {
+        "control_image": [image.record() for image in options.control_image],
+        "controlnet_conditioning_scale": options.controlnet_conditioning_scale,
+        "control_guidance_start": options.control_guidance_start,
+        "control_guidance_end": options.control_guidance_end,
+        "guess_mode": options.guess_mode,
+    }
 
 
 def _scheduler_label(scheduler: Any) -> str:
