@@ -60,6 +60,7 @@ class MultiDiffusion:
         original_size: str | tuple[int, int] | None = None,
         share_prefix: bool = True,
         share_unconditional: bool = True,
+        controlnet: Any = None,
     ):
         """``pipe``: any Stable Diffusion 1.x / 2.x / XL pipeline (text-to-image or img2img; its
         components are shared, not copied). ``clip_skip`` as in diffusers. SDXL only:
@@ -69,10 +70,15 @@ class MultiDiffusion:
 
         ``share_prefix`` (guidance branches share the UNet layers before the first cross-attention)
         and ``share_unconditional`` (the prompts of one window share ε_u) are exact optimisations,
-        on by default; they are attributes too, so a comparison can switch them off."""
+        on by default; they are attributes too, so a comparison can switch them off.
+
+        ``controlnet``: a ``ControlNetModel``, its folder, repo id or ``.safetensors`` file, or a list
+        of them (several ControlNets); a diffusers ControlNet pipeline passed as ``pipe`` brings its
+        own. Every task then takes ``control_image`` and diffusers' other ControlNet arguments."""
         self.adapter: ModelAdapter = adapter_for(
             pipe, clip_skip=clip_skip, crops_coords_top_left=crops_coords_top_left, original_size=original_size
         )
+        self.set_controlnet(controlnet if controlnet is not None else self.adapter.controlnet)
         self.scheduler = scheduler if scheduler is not None else self.pipe.scheduler
         make_scheduler(self.scheduler, self.pipe.scheduler.config)  # fail now on a bad name
         self.model_name = model_name or getattr(getattr(pipe, "config", None), "_name_or_path", None) or "custom"
@@ -95,6 +101,7 @@ class MultiDiffusion:
         clip_skip: int | None = None,
         crops_coords_top_left: str | None = None,
         original_size: str | tuple[int, int] | None = None,
+        controlnet: Any = None,
         **kwargs: Any,
     ) -> MultiDiffusion:
         """Load ``model``: ``"demo"`` (shipped, offline), a Hugging Face repo id (local cache first),
@@ -104,6 +111,8 @@ class MultiDiffusion:
         ``allow_pickle=True``. ``prediction_type`` ("epsilon", "v_prediction", "sample") overrides
         the model's, e.g. for v-prediction fine-tunes whose files don't say so. ``device`` defaults
         to CUDA when present, ``torch_dtype`` to float16 on accelerators and float32 on the CPU.
+        ``controlnet``: a ControlNet folder, repo id or ``.safetensors`` file (or a list), loaded
+        the same way (pickles only with ``allow_pickle``) and checked against the model's family.
         The other options are the constructor's.
         """
         pipe = load_pipeline(
@@ -115,7 +124,7 @@ class MultiDiffusion:
             prediction_type=prediction_type,
             **kwargs,
         )
-        return cls(
+        md = cls(
             pipe,
             scheduler=scheduler,
             model_name=model_label(model),
@@ -123,6 +132,7 @@ class MultiDiffusion:
             crops_coords_top_left=crops_coords_top_left,
             original_size=original_size,
         )
+        return md.set_controlnet(controlnet, allow_pickle=allow_pickle) if controlnet is not None else md
 
     # -- conveniences users of diffusers expect -------------------------------------------------
     @property
@@ -162,6 +172,16 @@ class MultiDiffusion:
         from multidiffusion.models.lora import load_lora
 
         return load_lora(self.pipe, lora, adapter_name, **kwargs)
+
+    def set_controlnet(self, controlnet: Any, allow_pickle: bool = False) -> MultiDiffusion:
+        """Run with ``controlnet`` (as the constructor takes it; None: without), checked against the
+        model's family."""
+        from multidiffusion.models.controlnet import load_controlnets
+
+        unet = self.adapter.unet
+        nets = None if controlnet is None else load_controlnets(controlnet, unet, allow_pickle=allow_pickle)
+        self.adapter.controlnet = nets
+        return self
 
     def set_vae_tiling(
         self, tile: int | None = None, overlap: int | None = None, norm_stats: str = "exact"

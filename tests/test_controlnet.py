@@ -212,3 +212,26 @@ def test_a_model_without_controlnet_and_another_aspect_are_refused(sd16, nets):
     pipe = StableDiffusionControlNetPipeline(**sd16.components, controlnet=nets[0])
     with pytest.raises(ValueError, match="control_image is 128x128 but the canvas is 256x128"):
         _md(pipe).panorama("x", height=128, width=256, control_image=_control_image(), num_inference_steps=1)
+
+
+def test_controlnets_load_from_folders_and_files_and_are_checked(sd16, nets, tmp_path):
+    folder = tmp_path / "cn"
+    nets[0].save_pretrained(folder)
+    md = MultiDiffusion(sd16, controlnet=str(folder))
+    assert len(md.adapter.controlnets) == 1
+    md.set_controlnet([str(folder), nets[1]])
+    assert len(md.adapter.controlnets) == 2
+    md.set_controlnet(None)
+    assert md.adapter.controlnets == []
+    with pytest.raises(ValueError, match="controlnet: no such file or folder"):
+        md.set_controlnet("./missing-controlnet")
+    pickle = tmp_path / "cn.pth"
+    pickle.write_bytes(b"not really")
+    with pytest.raises(ValueError, match="controlnet: cn.pth is a pickle checkpoint"):
+        md.set_controlnet(str(pickle))
+
+
+def test_a_controlnet_of_another_family_is_refused(sd16):
+    xl = tiny_sdxl_pipeline(sample_size=16)
+    with pytest.raises(ValueError, match=r"controlnet: this ControlNet was made for another model \(SDXL"):
+        MultiDiffusion(sd16, controlnet=_controlnet(xl.unet, 0))
