@@ -227,7 +227,7 @@ def test_controlnets_load_from_folders_and_files_and_are_checked(sd16, nets, tmp
         md.set_controlnet("./missing-controlnet")
     pickle = tmp_path / "cn.pth"
     pickle.write_bytes(b"not really")
-    with pytest.raises(ValueError, match="controlnet: cn.pth is a pickle checkpoint"):
+    with pytest.raises(ValueError, match=r"controlnet: cn\.pth is a pickle checkpoint"):
         md.set_controlnet(str(pickle))
 
 
