@@ -237,6 +237,7 @@ class SamplingOptions:
     control_guidance_start: float | list[float] = 0.0
     control_guidance_end: float | list[float] = 1.0
     guess_mode: bool = False
+    control_preprocessor: str | list[str] = "none"
     limits: InitVar[Limits | None] = None
     checked_against: Limits = field(default=LIBRARY_LIMITS, init=False, repr=False, compare=False)
 
@@ -327,16 +328,28 @@ def _check_controls(options: SamplingOptions) -> None:
             raise ValueError(
                 f"control_guidance_start{which} must be below control_guidance_end{which}, got {start} and {end}"
             )
+    from multidiffusion.preprocessors import PREPROCESSORS
+
+    chosen = options.control_preprocessor
+    chosen = list(chosen) if isinstance(chosen, (list, tuple)) else [chosen] * n
+    if len(chosen) != n:
+        raise ValueError(
+            f"control_preprocessor must be a name or a list of {n} names (one per control image), got {options.control_preprocessor!r}"
+        )
+    for i, name in enumerate(chosen):
+        check_choice(f"control_preprocessor[{i}]" if n > 1 else "control_preprocessor", name, tuple(PREPROCESSORS))
+    options.control_preprocessor = chosen if n > 1 else chosen[0]
     options.controlnet_conditioning_scale = scales if n > 1 else scales[0]
     options.control_guidance_start = starts if n > 1 else starts[0]
     options.control_guidance_end = ends if n > 1 else ends[0]
 
 
-def control_settings(options: SamplingOptions) -> list[tuple[Any, float, float, float]]:
-    """(input image, scale, start, end) per control image of checked options; empty without any."""
+def control_settings(options: SamplingOptions) -> list[tuple[Any, float, float, float, str]]:
+    """(input image, scale, start, end, preprocessor) per control image of checked options; empty
+    without any."""
     images = options.control_image or []
 
-    def listed(value: Any) -> list[float]:
+    def listed(value: Any) -> list[Any]:
         return list(value) if isinstance(value, list) else [value] * len(images)
 
     return list(
@@ -345,6 +358,7 @@ def control_settings(options: SamplingOptions) -> list[tuple[Any, float, float, 
             listed(options.controlnet_conditioning_scale),
             listed(options.control_guidance_start),
             listed(options.control_guidance_end),
+            listed(options.control_preprocessor),
         )
     )
 

@@ -235,6 +235,7 @@ class MultiDiffusion:
         control_guidance_start: float | list[float] = 0.0,
         control_guidance_end: float | list[float] = 1.0,
         guess_mode: bool = False,
+        control_preprocessor: str | list[str] = "none",
     ) -> MultiDiffusionOutput:
         """A panorama of any size: the paper's sliding windows (Sec. 4.1), all under one prompt.
 
@@ -256,7 +257,9 @@ class MultiDiffusion:
         ControlNet pipeline): ``control_image`` (one per ControlNet) belongs to the canvas (another
         size of the same aspect ratio is resized) and each view is conditioned on its crop;
         ``controlnet_conditioning_scale``, ``control_guidance_start`` / ``end`` and ``guess_mode``
-        are diffusers'. Every task takes these.
+        are diffusers'; ``control_preprocessor`` ("none", "canny", "tile", "tile-grey", one per
+        control image or one for all) makes the map from the image first
+        (:mod:`multidiffusion.preprocessors`). Every task takes these.
         """
         options = PanoramaOptions(**_options_of(PanoramaOptions, locals()))
         return self.generate(options, generator=generator, latents=latents, callback_on_step_end=callback_on_step_end)
@@ -307,6 +310,7 @@ class MultiDiffusion:
         control_guidance_start: float | list[float] = 0.0,
         control_guidance_end: float | list[float] = 1.0,
         guess_mode: bool = False,
+        control_preprocessor: str | list[str] = "none",
     ) -> MultiDiffusionOutput:
         """Region-based generation (paper Sec. 4.2): each region of the canvas gets its own prompt.
 
@@ -361,6 +365,7 @@ class MultiDiffusion:
         control_guidance_start: float | list[float] = 0.0,
         control_guidance_end: float | list[float] = 1.0,
         guess_mode: bool = False,
+        control_preprocessor: str | list[str] = "none",
     ) -> MultiDiffusionOutput:
         """Re-work an image of any size under ``prompt`` (SDEdit over sliding windows).
 
@@ -407,6 +412,7 @@ class MultiDiffusion:
         control_guidance_start: float | list[float] = 0.0,
         control_guidance_end: float | list[float] = 1.0,
         guess_mode: bool = False,
+        control_preprocessor: str | list[str] = "none",
     ) -> MultiDiffusionOutput:
         """Upscale ``image`` ``scale`` times (1 to 8): resized by ``upscaler`` ("lanczos", the default,
         or "bicubic", "bilinear", "nearest"; an ESRGAN-family model file read by spandrel, from the
@@ -452,6 +458,7 @@ class MultiDiffusion:
         control_guidance_start: float | list[float] = 0.0,
         control_guidance_end: float | list[float] = 1.0,
         guess_mode: bool = False,
+        control_preprocessor: str | list[str] = "none",
     ) -> MultiDiffusionOutput:
         """Repaint the white part of ``mask`` in ``image`` (any size) under ``prompt``, keeping the rest.
 
@@ -497,6 +504,7 @@ class MultiDiffusion:
         control_guidance_start: float | list[float] = 0.0,
         control_guidance_end: float | list[float] = 1.0,
         guess_mode: bool = False,
+        control_preprocessor: str | list[str] = "none",
     ) -> MultiDiffusionOutput:
         """Extend ``image`` by ``left``, ``right``, ``top`` and ``bottom`` pixels (multiples of 8) under
         ``prompt``: an inpainting of a larger canvas whose mask is the new area plus ``overlap``

@@ -235,3 +235,41 @@ def test_a_controlnet_of_another_family_is_refused(sd16):
     xl = tiny_sdxl_pipeline(sample_size=16)
     with pytest.raises(ValueError, match=r"controlnet: this ControlNet was made for another model \(SDXL"):
         MultiDiffusion(sd16, controlnet=_controlnet(xl.unet, 0))
+
+
+def test_preprocessors_make_control_maps():
+    from multidiffusion.preprocessors import canny, preprocess, tile
+
+    image = Image.new("RGB", (64, 64), "black")
+    image.paste((255, 255, 255), (16, 16, 48, 48))
+    edges = np.asarray(canny(image))
+    assert edges.shape == (64, 64, 3) and edges.max() == 255
+    assert edges[32, 14:18].max() == 255 and edges[32, 30:34].max() == 0  # the square's border, not its inside
+    blurred = np.asarray(tile(image, factor=8), np.float32)
+    assert 0 < blurred[16, 16, 0] < 255  # the edge is soft
+    assert np.asarray(preprocess(image, "tile-grey")).std(axis=-1).max() == 0
+    with pytest.raises(ValueError, match="control_preprocessor must be one of"):
+        preprocess(image, "depth")
+
+
+def test_the_preprocessor_is_applied_and_recorded(sd16, nets):
+    pipe = StableDiffusionControlNetPipeline(**sd16.components, controlnet=nets[0])
+    spy = ControlSpy(nets[0])
+    image = Image.new("RGB", (128, 128), "black")
+    image.paste((255, 255, 255), (32, 32, 96, 96))
+    try:
+        out = _md(pipe).panorama(
+            "x",
+            height=128,
+            width=128,
+            control_image=image,
+            control_preprocessor="canny",
+            num_inference_steps=1,
+            guidance_scale=1.0,
+            output_type="latent",
+        )
+    finally:
+        spy.close()
+    seen = spy.images[0][0, 0]
+    assert seen[64, 64] == 0 and seen[64, 30:34].max() == 1  # edges, not the filled square
+    assert out.parameters["control_preprocessor"] == "canny"

@@ -142,6 +142,7 @@ def build_controls(options: Any, adapter: Any, size: tuple[int, int]) -> Control
     from diffusers.image_processor import VaeImageProcessor
 
     from multidiffusion.options import check_same_aspect, control_settings
+    from multidiffusion.preprocessors import preprocess
 
     settings = control_settings(options)
     if not settings:
@@ -159,9 +160,10 @@ def build_controls(options: Any, adapter: Any, size: tuple[int, int]) -> Control
         )
     processor = VaeImageProcessor(vae_scale_factor=adapter.vae_scale_factor, do_convert_rgb=True, do_normalize=False)
     controls = []
-    for i, (image, scale, start, end) in enumerate(settings):
+    for i, (image, scale, start, end, preprocessor) in enumerate(settings):
         name = "control_image" if len(settings) == 1 else f"control_image[{i}]"
         check_same_aspect(name, image.size, "canvas", size)
-        pixels = processor.preprocess(image.image, height=size[0], width=size[1]).to(torch.float32)
+        pixels = processor.preprocess(preprocess(image.image, preprocessor), height=size[0], width=size[1])
+        pixels = pixels.to(torch.float32)
         controls.append(Control(nets[i], pixels.to(adapter.device, adapter.dtype), scale, start, end))
     return Controls(controls, adapter.vae_scale_factor, options.guess_mode)

@@ -261,6 +261,7 @@ def _control_parameters(options: Any) -> dict[str, Any]:
         "control_guidance_start": options.control_guidance_start,
         "control_guidance_end": options.control_guidance_end,
         "guess_mode": options.guess_mode,
+        "control_preprocessor": options.control_preprocessor,
     }
 
 
