@@ -334,7 +334,8 @@ def _check_controls(options: SamplingOptions) -> None:
     chosen = list(chosen) if isinstance(chosen, (list, tuple)) else [chosen] * n
     if len(chosen) != n:
         raise ValueError(
-            f"control_preprocessor must be a name or a list of {n} names (one per control image), got {options.control_preprocessor!r}"
+            f"control_preprocessor must be a name or a list of {n} names (one per control image), "
+            f"got {options.control_preprocessor!r}"
         )
     for i, name in enumerate(chosen):
         check_choice(f"control_preprocessor[{i}]" if n > 1 else "control_preprocessor", name, tuple(PREPROCESSORS))
