@@ -273,3 +273,36 @@ def test_the_preprocessor_is_applied_and_recorded(sd16, nets):
     seen = spy.images[0][0, 0]
     assert seen[64, 64] == 0 and seen[64, 30:34].max() == 1  # edges, not the filled square
     assert out.parameters["control_preprocessor"] == "canny"
+
+
+def test_a_regions_control_image_conditions_only_its_jobs(sd16, nets):
+    """A region's control map goes to its prompt's jobs only (the ControlNet runs on their rows; the
+    other rows of the UNet batch get zero residuals)."""
+    pipe = StableDiffusionControlNetPipeline(**sd16.components, controlnet=nets[0])
+    md = _md(pipe)
+    md.share_unconditional = False
+    pose = _control_image(seed=11)
+    spy = ControlSpy(nets[0])
+    kwargs = dict(
+        height=128,
+        width=128,
+        background="a lake",
+        num_inference_steps=2,
+        bootstrap_steps=0,
+        output_type="latent",
+        latents=noise((1, 4, 16, 16), seed=2),
+    )
+    regions = [
+        {"prompt": "a person", "box": (32, 32, 96, 128), "control_image": pose, "controlnet_conditioning_scale": 0.9}
+    ]
+    try:
+        out = md.regions(regions=regions, **kwargs)
+    finally:
+        spy.close()
+    assert len(spy.images) == 2  # one job (the region's) per step: the background's view isn't conditioned
+    assert spy.images[0].shape[0] == 2  # its two guidance rows only
+    plain = md.regions(regions=[{"prompt": "a person", "box": (32, 32, 96, 128)}], **kwargs)
+    assert (out.images - plain.images).abs().max() > 1e-3
+    assert out.parameters["regions"][0]["control_image"] == {"path": None, "sha256": None}
+    with pytest.raises(ValueError, match=r"regions\[0\].control_image: controlnet=1, but this model runs 1"):
+        md.regions(regions=[{**regions[0], "controlnet": 1}], **kwargs)

@@ -43,6 +43,7 @@ class Control:
     scale: float = 1.0
     start: float = 0.0
     end: float = 1.0
+    slots: frozenset[int] | None = None  # the prompt slots it conditions (a region's); None: every job
 
     def active(self, step: int, steps: int) -> bool:
         """diffusers' ``controlnet_keep``: step i of n is kept unless i/n < start or (i+1)/n > end."""
@@ -109,14 +110,23 @@ class Controls:
         down: list[torch.Tensor] | None = None
         mid: torch.Tensor | None = None
         for control in active:
-            image = self._images(control, jobs, per, x.dtype)
+            mine = [j for j, job in enumerate(jobs) if control.slots is None or job.prompt in control.slots]
+            if not mine:
+                continue
+            image = self._images(control, [jobs[j] for j in mine], per, x.dtype)
+            rows = None
+            if len(mine) < len(jobs):  # a region's control: only its jobs' rows, zeros elsewhere
+                rows = torch.tensor([j * per + b for j in mine for b in range(per)], device=x.device)
+                if guided and not half:
+                    rows = torch.cat([rows, rows + n])
             if guided and not half:
                 image = torch.cat([image, image])
-            extra = {"added_cond_kwargs": added} if added is not None else {}
+            pick = (lambda v: v) if rows is None else (lambda v: v.index_select(0, rows))
+            extra = {"added_cond_kwargs": {k: pick(v) for k, v in added.items()}} if added is not None else {}
             d, m = control.model(
-                inputs,
+                pick(inputs),
                 t,
-                encoder_hidden_states=states,
+                encoder_hidden_states=pick(states),
                 controlnet_cond=image,
                 conditioning_scale=control.scale,
                 guess_mode=self.guess_mode,
@@ -124,28 +134,43 @@ class Controls:
                 **extra,
             )
             self.calls += 1
+            if rows is not None:
+                d = [_scatter(r, rows, inputs.shape[0]) for r in d]
+                m = _scatter(m, rows, inputs.shape[0])
             if down is None:
                 down, mid = list(d), m
             else:  # as diffusers' MultiControlNetModel: residuals summed in order
                 down = [a + b for a, b in zip(down, d)]
                 mid = mid + m
+        if down is None:
+            return {}
         if half:
             down = [torch.cat([torch.zeros_like(d), d]) for d in down]
             mid = torch.cat([torch.zeros_like(mid), mid])
         return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
 
 
-def build_controls(options: Any, adapter: Any, size: tuple[int, int]) -> Controls | None:
+def _scatter(value: torch.Tensor, rows: torch.Tensor, total: int) -> torch.Tensor:
+    out = value.new_zeros((total, *value.shape[1:]))
+    return out.index_copy(0, rows, value)
+
+
+def build_controls(
+    options: Any, adapter: Any, size: tuple[int, int], region_controls: Sequence[tuple[int, str, Any, float, int]] = ()
+) -> Controls | None:
     """The :class:`Controls` of checked ``options`` for a model's ``adapter`` on a canvas of ``size``
     pixels, or None without a control image. Each control image is resized to the canvas as
-    diffusers' control image processor does (RGB, [0, 1]); one of another aspect ratio is refused."""
+    diffusers' control image processor does (RGB, [0, 1]); one of another aspect ratio is refused.
+
+    ``region_controls``: (prompt slot, name, input image, scale, ControlNet index) of regions with
+    their own control image; each conditions only its slot's jobs, over the call's first control range."""
     from diffusers.image_processor import VaeImageProcessor
 
     from multidiffusion.options import check_same_aspect, control_settings
     from multidiffusion.preprocessors import preprocess
 
     settings = control_settings(options)
-    if not settings:
+    if not settings and not region_controls:
         return None
     nets = adapter.controlnets
     if not nets:
@@ -153,7 +178,7 @@ def build_controls(options: Any, adapter: Any, size: tuple[int, int]) -> Control
             "control_image: this model has no ControlNet; load one with "
             "MultiDiffusion.from_pretrained(model, controlnet=...) or wrap a diffusers ControlNet pipeline"
         )
-    if len(nets) != len(settings):
+    if settings and len(nets) != len(settings):
         raise ValueError(
             f"control_image: this model runs {len(nets)} ControlNet(s); give {'a list of ' if len(nets) > 1 else ''}"
             f"{len(nets)} control image(s), got {len(settings)}"
@@ -166,4 +191,12 @@ def build_controls(options: Any, adapter: Any, size: tuple[int, int]) -> Control
         pixels = processor.preprocess(preprocess(image.image, preprocessor), height=size[0], width=size[1])
         pixels = pixels.to(torch.float32)
         controls.append(Control(nets[i], pixels.to(adapter.device, adapter.dtype), scale, start, end))
+    start, end = (settings[0][2], settings[0][3]) if settings else (0.0, 1.0)
+    for slot, name, image, scale, index in region_controls:
+        if index >= len(nets):
+            raise ValueError(f"{name}: controlnet={index}, but this model runs {len(nets)} ControlNet(s)")
+        check_same_aspect(name, image.size, "canvas", size)
+        pixels = processor.preprocess(image.image.convert("RGB"), height=size[0], width=size[1]).to(torch.float32)
+        slots = frozenset([slot])
+        controls.append(Control(nets[index], pixels.to(adapter.device, adapter.dtype), scale, start, end, slots))
     return Controls(controls, adapter.vae_scale_factor, options.guess_mode)

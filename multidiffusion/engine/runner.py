@@ -91,7 +91,7 @@ def run(
     use_cfg = max(slots.guidance) > 1.0
     cond = adapter.encode(slots.prompts, slots.negatives, options.num_images_per_prompt, use_cfg)
     stats = SamplingStats()
-    controls = build_controls(options, adapter, task.size)
+    controls = build_controls(options, adapter, task.size, task.region_controls())
     model = GuidedModel(
         adapter,
         cond,

@@ -52,7 +52,18 @@ touches)."""
 MAX_FEATHER = 1024
 """Largest feather, in pixels."""
 
-_FIELDS = ("prompt", "negative_prompt", "mask", "box", "weight", "guidance_scale", "feather")
+_FIELDS = (
+    "prompt",
+    "negative_prompt",
+    "mask",
+    "box",
+    "weight",
+    "guidance_scale",
+    "feather",
+    "control_image",
+    "controlnet_conditioning_scale",
+    "controlnet",
+)
 
 
 def _is_number(value: Any) -> bool:
@@ -69,6 +80,11 @@ class Region:
     region's W_k in Eq. 5 against its neighbours and the background; ``guidance_scale`` overrides
     the call's for this prompt; ``negative_prompt`` defaults to the call's; ``feather`` softens the
     mask's edges by about that many pixels (:func:`~multidiffusion.regions.masks.feather_mask`).
+
+    ``control_image``: a control map for this region's prompt only (e.g. a pose where the person
+    is), at the canvas's size or aspect ratio, run through the model's ControlNet number
+    ``controlnet`` (0: the first) at ``controlnet_conditioning_scale``; the other prompts' views
+    don't get it. It acts over the call's control_guidance_start/end (of the first control).
     """
 
     prompt: str
@@ -78,6 +94,9 @@ class Region:
     weight: float = 1.0
     guidance_scale: float | None = None
     feather: float = 0.0
+    control_image: Any = None
+    controlnet_conditioning_scale: float = 1.0
+    controlnet: int = 0
     _pixels: tuple[int, torch.Tensor] | None = field(default=None, init=False, repr=False)
     _fitted: tuple[Any, torch.Tensor] | None = field(default=None, init=False, repr=False)
 
@@ -96,6 +115,17 @@ class Region:
             raise ValueError(f"guidance_scale must be a number ≥ 0 or None, got {self.guidance_scale!r}")
         if not _is_number(self.feather) or not 0 <= self.feather <= MAX_FEATHER:
             raise ValueError(f"feather must be a number of pixels from 0 to {MAX_FEATHER}, got {self.feather!r}")
+        if self.control_image is not None:
+            from multidiffusion.images import input_image
+
+            self.control_image = input_image(self.control_image, "control_image")
+        scale = self.controlnet_conditioning_scale
+        if not _is_number(scale) or not 0 <= scale <= 10:
+            raise ValueError(f"controlnet_conditioning_scale must be a number from 0 to 10, got {scale!r}")
+        if isinstance(self.controlnet, bool) or not isinstance(self.controlnet, int) or self.controlnet < 0:
+            raise ValueError(
+                f"controlnet must be the index of one of the model's ControlNets (0, 1, ...), got {self.controlnet!r}"
+            )
 
     @classmethod
     def from_segmentation(cls, map: MaskLike, colors: Mapping[Any, str | Region | Mapping | None]) -> list[Region]:
@@ -175,6 +205,10 @@ class Region:
             data["guidance_scale"] = self.guidance_scale
         if self.feather:
             data["feather"] = self.feather
+        if self.control_image is not None:
+            data["control_image"] = self.control_image.record()
+            data["controlnet_conditioning_scale"] = self.controlnet_conditioning_scale
+            data["controlnet"] = self.controlnet
         return data
 
 

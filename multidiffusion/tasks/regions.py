@@ -62,6 +62,14 @@ class RegionsTask(Task):
         plan = self._plan
         return lambda step: plan
 
+    def region_controls(self) -> list[tuple[int, str, Any, float, int]]:
+        offset = self.layout.offset
+        return [
+            (offset + i, f"regions[{i}].control_image", r.control_image, r.controlnet_conditioning_scale, r.controlnet)
+            for i, r in enumerate(self.layout.regions)
+            if r.control_image is not None
+        ]
+
     @property
     def strength(self) -> float:
         return self.options.strength if self.input is not None else 1.0
