@@ -121,12 +121,11 @@ class Controls:
                     rows = torch.cat([rows, rows + n])
             if guided and not half:
                 image = torch.cat([image, image])
-            pick = (lambda v: v) if rows is None else (lambda v: v.index_select(0, rows))
-            extra = {"added_cond_kwargs": {k: pick(v) for k, v in added.items()}} if added is not None else {}
+            extra = {"added_cond_kwargs": {k: _rows(v, rows) for k, v in added.items()}} if added is not None else {}
             d, m = control.model(
-                pick(inputs),
+                _rows(inputs, rows),
                 t,
-                encoder_hidden_states=pick(states),
+                encoder_hidden_states=_rows(states, rows),
                 controlnet_cond=image,
                 conditioning_scale=control.scale,
                 guess_mode=self.guess_mode,
@@ -148,6 +147,10 @@ class Controls:
             down = [torch.cat([torch.zeros_like(d), d]) for d in down]
             mid = torch.cat([torch.zeros_like(mid), mid])
         return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+
+
+def _rows(value: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    return value if rows is None else value.index_select(0, rows)
 
 
 def _scatter(value: torch.Tensor, rows: torch.Tensor, total: int) -> torch.Tensor:
