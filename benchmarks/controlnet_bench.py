@@ -151,7 +151,7 @@ def controlnet_rows(ctx: Context, width: int = 1024, height: int = 512) -> list[
             m["ours"],
             canvas,
             ctx.steps,
-            notes=f"ours with ControlNet takes {m['ours'].seconds / m['ours without ControlNet'].seconds:.2f}x the time",
+            notes=f"with ControlNet: {m['ours'].seconds / m['ours without ControlNet'].seconds:.2f}x the time",
         ),
         Row(
             "controlnet",
