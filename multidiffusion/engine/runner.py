@@ -21,6 +21,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
 from multidiffusion.engine.control import build_controls
+from multidiffusion.engine.loras import LoraSwitch
 from multidiffusion.engine.sampler import GuidedModel, SamplingStats, sample
 from multidiffusion.engine.schedulers import SCHEDULERS, make_scheduler, scheduler_name
 from multidiffusion.engine.task import Start, Task
@@ -92,6 +93,7 @@ def run(
     cond = adapter.encode(slots.prompts, slots.negatives, options.num_images_per_prompt, use_cfg)
     stats = SamplingStats()
     controls = build_controls(options, adapter, task.size, task.region_controls())
+    loras = _lora_switch(task, adapter)
     model = GuidedModel(
         adapter,
         cond,
@@ -101,6 +103,7 @@ def run(
         share_prefix=settings.share_prefix,
         share_unconditional=settings.share_unconditional,
         controls=controls,
+        loras=loras,
     )
     batch_size = options.view_batch_size or auto_batch(adapter)
     start = Start(noise, sched, generator, timesteps, model, plan_for_step, batch_size)
@@ -134,6 +137,10 @@ def run(
         "seed": _seed_of(generator, latents),
         "multidiffusion_version": __version__,
     }
+    if controls is not None:
+        stats.controlnet_calls = controls.calls
+    if loras is not None:
+        stats.lora_switches, stats.lora_seconds = loras.switches, loras.seconds
     images = _postprocess(adapter, x, options.output_type, task.circular, settings.decode)
     stats.seconds = time.perf_counter() - started
     return MultiDiffusionOutput(images, params, stats)
@@ -249,6 +256,19 @@ def _postprocess(adapter: Any, latents: torch.Tensor, output_type: str, circular
     image = decode_latents(adapter.vae, latents, circular=circular, **decode)
     processor = VaeImageProcessor(vae_scale_factor=adapter.vae_scale_factor)
     return processor.postprocess(image, output_type=output_type)
+
+
+def _lora_switch(task: Task, adapter: Any) -> LoraSwitch | None:
+    """The UNet's LoRA switch when some prompt has its own LoRA set, each set checked."""
+    sets = task.lora_sets()
+    if not sets:
+        return None
+    lister = getattr(adapter.pipe, "get_list_adapters", None)
+    loaded = {n for names in (lister() if lister else {}).values() for n in names}
+    switch = LoraSwitch(adapter.unet, loaded)
+    for key, name in sets.values():
+        switch.check(key, name)
+    return switch
 
 
 def _control_parameters(options: Any) -> dict[str, Any]:

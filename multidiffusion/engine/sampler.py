@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from multidiffusion.engine.adapter import Conditioning, ModelAdapter
 from multidiffusion.engine.control import Controls
+from multidiffusion.engine.loras import LoraSwitch
 from multidiffusion.engine.fusion import FusionPlan, InputComposer, Job, fused_prediction
 from multidiffusion.engine.shared_prefix import SharedPrefix
 
@@ -38,6 +39,9 @@ class SamplingStats:
     steps: int = 0
     canvas_pixels: int = 0
     seconds: float = 0.0  # wall time of the whole call, decode included
+    controlnet_calls: int = 0  # ControlNet forward passes (each over a batch of views)
+    lora_switches: int = 0  # changes of the UNet's LoRA set (regions with their own LoRAs)
+    lora_seconds: float = 0.0  # time those changes took
 
     @property
     def coverage(self) -> float:
@@ -72,8 +76,10 @@ class GuidedModel:
         share_prefix: bool = True,
         share_unconditional: bool = True,
         controls: Controls | None = None,
+        loras: LoraSwitch | None = None,
     ):
         self.adapter = adapter
+        self.loras = loras
         self.controls = controls if controls else None
         self._step = (0, 1)
         self.share_unconditional = share_unconditional
@@ -113,6 +119,8 @@ class GuidedModel:
                 if self.prefix is not None
                 else contextlib.nullcontext()
             )
+        if self.loras is not None:
+            self.loras.use(jobs[0].group)  # a batch holds one group (FusionPlan.batches)
         if active:
             kwargs = {**kwargs, **self.controls.residuals(active, x, t, jobs, kwargs, guided)}
         with context:
@@ -162,8 +170,14 @@ class GuidedModel:
         return self._same_negative[key]
 
     def attached(self) -> contextlib.AbstractContextManager:
-        """Context for a sampling run: installs the shared-prefix hooks, removes them after."""
-        return self.prefix.attached() if self.prefix is not None else contextlib.nullcontext()
+        """Context for a sampling run: installs the shared-prefix hooks and, with LoRA sets, restores
+        the UNet's adapters after; undone when the run ends."""
+        stack = contextlib.ExitStack()
+        if self.prefix is not None:
+            stack.enter_context(self.prefix.attached())
+        if self.loras is not None:
+            stack.enter_context(self.loras.attached())
+        return stack
 
     def _scale(self, jobs: Sequence[Job], batch: int) -> float | torch.Tensor:
         if self._uniform is not None:

@@ -63,6 +63,7 @@ _FIELDS = (
     "control_image",
     "controlnet_conditioning_scale",
     "controlnet",
+    "loras",
 )
 
 
@@ -85,6 +86,10 @@ class Region:
     is), at the canvas's size or aspect ratio, run through the model's ControlNet number
     ``controlnet`` (0: the first) at ``controlnet_conditioning_scale``; the other prompts' views
     don't get it. It acts over the call's control_guidance_start/end (of the first control).
+
+    ``loras``: adapter name -> weight, LoRAs loaded with ``md.load_lora(..., adapter_name=...)``
+    that this region's views run with instead of the pipeline's active ones (UNet only; see
+    :mod:`multidiffusion.engine.loras`).
     """
 
     prompt: str
@@ -97,6 +102,7 @@ class Region:
     control_image: Any = None
     controlnet_conditioning_scale: float = 1.0
     controlnet: int = 0
+    loras: Mapping[str, float] | None = None
     _pixels: tuple[int, torch.Tensor] | None = field(default=None, init=False, repr=False)
     _fitted: tuple[Any, torch.Tensor] | None = field(default=None, init=False, repr=False)
 
@@ -122,6 +128,13 @@ class Region:
         scale = self.controlnet_conditioning_scale
         if not _is_number(scale) or not 0 <= scale <= 10:
             raise ValueError(f"controlnet_conditioning_scale must be a number from 0 to 10, got {scale!r}")
+        if self.loras is not None:
+            if not isinstance(self.loras, Mapping) or not all(isinstance(k, str) and k for k in self.loras):
+                raise ValueError(f"loras must be a table of adapter name = weight, got {self.loras!r}")
+            for k, v in self.loras.items():
+                if not _is_number(v) or not -10 <= v <= 10:
+                    raise ValueError(f"loras[{k!r}] must be a weight from -10 to 10, got {v!r}")
+            self.loras = {k: float(v) for k, v in self.loras.items()}
         if isinstance(self.controlnet, bool) or not isinstance(self.controlnet, int) or self.controlnet < 0:
             raise ValueError(
                 f"controlnet must be the index of one of the model's ControlNets (0, 1, ...), got {self.controlnet!r}"
@@ -209,6 +222,8 @@ class Region:
             data["control_image"] = self.control_image.record()
             data["controlnet_conditioning_scale"] = self.controlnet_conditioning_scale
             data["controlnet"] = self.controlnet
+        if self.loras is not None:
+            data["loras"] = dict(self.loras)
         return data
 
 
