@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 
 from multidiffusion.engine.adapter import Conditioning, ModelAdapter
 from multidiffusion.engine.control import Controls
-from multidiffusion.engine.loras import LoraSwitch
 from multidiffusion.engine.fusion import FusionPlan, InputComposer, Job, fused_prediction
+from multidiffusion.engine.loras import LoraSwitch
 from multidiffusion.engine.shared_prefix import SharedPrefix
 
 __all__ = ["GuidedModel", "SamplingStats", "sample"]
