@@ -13,7 +13,7 @@ import argparse
 import os
 from pathlib import Path
 
-SUITES = ("exact", "fast", "regions", "seams", "outpaint", "decode", "compile", "precision")
+SUITES = ("exact", "fast", "regions", "seams", "outpaint", "decode", "compile", "precision", "controlnet")
 
 
 def fmt(v, spec=".2f", unit="") -> str:
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows: list[dict] = []
     ctx = None
-    if any(s in suites for s in ("exact", "fast", "regions", "compile", "precision")):
+    if any(s in suites for s in ("exact", "fast", "regions", "compile", "precision", "controlnet")):
         pipe, md = build_components(args.model, device, dtype)
         ctx = Context(pipe, md, device, steps, repeats, args.quick)
 
@@ -161,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         add(S.precision(ctx, torch.bfloat16 if not cuda else torch.float16, 1024 if not args.quick else 512))
     if "decode" in suites:
         add(decode_rows(args.quick, device, args.vae_divisor))
+    if "controlnet" in suites:
+        from .controlnet_bench import controlnet_rows
+
+        add(controlnet_rows(ctx, 768 if args.quick else 1024))
 
     info["load_average_end"] = os.getloadavg()
     if ctx is not None:

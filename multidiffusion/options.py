@@ -232,6 +232,12 @@ class SamplingOptions:
     scheduler: Any = None
     eta: float = 0.0
     seed: int | None = None
+    control_image: Any = None
+    controlnet_conditioning_scale: float | list[float] = 1.0
+    control_guidance_start: float | list[float] = 0.0
+    control_guidance_end: float | list[float] = 1.0
+    guess_mode: bool = False
+    control_preprocessor: str | list[str] = "none"
     limits: InitVar[Limits | None] = None
     checked_against: Limits = field(default=LIBRARY_LIMITS, init=False, repr=False, compare=False)
 
@@ -262,10 +268,100 @@ class SamplingOptions:
             )
         self.eta = check_number("eta", self.eta, 0, 1)
         self.seed = check_seed("seed", self.seed)
+        _check_controls(self)
 
     def settings(self) -> dict[str, Any]:
         """The options as a mapping of API names (what ``build_options`` takes back)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+
+
+MAX_CONTROL_SCALE = 10.0
+"""Largest ControlNet conditioning scale (diffusers uses 0-2 in practice; beyond 10 is a typo)."""
+
+
+def _per_control(name: str, value: Any, count: int, lo: float, hi: float) -> list[float]:
+    """A number, or a list of one number per control image, as a list of ``count`` numbers."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != count:
+            raise ValueError(
+                f"{name} must be a number or a list of {count} numbers (one per control image), got {value!r}"
+            )
+        return [check_number(f"{name}[{i}]", v, lo, hi) for i, v in enumerate(value)]
+    return [check_number(name, value, lo, hi)] * count
+
+
+def _check_controls(options: SamplingOptions) -> None:
+    """ControlNet settings as diffusers names them: ``control_image`` (one image or a list, one per
+    ControlNet) becomes a list of checked input images; the scales, starts and ends lists of as many
+    numbers; each start below its end. Whether the model has as many ControlNets is checked when
+    the model is known."""
+    if not isinstance(options.guess_mode, bool):
+        raise ValueError(f"guess_mode must be True or False, got {options.guess_mode!r}")
+    if options.control_image is None:
+        for key, default in (
+            ("controlnet_conditioning_scale", 1.0),
+            ("control_guidance_start", 0.0),
+            ("control_guidance_end", 1.0),
+        ):
+            if getattr(options, key) != default:
+                raise ValueError(f"{key} applies to a control image: give control_image too")
+        return
+    from multidiffusion.images import input_image
+
+    images = options.control_image
+    many = isinstance(images, (list, tuple))
+    images = list(images) if many else [images]
+    if not images:
+        raise ValueError("control_image must be an image or a non-empty list of images")
+    options.control_image = [
+        input_image(image, f"control_image[{i}]" if many else "control_image") for i, image in enumerate(images)
+    ]
+    n = len(images)
+    scales = _per_control(
+        "controlnet_conditioning_scale", options.controlnet_conditioning_scale, n, 0, MAX_CONTROL_SCALE
+    )
+    starts = _per_control("control_guidance_start", options.control_guidance_start, n, 0, 1)
+    ends = _per_control("control_guidance_end", options.control_guidance_end, n, 0, 1)
+    for i, (start, end) in enumerate(zip(starts, ends)):
+        if start >= end:
+            which = f"[{i}]" if n > 1 else ""
+            raise ValueError(
+                f"control_guidance_start{which} must be below control_guidance_end{which}, got {start} and {end}"
+            )
+    from multidiffusion.preprocessors import PREPROCESSORS
+
+    chosen = options.control_preprocessor
+    chosen = list(chosen) if isinstance(chosen, (list, tuple)) else [chosen] * n
+    if len(chosen) != n:
+        raise ValueError(
+            f"control_preprocessor must be a name or a list of {n} names (one per control image), "
+            f"got {options.control_preprocessor!r}"
+        )
+    for i, name in enumerate(chosen):
+        check_choice(f"control_preprocessor[{i}]" if n > 1 else "control_preprocessor", name, tuple(PREPROCESSORS))
+    options.control_preprocessor = chosen if n > 1 else chosen[0]
+    options.controlnet_conditioning_scale = scales if n > 1 else scales[0]
+    options.control_guidance_start = starts if n > 1 else starts[0]
+    options.control_guidance_end = ends if n > 1 else ends[0]
+
+
+def control_settings(options: SamplingOptions) -> list[tuple[Any, float, float, float, str]]:
+    """(input image, scale, start, end, preprocessor) per control image of checked options; empty
+    without any."""
+    images = options.control_image or []
+
+    def listed(value: Any) -> list[Any]:
+        return list(value) if isinstance(value, list) else [value] * len(images)
+
+    return list(
+        zip(
+            images,
+            listed(options.controlnet_conditioning_scale),
+            listed(options.control_guidance_start),
+            listed(options.control_guidance_end),
+            listed(options.control_preprocessor),
+        )
+    )
 
 
 def check_negative(name: str, value: Any, count: int | None = None) -> None:

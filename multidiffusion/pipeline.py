@@ -60,6 +60,7 @@ class MultiDiffusion:
         original_size: str | tuple[int, int] | None = None,
         share_prefix: bool = True,
         share_unconditional: bool = True,
+        controlnet: Any = None,
     ):
         """``pipe``: any Stable Diffusion 1.x / 2.x / XL pipeline (text-to-image, img2img or inpainting;
         its components are shared, not copied; an inpainting UNet serves :meth:`inpaint` and
@@ -70,10 +71,15 @@ class MultiDiffusion:
 
         ``share_prefix`` (guidance branches share the UNet layers before the first cross-attention)
         and ``share_unconditional`` (the prompts of one window share ε_u) are exact optimisations,
-        on by default; they are attributes too, so a comparison can switch them off."""
+        on by default; they are attributes too, so a comparison can switch them off.
+
+        ``controlnet``: a ``ControlNetModel``, its folder, repo id or ``.safetensors`` file, or a list
+        of them (several ControlNets); a diffusers ControlNet pipeline passed as ``pipe`` brings its
+        own. Every task then takes ``control_image`` and diffusers' other ControlNet arguments."""
         self.adapter: ModelAdapter = adapter_for(
             pipe, clip_skip=clip_skip, crops_coords_top_left=crops_coords_top_left, original_size=original_size
         )
+        self.set_controlnet(controlnet if controlnet is not None else self.adapter.controlnet)
         self.scheduler = scheduler if scheduler is not None else self.pipe.scheduler
         make_scheduler(self.scheduler, self.pipe.scheduler.config)  # fail now on a bad name
         self.model_name = model_name or getattr(getattr(pipe, "config", None), "_name_or_path", None) or "custom"
@@ -96,6 +102,7 @@ class MultiDiffusion:
         clip_skip: int | None = None,
         crops_coords_top_left: str | None = None,
         original_size: str | tuple[int, int] | None = None,
+        controlnet: Any = None,
         **kwargs: Any,
     ) -> MultiDiffusion:
         """Load ``model``: ``"demo"`` (shipped, offline), a Hugging Face repo id (local cache first),
@@ -105,6 +112,8 @@ class MultiDiffusion:
         ``allow_pickle=True``. ``prediction_type`` ("epsilon", "v_prediction", "sample") overrides
         the model's, e.g. for v-prediction fine-tunes whose files don't say so. ``device`` defaults
         to CUDA when present, ``torch_dtype`` to float16 on accelerators and float32 on the CPU.
+        ``controlnet``: a ControlNet folder, repo id or ``.safetensors`` file (or a list), loaded
+        the same way (pickles only with ``allow_pickle``) and checked against the model's family.
         The other options are the constructor's.
         """
         pipe = load_pipeline(
@@ -116,7 +125,7 @@ class MultiDiffusion:
             prediction_type=prediction_type,
             **kwargs,
         )
-        return cls(
+        md = cls(
             pipe,
             scheduler=scheduler,
             model_name=model_label(model),
@@ -124,6 +133,7 @@ class MultiDiffusion:
             crops_coords_top_left=crops_coords_top_left,
             original_size=original_size,
         )
+        return md.set_controlnet(controlnet, allow_pickle=allow_pickle) if controlnet is not None else md
 
     # -- conveniences users of diffusers expect -------------------------------------------------
     @property
@@ -163,6 +173,16 @@ class MultiDiffusion:
         from multidiffusion.models.lora import load_lora
 
         return load_lora(self.pipe, lora, adapter_name, **kwargs)
+
+    def set_controlnet(self, controlnet: Any, allow_pickle: bool = False) -> MultiDiffusion:
+        """Run with ``controlnet`` (as the constructor takes it; None: without), checked against the
+        model's family."""
+        from multidiffusion.models.controlnet import load_controlnets
+
+        unet = self.adapter.unet
+        nets = None if controlnet is None else load_controlnets(controlnet, unet, allow_pickle=allow_pickle)
+        self.adapter.controlnet = nets
+        return self
 
     def set_vae_tiling(
         self, tile: int | None = None, overlap: int | None = None, norm_stats: str = "exact"
@@ -211,6 +231,12 @@ class MultiDiffusion:
         callback_on_step_end: Callable[..., dict | None] | None = None,
         placement: str = "grid",
         weights: str | None = None,
+        control_image: Any = None,
+        controlnet_conditioning_scale: float | list[float] = 1.0,
+        control_guidance_start: float | list[float] = 0.0,
+        control_guidance_end: float | list[float] = 1.0,
+        guess_mode: bool = False,
+        control_preprocessor: str | list[str] = "none",
     ) -> MultiDiffusionOutput:
         """A panorama of any size: the paper's sliding windows (Sec. 4.1), all under one prompt.
 
@@ -227,6 +253,14 @@ class MultiDiffusion:
         pixel instead of ~7. The offsets are drawn from a generator seeded with ``generator``'s
         seed (0 without one), so runs are reproducible. ``weights`` ("uniform", the paper's W_i = 1,
         or "gaussian") overrides the placement's default.
+
+        ControlNet (when the model has one: ``from_pretrained(..., controlnet=...)`` or a diffusers
+        ControlNet pipeline): ``control_image`` (one per ControlNet) belongs to the canvas (another
+        size of the same aspect ratio is resized) and each view is conditioned on its crop;
+        ``controlnet_conditioning_scale``, ``control_guidance_start`` / ``end`` and ``guess_mode``
+        are diffusers'; ``control_preprocessor`` ("none", "canny", "tile", "tile-grey", one per
+        control image or one for all) makes the map from the image first
+        (:mod:`multidiffusion.preprocessors`). Every task takes these.
         """
         options = PanoramaOptions(**_options_of(PanoramaOptions, locals()))
         return self.generate(options, generator=generator, latents=latents, callback_on_step_end=callback_on_step_end)
@@ -272,6 +306,12 @@ class MultiDiffusion:
         callback_on_step_end: Callable[..., dict | None] | None = None,
         image: Any = None,
         strength: float | None = None,
+        control_image: Any = None,
+        controlnet_conditioning_scale: float | list[float] = 1.0,
+        control_guidance_start: float | list[float] = 0.0,
+        control_guidance_end: float | list[float] = 1.0,
+        guess_mode: bool = False,
+        control_preprocessor: str | list[str] = "none",
     ) -> MultiDiffusionOutput:
         """Region-based generation (paper Sec. 4.2): each region of the canvas gets its own prompt.
 
@@ -321,6 +361,12 @@ class MultiDiffusion:
         callback_on_step_end: Callable[..., dict | None] | None = None,
         placement: str = "grid",
         weights: str | None = None,
+        control_image: Any = None,
+        controlnet_conditioning_scale: float | list[float] = 1.0,
+        control_guidance_start: float | list[float] = 0.0,
+        control_guidance_end: float | list[float] = 1.0,
+        guess_mode: bool = False,
+        control_preprocessor: str | list[str] = "none",
     ) -> MultiDiffusionOutput:
         """Re-work an image of any size under ``prompt`` (SDEdit over sliding windows).
 
@@ -362,6 +408,12 @@ class MultiDiffusion:
         callback_on_step_end: Callable[..., dict | None] | None = None,
         placement: str = "grid",
         weights: str | None = None,
+        control_image: Any = None,
+        controlnet_conditioning_scale: float | list[float] = 1.0,
+        control_guidance_start: float | list[float] = 0.0,
+        control_guidance_end: float | list[float] = 1.0,
+        guess_mode: bool = False,
+        control_preprocessor: str | list[str] = "none",
     ) -> MultiDiffusionOutput:
         """Upscale ``image`` ``scale`` times (1 to 8): resized by ``upscaler`` ("lanczos", the default,
         or "bicubic", "bilinear", "nearest"; an ESRGAN-family model file read by spandrel, from the
@@ -402,6 +454,12 @@ class MultiDiffusion:
         callback_on_step_end: Callable[..., dict | None] | None = None,
         placement: str = "grid",
         weights: str | None = None,
+        control_image: Any = None,
+        controlnet_conditioning_scale: float | list[float] = 1.0,
+        control_guidance_start: float | list[float] = 0.0,
+        control_guidance_end: float | list[float] = 1.0,
+        guess_mode: bool = False,
+        control_preprocessor: str | list[str] = "none",
     ) -> MultiDiffusionOutput:
         """Repaint the white part of ``mask`` in ``image`` (any size) under ``prompt``, keeping the rest.
 
@@ -442,6 +500,12 @@ class MultiDiffusion:
         callback_on_step_end: Callable[..., dict | None] | None = None,
         placement: str = "grid",
         weights: str | None = None,
+        control_image: Any = None,
+        controlnet_conditioning_scale: float | list[float] = 1.0,
+        control_guidance_start: float | list[float] = 0.0,
+        control_guidance_end: float | list[float] = 1.0,
+        guess_mode: bool = False,
+        control_preprocessor: str | list[str] = "none",
     ) -> MultiDiffusionOutput:
         """Extend ``image`` by ``left``, ``right``, ``top`` and ``bottom`` pixels (multiples of 8) under
         ``prompt``: an inpainting of a larger canvas whose mask is the new area plus ``overlap``

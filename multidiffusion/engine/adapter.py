@@ -62,8 +62,17 @@ class ModelAdapter:
 
     family = "base"
 
-    def __init__(self, pipe: Any):
+    def __init__(self, pipe: Any, controlnet: Any = None):
         self.pipe = pipe
+        self.controlnet = controlnet
+
+    @property
+    def controlnets(self) -> list[torch.nn.Module]:
+        """The ControlNets this model runs with (several for a diffusers ``MultiControlNetModel``)."""
+        if self.controlnet is None:
+            return []
+        nets = getattr(self.controlnet, "nets", None)
+        return list(nets) if nets is not None else [self.controlnet]
 
     @property
     def unet(self) -> torch.nn.Module:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -32,11 +33,13 @@ class Job:
     """One model evaluation per step: view F_i of the canvas under prompt ``prompt`` with weight W_i.
 
     ``weight`` is the view's weight on its own latent grid, shape (h, w), or ``None`` for W_i = 1.
+    ``group``: jobs of different groups never share a model call (a region's own LoRA set).
     """
 
     view: View
     prompt: int
     weight: torch.Tensor | None = None
+    group: Any = None
 
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, Sequence[Job]], torch.Tensor]
@@ -77,15 +80,18 @@ class FusionPlan:
         self.normalizer = den
         # weights move to the device and dtype of the accumulation once, not every step
         self.jobs = [
-            job if job.weight is None else Job(job.view, job.prompt, job.weight.to(self.device, torch.float32))
+            job
+            if job.weight is None
+            else Job(job.view, job.prompt, job.weight.to(self.device, torch.float32), job.group)
             for job in self.jobs
         ]
 
     def batches(self, batch_size: int | None) -> Iterator[list[Job]]:
-        """Jobs in groups of at most ``batch_size`` (None: all), each group with one view size."""
-        by_size: dict[tuple[int, int], list[Job]] = {}
+        """Jobs in groups of at most ``batch_size`` (None: all), each group with one view size and
+        one job group."""
+        by_size: dict[tuple[tuple[int, int], Any], list[Job]] = {}
         for job in self.jobs:
-            by_size.setdefault(job.view.size, []).append(job)
+            by_size.setdefault((job.view.size, job.group), []).append(job)
         for group in by_size.values():
             step = batch_size or len(group)
             for i in range(0, len(group), step):

@@ -20,6 +20,8 @@ import torch
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
+from multidiffusion.engine.control import build_controls
+from multidiffusion.engine.loras import LoraSwitch
 from multidiffusion.engine.sampler import GuidedModel, SamplingStats, sample
 from multidiffusion.engine.schedulers import SCHEDULERS, make_scheduler, scheduler_name
 from multidiffusion.engine.task import Start, Task
@@ -90,6 +92,8 @@ def run(
     use_cfg = max(slots.guidance) > 1.0
     cond = adapter.encode(slots.prompts, slots.negatives, options.num_images_per_prompt, use_cfg)
     stats = SamplingStats()
+    controls = build_controls(options, adapter, task.size, task.region_controls())
+    loras = _lora_switch(task, adapter)
     model = GuidedModel(
         adapter,
         cond,
@@ -98,6 +102,8 @@ def run(
         stats,
         share_prefix=settings.share_prefix,
         share_unconditional=settings.share_unconditional,
+        controls=controls,
+        loras=loras,
     )
     batch_size = options.view_batch_size or auto_batch(adapter)
     start = Start(noise, sched, generator, timesteps, model, plan_for_step, batch_size)
@@ -127,9 +133,14 @@ def run(
         "num_images_per_prompt": options.num_images_per_prompt,
         "scheduler": _scheduler_label(scheduler),
         "eta": options.eta,
+        **_control_parameters(options),
         "seed": _seed_of(generator, latents),
         "multidiffusion_version": __version__,
     }
+    if controls is not None:
+        stats.controlnet_calls = controls.calls
+    if loras is not None:
+        stats.lora_switches, stats.lora_seconds = loras.switches, loras.seconds
     images = _postprocess(adapter, x, options.output_type, task.circular, settings.decode)
     stats.seconds = time.perf_counter() - started
     return MultiDiffusionOutput(images, params, stats)
@@ -245,6 +256,33 @@ def _postprocess(adapter: Any, latents: torch.Tensor, output_type: str, circular
     image = decode_latents(adapter.vae, latents, circular=circular, **decode)
     processor = VaeImageProcessor(vae_scale_factor=adapter.vae_scale_factor)
     return processor.postprocess(image, output_type=output_type)
+
+
+def _lora_switch(task: Task, adapter: Any) -> LoraSwitch | None:
+    """The UNet's LoRA switch when some prompt has its own LoRA set, each set checked."""
+    sets = task.lora_sets()
+    if not sets:
+        return None
+    lister = getattr(adapter.pipe, "get_list_adapters", None)
+    loaded = {n for names in (lister() if lister else {}).values() for n in names}
+    switch = LoraSwitch(adapter.unet, loaded)
+    for key, name in sets.values():
+        switch.check(key, name)
+    return switch
+
+
+def _control_parameters(options: Any) -> dict[str, Any]:
+    """The ControlNet settings as stored (control images by path and SHA-256), when there are any."""
+    if not options.control_image:
+        return {}
+    return {
+        "control_image": [image.record() for image in options.control_image],
+        "controlnet_conditioning_scale": options.controlnet_conditioning_scale,
+        "control_guidance_start": options.control_guidance_start,
+        "control_guidance_end": options.control_guidance_end,
+        "guess_mode": options.guess_mode,
+        "control_preprocessor": options.control_preprocessor,
+    }
 
 
 def _scheduler_label(scheduler: Any) -> str:

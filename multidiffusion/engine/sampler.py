@@ -20,7 +20,9 @@ import torch
 from tqdm.auto import tqdm
 
 from multidiffusion.engine.adapter import Conditioning, ModelAdapter
+from multidiffusion.engine.control import Controls
 from multidiffusion.engine.fusion import FusionPlan, InputComposer, Job, fused_prediction
+from multidiffusion.engine.loras import LoraSwitch
 from multidiffusion.engine.shared_prefix import SharedPrefix
 
 __all__ = ["GuidedModel", "SamplingStats", "sample"]
@@ -37,6 +39,9 @@ class SamplingStats:
     steps: int = 0
     canvas_pixels: int = 0
     seconds: float = 0.0  # wall time of the whole call, decode included
+    controlnet_calls: int = 0  # ControlNet forward passes (each over a batch of views)
+    lora_switches: int = 0  # changes of the UNet's LoRA set (regions with their own LoRAs)
+    lora_seconds: float = 0.0  # time those changes took
 
     @property
     def coverage(self) -> float:
@@ -70,8 +75,13 @@ class GuidedModel:
         stats: SamplingStats | None = None,
         share_prefix: bool = True,
         share_unconditional: bool = True,
+        controls: Controls | None = None,
+        loras: LoraSwitch | None = None,
     ):
         self.adapter = adapter
+        self.loras = loras
+        self.controls = controls if controls else None
+        self._step = (0, 1)
         self.share_unconditional = share_unconditional
         self._same_negative: dict[tuple[int, int], bool] = {}
         self.prefix = SharedPrefix(adapter.unet) if share_prefix and cond.negative is not None else None
@@ -82,11 +92,18 @@ class GuidedModel:
         self._uniform = self.guidance[0] if len(set(self.guidance)) == 1 else None
         self._scales: dict[tuple[int, ...], torch.Tensor] = {}
 
+    def at_step(self, step: int, steps: int) -> None:
+        """The sampler tells the model which step of how many runs next (ControlNets act in a range)."""
+        self._step = (step, steps)
+
     def __call__(self, crops: torch.Tensor, t: torch.Tensor, jobs: Sequence[Job]) -> torch.Tensor:
         guided = self.cond.negative is not None
         kwargs = self.adapter.unet_kwargs(self.cond, jobs, self.canvas)
         n, per = crops.shape[0], crops.shape[0] // len(jobs)
-        groups = self._unconditional_groups(crops, jobs, per) if guided and self.share_unconditional else None
+        active = self.controls.active(*self._step) if self.controls is not None else []
+        # with a ControlNet acting, ε_u also depends on the control crop: no sharing across jobs
+        share = guided and self.share_unconditional and not active
+        groups = self._unconditional_groups(crops, jobs, per) if share else None
         if not guided:
             x, context = crops, contextlib.nullcontext()
         elif groups is None:
@@ -102,6 +119,10 @@ class GuidedModel:
                 if self.prefix is not None
                 else contextlib.nullcontext()
             )
+        if self.loras is not None:
+            self.loras.use(jobs[0].group)  # a batch holds one group (FusionPlan.batches)
+        if active:
+            kwargs = {**kwargs, **self.controls.residuals(active, x, t, jobs, kwargs, guided)}
         with context:
             out = self.adapter.unet(x, t, return_dict=False, **kwargs)[0]
         self.stats.model_calls += 1
@@ -149,8 +170,14 @@ class GuidedModel:
         return self._same_negative[key]
 
     def attached(self) -> contextlib.AbstractContextManager:
-        """Context for a sampling run: installs the shared-prefix hooks, removes them after."""
-        return self.prefix.attached() if self.prefix is not None else contextlib.nullcontext()
+        """Context for a sampling run: installs the shared-prefix hooks and, with LoRA sets, restores
+        the UNet's adapters after; undone when the run ends."""
+        stack = contextlib.ExitStack()
+        if self.prefix is not None:
+            stack.enter_context(self.prefix.attached())
+        if self.loras is not None:
+            stack.enter_context(self.loras.attached())
+        return stack
 
     def _scale(self, jobs: Sequence[Job], batch: int) -> float | torch.Tensor:
         if self._uniform is not None:
@@ -221,6 +248,7 @@ def sample(
     total = -(-len(timesteps) // order)  # steps, as diffusers counts them
     with tqdm(total=total, **(progress or {})) as bar:
         for i, t in enumerate(timesteps):
+            model.at_step(i, len(timesteps))
             x_in = scheduler.scale_model_input(x, t)
             compose = composer_for_step(i, t) if composer_for_step is not None else None
             prediction = fused_prediction(model, x_in, t, plan_for_step(i), batch_size, compose)

@@ -131,6 +131,17 @@ class Task:
         """What replaces the canvas after each scheduler step (inpainting's blending), or None."""
         return None
 
+    def region_controls(self) -> list[tuple[int, str, Any, float, int]]:
+        """(prompt slot, parameter name, control image, scale, ControlNet index) of prompts with their
+        own control image (regions); none by default."""
+        return []
+
+    def lora_sets(self) -> dict[int, tuple[Any, str]]:
+        """Prompt slot -> (its own LoRA set (:func:`~multidiffusion.engine.loras.lora_key`), the
+        parameter's name for errors), for prompts that have one (regions); the jobs of those slots
+        carry the set as their ``group``."""
+        return {}
+
     def extra_evaluations(self, jobs_per_step: int) -> int:
         """Window evaluations the task spends outside the sampling steps (noise inversion), for the
         compute bound."""

@@ -20,10 +20,11 @@ class StableDiffusionAdapter(ModelAdapter):
     def __init__(self, pipe: Any, clip_skip: int | None = None):
         from diffusers import StableDiffusionPipeline
 
+        controlnet = getattr(pipe, "controlnet", None)  # a ControlNet pipeline's, kept for every task
         if not isinstance(pipe, StableDiffusionPipeline):
             # img2img, panorama or other siblings share the components: reuse them, no copies
             pipe = StableDiffusionPipeline.from_pipe(pipe)
-        super().__init__(pipe)
+        super().__init__(pipe, controlnet)
         self.clip_skip = clip_skip
 
     def encode(

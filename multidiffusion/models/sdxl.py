@@ -60,10 +60,11 @@ class StableDiffusionXLAdapter(ModelAdapter):
     ):
         from diffusers import StableDiffusionXLPipeline
 
+        controlnet = getattr(pipe, "controlnet", None)  # a ControlNet pipeline's, kept for every task
         if not isinstance(pipe, StableDiffusionXLPipeline):
             # img2img or other siblings share the components: reuse them, no copies
             pipe = StableDiffusionXLPipeline.from_pipe(pipe)
-        super().__init__(pipe)
+        super().__init__(pipe, controlnet)
         self.clip_skip = clip_skip
         if crops_coords_top_left not in CROPS_COORDS:
             raise ValueError(

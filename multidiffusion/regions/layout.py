@@ -52,7 +52,19 @@ touches)."""
 MAX_FEATHER = 1024
 """Largest feather, in pixels."""
 
-_FIELDS = ("prompt", "negative_prompt", "mask", "box", "weight", "guidance_scale", "feather")
+_FIELDS = (
+    "prompt",
+    "negative_prompt",
+    "mask",
+    "box",
+    "weight",
+    "guidance_scale",
+    "feather",
+    "control_image",
+    "controlnet_conditioning_scale",
+    "controlnet",
+    "loras",
+)
 
 
 def _is_number(value: Any) -> bool:
@@ -69,6 +81,15 @@ class Region:
     region's W_k in Eq. 5 against its neighbours and the background; ``guidance_scale`` overrides
     the call's for this prompt; ``negative_prompt`` defaults to the call's; ``feather`` softens the
     mask's edges by about that many pixels (:func:`~multidiffusion.regions.masks.feather_mask`).
+
+    ``control_image``: a control map for this region's prompt only (e.g. a pose where the person
+    is), at the canvas's size or aspect ratio, run through the model's ControlNet number
+    ``controlnet`` (0: the first) at ``controlnet_conditioning_scale``; the other prompts' views
+    don't get it. It acts over the call's control_guidance_start/end (of the first control).
+
+    ``loras``: adapter name -> weight, LoRAs loaded with ``md.load_lora(..., adapter_name=...)``
+    that this region's views run with instead of the pipeline's active ones (UNet only; see
+    :mod:`multidiffusion.engine.loras`).
     """
 
     prompt: str
@@ -78,6 +99,10 @@ class Region:
     weight: float = 1.0
     guidance_scale: float | None = None
     feather: float = 0.0
+    control_image: Any = None
+    controlnet_conditioning_scale: float = 1.0
+    controlnet: int = 0
+    loras: Mapping[str, float] | None = None
     _pixels: tuple[int, torch.Tensor] | None = field(default=None, init=False, repr=False)
     _fitted: tuple[Any, torch.Tensor] | None = field(default=None, init=False, repr=False)
 
@@ -96,6 +121,24 @@ class Region:
             raise ValueError(f"guidance_scale must be a number ≥ 0 or None, got {self.guidance_scale!r}")
         if not _is_number(self.feather) or not 0 <= self.feather <= MAX_FEATHER:
             raise ValueError(f"feather must be a number of pixels from 0 to {MAX_FEATHER}, got {self.feather!r}")
+        if self.control_image is not None:
+            from multidiffusion.images import input_image
+
+            self.control_image = input_image(self.control_image, "control_image")
+        scale = self.controlnet_conditioning_scale
+        if not _is_number(scale) or not 0 <= scale <= 10:
+            raise ValueError(f"controlnet_conditioning_scale must be a number from 0 to 10, got {scale!r}")
+        if self.loras is not None:
+            if not isinstance(self.loras, Mapping) or not all(isinstance(k, str) and k for k in self.loras):
+                raise ValueError(f"loras must be a table of adapter name = weight, got {self.loras!r}")
+            for k, v in self.loras.items():
+                if not _is_number(v) or not -10 <= v <= 10:
+                    raise ValueError(f"loras[{k!r}] must be a weight from -10 to 10, got {v!r}")
+            self.loras = {k: float(v) for k, v in self.loras.items()}
+        if isinstance(self.controlnet, bool) or not isinstance(self.controlnet, int) or self.controlnet < 0:
+            raise ValueError(
+                f"controlnet must be the index of one of the model's ControlNets (0, 1, ...), got {self.controlnet!r}"
+            )
 
     @classmethod
     def from_segmentation(cls, map: MaskLike, colors: Mapping[Any, str | Region | Mapping | None]) -> list[Region]:
@@ -175,6 +218,12 @@ class Region:
             data["guidance_scale"] = self.guidance_scale
         if self.feather:
             data["feather"] = self.feather
+        if self.control_image is not None:
+            data["control_image"] = self.control_image.record()
+            data["controlnet_conditioning_scale"] = self.controlnet_conditioning_scale
+            data["controlnet"] = self.controlnet
+        if self.loras is not None:
+            data["loras"] = dict(self.loras)
         return data
 
 

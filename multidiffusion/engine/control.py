@@ -1,0 +1,205 @@
+"""ControlNet per view: each view's model call gets the control image's crop at that view's place.
+
+A ControlNet adds residuals to the UNet's skip connections, computed from the noisy latents, the
+prompt and a control image (edges, depth, pose, a low-resolution tile). Under MultiDiffusion the
+control image belongs to the canvas: view F_i (latent offset (top, left), size (h, w)) is
+conditioned on the pixels ``control[:, :, f*top : f*(top+h), f*left : f*(left+w)]`` (wrapping
+around on circular canvases), in the same batched call as the UNet:
+
+    down_i, mid_i = Σ_c ControlNet_c(F_i(x_t), t, y_i, crop_i(control_c), scale_c)
+    ε_i = UNet(F_i(x_t), t, y_i, down_i, mid_i)
+
+and the fused prediction is Eq. 5 over the ε_i as always. This is what diffusers'
+``StableDiffusionControlNetPipeline`` does on one view (several ControlNets sum their residuals, as
+its ``MultiControlNetModel``); the peers' failures (the whole control image fed to every tile,
+tensor-size crashes) come from not cropping.
+
+``control_guidance_start`` / ``end`` (fractions of the steps that run) bound where a ControlNet
+acts: diffusers multiplies the scale by 0 outside, which still runs the ControlNet; here it is not
+run at all, which gives the same output (its residuals would be exact zeros) for less work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from multidiffusion.engine.fusion import Job
+from multidiffusion.engine.views import View, crop
+
+__all__ = ["Control", "Controls", "control_crop"]
+
+
+@dataclass(eq=False)
+class Control:
+    """One ControlNet over the canvas: its ``image`` (1, 3, H, W) in [0, 1] at the canvas's pixel
+    size, the residuals' ``scale`` and the fraction of the steps [``start``, ``end``] it acts in."""
+
+    model: torch.nn.Module
+    image: torch.Tensor
+    scale: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    slots: frozenset[int] | None = None  # the prompt slots it conditions (a region's); None: every job
+
+    def active(self, step: int, steps: int) -> bool:
+        """diffusers' ``controlnet_keep``: step i of n is kept unless i/n < start or (i+1)/n > end."""
+        return not (step / steps < self.start or (step + 1) / steps > self.end)
+
+
+def control_crop(image: torch.Tensor, view: View, scale_factor: int) -> torch.Tensor:
+    """The pixels of a canvas-sized control ``image`` under latent ``view`` (wrapping horizontally)."""
+    f = scale_factor
+    return crop(image, View(view.top * f, view.left * f, view.height * f, view.width * f))
+
+
+class Controls:
+    """The ControlNets of a call: :meth:`residuals` gives the UNet's extra keyword arguments for a
+    batch of jobs at the current step, or an empty dict when no ControlNet acts then.
+
+    ``guess_mode`` as in diffusers: with guidance, the ControlNet sees only the conditional branch
+    and the unconditional branch gets no residuals."""
+
+    def __init__(self, controls: Sequence[Control], scale_factor: int, guess_mode: bool = False):
+        self.controls = list(controls)
+        self.scale_factor = scale_factor
+        self.guess_mode = guess_mode
+        self.calls = 0  # ControlNet forward passes, for the cost figures
+        self._crops: dict[tuple[int, tuple[View, ...], int], torch.Tensor] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.controls)
+
+    def active(self, step: int, steps: int) -> list[Control]:
+        return [c for c in self.controls if c.active(step, steps)]
+
+    def _images(self, control: Control, jobs: Sequence[Job], per: int, dtype: torch.dtype) -> torch.Tensor:
+        """Control crops of the jobs' views, ``per`` rows (images) each, job-major; cached per call."""
+        key = (id(control), tuple(job.view for job in jobs), per)
+        if key not in self._crops:
+            crops = [control_crop(control.image, job.view, self.scale_factor) for job in jobs]
+            self._crops[key] = torch.cat(crops).repeat_interleave(per, dim=0).to(dtype)
+        return self._crops[key]
+
+    def residuals(
+        self,
+        active: Sequence[Control],
+        x: torch.Tensor,
+        t: torch.Tensor,
+        jobs: Sequence[Job],
+        unet_kwargs: dict[str, Any],
+        guided: bool,
+    ) -> dict[str, Any]:
+        """``down_block_additional_residuals`` and ``mid_block_additional_residual`` for the UNet
+        input ``x`` ([uncond rows; cond rows] when ``guided``) of these jobs, summed over the
+        ``active`` ControlNets."""
+        if not active:
+            return {}
+        n = x.shape[0] // 2 if guided else x.shape[0]
+        per = n // len(jobs)
+        half = guided and self.guess_mode
+        inputs = x[n:] if half else x
+        states = unet_kwargs["encoder_hidden_states"]
+        states = states[n:] if half else states
+        added = unet_kwargs.get("added_cond_kwargs")
+        if added is not None and half:
+            added = {k: v[n:] for k, v in added.items()}
+        down: list[torch.Tensor] | None = None
+        mid: torch.Tensor | None = None
+        for control in active:
+            mine = [j for j, job in enumerate(jobs) if control.slots is None or job.prompt in control.slots]
+            if not mine:
+                continue
+            image = self._images(control, [jobs[j] for j in mine], per, x.dtype)
+            rows = None
+            if len(mine) < len(jobs):  # a region's control: only its jobs' rows, zeros elsewhere
+                rows = torch.tensor([j * per + b for j in mine for b in range(per)], device=x.device)
+                if guided and not half:
+                    rows = torch.cat([rows, rows + n])
+            if guided and not half:
+                image = torch.cat([image, image])
+            extra = {"added_cond_kwargs": {k: _rows(v, rows) for k, v in added.items()}} if added is not None else {}
+            d, m = control.model(
+                _rows(inputs, rows),
+                t,
+                encoder_hidden_states=_rows(states, rows),
+                controlnet_cond=image,
+                conditioning_scale=control.scale,
+                guess_mode=self.guess_mode,
+                return_dict=False,
+                **extra,
+            )
+            self.calls += 1
+            if rows is not None:
+                d = [_scatter(r, rows, inputs.shape[0]) for r in d]
+                m = _scatter(m, rows, inputs.shape[0])
+            if down is None:
+                down, mid = list(d), m
+            else:  # as diffusers' MultiControlNetModel: residuals summed in order
+                down = [a + b for a, b in zip(down, d)]
+                mid = mid + m
+        if down is None:
+            return {}
+        if half:
+            down = [torch.cat([torch.zeros_like(d), d]) for d in down]
+            mid = torch.cat([torch.zeros_like(mid), mid])
+        return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+
+
+def _rows(value: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    return value if rows is None else value.index_select(0, rows)
+
+
+def _scatter(value: torch.Tensor, rows: torch.Tensor, total: int) -> torch.Tensor:
+    out = value.new_zeros((total, *value.shape[1:]))
+    return out.index_copy(0, rows, value)
+
+
+def build_controls(
+    options: Any, adapter: Any, size: tuple[int, int], region_controls: Sequence[tuple[int, str, Any, float, int]] = ()
+) -> Controls | None:
+    """The :class:`Controls` of checked ``options`` for a model's ``adapter`` on a canvas of ``size``
+    pixels, or None without a control image. Each control image is resized to the canvas as
+    diffusers' control image processor does (RGB, [0, 1]); one of another aspect ratio is refused.
+
+    ``region_controls``: (prompt slot, name, input image, scale, ControlNet index) of regions with
+    their own control image; each conditions only its slot's jobs, over the call's first control range."""
+    from diffusers.image_processor import VaeImageProcessor
+
+    from multidiffusion.options import check_same_aspect, control_settings
+    from multidiffusion.preprocessors import preprocess
+
+    settings = control_settings(options)
+    if not settings and not region_controls:
+        return None
+    nets = adapter.controlnets
+    if not nets:
+        raise ValueError(
+            "control_image: this model has no ControlNet; load one with "
+            "MultiDiffusion.from_pretrained(model, controlnet=...) or wrap a diffusers ControlNet pipeline"
+        )
+    if settings and len(nets) != len(settings):
+        raise ValueError(
+            f"control_image: this model runs {len(nets)} ControlNet(s); give {'a list of ' if len(nets) > 1 else ''}"
+            f"{len(nets)} control image(s), got {len(settings)}"
+        )
+    processor = VaeImageProcessor(vae_scale_factor=adapter.vae_scale_factor, do_convert_rgb=True, do_normalize=False)
+    controls = []
+    for i, (image, scale, start, end, preprocessor) in enumerate(settings):
+        name = "control_image" if len(settings) == 1 else f"control_image[{i}]"
+        check_same_aspect(name, image.size, "canvas", size)
+        pixels = processor.preprocess(preprocess(image.image, preprocessor), height=size[0], width=size[1])
+        pixels = pixels.to(torch.float32)
+        controls.append(Control(nets[i], pixels.to(adapter.device, adapter.dtype), scale, start, end))
+    start, end = (settings[0][2], settings[0][3]) if settings else (0.0, 1.0)
+    for slot, name, image, scale, index in region_controls:
+        if index >= len(nets):
+            raise ValueError(f"{name}: controlnet={index}, but this model runs {len(nets)} ControlNet(s)")
+        check_same_aspect(name, image.size, "canvas", size)
+        pixels = processor.preprocess(image.image.convert("RGB"), height=size[0], width=size[1]).to(torch.float32)
+        slots = frozenset([slot])
+        controls.append(Control(nets[index], pixels.to(adapter.device, adapter.dtype), scale, start, end, slots))
+    return Controls(controls, adapter.vae_scale_factor, options.guess_mode)

@@ -1,0 +1,119 @@
+"""Loading ControlNets and checking they fit the model: a diffusers folder, a repo id (local cache
+first, the hub within ``HUB_TIMEOUT_S``), a single ``.safetensors`` file (pickles only when
+allowed), an already loaded ``ControlNetModel``, or a list of those for several ControlNets."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from multidiffusion.models.files import ModelNotFoundError, is_pickle_path
+
+__all__ = ["check_controlnet", "load_controlnet", "load_controlnets"]
+
+_KINDS = "a ControlNet folder, a Hugging Face repo id, a .safetensors file or a ControlNetModel"
+
+
+def _family(config: Any) -> str:
+    added = config.get("addition_embed_type") if hasattr(config, "get") else None
+    return "SDXL" if added == "text_time" else "SD 1.x/2.x"
+
+
+def check_controlnet(controlnet: torch.nn.Module, unet: torch.nn.Module, name: str = "controlnet") -> None:
+    """ValueError in one line when ``controlnet`` was made for another model family than ``unet``
+    (its text width, added conditioning or block widths differ)."""
+    c, u = controlnet.config, unet.config
+    mismatch = [
+        key
+        for key in ("cross_attention_dim", "addition_embed_type", "block_out_channels")
+        if (list(c.get(key)) if isinstance(c.get(key), (list, tuple)) else c.get(key))
+        != (list(u.get(key)) if isinstance(u.get(key), (list, tuple)) else u.get(key))
+    ]
+    if mismatch:
+        raise ValueError(
+            f"{name}: this ControlNet was made for another model ({_family(c)}, {mismatch[0]}={c.get(mismatch[0])!r}) "
+            f"than the one loaded ({_family(u)}, {mismatch[0]}={u.get(mismatch[0])!r}); use a ControlNet of the "
+            "model's family"
+        )
+
+
+def load_controlnet(
+    spec: Any, *, torch_dtype: torch.dtype | None = None, allow_pickle: bool = False, name: str = "controlnet"
+) -> torch.nn.Module:
+    """One ControlNet from ``spec`` (see the module docstring)."""
+    from diffusers import ControlNetModel
+
+    if isinstance(spec, torch.nn.Module):
+        return spec
+    if not isinstance(spec, (str, os.PathLike)):
+        raise ValueError(f"{name} must be {_KINDS}, got {type(spec).__name__}")
+    kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+    path = Path(spec).expanduser()
+    if path.is_file():
+        if is_pickle_path(path) and not allow_pickle:
+            raise ModelNotFoundError(
+                f"{name}: {path.name} is a pickle checkpoint, which can run code when loaded; convert it to "
+                ".safetensors, or pass allow_pickle=True (--allow-pickle) if you trust its source"
+            )
+        if path.suffix != ".safetensors" and not is_pickle_path(path):
+            raise ModelNotFoundError(f"{name}: a ControlNet file must be .safetensors, got {path.name}")
+        try:
+            return ControlNetModel.from_single_file(str(path), **kwargs)
+        except Exception as exc:  # diffusers needs the hub for a single file's config when not cached
+            raise ModelNotFoundError(
+                f"{name}: could not load {path.name} as a ControlNet ({type(exc).__name__}); give its diffusers "
+                "folder instead"
+            ) from None
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{name}: {path} is not a ControlNet folder (no config.json)")
+        has_safetensors = any(path.glob("*.safetensors"))
+        if not has_safetensors and not allow_pickle:
+            raise ModelNotFoundError(
+                f"{name}: {path} holds pickle weights only; pass allow_pickle=True (--allow-pickle) if you trust it"
+            )
+        return ControlNetModel.from_pretrained(str(path), use_safetensors=None if allow_pickle else True, **kwargs)
+    if str(spec).startswith((".", "/", "~")) or path.suffix in (".safetensors", ".pth", ".bin", ".ckpt", ".pt"):
+        raise ModelNotFoundError(f"{name}: no such file or folder {str(spec)!r}")
+    return _load_repo(str(spec), allow_pickle, name, **kwargs)
+
+
+def _load_repo(repo: str, allow_pickle: bool, name: str, **kwargs: Any) -> torch.nn.Module:
+    from diffusers import ControlNetModel
+
+    from multidiffusion.models.loading import HUB_TIMEOUT_S, _ask_hub, _before, _how_to_get
+
+    use = {"use_safetensors": None if allow_pickle else True, **kwargs}
+    try:
+        return ControlNetModel.from_pretrained(repo, local_files_only=True, **use)
+    except (OSError, ValueError):
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "false", ""):
+        raise ModelNotFoundError(f"{name}: " + _how_to_get(repo))
+    _before(time.monotonic() + HUB_TIMEOUT_S, lambda: _ask_hub(repo), repo)
+    return ControlNetModel.from_pretrained(repo, **use)
+
+
+def load_controlnets(
+    spec: Any, unet: torch.nn.Module, *, torch_dtype: torch.dtype | None = None, allow_pickle: bool = False
+) -> torch.nn.Module:
+    """One ControlNet, or a diffusers ``MultiControlNetModel`` for a list, each checked against
+    ``unet`` and moved to its device and dtype."""
+    from diffusers import MultiControlNetModel
+
+    if getattr(spec, "nets", None) is not None:  # a MultiControlNetModel: its nets, checked one by one
+        spec = list(spec.nets)
+    specs = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+    if not specs:
+        raise ValueError("controlnet must be a ControlNet or a non-empty list of them")
+    nets = []
+    for i, s in enumerate(specs):
+        label = "controlnet" if len(specs) == 1 else f"controlnet[{i}]"
+        net = load_controlnet(s, torch_dtype=torch_dtype or unet.dtype, allow_pickle=allow_pickle, name=label)
+        check_controlnet(net, unet, label)
+        nets.append(net.to(unet.device, unet.dtype))
+    return nets[0] if len(nets) == 1 else MultiControlNetModel(nets)
