@@ -18,6 +18,7 @@ from PIL import Image
 
 from multidiffusion.app import Limits, ModelPool
 from multidiffusion.app.handlers import (
+    Cancelled,
     OutputStore,
     generate_inpaint,
     generate_upscale,
@@ -257,6 +258,22 @@ def test_img2img_runs_writes_a_png_and_its_settings_come_back(pool, tmp_path):
     assert notes == ["the input image is not stored in the PNG: upload it again"]
     again = generate_upscale({**form, **values}, pool=pool, limits=Limits(), store=store)
     assert (np.asarray(Image.open(again.path)) == np.asarray(Image.open(result.path))).all()
+
+
+def test_a_cancelled_image_job_stops_between_steps_and_writes_nothing(pool, tmp_path):
+    done: list[int] = []
+    form = {**IMAGE_FORM, "task": "img2img", "image": picture(tmp_path / "photo.png"), "strength": 1.0}
+    store = OutputStore(tmp_path / "out")
+    with pytest.raises(Cancelled):
+        generate_upscale(
+            form,
+            pool=pool,
+            limits=Limits(),
+            store=store,
+            on_step=lambda i, n: done.append(i),
+            is_cancelled=lambda: bool(done),
+        )
+    assert done == [1] and list(store.folder.glob("*.png")) == []
 
 
 def test_progress_counts_the_steps_that_run():
