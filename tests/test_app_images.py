@@ -173,6 +173,7 @@ def test_the_page_chooses_upscalers_by_name_never_by_path(tmp_path):
     assert offered.names[-1] == "sharp" and offered.resolve("sharp") == (str(model), False)
     assert offered.name_of(str(model)) == "sharp" and offered.name_of("sharp") == "sharp"
     assert offered.name_of("/elsewhere/4x.pth") is None and offered.name_of("LANCZOS") == "lanczos"
+    assert offered.name_of({"path": str(model), "sha256": "0" * 64}) == "sharp"  # the library's record of a file
     assert parse_upscaler(str(model)) == ("4x", str(model))
 
     pickle = tmp_path / "old.pth"
@@ -442,3 +443,40 @@ def test_the_server_caps_what_pil_decodes(monkeypatch):
     assert Image.MAX_IMAGE_PIXELS == 1024 * 1024
     limit_decoded_pixels(Limits(max_side=16384))  # never raised
     assert Image.MAX_IMAGE_PIXELS == 1024 * 1024
+
+
+def test_the_page_reads_only_files_uploaded_to_it(md16, tmp_path):
+    """A request that names a file on the server as its image (not an upload) gets no result: Gradio
+    refuses paths outside its upload folder before the handler runs. The same file uploaded runs."""
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("gradio")
+    from multidiffusion.app.server import create_app, launch
+
+    from .test_app_cancel import _free_port, _join, _result
+
+    store = OutputStore(tmp_path / "out")
+    app = create_app(["tiny"], lambda name: md16, Limits(), store)
+    port = _free_port()
+    launch(app, host="127.0.0.1", port=port, limits=Limits(), block=False)
+    secret = picture(tmp_path / "secret.png")
+    try:
+        index, fn = next((i, fn) for i, fn in app.fns.items() if "upscale-result" in _ids(fn.outputs))
+        by_id = {"upscale-prompt": "a red house", "upscale-task": "img2img", "upscale-steps": 4, "upscale-seed": 1}
+        data = [by_id.get(c.elem_id, c.value) for c in fn.inputs]
+        image_at = [c.elem_id for c in fn.inputs].index("upscale-image")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}/gradio_api/", timeout=120) as client:
+            data[image_at] = {"path": secret, "meta": {"_type": "gradio.FileData"}}
+            _join(client, index, data, "forged")
+            done = _result(client, "forged")
+            assert not done["success"], done  # Gradio: "not uploaded by a user"; the handler never ran
+            assert list(store.folder.glob("*.png")) == []
+
+            with open(secret, "rb") as f:
+                uploaded = client.post("upload", files={"files": ("secret.png", f, "image/png")}).json()[0]
+            data[image_at] = {"path": uploaded, "orig_name": "secret.png", "meta": {"_type": "gradio.FileData"}}
+            _join(client, index, data, "uploaded")
+            done = _result(client, "uploaded")
+        assert done["success"], done
+        assert "128x64 px re-worked" in done["output"]["data"][2] and len(list(store.folder.glob("*.png"))) == 1
+    finally:
+        app.close()

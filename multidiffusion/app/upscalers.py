@@ -71,7 +71,10 @@ class Upscalers:
 
     def name_of(self, stored: object) -> str | None:
         """The page's name for an upscaler stored in a PNG's settings (a filter, a name of this server's
-        list, or one of its files' paths); None when this server does not offer it. Nothing is opened."""
+        list, or one of its files' paths, bare or as the library's ``{"path", "sha256"}`` record); None
+        when this server does not offer it. Nothing is opened."""
+        if isinstance(stored, Mapping):
+            stored = stored.get("path")
         if isinstance(stored, str) and stored.lower() in UPSCALE_FILTERS:
             return stored.lower()
         if isinstance(stored, str) and stored in self.files:
