@@ -62,7 +62,7 @@ def inpaint_tab(ctx: AppContext) -> dict[str, Any]:
                 type="pil",
                 image_mode="RGBA",
                 format="png",
-                label="Image: paint over what to repaint",
+                label="Image (inpaint: paint over what to repaint)",
                 sources=[],  # images come through the upload button, whose file the checked loader reads
                 brush=gr.Brush(colors=[MASK_COLOUR], default_color=MASK_COLOUR, color_mode="fixed"),
                 layers=False,
