@@ -62,7 +62,6 @@ __all__ = [
     "check_same_aspect",
     "check_seed",
     "check_side",
-    "check_steps_run",
     "check_strength",
     "check_text",
     "pair",
@@ -355,7 +354,6 @@ class RegionsOptions(SamplingOptions):
         else:
             self.image = _input_image(self, "image")
             self.strength = check_strength(0.75 if self.strength is None else self.strength)
-            check_steps_run(self.num_inference_steps, self.strength)
 
 
 # -- images in -----------------------------------------------------------------------------------------
@@ -375,18 +373,6 @@ def check_strength(value: Any, name: str = "strength") -> float:
             f"{name} must be a number in (0, 1] (the fraction of the steps that re-work the image), got {value!r}"
         )
     return float(value)
-
-
-def check_steps_run(steps: int, strength: float) -> None:
-    """ValueError when ``strength`` of ``steps`` runs no denoising step (diffusers' rule: the last
-    ``int(steps * strength)`` run), naming the fewest steps that would run one."""
-    if strength < 1 and int(steps * strength) < 1:
-        fewest = math.ceil(1 / strength)
-        fewest += int(fewest * strength) < 1
-        raise ValueError(
-            f"num_inference_steps {steps} at strength {strength:g} runs no step (the last int(steps x strength) "
-            f"run): give at least {fewest} steps or a higher strength"
-        )
 
 
 def _input_image(options: SamplingOptions, name: str, mode: str = "RGB") -> Any:
@@ -419,7 +405,6 @@ class Img2ImgOptions(PanoramaOptions):
     def __post_init__(self, limits: Limits | None) -> None:
         super().__post_init__(limits)
         self.strength = check_strength(self.strength)
-        check_steps_run(self.num_inference_steps, self.strength)
         self.image = _input_image(self, "image")
         _image_canvas(self, self.image.size, "the input image's size")
 
@@ -455,7 +440,6 @@ class UpscaleOptions(Img2ImgOptions):
             self.inversion_steps = check_int("inversion_steps", self.inversion_steps, 1, MAX_STEPS)
         PanoramaOptions.__post_init__(self, limits)
         self.strength = check_strength(self.strength)
-        check_steps_run(self.num_inference_steps, self.strength)
         self.image = _input_image(self, "image")
         h, w = self.image.size
         what = f"the input's {w}x{h} times scale {self.scale:g}"
@@ -557,7 +541,6 @@ class OutpaintOptions(Img2ImgOptions):
         self.mask_blur = check_int("mask_blur", self.mask_blur, 0, 256)
         PanoramaOptions.__post_init__(self, limits)
         self.strength = check_strength(self.strength)
-        check_steps_run(self.num_inference_steps, self.strength)
         self.image = _input_image(self, "image")
         h, w = self.image.size
         h, w = h - h % 8, w - w % 8

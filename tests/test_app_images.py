@@ -24,10 +24,9 @@ from multidiffusion.app.handlers import (
     generate_upscale,
     load_inpaint_image,
     load_mask,
-    steps_that_run,
 )
 from multidiffusion.app.inputs import MASK_ALPHA, editor_value, mask_from_editor, read_upload
-from multidiffusion.app.settings import inpaint_request, upscale_request, values_from_png
+from multidiffusion.app.settings import inpaint_request, steps_that_run, upscale_request, values_from_png
 from multidiffusion.app.upscalers import Upscalers, parse_upscaler
 from multidiffusion.metadata import read_parameters, save_png
 from multidiffusion.tasks import TASKS
@@ -87,7 +86,7 @@ def test_an_upload_goes_through_the_checked_loader_and_keeps_its_name(tmp_path):
     assert found.sha256 == hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def test_uploads_beyond_the_servers_limits_are_refused_before_decoding(tmp_path):
+def test_uploads_beyond_the_servers_limits_are_refused_before_decoding(tmp_path, monkeypatch):
     big = tmp_path / "noise.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (600, 600, 3), dtype=np.uint8)).save(big)
     with pytest.raises(ValueError, match=r"^image is 1\.0 MB; this server accepts uploads up to 0\.5 MB"):
@@ -97,9 +96,15 @@ def test_uploads_beyond_the_servers_limits_are_refused_before_decoding(tmp_path)
     with pytest.raises(ValueError, match=r"^image is 2048×64 px; this server takes images up to 1024 px per side"):
         read_upload(wide, "image", Limits(max_side=1024))
     bomb = tmp_path / "bomb.png"
-    bomb.write_bytes(_png_header(100_000, 100_000))  # declares 10^10 pixels, holds none
-    with pytest.raises(ValueError, match=r"^mask is \d+×\d+ px; this server takes images up to 1024 px per side"):
+    bomb.write_bytes(_png_header(20_000, 4_000))  # declares 8 * 10^7 pixels, holds none
+    with pytest.raises(ValueError, match=r"^mask is 20000×4000 px; this server takes images up to 1024 px per side"):
         read_upload(bomb, "mask", Limits(max_side=1024))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1024 * 1024)  # as the server sets it
+    with pytest.raises(ValueError, match=r"^mask declares far more pixels than allowed; this server takes images up"):
+        read_upload(bomb, "mask", Limits(max_side=1024))
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(ValueError, match=r"^image: 'sub' is not a file"):
+        read_upload(tmp_path / "sub", "image", Limits())
     text = tmp_path / "notes.png"
     text.write_text("hello")
     with pytest.raises(ValueError, match=r"^image: 'notes\.png' is not an image PIL can read") as info:
@@ -351,6 +356,11 @@ def test_stored_image_settings_open_nothing_they_name(pool, tmp_path):
     assert values["task"] == "upscale" and values["scale"] == 2 and values["strength"] == 0.3 and values["seed"] == 9
     assert not {"image", "height", "width", "allow_pickle"} & set(values)
     assert notes[0] == "upscaler '/srv/models/4x.pth' is not offered by this server; using 'lanczos'"
+
+    record = {"path": "/srv/models/4x.pth", "sha256": "0" * 64}  # how the library stores a file it used
+    save_png(Image.new("RGB", (8, 8)), path, {**stored, "upscaler": record})
+    _, values, notes = values_from_png(path, Limits(max_side=512), pool)
+    assert values["upscaler"] == "lanczos" and notes[0].startswith("upscaler '/srv/models/4x.pth' is not offered")
 
     offered = tmp_path / "4x.safetensors"
     offered.write_bytes(b"weights")

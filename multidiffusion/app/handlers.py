@@ -30,6 +30,7 @@ from multidiffusion.app.settings import (
     inpaint_request,
     panorama_request,
     regions_request,
+    steps_that_run,
     upscale_request,
 )
 from multidiffusion.app.upscalers import Upscalers
@@ -85,14 +86,6 @@ class Result:
     path: Path
     message: str
     preview: Any = None  # the layout preview (regions)
-
-
-def steps_that_run(options: Any) -> int:
-    """The denoising steps a run takes: all of them, or the last ``int(steps * strength)`` for a task
-    that starts from an image (diffusers' rule, as :func:`multidiffusion.engine.runner.denoising_timesteps`)."""
-    steps = options.num_inference_steps
-    strength = getattr(options, "strength", None)
-    return steps if strength is None or strength >= 1 else max(1, min(int(steps * strength), steps))
 
 
 def _run(

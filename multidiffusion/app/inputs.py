@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -39,26 +40,27 @@ def upload_limits(limits: Limits) -> ImageLimits:
 
 
 def _side_note(limits: Limits) -> str:
-    return f"this server takes images up to {limits.max_side} px per side (the operator sets this with " + (
-        "`multidiffusion serve --max-side`)"
-    )
+    return f"this server takes images up to {limits.max_side} px per side (set by `multidiffusion serve --max-side`)"
 
 
 def read_upload(path: str | os.PathLike, name: str, limits: Limits, mode: str = "RGB") -> InputImage:
-    """An uploaded image file, checked (size, then declared sides, then the library's loader) and
-    decoded in ``mode``; recorded under the upload's file name. ValueError naming ``name`` otherwise."""
+    """An uploaded image file, checked (a regular file, its size, then the sides its header
+    declares, then the library's loader) and decoded in ``mode``; recorded under the upload's file
+    name. ValueError naming ``name`` otherwise."""
     path = Path(path)
     shown = repr(path.name)
     try:
-        size = os.stat(path).st_size
+        info = os.stat(path)
     except OSError:
         raise ValueError(f"{name}: the upload {shown} is gone (the page was open too long?); upload it again") from None
-    limits.check_upload(name, size)
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{name}: {shown} is not a file; upload an image file")
+    limits.check_upload(name, info.st_size)
     try:
         with Image.open(path) as header:  # reads the header only
             width, height = header.size
-    except Image.DecompressionBombError:
-        width = height = limits.max_side + 1  # far larger than any side a server allows
+    except Image.DecompressionBombError:  # PIL's own cap, which the server lowers to its sides
+        raise ValueError(f"{name} declares far more pixels than allowed; {_side_note(limits)}") from None
     except Exception as exc:  # PIL raises many kinds for files that are not images
         raise ValueError(f"{name}: {shown} is not an image PIL can read ({type(exc).__name__})") from None
     if max(width, height) > limits.max_side:

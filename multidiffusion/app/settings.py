@@ -15,6 +15,7 @@ accepts its argument.
 from __future__ import annotations
 
 import inspect
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ __all__ = [
     "parse_window",
     "random_seed",
     "regions_request",
+    "steps_that_run",
     "upscale_request",
     "values_from_png",
 ]
@@ -206,11 +208,28 @@ def _values(values: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def steps_that_run(options: Any) -> int:
+    """The denoising steps a run takes: all of them, or the last ``int(steps * strength)`` for a task
+    that starts from an image (diffusers' rule, as :func:`multidiffusion.engine.runner.denoising_timesteps`)."""
+    steps = options.num_inference_steps
+    strength = getattr(options, "strength", None)
+    return steps if strength is None or strength >= 1 else min(int(steps * strength), steps)
+
+
 def _build(task: str, values: dict[str, Any], limits: Limits, pool: ModelPool) -> Request:
     model = pool.check(values.pop("model", None))
     if values.get("seed") is None:
         values["seed"] = random_seed()
-    return Request(model, build_options(task, values, task_limits(limits)))
+    options = build_options(task, values, task_limits(limits))
+    if steps_that_run(options) < 1:  # the engine would run no step (the options layer lets it through)
+        strength = float(getattr(options, "strength", 1.0))
+        fewest = math.ceil(1 / strength)
+        fewest += int(fewest * strength) < 1  # rounding: 1 / 0.35 -> 3, 3 x 0.35 = 1.05
+        raise ValueError(
+            f"num_inference_steps {options.num_inference_steps} at strength {strength:g} runs no step (the last "
+            f"int(steps x strength) run): give at least {fewest} steps or a higher strength"
+        )
+    return Request(model, options)
 
 
 def panorama_request(
@@ -336,7 +355,9 @@ def values_from_png(
             upscalers = upscalers or Upscalers()
             name = upscalers.name_of(values["upscaler"])
             if name is None:
-                notes.append(f"upscaler {values['upscaler']!r} is not offered by this server; using 'lanczos'")
+                given = values["upscaler"]
+                shown = given.get("path") if isinstance(given, Mapping) else given  # a file's record
+                notes.append(f"upscaler {shown!r} is not offered by this server; using 'lanczos'")
                 name = "lanczos"
             values["upscaler"] = name
             check["upscaler"], check["allow_pickle"] = upscalers.resolve(name)
