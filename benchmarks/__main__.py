@@ -13,7 +13,7 @@ import argparse
 import os
 from pathlib import Path
 
-SUITES = ("exact", "fast", "regions", "seams", "decode", "compile", "precision")
+SUITES = ("exact", "fast", "regions", "seams", "outpaint", "decode", "compile", "precision")
 
 
 def fmt(v, spec=".2f", unit="") -> str:
@@ -27,7 +27,7 @@ def table(rows: list[dict]) -> str:
     )
     lines = [head, "|" + "---|" * 10]
     for r in rows:
-        if r["suite"] == "seams":
+        if r["suite"] in ("seams", "outpaint"):
             cells = [
                 r["config"],
                 r["peer"],
@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import suites as S
     from .common import Context, build_components, machine, write_results
     from .decode import decode_rows
+    from .outpaint_demo import outpaint_rows
     from .regions_bench import regions_rows
     from .seams import seam_rows
 
@@ -152,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         add(regions_rows(ctx, 1024 if args.quick else 2048))
     if "seams" in suites:
         add(seam_rows(quick=args.quick, device=device))
+    if "outpaint" in suites:
+        add(outpaint_rows(quick=args.quick, device=device))
     if "compile" in suites:
         add(S.compile_unet(ctx, 1024 if not args.quick else 512))
     if "precision" in suites:

@@ -18,7 +18,9 @@ __all__ = [
     "char_tokenizer",
     "sd_shaped_pipeline",
     "sd_shaped_vae",
+    "tiny_sd_inpaint_pipeline",
     "tiny_sd_pipeline",
+    "tiny_sdxl_inpaint_pipeline",
     "tiny_sdxl_pipeline",
     "write_char_tokenizer",
 ]
@@ -267,5 +269,44 @@ def tiny_sdxl_pipeline(sample_size: int = 32, seed: int = 0, dtype: torch.dtype 
         scheduler=scheduler,
         add_watermarker=False,
     )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+
+
+def _with_unet_inputs(unet: Any, in_channels: int, seed: int) -> Any:
+    """The same UNet architecture taking ``in_channels`` input channels, fresh random weights."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel.from_config({**unet.config, "in_channels": in_channels}).eval()
+
+
+def tiny_sd_inpaint_pipeline(
+    sample_size: int = 32, in_channels: int = 9, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> Any:
+    """A random-weight ``StableDiffusionInpaintPipeline``: :func:`tiny_sd_pipeline`'s components with a
+    UNet of ``in_channels`` inputs (9: an inpainting UNet, 4 latents + mask + 4 masked-image latents,
+    as SD 1.5/2 inpainting; 4: a text-to-image UNet, which the pipeline drives by latent blending)."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    components = dict(tiny_sd_pipeline(sample_size, seed=seed).components)
+    if in_channels != 4:
+        components["unet"] = _with_unet_inputs(components["unet"], in_channels, seed)
+    pipe = StableDiffusionInpaintPipeline(**components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+
+
+def tiny_sdxl_inpaint_pipeline(
+    sample_size: int = 32, in_channels: int = 9, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> Any:
+    """A random-weight ``StableDiffusionXLInpaintPipeline`` (as SDXL 1.0 inpainting 0.1: six time ids,
+    no aesthetic score): :func:`tiny_sdxl_pipeline`'s components with a UNet of ``in_channels`` inputs."""
+    from diffusers import StableDiffusionXLInpaintPipeline
+
+    components = dict(tiny_sdxl_pipeline(sample_size, seed=seed).components)
+    if in_channels != 4:
+        components["unet"] = _with_unet_inputs(components["unet"], in_channels, seed)
+    pipe = StableDiffusionXLInpaintPipeline(**components, requires_aesthetics_score=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)

@@ -61,8 +61,9 @@ class MultiDiffusion:
         share_prefix: bool = True,
         share_unconditional: bool = True,
     ):
-        """``pipe``: any Stable Diffusion 1.x / 2.x / XL pipeline (text-to-image or img2img; its
-        components are shared, not copied). ``clip_skip`` as in diffusers. SDXL only:
+        """``pipe``: any Stable Diffusion 1.x / 2.x / XL pipeline (text-to-image, img2img or inpainting;
+        its components are shared, not copied; an inpainting UNet serves :meth:`inpaint` and
+        :meth:`outpaint` only). ``clip_skip`` as in diffusers. SDXL only:
         ``crops_coords_top_left`` ("zero", default, or "offset": each view's offset on the canvas)
         and ``original_size`` ("canvas", default, "window" or (height, width) pixels) set the
         micro-conditioning of every view; see :mod:`multidiffusion.models.sdxl` for why.

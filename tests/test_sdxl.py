@@ -259,13 +259,18 @@ def test_refiner_like_unet_is_refused():
         MultiDiffusion(pipe)
 
 
-def test_inpainting_unet_is_refused():
+def test_depth_or_upscaler_unets_are_refused_and_inpainting_unets_only_inpaint():
     pipe = tiny_sd_pipeline(sample_size=16)
     from diffusers import UNet2DConditionModel
 
-    pipe.unet = UNet2DConditionModel.from_config({**pipe.unet.config, "in_channels": 9})
-    with pytest.raises(ValueError, match="takes 9 input channels but the VAE's latents have 4"):
+    pipe.unet = UNet2DConditionModel.from_config({**pipe.unet.config, "in_channels": 5})  # depth: latents + depth
+    with pytest.raises(ValueError, match="takes 5 input channels but the VAE's latents have 4"):
         MultiDiffusion(pipe)
+    pipe.unet = UNet2DConditionModel.from_config({**pipe.unet.config, "in_channels": 9})  # inpainting
+    md = MultiDiffusion(pipe)
+    assert (md.adapter.latent_channels, md.adapter.extra_channels) == (4, 5)
+    with pytest.raises(ValueError, match="panorama: this model's UNet is an inpainting UNet"):
+        md.panorama("x", num_inference_steps=1)
 
 
 @pytest.mark.parametrize("circular", [False, True])

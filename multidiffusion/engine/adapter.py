@@ -87,7 +87,14 @@ class ModelAdapter:
 
     @property
     def latent_channels(self) -> int:
-        return self.unet.config.in_channels
+        """Channels of the canvas: the VAE's latents (an inpainting UNet takes more, see below)."""
+        return self.vae.config.latent_channels
+
+    @property
+    def extra_channels(self) -> int:
+        """UNet input channels beyond the latents: 0, or latents + 1 for an inpainting UNet (the mask
+        and the masked image's latents, which the inpainting tasks compose into every view's input)."""
+        return self.unet.config.in_channels - self.latent_channels
 
     @property
     def native_latent_size(self) -> tuple[int, int]:

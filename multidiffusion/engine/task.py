@@ -73,10 +73,20 @@ class Task:
     model's ``adapter``; model-dependent defaults (canvas size, window) are resolved here."""
 
     name: ClassVar[str] = ""
+    composes_inpainting_input: ClassVar[bool] = False
+    """Whether the task's composer gives an inpainting UNet its extra input channels (the mask and the
+    masked image's latents); any other task refuses such a model up front."""
 
     def __init__(self, options: Any, adapter: ModelAdapter):
         self.options = options
         self.adapter = adapter
+        if adapter.extra_channels and not self.composes_inpainting_input:
+            raise ValueError(
+                f"{self.name or type(self).__name__}: this model's UNet is an inpainting UNet "
+                f"({adapter.latent_channels + adapter.extra_channels} input channels: latents, mask and masked "
+                "image), which only the inpaint and outpaint tasks can drive; use the text-to-image model it "
+                "was made from"
+            )
 
     @property
     def size(self) -> tuple[int, int]:

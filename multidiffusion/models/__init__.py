@@ -17,7 +17,9 @@ def model_family(pipe: Any) -> str:
     """'sdxl' for UNets with SDXL's text-and-time added conditioning, else 'sd' (SD 1.x / 2.x).
 
     Raises ``ValueError`` for pipelines the engine can't drive: missing components, other added
-    conditionings, or UNets whose input is not the VAE's latent alone (inpainting, depth, upscaler).
+    conditionings, or UNets whose input is neither the VAE's latent alone nor an inpainting UNet's
+    (latent, mask and masked-image latent: ``2 * latent + 1`` channels, as diffusers' inpainting
+    pipelines check); depth and upscaling UNets take other extra inputs.
     """
     for name in ("unet", "vae", "scheduler"):
         if getattr(pipe, name, None) is None:
@@ -25,11 +27,13 @@ def model_family(pipe: Any) -> str:
                 f"pipe must be a Stable Diffusion (1.x, 2.x or XL) pipeline; {type(pipe).__name__} has no {name!r}"
             )
     unet_config, vae_config = pipe.unet.config, pipe.vae.config
-    if unet_config.in_channels != vae_config.latent_channels:
+    latent = vae_config.latent_channels
+    if unet_config.in_channels not in (latent, 2 * latent + 1):
         raise ValueError(
-            f"the UNet takes {unet_config.in_channels} input channels but the VAE's latents have "
-            f"{vae_config.latent_channels}: inpainting, depth and upscaling UNets need an extra image input; "
-            "use a text-to-image model (the base model the inpainting model was made from)"
+            f"the UNet takes {unet_config.in_channels} input channels but the VAE's latents have {latent}: "
+            f"only text-to-image UNets ({latent} channels) and inpainting UNets ({2 * latent + 1}: latents, mask and "
+            "masked image) are supported; depth and upscaling UNets need another image input, use the base "
+            "model they were made from"
         )
     added = unet_config.get("addition_embed_type")
     if added == "text_time":
@@ -49,7 +53,8 @@ def model_family(pipe: Any) -> str:
 
 
 def adapter_for(pipe: Any, **options: Any) -> ModelAdapter:
-    """The adapter for a diffusers pipeline (text-to-image or img2img; their components are shared).
+    """The adapter for a diffusers pipeline (text-to-image, img2img or inpainting; their components
+    are shared).
 
     ``options``: ``clip_skip`` for every family; ``crops_coords_top_left`` and ``original_size`` for
     SDXL (see :mod:`multidiffusion.models.sdxl`). A ``None`` option takes the adapter's default.

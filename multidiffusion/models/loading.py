@@ -34,7 +34,12 @@ __all__ = [
 ]
 
 DEMO_MODEL_DIR = Path(__file__).parents[1] / "demo" / "model"
-SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+SUPPORTED_PIPELINES = (
+    "StableDiffusionPipeline",
+    "StableDiffusionXLPipeline",
+    "StableDiffusionInpaintPipeline",  # inpainting models: md.inpaint / md.outpaint only
+    "StableDiffusionXLInpaintPipeline",
+)
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _MODEL_KINDS = "'demo', a Hugging Face repo id, or the path of a diffusers folder or a checkpoint file"

@@ -5,12 +5,20 @@ in :data:`TASKS`."""
 
 from multidiffusion.engine.task import Task
 from multidiffusion.tasks.img2img import Img2ImgTask
+from multidiffusion.tasks.inpaint import InpaintTask
+from multidiffusion.tasks.outpaint import OutpaintTask
 from multidiffusion.tasks.panorama import PanoramaTask
 from multidiffusion.tasks.regions import RegionsTask
 
-__all__ = ["TASKS", "Img2ImgTask", "PanoramaTask", "RegionsTask", "task_for"]
+__all__ = ["TASKS", "Img2ImgTask", "InpaintTask", "OutpaintTask", "PanoramaTask", "RegionsTask", "task_for"]
 
-TASKS: dict[str, type[Task]] = {"panorama": PanoramaTask, "regions": RegionsTask, "img2img": Img2ImgTask}
+TASKS: dict[str, type[Task]] = {
+    "panorama": PanoramaTask,
+    "regions": RegionsTask,
+    "img2img": Img2ImgTask,
+    "inpaint": InpaintTask,
+    "outpaint": OutpaintTask,
+}
 """Task name (as in :data:`multidiffusion.options.TASK_OPTIONS` and stored PNGs) -> its class."""
 
 
