@@ -325,7 +325,9 @@ def test_serve_wires_models_limits_and_host(monkeypatch, capsys):
     from multidiffusion.app import server
 
     calls = {}
-    monkeypatch.setattr(server, "create_app", lambda models, loader, limits: calls.update(models=models, limits=limits))
+    monkeypatch.setattr(
+        server, "create_app", lambda models, loader, limits, **kw: calls.update(models=models, limits=limits)
+    )
     monkeypatch.setattr(server, "launch", lambda app, **kw: calls.update(kw))
     code, err = run_cli(["serve", "--model", "a", "--model", "b", "--max-side", "512", "--host", "0.0.0.0"], capsys)
     assert code == 0

@@ -121,7 +121,7 @@ def test_serve_takes_ipv6_hosts(monkeypatch, capsys):
     from multidiffusion.app import server
 
     calls = {}
-    monkeypatch.setattr(server, "create_app", lambda models, loader, limits: None)
+    monkeypatch.setattr(server, "create_app", lambda models, loader, limits, **kw: None)
     monkeypatch.setattr(server, "launch", lambda app, **kw: calls.update(kw))
     for host in ("::1", "[::1]"):
         code, err = run_cli(["serve", "--host", host, "--port", "7861"], capsys)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from multidiffusion.app.handlers import OutputStore
 from multidiffusion.app.limits import Limits
 from multidiffusion.app.models import ModelPool
 from multidiffusion.app.settings import Choice, available_choices
+from multidiffusion.app.upscalers import Upscalers
 from multidiffusion.pipeline import MultiDiffusion
 
 __all__ = ["AppContext"]
@@ -19,6 +20,7 @@ class AppContext:
     limits: Limits
     store: OutputStore
     default_size: tuple[int, int]  # (height, width) of a panorama for the first model (native x 4 wide)
+    upscalers: Upscalers = field(default_factory=Upscalers)  # filters, and the files the operator named
 
     @property
     def native_size(self) -> tuple[int, int]:
@@ -40,3 +42,7 @@ class AppContext:
     @property
     def panorama_choices(self) -> tuple[Choice, ...]:
         return available_choices(MultiDiffusion.panorama)
+
+    def task_choices(self, task: str) -> tuple[Choice, ...]:
+        """The optional arguments (placement, weights) of the task's ``MultiDiffusion`` method."""
+        return available_choices(getattr(MultiDiffusion, task))

@@ -20,15 +20,36 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from multidiffusion.app.inputs import editor_value, mask_layer, read_upload
 from multidiffusion.app.jobs import CancelCheck, Cancelled
 from multidiffusion.app.limits import Limits
 from multidiffusion.app.models import ModelPool
-from multidiffusion.app.settings import Choice, panorama_request, regions_request
+from multidiffusion.app.settings import (
+    Choice,
+    Request,
+    inpaint_request,
+    panorama_request,
+    regions_request,
+    steps_that_run,
+    upscale_request,
+)
+from multidiffusion.app.upscalers import Upscalers
 from multidiffusion.engine.runner import Cancelled as EngineCancelled
 from multidiffusion.jobs import run_and_save
 from multidiffusion.metadata import save_png
 
-__all__ = ["Cancelled", "OutputStore", "Result", "generate_panorama", "generate_regions", "preview_regions"]
+__all__ = [
+    "Cancelled",
+    "OutputStore",
+    "Result",
+    "generate_inpaint",
+    "generate_panorama",
+    "generate_regions",
+    "generate_upscale",
+    "load_inpaint_image",
+    "load_mask",
+    "preview_regions",
+]
 
 StepCallback = Callable[[int, int], None]
 
@@ -67,20 +88,32 @@ class Result:
     preview: Any = None  # the layout preview (regions)
 
 
-def _run(md: Any, request: Any, store: OutputStore, stem: str, on_step: Any, is_cancelled: Any, **context: Any):
+def _run(
+    md: Any,
+    request: Request,
+    store: OutputStore,
+    stem: str,
+    on_step: Any,
+    is_cancelled: Any,
+    extra: Mapping[str, Any] | None = None,
+    **context: Any,
+):
     """The library's shared job (seed -> generate -> PNG -> summary), cancellable between steps;
-    the model is stored as this server names it, so the PNG loads back into the page."""
+    the model is stored as this server names it, so the PNG loads back into the page. Progress
+    counts the steps that run (an image task runs ``strength`` of them)."""
 
     def should_stop() -> bool:
         return is_cancelled is not None and bool(is_cancelled())
 
+    running = steps_that_run(request.options)
+    step = None if on_step is None else lambda i, total: on_step(min(i, running), running)
     try:
         saved = run_and_save(
             md,
             request.options,
             store.path(stem),
-            extra={"model": request.model},
-            on_step=on_step,
+            extra={"model": request.model, **(extra or {})},
+            on_step=step,
             should_stop=should_stop,
             **context,
         )
@@ -136,3 +169,75 @@ def generate_regions(
         saved = _run(md, request, store, "regions", on_step, is_cancelled, layout=layout)
     count = len(o.regions)
     return Result(saved.paths[0], f"{saved.summary} · {count} region{'s' if count != 1 else ''}", preview)
+
+
+def generate_upscale(
+    values: Mapping[str, Any],
+    *,
+    pool: ModelPool,
+    limits: Limits,
+    store: OutputStore,
+    upscalers: Upscalers | None = None,
+    choices: tuple[Choice, ...] = (),
+    on_step: StepCallback | None = None,
+    is_cancelled: CancelCheck | None = None,
+) -> Result:
+    """One image from the Upscale tab: the uploaded ``image`` upscaled (``task`` "upscale") or
+    re-worked at its size ("img2img"); ``Cancelled`` as :func:`generate_panorama`. The PNG names the
+    upscaler as this server lists it."""
+    upscalers = upscalers or Upscalers()
+    request = upscale_request(values, limits, pool, upscalers, choices)
+    o: Any = request.options
+    extra = {"upscaler": upscalers.name_of(o.upscaler)} if o.task == "upscale" else {}
+    with pool.use(request.model, is_cancelled) as md:
+        saved = _run(md, request, store, request.options.task, on_step, is_cancelled, extra)
+    return Result(saved.paths[0], f"{_task_label(request)}: {saved.summary}")
+
+
+def generate_inpaint(
+    values: Mapping[str, Any],
+    *,
+    pool: ModelPool,
+    limits: Limits,
+    store: OutputStore,
+    choices: tuple[Choice, ...] = (),
+    on_step: StepCallback | None = None,
+    is_cancelled: CancelCheck | None = None,
+) -> Result:
+    """One image from the Inpaint / Outpaint tab: the uploaded ``image`` with the painted ``mask``
+    repainted ("inpaint") or extended by ``left``, ``right``, ``top``, ``bottom`` ("outpaint")."""
+    request = inpaint_request(values, limits, pool, choices)
+    with pool.use(request.model, is_cancelled) as md:
+        saved = _run(md, request, store, request.options.task, on_step, is_cancelled)
+    return Result(saved.paths[0], f"{_task_label(request)}: {saved.summary}")
+
+
+def _task_label(request: Request) -> str:
+    o: Any = request.options
+    h, w = o.image.size
+    if o.task == "upscale":
+        return f"{w}x{h} px upscaled {o.scale:g}x"
+    if o.task == "outpaint":
+        return f"{w}x{h} px extended"
+    return f"{w}x{h} px {'re-worked' if o.task == 'img2img' else 'inpainted'}"
+
+
+def load_inpaint_image(path: str | os.PathLike | None, limits: Limits) -> tuple[Any, str, str]:
+    """An image uploaded to the Inpaint / Outpaint tab, checked: (the editor's value, the path the tab
+    keeps on the server for the run, a note for the page)."""
+    if not path:
+        raise ValueError("image is required: upload an image")
+    found = read_upload(path, "image", limits)
+    h, w = found.size
+    note = f"Loaded {found.path!r}, {w}×{h} px. Paint over what to repaint, or extend the sides (Outpaint)."
+    return editor_value(found.image), str(path), note
+
+
+def load_mask(path: str | os.PathLike | None, image: str | os.PathLike | None, limits: Limits) -> tuple[Any, str]:
+    """A mask file uploaded for the tab's image (white = repaint), as the editor's strokes over it."""
+    if not image:
+        raise ValueError("mask: upload the image first, then its mask")
+    if not path:
+        raise ValueError("mask is required: upload a mask image")
+    value = mask_layer(path, read_upload(image, "image", limits), limits)
+    return value, "Loaded the mask: its white is repainted. Paint more, or erase, on the image."

@@ -19,7 +19,15 @@ from multidiffusion.app.layout import (
     merge_colour_table,
     read_map,
 )
-from multidiffusion.app.widgets import client_gone, guarded, message, model_dropdown, progress_steps, sampling_controls
+from multidiffusion.app.widgets import (
+    PAGE_QUEUE,
+    client_gone,
+    guarded,
+    message,
+    model_dropdown,
+    progress_steps,
+    sampling_controls,
+)
 
 __all__ = ["regions_tab"]
 
@@ -30,8 +38,6 @@ colour-coded map (flat colours, e.g. a PNG), then press **Preview the layout**: 
 Give each colour its prompt; colours left without one, like the white of a blank canvas, belong to the background.
 Boxes add regions by coordinates."""
 MAP_TYPES = [".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"]
-PAGE_QUEUE = "page"
-"""The queue of the page's light jobs (colour tables, maps, settings): one at a time, beside generations."""
 
 
 def _colour_rows(layout: Any, table: Any, max_side: int) -> list[list[str]]:

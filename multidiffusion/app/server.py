@@ -19,8 +19,9 @@ from typing import Any
 from multidiffusion.app.handlers import OutputStore
 from multidiffusion.app.limits import Limits
 from multidiffusion.app.models import Loader, ModelPool
+from multidiffusion.app.upscalers import Upscalers
 
-__all__ = ["LOOPBACK", "create_app", "launch", "remove_at_exit", "remove_on_signals"]
+__all__ = ["LOOPBACK", "create_app", "launch", "limit_decoded_pixels", "remove_at_exit", "remove_on_signals"]
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -78,8 +79,15 @@ async def _client_went_away(request: Any, exc: Exception) -> Any:
     return Response(status_code=400)
 
 
-def create_app(models: Sequence[str], loader: Loader, limits: Limits, store: OutputStore | None = None) -> Any:
-    """The Gradio Blocks for ``models`` (the first is loaded now, so a bad model fails at start)."""
+def create_app(
+    models: Sequence[str],
+    loader: Loader,
+    limits: Limits,
+    store: OutputStore | None = None,
+    upscalers: Upscalers | None = None,
+) -> Any:
+    """The Gradio Blocks for ``models`` (the first is loaded now, so a bad model fails at start);
+    ``upscalers``: the upscaler model files the operator offers besides the filters (checked already)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
     from multidiffusion.app.context import AppContext
     from multidiffusion.app.ui import build_app
@@ -88,8 +96,20 @@ def create_app(models: Sequence[str], loader: Loader, limits: Limits, store: Out
     if store is None:
         store = OutputStore()
         remove_at_exit(store.folder)
-    ctx = AppContext(pool, limits, store, pool.get().default_size)
+    ctx = AppContext(pool, limits, store, pool.get().default_size, upscalers or Upscalers())
     return build_app(ctx)
+
+
+def limit_decoded_pixels(limits: Limits) -> None:
+    """Make PIL refuse, in this process, images of more than twice the pixels of a square of
+    ``--max-side`` (and warn above one such square): Gradio decodes what its image editors send
+    before any handler sees it, and a small PNG can declare a huge canvas. The library's own loader
+    checks its limits before decoding, whatever this says; it is never raised above PIL's default."""
+    from PIL import Image
+
+    cap = limits.max_side * limits.max_side
+    if Image.MAX_IMAGE_PIXELS is None or cap < Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = cap
 
 
 def launch(
@@ -108,6 +128,7 @@ def launch(
     from multidiffusion.app.widgets import CSS, THEME
 
     app.queue(max_size=queue_size, default_concurrency_limit=1)
+    limit_decoded_pixels(limits)
     if block:
         remove_on_signals()
     return app.launch(

@@ -1,10 +1,12 @@
 """The page's settings by API name: what a form sends, what a PNG brings back.
 
 A form's values arrive as a dict keyed by ``MultiDiffusion`` argument names (plus ``seed`` and
-``model``); :func:`panorama_request` builds the task's options from them with the server's limits
-(:mod:`multidiffusion.options`: the same checks and messages as the API, the command line and scene
-files), and :func:`values_from_png` turns a PNG's stored settings, read by the library's one reader
-(:func:`multidiffusion.metadata.read_settings`), back into form values.
+``model``, and ``task`` on the tabs that run two tasks); :func:`panorama_request`,
+:func:`regions_request`, :func:`upscale_request` and :func:`inpaint_request` build the task's
+options from them with the server's limits (:mod:`multidiffusion.options`: the same checks and
+messages as the API, the command line and scene files), and :func:`values_from_png` turns a PNG's
+stored settings, read by the library's one reader (:func:`multidiffusion.metadata.read_settings`),
+back into form values.
 Optional panorama arguments (fast tiling, window weights) are one line each in
 :data:`PANORAMA_CHOICES`; the page shows a line's control only when ``MultiDiffusion.panorama``
 accepts its argument.
@@ -13,36 +15,52 @@ accepts its argument.
 from __future__ import annotations
 
 import inspect
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from PIL import Image
+
+from multidiffusion.app.inputs import mask_from_editor, read_upload
 from multidiffusion.app.layout import layout_from_regions, page_regions
 from multidiffusion.app.limits import Limits
 from multidiffusion.app.models import ModelPool
+from multidiffusion.app.upscalers import Upscalers
 from multidiffusion.metadata import read_settings
 from multidiffusion.options import (
     PLACEMENTS,
     SCHEDULER_NAMES,
+    TASK_OPTIONS,
     WEIGHTS,
     SamplingOptions,
     build_options,
+    check_choice,
     random_seed,
 )
 from multidiffusion.options import Limits as TaskLimits
 
 __all__ = [
+    "IMAGE_INPUTS",
+    "IMAGE_KEYS",
+    "INPAINT_TASKS",
     "PANORAMA_CHOICES",
     "PANORAMA_KEYS",
+    "TASK_KEYS",
+    "UPSCALE_TASKS",
     "Choice",
     "Request",
     "available_choices",
+    "default_of",
     "format_window",
+    "inpaint_request",
     "panorama_request",
     "parse_window",
     "random_seed",
     "regions_request",
+    "steps_that_run",
+    "upscale_request",
     "values_from_png",
 ]
 
@@ -77,6 +95,39 @@ PANORAMA_KEYS: tuple[str, ...] = (
     "stride",
     "model",
 )
+
+
+IMAGE_KEYS: tuple[str, ...] = (
+    "prompt",
+    "negative_prompt",
+    "num_inference_steps",
+    "guidance_scale",
+    "seed",
+    "scheduler",
+    "circular",
+    "window",
+    "stride",
+    "model",
+)
+"""What the image tabs share: the panorama's settings without the canvas size (the input's gives it)."""
+
+UPSCALE_TASKS = ("upscale", "img2img")
+"""The Upscale tab's tasks: upscale, or re-work the image at its size (img2img)."""
+INPAINT_TASKS = ("inpaint", "outpaint")
+"""The Inpaint / Outpaint tab's tasks."""
+
+TASK_KEYS: dict[str, tuple[str, ...]] = {
+    "upscale": (*IMAGE_KEYS, "strength", "scale", "upscaler", "noise_inversion"),
+    "img2img": (*IMAGE_KEYS, "strength"),
+    "inpaint": (*IMAGE_KEYS, "strength", "mask_blur"),
+    "outpaint": (*IMAGE_KEYS, "strength", "left", "right", "top", "bottom", "overlap", "mask_blur"),
+}
+"""The settings each image task's form sends, by API name (besides the image, the mask and ``task``)."""
+
+
+def default_of(task: str, key: str) -> Any:
+    """The API's default of a task's setting (what the form shows for it)."""
+    return TASK_OPTIONS[task].__dataclass_fields__[key].default
 
 
 def available_choices(method: Any, choices: tuple[Choice, ...] = PANORAMA_CHOICES) -> tuple[Choice, ...]:
@@ -157,11 +208,28 @@ def _values(values: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def steps_that_run(options: Any) -> int:
+    """The denoising steps a run takes: all of them, or the last ``int(steps * strength)`` for a task
+    that starts from an image (diffusers' rule, as :func:`multidiffusion.engine.runner.denoising_timesteps`)."""
+    steps = options.num_inference_steps
+    strength = getattr(options, "strength", None)
+    return steps if strength is None or strength >= 1 else min(int(steps * strength), steps)
+
+
 def _build(task: str, values: dict[str, Any], limits: Limits, pool: ModelPool) -> Request:
     model = pool.check(values.pop("model", None))
     if values.get("seed") is None:
         values["seed"] = random_seed()
-    return Request(model, build_options(task, values, task_limits(limits)))
+    options = build_options(task, values, task_limits(limits))
+    if steps_that_run(options) < 1:  # the engine would run no step (the options layer lets it through)
+        strength = float(getattr(options, "strength", 1.0))
+        fewest = math.ceil(1 / strength)
+        fewest += int(fewest * strength) < 1  # rounding: 1 / 0.35 -> 3, 3 x 0.35 = 1.05
+        raise ValueError(
+            f"num_inference_steps {options.num_inference_steps} at strength {strength:g} runs no step (the last "
+            f"int(steps x strength) run): give at least {fewest} steps or a higher strength"
+        )
+    return Request(model, options)
 
 
 def panorama_request(
@@ -190,11 +258,65 @@ def regions_request(values: Mapping[str, Any], limits: Limits, pool: ModelPool) 
     return _build("regions", form, limits, pool)
 
 
-def values_from_png(path: str | os.PathLike, limits: Limits, pool: ModelPool) -> tuple[str, dict[str, Any], list[str]]:
+def _task(values: Mapping[str, Any], tasks: tuple[str, ...]) -> str:
+    return check_choice("task", values.get("task") or tasks[0], tasks)
+
+
+def upscale_request(
+    values: Mapping[str, Any],
+    limits: Limits,
+    pool: ModelPool,
+    upscalers: Upscalers | None = None,
+    choices: tuple[Choice, ...] = (),
+) -> Request:
+    """Check the Upscale tab's form: ``task`` "upscale" (``scale``, ``upscaler`` by the name this
+    server lists, ``noise_inversion``) or "img2img" (the image re-worked at its size); ``image`` is
+    the uploaded file, read by :func:`~.inputs.read_upload`."""
+    task = _task(values, UPSCALE_TASKS)
+    form = _values(values, (*TASK_KEYS[task], *(c.key for c in choices)))
+    if task == "upscale":
+        form["upscaler"], form["allow_pickle"] = (upscalers or Upscalers()).resolve(form.get("upscaler"))
+    form["image"] = _upload(values.get("image"), "image", limits)
+    return _build(task, form, limits, pool)
+
+
+def inpaint_request(
+    values: Mapping[str, Any], limits: Limits, pool: ModelPool, choices: tuple[Choice, ...] = ()
+) -> Request:
+    """Check the Inpaint / Outpaint tab's form: ``image`` is the uploaded file (the tab keeps its path
+    on the server), ``mask`` the image editor's value (white strokes: repaint), used by "inpaint";
+    "outpaint" takes ``left``, ``right``, ``top``, ``bottom`` instead."""
+    task = _task(values, INPAINT_TASKS)
+    form = _values(values, (*TASK_KEYS[task], *(c.key for c in choices)))
+    form["image"] = _upload(values.get("image"), "image", limits)
+    if task == "inpaint":
+        form["mask"] = mask_from_editor(values.get("mask"), limits)
+        if form["mask"] is None:
+            raise ValueError("mask: paint over the part of the image to repaint (white strokes), or upload a mask")
+    return _build(task, form, limits, pool)
+
+
+def _upload(value: Any, name: str, limits: Limits) -> Any:
+    if value is None or value == "":
+        raise ValueError(f"{name} is required: upload an image")
+    if not isinstance(value, (str, os.PathLike)):
+        raise ValueError(f"{name}: expected an uploaded file, got {type(value).__name__}")
+    return read_upload(value, name, limits)
+
+
+IMAGE_INPUTS = ("image", "mask")
+"""Stored settings the page never reads back: the inputs are uploaded again (the PNG records only
+their names and SHA-256, and the server opens no file a PNG names)."""
+
+
+def values_from_png(
+    path: str | os.PathLike, limits: Limits, pool: ModelPool, upscalers: Upscalers | None = None
+) -> tuple[str, dict[str, Any], list[str]]:
     """(mode, form values by key, notes) from a PNG this tool wrote; ValueError if it holds none.
 
-    Settings this server can't honour are adjusted and explained in the notes (a model it doesn't
-    offer, a size above its limits); the form is never given a path to load.
+    Settings this server can't honour are adjusted and explained in the notes (a model or an
+    upscaler it doesn't offer, a size above its limits); the form is never given a path to load, and
+    an image task's input image and mask are left for the user to upload again.
     """
     limits.check_upload("the PNG", os.path.getsize(path))
     stored = read_settings(path)  # the library's one reader: masks embedded, never a path
@@ -202,7 +324,8 @@ def values_from_png(path: str | os.PathLike, limits: Limits, pool: ModelPool) ->
     params = {**stored.values, "model": stored.model}
     notes: list[str] = []
     values: dict[str, Any] = {}
-    for key in (*PANORAMA_KEYS, *(c.key for c in PANORAMA_CHOICES), "background", "bootstrap_steps"):
+    keys = TASK_KEYS.get(mode, (*PANORAMA_KEYS, "background", "bootstrap_steps"))
+    for key in (*keys, *(c.key for c in PANORAMA_CHOICES)):
         if params.get(key) is not None:
             values[key] = params[key]
     for key in ("window", "stride"):
@@ -224,8 +347,24 @@ def values_from_png(path: str | os.PathLike, limits: Limits, pool: ModelPool) ->
         notes.append(f"scheduler {values['scheduler']!r} is not in the list; using ddim")
         values["scheduler"] = "ddim"
     adjusted = ("scheduler", "width", "height", "num_inference_steps")
+    check = {**stored.values, **{k: values[k] for k in adjusted if k in values}}
+    if mode in TASK_KEYS:
+        values["task"] = mode
+        check = _image_placeholders(mode, check)
+        if "upscaler" in values:
+            upscalers = upscalers or Upscalers()
+            name = upscalers.name_of(values["upscaler"])
+            if name is None:
+                given = values["upscaler"]
+                shown = given.get("path") if isinstance(given, Mapping) else given  # a file's record
+                notes.append(f"upscaler {shown!r} is not offered by this server; using 'lanczos'")
+                name = "lanczos"
+            values["upscaler"] = name
+            check["upscaler"], check["allow_pickle"] = upscalers.resolve(name)
+        notes.append("the input image is not stored in the PNG: upload it again" + (
+            " and paint its mask" if mode == "inpaint" else ""))  # fmt: skip
     try:  # the same checks as a run, once this server's adjustments (noted above) are made
-        build_options(mode, {**stored.values, **{k: values[k] for k in adjusted if k in values}})
+        build_options(mode, check)
     except ValueError as exc:
         raise ValueError(f"the image's settings can't be used: {exc}") from None
     if mode == "regions":
@@ -239,3 +378,15 @@ def values_from_png(path: str | os.PathLike, limits: Limits, pool: ModelPool) ->
         values.update(layout=layout, colours=colours, boxes=boxes)
         notes += more
     return mode, values, notes
+
+
+def _image_placeholders(mode: str, stored: Mapping[str, Any]) -> dict[str, Any]:
+    """``stored`` as an image task's settings are checked here: blank images stand for the inputs
+    (nothing the PNG names is opened), without the stored canvas size (the upload's gives it) or a
+    pickle's permission."""
+    dropped = ("height", "width", "allow_pickle", *IMAGE_INPUTS)
+    out = {k: v for k, v in stored.items() if k not in dropped}
+    out["image"] = Image.new("RGB", (64, 64))
+    if mode == "inpaint":
+        out["mask"] = Image.new("L", (64, 64), 255)
+    return out

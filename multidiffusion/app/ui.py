@@ -1,4 +1,4 @@
-"""The Gradio page: a settings loader over the Panorama and Regions tabs.
+"""The Gradio page: a settings loader over the Panorama, Regions, Upscale and Inpaint / Outpaint tabs.
 
 Layout only: every button calls a function of :mod:`.handlers` or :mod:`.settings` through
 :func:`~.widgets.guarded`, which turns a ``ValueError`` into a message in the page and anything
@@ -13,33 +13,38 @@ from typing import Any
 import gradio as gr
 
 from multidiffusion.app.context import AppContext
+from multidiffusion.app.inpaint_tab import inpaint_tab
 from multidiffusion.app.panorama_tab import panorama_tab
-from multidiffusion.app.regions_tab import PAGE_QUEUE, regions_tab
-from multidiffusion.app.settings import values_from_png
-from multidiffusion.app.widgets import CSS, THEME, guarded, message
+from multidiffusion.app.regions_tab import regions_tab
+from multidiffusion.app.settings import IMAGE_INPUTS, INPAINT_TASKS, UPSCALE_TASKS, values_from_png
+from multidiffusion.app.upscale_tab import upscale_tab
+from multidiffusion.app.widgets import CSS, PAGE_QUEUE, THEME, guarded, message
 
 __all__ = ["CSS", "THEME", "AppContext", "build_app"]
 
 INTRO = """## MultiDiffusion
-Panoramas of any size and region prompts with a pretrained diffusion model, no training
-([Bar-Tal et al., ICML 2023](https://arxiv.org/abs/2302.08113)). Generations run one at a time."""
+Panoramas of any size, region prompts, upscaling, inpainting and outpainting with a pretrained
+diffusion model, no training ([Bar-Tal et al., ICML 2023](https://arxiv.org/abs/2302.08113)).
+Generations run one at a time."""
 
 
-def _settings_loader(ctx: AppContext, tabs: Any, forms: Mapping[str, Mapping[str, Any]]) -> None:
-    """A drop zone for PNGs this tool wrote: their settings fill the form of their tab."""
+def _settings_loader(ctx: AppContext, tabs: Any, forms: Mapping[str, tuple[str, Mapping[str, Any]]]) -> None:
+    """A drop zone for PNGs this tool wrote: their settings fill the form of their task's tab.
+    ``forms``: task -> (tab id, the tab's form components by key)."""
 
     def load(path: str | None) -> dict[Any, Any]:
         if not path:
             return {}
-        mode, values, notes = values_from_png(path, ctx.limits, ctx.pool)
-        form = forms[mode]
+        mode, values, notes = values_from_png(path, ctx.limits, ctx.pool, ctx.upscalers)
+        tab, form = forms[mode]
         updates: dict[Any, Any] = {component: values[key] for key, component in form.items() if key in values}
         text = f"Loaded the settings of a {mode} image." + "".join(f" Note: {n}." for n in notes)
-        updates[tabs] = gr.Tabs(selected=mode)
+        updates[tabs] = gr.Tabs(selected=tab)
         updates[status] = message("note" if notes else "info", text)
         return updates
 
-    components = [c for form in forms.values() for c in form.values()]
+    settings = [c for _, form in forms.values() for key, c in form.items() if key not in IMAGE_INPUTS]
+    components = list({id(c): c for c in settings}.values())  # a tab that runs two tasks is listed twice
     with gr.Accordion("Load settings from a PNG", open=False, elem_id="load-accordion"):
         png = gr.File(
             label="Drop a PNG made by multidiffusion here", file_types=[".png"], height=120, elem_id="load-png"
@@ -64,6 +69,16 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 panorama = panorama_tab(ctx)
             with gr.Tab("Regions", id="regions", elem_id="tab-regions"):
                 regions = regions_tab(ctx)
+            with gr.Tab("Upscale", id="upscale", elem_id="tab-upscale"):
+                upscale = upscale_tab(ctx)
+            with gr.Tab("Inpaint / Outpaint", id="inpaint", elem_id="tab-inpaint"):
+                inpaint = inpaint_tab(ctx)
+        forms = {
+            "panorama": ("panorama", panorama),
+            "regions": ("regions", regions),
+            **{task: ("upscale", upscale) for task in UPSCALE_TASKS},
+            **{task: ("inpaint", inpaint) for task in INPAINT_TASKS},
+        }
         with loader_slot:
-            _settings_loader(ctx, tabs, {"panorama": panorama, "regions": regions})
+            _settings_loader(ctx, tabs, forms)
     return app

@@ -18,16 +18,23 @@ from multidiffusion.options import MIN_SIDE
 
 __all__ = [
     "CSS",
+    "PAGE_QUEUE",
     "THEME",
     "client_gone",
     "guarded",
     "message",
     "model_dropdown",
+    "placement_controls",
     "progress_steps",
+    "result_controls",
     "sampling_controls",
 ]
 
 log = logging.getLogger("multidiffusion.app")
+
+PAGE_QUEUE = "page"
+"""The queue of the page's light jobs (colour tables, maps, uploads, settings): one at a time, beside
+generations."""
 
 CSS = """
 .md-message { padding: 0.4em 0.8em; border-radius: 6px; min-height: 1.6em; }
@@ -118,19 +125,26 @@ def model_dropdown(ctx: AppContext, prefix: str) -> Any:
 
 
 def sampling_controls(
-    ctx: AppContext, prefix: str, size: tuple[int, int], extra: Callable[[dict[str, Any]], None] | None = None
+    ctx: AppContext,
+    prefix: str,
+    size: tuple[int, int] | None,
+    extra: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Canvas size, steps, guidance, seed (and its dice), scheduler, circular, windows; ``extra``
-    adds a tab's own controls to the seed row. Component ids are ``{prefix}-{name}``."""
+    """Canvas size (none when ``size`` is None: an image tab's canvas is its input's), steps,
+    guidance, seed (and its dice), scheduler, circular, windows; ``extra`` adds a tab's own controls
+    to the seed row. Component ids are ``{prefix}-{name}``."""
     limits = ctx.limits
     fields: dict[str, Any] = {}
-    height, width = size
     with gr.Row():
-        side_info = f"pixels, a multiple of 8, {MIN_SIDE} to {limits.max_side}"
-        fields["width"] = gr.Number(value=width, label="Width", info=side_info, precision=0, elem_id=f"{prefix}-width")
-        fields["height"] = gr.Number(
-            value=height, label="Height", info=side_info, precision=0, elem_id=f"{prefix}-height"
-        )
+        if size is not None:
+            height, width = size
+            side_info = f"pixels, a multiple of 8, {MIN_SIDE} to {limits.max_side}"
+            fields["width"] = gr.Number(
+                value=width, label="Width", info=side_info, precision=0, elem_id=f"{prefix}-width"
+            )
+            fields["height"] = gr.Number(
+                value=height, label="Height", info=side_info, precision=0, elem_id=f"{prefix}-height"
+            )
         fields["num_inference_steps"] = gr.Slider(
             1, limits.max_steps, value=min(50, limits.max_steps), step=1, label="Steps", elem_id=f"{prefix}-steps"
         )
@@ -156,3 +170,31 @@ def sampling_controls(
         fields["stride"] = gr.Textbox(label="Stride", info="latent pixels; empty: window / 8 (the paper's)")
     dice.click(random_seed, outputs=fields["seed"], queue=False)
     return fields
+
+
+def placement_controls(ctx: AppContext, prefix: str, task: str) -> Callable[[dict[str, Any]], None]:
+    """For :func:`sampling_controls`' ``extra``: the task's optional drop-downs (the fast mode's
+    placement, window weights), when its ``MultiDiffusion`` method takes them."""
+
+    def add(row: dict[str, Any]) -> None:
+        for choice in ctx.task_choices(task):
+            row[choice.key] = gr.Dropdown(list(choice.choices), value=choice.choices[0], label=choice.label,
+                                          info=choice.info, elem_id=f"{prefix}-{choice.key}")  # fmt: skip
+
+    return add
+
+
+def result_controls(prefix: str) -> tuple[Any, Any, Any]:
+    """The message line, the result image and its download button (the PNG with its settings)."""
+    status = gr.HTML(elem_id=f"{prefix}-message")
+    result = gr.Image(
+        label="Result",
+        type="filepath",
+        format="png",
+        interactive=False,
+        height=320,
+        elem_id=f"{prefix}-result",
+        elem_classes="md-result",
+    )
+    download = gr.DownloadButton("Download PNG (with its settings)", visible=False, elem_id=f"{prefix}-download")
+    return status, result, download

@@ -8,11 +8,12 @@ import sys
 from multidiffusion.cli.common import add_model_options, fail, load_model
 
 HELP = """\
-Start the web app: a Panorama tab and a Regions tab in the browser, over the same engine as the
-command line. One generation runs at a time; others wait in a queue.
+Start the web app: Panorama, Regions, Upscale and Inpaint / Outpaint tabs in the browser, over the
+same engine as the command line. One generation runs at a time; others wait in a queue.
 
-The models the page offers are fixed here (repeat --model for a list); the page never takes a path.
-Requests are capped by --max-side (pixels per canvas side), --max-steps and --max-upload-mb.
+The models the page offers are fixed here (repeat --model for a list), and so are the upscaler model
+files besides the resampling filters (--upscaler, repeated); the page never takes a path. Requests
+are capped by --max-side (pixels per canvas side), --max-steps and --max-upload-mb.
 
 examples:
   multidiffusion serve                                   # demo model, http://127.0.0.1:7860
@@ -39,6 +40,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     g.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     g.add_argument("--queue-size", type=int, default=16, help="requests that may wait for their turn (default 16)")
+    g.add_argument(
+        "--upscaler",
+        action="append",
+        metavar="NAME=FILE",
+        help="an upscaler model file (ESRGAN family, .safetensors; .pth needs --allow-pickle) the Upscale tab "
+        "offers as NAME besides the filters; repeat for a list",
+    )
     g = p.add_argument_group("limits")
     g.add_argument(
         "--max-side",
@@ -84,18 +92,20 @@ def run(args: argparse.Namespace) -> None:
         fail("the web app needs Gradio, which is not installed: pip install 'multidiffusion[app]'")
     from multidiffusion.app.limits import Limits
     from multidiffusion.app.server import LOOPBACK, create_app, launch
+    from multidiffusion.app.upscalers import Upscalers, parse_upscaler
 
     if not 1 <= args.port <= 65535:
         fail(f"--port must be from 1 to 65535, got {args.port}")
     if args.queue_size < 1:
         fail(f"--queue-size must be at least 1, got {args.queue_size}")
     limits = Limits(args.max_side, args.max_steps, args.max_upload_mb, args.max_evaluations)
+    upscalers = Upscalers([parse_upscaler(u) for u in args.upscaler or []], bool(args.allow_pickle))
     models = args.model or ["demo"]
     if args.host.startswith("[") and args.host.endswith("]"):  # an IPv6 address as URLs write it
         args.host = args.host[1:-1]
     if args.host not in LOOPBACK:
         print(f"warning: serving on {args.host}: anyone who can reach this address can use the page", file=sys.stderr)
-    app = create_app(models, lambda name: load_model(name, args), limits)
+    app = create_app(models, lambda name: load_model(name, args), limits, upscalers=upscalers)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"multidiffusion: serving {', '.join(models)} at http://{host}:{args.port} (Ctrl+C to stop)", flush=True)
     launch(app, host=args.host, port=args.port, limits=limits, queue_size=args.queue_size)

@@ -1,0 +1,176 @@
+"""The Inpaint / Outpaint tab: upload an image, paint over what to repaint (or upload a mask), or
+extend its sides; a 360-degree outpaint wraps the canvas around."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from multidiffusion.app.context import AppContext
+from multidiffusion.app.handlers import generate_inpaint, load_inpaint_image, load_mask
+from multidiffusion.app.inputs import MASK_COLOUR, editor_value, read_upload
+from multidiffusion.app.settings import default_of
+from multidiffusion.app.widgets import (
+    PAGE_QUEUE,
+    client_gone,
+    guarded,
+    message,
+    model_dropdown,
+    placement_controls,
+    progress_steps,
+    result_controls,
+    sampling_controls,
+)
+
+__all__ = ["IMAGE_TYPES", "inpaint_tab"]
+
+TASKS = [("Inpaint: repaint what you paint", "inpaint"), ("Outpaint: extend the sides", "outpaint")]
+IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"]
+HOW_TO = """Upload an image, then **inpaint**: paint over what to repaint with the brush (white strokes;
+the eraser takes them back) or upload a mask (white = repaint), and describe what goes there; or
+**outpaint**: give the pixels to add on each side and describe the whole scene. *Circular (360°)*
+with left and right makes a panorama that wraps around."""
+
+
+def inpaint_tab(ctx: AppContext) -> dict[str, Any]:
+    """The tab's form components by API name (what a PNG's settings fill in), ``task`` included;
+    ``image`` is the upload's path, kept on the server (the page never sends a path)."""
+    fields: dict[str, Any] = {}
+    with gr.Row():
+        with gr.Column(scale=4):
+            fields["prompt"] = gr.Textbox(
+                label="Prompt",
+                info="inpaint: what goes in the painted area; outpaint: the whole scene",
+                placeholder="a red house in a green meadow",
+                lines=2,
+                elem_id="inpaint-prompt",
+            )
+            fields["negative_prompt"] = gr.Textbox(
+                label="Negative prompt", placeholder="what the image should not show", elem_id="inpaint-negative"
+            )
+        with gr.Column(scale=1, min_width=200):
+            generate = gr.Button("Generate", variant="primary", elem_id="inpaint-generate")
+            fields["task"] = gr.Radio(TASKS, value="inpaint", label="Task", elem_id="inpaint-task")
+            fields["model"] = model_dropdown(ctx, "inpaint")
+    fields.update(sampling_controls(ctx, "inpaint", None, placement_controls(ctx, "inpaint", "inpaint")))
+    gr.Markdown(HOW_TO)
+    fields["image"] = gr.State(None)
+    with gr.Row():
+        with gr.Column(scale=3):
+            fields["mask"] = gr.ImageMask(
+                type="pil",
+                image_mode="RGBA",
+                format="png",
+                label="Image (inpaint: paint over what to repaint)",
+                sources=[],  # images come through the upload button, whose file the checked loader reads
+                brush=gr.Brush(colors=[MASK_COLOUR], default_color=MASK_COLOUR, color_mode="fixed"),
+                layers=False,
+                transforms=(),
+                height=360,
+                elem_id="inpaint-editor",
+            )
+            with gr.Row():
+                upload = gr.UploadButton("Upload an image", file_types=IMAGE_TYPES, size="sm", elem_id="inpaint-upload")
+                upload_mask = gr.UploadButton(
+                    "Upload a mask", file_types=IMAGE_TYPES, size="sm", elem_id="inpaint-upload-mask"
+                )
+                clear = gr.Button("Clear the mask", size="sm", elem_id="inpaint-clear")
+        with gr.Column(scale=2):
+            fields["strength"] = gr.Slider(
+                0.01,
+                1,
+                value=default_of("inpaint", "strength"),
+                step=0.01,
+                label="Strength",
+                info="1: repaint from noise; lower keeps some of what was there",
+                elem_id="inpaint-strength",
+            )
+            fields["mask_blur"] = gr.Number(
+                value=default_of("inpaint", "mask_blur"),
+                label="Mask blur",
+                info="pixels of feathering at the mask's edge",
+                precision=0,
+                minimum=0,
+                elem_id="inpaint-mask-blur",
+            )
+            with gr.Group(visible=False, elem_id="outpaint-only") as outpaint_only:
+                side = "pixels to add, a multiple of 8"
+                with gr.Row():
+                    for key in ("left", "right", "top", "bottom"):
+                        fields[key] = gr.Number(
+                            value=0, label=key.capitalize(), info=side, precision=0, minimum=0, step=8,
+                            elem_id=f"outpaint-{key}",
+                        )  # fmt: skip
+                fields["overlap"] = gr.Number(
+                    value=default_of("outpaint", "overlap"),
+                    label="Overlap",
+                    info="pixels of the image along each new side repainted too, so the seam blends",
+                    precision=0,
+                    minimum=0,
+                    elem_id="outpaint-overlap",
+                )
+    status, result, download = result_controls("inpaint")
+
+    def run(data: dict[Any, Any], progress: gr.Progress = gr.Progress()) -> tuple[Any, Any, str]:  # noqa: B008
+        values = {key: data[component] for key, component in fields.items()}
+        out = generate_inpaint(
+            values,
+            pool=ctx.pool,
+            limits=ctx.limits,
+            store=ctx.store,
+            choices=ctx.task_choices(values.get("task") or "inpaint"),
+            on_step=progress_steps(progress),
+            is_cancelled=client_gone(),
+        )
+        return str(out.path), gr.DownloadButton(value=str(out.path), visible=True), message("info", out.message)
+
+    def load_image(path: str | None) -> tuple[Any, Any, str]:
+        value, kept, note = load_inpaint_image(path, ctx.limits)
+        return value, kept, message("info", note)
+
+    def load_mask_file(path: str | None, image: str | None) -> tuple[Any, str]:
+        value, note = load_mask(path, image, ctx.limits)
+        return value, message("info", note)
+
+    def clear_mask(image: str | None) -> tuple[Any, str]:
+        return (editor_value(read_upload(image, "image", ctx.limits).image) if image else None), ""
+
+    def show_task(task: str) -> Any:
+        return gr.Group(visible=task == "outpaint")
+
+    def task_defaults(task: str) -> tuple[Any, Any]:
+        return gr.Slider(value=default_of(task, "strength")), gr.Number(value=default_of(task, "mask_blur"))
+
+    generate.click(
+        guarded(run, lambda msg: (gr.skip(), gr.skip(), msg)),
+        inputs=set(fields.values()),
+        outputs=[result, download, status],
+        show_progress_on=result,
+        concurrency_limit=1,
+        concurrency_id="generate",
+    )
+    light = {"concurrency_limit": 1, "concurrency_id": PAGE_QUEUE}  # queued, like every job that does work
+    upload.upload(
+        guarded(load_image, lambda msg: (gr.skip(), gr.skip(), msg)),
+        inputs=upload,
+        outputs=[fields["mask"], fields["image"], status],
+        **light,
+    )
+    upload_mask.upload(
+        guarded(load_mask_file, lambda msg: (gr.skip(), msg)),
+        inputs=[upload_mask, fields["image"]],
+        outputs=[fields["mask"], status],
+        **light,
+    )
+    clear.click(
+        guarded(clear_mask, lambda msg: (gr.skip(), msg)),
+        inputs=fields["image"],
+        outputs=[fields["mask"], status],
+        **light,
+    )
+    fields["task"].change(show_task, inputs=fields["task"], outputs=outpaint_only, **light)
+    fields["task"].input(
+        task_defaults, inputs=fields["task"], outputs=[fields["strength"], fields["mask_blur"]], **light
+    )  # a user's choice: not when a PNG's settings set the task
+    return fields

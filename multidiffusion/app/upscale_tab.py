@@ -1,0 +1,148 @@
+"""The Upscale tab: an uploaded image upscaled (resized by a filter, then re-worked by MultiDiffusion
+over windows), or re-worked at its size (img2img)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from multidiffusion.app.context import AppContext
+from multidiffusion.app.handlers import generate_upscale
+from multidiffusion.app.inputs import read_upload
+from multidiffusion.app.settings import default_of
+from multidiffusion.app.widgets import (
+    PAGE_QUEUE,
+    client_gone,
+    guarded,
+    message,
+    model_dropdown,
+    placement_controls,
+    progress_steps,
+    result_controls,
+    sampling_controls,
+)
+from multidiffusion.options import MAX_SCALE
+
+__all__ = ["upscale_tab"]
+
+TASKS = [("Upscale", "upscale"), ("Re-work at its size (img2img)", "img2img")]
+HOW_TO = """Upload an image. **Upscale** resizes it by *scale* with the upscaler, then re-works it from
+*strength* under the prompt (optional: a few words of what it shows help); **img2img** re-works it
+at its size under the prompt. Low strength keeps the image, high strength re-draws it. The fast mode
+(window placement *shifted*) pays most on large images."""
+
+
+def upscale_tab(ctx: AppContext) -> dict[str, Any]:
+    """The tab's form components by API name (what a PNG's settings fill in), ``task`` included."""
+    fields: dict[str, Any] = {}
+    with gr.Row():
+        with gr.Column(scale=2, min_width=240):
+            fields["image"] = gr.Image(
+                label="Input image",
+                type="filepath",  # the upload's path: read by the checked loader, not decoded by Gradio
+                image_mode=None,
+                sources=["upload"],
+                height=240,
+                elem_id="upscale-image",
+            )
+        with gr.Column(scale=3):
+            fields["prompt"] = gr.Textbox(
+                label="Prompt",
+                info="optional when upscaling; img2img needs one",
+                placeholder="a mountain village at dusk",
+                lines=2,
+                elem_id="upscale-prompt",
+            )
+            fields["negative_prompt"] = gr.Textbox(
+                label="Negative prompt", placeholder="what the image should not show", elem_id="upscale-negative"
+            )
+            gr.Markdown(HOW_TO)
+        with gr.Column(scale=1, min_width=200):
+            generate = gr.Button("Generate", variant="primary", elem_id="upscale-generate")
+            fields["task"] = gr.Radio(TASKS, value="upscale", label="Task", elem_id="upscale-task")
+            fields["model"] = model_dropdown(ctx, "upscale")
+    with gr.Row(equal_height=True):
+        fields["strength"] = gr.Slider(
+            0.01,
+            1,
+            value=default_of("upscale", "strength"),
+            step=0.01,
+            label="Strength",
+            info="the fraction of the steps that re-work the image",
+            elem_id="upscale-strength",
+        )
+        with gr.Row(elem_id="upscale-only") as upscale_only:
+            fields["scale"] = gr.Slider(
+                1,
+                MAX_SCALE,
+                value=default_of("upscale", "scale"),
+                step=0.25,
+                label="Scale",
+                info=f"the result's sides: at most {ctx.limits.max_side} px on this server",
+                elem_id="upscale-scale",
+            )
+            fields["upscaler"] = gr.Dropdown(
+                list(ctx.upscalers.names),
+                value=ctx.upscalers.names[0],
+                label="Upscaler",
+                info="resizes the image before the re-work",
+                elem_id="upscale-upscaler",
+            )
+            fields["noise_inversion"] = gr.Checkbox(
+                label="Noise inversion",
+                info="start from the image's DDIM inversion, not fresh noise: keeps more detail (slower)",
+                elem_id="upscale-inversion",
+            )
+    fields.update(sampling_controls(ctx, "upscale", None, placement_controls(ctx, "upscale", "upscale")))
+    status, result, download = result_controls("upscale")
+
+    def run(data: dict[Any, Any], progress: gr.Progress = gr.Progress()) -> tuple[Any, Any, str]:  # noqa: B008
+        values = {key: data[component] for key, component in fields.items()}
+        out = generate_upscale(
+            values,
+            pool=ctx.pool,
+            limits=ctx.limits,
+            store=ctx.store,
+            upscalers=ctx.upscalers,
+            choices=ctx.task_choices(values.get("task") or "upscale"),
+            on_step=progress_steps(progress),
+            is_cancelled=client_gone(),
+        )
+        return str(out.path), gr.DownloadButton(value=str(out.path), visible=True), message("info", out.message)
+
+    def describe(path: str | None, task: str, scale: float) -> str:
+        """The uploaded image checked now (size, sides), and the result's size."""
+        if not path:
+            return ""
+        found = read_upload(path, "image", ctx.limits)
+        h, w = found.size
+        text = f"Loaded {found.path!r}, {w}×{h} px."
+        if task == "upscale" and isinstance(scale, (int, float)):
+            text += f" Upscaled {scale:g}x: about {round(w * scale)}×{round(h * scale)} px."
+        return message("info", text)
+
+    def show_task(task: str) -> Any:
+        return gr.Row(visible=task == "upscale")
+
+    def task_defaults(task: str) -> Any:
+        return gr.Slider(value=default_of(task, "strength"))
+
+    generate.click(
+        guarded(run, lambda msg: (gr.skip(), gr.skip(), msg)),
+        inputs=set(fields.values()),
+        outputs=[result, download, status],
+        show_progress_on=result,
+        concurrency_limit=1,
+        concurrency_id="generate",
+    )
+    light = {"concurrency_limit": 1, "concurrency_id": PAGE_QUEUE}  # queued, like every job that does work
+    fields["image"].upload(
+        guarded(describe, lambda msg: msg),
+        inputs=[fields["image"], fields["task"], fields["scale"]],
+        outputs=status,
+        **light,
+    )
+    fields["task"].change(show_task, inputs=fields["task"], outputs=upscale_only, **light)
+    fields["task"].input(task_defaults, inputs=fields["task"], outputs=fields["strength"], **light)  # a user's choice
+    return fields
