@@ -93,7 +93,8 @@ def imports_of_at(path: Path) -> set[str]:
 LAYERS = {
     # a layer may import only the layers below it (and the standard library / third parties)
     "multidiffusion.engine": {"multidiffusion.vae", "multidiffusion.output", "multidiffusion.metadata",
-                              "multidiffusion.options", "multidiffusion.version", "multidiffusion.regions"},
+                              "multidiffusion.options", "multidiffusion.version", "multidiffusion.regions",
+                              "multidiffusion.images", "multidiffusion.preprocessors"},  # two leaf modules
     "multidiffusion.vae": {"multidiffusion.engine.views"},  # window geometry, a leaf module
     "multidiffusion.models": {"multidiffusion.engine", "multidiffusion.vae"},
     "multidiffusion.regions": {"multidiffusion.engine", "multidiffusion.vae", "multidiffusion.options",

@@ -122,8 +122,9 @@ class Controls:
             if guided and not half:
                 image = torch.cat([image, image])
             extra = {"added_cond_kwargs": {k: _rows(v, rows) for k, v in added.items()}} if added is not None else {}
+            channels = control.model.config.in_channels  # an inpainting UNet's extra channels are not its
             d, m = control.model(
-                _rows(inputs, rows),
+                _rows(inputs, rows)[:, :channels],
                 t,
                 encoder_hidden_states=_rows(states, rows),
                 controlnet_cond=image,
