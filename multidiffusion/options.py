@@ -471,9 +471,11 @@ def check_strength(value: Any, name: str = "strength", steps: int | None = None)
             f"{name} must be a number in (0, 1] (the fraction of the steps that re-work the image), got {value!r}"
         )
     if steps is not None and value < 1 and int(steps * value) < 1:
+        fewest = math.ceil(1 / value)
+        fewest += int(fewest * value) < 1  # rounding: 1 / 0.35 -> 3, 3 x 0.35 = 1.05
         raise ValueError(
             f"{name} {value:g} runs none of the {steps} steps (int({steps} x {value:g}) = 0): give a {name} of at "
-            f"least {math.ceil(100 / steps) / 100:g} or more steps (num_inference_steps)"
+            f"least {math.ceil(100 / steps) / 100:g} or at least {fewest} steps (num_inference_steps)"
         )
     return float(value)
 

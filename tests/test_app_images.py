@@ -206,7 +206,7 @@ def test_upscale_form_checks(pool, tmp_path):
         ({"upscaler": "/models/4x.pth"}, "^upscaler must be one of"),
         ({"task": "restore"}, "^task must be one of 'upscale', 'img2img', got 'restore'"),
         ({"image": None}, "^image is required: upload an image"),
-        ({"num_inference_steps": 2}, r"^num_inference_steps 2 at strength 0\.35 runs no step .* at least 3 steps"),
+        ({"num_inference_steps": 2}, r"^strength 0\.35 runs none of the 2 steps .* at least 3 steps"),
     ]
     for change, match in bad:
         with pytest.raises(ValueError, match=match):

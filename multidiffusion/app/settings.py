@@ -15,7 +15,6 @@ accepts its argument.
 from __future__ import annotations
 
 import inspect
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -220,15 +219,7 @@ def _build(task: str, values: dict[str, Any], limits: Limits, pool: ModelPool) -
     model = pool.check(values.pop("model", None))
     if values.get("seed") is None:
         values["seed"] = random_seed()
-    options = build_options(task, values, task_limits(limits))
-    if steps_that_run(options) < 1:  # the engine would run no step (the options layer lets it through)
-        strength = float(getattr(options, "strength", 1.0))
-        fewest = math.ceil(1 / strength)
-        fewest += int(fewest * strength) < 1  # rounding: 1 / 0.35 -> 3, 3 x 0.35 = 1.05
-        raise ValueError(
-            f"num_inference_steps {options.num_inference_steps} at strength {strength:g} runs no step (the last "
-            f"int(steps x strength) run): give at least {fewest} steps or a higher strength"
-        )
+    options = build_options(task, values, task_limits(limits))  # refuses a strength that runs no step
     return Request(model, options)
 
 
