@@ -7,10 +7,16 @@ from multidiffusion.engine.task import Task
 from multidiffusion.tasks.img2img import Img2ImgTask
 from multidiffusion.tasks.panorama import PanoramaTask
 from multidiffusion.tasks.regions import RegionsTask
+from multidiffusion.tasks.upscale import UpscaleTask
 
-__all__ = ["TASKS", "Img2ImgTask", "PanoramaTask", "RegionsTask", "task_for"]
+__all__ = ["TASKS", "Img2ImgTask", "PanoramaTask", "RegionsTask", "UpscaleTask", "task_for"]
 
-TASKS: dict[str, type[Task]] = {"panorama": PanoramaTask, "regions": RegionsTask, "img2img": Img2ImgTask}
+TASKS: dict[str, type[Task]] = {
+    "panorama": PanoramaTask,
+    "regions": RegionsTask,
+    "img2img": Img2ImgTask,
+    "upscale": UpscaleTask,
+}
 """Task name (as in :data:`multidiffusion.options.TASK_OPTIONS` and stored PNGs) -> its class."""
 
 
