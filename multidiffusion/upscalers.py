@@ -11,8 +11,8 @@ Three kinds of upscaler, all ending at the exact target size:
   run in overlapping tiles, so a large image never enters the network whole: the network's memory
   follows the tile, and the result is accumulated in bands of rows (one row of tiles in float, the
   rest already 8-bit), so the image's own memory is its 8-bit size plus one band. Tiles are blended
-  with linear ramps over their overlap (a network's output near a tile border sees less context,
-  so the ramps hand over to the neighbour before its border). spandrel is the ``upscale`` extra
+  over their overlap: a network's output near a tile's border saw padding instead of the image, so
+  the outer quarter of the overlap is dropped and linear ramps hand over in its middle half. spandrel is the ``upscale`` extra
   (``pip install "multidiffusion[upscale]"``). A ``.pth`` file is a pickle, which can run code when
   opened: refused without ``allow_pickle`` (spandrel's restricted unpickler narrows but does not
   remove that risk); ``.safetensors`` files are plain tensors.
@@ -211,12 +211,17 @@ def _run_model(model: Any, image: Image.Image, size: tuple[int, int], device: An
 
 
 def _ramp(length: int, fade: int, start: bool, end: bool) -> torch.Tensor:
-    """Blend weights along one side of a tile: linear over ``fade`` pixels at each end that meets a
-    neighbour (``start``/``end``), 1 elsewhere and at the image's edges; always > 0."""
+    """Blend weights along one side of a tile, for an end that meets a neighbour over ``fade`` pixels
+    (``start``/``end``): 0 on the outer quarter of the overlap, where the network saw the tile's
+    padding instead of the image, then linear over its middle half, 1 beyond (and at the image's
+    edges). The neighbour's weight is 1 where this one is 0, so every pixel has some weight."""
     w = torch.ones(length)
     fade = min(fade, length)
     if fade > 0:
-        ramp = (torch.arange(fade, dtype=torch.float32) + 0.5) / fade
+        margin = fade // 4
+        rise = fade - 2 * margin
+        ramp = torch.cat([torch.zeros(margin), (torch.arange(rise, dtype=torch.float32) + 0.5) / rise])
+        ramp = torch.cat([ramp, torch.ones(fade - ramp.numel())])
         if start:
             w[:fade] = torch.minimum(w[:fade], ramp)
         if end:
@@ -233,9 +238,10 @@ def run_tiled(
     overlap: int = OVERLAP,
 ) -> Image.Image:
     """``network`` (a (1, 3, h, w) float image in [0, 1] -> (1, 3, h*scale, w*scale)) over an 8-bit
-    (1, 3, H, W) image in overlapping tiles of ``tile`` pixels, blended with linear ramps over the
-    ``overlap`` (:func:`~multidiffusion.engine.views.axis_starts` places them: a last tile flush with
-    each edge). Rows of the output are finished and converted to 8 bits as soon as no later tile
+    (1, 3, H, W) image in overlapping tiles of ``tile`` pixels, blended over the ``overlap`` (the outer
+    quarter of each tile's overlap dropped, linear ramps over the middle half;
+    :func:`~multidiffusion.engine.views.axis_starts` places the tiles: a last tile flush with each
+    edge). Rows of the output are finished and converted to 8 bits as soon as no later tile
     touches them, so the float data held is one row of tiles."""
     if tile < 8 or not 0 <= overlap < tile:
         raise ValueError(f"tile must be ≥ 8 and overlap in [0, tile), got tile={tile}, overlap={overlap}")
