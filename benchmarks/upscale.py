@@ -35,11 +35,12 @@ import time
 from typing import Any
 
 import numpy as np
+import psutil
 import torch
 from PIL import Image
 
 from .common import Context, Row, repeat
-from .measure import RssPoller
+from .measure import measure
 from .seams import seam_score
 
 __all__ = [
@@ -186,19 +187,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--vae-divisor", type=int, default=16, help="VAE width as a fraction of SD's")
     p.add_argument("--placement", default="shifted")
     p.add_argument("--noise-inversion", action="store_true")
+    p.add_argument("--norm-stats", choices=["exact", "fast"], default="exact", help="VAE tiling's GroupNorm statistics")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(0)
     _, md = _sd_components(args.vae_divisor, device)
     source = scene(round(args.size / args.scale), round(args.size / args.scale))
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    with RssPoller() as rss:
-        before = rss.peak
-        start = time.perf_counter()
-        out = md.upscale(
+    if args.norm_stats != "exact":
+        md.set_vae_tiling(norm_stats=args.norm_stats)
+    before = psutil.Process().memory_info().rss
+    out, m = measure(
+        lambda: md.upscale(
             source,
             scale=args.scale,
             prompt=PROMPT,
@@ -207,26 +207,28 @@ def main(argv: list[str] | None = None) -> None:
             placement=args.placement,
             noise_inversion=args.noise_inversion,
             generator=torch.Generator().manual_seed(0),
-        )
-        seconds = time.perf_counter() - start
+        ),
+        md.pipe.unet,
+        device,
+    )
     image = out.images[0]
     result = {
         "size": args.size,
         "input": list(source.size),
         "output": list(image.size),
-        "seconds": seconds,
+        "seconds": m.seconds,
+        "unet_seconds": m.model_seconds,  # the rest: resize, tiled encode and decode, fusion
         "rss_before_mb": before / 2**20,
-        "peak_rss_mb": rss.peak / 2**20,  # the poller's: ru_maxrss would carry the parent's peak
-        "call_rss_delta_mb": (rss.peak - before) / 2**20,
+        "peak_mb": m.peak_mb,  # CPU: the poller's peak RSS (ru_maxrss would carry the parent's); CUDA: allocated
+        "call_rss_delta_mb": m.peak_mb - before / 2**20 if device.type != "cuda" else None,
         "model_calls": out.stats.model_calls,
         "evaluations": out.stats.evaluations,
         "coverage": out.stats.coverage,
         "steps_run": out.stats.steps,
         "placement": args.placement,
         "vae_divisor": args.vae_divisor,
+        "norm_stats": args.norm_stats,
     }
-    if cuda:
-        result["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     print(json.dumps(result))
 
 
@@ -241,9 +243,9 @@ def memory_rows(quick: bool = False, device: torch.device | None = None) -> list
         return json.loads(out.strip().splitlines()[-1])
 
     small, large = (run(s) for s in sizes)
-    key = "cuda_peak_mb" if device.type == "cuda" else "peak_rss_mb"
+    key = "peak_mb"
     ratio = large[key] / small[key]
-    delta = small["call_rss_delta_mb"], large["call_rss_delta_mb"]
+    delta = small["call_rss_delta_mb"] or 0.0, large["call_rss_delta_mb"] or 0.0
     return [
         {
             "suite": "upscale-memory",
