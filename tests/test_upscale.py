@@ -284,3 +284,20 @@ def test_inverting_then_sampling_reconstructs_the_input_better_than_fresh_noise(
             errors[inversion].append(((out.images - z0) ** 2).mean().sqrt().item())
     fresh, inverted = np.mean(errors[False]), np.mean(errors[True])
     assert inverted < 0.6 * fresh, (inverted, fresh)
+
+
+def test_stored_parameters_rebuild_the_same_upscale(md16, tmp_path, monkeypatch):
+    from multidiffusion.tasks import task_for
+
+    monkeypatch.setattr("multidiffusion.tasks.upscale.require_spandrel", lambda: None)  # no run here
+
+    path, weights = tmp_path / "in.png", tmp_path / "2x.safetensors"
+    _picture(64, 48).save(path)
+    weights.write_bytes(b"weights")
+    options = UpscaleOptions(image=str(path), scale=2, upscaler=str(weights), noise_inversion=True, strength=0.5)
+    params = {"mode": "upscale", **task_for(options, md16.adapter).parameters()}
+    assert params["upscaler"]["path"] == str(weights) and params["inversion_steps"] == 25  # int(50 * 0.5)
+    again = settings_from_parameters(params).options()
+    for key in ("scale", "upscaler", "noise_inversion", "strength", "height", "width"):
+        assert getattr(again, key) == getattr(options, key), key
+    assert again.inversion_steps == 25 and again.image.sha256 == options.image.sha256
