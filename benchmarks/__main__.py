@@ -13,7 +13,20 @@ import argparse
 import os
 from pathlib import Path
 
-SUITES = ("exact", "fast", "regions", "seams", "outpaint", "decode", "compile", "precision", "controlnet")
+SUITES = (
+    "exact",
+    "fast",
+    "regions",
+    "seams",
+    "decode",
+    "compile",
+    "precision",
+    "controlnet",
+    "outpaint",
+    "upscale-memory",
+    "upscale-peer",
+    "upscale-quality",
+)
 
 
 def fmt(v, spec=".2f", unit="") -> str:
@@ -40,6 +53,21 @@ def table(rows: list[dict]) -> str:
                 "",
                 r.get("notes", ""),
             ]
+        elif r["suite"] == "upscale-memory":
+            cells = [
+                r["config"],
+                r["peer"],
+                fmt(r["seconds"]["peer"], ".1f", " s"),
+                fmt(r["seconds"]["ours"], ".1f", " s"),
+                "",
+                "",
+                f"{r['coverage']['peer']:.2f} / {r['coverage']['ours']:.2f}",
+                f"{r['peak_mb']['peer']:.0f} / {r['peak_mb']['ours']:.0f}",
+                "",
+                f"peak ratio {r['memory_ratio']:.2f}x (added by the call: {r['delta_ratio']:.2f}x)",
+            ]
+        elif r["suite"] == "upscale-quality":
+            cells = [r["config"], r["peer"], "", fmt(r["seconds"], ".1f", " s"), "", "", "", "", "", r["notes"]]
         elif r["suite"] == "decode":
             if "psnr_db" in r:
                 cells = [
@@ -90,7 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--suites", default=",".join(SUITES), help=f"comma-separated subset of {','.join(SUITES)}")
+    p.add_argument(
+        "--suites",
+        default=",".join(DEFAULT_SUITES),
+        help=f"comma-separated subset of {','.join(SUITES)} (default: {','.join(DEFAULT_SUITES)})",
+    )
     p.add_argument("--model", default=None, help="reduced (CPU default), full (CUDA default), or a model id/folder")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default 3 on CPU, 20 on CUDA)")
@@ -165,6 +197,12 @@ def main(argv: list[str] | None = None) -> int:
         from .controlnet_bench import controlnet_rows
 
         add(controlnet_rows(ctx, 768 if args.quick else 1024))
+    if "upscale-memory" in suites:
+        add(S.upscale_memory(args.quick, device))
+    if "upscale-peer" in suites:
+        add(S.upscale_peer(args.quick, device, repeats))
+    if "upscale-quality" in suites:
+        add(S.upscale_quality(args.quick, device))
 
     info["load_average_end"] = os.getloadavg()
     if ctx is not None:

@@ -10,6 +10,7 @@ import torch
 from multidiffusion.engine.views import grid_views
 from multidiffusion.engine.windows import default_stride
 
+from . import upscale
 from .common import GUIDANCE, PROMPT, Context, Row, calibrate, diffusers_panorama, noise, ours_panorama, repeat
 from .measure import measure
 
@@ -161,3 +162,21 @@ def precision(ctx: Context, dtype: torch.dtype, width: int = 1024, height: int =
             extra={"relative_diff": rel},
         )
     ]
+
+
+def upscale_memory(quick: bool, device: torch.device) -> list[dict]:
+    """Peak memory of ``md.upscale`` to 4096 x 4096 against 1024 x 1024, one process per size
+    (:func:`benchmarks.upscale.memory_rows`)."""
+    return upscale.memory_rows(quick, device)
+
+
+def upscale_peer(quick: bool, device: torch.device, repeats: int) -> list[Row]:
+    """Ours (fast and exact) against A1111's SD upscale, independent tiles
+    (:func:`benchmarks.upscale.peer_rows`)."""
+    return upscale.peer_rows(quick, device, repeats)
+
+
+def upscale_quality(quick: bool, device: torch.device) -> list[dict]:
+    """Lanczos, independent tiles and ours on demo panoramas: PSNR back, detail, seams
+    (:func:`benchmarks.upscale.quality_rows`)."""
+    return upscale.quality_rows(quick, device)

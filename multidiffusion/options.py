@@ -559,6 +559,13 @@ def check_upscaler(value: Any, allow_pickle: bool = False) -> Any:
         return value.lower()
     if callable(value):
         return value
+    if isinstance(value, Mapping):  # a result's stored record: the file must still be the one used
+        return _recorded_upscaler(value, allow_pickle)
+    if value == "callable":
+        raise ValueError(
+            "upscaler: these settings were made with a callable upscaler, which cannot be stored; give upscaler= "
+            "(a filter name, a model file or the callable) again"
+        )
     if not isinstance(value, (str, os.PathLike)):
         raise ValueError(
             f"upscaler must be one of {', '.join(map(repr, UPSCALE_FILTERS))}, an upscaler model file "
@@ -574,6 +581,26 @@ def check_upscaler(value: Any, allow_pickle: bool = False) -> Any:
             ".safetensors, or pass allow_pickle=True (--allow-pickle) if you trust its source"
         )
     return str(value)
+
+
+def _recorded_upscaler(value: Mapping, allow_pickle: bool) -> str:
+    """The upscaler file a stored ``{"path": ..., "sha256": ...}`` names, if its bytes still hash to
+    the recorded SHA-256 (so a record can only name content its author has, as for input images)."""
+    from multidiffusion.models.files import sha256_file
+
+    path, digest = value.get("path"), value.get("sha256")
+    if set(value) != {"path", "sha256"} or not isinstance(path, str) or not isinstance(digest, str):
+        raise ValueError(f"upscaler: a stored model file must be {{'path': ..., 'sha256': ...}}, got {dict(value)!r}")
+    checked = check_upscaler(path, allow_pickle)
+    if checked in UPSCALE_FILTERS:
+        raise ValueError(f"upscaler: a stored model file must name a file, got the filter {path!r}")
+    found = sha256_file(checked)
+    if found != digest.lower():
+        raise ValueError(
+            f"upscaler: the model file {path!r} has changed since these settings were recorded (SHA-256 "
+            f"{found[:12]}... instead of {digest[:12]}...); give the upscaler again"
+        )
+    return checked
 
 
 def _derived_size(options: SamplingOptions, given: tuple[Any, Any], why: str) -> None:

@@ -20,6 +20,7 @@ import torch
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
+from multidiffusion.engine.adapter import Conditioning
 from multidiffusion.engine.control import build_controls
 from multidiffusion.engine.loras import LoraSwitch
 from multidiffusion.engine.sampler import GuidedModel, SamplingStats, sample
@@ -91,6 +92,8 @@ def run(
     noise = _initial_noise(adapter, (batch, adapter.latent_channels, h, w), generator, latents)
     use_cfg = max(slots.guidance) > 1.0
     cond = adapter.encode(slots.prompts, slots.negatives, options.num_images_per_prompt, use_cfg)
+    if not options.guess_mode:  # in guess mode the unconditional branch differs: it gets no ControlNet
+        cond = _without_idle_guidance(cond)
     stats = SamplingStats()
     controls = build_controls(options, adapter, task.size, task.region_controls())
     loras = _lora_switch(task, adapter)
@@ -168,6 +171,18 @@ def auto_batch(adapter: Any) -> int:
     h, w = adapter.native_latent_size
     budget = 4 * 64 * 64 * (4 if adapter.device.type == "cuda" else 1)
     return max(1, budget // (h * w))
+
+
+def _without_idle_guidance(cond: Conditioning) -> Conditioning:
+    """``cond`` without its negative branch when that branch is the positive one (an upscale's empty
+    prompt and empty negative): then ε_c = ε_u and ε_u + s (ε_c − ε_u) = ε_c for any s, so the
+    unconditional rows are skipped (half the model evaluations, the same output)."""
+    negative = cond.negative
+    if negative is None or negative.keys() != cond.positive.keys():
+        return cond
+    if all(torch.equal(cond.positive[k], negative[k]) for k in negative):
+        return Conditioning(cond.positive, None)
+    return cond
 
 
 def _check_generator(generator: Any, batch: int) -> None:

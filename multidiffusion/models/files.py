@@ -4,10 +4,11 @@ is recognised (by its name alone: a pickle can run code when it is opened)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from pathlib import Path
 
-__all__ = ["PICKLE_SUFFIXES", "ModelNotFoundError", "is_pickle_path"]
+__all__ = ["PICKLE_SUFFIXES", "ModelNotFoundError", "is_pickle_path", "sha256_file"]
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 
@@ -24,3 +25,13 @@ def is_pickle_path(path: str | os.PathLike) -> bool:
     with contextlib.suppress(OSError, RuntimeError):  # a link loop: the name is all there is
         suffixes.add(path.resolve().suffix.lower())
     return bool(suffixes & set(PICKLE_SUFFIXES))
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 1 MiB chunks: what stored settings record of a
+    file they used, so a changed file can be told from the one used."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -9,8 +9,18 @@ from multidiffusion.tasks.inpaint import InpaintTask
 from multidiffusion.tasks.outpaint import OutpaintTask
 from multidiffusion.tasks.panorama import PanoramaTask
 from multidiffusion.tasks.regions import RegionsTask
+from multidiffusion.tasks.upscale import UpscaleTask
 
-__all__ = ["TASKS", "Img2ImgTask", "InpaintTask", "OutpaintTask", "PanoramaTask", "RegionsTask", "task_for"]
+__all__ = [
+    "TASKS",
+    "Img2ImgTask",
+    "InpaintTask",
+    "OutpaintTask",
+    "PanoramaTask",
+    "RegionsTask",
+    "UpscaleTask",
+    "task_for",
+]
 
 TASKS: dict[str, type[Task]] = {
     "panorama": PanoramaTask,
@@ -18,6 +28,7 @@ TASKS: dict[str, type[Task]] = {
     "img2img": Img2ImgTask,
     "inpaint": InpaintTask,
     "outpaint": OutpaintTask,
+    "upscale": UpscaleTask,
 }
 """Task name (as in :data:`multidiffusion.options.TASK_OPTIONS` and stored PNGs) -> its class."""
 
