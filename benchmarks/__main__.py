@@ -27,6 +27,9 @@ SUITES = (
     "upscale-peer",
     "upscale-quality",
 )
+DEFAULT_SUITES = SUITES[:8]
+"""What runs without --suites: the speed suites; the demo-quality and upscale suites take long on a
+CPU and are asked for by name."""
 
 
 def fmt(v, spec=".2f", unit="") -> str:

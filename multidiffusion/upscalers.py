@@ -12,8 +12,8 @@ Three kinds of upscaler, all ending at the exact target size:
   follows the tile, and the result is accumulated in bands of rows (one row of tiles in float, the
   rest already 8-bit), so the image's own memory is its 8-bit size plus one band. Tiles are blended
   over their overlap: a network's output near a tile's border saw padding instead of the image, so
-  the outer quarter of the overlap is dropped and linear ramps hand over in its middle half. spandrel is the ``upscale`` extra
-  (``pip install "multidiffusion[upscale]"``). A ``.pth`` file is a pickle, which can run code when
+  the outer quarter of the overlap is dropped and linear ramps hand over in its middle half.
+  spandrel is the ``upscale`` extra (``pip install "multidiffusion[upscale]"``). A ``.pth`` file is a pickle, which can run code when
   opened: refused without ``allow_pickle`` (spandrel's restricted unpickler narrows but does not
   remove that risk); ``.safetensors`` files are plain tensors.
 
