@@ -54,3 +54,14 @@ def tiny_sdxl_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-sdxl")
     tiny_sdxl_pipeline(sample_size=16).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(autouse=True)
+def _pil_pixel_cap():
+    """The web app's launch() lowers PIL's process-wide decode cap to its --max-side; a test that
+    launches it must not change what later tests decode."""
+    from PIL import Image
+
+    cap = Image.MAX_IMAGE_PIXELS
+    yield
+    Image.MAX_IMAGE_PIXELS = cap

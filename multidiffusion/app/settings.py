@@ -312,7 +312,9 @@ def values_from_png(
     limits.check_upload("the PNG", os.path.getsize(path))
     stored = read_settings(path)  # the library's one reader: masks embedded, never a path
     mode = stored.task
-    params = {**stored.values, "model": stored.model}
+    # an upscaler file is kept apart by name (never loaded from a PNG): the form maps it to the
+    # operator's upscaler of that name, if any
+    params = {**stored.values, **stored.files, "model": stored.model}
     notes: list[str] = []
     values: dict[str, Any] = {}
     keys = TASK_KEYS.get(mode, (*PANORAMA_KEYS, "background", "bootstrap_steps"))
