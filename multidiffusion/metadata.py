@@ -71,8 +71,9 @@ LIST_INPUT_KEYS = ("control_image",)
 file and its SHA-256, or "input" (the task's own input, an upscale's Tile ControlNet)."""
 FILE_KEYS = ("upscaler",)
 """Stored keys that may name a file to load (weights): kept apart by name, never loaded from a PNG."""
-NEVER_READ = ("allow_pickle",)
-"""Stored keys ignored on reading: only the user, on the command line or in code, allows pickles."""
+NEVER_READ = ("allow_pickle", "controlnet")
+"""Stored keys ignored on reading: only the user, on the command line or in code, allows pickles or
+names a ControlNet to load."""
 
 
 def check_output_path(path: str | os.PathLike, name: str = "output") -> Path:
@@ -246,7 +247,8 @@ def settings_from_parameters(params: Mapping[str, Any], task: str | None = None)
         if value is None:
             continue
         items = value if isinstance(value, list) else [value]
-        if not items or not all(_is_listed_input(item) for item in items):
+        takes_input = TASK_OPTIONS[stored_task].input_control  # "input" names no file only where it means the input
+        if not items or not all(_is_listed_input(item, takes_input) for item in items):
             raise ValueError(
                 f"{key}: stored settings carry control images as a list of records of the file read and its "
                 "SHA-256 ({'path': ..., 'sha256': ...}), embedded images (PNG data URIs) or \"input\"; anything else "
@@ -282,11 +284,20 @@ def settings_from_parameters(params: Mapping[str, Any], task: str | None = None)
                     f"regions[{i}].mask: stored settings carry masks embedded (PNG data URIs); a file name is "
                     "refused and never opened"
                 )
+            control = region.get("control_image") if isinstance(region, Mapping) else None
+            if control is not None and not _is_listed_input(control, False):
+                raise ValueError(
+                    f"regions[{i}].control_image: stored settings carry control images embedded (PNG data URIs) or "
+                    "as a record of the file read and its SHA-256 ({'path': ..., 'sha256': ...}); anything else is "
+                    "refused and never opened"
+                )
     return StoredSettings(stored_task, values, model, model_options, inputs, files)
 
 
-def _is_listed_input(item: Any) -> bool:
-    return is_input_record(item) or (isinstance(item, str) and (item == CONTROL_INPUT or item.startswith("data:")))
+def _is_listed_input(item: Any, takes_input: bool) -> bool:
+    if isinstance(item, str):
+        return (takes_input and item == CONTROL_INPUT) or item.startswith("data:")
+    return is_input_record(item)
 
 
 def read_settings(source: str | os.PathLike | Image.Image, task: str | None = None) -> StoredSettings:

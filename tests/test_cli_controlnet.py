@@ -13,16 +13,9 @@ import pytest
 from multidiffusion.metadata import read_parameters, read_settings
 
 from .test_cli_images import picture, pixels, run_fails, run_ok, sha256
-from .test_controlnet import _control_image, _controlnet
+from .test_controlnet import _control_image
 
 FAST = ["--steps", "2", "--seed", "1", "-q"]
-
-
-@pytest.fixture(scope="module")
-def controlnet_dir(sd16, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-controlnet")
-    _controlnet(sd16.unet, 1).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture

@@ -241,6 +241,8 @@ def run(args: argparse.Namespace) -> None:
         return
     if args.model is None and scene.model is not None:
         args.model = scene.model  # a scene file is the user's own: its model is as if typed
+    if not getattr(args, "controlnet", None) and scene.controlnet:
+        args.controlnet = scene.controlnet  # likewise its ControlNets
     regional = any(r.control_image is not None for r in options.regions)
     source = args.scene or (f"--from {args.from_png}" if stored else "")
     nets = control_net_choice(args, options.control_image, source, regional)
