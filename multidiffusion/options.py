@@ -309,7 +309,8 @@ def _check_controls(options: SamplingOptions) -> None:
             ("control_guidance_end", 1.0),
         ):
             if getattr(options, key) != default:
-                raise ValueError(f"{key} applies to a control image: give control_image too")
+                also = ' (control_image="input": the resized input)' if options.input_control else ""
+                raise ValueError(f"{key} applies to a control image: give control_image too{also}")
         return
     from multidiffusion.images import input_image
 
