@@ -10,8 +10,8 @@ name a file in one form only, and never a file to load code or weights from:
 
 - Region masks travel embedded as PNG data URIs; a mask given as anything else is refused with one
   message that does not depend on what the name points to (nothing is opened or looked up).
-- Input images (``image``, and an inpainting ``mask``) are either embedded (PNG data URIs) or
-  recorded as the file that was read and the SHA-256 of its bytes (``{"path": ..., "sha256":
+- Input images (``image``, an inpainting ``mask``, each of a ``control_image`` list) are either
+  embedded (PNG data URIs) or recorded as the file that was read and the SHA-256 of its bytes (``{"path": ..., "sha256":
   ...}``, :class:`~multidiffusion.images.InputImage`). Reading the file a record names is safe
   even when the PNG came from someone else: the file is used only if its bytes hash to the
   recorded SHA-256, so a record can only name content its author already has; a file that is
@@ -38,7 +38,7 @@ from typing import Any
 from PIL import Image, PngImagePlugin
 
 from multidiffusion.images import ImageLimits, check_file, is_input_record
-from multidiffusion.options import TASK_OPTIONS, UPSCALE_FILTERS, Limits, SamplingOptions, build_options
+from multidiffusion.options import CONTROL_INPUT, TASK_OPTIONS, UPSCALE_FILTERS, Limits, SamplingOptions, build_options
 
 __all__ = [
     "METADATA_KEY",
@@ -66,10 +66,14 @@ RENAMED = {"tiling": "placement"}
 """Keys of older versions and their names now."""
 INPUT_KEYS = ("image", "mask")
 """Stored keys that hold input images: embedded (PNG data URIs) or records of a file and its SHA-256."""
+LIST_INPUT_KEYS = ("control_image",)
+"""Stored keys that hold a list of input images (one per ControlNet): each embedded, a record of a
+file and its SHA-256, or "input" (the task's own input, an upscale's Tile ControlNet)."""
 FILE_KEYS = ("upscaler",)
 """Stored keys that may name a file to load (weights): kept apart by name, never loaded from a PNG."""
-NEVER_READ = ("allow_pickle",)
-"""Stored keys ignored on reading: only the user, on the command line or in code, allows pickles."""
+NEVER_READ = ("allow_pickle", "controlnet")
+"""Stored keys ignored on reading: only the user, on the command line or in code, allows pickles or
+names a ControlNet to load."""
 
 
 def check_output_path(path: str | os.PathLike, name: str = "output") -> Path:
@@ -198,15 +202,16 @@ class StoredSettings:
     ``model`` it was made with (a name, or None) and that model's options (SDXL micro-conditioning).
 
     ``inputs``: the input images recorded as files (``{"path": ..., "sha256": ...}`` by key, e.g.
-    ``image``, ``mask``), apart from ``values`` because using one reads a file on this machine (only
-    if its SHA-256 still matches; see the module docstring). ``files``: settings that named a file
-    to load (an upscaler model), by key, as the file's name only; never loaded from here."""
+    ``image``, ``mask``; ``control_image``: a list of them), apart from ``values`` because using one
+    reads a file on this machine (only if its SHA-256 still matches; see the module docstring).
+    ``files``: settings that named a file to load (an upscaler model), by key, as the file's name
+    only; never loaded from here."""
 
     task: str
     values: dict[str, Any]
     model: str | None = None
     model_options: dict[str, Any] = field(default_factory=dict)
-    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    inputs: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
 
     def options(self, limits: Limits | None = None, **changes: Any) -> SamplingOptions:
@@ -237,6 +242,20 @@ def settings_from_parameters(params: Mapping[str, Any], task: str | None = None)
                 f"{key}: stored settings carry input images embedded (PNG data URIs) or as a record of the file "
                 "read and its SHA-256 ({'path': ..., 'sha256': ...}); anything else is refused and never opened"
             )
+    for key in LIST_INPUT_KEYS:
+        value = values.get(key)
+        if value is None:
+            continue
+        items = value if isinstance(value, list) else [value]
+        takes_input = TASK_OPTIONS[stored_task].input_control  # "input" names no file only where it means the input
+        if not items or not all(_is_listed_input(item, takes_input) for item in items):
+            raise ValueError(
+                f"{key}: stored settings carry control images as a list of records of the file read and its "
+                "SHA-256 ({'path': ..., 'sha256': ...}), embedded images (PNG data URIs) or \"input\"; anything else "
+                "is refused and never opened"
+            )
+        if any(is_input_record(item) for item in items):  # reading it reads a file here: kept apart
+            inputs[key] = values.pop(key)
     files = {}
     for key in FILE_KEYS:
         value = values.get(key)
@@ -265,7 +284,20 @@ def settings_from_parameters(params: Mapping[str, Any], task: str | None = None)
                     f"regions[{i}].mask: stored settings carry masks embedded (PNG data URIs); a file name is "
                     "refused and never opened"
                 )
+            control = region.get("control_image") if isinstance(region, Mapping) else None
+            if control is not None and not _is_listed_input(control, False):
+                raise ValueError(
+                    f"regions[{i}].control_image: stored settings carry control images embedded (PNG data URIs) or "
+                    "as a record of the file read and its SHA-256 ({'path': ..., 'sha256': ...}); anything else is "
+                    "refused and never opened"
+                )
     return StoredSettings(stored_task, values, model, model_options, inputs, files)
+
+
+def _is_listed_input(item: Any, takes_input: bool) -> bool:
+    if isinstance(item, str):
+        return (takes_input and item == CONTROL_INPUT) or item.startswith("data:")
+    return is_input_record(item)
 
 
 def read_settings(source: str | os.PathLike | Image.Image, task: str | None = None) -> StoredSettings:

@@ -217,6 +217,7 @@ class SamplingOptions:
     turn into a generator (None or -1: random); the API takes ``generator`` instead."""
 
     task: ClassVar[str] = ""
+    input_control: ClassVar[bool] = False  # whether control_image may be CONTROL_INPUT (the task's input)
 
     num_inference_steps: int = 50
     guidance_scale: float = 7.5
@@ -275,6 +276,10 @@ class SamplingOptions:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
 
 
+CONTROL_INPUT = "input"
+"""``control_image`` entry of tasks that take the canvas-sized input as a control image (an upscale's
+resized input: the Tile ControlNet convention); recorded as such in the stored settings."""
+
 MAX_CONTROL_SCALE = 10.0
 """Largest ControlNet conditioning scale (diffusers uses 0-2 in practice; beyond 10 is a typo)."""
 
@@ -304,7 +309,8 @@ def _check_controls(options: SamplingOptions) -> None:
             ("control_guidance_end", 1.0),
         ):
             if getattr(options, key) != default:
-                raise ValueError(f"{key} applies to a control image: give control_image too")
+                also = ' (control_image="input": the resized input)' if options.input_control else ""
+                raise ValueError(f"{key} applies to a control image: give control_image too{also}")
         return
     from multidiffusion.images import input_image
 
@@ -313,8 +319,12 @@ def _check_controls(options: SamplingOptions) -> None:
     images = list(images) if many else [images]
     if not images:
         raise ValueError("control_image must be an image or a non-empty list of images")
+    takes_input = getattr(options, "input_control", False)
     options.control_image = [
-        input_image(image, f"control_image[{i}]" if many else "control_image") for i, image in enumerate(images)
+        image
+        if takes_input and isinstance(image, str) and image == CONTROL_INPUT
+        else input_image(image, f"control_image[{i}]" if many else "control_image")
+        for i, image in enumerate(images)
     ]
     n = len(images)
     scales = _per_control(
@@ -525,6 +535,7 @@ class UpscaleOptions(Img2ImgOptions):
 
     task: ClassVar[str] = "upscale"
     prompt_required: ClassVar[bool] = False
+    input_control: ClassVar[bool] = True  # control_image="input": the resized input (Tile ControlNet)
 
     strength: float = 0.35
     scale: float = 2.0

@@ -44,6 +44,16 @@ def tiny_model_dir(sd16, tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="session")
+def controlnet_dir(sd16, tmp_path_factory):
+    """A tiny ControlNet for sd16 (its zeroed outputs re-randomised, so it matters) saved as a folder."""
+    from .test_controlnet import _controlnet
+
+    folder = tmp_path_factory.mktemp("tiny-controlnet")
+    _controlnet(sd16.unet, 1).save_pretrained(folder)
+    return folder
+
+
 def noise(shape, seed=0):
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 

@@ -306,3 +306,43 @@ def test_a_regions_control_image_conditions_only_its_jobs(sd16, nets):
     assert out.parameters["regions"][0]["control_image"] == {"path": None, "sha256": None}
     with pytest.raises(ValueError, match=r"regions\[0\].control_image: controlnet=1, but this model runs 1"):
         md.regions(regions=[{**regions[0], "controlnet": 1}], **kwargs)
+
+
+@pytest.mark.parametrize("explicit", [False, True])
+def test_an_upscale_conditions_on_its_resized_input_tile_controlnet(sd16, nets, explicit):
+    from multidiffusion.engine.views import grid_views
+    from multidiffusion.metadata import settings_from_parameters
+
+    pipe = StableDiffusionControlNetPipeline(**sd16.components, controlnet=nets[0])
+    md = _md(pipe)
+    small = _control_image(width=96, height=64, seed=5)
+    resized = small.resize((192, 128), Image.LANCZOS)  # the upscaler's output: the canvas
+    pixels = torch.from_numpy(np.asarray(resized, np.float32) / 255).permute(2, 0, 1)[None]
+    spy = ControlSpy(nets[0])
+    extra = {"control_image": "input", "controlnet_conditioning_scale": 0.5} if explicit else {}
+    try:
+        out = md.upscale(
+            small,
+            scale=2,
+            window=16,
+            stride=8,
+            view_batch_size=1,
+            num_inference_steps=2,
+            strength=0.5,
+            output_type="latent",
+            **extra,
+        )
+    finally:
+        spy.close()
+    views = grid_views(16, 24, (16, 16), (8, 8))
+    assert len(spy.images) == len(views)  # one step runs at strength 0.5 of 2
+    for view, seen in zip(views, spy.images):
+        assert (seen - control_crop(pixels, view, 8)).abs().max() <= 1e-6
+    assert out.parameters["control_image"] == ["input"]
+    assert out.parameters["controlnet_conditioning_scale"] == (0.5 if explicit else 1.0)
+    stored = settings_from_parameters(out.parameters)
+    assert stored.values["control_image"] == ["input"] and "control_image" not in stored.inputs
+    again = stored.options(image=small)
+    assert again.control_image == ["input"]
+    with pytest.raises(ValueError, match="control_image"):  # only a task with an input takes "input"
+        PanoramaOptions(prompt="x", control_image="input")

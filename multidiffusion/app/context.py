@@ -21,6 +21,7 @@ class AppContext:
     store: OutputStore
     default_size: tuple[int, int]  # (height, width) of a panorama for the first model (native x 4 wide)
     upscalers: Upscalers = field(default_factory=Upscalers)  # filters, and the files the operator named
+    controlnet: bool = False  # the served models run ControlNets (serve --controlnet): control image inputs shown
 
     @property
     def native_size(self) -> tuple[int, int]:

@@ -48,6 +48,7 @@ __all__ = [
     "generate_upscale",
     "load_inpaint_image",
     "load_mask",
+    "preview_control",
     "preview_regions",
 ]
 
@@ -139,6 +140,19 @@ def generate_panorama(
     with pool.use(request.model, is_cancelled) as md:
         saved = _run(md, request, store, "panorama", on_step, is_cancelled)
     return Result(saved.paths[0], saved.summary)
+
+
+def preview_control(path: str | os.PathLike | None, preprocessor: str | None, limits: Limits) -> Any:
+    """The control map an uploaded control image makes with ``preprocessor`` (what the ControlNet
+    sees, before it is resized to the canvas), as a PIL image; None without an upload. The upload
+    goes through the checked loader (:func:`~.inputs.read_upload`)."""
+    from multidiffusion.options import check_choice
+    from multidiffusion.preprocessors import PREPROCESSORS, preprocess
+
+    if path is None or path == "":
+        return None
+    name = check_choice("control_preprocessor", preprocessor or "none", tuple(PREPROCESSORS))
+    return preprocess(read_upload(path, "control_image", limits).image, name)
 
 
 def preview_regions(values: Mapping[str, Any], *, pool: ModelPool, limits: Limits) -> Any:

@@ -8,7 +8,15 @@ import gradio as gr
 
 from multidiffusion.app.context import AppContext
 from multidiffusion.app.handlers import generate_panorama
-from multidiffusion.app.widgets import client_gone, guarded, message, model_dropdown, progress_steps, sampling_controls
+from multidiffusion.app.widgets import (
+    client_gone,
+    control_controls,
+    guarded,
+    message,
+    model_dropdown,
+    progress_steps,
+    sampling_controls,
+)
 
 __all__ = ["panorama_tab"]
 
@@ -34,6 +42,7 @@ def panorama_tab(ctx: AppContext) -> dict[str, Any]:
                                           info=choice.info, elem_id=f"pano-{choice.key}")  # fmt: skip
 
     fields.update(sampling_controls(ctx, "pano", ctx.panorama_size, choices))
+    fields.update(control_controls(ctx, "pano"))
     status = gr.HTML(elem_id="pano-message")
     result = gr.Image(
         label="Result",

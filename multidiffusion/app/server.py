@@ -85,9 +85,12 @@ def create_app(
     limits: Limits,
     store: OutputStore | None = None,
     upscalers: Upscalers | None = None,
+    controlnet: bool | None = None,
 ) -> Any:
     """The Gradio Blocks for ``models`` (the first is loaded now, so a bad model fails at start);
-    ``upscalers``: the upscaler model files the operator offers besides the filters (checked already)."""
+    ``upscalers``: the upscaler model files the operator offers besides the filters (checked already);
+    ``controlnet``: whether the tabs offer a control image (default: whether the first model has a
+    ControlNet)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
     from multidiffusion.app.context import AppContext
     from multidiffusion.app.ui import build_app
@@ -96,7 +99,10 @@ def create_app(
     if store is None:
         store = OutputStore()
         remove_at_exit(store.folder)
-    ctx = AppContext(pool, limits, store, pool.get().default_size, upscalers or Upscalers())
+    first = pool.get()
+    if controlnet is None:
+        controlnet = bool(getattr(getattr(first, "adapter", None), "controlnets", None))
+    ctx = AppContext(pool, limits, store, first.default_size, upscalers or Upscalers(), controlnet)
     return build_app(ctx)
 
 

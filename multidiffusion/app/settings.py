@@ -228,7 +228,19 @@ def panorama_request(
 ) -> Request:
     """Check a panorama form against the server's limits; ValueError with a message for the page."""
     keys = (*PANORAMA_KEYS, *(c.key for c in choices))
-    return _build("panorama", _values(values, keys), limits, pool)
+    return _build("panorama", _control(values, _values(values, keys), limits), limits, pool)
+
+
+def _control(values: Mapping[str, Any], form: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    """The form's control image (an upload, read as every upload is) and its preprocessor, when the
+    page has one; without an image the form has no control settings (an upscale on a model with a
+    ControlNet then conditions on its resized input)."""
+    upload = values.get("control_image")
+    if upload is None or upload == "":
+        return form
+    form["control_image"] = _upload(upload, "control_image", limits)
+    form["control_preprocessor"] = values.get("control_preprocessor") or "none"
+    return form
 
 
 def regions_request(values: Mapping[str, Any], limits: Limits, pool: ModelPool) -> Request:
@@ -268,7 +280,7 @@ def upscale_request(
     if task == "upscale":
         form["upscaler"], form["allow_pickle"] = (upscalers or Upscalers()).resolve(form.get("upscaler"))
     form["image"] = _upload(values.get("image"), "image", limits)
-    return _build(task, form, limits, pool)
+    return _build(task, _control(values, form, limits), limits, pool)
 
 
 def inpaint_request(

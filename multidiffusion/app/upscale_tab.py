@@ -14,6 +14,7 @@ from multidiffusion.app.settings import default_of
 from multidiffusion.app.widgets import (
     PAGE_QUEUE,
     client_gone,
+    control_controls,
     guarded,
     message,
     model_dropdown,
@@ -95,6 +96,7 @@ def upscale_tab(ctx: AppContext) -> dict[str, Any]:
                 elem_id="upscale-inversion",
             )
     fields.update(sampling_controls(ctx, "upscale", None, placement_controls(ctx, "upscale", "upscale")))
+    fields.update(control_controls(ctx, "upscale"))
     status, result, download = result_controls("upscale")
 
     def run(data: dict[Any, Any], progress: gr.Progress = gr.Progress()) -> tuple[Any, Any, str]:  # noqa: B008

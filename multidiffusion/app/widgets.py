@@ -21,6 +21,7 @@ __all__ = [
     "PAGE_QUEUE",
     "THEME",
     "client_gone",
+    "control_controls",
     "guarded",
     "message",
     "model_dropdown",
@@ -198,3 +199,50 @@ def result_controls(prefix: str) -> tuple[Any, Any, Any]:
     )
     download = gr.DownloadButton("Download PNG (with its settings)", visible=False, elem_id=f"{prefix}-download")
     return status, result, download
+
+
+def control_controls(ctx: AppContext, prefix: str) -> dict[str, Any]:
+    """The control image upload, its preprocessor and a preview of the control map, by API name;
+    none when the served models have no ControlNet (``serve --controlnet``). The upload is read by
+    the checked loader, for the preview as for the run."""
+    if not ctx.controlnet:
+        return {}
+    from multidiffusion.app.handlers import preview_control
+    from multidiffusion.preprocessors import PREPROCESSORS
+
+    fields: dict[str, Any] = {}
+    with gr.Accordion("ControlNet", open=True, elem_id=f"{prefix}-controlnet"), gr.Row():
+        fields["control_image"] = gr.Image(
+            label="Control image",
+            type="filepath",  # the upload's path: read by the checked loader, not decoded by Gradio
+            image_mode=None,
+            sources=["upload"],
+            height=200,
+            elem_id=f"{prefix}-control-image",
+        )
+        with gr.Column():
+            fields["control_preprocessor"] = gr.Dropdown(
+                list(PREPROCESSORS),
+                value="none",
+                label="Preprocessor",
+                info="none: the upload is the control map; canny: its edges; tile: blurred (Tile ControlNet)"
+                + ("; without an upload, an upscale conditions on its resized input" if prefix == "upscale" else ""),
+                elem_id=f"{prefix}-control-preprocessor",
+            )
+            note = gr.HTML(elem_id=f"{prefix}-control-message")
+        preview = gr.Image(
+            label="Control map", interactive=False, height=200, elem_id=f"{prefix}-control-preview", format="png"
+        )
+
+    def show(path: str | None, preprocessor: str) -> tuple[Any, str]:
+        return preview_control(path, preprocessor, ctx.limits), ""
+
+    light = {"concurrency_limit": 1, "concurrency_id": PAGE_QUEUE}
+    for event in (fields["control_image"].change, fields["control_preprocessor"].change):
+        event(
+            guarded(show, lambda msg: (None, msg)),
+            inputs=[fields["control_image"], fields["control_preprocessor"]],
+            outputs=[preview, note],
+            **light,
+        )
+    return fields

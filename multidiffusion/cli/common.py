@@ -21,8 +21,10 @@ __all__ = [
     "IMAGE_VERBS",
     "SAMPLING_FLAGS",
     "Parser",
+    "add_control_options",
     "add_model_options",
     "add_sampling_options",
+    "control_net_choice",
     "fail",
     "flag_values",
     "in_context",
@@ -99,6 +101,13 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         type=original_size_type,
         help="SDXL: each view's original-size conditioning: canvas, window or HxW pixels (default: canvas)",
     )
+    g.add_argument(
+        "--controlnet",
+        action="append",
+        metavar="MODEL",
+        help="a ControlNet: a diffusers folder, a repo id or a .safetensors file (pickles only with --allow-pickle); "
+        "repeat for several, each with its --control-image. Not stored in the PNG: give it again with --from",
+    )
     g.add_argument("--device", help="cuda, cpu or mps (default: cuda if present)")
     g.add_argument("--dtype", choices=DTYPES, help="default: float16 on GPU, else float32")
     g.add_argument(
@@ -121,8 +130,16 @@ SAMPLING_FLAGS = {
     "scheduler": "scheduler",
     "batch_size": "view_batch_size",
     "num_images": "num_images_per_prompt",
+    "control_image": "control_image",
+    "control_scale": "controlnet_conditioning_scale",
+    "control_start": "control_guidance_start",
+    "control_end": "control_guidance_end",
+    "guess_mode": "guess_mode",
+    "control_preprocessor": "control_preprocessor",
 }
 """Command-line flag (argparse dest) -> API name, for the options every task shares."""
+PER_CONTROL = ("control_image", "control_scale", "control_start", "control_end", "control_preprocessor")
+"""Flags given once per ControlNet (repeated in the order of --controlnet); once: for all."""
 
 
 def add_sampling_options(p: argparse.ArgumentParser) -> None:
@@ -136,19 +153,104 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scheduler", help=f"{', '.join(SCHEDULER_NAMES)} (default ddim, as the paper)")
     g.add_argument("--batch-size", type=int, help="views per model call (default: scales with the model's window)")
     g.add_argument("--num-images", type=int, help="images to generate (out.png, out-2.png, ...)")
+    add_control_options(p)
     g.add_argument("-o", "--output", required=True, help="output PNG (parameters are stored in it)")
     g.add_argument("--from", dest="from_png", metavar="PNG", help="reuse the settings stored in a PNG; flags override")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
+def add_control_options(p: argparse.ArgumentParser) -> None:
+    from multidiffusion.preprocessors import PREPROCESSORS
+
+    g = p.add_argument_group("ControlNet (with --controlnet MODEL)")
+    g.add_argument(
+        "--control-image",
+        action="append",
+        metavar="FILE",
+        help="the control image over the whole canvas (same aspect ratio), each view conditioned on its crop; "
+        "repeat: one per --controlnet. upscale: without one, the resized input (Tile ControlNet)",
+    )
+    g.add_argument(
+        "--control-scale", type=float, action="append", metavar="S", help="ControlNet strength (default 1; repeatable)"
+    )
+    g.add_argument(
+        "--control-start",
+        type=float,
+        action="append",
+        metavar="F",
+        help="fraction of the steps where the ControlNet starts acting (default 0; repeatable)",
+    )
+    g.add_argument(
+        "--control-end",
+        type=float,
+        action="append",
+        metavar="F",
+        help="fraction of the steps where it stops (default 1; repeatable)",
+    )
+    g.add_argument(
+        "--guess-mode",
+        action="store_true",
+        default=None,
+        help="the ControlNet sees only the conditional branch (as diffusers' guess_mode)",
+    )
+    g.add_argument(
+        "--control-preprocessor",
+        action="append",
+        choices=tuple(PREPROCESSORS),
+        help="make the control map from the control image: none (default; it is the map), canny edges, tile "
+        "(blurred), tile-grey (repeatable)",
+    )
+
+
 def flag_values(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
-    """The flags given on the command line, by API name (tuples become lists, as stored)."""
+    """The flags given on the command line, by API name (tuples become lists, as stored; a flag
+    repeated per ControlNet given once is one value, its files absolute paths)."""
+    from multidiffusion.options import CONTROL_INPUT
+
     values = {}
     for flag, key in flags.items():
         value = getattr(args, flag, None)
-        if value is not None:
-            values[key] = value
+        if value is None:
+            continue
+        if flag == "control_image":
+            value = [v if v == CONTROL_INPUT else typed_file(v) for v in value]
+        if flag in PER_CONTROL and isinstance(value, list) and len(value) == 1:
+            value = value[0]
+        values[key] = value
     return values
+
+
+def control_net_choice(
+    args: argparse.Namespace, control_image: Any, source: str = "", regional: bool = False
+) -> list[str] | None:
+    """The --controlnet models to load (files as absolute paths), checked before any model loads:
+    one per ``control_image`` (the settings' top-level one: None, one, or a list), and some when
+    there is a control image (``regional``: a region has one). ``source``: a scene file or
+    ``--from PNG``, for the message (a PNG never stores the ControlNet)."""
+    from multidiffusion.models.controlnet import check_controlnet_source
+
+    specs = getattr(args, "controlnet", None)
+    if not specs:
+        if control_image is None and not regional:
+            return None
+        if source.startswith("--from"):
+            fail(
+                f"{source}: the image was made with a ControlNet, which the PNG does not store; pass "
+                "--controlnet MODEL again"
+            )
+        fail(f"{source + ': ' if source else ''}a control image needs a ControlNet: pass --controlnet MODEL")
+    images = control_image if isinstance(control_image, (list, tuple)) else [control_image]
+    if control_image is not None and len(images) != len(specs):
+        fail(f"--control-image: give one per --controlnet ({len(specs)}), got {len(images)}")
+    chosen = []
+    for spec in specs:
+        path = Path(spec).expanduser()
+        try:
+            check_controlnet_source(spec, bool(args.allow_pickle), "--controlnet")
+        except ValueError as exc:
+            fail(str(exc))
+        chosen.append(str(path.absolute()) if path.exists() else spec)
+    return chosen
 
 
 def stored_settings(args: argparse.Namespace, task: str) -> StoredSettings | None:
@@ -205,7 +307,7 @@ def with_flag(message: str, flags: dict[str, str], given: dict[str, Any]) -> str
     """An options error, with the flag that gave the value when the user typed it: the message is
     the library's own (the same from the API, a scene file and the web app), the flag is added."""
     for flag, key in flags.items():
-        if key in given and (message.startswith(f"{key} ") or message.startswith(f"{key}:")):
+        if key in given and message.startswith((f"{key} ", f"{key}:", f"{key}[")):
             return f"{message} (--{flag.replace('_', '-')})"
     return message
 
@@ -229,9 +331,17 @@ def model_choice(args: argparse.Namespace, stored: StoredSettings | None) -> tup
     return stored.model, False, {**stored.model_options, **typed}
 
 
-def load_model(model: str, args: argparse.Namespace, allow_pickle: bool = False, **options: Any):
+def load_model(
+    model: str,
+    args: argparse.Namespace,
+    allow_pickle: bool = False,
+    controlnet: list[str] | None = None,
+    **options: Any,
+):
     """The MultiDiffusion object for ``model`` with --device, --dtype, --config, --prediction-type and
-    --compile; ``options`` are ``from_pretrained``'s SDXL micro-conditioning."""
+    --compile, and the ``controlnet`` models (:func:`control_net_choice`; by default --controlnet as
+    typed; pickles only with --allow-pickle); ``options`` are ``from_pretrained``'s SDXL
+    micro-conditioning."""
     import torch
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
@@ -249,6 +359,9 @@ def load_model(model: str, args: argparse.Namespace, allow_pickle: bool = False,
         prediction_type=args.prediction_type,
         **options,
     )
+    nets = controlnet if controlnet is not None else getattr(args, "controlnet", None)
+    if nets:
+        md.set_controlnet(nets if len(nets) > 1 else nets[0], allow_pickle=bool(args.allow_pickle))
     md.set_progress_bar_config(disable=args.quiet, leave=False)
     if getattr(args, "compile", False):
         md.compile()

@@ -17,6 +17,7 @@ from typing import Any
 from multidiffusion.cli.common import (
     add_model_options,
     add_sampling_options,
+    control_net_choice,
     fail,
     flag_values,
     in_context,
@@ -190,6 +191,9 @@ def run_image_task(args: argparse.Namespace, flags: dict[str, str], inputs: tupl
         fail(in_context(str(exc), flags, given, source))
     if args.model is None and scene.model is not None:
         args.model = scene.model  # a scene file is the user's own: its model is as if typed
+    if not getattr(args, "controlnet", None) and scene.controlnet:
+        args.controlnet = scene.controlnet  # likewise its ControlNets
+    nets = control_net_choice(args, scene.options.control_image, source)
     model, allow_pickle, model_options = model_choice(args, stored)
-    md = load_model(model, args, allow_pickle, **model_options)
+    md = load_model(model, args, allow_pickle, nets, **model_options)
     report(run_and_save(md, scene.options, output))

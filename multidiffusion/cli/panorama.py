@@ -8,6 +8,7 @@ from multidiffusion.cli.common import (
     SAMPLING_FLAGS,
     add_model_options,
     add_sampling_options,
+    control_net_choice,
     fail,
     flag_values,
     load_model,
@@ -79,13 +80,14 @@ def run(args: argparse.Namespace) -> None:
     output = check_output_path(args.output, "--output")
     stored = stored_settings(args, "panorama")
     given = flag_values(args, FLAGS)
-    values = {**(stored.values if stored else {}), **given}
+    values = {**(stored.values if stored else {}), **(stored.inputs if stored else {}), **given}
     if not values.get("prompt"):
         fail("a prompt is required (or --from an image we wrote)")
     try:  # every check that needs no model, before minutes of loading
         options = build_options("panorama", values)
     except ValueError as exc:
         fail(with_flag(str(exc), FLAGS, given))
+    nets = control_net_choice(args, options.control_image, f"--from {args.from_png}" if stored else "")
     model, allow_pickle, model_options = model_choice(args, stored)
-    md = load_model(model, args, allow_pickle, **model_options)
+    md = load_model(model, args, allow_pickle, nets, **model_options)
     report(run_and_save(md, options, output))

@@ -11,6 +11,7 @@ from multidiffusion.cli.common import (
     SAMPLING_FLAGS,
     add_model_options,
     add_sampling_options,
+    control_net_choice,
     fail,
     flag_values,
     in_context,
@@ -240,8 +241,13 @@ def run(args: argparse.Namespace) -> None:
         return
     if args.model is None and scene.model is not None:
         args.model = scene.model  # a scene file is the user's own: its model is as if typed
+    if not getattr(args, "controlnet", None) and scene.controlnet:
+        args.controlnet = scene.controlnet  # likewise its ControlNets
+    regional = any(r.control_image is not None for r in options.regions)
+    source = args.scene or (f"--from {args.from_png}" if stored else "")
+    nets = control_net_choice(args, options.control_image, source, regional)
     model, allow_pickle, model_options = model_choice(args, stored)
-    md = load_model(model, args, allow_pickle, **model_options)
+    md = load_model(model, args, allow_pickle, nets, **model_options)
     layout = md.region_layout(options.height, options.width, options.background, options.regions)
     extra = []
     if preview is not None:  # written before the run, so a long run can be checked (and stopped)

@@ -160,17 +160,23 @@ def _scatter(value: torch.Tensor, rows: torch.Tensor, total: int) -> torch.Tenso
 
 
 def build_controls(
-    options: Any, adapter: Any, size: tuple[int, int], region_controls: Sequence[tuple[int, str, Any, float, int]] = ()
+    options: Any,
+    adapter: Any,
+    size: tuple[int, int],
+    region_controls: Sequence[tuple[int, str, Any, float, int]] = (),
+    input_control: Any = None,
 ) -> Controls | None:
     """The :class:`Controls` of checked ``options`` for a model's ``adapter`` on a canvas of ``size``
     pixels, or None without a control image. Each control image is resized to the canvas as
     diffusers' control image processor does (RGB, [0, 1]); one of another aspect ratio is refused.
 
     ``region_controls``: (prompt slot, name, input image, scale, ControlNet index) of regions with
-    their own control image; each conditions only its slot's jobs, over the call's first control range."""
+    their own control image; each conditions only its slot's jobs, over the call's first control range.
+    ``input_control``: the canvas-sized PIL image a :data:`~multidiffusion.options.CONTROL_INPUT`
+    entry stands for (an upscale's resized input)."""
     from diffusers.image_processor import VaeImageProcessor
 
-    from multidiffusion.options import check_same_aspect, control_settings
+    from multidiffusion.options import CONTROL_INPUT, check_same_aspect, control_settings
     from multidiffusion.preprocessors import preprocess
 
     settings = control_settings(options)
@@ -191,8 +197,14 @@ def build_controls(
     controls = []
     for i, (image, scale, start, end, preprocessor) in enumerate(settings):
         name = "control_image" if len(settings) == 1 else f"control_image[{i}]"
-        check_same_aspect(name, image.size, "canvas", size)
-        pixels = processor.preprocess(preprocess(image.image, preprocessor), height=size[0], width=size[1])
+        if isinstance(image, str) and image == CONTROL_INPUT:
+            if input_control is None:
+                raise ValueError(f"{name}: {CONTROL_INPUT!r} stands for the input, and this task has none")
+            source = input_control
+        else:
+            check_same_aspect(name, image.size, "canvas", size)
+            source = image.image
+        pixels = processor.preprocess(preprocess(source, preprocessor), height=size[0], width=size[1])
         pixels = pixels.to(torch.float32)
         controls.append(Control(nets[i], pixels.to(adapter.device, adapter.dtype), scale, start, end))
     start, end = (settings[0][2], settings[0][3]) if settings else (0.0, 1.0)

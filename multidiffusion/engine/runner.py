@@ -95,7 +95,7 @@ def run(
     if not options.guess_mode:  # in guess mode the unconditional branch differs: it gets no ControlNet
         cond = _without_idle_guidance(cond)
     stats = SamplingStats()
-    controls = build_controls(options, adapter, task.size, task.region_controls())
+    controls = build_controls(options, adapter, task.size, task.region_controls(), task.control_input())
     loras = _lora_switch(task, adapter)
     model = GuidedModel(
         adapter,
@@ -291,7 +291,7 @@ def _control_parameters(options: Any) -> dict[str, Any]:
     if not options.control_image:
         return {}
     return {
-        "control_image": [image.record() for image in options.control_image],
+        "control_image": [image if isinstance(image, str) else image.record() for image in options.control_image],
         "controlnet_conditioning_scale": options.controlnet_conditioning_scale,
         "control_guidance_start": options.control_guidance_start,
         "control_guidance_end": options.control_guidance_end,

@@ -136,6 +136,11 @@ class Task:
         own control image (regions); none by default."""
         return []
 
+    def control_input(self) -> Any:
+        """The canvas-sized PIL image a ``control_image`` entry "input" stands for (an upscale's
+        resized input), after :meth:`prepare`; None for tasks without one."""
+        return None
+
     def lora_sets(self) -> dict[int, tuple[Any, str]]:
         """Prompt slot -> (its own LoRA set (:func:`~multidiffusion.engine.loras.lora_key`), the
         parameter's name for errors), for prompts that have one (regions); the jobs of those slots

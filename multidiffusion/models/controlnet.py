@@ -13,7 +13,7 @@ import torch
 
 from multidiffusion.models.files import ModelNotFoundError, is_pickle_path
 
-__all__ = ["check_controlnet", "load_controlnet", "load_controlnets"]
+__all__ = ["check_controlnet", "check_controlnet_source", "load_controlnet", "load_controlnets"]
 
 _KINDS = "a ControlNet folder, a Hugging Face repo id, a .safetensors file or a ControlNetModel"
 
@@ -41,6 +41,30 @@ def check_controlnet(controlnet: torch.nn.Module, unet: torch.nn.Module, name: s
         )
 
 
+def check_controlnet_source(spec: str | os.PathLike, allow_pickle: bool = False, name: str = "controlnet") -> None:
+    """The checks :func:`load_controlnet` makes on a file or folder before loading anything (that it
+    exists, is a ControlNet folder or a .safetensors file, and no pickle unless allowed); a repo id
+    passes. For shells that check their input before minutes of loading."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        if is_pickle_path(path) and not allow_pickle:
+            raise ModelNotFoundError(
+                f"{name}: {path.name} is a pickle checkpoint, which can run code when loaded; convert it to "
+                ".safetensors, or pass allow_pickle=True (--allow-pickle) if you trust its source"
+            )
+        if path.suffix != ".safetensors" and not is_pickle_path(path):
+            raise ModelNotFoundError(f"{name}: a ControlNet file must be .safetensors, got {path.name}")
+    elif path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{name}: {path} is not a ControlNet folder (no config.json)")
+        if not any(path.glob("*.safetensors")) and not allow_pickle:
+            raise ModelNotFoundError(
+                f"{name}: {path} holds pickle weights only; pass allow_pickle=True (--allow-pickle) if you trust it"
+            )
+    elif str(spec).startswith((".", "/", "~")) or path.suffix in (".safetensors", ".pth", ".bin", ".ckpt", ".pt"):
+        raise ModelNotFoundError(f"{name}: no such file or folder {str(spec)!r}")
+
+
 def load_controlnet(
     spec: Any, *, torch_dtype: torch.dtype | None = None, allow_pickle: bool = False, name: str = "controlnet"
 ) -> torch.nn.Module:
@@ -52,15 +76,9 @@ def load_controlnet(
     if not isinstance(spec, (str, os.PathLike)):
         raise ValueError(f"{name} must be {_KINDS}, got {type(spec).__name__}")
     kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+    check_controlnet_source(spec, allow_pickle, name)
     path = Path(spec).expanduser()
     if path.is_file():
-        if is_pickle_path(path) and not allow_pickle:
-            raise ModelNotFoundError(
-                f"{name}: {path.name} is a pickle checkpoint, which can run code when loaded; convert it to "
-                ".safetensors, or pass allow_pickle=True (--allow-pickle) if you trust its source"
-            )
-        if path.suffix != ".safetensors" and not is_pickle_path(path):
-            raise ModelNotFoundError(f"{name}: a ControlNet file must be .safetensors, got {path.name}")
         try:
             return ControlNetModel.from_single_file(str(path), **kwargs)
         except Exception as exc:  # diffusers needs the hub for a single file's config when not cached
@@ -69,16 +87,7 @@ def load_controlnet(
                 "folder instead"
             ) from None
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(f"{name}: {path} is not a ControlNet folder (no config.json)")
-        has_safetensors = any(path.glob("*.safetensors"))
-        if not has_safetensors and not allow_pickle:
-            raise ModelNotFoundError(
-                f"{name}: {path} holds pickle weights only; pass allow_pickle=True (--allow-pickle) if you trust it"
-            )
         return ControlNetModel.from_pretrained(str(path), use_safetensors=None if allow_pickle else True, **kwargs)
-    if str(spec).startswith((".", "/", "~")) or path.suffix in (".safetensors", ".pth", ".bin", ".ckpt", ".pt"):
-        raise ModelNotFoundError(f"{name}: no such file or folder {str(spec)!r}")
     return _load_repo(str(spec), allow_pickle, name, **kwargs)
 
 

@@ -44,9 +44,27 @@ An input may also be the record a PNG stores (``image = { path = "photo.png", sh
 the file must still have that SHA-256. A scene can't set ``allow_pickle`` (a pickle upscaler can
 run code): the caller allows it (``parse_scene(..., allow_pickle=True)``, ``--allow-pickle``).
 
-**Files a scene may read**: masks, maps, input images and upscaler models under the scene file's
-own folder (symbolic links are resolved first), unless the caller allows more
-(``allow_outside=True``; the command line's ``--allow-outside-files``). A name outside is refused
+**ControlNet.** ``controlnet`` (a folder or ``.safetensors`` file relative to the scene, or a repo
+id; a list for several) loads with the model; ``control_image`` (a file relative to the scene, or a
+list, one per ControlNet; an upscale's ``"input"`` is its resized input, the Tile ControlNet's
+convention), ``controlnet_conditioning_scale``, ``control_guidance_start``, ``control_guidance_end``,
+``guess_mode`` and ``control_preprocessor`` are the options'. A region table may carry its own
+``control_image``, ``controlnet_conditioning_scale``, ``controlnet`` (an index) and ``loras`` (a
+table of adapter name = weight)::
+
+    controlnet = "controlnets/canny"   # relative to the scene file, or a repo id
+    control_image = "edges.png"
+    controlnet_conditioning_scale = 0.8
+    control_preprocessor = "none"      # or "canny", "tile", "tile-grey"
+    [[regions]]
+    prompt = "a dancer"
+    box = [0.3, 0.1, 0.7, 1.0]
+    control_image = "pose.png"         # conditions this region's prompt only
+    loras = { "watercolor" = 0.8 }     # adapters loaded with md.load_lora(..., adapter_name=...)
+
+**Files a scene may read**: masks, maps, input and control images, upscaler and ControlNet models
+under the scene file's own folder (symbolic links are resolved first), unless the caller allows
+more (``allow_outside=True``; the command line's ``--allow-outside-files``). A name outside is refused
 before anything is opened, with the same message whether it exists or not.
 """
 
@@ -63,7 +81,15 @@ from pathlib import Path
 from typing import Any
 
 from multidiffusion.images import is_input_record
-from multidiffusion.options import TASK_OPTIONS, UPSCALE_FILTERS, Limits, SamplingOptions, build_options, option_names
+from multidiffusion.options import (
+    CONTROL_INPUT,
+    TASK_OPTIONS,
+    UPSCALE_FILTERS,
+    Limits,
+    SamplingOptions,
+    build_options,
+    option_names,
+)
 from multidiffusion.regions.layout import Region
 
 if sys.version_info >= (3, 11):
@@ -84,13 +110,14 @@ __all__ = [
 
 SCENE_ONLY: dict[str, str] = {
     "model": "a string",
+    "controlnet": "a string or a list of strings (ControlNet folders, files or repo ids)",
     "task": "a string",
     "regions": "a list of region tables",
     "segmentation": "a table with map and colors",
 }
 """Scene fields that are not task options: every other field is one of the task's
 :func:`~multidiffusion.options.option_names`."""
-INPUT_FIELDS = ("image", "mask")
+INPUT_FIELDS = ("image", "mask", "control_image")
 """Task options that are input images: files relative to the scene file (or PNG data URIs)."""
 REGION_FIELDS: dict[str, str] = {
     "prompt": "a string",
@@ -100,6 +127,10 @@ REGION_FIELDS: dict[str, str] = {
     "feather": "a number",
     "weight": "a number",
     "guidance_scale": "a number",
+    "control_image": "a string (image file or PNG data URI) or a stored record",
+    "controlnet_conditioning_scale": "a number",
+    "controlnet": "an integer (the index of a ControlNet)",
+    "loras": "a table of adapter name = weight",
 }
 SEGMENTATION_FIELDS: dict[str, str] = {"map": "a string (image file)", "colors": "a table of colour = prompt"}
 METADATA_ONLY = ("mode", "multidiffusion_version", "image_index")
@@ -109,10 +140,12 @@ METADATA_ONLY = ("mode", "multidiffusion_version", "image_index")
 @dataclass
 class Scene:
     """A parsed scene: the checked ``options`` of its task (regions unless the scene says
-    otherwise) and the ``model`` to run it with (None: unset)."""
+    otherwise), the ``model`` to run it with (None: unset) and its ``controlnet`` models (files as
+    absolute paths, repo ids as given; None: unset)."""
 
     options: SamplingOptions
     model: str | None = None
+    controlnet: list[str] | None = None
 
     @property
     def task(self) -> str:
@@ -129,6 +162,12 @@ class Scene:
 
 
 def _kind_ok(kind: str, value: Any) -> bool:
+    if kind.startswith("a string or a list"):
+        return isinstance(value, str) or (
+            isinstance(value, list) and bool(value) and all(isinstance(v, str) and v for v in value)
+        )
+    if kind.startswith("a string (image file or PNG data URI) or"):
+        return isinstance(value, (str, Mapping))
     if kind.startswith("a string"):
         return isinstance(value, str)
     if kind.startswith("an integer or"):
@@ -216,6 +255,8 @@ def parse_region(table: Any, where: str, base: Path | None = None, allow_outside
     values = {k: v for k, v in table.items() if v is not None}
     if "mask" in values:
         values["mask"] = _resolve(values["mask"], base, f"{where}.mask", allow_outside)
+    if "control_image" in values:
+        values["control_image"] = _input(values["control_image"], base, f"{where}.control_image", allow_outside)
     try:
         return Region(**values)
     except ValueError as exc:
@@ -289,8 +330,29 @@ def parse_scene(
             if values.pop(key, None) is not None:
                 raise ValueError(_at(source, f'{key} is for region layouts (task = "regions"), not for {task}'))
     for key in INPUT_FIELDS:
-        if values.get(key) is not None:
-            values[key] = _input(values[key], base_dir, _at(source, key), allow_outside)
+        value = values.get(key)
+        if value is None:
+            continue
+        if key == "control_image":
+            many = isinstance(value, list)
+            items = [
+                item
+                if item == CONTROL_INPUT and TASK_OPTIONS[task].input_control
+                else _input(item, base_dir, _at(source, f"{key}[{i}]" if many else key), allow_outside)
+                for i, item in enumerate(value if many else [value])
+            ]
+            values[key] = items if many else items[0]
+        else:
+            values[key] = _input(value, base_dir, _at(source, key), allow_outside)
+    controlnet = values.pop("controlnet", None)
+    if controlnet is not None:
+        specs = [controlnet] if isinstance(controlnet, str) else controlnet
+        controlnet = [
+            _controlnet_spec(
+                spec, base_dir, _at(source, "controlnet" if len(specs) == 1 else f"controlnet[{i}]"), allow_outside
+            )
+            for i, spec in enumerate(specs)
+        ]
     if values.get("upscaler") is not None:
         values["upscaler"] = _upscaler(values["upscaler"], base_dir, _at(source, "upscaler"), allow_outside)
     if "allow_pickle" in values:
@@ -307,7 +369,19 @@ def parse_scene(
         options = build_options(task, values, limits)
     except ValueError as exc:
         raise ValueError(_at(source, str(exc))) from None
-    return Scene(options, model)
+    return Scene(options, model, controlnet)
+
+
+def _controlnet_spec(spec: str, base: Path | None, where: str, allow_outside: bool) -> str:
+    """A ControlNet of a scene: a file or folder relative to the scene (confined to its folder like
+    every file it reads) when it exists there or looks like a path; else a repo id, as given."""
+    if base is None:
+        return spec
+    path = Path(spec).expanduser()
+    suffixes = (".safetensors", ".pth", ".bin", ".ckpt", ".pt")
+    if spec.startswith((".", "/", "~")) or path.suffix in suffixes or (base / path).exists():
+        return _absolute(_resolve(spec, base, where, allow_outside), base)
+    return spec
 
 
 def _at(source: str, message: str) -> str:

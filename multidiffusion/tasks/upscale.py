@@ -28,10 +28,16 @@ runner skips, so the inversion costs one UNet row per window. Its cost, ``invers
 jobs of a step (a job being one window under the prompt), is what
 :meth:`UpscaleTask.extra_evaluations` reports to the compute bound; the run's ``stats`` count its
 model calls, jobs and evaluations (not its latent pixels, so ``coverage`` stays per sampling step).
+
+**Tile ControlNet**: on a model with ControlNets, an upscale without ``control_image`` conditions
+each ControlNet on the resized input (the canvas-sized image the upscaler made), each view on its
+crop, as the Tile ControlNet expects; ``control_image="input"`` says so explicitly (and may sit in a
+list beside other control images), and the settings record it as ``"control_image": ["input"]``.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -40,7 +46,7 @@ import torch
 from multidiffusion.engine.inversion import alphas_at, ddim_invert, implied_noise, inversion_levels
 from multidiffusion.engine.sampler import GuidedModel, SamplingStats
 from multidiffusion.engine.task import Start
-from multidiffusion.options import UPSCALE_FILTERS, UpscaleOptions
+from multidiffusion.options import CONTROL_INPUT, UPSCALE_FILTERS, UpscaleOptions
 from multidiffusion.tasks.img2img import Img2ImgTask
 from multidiffusion.upscalers import require_spandrel, upscale_image, upscaler_record
 
@@ -55,7 +61,19 @@ class UpscaleTask(Img2ImgTask):
     options: UpscaleOptions
 
     def __init__(self, options: UpscaleOptions, adapter: Any):
+        if options.control_image is None and getattr(adapter, "controlnets", None):
+            # the Tile ControlNet convention: without a control image, each ControlNet sees the resized input
+            options = copy.copy(options)
+            options.control_image = [CONTROL_INPUT] * len(adapter.controlnets)
+            if len(adapter.controlnets) > 1:
+                options.controlnet_conditioning_scale = [options.controlnet_conditioning_scale] * len(
+                    adapter.controlnets
+                )
+                options.control_guidance_start = [options.control_guidance_start] * len(adapter.controlnets)
+                options.control_guidance_end = [options.control_guidance_end] * len(adapter.controlnets)
+                options.control_preprocessor = [options.control_preprocessor] * len(adapter.controlnets)
         super().__init__(options, adapter)
+        self.resized: Any = None  # the input resized to the canvas, after prepare
         self.inversion_stats = SamplingStats()  # what the inversion cost (also added to the run's)
         up = options.upscaler
         if isinstance(up, str) and up not in UPSCALE_FILTERS:
@@ -67,7 +85,12 @@ class UpscaleTask(Img2ImgTask):
         resized = upscale_image(
             o.image.image, size=self.size, upscaler=o.upscaler, allow_pickle=o.allow_pickle, device=self.adapter.device
         )
+        if self.options.control_image:
+            self.resized = resized
         self.input.encode(generator, images, vae_tiling, pixels=_pixels(resized))
+
+    def control_input(self) -> Any:
+        return self.resized
 
     # -- the start: noised as img2img, or inverted --------------------------------------------------
     @property
