@@ -228,8 +228,9 @@ def test_the_app_never_reads_a_recorded_input(tmp_path, md16):
     record = {"path": str(tmp_path / "photo.png"), "sha256": "0" * 64}
     png = _png_with(tmp_path, {**IMG2IMG, "image": record})
     opened = _audit_opens({record["path"]})
-    with pytest.raises(ValueError, match="image is required"):
-        values_from_png(png, ServerLimits(), ModelPool(["tiny"], lambda name: md16))
+    mode, values, notes = values_from_png(png, ServerLimits(), ModelPool(["tiny"], lambda name: md16))
+    assert mode == "img2img" and "image" not in values
+    assert any("upload it again" in note for note in notes)  # the page asks for the image instead
     assert opened == []
 
 
