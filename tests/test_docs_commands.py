@@ -64,6 +64,7 @@ SKIP_OPTIONS = {
     "--prediction-type": "a checkpoint's prediction type (SD 2.x 768-v)",
     "--compile": "torch.compile takes minutes on a CPU",
     "--upscaler": "an upscaler model file (ESRGAN family, read by spandrel) is not shipped",
+    "--controlnet": "a ControlNet checkpoint: none is shipped yet (the demo ControlNet is issue 17)",
 }
 # Options whose value makes the command skipped only when it is not one of these (a filter name).
 SKIP_UNLESS = {"--upscaler": ("lanczos", "bicubic", "bilinear", "nearest")}
