@@ -18,7 +18,8 @@ Three suites (``python -m benchmarks --suites upscale-memory|upscale-peer|upscal
   the whole call (1.0: every latent pixel through the model once, both guidance branches counted).
 - **quality** (:func:`quality_rows`): demo panoramas (``MultiDiffusion.from_pretrained("demo")``)
   upscaled 2x by Lanczos, independent tiles, ours (exact and fast), each of ours also with noise
-  inversion; a few seeds. Per result: PSNR of the result downscaled back (box filter) against the
+  inversion, and the Lanczos image through the VAE and back (what any latent method loses before
+  it changes anything); a few seeds. Per result: PSNR of the result downscaled back (box filter) against the
   input; high-frequency energy (mean squared Laplacian of the luminance) over Lanczos's; the seam
   score (:func:`benchmarks.seams.seam_score`) on the columns and rows where the independent tiles'
   feathered bands lie (1.0: no trace of them).
@@ -148,6 +149,16 @@ def hf_energy(image: Image.Image) -> float:
     y = np.asarray(image.convert("L"), np.float64)
     lap = 4 * y[1:-1, 1:-1] - y[:-2, 1:-1] - y[2:, 1:-1] - y[1:-1, :-2] - y[1:-1, 2:]
     return float((lap**2).mean())
+
+
+def _vae_round_trip(md: Any, image: Image.Image) -> Image.Image:
+    """``image`` encoded (posterior mean) and decoded by the model's VAE, tiled as an upscale does:
+    what a latent method keeps of an image it does not change at all."""
+    from multidiffusion.vae.codec import decode_to_uint8, encode_images
+
+    pixels = torch.from_numpy(np.array(image)[None]).permute(0, 3, 1, 2).float().div_(127.5).sub_(1)
+    latents = encode_images(md.pipe.vae, pixels.to(md.device))
+    return Image.fromarray(decode_to_uint8(md.pipe.vae, latents)[0].numpy())
 
 
 def band_lines(starts: list[int], overlap: int, period: int) -> set[int]:
@@ -342,6 +353,7 @@ def quality_rows(quick: bool = False, device: torch.device | None = None) -> lis
     height, width = tile, 4 * tile  # a 64 x 256 demo panorama -> 128 x 512
     ways = {
         "lanczos": None,
+        "lanczos, VAE round trip (the ceiling of any latent method)": "vae",
         "independent tiles (A1111 SD upscale)": "peer",
         "ours, exact": {},
         "ours, exact, noise inversion": {"noise_inversion": True},
@@ -360,6 +372,8 @@ def quality_rows(quick: bool = False, device: torch.device | None = None) -> lis
             start = time.perf_counter()
             if how is None:
                 results[name] = source.resize((2 * width, 2 * height), Image.Resampling.LANCZOS)
+            elif how == "vae":
+                results[name] = _vae_round_trip(md, source.resize((2 * width, 2 * height), Image.Resampling.LANCZOS))
             elif how == "peer":
                 results[name] = sd_upscale_tiles(
                     md.pipe, source, 2, prompt, tile=tile, overlap=overlap, strength=strength, steps=steps,

@@ -13,9 +13,10 @@ Three kinds of upscaler, all ending at the exact target size:
   rest already 8-bit), so the image's own memory is its 8-bit size plus one band. Tiles are blended
   over their overlap: a network's output near a tile's border saw padding instead of the image, so
   the outer quarter of the overlap is dropped and linear ramps hand over in its middle half.
-  spandrel is the ``upscale`` extra (``pip install "multidiffusion[upscale]"``). A ``.pth`` file is
-  a pickle, which can run code when opened: refused without ``allow_pickle`` (spandrel's restricted
-  unpickler narrows but does not remove that risk); ``.safetensors`` files are plain tensors.
+  spandrel is the ``upscale`` extra (``pip install "multidiffusion[upscale]"``). A ``.pth`` file
+  is a pickle, which can run code when opened: refused without ``allow_pickle`` (spandrel's
+  restricted unpickler narrows but does not remove that risk); ``.safetensors`` files are plain
+  tensors.
 
 A network of scale s is run once when s x the image reaches the target (a 4x model for a 2x upscale
 gives 4x, resized down, as A1111 and ComfyUI do), and again only while its output stays within the

@@ -175,10 +175,10 @@ def test_without_spandrel_a_model_file_gives_one_line_naming_the_extra(md16, tmp
 @pytest.mark.skipif(_spandrel_missing() is not None, reason=f"spandrel is not usable here: {_spandrel_missing()}")
 def test_an_esrgan_file_upscales_through_spandrel_in_tiles(tmp_path):
     from safetensors.torch import save_file
-    from spandrel.architectures.ESRGAN import RRDBNet
+    from spandrel.architectures.ESRGAN import ESRGAN
 
     torch.manual_seed(0)
-    net = RRDBNet(in_nc=3, out_nc=3, num_filters=8, num_blocks=1, scale=2)
+    net = ESRGAN(in_nc=3, out_nc=3, num_filters=8, num_blocks=1, scale=2)
     path = tmp_path / "2x-tiny-esrgan.safetensors"
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
     image = _picture(70, 50)
