@@ -89,8 +89,8 @@ def test_a_callable_upscaler_is_resized_to_the_exact_target_and_recorded_as_call
     out = md16.upscale(image, scale=2, upscaler=upscaler, num_inference_steps=2, strength=0.5, output_type="latent")
     assert calls[-1] == (64, 48) and out.images.shape[-2:] == (12, 16)
     assert out.parameters["upscaler"] == "callable"
-    with pytest.raises(ValueError, match="upscaler: these settings were made with a callable upscaler"):
-        settings_from_parameters({**out.parameters, "image": image}).options()
+    stored = settings_from_parameters({**out.parameters, "image": _data_uri(image)})
+    assert stored.files == {"upscaler": "callable"} and "upscaler" not in stored.values  # given again, never run
     with pytest.raises(ValueError, match="upscaler: the callable must return a PIL image, got ndarray"):
         upscale_image(image, 2, lambda im: np.asarray(im))
 
@@ -161,7 +161,7 @@ def test_without_spandrel_a_model_file_gives_one_line_naming_the_extra(md16, tmp
     path = tmp_path / "4x-model.safetensors"
     path.write_bytes(b"weights")
     for call in (
-        lambda: md16.upscale(_picture(), upscaler=str(path), num_inference_steps=2),
+        lambda: md16.upscale(_picture(), upscaler=str(path), num_inference_steps=3),
         lambda: upscale_image(_picture(), 2, str(path)),
     ):
         with pytest.raises(MissingExtraError) as info:
@@ -297,7 +297,19 @@ def test_stored_parameters_rebuild_the_same_upscale(md16, tmp_path, monkeypatch)
     options = UpscaleOptions(image=str(path), scale=2, upscaler=str(weights), noise_inversion=True, strength=0.5)
     params = {"mode": "upscale", **task_for(options, md16.adapter).parameters()}
     assert params["upscaler"]["path"] == str(weights) and params["inversion_steps"] == 25  # int(50 * 0.5)
-    again = settings_from_parameters(params).options()
+    stored = settings_from_parameters(params)
+    assert stored.files == {"upscaler": "2x.safetensors"}  # a stored model file is never loaded: given again
+    again = stored.options(None, upscaler=str(weights))
     for key in ("scale", "upscaler", "noise_inversion", "strength", "height", "width"):
         assert getattr(again, key) == getattr(options, key), key
     assert again.inversion_steps == 25 and again.image.sha256 == options.image.sha256
+
+
+def _data_uri(image) -> str:
+    """An image as stored settings may embed it (a PNG data URI)."""
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
