@@ -223,7 +223,11 @@ BAD = [  # (verb, arguments after the verb, what the one line says)
     ("upscale", ["-i", "{in}/photo.png", "--upscaler", "{in}/none.safetensors"], "upscaler: no such file"),
     ("upscale", ["-i", "{in}/photo.png", "--inversion-steps", "0"], "inversion_steps must be an integer from 1"),
     ("upscale", ["-i", "{in}/photo.png", "--steps", "2"], "strength 0.35 runs none of the 2 steps (int(2 x 0.35) = 0)"),
-    ("img2img", ["-i", "{in}/photo.png", "a", "--strength", "0.01"], "give a strength of at least 0.02 or at least 100 steps"),
+    (
+        "img2img",
+        ["-i", "{in}/photo.png", "a", "--strength", "0.01"],
+        "give a strength of at least 0.02 or at least 100 steps",
+    ),
     ("inpaint", ["-i", "{in}/photo.png", "--mask", "{in}/tall-mask.png", "a"], "mask is 64x128 but the image is"),
     ("inpaint", ["-i", "{in}/photo.png", "--mask", "{in}/notes.png", "a"], "mask: '{in}/notes.png' is not an image"),
     ("inpaint", ["-i", "{in}/photo.png", "--mask", "{in}/mask.png", "a", "--mask-blur", "-1"], "(--mask-blur)"),
