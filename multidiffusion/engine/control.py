@@ -32,6 +32,9 @@ from multidiffusion.engine.views import View, crop
 
 __all__ = ["Control", "Controls", "control_crop"]
 
+CROP_CACHE_BYTES = 256 * 1024**2
+"""Most bytes of control-image crops kept between steps."""
+
 
 @dataclass(eq=False)
 class Control:
@@ -69,6 +72,7 @@ class Controls:
         self.guess_mode = guess_mode
         self.calls = 0  # ControlNet forward passes, for the cost figures
         self._crops: dict[tuple[int, tuple[View, ...], int], torch.Tensor] = {}
+        self._bytes = 0
 
     def __bool__(self) -> bool:
         return bool(self.controls)
@@ -81,7 +85,14 @@ class Controls:
         key = (id(control), tuple(job.view for job in jobs), per)
         if key not in self._crops:
             crops = [control_crop(control.image, job.view, self.scale_factor) for job in jobs]
-            self._crops[key] = torch.cat(crops).repeat_interleave(per, dim=0).to(dtype)
+            value = torch.cat(crops).repeat_interleave(per, dim=0).to(dtype)
+            # the grid's views recur every step and are worth keeping; shifted windows are new every
+            # step, so the cache is bounded (it would otherwise hold every step's crops)
+            if self._bytes + value.nbytes > CROP_CACHE_BYTES:
+                self._crops.clear()
+                self._bytes = 0
+            self._crops[key] = value
+            self._bytes += value.nbytes
         return self._crops[key]
 
     def residuals(
