@@ -27,7 +27,7 @@ def test_one_tile_is_the_plain_decode(sd16):
 @torch.no_grad()
 def test_tiled_decode_is_close_to_whole_and_beats_per_tile_norms(sd16):
     vae = sd16.vae
-    z = smooth_latents(32, 64)
+    z = smooth_latents(16, 48)  # 1 x 3 tiles of 16, overlapping by 8
     whole = vae.decode(z / vae.config.scaling_factor).sample
     tiled = decode_latents(vae, z, tile=16, overlap=8)
     assert tiled.shape == whole.shape
@@ -46,12 +46,12 @@ def test_tiled_decode_is_close_to_whole_and_beats_per_tile_norms(sd16):
 @torch.no_grad()
 def test_circular_decode_has_no_seam(sd16):
     vae = sd16.vae
-    z = smooth_latents(16, 64, seed=1)
+    z = smooth_latents(16, 32, seed=1)
     z = torch.cat([z, z[..., :8].flip(-1)], dim=-1)  # not periodic by itself
-    for tile in (16, 64):  # tiled and whole
+    for tile in (16, 40):  # tiled and whole
         image = decode_latents(vae, z, circular=True, tile=tile)
         plain = decode_latents(vae, z, circular=False, tile=tile)
-        assert image.shape == plain.shape == (1, 3, 128, 72 * 8)
+        assert image.shape == plain.shape == (1, 3, 128, 40 * 8)
 
         def seam(img):  # step across the 360-degree seam vs typical neighbour steps
             across = (img[..., 0] - img[..., -1]).abs().mean()
@@ -91,13 +91,13 @@ def test_uint8_decode_matches_the_float_decode_and_works_in_bands(sd16, monkeypa
         return original(fn, x, canvas, tile, overlap, in_scale, out_scale, record, norms)
 
     monkeypatch.setattr("multidiffusion.vae.codec.run_tiled", spy)
-    z = smooth_latents(48, 40, seed=2)
+    z = smooth_latents(40, 24, seed=2)
     pixels = decode_to_uint8(sd16.vae, z, tile=16, overlap=4)
     image = decode_latents(sd16.vae, z, tile=16, overlap=4)
     expected = ((image / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
-    assert pixels.shape == (1, 384, 320, 3) and pixels.dtype == torch.uint8
+    assert pixels.shape == (1, 320, 192, 3) and pixels.dtype == torch.uint8
     assert (pixels.int() - expected.int()).abs().max() <= 1
-    assert sum(bands) == 2 * 384 and max(bands) <= 16 * 8  # rows handed over a tile row at a time
+    assert sum(bands) == 2 * 320 and max(bands) <= 16 * 8  # rows handed over a tile row at a time
 
 
 @torch.no_grad()
@@ -124,12 +124,12 @@ def test_exact_statistics_make_the_trained_demo_vae_tile_invisibly():
     from multidiffusion.vae.codec import encode_images
 
     vae = MultiDiffusion.from_pretrained("demo", device="cpu").pipe.vae
-    pixels = render_scene(sample_scene(np.random.default_rng(0)), height=256, width=256)
+    pixels = render_scene(sample_scene(np.random.default_rng(0)), height=192, width=192)
     image = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 127.5 - 1
-    z = encode_images(vae, image, tile=64)  # whole: 64 x 64 latents
+    z = encode_images(vae, image, tile=48)  # whole: 48 x 48 latents
     whole = vae.decode(z / vae.config.scaling_factor).sample
-    exact = decode_latents(vae, z, tile=32)  # 3 x 3 tiles
-    fast = decode_latents(vae, z, tile=32, norm_stats="fast")
+    exact = decode_latents(vae, z, tile=24)  # 3 x 3 tiles
+    fast = decode_latents(vae, z, tile=24, norm_stats="fast")
     assert psnr(exact, whole) > 45 > psnr(fast, whole) + 10
     assert ((encode_images(vae, image, tile=32) - z).norm() / z.norm()).item() < 0.01
     with pytest.raises(ValueError, match=r"norm_stats must be one of 'exact', 'fast', got 'slow'"):
