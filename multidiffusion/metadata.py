@@ -71,9 +71,10 @@ LIST_INPUT_KEYS = ("control_image",)
 file and its SHA-256, or "input" (the task's own input, an upscale's Tile ControlNet)."""
 FILE_KEYS = ("upscaler",)
 """Stored keys that may name a file to load (weights): kept apart by name, never loaded from a PNG."""
-NEVER_READ = ("allow_pickle", "controlnet")
+NEVER_READ = ("allow_pickle", "controlnet", "lora_files")
 """Stored keys ignored on reading: only the user, on the command line or in code, allows pickles or
-names a ControlNet to load."""
+names a ControlNet or a LoRA to load (the LoRAs' names and file names are kept apart, for a message:
+:attr:`StoredSettings.loras`)."""
 
 
 def check_output_path(path: str | os.PathLike, name: str = "output") -> Path:
@@ -205,7 +206,8 @@ class StoredSettings:
     ``image``, ``mask``; ``control_image``: a list of them), apart from ``values`` because using one
     reads a file on this machine (only if its SHA-256 still matches; see the module docstring).
     ``files``: settings that named a file to load (an upscaler model), by key, as the file's name
-    only; never loaded from here."""
+    only; never loaded from here. ``loras``: the LoRAs the image was made with (adapter name -> file
+    name), likewise never loaded from here."""
 
     task: str
     values: dict[str, Any]
@@ -213,6 +215,7 @@ class StoredSettings:
     model_options: dict[str, Any] = field(default_factory=dict)
     inputs: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    loras: dict[str, str] = field(default_factory=dict)
 
     def options(self, limits: Limits | None = None, **changes: Any) -> SamplingOptions:
         """The task's options, the recorded input files included, with ``changes`` (e.g. flags given
@@ -291,7 +294,19 @@ def settings_from_parameters(params: Mapping[str, Any], task: str | None = None)
                     "as a record of the file read and its SHA-256 ({'path': ..., 'sha256': ...}); anything else is "
                     "refused and never opened"
                 )
-    return StoredSettings(stored_task, values, model, model_options, inputs, files)
+    return StoredSettings(stored_task, values, model, model_options, inputs, files, _lora_names(params))
+
+
+def _lora_names(params: Mapping[str, Any]) -> dict[str, str]:
+    """Adapter name -> file name of the stored ``lora_files`` (only names: nothing here is loaded)."""
+    stored = params.get("lora_files")
+    if not isinstance(stored, Mapping):
+        return {}
+    names = {}
+    for name, record in stored.items():
+        file = record.get("file") if isinstance(record, Mapping) else None
+        names[str(name)] = Path(file).name if isinstance(file, str) else "unknown file"
+    return names
 
 
 def _is_listed_input(item: Any, takes_input: bool) -> bool:

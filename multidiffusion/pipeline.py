@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -87,6 +88,8 @@ class MultiDiffusion:
         self.share_unconditional = share_unconditional
         self._progress: dict[str, Any] = {}
         self._decode: dict[str, Any] = {}
+        self.lora_files: dict[str, dict[str, Any]] = {}
+        """LoRAs loaded with :meth:`load_lora`, by adapter name: what results record of them."""
 
     @classmethod
     def from_pretrained(
@@ -167,12 +170,26 @@ class MultiDiffusion:
         """The model family: "sd" (SD 1.x / 2.x) or "sdxl"."""
         return self.adapter.family
 
-    def load_lora(self, lora: str | os.PathLike | dict, adapter_name: str | None = None, **kwargs: Any) -> str:
+    def load_lora(
+        self, lora: str | os.PathLike | dict, adapter_name: str | None = None, weight: float = 1.0, **kwargs: Any
+    ) -> str:
         """Load a LoRA into the pipeline (diffusers' ``load_lora_weights``; needs peft) and return its
-        adapter name; ``ValueError`` in one line when it was trained for another model family."""
+        adapter name; ``ValueError`` in one line when it was trained for another model family.
+
+        It acts on the whole image at ``weight``, stacked with the LoRAs already active; with
+        ``weight=0`` it acts only in the regions that name it (``Region(loras={name: w})``). A LoRA
+        file is recorded in every result's parameters (``lora_files``: name, file name, SHA-256 and
+        weight), never loaded back from them."""
+        from multidiffusion.models.files import sha256_file
         from multidiffusion.models.lora import load_lora
 
-        return load_lora(self.pipe, lora, adapter_name, **kwargs)
+        name = load_lora(self.pipe, lora, adapter_name, weight, **kwargs)
+        path = Path(lora).expanduser() if isinstance(lora, (str, os.PathLike)) else None
+        if path is not None and path.is_file():
+            self.lora_files[name] = {"file": path.name, "sha256": sha256_file(path), "weight": float(weight)}
+        else:
+            self.lora_files[name] = {"file": str(lora) if path is not None else "a state dict", "weight": float(weight)}
+        return name
 
     def set_controlnet(self, controlnet: Any, allow_pickle: bool = False) -> MultiDiffusion:
         """Run with ``controlnet`` (as the constructor takes it; None: without), checked against the
@@ -544,6 +561,7 @@ class MultiDiffusion:
             share_unconditional=self.share_unconditional,
             progress=self._progress,
             decode=self._decode,
+            lora_files=self.lora_files,
         )
         return run(
             task,

@@ -5,8 +5,8 @@ a clean error."""
 
 from __future__ import annotations
 
-import dataclasses
 import contextlib
+import dataclasses
 import json
 import os
 import sys

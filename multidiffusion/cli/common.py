@@ -29,6 +29,8 @@ __all__ = [
     "flag_values",
     "in_context",
     "load_model",
+    "lora_choice",
+    "lora_type",
     "model_choice",
     "original_size_type",
     "report",
@@ -77,6 +79,58 @@ def original_size_type(text: str) -> str | tuple[int, int]:
     return size
 
 
+def lora_type(text: str) -> tuple[str, str, float]:
+    """'[NAME=]FILE[:WEIGHT]' -> (name, file, weight); the name defaults to the file's stem."""
+    name, sep, rest = text.partition("=")
+    if not sep or not name or "/" in name or "\\" in name:
+        name, rest = "", text
+    spec, weight = rest, 1.0
+    head, colon, tail = rest.rpartition(":")
+    if colon and head:
+        try:
+            weight = float(tail)
+            spec = head
+        except ValueError:
+            pass
+    if not spec:
+        raise argparse.ArgumentTypeError(f"expected [NAME=]FILE[:WEIGHT], got {text!r}")
+    if not -10 <= weight <= 10:
+        raise argparse.ArgumentTypeError(f"the weight must be a number from -10 to 10, got {weight:g}")
+    return name or Path(spec.rstrip("/")).stem or spec, spec, weight
+
+
+def lora_choice(args: argparse.Namespace, stored: StoredSettings | None, options: Any, scene: Any = None) -> None:
+    """Checks --lora (or a scene's ``loras``) before any model loads: files exist and aren't pickles
+    unless allowed, names are unique, every region's ``loras`` names one, and an image made with
+    LoRAs (``--from``) gets them again. Leaves ``args.lora`` as (name, absolute file or repo id, weight)."""
+    from multidiffusion.models.lora import check_lora_source
+
+    loras = getattr(args, "lora", None) or (scene.loras if scene is not None and scene.loras else None) or []
+    if stored is not None and stored.loras and not loras:
+        made = ", ".join(f"{name} ({file})" for name, file in stored.loras.items())
+        fail(
+            f"--from {args.from_png}: the image was made with the LoRAs {made}, which the PNG does not store; pass "
+            "--lora NAME=FILE[:WEIGHT] again"
+        )
+    chosen, names = [], set()
+    for name, spec, weight in loras:
+        if name in names:
+            fail(f"--lora: the name {name!r} is given twice; name them apart with NAME=FILE")
+        names.add(name)
+        try:
+            check_lora_source(spec, bool(getattr(args, "allow_pickle", False)), f"--lora {name}")
+        except ValueError as exc:
+            fail(str(exc))
+        path = Path(spec).expanduser()
+        chosen.append((name, str(path.absolute()) if path.exists() else spec, float(weight)))
+    for i, region in enumerate(getattr(options, "regions", None) or []):
+        for name in region.loras or {}:
+            if name not in names:
+                given = ", ".join(sorted(names)) or "none"
+                fail(f"regions[{i}].loras: {name!r} is not a LoRA given with --lora NAME=FILE (given: {given})")
+    args.lora = chosen
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument(
@@ -107,6 +161,15 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         metavar="MODEL",
         help="a ControlNet: a diffusers folder, a repo id or a .safetensors file (pickles only with --allow-pickle); "
         "repeat for several, each with its --control-image. Not stored in the PNG: give it again with --from",
+    )
+    g.add_argument(
+        "--lora",
+        action="append",
+        type=lora_type,
+        metavar="[NAME=]FILE[:WEIGHT]",
+        help="a LoRA (.safetensors file, folder or repo id) for the whole image at WEIGHT (default 1); weight 0: only "
+        "in the regions whose loras name it (NAME, default the file's stem); repeat for several. Recorded in the "
+        "PNG by file name and SHA-256, never loaded from it: give it again with --from",
     )
     g.add_argument("--device", help="cuda, cpu or mps (default: cuda if present)")
     g.add_argument("--dtype", choices=DTYPES, help="default: float16 on GPU, else float32")
@@ -362,6 +425,11 @@ def load_model(
     nets = controlnet if controlnet is not None else getattr(args, "controlnet", None)
     if nets:
         md.set_controlnet(nets if len(nets) > 1 else nets[0], allow_pickle=bool(args.allow_pickle))
+    for name, spec, weight in getattr(args, "lora", None) or []:  # checked by lora_choice
+        try:
+            md.load_lora(spec, adapter_name=name, weight=weight)
+        except ValueError as exc:
+            fail(f"--lora {name}: {exc}")
     md.set_progress_bar_config(disable=args.quiet, leave=False)
     if getattr(args, "compile", False):
         md.compile()

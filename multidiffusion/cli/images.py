@@ -22,6 +22,7 @@ from multidiffusion.cli.common import (
     flag_values,
     in_context,
     load_model,
+    lora_choice,
     model_choice,
     report,
     scene_file,
@@ -194,6 +195,7 @@ def run_image_task(args: argparse.Namespace, flags: dict[str, str], inputs: tupl
     if not getattr(args, "controlnet", None) and scene.controlnet:
         args.controlnet = scene.controlnet  # likewise its ControlNets
     nets = control_net_choice(args, scene.options.control_image, source)
+    lora_choice(args, stored, scene.options, scene)
     model, allow_pickle, model_options = model_choice(args, stored)
     md = load_model(model, args, allow_pickle, nets, **model_options)
     report(run_and_save(md, scene.options, output))

@@ -12,6 +12,7 @@ from multidiffusion.cli.common import (
     fail,
     flag_values,
     load_model,
+    lora_choice,
     model_choice,
     report,
     stored_settings,
@@ -88,6 +89,7 @@ def run(args: argparse.Namespace) -> None:
     except ValueError as exc:
         fail(with_flag(str(exc), FLAGS, given))
     nets = control_net_choice(args, options.control_image, f"--from {args.from_png}" if stored else "")
+    lora_choice(args, stored, options)
     model, allow_pickle, model_options = model_choice(args, stored)
     md = load_model(model, args, allow_pickle, nets, **model_options)
     report(run_and_save(md, options, output))

@@ -16,6 +16,7 @@ from multidiffusion.cli.common import (
     flag_values,
     in_context,
     load_model,
+    lora_choice,
     model_choice,
     report,
     scene_file,
@@ -246,6 +247,7 @@ def run(args: argparse.Namespace) -> None:
     regional = any(r.control_image is not None for r in options.regions)
     source = args.scene or (f"--from {args.from_png}" if stored else "")
     nets = control_net_choice(args, options.control_image, source, regional)
+    lora_choice(args, stored, options, scene)
     model, allow_pickle, model_options = model_choice(args, stored)
     md = load_model(model, args, allow_pickle, nets, **model_options)
     layout = md.region_layout(options.height, options.width, options.background, options.regions)

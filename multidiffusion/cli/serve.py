@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from multidiffusion.cli.common import add_model_options, control_net_choice, fail, load_model
+from multidiffusion.cli.common import add_model_options, control_net_choice, fail, load_model, lora_choice
 
 HELP = """\
 Start the web app: Panorama, Regions, Upscale and Inpaint / Outpaint tabs in the browser, over the
@@ -105,6 +105,7 @@ def run(args: argparse.Namespace) -> None:
         args.host = args.host[1:-1]
     if args.host not in LOOPBACK:
         print(f"warning: serving on {args.host}: anyone who can reach this address can use the page", file=sys.stderr)
+    lora_choice(args, None, None)
     args.controlnet = control_net_choice(args, None)  # checked before any model loads; every model runs them
     app = create_app(models, lambda name: load_model(name, args), limits, upscalers=upscalers)
     host = f"[{args.host}]" if ":" in args.host else args.host

@@ -55,6 +55,7 @@ class RunSettings:
     share_unconditional: bool = True
     progress: dict[str, Any] = field(default_factory=dict)
     decode: dict[str, Any] = field(default_factory=dict)
+    lora_files: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def run(
@@ -131,6 +132,7 @@ def run(
         **task.parameters(),
         **adapter.parameters(),
         "model": settings.model_name,
+        **({"lora_files": {k: dict(v) for k, v in settings.lora_files.items()}} if settings.lora_files else {}),
         "num_inference_steps": options.num_inference_steps,
         "guidance_scale": options.guidance_scale,
         "num_images_per_prompt": options.num_images_per_prompt,

@@ -6,15 +6,23 @@ many-line "size mismatch" report (its cross-attention layers are 768 wide, SDXL'
 whose layer names match nothing in the model loads silently as a no-op. Both become one ValueError.
 LoRAs loaded on a pipeline before wrapping it in ``MultiDiffusion(pipe)`` apply as well; scales are
 set with diffusers' ``pipe.set_adapters``.
+
+Where diffusers makes a newly loaded LoRA the only active one, :func:`load_lora` adds it to those
+already active at its ``weight`` (A1111's and ComfyUI's stacking), or loads it inactive with weight
+0: a LoRA for the regions that name it (``Region(loras=...)``) and nowhere else.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import Any
 
-__all__ = ["load_lora"]
+__all__ = ["check_lora_source", "load_lora"]
+
+LORA_COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3")
+"""Pipeline components a LoRA file may put layers into."""
 
 
 def _peft_backend() -> bool:
@@ -28,12 +36,46 @@ def _family(pipe: Any) -> str:
     return "SDXL" if getattr(pipe, "text_encoder_2", None) is not None else "SD 1.x/2.x"
 
 
-def load_lora(pipe: Any, lora: str | os.PathLike | dict, adapter_name: str | None = None, **kwargs: Any) -> str:
-    """Load ``lora`` (a .safetensors file, a folder or repo id with one, or a state dict) into ``pipe``.
+def _lora_layers(pipe: Any) -> list[Any]:
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
-    Returns the adapter name. ``kwargs`` go to diffusers' ``load_lora_weights`` (e.g. ``weight_name``).
-    Raises ``ValueError`` when peft is missing or the LoRA does not fit the model's architecture.
+    modules = [getattr(pipe, name, None) for name in LORA_COMPONENTS]
+    return [m for c in modules if c is not None for m in c.modules() if isinstance(m, BaseTunerLayer)]
+
+
+def check_lora_source(spec: str | os.PathLike, allow_pickle: bool = False, name: str = "lora") -> None:
+    """What :func:`load_lora` needs of a file or folder, checked before any model loads: it exists,
+    is .safetensors (a pickle only when allowed) or a folder holding one; a repo id passes."""
+    path = Path(spec).expanduser()
+    pickles = (".bin", ".ckpt", ".pt", ".pth")
+    if path.is_file():
+        if path.suffix in pickles and not allow_pickle:
+            raise ValueError(
+                f"{name}: {path.name} is a pickle, which can run code when loaded; use a .safetensors LoRA, or pass "
+                "allow_pickle (--allow-pickle) if you trust its source"
+            )
+        if path.suffix != ".safetensors" and path.suffix not in pickles:
+            raise ValueError(f"{name}: a LoRA file must be .safetensors, got {path.name}")
+    elif path.is_dir():
+        if not any(path.glob("*.safetensors")):
+            raise ValueError(f"{name}: {path} holds no .safetensors LoRA file")
+    elif str(spec).startswith((".", "/", "~")) or path.suffix in (".safetensors", *pickles):
+        raise ValueError(f"{name}: no such file or folder {str(spec)!r}")
+
+
+def load_lora(
+    pipe: Any, lora: str | os.PathLike | dict, adapter_name: str | None = None, weight: float = 1.0, **kwargs: Any
+) -> str:
+    """Load ``lora`` (a .safetensors file, a folder or repo id with one, or a state dict) into ``pipe``
+    and return its adapter name.
+
+    It joins the adapters already active at ``weight`` (0: loaded for the regions that name it only).
+    ``kwargs`` go to diffusers' ``load_lora_weights`` (e.g. ``weight_name``). Raises ``ValueError``
+    when peft is missing, ``weight`` is not a number from -10 to 10, or the LoRA does not fit the
+    model's architecture.
     """
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not -10 <= weight <= 10:
+        raise ValueError(f"weight must be a number from -10 to 10, got {weight!r}")
     source = "the LoRA state dict" if isinstance(lora, dict) else f"LoRA {str(lora)!r}"
     if not _peft_backend():
         raise ValueError("loading LoRAs needs the peft package: pip install peft")
@@ -42,6 +84,7 @@ def load_lora(pipe: Any, lora: str | os.PathLike | dict, adapter_name: str | Non
     if name in existing:
         raise ValueError(f"adapter_name {name!r} is already loaded; choose another name")
     family = _family(pipe)
+    before = {id(m): (list(m.active_adapters), dict(m.scaling)) for m in _lora_layers(pipe)}
     try:
         pipe.load_lora_weights(dict(lora) if isinstance(lora, dict) else lora, adapter_name=name, **kwargs)
     except (RuntimeError, ValueError, KeyError) as exc:
@@ -60,6 +103,13 @@ def load_lora(pipe: Any, lora: str | os.PathLike | dict, adapter_name: str | Non
             f"{source} has no layer that matches this {family} model, so it would change nothing; "
             "it was probably trained for another model family"
         )
+    for module in _lora_layers(pipe):  # diffusers left only the new LoRA active: add it to the others
+        active, scaling = before.get(id(module), ([], {}))
+        module.scaling.update(scaling)
+        has = name in module.scaling
+        module.set_adapter([*active, name] if has and weight != 0 else active)
+        if has:
+            module.set_scale(name, float(weight))
     return name
 
 

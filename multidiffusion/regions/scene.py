@@ -50,9 +50,13 @@ list, one per ControlNet; an upscale's ``"input"`` is its resized input, the Til
 convention), ``controlnet_conditioning_scale``, ``control_guidance_start``, ``control_guidance_end``,
 ``guess_mode`` and ``control_preprocessor`` are the options'. A region table may carry its own
 ``control_image``, ``controlnet_conditioning_scale``, ``controlnet`` (an index) and ``loras`` (a
-table of adapter name = weight)::
+table of adapter name = weight, naming LoRAs of the scene's own ``loras`` table or loaded with
+``md.load_lora(..., adapter_name=...)``). The scene's ``loras`` load with the model: ``name = "file"``
+acts on the whole image (weight 1), ``name = { file = "...", weight = 0 }`` only in the regions that
+name it::
 
     controlnet = "controlnets/canny"   # relative to the scene file, or a repo id
+    loras = { watercolor = { file = "loras/watercolor.safetensors", weight = 0 } }
     control_image = "edges.png"
     controlnet_conditioning_scale = 0.8
     control_preprocessor = "none"      # or "canny", "tile", "tile-grey"
@@ -62,7 +66,7 @@ table of adapter name = weight)::
     control_image = "pose.png"         # conditions this region's prompt only
     loras = { "watercolor" = 0.8 }     # adapters loaded with md.load_lora(..., adapter_name=...)
 
-**Files a scene may read**: masks, maps, input and control images, upscaler and ControlNet models
+**Files a scene may read**: masks, maps, input and control images, upscaler, ControlNet and LoRA models
 under the scene file's own folder (symbolic links are resolved first), unless the caller allows
 more (``allow_outside=True``; the command line's ``--allow-outside-files``). A name outside is refused
 before anything is opened, with the same message whether it exists or not.
@@ -111,6 +115,7 @@ __all__ = [
 SCENE_ONLY: dict[str, str] = {
     "model": "a string",
     "controlnet": "a string or a list of strings (ControlNet folders, files or repo ids)",
+    "loras": "a table of name = file, or name = { file = ..., weight = ... }",
     "task": "a string",
     "regions": "a list of region tables",
     "segmentation": "a table with map and colors",
@@ -133,7 +138,7 @@ REGION_FIELDS: dict[str, str] = {
     "loras": "a table of adapter name = weight",
 }
 SEGMENTATION_FIELDS: dict[str, str] = {"map": "a string (image file)", "colors": "a table of colour = prompt"}
-METADATA_ONLY = ("mode", "multidiffusion_version", "image_index")
+METADATA_ONLY = ("mode", "multidiffusion_version", "image_index", "lora_files")
 """Keys of the parameters we store in PNGs that are not scene settings (ignored when read back)."""
 
 
@@ -146,6 +151,7 @@ class Scene:
     options: SamplingOptions
     model: str | None = None
     controlnet: list[str] | None = None
+    loras: list[tuple[str, str, float]] | None = None
 
     @property
     def task(self) -> str:
@@ -353,6 +359,7 @@ def parse_scene(
             )
             for i, spec in enumerate(specs)
         ]
+    loras = _loras(values.pop("loras", None), base_dir, source, allow_outside)
     if values.get("upscaler") is not None:
         values["upscaler"] = _upscaler(values["upscaler"], base_dir, _at(source, "upscaler"), allow_outside)
     if "allow_pickle" in values:
@@ -369,7 +376,30 @@ def parse_scene(
         options = build_options(task, values, limits)
     except ValueError as exc:
         raise ValueError(_at(source, str(exc))) from None
-    return Scene(options, model, controlnet)
+    return Scene(options, model, controlnet, loras)
+
+
+def _loras(table: Any, base: Path | None, source: str, allow_outside: bool) -> list[tuple[str, str, float]] | None:
+    """A scene's ``loras``: name = file (weight 1: the whole image) or name = { file, weight } (weight
+    0: only the regions naming it), files confined to the scene's folder like ControlNets."""
+    if table is None:
+        return None
+    loras = []
+    for name, entry in table.items():
+        where = _at(source, f"loras.{name}")
+        bad = f"{where} must be a file name or a table {{ file = ..., weight = ... }}, got {entry!r}"
+        if isinstance(entry, Mapping):
+            if set(entry) - {"file", "weight"} or not isinstance(entry.get("file"), str):
+                raise ValueError(bad)
+            spec, weight = entry["file"], entry.get("weight", 1.0)
+        elif isinstance(entry, str):
+            spec, weight = entry, 1.0
+        else:
+            raise ValueError(bad)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not -10 <= weight <= 10:
+            raise ValueError(f"{where}.weight must be a number from -10 to 10, got {weight!r}")
+        loras.append((str(name), _controlnet_spec(spec, base, where, allow_outside), float(weight)))
+    return loras
 
 
 def _controlnet_spec(spec: str, base: Path | None, where: str, allow_outside: bool) -> str:
