@@ -239,6 +239,7 @@ class SamplingOptions:
     control_guidance_end: float | list[float] = 1.0
     guess_mode: bool = False
     control_preprocessor: str | list[str] = "none"
+    control_mode: int | list[int] | None = None
     limits: InitVar[Limits | None] = None
     checked_against: Limits = field(default=LIBRARY_LIMITS, init=False, repr=False, compare=False)
 
@@ -311,6 +312,8 @@ def _check_controls(options: SamplingOptions) -> None:
             if getattr(options, key) != default:
                 also = ' (control_image="input": the resized input)' if options.input_control else ""
                 raise ValueError(f"{key} applies to a control image: give control_image too{also}")
+        if options.control_mode is not None:
+            raise ValueError("control_mode applies to control images (a Union ControlNet's): give control_image too")
         return
     from multidiffusion.images import input_image
 
@@ -350,6 +353,16 @@ def _check_controls(options: SamplingOptions) -> None:
     for i, name in enumerate(chosen):
         check_choice(f"control_preprocessor[{i}]" if n > 1 else "control_preprocessor", name, tuple(PREPROCESSORS))
     options.control_preprocessor = chosen if n > 1 else chosen[0]
+    modes = options.control_mode
+    if modes is not None:
+        listed = list(modes) if isinstance(modes, (list, tuple)) else [modes]
+        if len(listed) != n:
+            raise ValueError(
+                f"control_mode must be an integer or a list of {n} integers (a Union ControlNet's mode for each "
+                f"control image), got {modes!r}"
+            )
+        listed = [check_int(f"control_mode[{i}]" if n > 1 else "control_mode", m, 0) for i, m in enumerate(listed)]
+        options.control_mode = listed if n > 1 else listed[0]
     options.controlnet_conditioning_scale = scales if n > 1 else scales[0]
     options.control_guidance_start = starts if n > 1 else starts[0]
     options.control_guidance_end = ends if n > 1 else ends[0]

@@ -254,6 +254,7 @@ class MultiDiffusion:
         control_guidance_end: float | list[float] = 1.0,
         guess_mode: bool = False,
         control_preprocessor: str | list[str] = "none",
+        control_mode: int | list[int] | None = None,
     ) -> MultiDiffusionOutput:
         """A panorama of any size: the paper's sliding windows (Sec. 4.1), all under one prompt.
 
@@ -277,7 +278,9 @@ class MultiDiffusion:
         ``controlnet_conditioning_scale``, ``control_guidance_start`` / ``end`` and ``guess_mode``
         are diffusers'; ``control_preprocessor`` ("none", "canny", "tile", "tile-grey", one per
         control image or one for all) makes the map from the image first
-        (:mod:`multidiffusion.preprocessors`). Every task takes these.
+        (:mod:`multidiffusion.preprocessors`). A Union ControlNet (``ControlNetUnionModel``, e.g.
+        ControlNet-Union SDXL) takes several control images, each with its ``control_mode`` (as
+        diffusers' ``StableDiffusionXLControlNetUnionPipeline``). Every task takes these.
         """
         options = PanoramaOptions(**_options_of(PanoramaOptions, locals()))
         return self.generate(options, generator=generator, latents=latents, callback_on_step_end=callback_on_step_end)
@@ -329,6 +332,7 @@ class MultiDiffusion:
         control_guidance_end: float | list[float] = 1.0,
         guess_mode: bool = False,
         control_preprocessor: str | list[str] = "none",
+        control_mode: int | list[int] | None = None,
     ) -> MultiDiffusionOutput:
         """Region-based generation (paper Sec. 4.2): each region of the canvas gets its own prompt.
 
@@ -384,6 +388,7 @@ class MultiDiffusion:
         control_guidance_end: float | list[float] = 1.0,
         guess_mode: bool = False,
         control_preprocessor: str | list[str] = "none",
+        control_mode: int | list[int] | None = None,
     ) -> MultiDiffusionOutput:
         """Re-work an image of any size under ``prompt`` (SDEdit over sliding windows).
 
@@ -431,6 +436,7 @@ class MultiDiffusion:
         control_guidance_end: float | list[float] = 1.0,
         guess_mode: bool = False,
         control_preprocessor: str | list[str] = "none",
+        control_mode: int | list[int] | None = None,
     ) -> MultiDiffusionOutput:
         """Upscale ``image`` ``scale`` times (1 to 8): resized by ``upscaler`` ("lanczos", the default,
         or "bicubic", "bilinear", "nearest"; an ESRGAN-family model file read by spandrel, from the
@@ -478,6 +484,7 @@ class MultiDiffusion:
         control_guidance_end: float | list[float] = 1.0,
         guess_mode: bool = False,
         control_preprocessor: str | list[str] = "none",
+        control_mode: int | list[int] | None = None,
     ) -> MultiDiffusionOutput:
         """Repaint the white part of ``mask`` in ``image`` (any size) under ``prompt``, keeping the rest.
 
@@ -524,6 +531,7 @@ class MultiDiffusion:
         control_guidance_end: float | list[float] = 1.0,
         guess_mode: bool = False,
         control_preprocessor: str | list[str] = "none",
+        control_mode: int | list[int] | None = None,
     ) -> MultiDiffusionOutput:
         """Extend ``image`` by ``left``, ``right``, ``top`` and ``bottom`` pixels (multiples of 8) under
         ``prompt``: an inpainting of a larger canvas whose mask is the new area plus ``overlap``

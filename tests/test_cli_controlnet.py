@@ -135,3 +135,12 @@ def test_controlnet_flags_are_checked_before_any_model_loads(files, out_dir, tmp
     err = run_fails(["upscale", "-i", files / "photo.png", "--control-image", "input", "--model", "demo", "-o",
                      out_dir / "x.png"], capsys, out_dir)  # fmt: skip
     assert "a control image needs a ControlNet" in err
+
+
+def test_control_mode_is_a_union_controlnets_setting(files, out_dir, tiny_model_dir, controlnet_dir, capsys):
+    args = ["panorama", "a lake", "--width", "256", "--height", "128", *FAST, "--model", tiny_model_dir]
+    err = run_fails([*args, "--control-mode", "1", "-o", out_dir / "x.png"], capsys, out_dir)
+    assert "control_mode applies to control images" in err
+    err = run_fails([*args, "--controlnet", controlnet_dir, "--control-image", files / "edges.png", "--control-mode",
+                     "1", "-o", out_dir / "x.png"], capsys, out_dir)  # fmt: skip
+    assert "control_mode is a Union ControlNet's setting; this model's ControlNet takes none" in err

@@ -115,7 +115,8 @@ class ControlSpy:
         self.handle = net.register_forward_pre_hook(self, with_kwargs=True)
 
     def __call__(self, module, args, kwargs):
-        self.images.append(kwargs["controlnet_cond"].clone())
+        cond = kwargs["controlnet_cond"]  # a Union ControlNet's: a list, one per mode
+        self.images.append([c.clone() for c in cond] if isinstance(cond, list) else cond.clone())
 
     def close(self):
         self.handle.remove()

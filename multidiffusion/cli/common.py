@@ -199,9 +199,10 @@ SAMPLING_FLAGS = {
     "control_end": "control_guidance_end",
     "guess_mode": "guess_mode",
     "control_preprocessor": "control_preprocessor",
+    "control_mode": "control_mode",
 }
 """Command-line flag (argparse dest) -> API name, for the options every task shares."""
-PER_CONTROL = ("control_image", "control_scale", "control_start", "control_end", "control_preprocessor")
+PER_CONTROL = ("control_image", "control_scale", "control_start", "control_end", "control_preprocessor", "control_mode")
 """Flags given once per ControlNet (repeated in the order of --controlnet); once: for all."""
 
 
@@ -262,6 +263,14 @@ def add_control_options(p: argparse.ArgumentParser) -> None:
         choices=tuple(PREPROCESSORS),
         help="make the control map from the control image: none (default; it is the map), canny edges, tile "
         "(blurred), tile-grey (repeatable)",
+    )
+    g.add_argument(
+        "--control-mode",
+        type=int,
+        action="append",
+        metavar="N",
+        help="a Union ControlNet's mode for each --control-image (e.g. ControlNet-Union SDXL: 0 openpose, 1 depth, "
+        "2 hed/scribble, 3 canny/lineart, 4 normal, 5 segment, 6 tile, 7 repaint; repeatable)",
     )
 
 

@@ -17,6 +17,12 @@ tensor-size crashes) come from not cropping.
 ``control_guidance_start`` / ``end`` (fractions of the steps that run) bound where a ControlNet
 acts: diffusers multiplies the scale by 0 outside, which still runs the ControlNet; here it is not
 run at all, which gives the same output (its residuals would be exact zeros) for less work.
+
+A Union ControlNet (diffusers' ``ControlNetUnionModel``, e.g. ControlNet-Union SDXL) is one model
+that takes several control images at once, each with its ``control_mode``; every image is cropped
+per view the same way. With one mode it is skipped outside its range like any ControlNet; with
+several, each mode's scale is 0 outside its own range and the model runs at every step, as in
+diffusers (its residuals don't vanish when all of its scales are 0).
 """
 
 from __future__ import annotations
@@ -42,15 +48,38 @@ class Control:
     size, the residuals' ``scale`` and the fraction of the steps [``start``, ``end``] it acts in."""
 
     model: torch.nn.Module
-    image: torch.Tensor
-    scale: float = 1.0
+    image: torch.Tensor | list[torch.Tensor]  # a list: a Union ControlNet's images, one per mode
+    scale: float | list[float] = 1.0
     start: float = 0.0
     end: float = 1.0
     slots: frozenset[int] | None = None  # the prompt slots it conditions (a region's); None: every job
+    modes: tuple[int, ...] | None = None  # a Union ControlNet's control modes, one per image
+    ranges: tuple[tuple[float, float], ...] = ()  # and each mode's (start, end)
 
     def active(self, step: int, steps: int) -> bool:
         """diffusers' ``controlnet_keep``: step i of n is kept unless i/n < start or (i+1)/n > end."""
-        return not (step / steps < self.start or (step + 1) / steps > self.end)
+        if self.modes is not None and len(self.modes) > 1:
+            return True  # see the module docstring
+        return _keep(step, steps, self.start, self.end)
+
+    def call_kwargs(self, crops: list[torch.Tensor], step: int, steps: int) -> dict[str, Any]:
+        """The ControlNet's control inputs for these crops (one tensor per image) at step i of n."""
+        if self.modes is None:
+            return {"controlnet_cond": crops[0], "conditioning_scale": self.scale}
+        kinds = self.model.config.num_control_type
+        control_type = torch.zeros(kinds, device=crops[0].device, dtype=crops[0].dtype)
+        control_type[list(self.modes)] = 1
+        scales = self.scale if isinstance(self.scale, list) else [self.scale] * len(self.modes)
+        return {
+            "controlnet_cond": crops,
+            "control_type": control_type.reshape(1, -1).repeat(crops[0].shape[0], 1),
+            "control_type_idx": list(self.modes),
+            "conditioning_scale": [s * float(_keep(step, steps, a, b)) for s, (a, b) in zip(scales, self.ranges)],
+        }
+
+
+def _keep(step: int, steps: int, start: float, end: float) -> bool:
+    return not (step / steps < start or (step + 1) / steps > end)
 
 
 def control_crop(image: torch.Tensor, view: View, scale_factor: int) -> torch.Tensor:
@@ -71,20 +100,24 @@ class Controls:
         self.scale_factor = scale_factor
         self.guess_mode = guess_mode
         self.calls = 0  # ControlNet forward passes, for the cost figures
-        self._crops: dict[tuple[int, tuple[View, ...], int], torch.Tensor] = {}
+        self._step = (0, 1)
+        self._crops: dict[tuple[int, int, tuple[View, ...], int], torch.Tensor] = {}
         self._bytes = 0
 
     def __bool__(self) -> bool:
         return bool(self.controls)
 
     def active(self, step: int, steps: int) -> list[Control]:
+        self._step = (step, steps)
         return [c for c in self.controls if c.active(step, steps)]
 
-    def _images(self, control: Control, jobs: Sequence[Job], per: int, dtype: torch.dtype) -> torch.Tensor:
-        """Control crops of the jobs' views, ``per`` rows (images) each, job-major; cached per call."""
-        key = (id(control), tuple(job.view for job in jobs), per)
+    def _images(self, control: Control, index: int, jobs: Sequence[Job], per: int, dtype: torch.dtype) -> torch.Tensor:
+        """Crops of the control's ``index``-th image under the jobs' views, ``per`` rows (images)
+        each, job-major; cached per call."""
+        key = (id(control), index, tuple(job.view for job in jobs), per)
         if key not in self._crops:
-            crops = [control_crop(control.image, job.view, self.scale_factor) for job in jobs]
+            image = control.image[index] if isinstance(control.image, list) else control.image
+            crops = [control_crop(image, job.view, self.scale_factor) for job in jobs]
             value = torch.cat(crops).repeat_interleave(per, dim=0).to(dtype)
             # the grid's views recur every step and are worth keeping; shifted windows are new every
             # step, so the cache is bounded (it would otherwise hold every step's crops)
@@ -124,22 +157,22 @@ class Controls:
             mine = [j for j, job in enumerate(jobs) if control.slots is None or job.prompt in control.slots]
             if not mine:
                 continue
-            image = self._images(control, [jobs[j] for j in mine], per, x.dtype)
+            count = len(control.image) if isinstance(control.image, list) else 1
+            images = [self._images(control, k, [jobs[j] for j in mine], per, x.dtype) for k in range(count)]
             rows = None
             if len(mine) < len(jobs):  # a region's control: only its jobs' rows, zeros elsewhere
                 rows = torch.tensor([j * per + b for j in mine for b in range(per)], device=x.device)
                 if guided and not half:
                     rows = torch.cat([rows, rows + n])
             if guided and not half:
-                image = torch.cat([image, image])
+                images = [torch.cat([image, image]) for image in images]
             extra = {"added_cond_kwargs": {k: _rows(v, rows) for k, v in added.items()}} if added is not None else {}
+            extra.update(control.call_kwargs(images, *self._step))
             channels = control.model.config.in_channels  # an inpainting UNet's extra channels are not its
             d, m = control.model(
                 _rows(inputs, rows)[:, :channels],
                 t,
                 encoder_hidden_states=_rows(states, rows),
-                controlnet_cond=image,
-                conditioning_scale=control.scale,
                 guess_mode=self.guess_mode,
                 return_dict=False,
                 **extra,
@@ -199,7 +232,19 @@ def build_controls(
             "control_image: this model has no ControlNet; load one with "
             "MultiDiffusion.from_pretrained(model, controlnet=...) or wrap a diffusers ControlNet pipeline"
         )
-    if settings and len(nets) != len(settings):
+    union = _is_union(nets[0])
+    if union and len(nets) > 1:
+        raise ValueError(
+            "controlnet: several Union ControlNets are not supported; use one, with a control_mode per image"
+        )
+    if union and settings and options.control_mode is None:
+        raise ValueError(
+            f"control_mode: a Union ControlNet needs a mode for each control image (0 to "
+            f"{nets[0].config.num_control_type - 1})"
+        )
+    if not union and options.control_mode is not None:
+        raise ValueError("control_mode is a Union ControlNet's setting; this model's ControlNet takes none")
+    if settings and len(nets) != len(settings) and not union:
         raise ValueError(
             f"control_image: this model runs {len(nets)} ControlNet(s); give {'a list of ' if len(nets) > 1 else ''}"
             f"{len(nets)} control image(s), got {len(settings)}"
@@ -217,7 +262,30 @@ def build_controls(
             source = image.image
         pixels = processor.preprocess(preprocess(source, preprocessor), height=size[0], width=size[1])
         pixels = pixels.to(torch.float32)
-        controls.append(Control(nets[i], pixels.to(adapter.device, adapter.dtype), scale, start, end))
+        controls.append(Control(nets[0 if union else i], pixels.to(adapter.device, adapter.dtype), scale, start, end))
+    if union and controls:  # one model, all the images at once
+        modes = options.control_mode if isinstance(options.control_mode, list) else [options.control_mode]
+        kinds = nets[0].config.num_control_type
+        for i, mode in enumerate(modes):
+            if mode >= kinds:
+                which = f"[{i}]" if len(modes) > 1 else ""
+                raise ValueError(
+                    f"control_mode{which} must be from 0 to {kinds - 1} for this Union ControlNet, got {mode}"
+                )
+        ranges = tuple((c.start, c.end) for c in controls)
+        controls = [
+            Control(
+                nets[0],
+                [c.image for c in controls],
+                [float(c.scale) for c in controls],
+                min(r[0] for r in ranges),
+                max(r[1] for r in ranges),
+                modes=tuple(modes),
+                ranges=ranges,
+            )
+        ]
+    if union and region_controls:
+        raise ValueError(f"{region_controls[0][1]}: a region's control image with a Union ControlNet is not supported")
     start, end = (settings[0][2], settings[0][3]) if settings else (0.0, 1.0)
     for slot, name, image, scale, index in region_controls:
         if index >= len(nets):
@@ -227,3 +295,8 @@ def build_controls(
         slots = frozenset([slot])
         controls.append(Control(nets[index], pixels.to(adapter.device, adapter.dtype), scale, start, end, slots))
     return Controls(controls, adapter.vae_scale_factor, options.guess_mode)
+
+
+def _is_union(net: torch.nn.Module) -> bool:
+    """Whether ``net`` is a Union ControlNet (several control images, each with a mode)."""
+    return "num_control_type" in getattr(net, "config", {})

@@ -299,6 +299,7 @@ def _control_parameters(options: Any) -> dict[str, Any]:
         "control_guidance_end": options.control_guidance_end,
         "guess_mode": options.guess_mode,
         "control_preprocessor": options.control_preprocessor,
+        **({"control_mode": options.control_mode} if options.control_mode is not None else {}),
     }
 
 

@@ -1,6 +1,7 @@
 """Loading ControlNets and checking they fit the model: a diffusers folder, a repo id (local cache
 first, the hub within ``HUB_TIMEOUT_S``), a single ``.safetensors`` file (pickles only when
-allowed), an already loaded ``ControlNetModel``, or a list of those for several ControlNets."""
+allowed), an already loaded ``ControlNetModel``, or a list of those for several ControlNets. A
+folder or repo whose config names ``ControlNetUnionModel`` loads as one (ControlNet-Union SDXL)."""
 
 from __future__ import annotations
 
@@ -87,24 +88,32 @@ def load_controlnet(
                 "folder instead"
             ) from None
     if path.is_dir():
-        return ControlNetModel.from_pretrained(str(path), use_safetensors=None if allow_pickle else True, **kwargs)
+        cls = _net_class(str(path))
+        return cls.from_pretrained(str(path), use_safetensors=None if allow_pickle else True, **kwargs)
     return _load_repo(str(spec), allow_pickle, name, **kwargs)
 
 
+def _net_class(source: str, **kwargs: Any) -> type:
+    """``ControlNetUnionModel`` when the config at ``source`` names it, else ``ControlNetModel``."""
+    from diffusers import ControlNetModel, ControlNetUnionModel
+
+    config = ControlNetModel.load_config(source, **kwargs)
+    return ControlNetUnionModel if config.get("_class_name") == "ControlNetUnionModel" else ControlNetModel
+
+
 def _load_repo(repo: str, allow_pickle: bool, name: str, **kwargs: Any) -> torch.nn.Module:
-    from diffusers import ControlNetModel
 
     from multidiffusion.models.loading import HUB_TIMEOUT_S, _ask_hub, _before, _how_to_get
 
     use = {"use_safetensors": None if allow_pickle else True, **kwargs}
     try:
-        return ControlNetModel.from_pretrained(repo, local_files_only=True, **use)
+        return _net_class(repo, local_files_only=True).from_pretrained(repo, local_files_only=True, **use)
     except (OSError, ValueError):
         pass
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "false", ""):
         raise ModelNotFoundError(f"{name}: " + _how_to_get(repo))
     _before(time.monotonic() + HUB_TIMEOUT_S, lambda: _ask_hub(repo), repo)
-    return ControlNetModel.from_pretrained(repo, **use)
+    return _net_class(repo).from_pretrained(repo, **use)
 
 
 def load_controlnets(
