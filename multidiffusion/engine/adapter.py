@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from multidiffusion.engine.fusion import Job
+from multidiffusion.engine.noising import is_flow_matching
 from multidiffusion.vae.codec import vae_scale_factor
 
 if TYPE_CHECKING:
@@ -164,7 +165,14 @@ class ModelAdapter:
 
     def set_timesteps(self, scheduler: Any, steps: int, device: Any, view: tuple[int, int]) -> None:
         """Set ``steps`` timesteps on ``scheduler`` for views of ``view`` (rows, columns) latent
-        pixels, the largest the model sees; UNet families' schedules don't depend on it."""
+        pixels, the largest the model sees; UNet families' schedules don't depend on it. A
+        flow-matching scheduler is refused: these models were trained on the DDPM family's noising."""
+        if is_flow_matching(scheduler):
+            raise ValueError(
+                f"scheduler: {type(scheduler).__name__} is a flow-matching scheduler (for SD 3 and FLUX), but this "
+                f"{self.family.upper()} model was trained with DDPM-style noising; use ddim, euler, dpm++2m or another "
+                "of its family"
+            )
         scheduler.set_timesteps(steps, device=device)
 
     def predict(self, x: torch.Tensor, t: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:

@@ -24,7 +24,7 @@ from multidiffusion.engine.adapter import Conditioning
 from multidiffusion.engine.control import build_controls
 from multidiffusion.engine.loras import LoraSwitch
 from multidiffusion.engine.sampler import GuidedModel, SamplingStats, sample
-from multidiffusion.engine.schedulers import SCHEDULERS, make_scheduler, scheduler_name
+from multidiffusion.engine.schedulers import FLOW_SCHEDULERS, SCHEDULERS, make_scheduler, scheduler_name
 from multidiffusion.engine.task import Start, Task
 from multidiffusion.output import MultiDiffusionOutput
 from multidiffusion.vae.codec import decode_latents, decode_to_uint8
@@ -327,7 +327,7 @@ def _scheduler_label(scheduler: Any) -> str:
     if isinstance(scheduler, str):
         return scheduler_name(scheduler)
     name = type(scheduler).__name__
-    for label, (cls_name, overrides) in SCHEDULERS.items():
+    for label, (cls_name, overrides) in (SCHEDULERS | FLOW_SCHEDULERS).items():
         if cls_name == name and all(scheduler.config.get(k) == v for k, v in overrides.items()):
             return label
     return name
