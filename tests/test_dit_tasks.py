@@ -173,13 +173,6 @@ def test_controlnets_and_ddpm_schedulers_are_refused_with_flux(dit_models):
         md.panorama("a lake", scheduler="ddim", **PANORAMA)
 
 
-def test_transformer_folders_load_with_their_own_scheduler(flux16, tmp_path):
-    flux16.save_pretrained(tmp_path)
-    md = MultiDiffusion.from_pretrained(tmp_path, max_sequence_length=16)
-    assert md.family == "flux"
-    assert type(md.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"
-
-
 def test_img2img_siblings_share_their_components(flux16, sd3_16):
     from diffusers import FluxImg2ImgPipeline, StableDiffusion3Img2ImgPipeline
 
