@@ -101,12 +101,16 @@ def tiny_flux_pipeline(
     text_length: int = 16,
     width: int = 32,
     layers: tuple[int, int] = (1, 1),
+    head: int = 16,
+    axes: tuple[int, int, int] = (4, 6, 6),
+    text_width: int = 32,
     dtype: torch.dtype = torch.float32,
 ) -> Any:
-    """A random-weight ``FluxPipeline``: a ``FluxTransformer2DModel`` of ``width`` (= heads x 16)
-    with ``layers`` (double-stream, single-stream) blocks, a distilled guidance embedding when
+    """A random-weight ``FluxPipeline``: a ``FluxTransformer2DModel`` of ``width`` (= heads x
+    ``head``, rotary ``axes`` summing to ``head``; FLUX.1: 24 x 128, (16, 56, 56)) with ``layers``
+    (double-stream, single-stream; FLUX.1: 19, 38) blocks, a distilled guidance embedding when
     ``guidance_embeds`` (dev; schnell without), FLUX.1-dev's dynamically shifted scheduler (schnell:
-    a fixed shift of 1), 16-channel VAE, CLIP (pooled) and T5 of width 32.
+    a fixed shift of 1), 16-channel VAE, CLIP (pooled) and T5 of ``text_width``.
 
     ``sample_size`` is the pipeline's default latent size (its ``default_sample_size``: the native
     window); ``text_length`` the tokenizers' maximum length."""
@@ -115,7 +119,6 @@ def tiny_flux_pipeline(
     tokenizer = char_tokenizer(max_length=text_length)
     tokenizer_2 = t5_tokenizer(max_length=text_length)
     torch.manual_seed(seed)
-    head = 16
     transformer = FluxTransformer2DModel(
         patch_size=1,
         in_channels=64,
@@ -123,17 +126,17 @@ def tiny_flux_pipeline(
         num_single_layers=layers[1],
         attention_head_dim=head,
         num_attention_heads=width // head,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
+        joint_attention_dim=text_width,
+        pooled_projection_dim=text_width,
         guidance_embeds=guidance_embeds,
-        axes_dims_rope=(4, 6, 6),
+        axes_dims_rope=axes,
     ).eval()
     pipe = FluxPipeline(
         scheduler=_flow_scheduler(dynamic=guidance_embeds),
         vae=flow_vae(seed=seed, sample_size=sample_size * 8),
-        text_encoder=_text_encoder(tokenizer, seed=seed),
+        text_encoder=_text_encoder(tokenizer, hidden=text_width, seed=seed),
         tokenizer=tokenizer,
-        text_encoder_2=t5_encoder(tokenizer_2, seed=seed + 1),
+        text_encoder_2=t5_encoder(tokenizer_2, d_model=text_width, seed=seed + 1),
         tokenizer_2=tokenizer_2,
         transformer=transformer,
     )
@@ -148,11 +151,14 @@ def tiny_sd3_pipeline(
     text_length: int = 16,
     heads: int = 4,
     layers: int = 1,
+    head: int = 8,
+    text_width: int = 32,
     dtype: torch.dtype = torch.float32,
 ) -> Any:
     """A random-weight ``StableDiffusion3Pipeline``: an ``SD3Transformer2DModel`` (2x2 patches, 16
-    latent channels, ``heads`` x 8 wide, ``layers`` joint blocks, native ``sample_size`` latents),
-    CLIP-L and CLIP-G stand-ins with projections (widths 16, pooled 2 x 32), T5 of width 32, SD 3's
+    latent channels, ``heads`` x ``head`` wide, ``layers`` joint blocks, native ``sample_size``
+    latents; SD 3.5 large: 38 x 64 heads of 64, 38 blocks), CLIP-L and CLIP-G stand-ins with
+    projections (widths ``text_width`` / 2, pooled 2 x ``text_width``), T5 of ``text_width``, SD 3's
     VAE factors and fixed-shift scheduler (shift 3.0)."""
     from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
 
@@ -166,22 +172,22 @@ def tiny_sd3_pipeline(
         in_channels=16,
         out_channels=16,
         num_layers=layers,
-        attention_head_dim=8,
+        attention_head_dim=head,
         num_attention_heads=heads,
-        joint_attention_dim=32,
-        caption_projection_dim=heads * 8,
-        pooled_projection_dim=64,
+        joint_attention_dim=text_width,
+        caption_projection_dim=heads * head,
+        pooled_projection_dim=2 * text_width,
         pos_embed_max_size=max(sample_size, 32),
     ).eval()
     pipe = StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=_flow_scheduler(dynamic=False, shift=3.0),
         vae=flow_vae(factors=SD3_VAE, seed=seed, sample_size=sample_size * 8),
-        text_encoder=_text_encoder(tokenizer, hidden=16, projection=32, seed=seed),
+        text_encoder=_text_encoder(tokenizer, hidden=text_width // 2, projection=text_width, seed=seed),
         tokenizer=tokenizer,
-        text_encoder_2=_text_encoder(tokenizer_2, hidden=16, projection=32, seed=seed + 1),
+        text_encoder_2=_text_encoder(tokenizer_2, hidden=text_width // 2, projection=text_width, seed=seed + 1),
         tokenizer_2=tokenizer_2,
-        text_encoder_3=t5_encoder(tokenizer_3, seed=seed + 2),
+        text_encoder_3=t5_encoder(tokenizer_3, d_model=text_width, seed=seed + 2),
         tokenizer_3=tokenizer_3,
     )
     pipe.set_progress_bar_config(disable=True)
