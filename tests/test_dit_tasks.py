@@ -192,13 +192,13 @@ def test_flow_schedulers_by_name_and_the_other_family_refused(dit_models, md16):
 @pytest.mark.parametrize("circular", [False, True])
 def test_tiled_decode_of_16_channel_latents(dit_models, circular):
     md = dit_models["flux"]
-    x = torch.randn((1, 16, 16, 48), generator=torch.Generator().manual_seed(1))
-    kwargs = dict(height=128, width=384, num_inference_steps=1, latents=x, circular=circular, output_type="np")
+    x = torch.randn((1, 16, 16, 32), generator=torch.Generator().manual_seed(1))
+    kwargs = dict(height=128, width=256, num_inference_steps=1, latents=x, circular=circular, output_type="np")
     whole = md.panorama("a lake", window=16, stride=8, **kwargs).images
-    md.set_vae_tiling(tile=16, overlap=4)
+    md.set_vae_tiling(tile=16, overlap=4, norm_stats="fast")
     try:
         tiled = md.panorama("a lake", window=16, stride=8, **kwargs).images
     finally:
         md.set_vae_tiling()
-    assert tiled.shape == whole.shape == (1, 128, 384, 3)
+    assert tiled.shape == whole.shape == (1, 128, 256, 3)
     assert np.abs(tiled - whole).mean() < 0.02  # tiles agree with the whole decode (canvas-wide statistics)
