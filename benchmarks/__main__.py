@@ -1,5 +1,6 @@
 """``python -m benchmarks``: speed and memory of multidiffusion against its peers; prints a Markdown
-table and writes the figures as JSON.
+table and writes the figures as JSON. ``--suites dit``: the diffusion transformers (FLUX.1, SD 3) on
+reduced random-weight models of their shapes (:mod:`benchmarks.dit_bench`).
 
 On a CPU it uses an SD 2-base-shaped random-weight UNet at 1/10 of SD's width (``--model reduced``)
 and few steps: model calls, coverage and time ratios carry over to the real model, absolute times
@@ -26,6 +27,7 @@ SUITES = (
     "upscale-memory",
     "upscale-peer",
     "upscale-quality",
+    "dit",
 )
 DEFAULT_SUITES = SUITES[:8]
 """What runs without --suites: the speed suites; the demo-quality and upscale suites take long on a
@@ -56,7 +58,7 @@ def table(rows: list[dict]) -> str:
                 "",
                 r.get("notes", ""),
             ]
-        elif r["suite"] == "upscale-memory":
+        elif r["suite"] in ("upscale-memory", "dit-memory"):
             cells = [
                 r["config"],
                 r["peer"],
@@ -206,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         add(S.upscale_peer(args.quick, device, repeats))
     if "upscale-quality" in suites:
         add(S.upscale_quality(args.quick, device))
+    if "dit" in suites:
+        from .dit_bench import dit_rows, memory_rows
+
+        add(dit_rows(args.quick, device, steps, repeats))
+        add(memory_rows(args.quick, device, steps))
 
     info["load_average_end"] = os.getloadavg()
     if ctx is not None:

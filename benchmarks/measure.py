@@ -1,7 +1,8 @@
 """Measuring one run: wall time, UNet calls and the time inside them, latent pixels, peak memory.
 
-Everything is counted by hooks on the UNet module, so our engine and the peers are measured the
-same way. On CUDA the hooks synchronise, so the time inside model calls is real, not launch time.
+Everything is counted by hooks on the UNet module (or the diffusion transformer), so our engine and
+the peers are measured the same way. On CUDA the hooks synchronise, so the time inside model calls is
+real, not launch time.
 """
 
 from __future__ import annotations
@@ -83,8 +84,9 @@ def measure(run: Callable[[], Any], unet: torch.nn.Module | None, device: torch.
         if cuda:
             torch.cuda.synchronize()
         starts.append(time.perf_counter())
-        x = args[0] if args else kwargs["sample"]
-        m.latent_pixels += x.shape[0] * x.shape[-2] * x.shape[-1]
+        x = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+        # a UNet's or SD 3's (B, C, h, w) latents; FLUX's (B, tokens, 4C) tokens of 2x2 latent pixels
+        m.latent_pixels += x.shape[0] * (4 * x.shape[1] if x.dim() == 3 else x.shape[-2] * x.shape[-1])
         m.evaluations += x.shape[0]
 
     def after(module, args, kwargs, output):

@@ -81,7 +81,9 @@ def _text_encoder(tokenizer, hidden: int = 32, projection: int | None = None, se
     return cls(config).eval()
 
 
-def _vae(channels: int = 32, seed: int = 0, sample_size: int = 256):
+def _vae(channels: int = 32, seed: int = 0, sample_size: int = 256, latent_channels: int = 4, **config: Any):
+    """A VAE that down-samples by 8 (four blocks of ``channels``); ``config``: AutoencoderKL's other
+    settings (e.g. shift and scaling factors)."""
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
@@ -91,10 +93,11 @@ def _vae(channels: int = 32, seed: int = 0, sample_size: int = 256):
         out_channels=3,
         down_block_types=["DownEncoderBlock2D"] * 4,
         up_block_types=["UpDecoderBlock2D"] * 4,
-        latent_channels=4,
+        latent_channels=latent_channels,
         layers_per_block=1,
         norm_num_groups=min(32, channels),
         sample_size=sample_size,
+        **config,
     ).eval()
 
 

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import InitVar, dataclass, field
 from typing import Any, ClassVar
 
-from multidiffusion.engine.schedulers import SCHEDULERS, scheduler_name
+from multidiffusion.engine.schedulers import FLOW_SCHEDULERS, SCHEDULERS, scheduler_name
 from multidiffusion.engine.views import WEIGHTS
 from multidiffusion.engine.windows import PLACEMENTS
 from multidiffusion.regions.layout import MAX_REGIONS, Region, as_regions
@@ -81,7 +81,7 @@ MAX_SEED = 2**64 - 1
 RANDOM_SEEDS = 2**32
 """Random seeds are drawn below this, so they stay short enough to read and type."""
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-SCHEDULER_NAMES: tuple[str, ...] = tuple(SCHEDULERS)
+SCHEDULER_NAMES: tuple[str, ...] = (*SCHEDULERS, *FLOW_SCHEDULERS)
 
 
 # -- single values ---------------------------------------------------------------------------------

@@ -41,7 +41,8 @@ Generator = torch.Generator | list[torch.Generator] | None
 
 
 class MultiDiffusion:
-    """MultiDiffusion (Bar-Tal et al., ICML 2023) around a Stable Diffusion 1.x, 2.x or XL pipeline.
+    """MultiDiffusion (Bar-Tal et al., ICML 2023) around a Stable Diffusion 1.x, 2.x, XL, 3 / 3.5 or
+    FLUX.1 pipeline.
 
     >>> md = MultiDiffusion.from_pretrained("demo")
     >>> md.panorama("snowy mountains at sunset", width=1024).images[0].save("pano.png")
@@ -59,16 +60,26 @@ class MultiDiffusion:
         clip_skip: int | None = None,
         crops_coords_top_left: str | None = None,
         original_size: str | tuple[int, int] | None = None,
+        positions: str | None = None,
+        true_cfg_scale: float | None = None,
+        max_sequence_length: int | None = None,
         share_prefix: bool = True,
         share_unconditional: bool = True,
         controlnet: Any = None,
     ):
         """``pipe``: any Stable Diffusion 1.x / 2.x / XL pipeline (text-to-image, img2img or inpainting;
+        or a ``StableDiffusion3Pipeline`` / ``FluxPipeline`` or their img2img siblings;
         its components are shared, not copied; an inpainting UNet serves :meth:`inpaint` and
         :meth:`outpaint` only). ``clip_skip`` as in diffusers. SDXL only:
         ``crops_coords_top_left`` ("zero", default, or "offset": each view's offset on the canvas)
         and ``original_size`` ("canvas", default, "window" or (height, width) pixels) set the
         micro-conditioning of every view; see :mod:`multidiffusion.models.sdxl` for why.
+
+        Diffusion transformers (``StableDiffusion3Pipeline``, ``FluxPipeline``): ``max_sequence_length``
+        (T5 tokens); FLUX only: ``positions`` ("view", default: each view's rotary ids are an image
+        of its own size; "canvas": its place on the canvas) and ``true_cfg_scale`` (> 1: true
+        classifier-free guidance with the negative prompt; FLUX.1-dev takes ``guidance_scale`` as
+        its distilled guidance embedding). See :mod:`multidiffusion.models.flux` and ``.sd3``.
 
         ``share_prefix`` (guidance branches share the UNet layers before the first cross-attention)
         and ``share_unconditional`` (the prompts of one window share ε_u) are exact optimisations,
@@ -78,7 +89,13 @@ class MultiDiffusion:
         of them (several ControlNets); a diffusers ControlNet pipeline passed as ``pipe`` brings its
         own. Every task then takes ``control_image`` and diffusers' other ControlNet arguments."""
         self.adapter: ModelAdapter = adapter_for(
-            pipe, clip_skip=clip_skip, crops_coords_top_left=crops_coords_top_left, original_size=original_size
+            pipe,
+            clip_skip=clip_skip,
+            crops_coords_top_left=crops_coords_top_left,
+            original_size=original_size,
+            positions=positions,
+            true_cfg_scale=true_cfg_scale,
+            max_sequence_length=max_sequence_length,
         )
         self.set_controlnet(controlnet if controlnet is not None else self.adapter.controlnet)
         self.scheduler = scheduler if scheduler is not None else self.pipe.scheduler
@@ -98,13 +115,16 @@ class MultiDiffusion:
         *,
         torch_dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
-        scheduler: str | Any = "ddim",
+        scheduler: str | Any | None = None,
         allow_pickle: bool = False,
         config: str | None = None,
         prediction_type: str | None = None,
         clip_skip: int | None = None,
         crops_coords_top_left: str | None = None,
         original_size: str | tuple[int, int] | None = None,
+        positions: str | None = None,
+        true_cfg_scale: float | None = None,
+        max_sequence_length: int | None = None,
         controlnet: Any = None,
         **kwargs: Any,
     ) -> MultiDiffusion:
@@ -117,7 +137,10 @@ class MultiDiffusion:
         to CUDA when present, ``torch_dtype`` to float16 on accelerators and float32 on the CPU.
         ``controlnet``: a ControlNet folder, repo id or ``.safetensors`` file (or a list), loaded
         the same way (pickles only with ``allow_pickle``) and checked against the model's family.
-        The other options are the constructor's.
+        ``scheduler`` defaults to "ddim" (the paper's sampler) for UNet models and to the model's own
+        flow-matching scheduler for diffusion transformers (SD 3, FLUX). Other keyword arguments go
+        to diffusers' ``from_pretrained`` (e.g. ``quantization_config``, ``transformer=``). The
+        other options are the constructor's.
         """
         pipe = load_pipeline(
             model,
@@ -128,6 +151,8 @@ class MultiDiffusion:
             prediction_type=prediction_type,
             **kwargs,
         )
+        if scheduler is None and getattr(pipe, "transformer", None) is None:
+            scheduler = "ddim"
         md = cls(
             pipe,
             scheduler=scheduler,
@@ -135,6 +160,9 @@ class MultiDiffusion:
             clip_skip=clip_skip,
             crops_coords_top_left=crops_coords_top_left,
             original_size=original_size,
+            positions=positions,
+            true_cfg_scale=true_cfg_scale,
+            max_sequence_length=max_sequence_length,
         )
         return md.set_controlnet(controlnet, allow_pickle=allow_pickle) if controlnet is not None else md
 
@@ -167,7 +195,7 @@ class MultiDiffusion:
 
     @property
     def family(self) -> str:
-        """The model family: "sd" (SD 1.x / 2.x) or "sdxl"."""
+        """The model family: "sd" (SD 1.x / 2.x), "sdxl", "sd3" (SD 3 / 3.5) or "flux" (FLUX.1)."""
         return self.adapter.family
 
     def load_lora(
@@ -197,6 +225,12 @@ class MultiDiffusion:
         from multidiffusion.models.controlnet import load_controlnets
 
         unet = self.adapter.unet
+        if controlnet is not None and self.adapter.patch_size > 1:
+            family = self.adapter.family.upper()
+            raise ValueError(
+                f"controlnet: ControlNets with {family} models are not supported yet (only with SD 1.x, 2.x and "
+                "SDXL); run without a ControlNet"
+            )
         nets = None if controlnet is None else load_controlnets(controlnet, unet, allow_pickle=allow_pickle)
         self.adapter.controlnet = nets
         return self

@@ -75,3 +75,31 @@ def _pil_pixel_cap():
     cap = Image.MAX_IMAGE_PIXELS
     yield
     Image.MAX_IMAGE_PIXELS = cap
+
+
+# -- diffusion transformers (FLUX.1, SD 3): tiny random pipelines, native window 16 latents ---------
+@pytest.fixture(scope="session")
+def flux16():
+    """A tiny FLUX.1-dev-like pipeline (guidance embedding, dynamically shifted schedule)."""
+    from devtools.dit_components import tiny_flux_pipeline
+
+    return tiny_flux_pipeline(sample_size=16)
+
+
+@pytest.fixture(scope="session")
+def sd3_16():
+    """A tiny SD 3-like pipeline (CLIP-L, CLIP-G, T5; fixed shift 3)."""
+    from devtools.dit_components import tiny_sd3_pipeline
+
+    return tiny_sd3_pipeline(sample_size=16)
+
+
+@pytest.fixture(scope="session")
+def dit_models(flux16, sd3_16):
+    """MultiDiffusion around each tiny transformer, by family (T5 sequences of 16 tokens)."""
+    out = {}
+    for family, pipe in (("flux", flux16), ("sd3", sd3_16)):
+        md = MultiDiffusion(pipe, max_sequence_length=16)
+        md.set_progress_bar_config(disable=True)
+        out[family] = md
+    return out

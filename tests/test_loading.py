@@ -71,11 +71,13 @@ def test_folder_without_weights(tiny_model_dir, tmp_path):
 
 
 def test_other_pipeline_families_are_refused(tiny_model_dir, tmp_path):
-    folder = tmp_path / "flux"
+    folder = tmp_path / "qwen"
     shutil.copytree(tiny_model_dir, folder)
     index = json.loads((folder / "model_index.json").read_text())
-    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "FluxPipeline"}))
-    with pytest.raises(ModelNotFoundError, match="FluxPipeline; multidiffusion supports the Stable Diffusion family"):
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "QwenImagePipeline"}))
+    with pytest.raises(
+        ModelNotFoundError, match="QwenImagePipeline; multidiffusion supports the Stable Diffusion family"
+    ):
         MultiDiffusion.from_pretrained(folder, device="cpu")
 
 

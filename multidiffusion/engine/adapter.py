@@ -1,20 +1,38 @@
 """What the engine needs from a model family, and nothing more.
 
-An adapter encodes prompts once per call and, for each batch of views, gives the UNet the keyword
+An adapter encodes prompts once per call and, for each batch of views, gives the model the keyword
 arguments that condition it (text embeddings; for SDXL also pooled embeddings and per-view time
 ids). Guidance, views, fusion and the scheduler are the engine's, shared by every family.
+
+The engine calls the model only through the adapter:
+
+- :meth:`ModelAdapter.condition`: prompts encoded once, and the classifier-free guidance scale of
+  each prompt slot (a guidance-distilled FLUX runs without CFG and takes its scale as an input);
+- :meth:`ModelAdapter.set_timesteps`: the schedule, given the size of the views the model sees
+  (flow-matching models shift it by their token count);
+- :meth:`ModelAdapter.unet_kwargs`: the conditioning of a batch of jobs, every tensor in it with one
+  row per model input row (the engine selects rows when guidance branches share work);
+- :meth:`ModelAdapter.predict`: the model's output for a batch of crops (B, C, h, w), the same shape
+  back; a diffusion transformer packs the crops into tokens and unpacks its prediction here.
+
+Everything a model takes that is the same for all rows (positional ids, the timestep) is built in
+:meth:`~ModelAdapter.predict`, never put in the keyword arguments.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from multidiffusion.engine.fusion import Job
+from multidiffusion.engine.noising import is_flow_matching
 from multidiffusion.vae.codec import vae_scale_factor
+
+if TYPE_CHECKING:
+    from multidiffusion.engine.task import PromptSlots
 
 __all__ = ["Conditioning", "ModelAdapter"]
 
@@ -61,6 +79,11 @@ class ModelAdapter:
     """Base adapter: the parts shared by Stable Diffusion families (UNet + VAE + scheduler)."""
 
     family = "base"
+    patch_size: int = 1
+    """Latent pixels per side of one model token: every view, stride and window offset is a multiple
+    of it (2 for FLUX and SD 3, whose transformers take 2x2 patches; 1 for UNets)."""
+    shares_prefix: bool = True
+    """Whether guidance branches may share the first UNet layers (:mod:`~multidiffusion.engine.shared_prefix`)."""
 
     def __init__(self, pipe: Any, controlnet: Any = None):
         self.pipe = pipe
@@ -76,6 +99,7 @@ class ModelAdapter:
 
     @property
     def unet(self) -> torch.nn.Module:
+        """The denoising network: the UNet, or a diffusion transformer (``pipe.transformer``)."""
         return self.pipe.unet
 
     @property
@@ -130,8 +154,36 @@ class ModelAdapter:
         raise NotImplementedError
 
     def unet_kwargs(self, cond: Conditioning, jobs: Sequence[Job], canvas: tuple[int, int]) -> dict[str, Any]:
-        """Keyword arguments of the UNet call for a batch of jobs (``canvas`` in latent pixels)."""
+        """Keyword arguments of the model call for a batch of jobs (``canvas`` in latent pixels)."""
         raise NotImplementedError
+
+    def condition(self, slots: PromptSlots, num_images: int) -> tuple[Conditioning, list[float]]:
+        """The prompts encoded once for the call, and the classifier-free guidance scale of each slot:
+        guidance runs when some slot's scale exceeds 1 (diffusers' rule)."""
+        guided = max(slots.guidance) > 1.0
+        return self.encode(slots.prompts, slots.negatives, num_images, guided), list(slots.guidance)
+
+    def set_timesteps(self, scheduler: Any, steps: int, device: Any, view: tuple[int, int]) -> None:
+        """Set ``steps`` timesteps on ``scheduler`` for views of ``view`` (rows, columns) latent
+        pixels, the largest the model sees; UNet families' schedules don't depend on it. A
+        flow-matching scheduler is refused: these models were trained on the DDPM family's noising."""
+        if is_flow_matching(scheduler):
+            raise ValueError(
+                f"scheduler: {type(scheduler).__name__} is a flow-matching scheduler (for SD 3 and FLUX), but this "
+                f"{self.family.upper()} model was trained with DDPM-style noising; use ddim, euler, dpm++2m or another "
+                "of its family"
+            )
+        scheduler.set_timesteps(steps, device=device)
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+        """The model's output for the crops ``x`` (rows, C, h, w) at timestep ``t``, conditioned by
+        ``kwargs`` (:meth:`unet_kwargs`, rows selected by the engine): (rows, latent channels, h, w)."""
+        return self.unet(x, t, return_dict=False, **kwargs)[0]
+
+    def network_calls(self, kwargs: dict[str, Any]) -> int:
+        """Forward passes of the network one :meth:`predict` with these ``kwargs`` makes (for the
+        run's statistics): 1, unless the adapter splits a batch (FLUX with canvas positions)."""
+        return 1
 
 
 def split_slots(flat: torch.Tensor, slots: int) -> torch.Tensor:

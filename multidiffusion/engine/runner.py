@@ -24,7 +24,7 @@ from multidiffusion.engine.adapter import Conditioning
 from multidiffusion.engine.control import build_controls
 from multidiffusion.engine.loras import LoraSwitch
 from multidiffusion.engine.sampler import GuidedModel, SamplingStats, sample
-from multidiffusion.engine.schedulers import SCHEDULERS, make_scheduler, scheduler_name
+from multidiffusion.engine.schedulers import FLOW_SCHEDULERS, SCHEDULERS, make_scheduler, scheduler_name
 from multidiffusion.engine.task import Start, Task
 from multidiffusion.output import MultiDiffusionOutput
 from multidiffusion.vae.codec import decode_latents, decode_to_uint8
@@ -84,15 +84,19 @@ def run(
     _check_generator(generator, batch)
     scheduler = options.scheduler if options.scheduler is not None else settings.scheduler
     sched = make_scheduler(scheduler, adapter.pipe.scheduler.config)
-    timesteps = denoising_timesteps(sched, options.num_inference_steps, task.strength, adapter.device)
     plan_for_step = task.plans(_offset_seed(generator))
+    view = largest_view(plan_for_step(0))
+
+    def set_timesteps(s: Any, steps: int, device: Any) -> None:
+        adapter.set_timesteps(s, steps, device, view)
+
+    timesteps = denoising_timesteps(sched, options.num_inference_steps, task.strength, adapter.device, set_timesteps)
     _check_cost(task, plan_for_step, batch, len(timesteps))  # every timestep is one model evaluation
 
     h, w = task.latent_size
     task.prepare(generator, batch, settings.decode)  # e.g. the encoder's sample, drawn before the noise
     noise = _initial_noise(adapter, (batch, adapter.latent_channels, h, w), generator, latents)
-    use_cfg = max(slots.guidance) > 1.0
-    cond = adapter.encode(slots.prompts, slots.negatives, options.num_images_per_prompt, use_cfg)
+    cond, guidance = adapter.condition(slots, options.num_images_per_prompt)
     if not options.guess_mode:  # in guess mode the unconditional branch differs: it gets no ControlNet
         cond = _without_idle_guidance(cond)
     stats = SamplingStats()
@@ -101,7 +105,7 @@ def run(
     model = GuidedModel(
         adapter,
         cond,
-        slots.guidance,
+        guidance,
         (h, w),
         stats,
         share_prefix=settings.share_prefix,
@@ -151,11 +155,23 @@ def run(
     return MultiDiffusionOutput(images, params, stats)
 
 
-def denoising_timesteps(scheduler: Any, steps: int, strength: float, device: Any) -> torch.Tensor:
+def denoising_timesteps(
+    scheduler: Any,
+    steps: int,
+    strength: float,
+    device: Any,
+    set_timesteps: Callable[[Any, int, Any], None] | None = None,
+) -> torch.Tensor:
     """Set ``steps`` timesteps on ``scheduler`` and return those a call of this ``strength`` runs, as
     diffusers' image-to-image pipelines do: the last ``int(steps * strength)`` steps (all at
-    strength 1), with the scheduler's begin index set to the first of them."""
-    scheduler.set_timesteps(steps, device=device)
+    strength 1), with the scheduler's begin index set to the first of them.
+
+    ``set_timesteps(scheduler, steps, device)`` sets the schedule (the runner passes the adapter's,
+    which knows the views' size); default: ``scheduler.set_timesteps(steps, device=device)``."""
+    if set_timesteps is None:
+        scheduler.set_timesteps(steps, device=device)
+    else:
+        set_timesteps(scheduler, steps, device)
     if strength >= 1.0:
         return scheduler.timesteps
     order = getattr(scheduler, "order", 1)
@@ -163,6 +179,13 @@ def denoising_timesteps(scheduler: Any, steps: int, strength: float, device: Any
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(first)
     return scheduler.timesteps[first:]
+
+
+def largest_view(plan: Any) -> tuple[int, int]:
+    """(rows, columns) of the largest view of a step's plan: the size the model sees (a window, or
+    the canvas where that is smaller), which sets a flow-matching model's schedule shift."""
+    view = max((job.view for job in plan.jobs), key=lambda v: v.height * v.width)
+    return view.height, view.width
 
 
 def auto_batch(adapter: Any) -> int:
@@ -307,7 +330,7 @@ def _scheduler_label(scheduler: Any) -> str:
     if isinstance(scheduler, str):
         return scheduler_name(scheduler)
     name = type(scheduler).__name__
-    for label, (cls_name, overrides) in SCHEDULERS.items():
+    for label, (cls_name, overrides) in (SCHEDULERS | FLOW_SCHEDULERS).items():
         if cls_name == name and all(scheduler.config.get(k) == v for k, v in overrides.items()):
             return label
     return name

@@ -23,6 +23,7 @@ from multidiffusion.engine.adapter import Conditioning, ModelAdapter
 from multidiffusion.engine.control import Controls
 from multidiffusion.engine.fusion import FusionPlan, InputComposer, Job, fused_prediction
 from multidiffusion.engine.loras import LoraSwitch
+from multidiffusion.engine.noising import scale_input
 from multidiffusion.engine.shared_prefix import SharedPrefix
 
 __all__ = ["GuidedModel", "SamplingStats", "sample"]
@@ -54,8 +55,9 @@ class SamplingStats:
 class GuidedModel:
     """Φ(x | y) with classifier-free guidance, ε_u + s (ε_c − ε_u), for a batch of jobs.
 
-    The crops of all jobs and both guidance branches go through the UNet in one call, whose layers
-    before the first cross-attention run once for both branches (:mod:`~multidiffusion.engine.shared_prefix`;
+    The crops of all jobs and both guidance branches go through the model in one call
+    (:meth:`~multidiffusion.engine.adapter.ModelAdapter.predict`); a UNet's layers before the first
+    cross-attention run once for both branches (:mod:`~multidiffusion.engine.shared_prefix`;
     ``share_prefix=False`` turns that off). ``guidance`` holds one scale per prompt slot (regions may
     set their own).
 
@@ -84,7 +86,8 @@ class GuidedModel:
         self._step = (0, 1)
         self.share_unconditional = share_unconditional
         self._same_negative: dict[tuple[int, int], bool] = {}
-        self.prefix = SharedPrefix(adapter.unet) if share_prefix and cond.negative is not None else None
+        prefix = share_prefix and adapter.shares_prefix and cond.negative is not None
+        self.prefix = SharedPrefix(adapter.unet) if prefix else None
         self.cond = cond
         self.canvas = canvas
         self.stats = stats if stats is not None else SamplingStats()
@@ -124,8 +127,8 @@ class GuidedModel:
         if active:
             kwargs = {**kwargs, **self.controls.residuals(active, x, t, jobs, kwargs, guided)}
         with context:
-            out = self.adapter.unet(x, t, return_dict=False, **kwargs)[0]
-        self.stats.model_calls += 1
+            out = self.adapter.predict(x, t, kwargs)
+        self.stats.model_calls += self.adapter.network_calls(kwargs)
         self.stats.jobs += len(jobs)
         self.stats.evaluations += x.shape[0]
         self.stats.latent_pixels += sum(job.view.height * job.view.width for job in jobs)
@@ -249,7 +252,7 @@ def sample(
     with tqdm(total=total, **(progress or {})) as bar:
         for i, t in enumerate(timesteps):
             model.at_step(i, len(timesteps))
-            x_in = scheduler.scale_model_input(x, t)
+            x_in = scale_input(scheduler, x, t)
             compose = composer_for_step(i, t) if composer_for_step is not None else None
             prediction = fused_prediction(model, x_in, t, plan_for_step(i), batch_size, compose)
             x = scheduler.step(prediction, t, x, return_dict=False, **extra)[0]

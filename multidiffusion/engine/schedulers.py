@@ -3,6 +3,10 @@
 Any diffusers scheduler works with the engine (it steps the whole canvas once per step); these names
 are shortcuts for the command line and the web app. A1111 and ComfyUI spellings are accepted too
 ("DPM++ 2M Karras", "dpmpp_2m", "euler_ancestral").
+
+:data:`SCHEDULERS` are the DDPM family's (SD 1.x, 2.x, XL); :data:`FLOW_SCHEDULERS` the flow-matching
+ones of diffusion transformers (SD 3, FLUX), built from the model's own scheduler config so its shift
+settings carry over. A model refuses the other family's (its adapter's ``set_timesteps``).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from typing import Any
 import diffusers
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-__all__ = ["SCHEDULERS", "make_scheduler", "scheduler_name"]
+__all__ = ["FLOW_SCHEDULERS", "SCHEDULERS", "make_scheduler", "scheduler_name"]
 
 # canonical name -> (diffusers class name, config overrides)
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -35,6 +39,10 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "deis": ("DEISMultistepScheduler", {}),
 }
 
+FLOW_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "flow_euler": ("FlowMatchEulerDiscreteScheduler", {}),  # SD 3's and FLUX's own
+}
+
 _ALIASES = {
     "eulerancestral": "euler_a",
     "dpmpp2m": "dpm++2m",
@@ -51,14 +59,15 @@ def _key(name: str) -> str:
     return "".join(ch for ch in name.lower() if ch.isalnum() or ch == "+")
 
 
-_BY_KEY = {_key(name): name for name in SCHEDULERS} | {_key(a): c for a, c in _ALIASES.items()}
+_ALL = SCHEDULERS | FLOW_SCHEDULERS
+_BY_KEY = {_key(name): name for name in _ALL} | {_key(a): c for a, c in _ALIASES.items()}
 
 
 def scheduler_name(name: str) -> str:
     """The canonical name for ``name``; ``ValueError`` listing the valid names if unknown."""
     canonical = _BY_KEY.get(_key(name)) if isinstance(name, str) else None
     if canonical is None:
-        raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)} (or a diffusers scheduler), got {name!r}")
+        raise ValueError(f"scheduler must be one of {', '.join(_ALL)} (or a diffusers scheduler), got {name!r}")
     return canonical
 
 
@@ -69,6 +78,6 @@ def make_scheduler(name_or_scheduler: str | SchedulerMixin, config: Any) -> Sche
     """
     if isinstance(name_or_scheduler, SchedulerMixin):
         return type(name_or_scheduler).from_config(name_or_scheduler.config)
-    cls_name, overrides = SCHEDULERS[scheduler_name(name_or_scheduler)]
+    cls_name, overrides = _ALL[scheduler_name(name_or_scheduler)]
     cls = getattr(diffusers, cls_name)
     return cls.from_config(config, **overrides)

@@ -31,6 +31,7 @@ import torch
 
 from multidiffusion.engine.adapter import ModelAdapter
 from multidiffusion.engine.fusion import FusionPlan, InputComposer
+from multidiffusion.engine.noising import initial_sigma
 
 __all__ = ["AfterStep", "PromptSlots", "Start", "StepComposer", "Task"]
 
@@ -124,8 +125,8 @@ class Task:
 
     def start_latents(self, start: Start) -> torch.Tensor:
         """The canvas the sampler starts from, in the scheduler's units: for text-to-image the
-        initial noise times the scheduler's ``init_noise_sigma``."""
-        return start.noise * start.scheduler.init_noise_sigma
+        initial noise times the scheduler's ``init_noise_sigma`` (1 for flow matching)."""
+        return start.noise * initial_sigma(start.scheduler)
 
     def after_step(self, start: Start) -> AfterStep | None:
         """What replaces the canvas after each scheduler step (inpainting's blending), or None."""

@@ -93,6 +93,7 @@ def shifted_views(
     offset: tuple[int, int],
     circular: bool = False,
     stride: tuple[int, int] | None = None,
+    multiple: int = 1,
 ) -> list[View]:
     """Few windows of the full window size, displaced by ``offset`` (SpotDiffusion-style fast mode).
 
@@ -102,20 +103,22 @@ def shifted_views(
     are spread evenly from ``offset``. Along a non-wrapping axis, windows start at
     ``offset + k * stride`` clamped to the canvas, so the two edge windows may overlap their
     neighbours. Coverage (latent pixels denoised per canvas pixel) stays close to window / stride.
+    With ``multiple`` > 1 (a transformer's patch size; canvas, window, stride and offset multiples
+    of it) the evenly spread starts of a wrapping axis are rounded down to multiples of it too.
     """
     win_h, win_w = min(window[0], height), min(window[1], width)
     s_h, s_w = stride if stride is not None else (win_h, win_w)
     tops = _shifted_starts(height, win_h, min(s_h, win_h), offset[0], wrap=False)
-    lefts = _shifted_starts(width, win_w, min(s_w, win_w), offset[1], wrap=circular)
+    lefts = _shifted_starts(width, win_w, min(s_w, win_w), offset[1], wrap=circular, multiple=multiple)
     return [View(top, left, win_h, win_w) for top in tops for left in lefts]
 
 
-def _shifted_starts(size: int, window: int, stride: int, offset: int, wrap: bool) -> list[int]:
+def _shifted_starts(size: int, window: int, stride: int, offset: int, wrap: bool, multiple: int = 1) -> list[int]:
     if window >= size:
         return [0]
     if wrap:
         n = math.ceil(size / stride)
-        return [(offset + (k * size) // n) % size for k in range(n)]
+        return [(offset + (k * (size // multiple)) // n * multiple) % size for k in range(n)]
     offset %= stride
     starts = sorted({min(max(s, 0), size - window) for s in range(offset - stride, size, stride)})
     if stride < window:  # overlapping on purpose: keep every window

@@ -28,16 +28,21 @@ __all__ = ["PLACEMENTS", "Windows", "default_stride", "panorama_plans"]
 PLACEMENTS = ("grid", "shifted")
 
 
-def default_stride(window: tuple[int, int], placement: str) -> tuple[int, int]:
+def default_stride(window: tuple[int, int], placement: str, multiple: int = 1) -> tuple[int, int]:
     """The stride when none is given: window // 8 for the paper's grid (its 8 for 64-latent windows);
-    window - window // 8 for shifted windows, which then overlap by 1/8."""
-    if placement == "shifted":
-        return window[0] - window[0] // 8, window[1] - window[1] // 8
-    return max(1, window[0] // 8), max(1, window[1] // 8)
+    window - window // 8 for shifted windows, which then overlap by 1/8. Rounded down to a
+    ``multiple`` (a transformer's patch size; at least one patch)."""
+
+    def side(w: int) -> int:
+        s = w - w // 8 if placement == "shifted" else w // 8
+        return max(multiple, s // multiple * multiple)
+
+    return side(window[0]), side(window[1])
 
 
 class Windows:
-    """The views F_i of each step on a ``canvas`` of (rows, columns) latent pixels."""
+    """The views F_i of each step on a ``canvas`` of (rows, columns) latent pixels. Window offsets
+    are multiples of ``multiple`` latent pixels (a transformer's patch size)."""
 
     def __init__(
         self,
@@ -47,27 +52,31 @@ class Windows:
         placement: str = "grid",
         circular: bool = False,
         seed: int = 0,
+        multiple: int = 1,
     ):
         if placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {', '.join(map(repr, PLACEMENTS))}, got {placement!r}")
         self.canvas, self.window, self.stride = canvas, window, stride
         self.placement, self.circular, self.seed = placement, circular, seed
+        self.multiple = multiple
         self._grid = grid_views(*canvas, window, stride, circular=circular) if placement == "grid" else None
         self._generator = torch.Generator("cpu").manual_seed(seed)
         self._offsets: list[tuple[int, int]] = []
 
     def offset(self, step: int) -> tuple[int, int]:
-        """The shifted windows' offset at ``step``: uniform in [0, stride) per axis, seeded."""
+        """The shifted windows' offset at ``step``: uniform over the multiples of ``multiple`` in
+        [0, stride) per axis, seeded."""
+        m = self.multiple
         while len(self._offsets) <= step:
-            rows = int(torch.randint(0, self.stride[0], (1,), generator=self._generator))
-            cols = int(torch.randint(0, self.stride[1], (1,), generator=self._generator))
+            rows = int(torch.randint(0, max(1, self.stride[0] // m), (1,), generator=self._generator)) * m
+            cols = int(torch.randint(0, max(1, self.stride[1] // m), (1,), generator=self._generator)) * m
             self._offsets.append((rows, cols))
         return self._offsets[step]
 
     def views(self, step: int) -> list[View]:
         if self._grid is not None:
             return self._grid
-        return shifted_views(*self.canvas, self.window, self.offset(step), self.circular, self.stride)
+        return shifted_views(*self.canvas, self.window, self.offset(step), self.circular, self.stride, self.multiple)
 
 
 def panorama_plans(

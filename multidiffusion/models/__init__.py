@@ -8,23 +8,97 @@ from multidiffusion.engine.adapter import Conditioning, ModelAdapter
 from multidiffusion.models.sd import StableDiffusionAdapter
 from multidiffusion.models.sdxl import StableDiffusionXLAdapter
 
-__all__ = ["Conditioning", "ModelAdapter", "StableDiffusionAdapter", "StableDiffusionXLAdapter", "adapter_for"]
+__all__ = [
+    "FAMILIES",
+    "Conditioning",
+    "ModelAdapter",
+    "StableDiffusionAdapter",
+    "StableDiffusionXLAdapter",
+    "adapter_for",
+    "model_family",
+]
 
-SDXL_OPTIONS = ("crops_coords_top_left", "original_size")
+FAMILIES = {
+    "sd": "Stable Diffusion 1.x / 2.x (UNet2DConditionModel)",
+    "sdxl": "Stable Diffusion XL (UNet2DConditionModel with text-time conditioning)",
+    "sd3": "Stable Diffusion 3 / 3.5 (SD3Transformer2DModel)",
+    "flux": "FLUX.1 dev / schnell (FluxTransformer2DModel)",
+}
+"""The families the engine drives: name -> what it is."""
+
+TRANSFORMERS = {"SD3Transformer2DModel": "sd3", "FluxTransformer2DModel": "flux"}
+"""Diffusion transformer classes -> their family."""
+
+# options that only some families take: option -> the families that take it
+FAMILY_OPTIONS = {
+    "crops_coords_top_left": ("sdxl",),
+    "original_size": ("sdxl",),
+    "clip_skip": ("sd", "sdxl", "sd3"),
+    "positions": ("flux",),
+    "true_cfg_scale": ("flux",),
+    "max_sequence_length": ("sd3", "flux"),
+}
+
+
+def _names(families: tuple[str, ...]) -> str:
+    return ", ".join(f.upper() for f in families)
+
+
+def supported_families() -> str:
+    """The supported families in words, for error messages."""
+    return "; ".join(FAMILIES.values())
+
+
+def _transformer_family(pipe: Any) -> str:
+    """'flux' or 'sd3' for a pipeline with a diffusion transformer; ValueError naming the supported
+    families for any other transformer, for ControlNet pipelines of these families, and for FLUX
+    transformers with extra input channels (Fill, Control, Kontext)."""
+    transformer = pipe.transformer
+    name = type(transformer).__name__
+    family = TRANSFORMERS.get(name)
+    if family is None:
+        raise ValueError(
+            f"{type(pipe).__name__} with a {name} is not supported; the supported families are: {supported_families()}"
+        )
+    if getattr(pipe, "controlnet", None) is not None:
+        raise ValueError(
+            f"ControlNets with {family.upper()} models are not supported yet (only with SD 1.x, 2.x and SDXL); "
+            f"pass the {family.upper()} text-to-image pipeline without a ControlNet"
+        )
+    for component in ("vae", "scheduler", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"):
+        if getattr(pipe, component, None) is None:
+            raise ValueError(
+                f"pipe must have a {component!r} for this {family.upper()} model; {type(pipe).__name__} has none"
+            )
+    latent = pipe.vae.config.latent_channels
+    channels = transformer.config.in_channels
+    expected = 4 * latent if family == "flux" else latent
+    if channels != expected:
+        raise ValueError(
+            f"the {name} takes {channels} input channels but {family.upper()} text-to-image takes {expected} "
+            f"(the VAE's {latent} latent channels{' in 2x2 patches' if family == 'flux' else ''}): Fill, Control, "
+            "Kontext and other image-conditioned variants need another input; use the text-to-image model"
+        )
+    return family
 
 
 def model_family(pipe: Any) -> str:
-    """'sdxl' for UNets with SDXL's text-and-time added conditioning, else 'sd' (SD 1.x / 2.x).
+    """'flux' or 'sd3' for pipelines with those diffusion transformers; for UNets 'sdxl' with SDXL's
+    text-and-time added conditioning, else 'sd' (SD 1.x / 2.x).
 
-    Raises ``ValueError`` for pipelines the engine can't drive: missing components, other added
-    conditionings, or UNets whose input is neither the VAE's latent alone nor an inpainting UNet's
-    (latent, mask and masked-image latent: ``2 * latent + 1`` channels, as diffusers' inpainting
-    pipelines check); depth and upscaling UNets take other extra inputs.
+    Raises ``ValueError`` naming the supported families (:data:`FAMILIES`) for pipelines the engine
+    can't drive: other transformers, missing components, other added conditionings, or UNets whose
+    input is neither the VAE's latent alone nor an inpainting UNet's (latent, mask and masked-image
+    latent: ``2 * latent + 1`` channels, as diffusers' inpainting pipelines check); depth and
+    upscaling UNets take other extra inputs.
     """
+    if getattr(pipe, "transformer", None) is not None and getattr(pipe, "unet", None) is None:
+        return _transformer_family(pipe)
     for name in ("unet", "vae", "scheduler"):
         if getattr(pipe, name, None) is None:
             raise ValueError(
-                f"pipe must be a Stable Diffusion (1.x, 2.x or XL) pipeline; {type(pipe).__name__} has no {name!r}"
+                f"{type(pipe).__name__} has no {name!r}, so it is no pipeline this library drives; the supported "
+                f"families are: {supported_families()}"
             )
     unet_config, vae_config = pipe.unet.config, pipe.vae.config
     latent = vae_config.latent_channels
@@ -43,7 +117,10 @@ def model_family(pipe: Any) -> str:
         required = ("text_encoder", "tokenizer")
         family = "sd"
     else:
-        raise ValueError(f"UNets with addition_embed_type={added!r} are not supported (only SD 1.x, 2.x and SDXL)")
+        raise ValueError(
+            f"UNets with addition_embed_type={added!r} are not supported; the supported families are: "
+            f"{supported_families()}"
+        )
     for name in required:
         if getattr(pipe, name, None) is None:
             raise ValueError(
@@ -56,13 +133,28 @@ def adapter_for(pipe: Any, **options: Any) -> ModelAdapter:
     """The adapter for a diffusers pipeline (text-to-image, img2img or inpainting; their components
     are shared).
 
-    ``options``: ``clip_skip`` for every family; ``crops_coords_top_left`` and ``original_size`` for
-    SDXL (see :mod:`multidiffusion.models.sdxl`). A ``None`` option takes the adapter's default.
+    ``options``: ``clip_skip`` (SD, SDXL, SD 3); ``crops_coords_top_left`` and ``original_size`` for
+    SDXL (see :mod:`multidiffusion.models.sdxl`); ``positions`` and ``true_cfg_scale`` for FLUX
+    (:mod:`multidiffusion.models.flux`); ``max_sequence_length`` for SD 3 and FLUX. A ``None``
+    option takes the adapter's default; an option the family does not take is a ``ValueError``.
     """
     options = {k: v for k, v in options.items() if v is not None}
-    if model_family(pipe) == "sdxl":
+    family = model_family(pipe)
+    for name in options:
+        takes = FAMILY_OPTIONS.get(name)
+        if takes is None:
+            raise ValueError(f"unknown model option {name!r}; the options are {', '.join(FAMILY_OPTIONS)}")
+        if family not in takes:
+            what = "is SDXL's micro-conditioning" if takes == ("sdxl",) else f"applies to {_names(takes)} models"
+            raise ValueError(f"{name} {what}; this model is {FAMILIES[family]}, which takes no {name}")
+    if family == "sdxl":
         return StableDiffusionXLAdapter(pipe, **options)
-    for name in SDXL_OPTIONS:
-        if name in options:
-            raise ValueError(f"{name} is SDXL's micro-conditioning; this model is SD 1.x/2.x, which has none")
+    if family == "sd3":
+        from multidiffusion.models.sd3 import StableDiffusion3Adapter
+
+        return StableDiffusion3Adapter(pipe, **options)
+    if family == "flux":
+        from multidiffusion.models.flux import FluxAdapter
+
+        return FluxAdapter(pipe, **options)
     return StableDiffusionAdapter(pipe, **options)

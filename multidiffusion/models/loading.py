@@ -39,6 +39,8 @@ SUPPORTED_PIPELINES = (
     "StableDiffusionXLPipeline",
     "StableDiffusionInpaintPipeline",  # inpainting models: md.inpaint / md.outpaint only
     "StableDiffusionXLInpaintPipeline",
+    "StableDiffusion3Pipeline",  # SD 3 / 3.5
+    "FluxPipeline",  # FLUX.1 dev / schnell
 )
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -79,8 +81,8 @@ def _pipeline_class(name: str):
 
     if name not in SUPPORTED_PIPELINES:
         raise ModelNotFoundError(
-            f"model is a {name}; multidiffusion supports the Stable Diffusion family "
-            f"({', '.join(SUPPORTED_PIPELINES)}) and their fine-tunes"
+            f"model is a {name}; multidiffusion supports the Stable Diffusion family (1.x, 2.x, XL, 3 / 3.5) and "
+            f"FLUX.1 ({', '.join(SUPPORTED_PIPELINES)}) and their fine-tunes"
         )
     return getattr(diffusers, name)
 
@@ -115,8 +117,10 @@ def _components(folder: Path, index: dict[str, Any], passed: set[str]) -> dict[s
         for name, value in index.items()
         if not name.startswith("_") and isinstance(value, list) and len(value) == 2 and value[0] and value[1]
     }
-    if "unet" not in listed:
-        raise ModelNotFoundError(f"{folder} has no 'unet' component: its model_index.json lists none")
+    if "unet" not in listed and "transformer" not in listed:
+        raise ModelNotFoundError(
+            f"{folder} has no 'unet' component: its model_index.json lists none (nor a 'transformer')"
+        )
     found = {}
     for name, cls in listed.items():
         if name in passed:
@@ -128,7 +132,8 @@ def _components(folder: Path, index: dict[str, Any], passed: set[str]) -> dict[s
                 f"{name}/ folder; re-download the model or save it again with save_pretrained"
             )
         needs = "scheduler_config.json" if name.startswith("scheduler") else "config.json"
-        if (name in ("unet", "vae") or name.startswith(("text_encoder", "scheduler"))) and not (sub / needs).is_file():
+        model = name in ("unet", "transformer", "vae") or name.startswith(("text_encoder", "scheduler"))
+        if model and not (sub / needs).is_file():
             raise ModelNotFoundError(f"{folder} has an incomplete {name!r} component: {sub} has no {needs}")
         found[name] = sub
     return found

@@ -1,4 +1,5 @@
-"""Single-file checkpoints (A1111 / CompVis / sgm layout) of SD 1.x, SD 2.x and SDXL.
+"""Single-file checkpoints (A1111 / CompVis / sgm layout) of SD 1.x, SD 2.x and SDXL; single-file
+FLUX.1 and SD 3 / 3.5 transformers go to :mod:`multidiffusion.models.transformer_file`.
 
 The family is read from the tensor names (and a few shapes), never guessed from the file name:
 
@@ -29,6 +30,7 @@ from typing import Any
 import torch
 
 from multidiffusion.models.files import ModelNotFoundError, is_pickle_path
+from multidiffusion.models.transformer_file import dit_family, load_transformer_file
 
 __all__ = ["DEFAULT_CONFIGS", "checkpoint_family", "load_single_file", "read_shapes"]
 
@@ -93,7 +95,8 @@ def checkpoint_family(
     else:
         raise ModelNotFoundError(
             f"{name} is not a Stable Diffusion checkpoint with a text encoder "
-            "(expected cond_stage_model.* or conditioner.embedders.* tensors)"
+            "(expected cond_stage_model.* or conditioner.embedders.* tensors), nor a FLUX.1 or SD 3 transformer "
+            "(double_blocks.* or joint_blocks.*)"
         )
     conv_in = shapes.get(_UNET + "input_blocks.0.0.weight")
     if conv_in is not None and conv_in[1] != 4:
@@ -189,12 +192,16 @@ def default_config(family: str, path: Path) -> str:
 
 
 def load_single_file(path: Path, config: str | None, allow_pickle: bool = False, **kwargs: Any):
-    """A StableDiffusion(XL)Pipeline from an original-format checkpoint (see the module doc); a pickle
-    checkpoint only with ``allow_pickle=True``."""
+    """A StableDiffusion(XL)Pipeline from an original-format checkpoint (see the module doc), or a
+    FLUX.1 / SD 3 pipeline around a single-file transformer; a pickle checkpoint only with
+    ``allow_pickle=True``."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.loaders.single_file_utils import SingleFileComponentError
 
     shapes = read_shapes(path, allow_pickle=allow_pickle)
+    transformer = dit_family(shapes)
+    if transformer is not None:  # FLUX.1, SD 3 / 3.5: the transformer from the file, the rest from config
+        return load_transformer_file(path, transformer, shapes, config, **kwargs)
     family = checkpoint_family(shapes, path.name)
     local = Path(config).expanduser() if config is not None else None
     cached: Path | None = None

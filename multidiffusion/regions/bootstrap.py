@@ -6,9 +6,9 @@ For a foreground job (view F_i, region k) at step t < bootstrap_steps, the model
     x_k = M_k ⊙ F_i(x_t) + (1 − M_k) ⊙ noise(enc(c), t),     c a random colour
 
 where enc(c) is the VAE latent of a constant image of colour c and noise(z, t) is
-``scheduler.add_noise(z, ε, t)`` with ε the canvas's *initial* noise under the view (as the paper's
-code). Only the model's input changes, never the canvas: with binary masks M_k ⊙ x_k = M_k ⊙ x_t,
-so for DDIM this equals the paper's per-view stepping exactly.
+``scheduler.add_noise(z, ε, t)`` (``scale_noise`` for flow matching) with ε the canvas's *initial*
+noise under the view (as the paper's code). Only the model's input changes, never the canvas: with
+binary masks M_k ⊙ x_k = M_k ⊙ x_t, so for DDIM this equals the paper's per-view stepping exactly.
 
 Backgrounds, as the paper's script: a pool of random colours (uniform RGB, one per bootstrapping
 step, at most :data:`MAX_COLOURS`) is encoded once per call, and every (step, view, region, image)
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from multidiffusion.engine.fusion import InputComposer, Job
+from multidiffusion.engine.noising import noise_to, scale_input
 from multidiffusion.engine.views import View, crop
 from multidiffusion.regions.layout import RegionLayout
 from multidiffusion.vae.codec import encode_constant
@@ -115,8 +116,8 @@ def bootstrap_composer(
                     continue
                 bg = backgrounds.get(step, index[job.view], region, job.view.size).to(crops.dtype)
                 timesteps = t.reshape(1).expand(n).to(crops.device)
-                noised = scheduler.add_noise(bg, crop(noise, job.view).to(crops.dtype), timesteps)
-                noised = scheduler.scale_model_input(noised, t)  # the crops are already scaled
+                noised = noise_to(scheduler, bg, crop(noise, job.view).to(crops.dtype), timesteps)
+                noised = scale_input(scheduler, noised, t)  # the crops are already scaled
                 m = crop(masks[job.prompt], job.view)
                 out[j * n : (j + 1) * n] = m * crops[j * n : (j + 1) * n] + (1 - m) * noised
             return out

@@ -4,7 +4,7 @@ diffusers' image-to-image pipelines start from the input's latents noised to the
 that runs (``strength`` says which: 0.75 of 50 steps runs the last 37):
 
     z_0 = VAE.encode(image).sample(generator) * scaling     (drawn before the noise)
-    x_start = scheduler.add_noise(z_0, noise, timesteps[0])
+    x_start = noise_to(scheduler, z_0, noise, timesteps[0])     (add_noise, or scale_noise for flow matching)
 
 Here the encode is tiled with canvas-wide GroupNorm statistics (:func:`~multidiffusion.vae.codec.encode_images`),
 so an input of any size costs a tile's memory, and the draws happen in diffusers' order, so at one
@@ -19,6 +19,7 @@ import torch
 from diffusers.image_processor import VaeImageProcessor
 
 from multidiffusion.engine.adapter import ModelAdapter
+from multidiffusion.engine.noising import noise_to
 from multidiffusion.engine.task import Start
 from multidiffusion.images import InputImage
 from multidiffusion.vae.codec import encode_images
@@ -61,11 +62,12 @@ class EncodedImage:
         return self.latents
 
     def noised(self, start: Start) -> torch.Tensor:
-        """The encoded input noised to the first timestep that runs (diffusers' ``add_noise``)."""
+        """The encoded input noised to the first timestep that runs (diffusers' ``add_noise``, or
+        ``scale_noise`` for flow-matching schedulers: :func:`~multidiffusion.engine.noising.noise_to`)."""
         if self.latents is None:
             raise RuntimeError("encode() the input before noising it")
         t = start.timesteps[:1].repeat(start.noise.shape[0])
-        return start.scheduler.add_noise(self.latents, start.noise, t)
+        return noise_to(start.scheduler, self.latents, start.noise, t)
 
     def record(self) -> dict[str, Any]:
         """The input as the PNG metadata stores it: path and SHA-256 of the file (None in memory)."""

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
+from multidiffusion.engine.noising import initial_sigma, noise_to
 from multidiffusion.engine.task import AfterStep, Start, StepComposer
 from multidiffusion.engine.views import crop_batch
 from multidiffusion.options import InpaintOptions
@@ -164,7 +165,7 @@ class InpaintTask(Img2ImgTask):
         """Pure noise (times ``init_noise_sigma``) at strength 1, as diffusers' inpainting pipelines;
         below it the image noised to the first timestep that runs."""
         if self.strength >= 1:
-            return start.noise * start.scheduler.init_noise_sigma
+            return start.noise * initial_sigma(start.scheduler)
         return self.input.noised(start)
 
     def composer(self, start: Start) -> StepComposer | None:
@@ -193,7 +194,7 @@ class InpaintTask(Img2ImgTask):
         def blend(i: int, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             target = known
             if i < len(timesteps) - 1:
-                target = scheduler.add_noise(known, noise, timesteps[i + 1].reshape(1))
+                target = noise_to(scheduler, known, noise, timesteps[i + 1].reshape(1))
             return (1 - mask) * target + mask * x
 
         return blend

@@ -39,7 +39,8 @@ class PanoramaTask(Task):
         return PromptSlots([prompts], [negatives], [self.options.guidance_scale])
 
     def plans(self, seed: int) -> Callable[[int], FusionPlan]:
-        windows = Windows(self.latent_size, self.window, self.stride, self.options.placement, self.circular, seed)
+        o, multiple = self.options, self.adapter.patch_size
+        windows = Windows(self.latent_size, self.window, self.stride, o.placement, self.circular, seed, multiple)
         return panorama_plans(windows, self.options.window_weights, device=self.adapter.device)
 
     def parameters(self) -> dict[str, Any]:

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from multidiffusion.engine.inversion import alphas_at, ddim_invert, implied_noise, inversion_levels
+from multidiffusion.engine.noising import noise_to
 from multidiffusion.engine.sampler import GuidedModel, SamplingStats
 from multidiffusion.engine.task import Start
 from multidiffusion.options import CONTROL_INPUT, UPSCALE_FILTERS, UpscaleOptions
@@ -126,7 +127,7 @@ class UpscaleTask(Img2ImgTask):
         main = start.model.stats
         for key in ("model_calls", "jobs", "evaluations"):
             setattr(main, key, getattr(main, key) + getattr(self.inversion_stats, key))
-        return start.scheduler.add_noise(z0, noise, start.timesteps[:1].repeat(z0.shape[0]))
+        return noise_to(start.scheduler, z0, noise, start.timesteps[:1].repeat(z0.shape[0]))
 
     def _inversion_model(self, guided: GuidedModel) -> GuidedModel:
         """The run's guided model (same conditioning, guidance and switches), counting into

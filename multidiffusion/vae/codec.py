@@ -71,19 +71,31 @@ def _latent_stats(vae: nn.Module, latents: torch.Tensor) -> tuple[torch.Tensor |
     )
 
 
+def _shift(vae: nn.Module) -> float | None:
+    """The VAE's ``shift_factor`` (SD 3 and FLUX VAEs), None when it has none."""
+    return getattr(vae.config, "shift_factor", None)
+
+
 def unscale_latents(vae: nn.Module, latents: torch.Tensor) -> torch.Tensor:
     """Diffusion latents to the VAE's own latent space (inverse of :func:`scale_latents`)."""
     mean, std = _latent_stats(vae, latents)
     if mean is not None:
         return latents * std / vae.config.scaling_factor + mean
+    shift = _shift(vae)
+    if shift is not None:
+        return latents / vae.config.scaling_factor + shift
     return latents / vae.config.scaling_factor
 
 
 def scale_latents(vae: nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """The VAE's latents to diffusion latents: z * scaling_factor (with SDXL-style mean/std if set)."""
+    """The VAE's latents to diffusion latents: z * scaling_factor; (z - shift_factor) * scaling_factor
+    for VAEs with a shift (SD 3, FLUX: as their pipelines); with SDXL-style mean/std if set."""
     mean, std = _latent_stats(vae, z)
     if mean is not None:
         return (z - mean) * vae.config.scaling_factor / std
+    shift = _shift(vae)
+    if shift is not None:
+        return (z - shift) * vae.config.scaling_factor
     return z * vae.config.scaling_factor
 
 

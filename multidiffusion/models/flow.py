@@ -1,0 +1,122 @@
+"""What diffusion transformers trained with flow matching (SD 3 / 3.5, FLUX.1) share.
+
+- **The canvas stays a latent image** (B, C, H, W); the adapter turns each batch of views into the
+  transformer's input in :meth:`~multidiffusion.engine.adapter.ModelAdapter.predict` and its output
+  back. Views, strides and window offsets are multiples of the patch size (2 latent pixels), so
+  every view starts and ends on the token grid.
+- **The fused quantity is the velocity** v = ε − z_0 the model predicts. The flow-matching Euler
+  step x_{σ'} = x_σ + (σ' − σ) · v is affine in v with coefficients shared by all views, so fusing
+  the velocities by Eq. 5 and stepping the canvas once equals stepping every view and averaging,
+  as for DDIM (see :mod:`multidiffusion.engine.fusion`).
+- **The schedule** is the scheduler's sigmas, shifted for the image size when the scheduler says
+  ``use_dynamic_shifting`` (FLUX.1-dev; diffusers' ``calculate_shift``):
+
+      μ = base_shift + (max_shift − base_shift) · (n − base_seq_len) / (max_seq_len − base_seq_len)
+
+  with n the number of image tokens. Here n is the token count of a *view* (what the model sees),
+  not of the canvas: a 1024 x 4096 panorama of 1024 px windows gets the 1024 px schedule the model
+  was trained with, not the much stronger shift of an image four times as large.
+- **Classifier-free guidance** is the engine's (both branches in one batched call); shared-prefix
+  hooks are UNet-only and stay off.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import numpy as np
+import torch
+
+from multidiffusion.engine.adapter import ModelAdapter
+from multidiffusion.engine.noising import is_flow_matching
+
+__all__ = ["FlowMatchingAdapter", "calculate_shift"]
+
+
+def calculate_shift(
+    tokens: int,
+    base_seq_len: int = 256,
+    max_seq_len: int = 4096,
+    base_shift: float = 0.5,
+    max_shift: float = 1.15,
+) -> float:
+    """μ for ``tokens`` image tokens: linear from ``base_shift`` at ``base_seq_len`` tokens to
+    ``max_shift`` at ``max_seq_len`` (diffusers' ``calculate_shift``, the same numbers)."""
+    m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return tokens * m + (base_shift - m * base_seq_len)
+
+
+class FlowMatchingAdapter(ModelAdapter):
+    """Base of the transformer adapters: ``pipe.transformer`` as the model, flow-matching schedules
+    shifted by the window's token count, no UNet-only optimisations."""
+
+    patch_size = 2
+    shares_prefix = False
+    explicit_sigmas = False
+    """Whether the pipeline passes sigmas linspace(1, 1/n, n) to the scheduler (FLUX) or lets it
+    make its own (SD 3)."""
+    max_shift_default = 1.15
+    """``calculate_shift``'s max_shift when the scheduler config has none (FLUX 1.15, SD 3 1.16)."""
+
+    def __init__(self, pipe: Any, max_sequence_length: int):
+        """``max_sequence_length``: T5 tokens of every prompt (1 to 512)."""
+        super().__init__(pipe)
+        if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int):
+            raise ValueError(f"max_sequence_length must be an integer from 1 to 512, got {max_sequence_length!r}")
+        if not 1 <= max_sequence_length <= 512:
+            raise ValueError(f"max_sequence_length must be an integer from 1 to 512, got {max_sequence_length}")
+        self.max_sequence_length = max_sequence_length
+
+    @property
+    def unet(self) -> torch.nn.Module:
+        """The denoising network: the pipeline's transformer (the engine's name for it is ``unet``)."""
+        return self.pipe.transformer
+
+    @property
+    def transformer(self) -> torch.nn.Module:
+        return self.pipe.transformer
+
+    @property
+    def device(self) -> torch.device:
+        return getattr(self.pipe, "_execution_device", None) or self.transformer.device
+
+    @property
+    def extra_channels(self) -> int:
+        return 0
+
+    @property
+    def prediction_type(self) -> str:
+        return "flow_prediction"
+
+    def tokens(self, view: tuple[int, int]) -> int:
+        """Image tokens of a view of (rows, columns) latent pixels."""
+        return (view[0] // self.patch_size) * (view[1] // self.patch_size)
+
+    def set_timesteps(self, scheduler: Any, steps: int, device: Any, view: tuple[int, int]) -> None:
+        """The pipeline's schedule for an image of the view's size: sigmas as the pipeline passes
+        them, and μ (:func:`calculate_shift`) from the view's token count when the scheduler shifts
+        by resolution."""
+        if not is_flow_matching(scheduler):
+            raise ValueError(
+                f"scheduler: {type(scheduler).__name__} is a DDPM-family scheduler, but this {self.family.upper()} "
+                "model was trained with flow matching; use its own scheduler (the pipeline's "
+                "FlowMatchEulerDiscreteScheduler, the default) or another flow-matching one"
+            )
+        params = inspect.signature(scheduler.set_timesteps).parameters
+        config = scheduler.config
+        kwargs: dict[str, Any] = {}
+        if self.explicit_sigmas and "sigmas" in params and not config.get("use_flow_sigmas", False):
+            kwargs["sigmas"] = np.linspace(1.0, 1 / steps, steps)
+        if "mu" in params and config.get("use_dynamic_shifting", False):
+            kwargs["mu"] = calculate_shift(
+                self.tokens(view),
+                config.get("base_image_seq_len", 256),
+                config.get("max_image_seq_len", 4096),
+                config.get("base_shift", 0.5),
+                config.get("max_shift", self.max_shift_default),
+            )
+        scheduler.set_timesteps(steps, device=device, **kwargs)
+
+    def parameters(self) -> dict[str, Any]:
+        return {}

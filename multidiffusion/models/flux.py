@@ -1,0 +1,211 @@
+"""FLUX.1 (dev and schnell): CLIP pooled + T5 sequence embeddings, 2x2 latent patches as tokens,
+rotary positions, a distilled guidance embedding.
+
+Per batch of views (:meth:`FluxAdapter.predict`):
+
+- **Packing**: a view's latents (C, h, w) become h/2 · w/2 tokens of 4C features (FluxPipeline's
+  ``_pack_latents``), token (i, j) holding the 2x2 patch at rows 2i..2i+1, columns 2j..2j+1; the
+  prediction is unpacked the same way back (``_unpack_latents``).
+- **Positions** (``img_ids``, rotary embeddings over (0, row, column) per token):
+  ``positions="view"`` (default) gives every view the ids of an image of its own size, (0..h/2-1,
+  0..w/2-1), as FluxPipeline gives a whole image: each window is "an image" to the model.
+  ``positions="canvas"`` gives each view its place on the canvas, (top/2 + i, left/2 + j). Rotary
+  embeddings make attention depend on differences of positions only, so between image tokens both
+  are the same; they differ only in where the image tokens sit relative to the text tokens (all at
+  position 0). With "canvas" the views of a batch have different ids, so each view is its own
+  transformer call (its guidance branches and images still batched).
+- **Timestep** t / 1000 (the transformer multiplies by 1000 again), as FluxPipeline.
+- **Guidance**: a guidance-distilled transformer (``guidance_embeds``, FLUX.1-dev) takes
+  ``guidance_scale`` as an input embedding and runs *without* classifier-free guidance (one
+  evaluation per view), as FluxPipeline; each prompt slot may carry its own scale (regions).
+  FLUX.1-schnell has no such embedding and ignores ``guidance_scale``, as FluxPipeline.
+  ``true_cfg_scale`` > 1 with a non-empty negative prompt adds true classifier-free guidance,
+  v = v_neg + s (v_pos − v_neg) (FluxPipeline's ``true_cfg_scale``; an empty negative counts as
+  none), both branches in one batched call.
+
+At one view covering the canvas this is FluxPipeline step for step (``tests/test_dit_equivalence.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from multidiffusion.engine.adapter import Conditioning, split_slots
+from multidiffusion.engine.fusion import Job
+from multidiffusion.models.flow import FlowMatchingAdapter
+
+__all__ = ["POSITIONS", "FluxAdapter", "pack_latents", "unpack_latents"]
+
+POSITIONS = ("view", "canvas")
+
+
+def pack_latents(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) latents -> (B, h/2 · w/2, 4C) tokens of 2x2 patches, row-major (FluxPipeline's
+    ``_pack_latents``)."""
+    b, c, h, w = x.shape
+    x = x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack_latents(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Inverse of :func:`pack_latents`: (B, h/2 · w/2, 4C) -> (B, C, h, w) (``_unpack_latents``)."""
+    b, _, features = tokens.shape
+    x = tokens.view(b, h // 2, w // 2, features // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, features // 4, h, w)
+
+
+def image_ids(rows: int, cols: int, top: int = 0, left: int = 0, device: Any = None, dtype: Any = None) -> torch.Tensor:
+    """(rows · cols, 3) rotary ids (0, top + i, left + j) of a token grid, row-major
+    (FluxPipeline's ``_prepare_latent_image_ids`` at top = left = 0)."""
+    ids = torch.zeros(rows, cols, 3)
+    ids[..., 1] = ids[..., 1] + (torch.arange(rows)[:, None] + top)
+    ids[..., 2] = ids[..., 2] + (torch.arange(cols)[None, :] + left)
+    return ids.reshape(rows * cols, 3).to(device=device, dtype=dtype)
+
+
+class FluxAdapter(FlowMatchingAdapter):
+    """FLUX.1 text-to-image transformers (dev, schnell and fine-tunes). Text encoding goes through
+    the pipeline's own ``encode_prompt`` (CLIP pooled + T5 sequence; LoRA scales apply).
+
+    ``positions``: "view" (default) or "canvas" (module docstring); ``true_cfg_scale``: true
+    classifier-free guidance with the negative prompt (1: off, the default); ``max_sequence_length``:
+    T5 tokens (512, FluxPipeline's default)."""
+
+    family = "flux"
+    explicit_sigmas = True
+    max_shift_default = 1.15
+
+    def __init__(
+        self,
+        pipe: Any,
+        positions: str = "view",
+        true_cfg_scale: float = 1.0,
+        max_sequence_length: int = 512,
+    ):
+        from diffusers import FluxPipeline
+
+        if not isinstance(pipe, FluxPipeline):
+            # img2img or inpainting siblings share the components: reuse them, no copies
+            pipe = FluxPipeline.from_pipe(pipe)
+        super().__init__(pipe, max_sequence_length)
+        if positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {', '.join(map(repr, POSITIONS))}, got {positions!r}")
+        if isinstance(true_cfg_scale, bool) or not isinstance(true_cfg_scale, (int, float)) or true_cfg_scale < 0:
+            raise ValueError(f"true_cfg_scale must be a number ≥ 0 (≤ 1: off), got {true_cfg_scale!r}")
+        self.positions = positions
+        self.true_cfg_scale = float(true_cfg_scale)
+
+    @property
+    def native_latent_size(self) -> tuple[int, int]:
+        """FluxPipeline's default image size in latent pixels (128: 1024 px)."""
+        size = getattr(self.pipe, "default_sample_size", 128)
+        return size, size
+
+    @property
+    def guidance_embedded(self) -> bool:
+        """Whether the transformer takes the guidance scale as an input (guidance-distilled: dev)."""
+        return bool(self.transformer.config.guidance_embeds)
+
+    def parameters(self) -> dict[str, Any]:
+        return {
+            "positions": self.positions,
+            "true_cfg_scale": self.true_cfg_scale,
+            "max_sequence_length": self.max_sequence_length,
+        }
+
+    def condition(self, slots: Any, num_images: int) -> tuple[Conditioning, list[float]]:
+        """Prompts encoded once; true CFG when ``true_cfg_scale`` > 1 and some negative is given; the
+        guidance embedding (dev) of each slot is the slot's ``guidance_scale``."""
+        negatives_given = any(n for slot in slots.negatives for n in slot)
+        guided = self.true_cfg_scale > 1 and negatives_given
+        cond = self.encode(slots.prompts, slots.negatives, num_images, guided)
+        if self.guidance_embedded:
+            scales = torch.tensor(slots.guidance, dtype=torch.float32, device=self.device)
+            per_image = scales[:, None].expand(-1, cond.batch).contiguous()  # (P, B)
+            cond.positive["guidance"] = per_image
+            if cond.negative is not None:
+                cond.negative["guidance"] = per_image  # FluxPipeline: the same embedding in both branches
+        return cond, [self.true_cfg_scale] * len(slots.prompts)
+
+    def encode(
+        self,
+        prompts: Sequence[Sequence[str]],
+        negatives: Sequence[Sequence[str]],
+        num_images: int,
+        guidance: bool,
+    ) -> Conditioning:
+        slots = len(prompts)
+
+        def encoded(texts: list[str]) -> dict[str, torch.Tensor]:
+            embeds, pooled, _ = self.pipe.encode_prompt(
+                prompt=texts,
+                prompt_2=None,
+                device=self.device,
+                num_images_per_prompt=num_images,
+                max_sequence_length=self.max_sequence_length,
+            )
+            return {
+                "encoder_hidden_states": split_slots(embeds, slots),
+                "pooled_projections": split_slots(pooled, slots),
+            }
+
+        positive = encoded([p for slot in prompts for p in slot])
+        negative = encoded([n for slot in negatives for n in slot]) if guidance else None
+        return Conditioning(positive, negative)
+
+    def unet_kwargs(self, cond: Conditioning, jobs: Sequence[Job], canvas: tuple[int, int]) -> dict[str, Any]:
+        slots = [job.prompt for job in jobs]
+        kwargs = {name: cond.gather(name, slots) for name in cond.positive}
+        if self.positions == "canvas":
+            kwargs["positions"] = cond.cached(
+                ("positions", tuple(job.view for job in jobs), canvas[1]),
+                lambda: self._row_offsets(jobs, canvas[1], cond.batch, cond.negative is not None),
+            )
+        return kwargs
+
+    def _row_offsets(self, jobs: Sequence[Job], canvas_width: int, batch: int, guided: bool) -> torch.Tensor:
+        """(rows, 2) token offsets (top, left) of each input row's view, in the rows' order (both
+        guidance branches, negatives first, when ``guided``)."""
+        p = self.patch_size
+        offsets = torch.tensor([[job.view.top // p, (job.view.left % canvas_width) // p] for job in jobs])
+        offsets = offsets.repeat_interleave(batch, dim=0)
+        return torch.cat([offsets, offsets]) if guided else offsets
+
+    def network_calls(self, kwargs: dict[str, Any]) -> int:
+        positions = kwargs.get("positions")
+        return 1 if positions is None else len(torch.unique(positions, dim=0))
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+        """v for the crops ``x`` (rows, C, h, w): packed to tokens, through the transformer with the
+        text ids (zeros) and image ids of the views, unpacked."""
+        kwargs = dict(kwargs)
+        positions = kwargs.pop("positions", None)
+        n, _, h, w = x.shape
+        tokens = pack_latents(x)
+        text = kwargs["encoder_hidden_states"]
+        txt_ids = torch.zeros(text.shape[1], 3, device=x.device, dtype=text.dtype)
+        timestep = t.expand(n).to(x.dtype) / 1000
+
+        def run(rows: Any, top: int, left: int) -> torch.Tensor:
+            ids = image_ids(h // 2, w // 2, top, left, device=x.device, dtype=text.dtype)
+            selected = {k: v[rows] for k, v in kwargs.items()}
+            return self.transformer(
+                hidden_states=tokens[rows],
+                timestep=timestep[rows],
+                img_ids=ids,
+                txt_ids=txt_ids,
+                return_dict=False,
+                **selected,
+            )[0]
+
+        if positions is None:
+            out = run(slice(None), 0, 0)
+        else:  # one call per distinct view position (its branches and images together)
+            out = torch.empty_like(tokens)
+            for top, left in torch.unique(positions, dim=0).tolist():
+                rows = ((positions[:, 0] == top) & (positions[:, 1] == left)).nonzero().flatten().to(x.device)
+                out[rows] = run(rows, top, left).to(out.dtype)
+        return unpack_latents(out, h, w)

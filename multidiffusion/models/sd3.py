@@ -1,0 +1,95 @@
+"""Stable Diffusion 3 and 3.5: CLIP-L and CLIP-G (with projections) and T5, a pooled embedding,
+standard classifier-free guidance, a transformer that patchifies its input itself.
+
+The conditioning is StableDiffusion3Pipeline's ``encode_prompt``: the sequence is the two CLIP
+encoders' penultimate hidden states concatenated along features, zero-padded to T5's width, then
+T5's tokens appended along the sequence; the pooled projection is the two CLIP projections
+concatenated. The transformer takes the view's latents (B, 16, h, w) as they are, cuts them into
+2x2 patches and adds its positional embedding, a centre crop of its ``pos_embed_max_size`` grid
+the size of the view (each view is "an image" of its own size, as the pipeline's whole image); the
+timestep is passed as the scheduler gives it (0..1000).
+
+Not here: skip-layer guidance (SD 3.5 medium's optional ``skip_guidance_layers``), IP-Adapters.
+At one view covering the canvas this is StableDiffusion3Pipeline step for step
+(``tests/test_dit_equivalence.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from multidiffusion.engine.adapter import Conditioning, split_slots
+from multidiffusion.engine.fusion import Job
+from multidiffusion.models.flow import FlowMatchingAdapter
+
+__all__ = ["StableDiffusion3Adapter"]
+
+
+class StableDiffusion3Adapter(FlowMatchingAdapter):
+    """SD 3 / 3.5 (medium, large, large turbo) and their fine-tunes; ``clip_skip`` as in diffusers,
+    ``max_sequence_length`` T5 tokens (256, the pipeline's default)."""
+
+    family = "sd3"
+    explicit_sigmas = False
+    max_shift_default = 1.16
+
+    def __init__(self, pipe: Any, clip_skip: int | None = None, max_sequence_length: int = 256):
+        from diffusers import StableDiffusion3Pipeline
+
+        if not isinstance(pipe, StableDiffusion3Pipeline):
+            pipe = StableDiffusion3Pipeline.from_pipe(pipe)
+        super().__init__(pipe, max_sequence_length)
+        self.clip_skip = clip_skip
+
+    @property
+    def patch_size(self) -> int:  # type: ignore[override]
+        return int(self.transformer.config.patch_size)
+
+    @property
+    def native_latent_size(self) -> tuple[int, int]:
+        size = self.transformer.config.sample_size
+        return (size[0], size[1]) if isinstance(size, (list, tuple)) else (size, size)
+
+    def parameters(self) -> dict[str, Any]:
+        return {"max_sequence_length": self.max_sequence_length}
+
+    def encode(
+        self,
+        prompts: Sequence[Sequence[str]],
+        negatives: Sequence[Sequence[str]],
+        num_images: int,
+        guidance: bool,
+    ) -> Conditioning:
+        flat = [p for slot in prompts for p in slot]
+        flat_neg = [n for slot in negatives for n in slot]
+        pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
+            prompt=flat,
+            prompt_2=None,
+            prompt_3=None,
+            device=self.device,
+            num_images_per_prompt=num_images,
+            do_classifier_free_guidance=guidance,
+            negative_prompt=flat_neg if guidance else None,
+            clip_skip=self.clip_skip,
+            max_sequence_length=self.max_sequence_length,
+        )
+        slots = len(prompts)
+        positive = {"encoder_hidden_states": split_slots(pos, slots), "pooled_projections": split_slots(pooled, slots)}
+        if not guidance:
+            return Conditioning(positive, None)
+        negative = {
+            "encoder_hidden_states": split_slots(neg, slots),
+            "pooled_projections": split_slots(neg_pooled, slots),
+        }
+        return Conditioning(positive, negative)
+
+    def unet_kwargs(self, cond: Conditioning, jobs: Sequence[Job], canvas: tuple[int, int]) -> dict[str, Any]:
+        slots = [job.prompt for job in jobs]
+        return {name: cond.gather(name, slots) for name in cond.positive}
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+        """v for the crops ``x`` (rows, C, h, w): the transformer patchifies them itself."""
+        return self.transformer(hidden_states=x, timestep=t.expand(x.shape[0]), return_dict=False, **kwargs)[0]
