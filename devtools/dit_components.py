@@ -19,7 +19,9 @@ __all__ = [
     "flow_vae",
     "t5_encoder",
     "t5_tokenizer",
+    "tiny_flux_controlnet",
     "tiny_flux_pipeline",
+    "tiny_sd3_controlnet",
     "tiny_sd3_pipeline",
 ]
 
@@ -192,3 +194,63 @@ def tiny_sd3_pipeline(
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+
+
+def _weighted(net: Any, seed: int) -> Any:
+    """``net`` with its zero-initialised parameters (ControlNet outputs and condition embedders)
+    drawn at random, so the ControlNet's output matters in tests."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.05)
+    return net.eval()
+
+
+def tiny_flux_controlnet(transformer: Any, seed: int = 0, layers: tuple[int, int] = (1, 1), **config: Any) -> Any:
+    """A random ``FluxControlNetModel`` for ``transformer`` (its width, text sizes and guidance
+    embedding; ``layers`` double- and single-stream blocks), as InstantX's: the control image VAE-
+    encoded and packed (``config`` overrides, e.g. ``conditioning_embedding_channels`` for XLabs')."""
+    from diffusers import FluxControlNetModel
+
+    c = transformer.config
+    torch.manual_seed(seed)
+    net = FluxControlNetModel(
+        patch_size=c.patch_size,
+        in_channels=c.in_channels,
+        num_layers=layers[0],
+        num_single_layers=layers[1],
+        attention_head_dim=c.attention_head_dim,
+        num_attention_heads=c.num_attention_heads,
+        joint_attention_dim=c.joint_attention_dim,
+        pooled_projection_dim=c.pooled_projection_dim,
+        guidance_embeds=c.guidance_embeds,
+        axes_dims_rope=list(c.axes_dims_rope),
+        **config,
+    )
+    return _weighted(net, seed)
+
+
+def tiny_sd3_controlnet(transformer: Any, seed: int = 0, layers: int = 1, **config: Any) -> Any:
+    """A random ``SD3ControlNetModel`` for ``transformer`` (its width, patches, text sizes) with
+    ``layers`` joint blocks; ``config`` overrides (``force_zeros_for_pooled_projection``, default True
+    as InstantX's SD 3 ControlNets)."""
+    from diffusers import SD3ControlNetModel
+
+    c = transformer.config
+    torch.manual_seed(seed)
+    net = SD3ControlNetModel(
+        sample_size=c.sample_size,
+        patch_size=c.patch_size,
+        in_channels=c.in_channels,
+        num_layers=layers,
+        attention_head_dim=c.attention_head_dim,
+        num_attention_heads=c.num_attention_heads,
+        joint_attention_dim=c.joint_attention_dim,
+        caption_projection_dim=c.caption_projection_dim,
+        pooled_projection_dim=c.pooled_projection_dim,
+        out_channels=c.out_channels,
+        pos_embed_max_size=c.pos_embed_max_size,
+        **config,
+    )
+    return _weighted(net, seed)

@@ -224,14 +224,7 @@ class MultiDiffusion:
         model's family."""
         from multidiffusion.models.controlnet import load_controlnets
 
-        unet = self.adapter.unet
-        if controlnet is not None and self.adapter.patch_size > 1:
-            family = self.adapter.family.upper()
-            raise ValueError(
-                f"controlnet: ControlNets with {family} models are not supported yet (only with SD 1.x, 2.x and "
-                "SDXL); run without a ControlNet"
-            )
-        nets = None if controlnet is None else load_controlnets(controlnet, unet, allow_pickle=allow_pickle)
+        nets = None if controlnet is None else load_controlnets(controlnet, self.adapter, allow_pickle=allow_pickle)
         self.adapter.controlnet = nets
         return self
 

@@ -165,10 +165,9 @@ def test_unsupported_families_name_the_supported_ones(flux16, sd3_16):
         MultiDiffusion(sd3_16, positions="canvas")
 
 
-def test_controlnets_and_ddpm_schedulers_are_refused_with_flux(dit_models):
+def test_ddpm_schedulers_are_refused_with_flux(dit_models):
+    """(ControlNets of FLUX's family run: tests/test_dit_controlnet.py.)"""
     md = dit_models["flux"]
-    with pytest.raises(ValueError, match="ControlNets with FLUX models are not supported yet"):
-        md.set_controlnet("some/controlnet")
     with pytest.raises(ValueError, match=r"DDIMScheduler is a DDPM-family scheduler.*flow matching"):
         md.panorama("a lake", scheduler="ddim", **PANORAMA)
 

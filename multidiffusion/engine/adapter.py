@@ -13,7 +13,14 @@ The engine calls the model only through the adapter:
 - :meth:`ModelAdapter.unet_kwargs`: the conditioning of a batch of jobs, every tensor in it with one
   row per model input row (the engine selects rows when guidance branches share work);
 - :meth:`ModelAdapter.predict`: the model's output for a batch of crops (B, C, h, w), the same shape
-  back; a diffusion transformer packs the crops into tokens and unpacks its prediction here.
+  back; a diffusion transformer packs the crops into tokens and unpacks its prediction here;
+- ControlNets (:mod:`~multidiffusion.engine.control` crops their input per view and sums them):
+  :meth:`~ModelAdapter.adopt_controlnet` checks one fits the family, :meth:`~ModelAdapter.control_input`
+  says what it takes of the canvas's control image (pixels for a UNet's, VAE latents for a
+  transformer's), :meth:`~ModelAdapter.run_controlnet` runs it on a batch of rows and
+  :meth:`~ModelAdapter.residual_kwargs` names its output for the model (the UNet's
+  ``down_block_additional_residuals``, FLUX's ``controlnet_block_samples``, SD 3's
+  ``block_controlnet_hidden_states``).
 
 Everything a model takes that is the same for all rows (positional ids, the timestep) is built in
 :meth:`~ModelAdapter.predict`, never put in the keyword arguments.
@@ -34,7 +41,7 @@ from multidiffusion.vae.codec import vae_scale_factor
 if TYPE_CHECKING:
     from multidiffusion.engine.task import PromptSlots
 
-__all__ = ["Conditioning", "ModelAdapter"]
+__all__ = ["Conditioning", "ModelAdapter", "map_tensors", "select_rows"]
 
 
 @dataclass
@@ -84,6 +91,12 @@ class ModelAdapter:
     of it (2 for FLUX and SD 3, whose transformers take 2x2 patches; 1 for UNets)."""
     shares_prefix: bool = True
     """Whether guidance branches may share the first UNet layers (:mod:`~multidiffusion.engine.shared_prefix`)."""
+    controlnet_guess_mode: bool = True
+    """Whether this family's ControlNets have diffusers' ``guess_mode`` (UNets; not FLUX, SD 3)."""
+    controlnet_positive_only: bool = False
+    """With classifier-free guidance, whether the ControlNet runs on the conditional rows only and its
+    output serves both branches (FluxControlNetPipeline with ``true_cfg_scale``), rather than on both
+    branches with their own prompts (the UNet and SD 3 pipelines)."""
 
     def __init__(self, pipe: Any, controlnet: Any = None):
         self.pipe = pipe
@@ -180,6 +193,48 @@ class ModelAdapter:
         ``kwargs`` (:meth:`unet_kwargs`, rows selected by the engine): (rows, latent channels, h, w)."""
         return self.unet(x, t, return_dict=False, **kwargs)[0]
 
+    def adopt_controlnet(self, net: torch.nn.Module, name: str) -> torch.nn.Module:
+        """``net`` ready to run with this model: ValueError in one line when it was made for another
+        family or model size."""
+        raise NotImplementedError
+
+    def control_input(self, net: torch.nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """What ControlNet ``net`` takes of a canvas-sized control image ``pixels`` (1, 3, H, W) in
+        [0, 1], cropped per view, and the factor from latent view offsets to its grid: for a UNet's
+        ControlNet the pixels themselves (factor: the VAE's)."""
+        return pixels, self.vae_scale_factor
+
+    def run_controlnet(
+        self,
+        net: torch.nn.Module,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        kwargs: dict[str, Any],
+        control: dict[str, Any],
+        guess_mode: bool,
+    ) -> Any:
+        """ControlNet ``net``'s output for model input rows ``x`` at ``t``, with the model's keyword
+        arguments of those rows and its control inputs ``control`` (``controlnet_cond``: the rows'
+        crops of :meth:`control_input`; ``conditioning_scale``; a Union ControlNet's modes): tensors,
+        lists of tensors or None, one row per input row, summed over ControlNets by the engine."""
+        added = kwargs.get("added_cond_kwargs")
+        extra = {"added_cond_kwargs": added} if added is not None else {}
+        channels = net.config.in_channels  # an inpainting UNet's extra channels are not its
+        return net(
+            x[:, :channels],
+            t,
+            encoder_hidden_states=kwargs["encoder_hidden_states"],
+            guess_mode=guess_mode,
+            return_dict=False,
+            **extra,
+            **control,
+        )
+
+    def residual_kwargs(self, residuals: Any) -> dict[str, Any]:
+        """The model's keyword arguments for :meth:`run_controlnet`'s (summed) output."""
+        down, mid = residuals
+        return {"down_block_additional_residuals": list(down), "mid_block_additional_residual": mid}
+
     def network_calls(self, kwargs: dict[str, Any]) -> int:
         """Forward passes of the network one :meth:`predict` with these ``kwargs`` makes (for the
         run's statistics): 1, unless the adapter splits a batch (FLUX with canvas positions)."""
@@ -189,3 +244,27 @@ class ModelAdapter:
 def split_slots(flat: torch.Tensor, slots: int) -> torch.Tensor:
     """(P*B, ...) as returned by a pipeline's ``encode_prompt`` to (P, B, ...)."""
     return flat.reshape(slots, flat.shape[0] // slots, *flat.shape[1:])
+
+
+def map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], value: Any) -> Any:
+    """``value`` (tensors nested in dicts, lists and tuples; other leaves kept) with ``fn`` applied
+    to every tensor."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: map_tensors(fn, v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(map_tensors(fn, v) for v in value)
+    return value
+
+
+def select_rows(value: Any, full: int, rows: torch.Tensor) -> Any:
+    """``value`` (model keyword arguments, nested) with every batch-sized tensor (``full`` rows)
+    reduced to ``rows``."""
+
+    def select(v: torch.Tensor) -> torch.Tensor:
+        if v.dim() > 0 and v.shape[0] == full:
+            return v.index_select(0, rows.to(v.device))
+        return v
+
+    return map_tensors(select, value)

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from multidiffusion.engine.adapter import ModelAdapter, map_tensors, select_rows
 from multidiffusion.engine.fusion import Job
 from multidiffusion.engine.views import View, crop
 
@@ -45,7 +46,9 @@ CROP_CACHE_BYTES = 256 * 1024**2
 @dataclass(eq=False)
 class Control:
     """One ControlNet over the canvas: its ``image`` (1, 3, H, W) in [0, 1] at the canvas's pixel
-    size, the residuals' ``scale`` and the fraction of the steps [``start``, ``end``] it acts in."""
+    size (or what the model's adapter makes of it: a transformer's ControlNet takes VAE latents, with
+    ``factor`` 1), the residuals' ``scale`` and the fraction of the steps [``start``, ``end``] it
+    acts in."""
 
     model: torch.nn.Module
     image: torch.Tensor | list[torch.Tensor]  # a list: a Union ControlNet's images, one per mode
@@ -55,6 +58,7 @@ class Control:
     slots: frozenset[int] | None = None  # the prompt slots it conditions (a region's); None: every job
     modes: tuple[int, ...] | None = None  # a Union ControlNet's control modes, one per image
     ranges: tuple[tuple[float, float], ...] = ()  # and each mode's (start, end)
+    factor: int | None = None  # latent view offsets to ``image``'s grid; None: the VAE's (pixels)
 
     def active(self, step: int, steps: int) -> bool:
         """diffusers' ``controlnet_keep``: step i of n is kept unless i/n < start or (i+1)/n > end."""
@@ -117,7 +121,8 @@ class Controls:
         key = (id(control), index, tuple(job.view for job in jobs), per)
         if key not in self._crops:
             image = control.image[index] if isinstance(control.image, list) else control.image
-            crops = [control_crop(image, job.view, self.scale_factor) for job in jobs]
+            factor = control.factor if control.factor is not None else self.scale_factor
+            crops = [control_crop(image, job.view, factor) for job in jobs]
             value = torch.cat(crops).repeat_interleave(per, dim=0).to(dtype)
             # the grid's views recur every step and are worth keeping; shifted windows are new every
             # step, so the cache is bounded (it would otherwise hold every step's crops)
@@ -131,71 +136,68 @@ class Controls:
     def residuals(
         self,
         active: Sequence[Control],
+        adapter: ModelAdapter,
         x: torch.Tensor,
         t: torch.Tensor,
         jobs: Sequence[Job],
-        unet_kwargs: dict[str, Any],
+        model_kwargs: dict[str, Any],
         guided: bool,
     ) -> dict[str, Any]:
-        """``down_block_additional_residuals`` and ``mid_block_additional_residual`` for the UNet
-        input ``x`` ([uncond rows; cond rows] when ``guided``) of these jobs, summed over the
-        ``active`` ControlNets."""
+        """The model's extra keyword arguments (:meth:`~ModelAdapter.residual_kwargs`) for the input
+        ``x`` ([uncond rows; cond rows] when ``guided``) of these jobs: the ``active`` ControlNets'
+        outputs (:meth:`~ModelAdapter.run_controlnet`) summed, as diffusers' multi-ControlNet models.
+
+        A ControlNet sees the rows of its jobs (a region's: its prompt slot's only; the other rows get
+        zeros) in both guidance branches, or only in the conditional one in guess mode (the
+        unconditional rows get zeros) and for a family whose pipeline runs it on the positive prompt
+        only (FLUX: its output then serves both branches)."""
         if not active:
             return {}
-        n = x.shape[0] // 2 if guided else x.shape[0]
+        total = x.shape[0]
+        n = total // 2 if guided else total
         per = n // len(jobs)
-        half = guided and self.guess_mode
-        inputs = x[n:] if half else x
-        states = unet_kwargs["encoder_hidden_states"]
-        states = states[n:] if half else states
-        added = unet_kwargs.get("added_cond_kwargs")
-        if added is not None and half:
-            added = {k: v[n:] for k, v in added.items()}
-        down: list[torch.Tensor] | None = None
-        mid: torch.Tensor | None = None
+        positive_only = guided and adapter.controlnet_positive_only and not self.guess_mode
+        half = guided and (self.guess_mode or positive_only)
+        summed: Any = None
         for control in active:
             mine = [j for j, job in enumerate(jobs) if control.slots is None or job.prompt in control.slots]
             if not mine:
                 continue
             count = len(control.image) if isinstance(control.image, list) else 1
             images = [self._images(control, k, [jobs[j] for j in mine], per, x.dtype) for k in range(count)]
-            rows = None
-            if len(mine) < len(jobs):  # a region's control: only its jobs' rows, zeros elsewhere
-                rows = torch.tensor([j * per + b for j in mine for b in range(per)], device=x.device)
-                if guided and not half:
-                    rows = torch.cat([rows, rows + n])
-            if guided and not half:
+            rows = torch.tensor([j * per + b for j in mine for b in range(per)], device=x.device)
+            if half:
+                rows = rows + n
+            elif guided:
+                rows = torch.cat([rows, rows + n])
                 images = [torch.cat([image, image]) for image in images]
-            extra = {"added_cond_kwargs": {k: _rows(v, rows) for k, v in added.items()}} if added is not None else {}
-            extra.update(control.call_kwargs(images, *self._step))
-            channels = control.model.config.in_channels  # an inpainting UNet's extra channels are not its
-            d, m = control.model(
-                _rows(inputs, rows)[:, :channels],
+            everything = rows.numel() == total  # every row, in order: nothing to select or scatter
+            out = adapter.run_controlnet(
+                control.model,
+                x if everything else x.index_select(0, rows),
                 t,
-                encoder_hidden_states=_rows(states, rows),
-                guess_mode=self.guess_mode,
-                return_dict=False,
-                **extra,
+                model_kwargs if everything else select_rows(model_kwargs, total, rows),
+                control.call_kwargs(images, *self._step),
+                self.guess_mode,
             )
             self.calls += 1
-            if rows is not None:
-                d = [_scatter(r, rows, inputs.shape[0]) for r in d]
-                m = _scatter(m, rows, inputs.shape[0])
-            if down is None:
-                down, mid = list(d), m
-            else:  # as diffusers' MultiControlNetModel: residuals summed in order
-                down = [a + b for a, b in zip(down, d)]
-                mid = mid + m
-        if down is None:
+            if not everything:
+                out = map_tensors(lambda r, rows=rows: _scatter(r, rows, total), out)
+            summed = out if summed is None else _add(summed, out)
+        if summed is None:
             return {}
-        if half:
-            down = [torch.cat([torch.zeros_like(d), d]) for d in down]
-            mid = torch.cat([torch.zeros_like(mid), mid])
-        return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+        if positive_only:  # the conditional rows' residuals for the unconditional rows too
+            summed = map_tensors(lambda r: torch.cat([r[n:], r[n:]]), summed)
+        return adapter.residual_kwargs(summed)
 
 
-def _rows(value: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-    return value if rows is None else value.index_select(0, rows)
+def _add(a: Any, b: Any) -> Any:
+    """Two ControlNets' outputs summed leaf by leaf (None where a family's net returns none)."""
+    if isinstance(a, torch.Tensor):
+        return a + b
+    if isinstance(a, (list, tuple)):
+        return type(a)(_add(u, v) for u, v in zip(a, b))
+    return a if b is None else b
 
 
 def _scatter(value: torch.Tensor, rows: torch.Tensor, total: int) -> torch.Tensor:
@@ -227,6 +229,11 @@ def build_controls(
     if not settings and not region_controls:
         return None
     nets = adapter.controlnets
+    if options.guess_mode and not adapter.controlnet_guess_mode:
+        raise ValueError(
+            f"guess_mode: {adapter.family.upper()} ControlNets have no guess mode (nor have diffusers' pipelines for "
+            "them); run without it"
+        )
     if not nets:
         raise ValueError(
             "control_image: this model has no ControlNet; load one with "
@@ -261,8 +268,9 @@ def build_controls(
             check_same_aspect(name, image.size, "canvas", size)
             source = image.image
         pixels = processor.preprocess(preprocess(source, preprocessor), height=size[0], width=size[1])
-        pixels = pixels.to(torch.float32)
-        controls.append(Control(nets[0 if union else i], pixels.to(adapter.device, adapter.dtype), scale, start, end))
+        net = nets[0 if union else i]
+        image, factor = adapter.control_input(net, pixels.to(adapter.device, adapter.dtype))
+        controls.append(Control(net, image, scale, start, end, factor=factor))
     if union and controls:  # one model, all the images at once
         modes = options.control_mode if isinstance(options.control_mode, list) else [options.control_mode]
         kinds = nets[0].config.num_control_type
@@ -291,9 +299,9 @@ def build_controls(
         if index >= len(nets):
             raise ValueError(f"{name}: controlnet={index}, but this model runs {len(nets)} ControlNet(s)")
         check_same_aspect(name, image.size, "canvas", size)
-        pixels = processor.preprocess(image.image.convert("RGB"), height=size[0], width=size[1]).to(torch.float32)
-        slots = frozenset([slot])
-        controls.append(Control(nets[index], pixels.to(adapter.device, adapter.dtype), scale, start, end, slots))
+        pixels = processor.preprocess(image.image.convert("RGB"), height=size[0], width=size[1])
+        latents, factor = adapter.control_input(nets[index], pixels.to(adapter.device, adapter.dtype))
+        controls.append(Control(nets[index], latents, scale, start, end, frozenset([slot]), factor=factor))
     return Controls(controls, adapter.vae_scale_factor, options.guess_mode)
 
 

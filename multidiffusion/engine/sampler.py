@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from multidiffusion.engine.adapter import Conditioning, ModelAdapter
+from multidiffusion.engine.adapter import Conditioning, ModelAdapter, select_rows
 from multidiffusion.engine.control import Controls
 from multidiffusion.engine.fusion import FusionPlan, InputComposer, Job, fused_prediction
 from multidiffusion.engine.loras import LoraSwitch
@@ -116,7 +116,7 @@ class GuidedModel:
             shared_rows = _job_rows(groups[0], per, crops.device)
             x = torch.cat([crops.index_select(0, shared_rows), crops])
             everything = torch.arange(n, device=crops.device)
-            kwargs = _select_rows(kwargs, 2 * n, torch.cat([shared_rows, everything + n]))
+            kwargs = select_rows(kwargs, 2 * n, torch.cat([shared_rows, everything + n]))
             context = (
                 self.prefix.rows(shared_rows.numel(), torch.cat([shared_rows, everything]))
                 if self.prefix is not None
@@ -125,7 +125,7 @@ class GuidedModel:
         if self.loras is not None:
             self.loras.use(jobs[0].group)  # a batch holds one group (FusionPlan.batches)
         if active:
-            kwargs = {**kwargs, **self.controls.residuals(active, x, t, jobs, kwargs, guided)}
+            kwargs = {**kwargs, **self.controls.residuals(active, self.adapter, x, t, jobs, kwargs, guided)}
         with context:
             out = self.adapter.predict(x, t, kwargs)
         self.stats.model_calls += self.adapter.network_calls(kwargs)
@@ -196,15 +196,6 @@ def _job_rows(jobs: Sequence[int], per: int, device: torch.device) -> torch.Tens
     """Batch rows of the given job indices, ``per`` rows (images) each."""
     index = torch.tensor(jobs, device=device).repeat_interleave(per) * per
     return index + torch.arange(per, device=device).repeat(len(jobs))
-
-
-def _select_rows(value: Any, full: int, rows: torch.Tensor) -> Any:
-    """``value`` (UNet keyword arguments, nested) with every batch-sized tensor reduced to ``rows``."""
-    if isinstance(value, dict):
-        return {k: _select_rows(v, full, rows) for k, v in value.items()}
-    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == full:
-        return value.index_select(0, rows.to(value.device))
-    return value
 
 
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], "torch.Tensor | None"]

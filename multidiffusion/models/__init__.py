@@ -51,19 +51,14 @@ def supported_families() -> str:
 
 def _transformer_family(pipe: Any) -> str:
     """'flux' or 'sd3' for a pipeline with a diffusion transformer; ValueError naming the supported
-    families for any other transformer, for ControlNet pipelines of these families, and for FLUX
-    transformers with extra input channels (Fill, Control, Kontext)."""
+    families for any other transformer, and for FLUX transformers with extra input channels (Fill,
+    Control, Kontext)."""
     transformer = pipe.transformer
     name = type(transformer).__name__
     family = TRANSFORMERS.get(name)
     if family is None:
         raise ValueError(
             f"{type(pipe).__name__} with a {name} is not supported; the supported families are: {supported_families()}"
-        )
-    if getattr(pipe, "controlnet", None) is not None:
-        raise ValueError(
-            f"ControlNets with {family.upper()} models are not supported yet (only with SD 1.x, 2.x and SDXL); "
-            f"pass the {family.upper()} text-to-image pipeline without a ControlNet"
         )
     for component in ("vae", "scheduler", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"):
         if getattr(pipe, component, None) is None:

@@ -1,7 +1,9 @@
 """Loading ControlNets and checking they fit the model: a diffusers folder, a repo id (local cache
 first, the hub within ``HUB_TIMEOUT_S``), a single ``.safetensors`` file (pickles only when
 allowed), an already loaded ``ControlNetModel``, or a list of those for several ControlNets. A
-folder or repo whose config names ``ControlNetUnionModel`` loads as one (ControlNet-Union SDXL)."""
+folder or repo whose config names ``ControlNetUnionModel`` loads as one (ControlNet-Union SDXL),
+``FluxControlNetModel`` or ``SD3ControlNetModel`` as those (FLUX.1, SD 3 / 3.5). Each is checked
+against the model by its adapter (:meth:`~multidiffusion.engine.adapter.ModelAdapter.adopt_controlnet`)."""
 
 from __future__ import annotations
 
@@ -14,9 +16,57 @@ import torch
 
 from multidiffusion.models.files import ModelNotFoundError, is_pickle_path
 
-__all__ = ["check_controlnet", "check_controlnet_source", "load_controlnet", "load_controlnets"]
+__all__ = [
+    "check_controlnet",
+    "check_controlnet_class",
+    "check_controlnet_source",
+    "check_transformer_controlnet",
+    "load_controlnet",
+    "load_controlnets",
+]
 
 _KINDS = "a ControlNet folder, a Hugging Face repo id, a .safetensors file or a ControlNetModel"
+
+
+CONTROLNET_FAMILIES = {
+    "ControlNetModel": "SD 1.x/2.x or SDXL",
+    "ControlNetUnionModel": "SDXL",
+    "FluxControlNetModel": "FLUX.1",
+    "SD3ControlNetModel": "SD 3 / 3.5",
+}
+"""diffusers' ControlNet classes -> the family they serve."""
+
+NET_CLASSES = ("ControlNetUnionModel", "FluxControlNetModel", "SD3ControlNetModel")
+"""Classes a ControlNet folder's config may name besides ``ControlNetModel``."""
+
+
+def check_controlnet_class(net: torch.nn.Module, takes: tuple[str, ...], model: str, name: str) -> None:
+    """ValueError in one line when ``net`` is not one of the ControlNet classes ``takes`` (by name)
+    that a ``model`` (in words) runs."""
+    kind = type(net).__name__
+    if kind not in takes:
+        made = CONTROLNET_FAMILIES.get(kind, "another model")
+        raise ValueError(
+            f"{name}: this {kind} is a ControlNet for {made} models, but the model loaded is {model}, which takes a "
+            f"{' or '.join(takes)}; use a ControlNet of the model's family"
+        )
+
+
+def check_transformer_controlnet(
+    net: torch.nn.Module, transformer: torch.nn.Module, takes: str, model: str, keys: tuple[str, ...], name: str
+) -> None:
+    """ValueError in one line when ``net`` is not a ``takes`` (the ControlNet class of a diffusion
+    transformer family, ``model`` in words), or when its config differs from the ``transformer``'s in
+    one of ``keys`` or in width (heads x head size: its outputs are added to the transformer's blocks)."""
+    check_controlnet_class(net, (takes,), model, name)
+    c, m = net.config, transformer.config
+    width = ("width", c.num_attention_heads * c.attention_head_dim, m.num_attention_heads * m.attention_head_dim)
+    for key, mine, theirs in [(k, c.get(k), m.get(k)) for k in keys] + [width]:
+        if mine != theirs:
+            raise ValueError(
+                f"{name}: this {takes} was made for another {model} model ({key}={mine!r}) than the one loaded "
+                f"({key}={theirs!r}); use a ControlNet made for this model"
+            )
 
 
 def _family(config: Any) -> str:
@@ -27,6 +77,7 @@ def _family(config: Any) -> str:
 def check_controlnet(controlnet: torch.nn.Module, unet: torch.nn.Module, name: str = "controlnet") -> None:
     """ValueError in one line when ``controlnet`` was made for another model family than ``unet``
     (its text width, added conditioning or block widths differ)."""
+    check_controlnet_class(controlnet, ("ControlNetModel", "ControlNetUnionModel"), _family(unet.config), name)
     c, u = controlnet.config, unet.config
     mismatch = [
         key
@@ -94,11 +145,12 @@ def load_controlnet(
 
 
 def _net_class(source: str, **kwargs: Any) -> type:
-    """``ControlNetUnionModel`` when the config at ``source`` names it, else ``ControlNetModel``."""
-    from diffusers import ControlNetModel, ControlNetUnionModel
+    """The ControlNet class the config at ``source`` names (:data:`NET_CLASSES`), else ``ControlNetModel``."""
+    import diffusers
 
-    config = ControlNetModel.load_config(source, **kwargs)
-    return ControlNetUnionModel if config.get("_class_name") == "ControlNetUnionModel" else ControlNetModel
+    config = diffusers.ControlNetModel.load_config(source, **kwargs)
+    name = config.get("_class_name")
+    return getattr(diffusers, name) if name in NET_CLASSES else diffusers.ControlNetModel
 
 
 def _load_repo(repo: str, allow_pickle: bool, name: str, **kwargs: Any) -> torch.nn.Module:
@@ -117,11 +169,13 @@ def _load_repo(repo: str, allow_pickle: bool, name: str, **kwargs: Any) -> torch
 
 
 def load_controlnets(
-    spec: Any, unet: torch.nn.Module, *, torch_dtype: torch.dtype | None = None, allow_pickle: bool = False
+    spec: Any, adapter: Any, *, torch_dtype: torch.dtype | None = None, allow_pickle: bool = False
 ) -> torch.nn.Module:
-    """One ControlNet, or a diffusers ``MultiControlNetModel`` for a list, each checked against
-    ``unet`` and moved to its device and dtype."""
-    from diffusers import MultiControlNetModel
+    """One ControlNet, or a diffusers multi-ControlNet model for a list (``MultiControlNetModel``;
+    FLUX's and SD 3's own), each checked by the model's ``adapter`` and moved to its device and dtype."""
+    from diffusers import FluxMultiControlNetModel, MultiControlNetModel, SD3MultiControlNetModel
+
+    unet = adapter.unet
 
     if getattr(spec, "nets", None) is not None:  # a MultiControlNetModel: its nets, checked one by one
         spec = list(spec.nets)
@@ -132,6 +186,7 @@ def load_controlnets(
     for i, s in enumerate(specs):
         label = "controlnet" if len(specs) == 1 else f"controlnet[{i}]"
         net = load_controlnet(s, torch_dtype=torch_dtype or unet.dtype, allow_pickle=allow_pickle, name=label)
-        check_controlnet(net, unet, label)
-        nets.append(net.to(unet.device, unet.dtype))
-    return nets[0] if len(nets) == 1 else MultiControlNetModel(nets)
+        net = adapter.adopt_controlnet(net.to(unet.device, unet.dtype), label)
+        nets.append(net)
+    multi = {"flux": FluxMultiControlNetModel, "sd3": SD3MultiControlNetModel}.get(adapter.family, MultiControlNetModel)
+    return nets[0] if len(nets) == 1 else multi(nets)

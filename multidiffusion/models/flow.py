@@ -18,6 +18,17 @@
   was trained with, not the much stronger shift of an image four times as large.
 - **Classifier-free guidance** is the engine's (both branches in one batched call); shared-prefix
   hooks are UNet-only and stay off.
+- **ControlNets** (FLUX's ``FluxControlNetModel``, SD 3's ``SD3ControlNetModel``) take the control
+  image as their pipelines do, encoded by the VAE (:meth:`FlowMatchingAdapter.control_input`). The
+  canvas-sized control image is encoded once per call and each view's ControlNet gets the crop of
+  those latents at the view's latent offset (wrapping around on circular canvases), exactly as the
+  view's own latents are a crop of the canvas. The alternative, encoding each view's pixel crop,
+  equals it at one view covering the canvas and differs only near view edges (the VAE's receptive
+  field); it would cost a VAE encode per view (per step with shifted windows) and give one canvas
+  place different control latents in different views. The encode takes the posterior's mean, where
+  the pipelines draw a sample (FLUX from the call's generator, SD 3 from torch's global one, one
+  per guidance branch); with a VAE whose posterior spread is nil the two agree, which is how the
+  tests compare with diffusers (``tests/test_dit_controlnet.py``).
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ import torch
 
 from multidiffusion.engine.adapter import ModelAdapter
 from multidiffusion.engine.noising import is_flow_matching
+from multidiffusion.vae.codec import encode_images
 
 __all__ = ["FlowMatchingAdapter", "calculate_shift"]
 
@@ -59,9 +71,12 @@ class FlowMatchingAdapter(ModelAdapter):
     max_shift_default = 1.15
     """``calculate_shift``'s max_shift when the scheduler config has none (FLUX 1.15, SD 3 1.16)."""
 
-    def __init__(self, pipe: Any, max_sequence_length: int):
-        """``max_sequence_length``: T5 tokens of every prompt (1 to 512)."""
-        super().__init__(pipe)
+    controlnet_guess_mode = False
+
+    def __init__(self, pipe: Any, max_sequence_length: int, controlnet: Any = None):
+        """``max_sequence_length``: T5 tokens of every prompt (1 to 512); ``controlnet``: a ControlNet
+        pipeline's (``FluxControlNetPipeline``, ``StableDiffusion3ControlNetPipeline``)."""
+        super().__init__(pipe, controlnet)
         if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int):
             raise ValueError(f"max_sequence_length must be an integer from 1 to 512, got {max_sequence_length!r}")
         if not 1 <= max_sequence_length <= 512:
@@ -120,3 +135,12 @@ class FlowMatchingAdapter(ModelAdapter):
 
     def parameters(self) -> dict[str, Any]:
         return {}
+
+    def control_latents(self, pixels: torch.Tensor, shift: bool = True) -> torch.Tensor:
+        """The canvas's control image ``pixels`` (1, 3, H, W) in [0, 1] as its pipeline prepares it
+        for the ControlNet: to [-1, 1], encoded (in tiles for large canvases; the posterior's mean),
+        (z - shift_factor) * scaling_factor, or z * scaling_factor without ``shift``."""
+        latents = encode_images(self.vae, 2 * pixels - 1)
+        if not shift and getattr(self.vae.config, "shift_factor", None) is not None:
+            latents = latents + self.vae.config.shift_factor * self.vae.config.scaling_factor
+        return latents.to(self.device, self.dtype)

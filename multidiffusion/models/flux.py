@@ -23,7 +23,18 @@ Per batch of views (:meth:`FluxAdapter.predict`):
   v = v_neg + s (v_pos − v_neg) (FluxPipeline's ``true_cfg_scale``; an empty negative counts as
   none), both branches in one batched call.
 
-At one view covering the canvas this is FluxPipeline step for step (``tests/test_dit_equivalence.py``).
+**ControlNets** (``FluxControlNetModel``, several as ``FluxMultiControlNetModel``), as
+FluxControlNetPipeline: the control image VAE-encoded (see :mod:`multidiffusion.models.flow` for the
+per-view crop of the canvas's control latents) and packed like the latents; XLabs-style ControlNets
+with an ``input_hint_block`` take the pixels in [-1, 1] instead (their crop at the view's pixel
+offset) and the transformer repeats their blocks (``controlnet_blocks_repeat``). The ControlNet gets
+the view's image ids, the timestep, text and, when it embeds guidance, the slot's guidance scale;
+with true CFG it runs on the positive prompt only and its output serves both branches, as the
+pipeline. FLUX ControlNets have no guess mode; ControlNet-Union for FLUX (``num_mode``) is not
+supported yet.
+
+At one view covering the canvas this is FluxPipeline step for step (``tests/test_dit_equivalence.py``),
+and FluxControlNetPipeline with a ControlNet (``tests/test_dit_controlnet.py``).
 """
 
 from __future__ import annotations
@@ -33,7 +44,7 @@ from typing import Any
 
 import torch
 
-from multidiffusion.engine.adapter import Conditioning, split_slots
+from multidiffusion.engine.adapter import Conditioning, map_tensors, split_slots
 from multidiffusion.engine.fusion import Job
 from multidiffusion.models.flow import FlowMatchingAdapter
 
@@ -77,6 +88,7 @@ class FluxAdapter(FlowMatchingAdapter):
     family = "flux"
     explicit_sigmas = True
     max_shift_default = 1.15
+    controlnet_positive_only = True
 
     def __init__(
         self,
@@ -87,10 +99,11 @@ class FluxAdapter(FlowMatchingAdapter):
     ):
         from diffusers import FluxPipeline
 
+        controlnet = getattr(pipe, "controlnet", None)  # a ControlNet pipeline's, kept for every task
         if not isinstance(pipe, FluxPipeline):
-            # img2img or inpainting siblings share the components: reuse them, no copies
+            # img2img, inpainting or ControlNet siblings share the components: reuse them, no copies
             pipe = FluxPipeline.from_pipe(pipe)
-        super().__init__(pipe, max_sequence_length)
+        super().__init__(pipe, max_sequence_length, controlnet)
         if positions not in POSITIONS:
             raise ValueError(f"positions must be one of {', '.join(map(repr, POSITIONS))}, got {positions!r}")
         if isinstance(true_cfg_scale, bool) or not isinstance(true_cfg_scale, (int, float)) or true_cfg_scale < 0:
@@ -181,6 +194,17 @@ class FluxAdapter(FlowMatchingAdapter):
     def predict(self, x: torch.Tensor, t: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
         """v for the crops ``x`` (rows, C, h, w): packed to tokens, through the transformer with the
         text ids (zeros) and image ids of the views, unpacked."""
+        _, _, h, w = x.shape
+
+        def run(tokens: torch.Tensor, timestep: torch.Tensor, ids: dict[str, torch.Tensor], **rest: Any) -> Any:
+            return self.transformer(hidden_states=tokens, timestep=timestep, return_dict=False, **ids, **rest)[0]
+
+        return unpack_latents(self._per_position(x, t, kwargs, run), h, w)
+
+    def _per_position(self, x: torch.Tensor, t: torch.Tensor, kwargs: dict[str, Any], call: Any) -> Any:
+        """``call(tokens, timestep, ids, **kwargs)`` for the packed crops ``x``: ``ids`` holds the
+        text ids (zeros) and the views' image ids; every row at once, or with canvas positions one
+        call per distinct view position (its branches and images together), merged back in row order."""
         kwargs = dict(kwargs)
         positions = kwargs.pop("positions", None)
         n, _, h, w = x.shape
@@ -189,23 +213,76 @@ class FluxAdapter(FlowMatchingAdapter):
         txt_ids = torch.zeros(text.shape[1], 3, device=x.device, dtype=text.dtype)
         timestep = t.expand(n).to(x.dtype) / 1000
 
-        def run(rows: Any, top: int, left: int) -> torch.Tensor:
-            ids = image_ids(h // 2, w // 2, top, left, device=x.device, dtype=text.dtype)
-            selected = {k: v[rows] for k, v in kwargs.items()}
-            return self.transformer(
-                hidden_states=tokens[rows],
-                timestep=timestep[rows],
-                img_ids=ids,
-                txt_ids=txt_ids,
-                return_dict=False,
-                **selected,
-            )[0]
+        def run(rows: Any, top: int, left: int) -> Any:
+            img_ids = image_ids(h // 2, w // 2, top, left, device=x.device, dtype=text.dtype)
+            ids = {"img_ids": img_ids, "txt_ids": txt_ids}
+            selected = map_tensors(lambda v: v[rows] if v.dim() > 0 and v.shape[0] == n else v, kwargs)
+            return call(tokens[rows], timestep[rows], ids, **selected)
 
         if positions is None:
-            out = run(slice(None), 0, 0)
-        else:  # one call per distinct view position (its branches and images together)
-            out = torch.empty_like(tokens)
-            for top, left in torch.unique(positions, dim=0).tolist():
-                rows = ((positions[:, 0] == top) & (positions[:, 1] == left)).nonzero().flatten().to(x.device)
-                out[rows] = run(rows, top, left).to(out.dtype)
-        return unpack_latents(out, h, w)
+            return run(slice(None), 0, 0)
+        out: Any = None
+        for top, left in torch.unique(positions, dim=0).tolist():
+            rows = ((positions[:, 0] == top) & (positions[:, 1] == left)).nonzero().flatten().to(x.device)
+            part = run(rows, top, left)
+            if out is None:
+                out = map_tensors(lambda v: v.new_zeros((n, *v.shape[1:])), part)
+            out = _place(out, part, rows)
+        return out
+
+    def adopt_controlnet(self, net: Any, name: str) -> Any:
+        from multidiffusion.models.controlnet import check_transformer_controlnet
+
+        keys = ("in_channels", "joint_attention_dim", "pooled_projection_dim")
+        check_transformer_controlnet(net, self.transformer, "FluxControlNetModel", "FLUX.1", keys, name)
+        if net.config.num_mode is not None:
+            raise ValueError(f"{name}: FLUX ControlNet-Union (num_mode) is not supported yet; use a one-condition one")
+        if net.config.guidance_embeds and not self.guidance_embedded:
+            raise ValueError(f"{name}: this FLUX ControlNet embeds guidance but the transformer does not (schnell)")
+        return net
+
+    def control_input(self, net: Any, pixels: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """FluxControlNetPipeline's control input: the VAE's latents of the image in [-1, 1], cropped at
+        the views' latent offsets (packed in :meth:`run_controlnet`); for a ControlNet with an
+        ``input_hint_block`` (XLabs) the pixels in [-1, 1], cropped at the views' pixel offsets."""
+        if net.input_hint_block is not None:
+            return 2 * pixels - 1, self.vae_scale_factor
+        return self.control_latents(pixels), 1
+
+    def run_controlnet(
+        self,
+        net: Any,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        kwargs: dict[str, Any],
+        control: dict[str, Any],
+        guess_mode: bool,
+    ) -> Any:
+        """(block samples, single block samples) of ``net``, as FluxControlNetPipeline calls it."""
+        cond = control["controlnet_cond"]
+        control = {**control, "controlnet_cond": cond if net.input_hint_block is not None else pack_latents(cond)}
+        if not net.config.guidance_embeds:
+            kwargs = {k: v for k, v in kwargs.items() if k != "guidance"}
+
+        def run(tokens: torch.Tensor, timestep: torch.Tensor, ids: dict[str, torch.Tensor], **rest: Any) -> Any:
+            return net(hidden_states=tokens, timestep=timestep, return_dict=False, **ids, **rest)
+
+        return self._per_position(x, t, {**kwargs, **control}, run)
+
+    def residual_kwargs(self, residuals: Any) -> dict[str, Any]:
+        blocks, single = residuals
+        repeat = self.controlnets[0].input_hint_block is not None  # as the pipeline: its first ControlNet's kind
+        return {
+            "controlnet_block_samples": blocks,
+            "controlnet_single_block_samples": single,
+            "controlnet_blocks_repeat": repeat,
+        }
+
+
+def _place(out: Any, part: Any, rows: torch.Tensor) -> Any:
+    """``part``'s rows written into ``out`` at ``rows``, leaf by leaf (None leaves stay None)."""
+    if isinstance(out, torch.Tensor):
+        return out.index_copy(0, rows, part.to(out.dtype))
+    if isinstance(out, (list, tuple)):
+        return type(out)(_place(o, p, rows) for o, p in zip(out, part))
+    return out

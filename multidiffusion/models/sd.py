@@ -50,5 +50,11 @@ class StableDiffusionAdapter(ModelAdapter):
             negative={"encoder_hidden_states": split_slots(neg, slots)} if guidance else None,
         )
 
+    def adopt_controlnet(self, net: Any, name: str) -> Any:
+        from multidiffusion.models.controlnet import check_controlnet
+
+        check_controlnet(net, self.unet, name)
+        return net
+
     def unet_kwargs(self, cond: Conditioning, jobs: Sequence[Job], canvas: tuple[int, int]) -> dict[str, Any]:
         return {"encoder_hidden_states": cond.gather("encoder_hidden_states", [job.prompt for job in jobs])}

@@ -9,9 +9,18 @@ concatenated. The transformer takes the view's latents (B, 16, h, w) as they are
 the size of the view (each view is "an image" of its own size, as the pipeline's whole image); the
 timestep is passed as the scheduler gives it (0..1000).
 
+**ControlNets** (``SD3ControlNetModel``, several as ``SD3MultiControlNetModel``), as
+StableDiffusion3ControlNetPipeline: the control image VAE-encoded, (z - shift) * scale, or z * scale
+for ControlNets with ``force_zeros_for_pooled_projection`` (InstantX's; they also get a zero pooled
+projection), cropped per view at its latent offset (see :mod:`multidiffusion.models.flow`); both
+guidance branches run it with their own prompt; a ControlNet without a text projection
+(``joint_attention_dim`` None, SD 3.5 large's) gets no text, and one without its own positional
+embedding (``use_pos_embed`` False) takes the transformer's, as the pipeline sets it. No guess mode.
+
 Not here: skip-layer guidance (SD 3.5 medium's optional ``skip_guidance_layers``), IP-Adapters.
 At one view covering the canvas this is StableDiffusion3Pipeline step for step
-(``tests/test_dit_equivalence.py``).
+(``tests/test_dit_equivalence.py``), and StableDiffusion3ControlNetPipeline with a ControlNet
+(``tests/test_dit_controlnet.py``).
 """
 
 from __future__ import annotations
@@ -39,9 +48,10 @@ class StableDiffusion3Adapter(FlowMatchingAdapter):
     def __init__(self, pipe: Any, clip_skip: int | None = None, max_sequence_length: int = 256):
         from diffusers import StableDiffusion3Pipeline
 
+        controlnet = getattr(pipe, "controlnet", None)  # a ControlNet pipeline's, kept for every task
         if not isinstance(pipe, StableDiffusion3Pipeline):
             pipe = StableDiffusion3Pipeline.from_pipe(pipe)
-        super().__init__(pipe, max_sequence_length)
+        super().__init__(pipe, max_sequence_length, controlnet)
         self.clip_skip = clip_skip
 
     @property
@@ -93,3 +103,42 @@ class StableDiffusion3Adapter(FlowMatchingAdapter):
     def predict(self, x: torch.Tensor, t: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
         """v for the crops ``x`` (rows, C, h, w): the transformer patchifies them itself."""
         return self.transformer(hidden_states=x, timestep=t.expand(x.shape[0]), return_dict=False, **kwargs)[0]
+
+    def adopt_controlnet(self, net: Any, name: str) -> Any:
+        """Checked against the transformer; one without its own positional embedding (SD 3.5 large's
+        ControlNets) gets a copy of the transformer's, as StableDiffusion3ControlNetPipeline does."""
+        from multidiffusion.models.controlnet import check_transformer_controlnet
+
+        keys = ("in_channels", "patch_size", "pooled_projection_dim")
+        check_transformer_controlnet(net, self.transformer, "SD3ControlNetModel", "SD 3 / 3.5", keys, name)
+        if net.config.get("use_pos_embed", True) is False:
+            net.pos_embed = net._get_pos_embed_from_transformer(self.transformer).to(net.device, net.dtype)
+        return net
+
+    def control_input(self, net: Any, pixels: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """The VAE's latents of the control image, without the shift for InstantX's ControlNets."""
+        return self.control_latents(pixels, shift=not net.config.force_zeros_for_pooled_projection), 1
+
+    def run_controlnet(
+        self,
+        net: Any,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        kwargs: dict[str, Any],
+        control: dict[str, Any],
+        guess_mode: bool,
+    ) -> Any:
+        """(block samples,) of ``net``, as StableDiffusion3ControlNetPipeline calls it."""
+        pooled = kwargs["pooled_projections"]
+        text = kwargs["encoder_hidden_states"] if net.config.joint_attention_dim is not None else None
+        return net(
+            hidden_states=x,
+            timestep=t.expand(x.shape[0]),
+            encoder_hidden_states=text,
+            pooled_projections=torch.zeros_like(pooled) if net.config.force_zeros_for_pooled_projection else pooled,
+            return_dict=False,
+            **control,
+        )
+
+    def residual_kwargs(self, residuals: Any) -> dict[str, Any]:
+        return {"block_controlnet_hidden_states": residuals[0]}

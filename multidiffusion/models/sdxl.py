@@ -125,6 +125,12 @@ class StableDiffusionXLAdapter(ModelAdapter):
         negative = {"encoder_hidden_states": split_slots(neg, slots), "text_embeds": split_slots(neg_pooled, slots)}
         return Conditioning(positive, negative)
 
+    def adopt_controlnet(self, net: Any, name: str) -> Any:
+        from multidiffusion.models.controlnet import check_controlnet
+
+        check_controlnet(net, self.unet, name)
+        return net
+
     def unet_kwargs(self, cond: Conditioning, jobs: Sequence[Job], canvas: tuple[int, int]) -> dict[str, Any]:
         slots = [job.prompt for job in jobs]
         text_embeds = cond.gather("text_embeds", slots)
