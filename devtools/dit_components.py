@@ -210,12 +210,13 @@ def _weighted(net: Any, seed: int) -> Any:
 def tiny_flux_controlnet(transformer: Any, seed: int = 0, layers: tuple[int, int] = (1, 1), **config: Any) -> Any:
     """A random ``FluxControlNetModel`` for ``transformer`` (its width, text sizes and guidance
     embedding; ``layers`` double- and single-stream blocks), as InstantX's: the control image VAE-
-    encoded and packed (``config`` overrides, e.g. ``conditioning_embedding_channels`` for XLabs')."""
+    encoded and packed (``config`` overrides; XLabs' pixel hint block: ``conditioning_embedding_channels=16,
+    patch_size=2``)."""
     from diffusers import FluxControlNetModel
 
     c = transformer.config
     torch.manual_seed(seed)
-    net = FluxControlNetModel(
+    settings = dict(
         patch_size=c.patch_size,
         in_channels=c.in_channels,
         num_layers=layers[0],
@@ -226,8 +227,8 @@ def tiny_flux_controlnet(transformer: Any, seed: int = 0, layers: tuple[int, int
         pooled_projection_dim=c.pooled_projection_dim,
         guidance_embeds=c.guidance_embeds,
         axes_dims_rope=list(c.axes_dims_rope),
-        **config,
     )
+    net = FluxControlNetModel(**{**settings, **config})
     return _weighted(net, seed)
 
 

@@ -61,6 +61,20 @@ def _md(pipe, **options):
     return md
 
 
+def _flux_expected(pipe, images, x, **kwargs):
+    """FluxControlNetPipeline's latents (unpacked) from the canvas noise ``x``."""
+    out = pipe(
+        "a red ball",
+        control_image=images,
+        height=H * 8,
+        width=W * 8,
+        latents=pack_latents(x),
+        max_sequence_length=16,
+        **kwargs,
+    ).images
+    return unpack_latents(out, H, W)
+
+
 def _pixels(image):
     return torch.from_numpy(np.asarray(image, np.float32) / 255).permute(2, 0, 1)[None]
 
@@ -83,18 +97,10 @@ def test_flux_one_view_equals_flux_controlnet_pipeline(flux, case):
     steps = 4 if case == "range" else STEPS
     x = _latents(1)
     common = dict(num_inference_steps=steps, guidance_scale=3.5, output_type="latent", **CASES[case])
-    expected = pipe(
-        "a red ball",
-        control_image=images,
-        height=H * 8,
-        width=W * 8,
-        latents=pack_latents(x),
-        max_sequence_length=16,
-        **common,
-    ).images
+    expected = _flux_expected(pipe, images, x, **common)
     md = _md(pipe)
     got = md.panorama("a red ball", height=H * 8, width=W * 8, control_image=images, latents=x, **common)
-    assert (got.images - unpack_latents(expected, H, W)).abs().max() <= 1e-4
+    assert (got.images - expected).abs().max() <= 1e-4
     assert got.stats.controlnet_calls == (2 if case == "range" else (2 if two else 1) * steps)  # skipped outside
 
 
@@ -105,20 +111,45 @@ def test_flux_true_cfg_controlnet_runs_on_the_positive_prompt_as_the_pipeline(fl
     pipe.set_progress_bar_config(disable=True)
     image, x = _control_image(seed=4), _latents(4)
     common = dict(num_inference_steps=STEPS, guidance_scale=3.5, negative_prompt="blurry", output_type="latent")
-    expected = pipe(
-        "a red ball",
-        control_image=image,
-        true_cfg_scale=3.0,
-        height=H * 8,
-        width=W * 8,
-        latents=pack_latents(x),
-        max_sequence_length=16,
-        **common,
-    ).images
+    expected = _flux_expected(pipe, image, x, true_cfg_scale=3.0, **common)
     md = _md(pipe, true_cfg_scale=3.0)
     got = md.panorama("a red ball", height=H * 8, width=W * 8, control_image=image, latents=x, **common)
-    assert (got.images - unpack_latents(expected, H, W)).abs().max() <= 1e-4
+    assert (got.images - expected).abs().max() <= 1e-4
     assert got.stats.controlnet_calls == STEPS
+
+
+def test_flux_xlabs_controlnet_takes_pixel_crops_as_the_pipeline(flux):
+    """A ControlNet with an input_hint_block (XLabs') takes the control pixels in [-1, 1] and the
+    transformer repeats its blocks: equal to the pipeline at one view, pixel crops per view."""
+    net = tiny_flux_controlnet(flux.transformer, seed=8, conditioning_embedding_channels=16, patch_size=2)
+    pipe = FluxControlNetPipeline(**flux.components, controlnet=net)
+    pipe.set_progress_bar_config(disable=True)
+    image, x = _control_image(seed=8), _latents(8)
+    common = dict(
+        num_inference_steps=STEPS, guidance_scale=3.5, controlnet_conditioning_scale=0.9, output_type="latent"
+    )
+    expected = _flux_expected(pipe, image, x, **common)
+    got = _md(pipe).panorama("a red ball", height=H * 8, width=W * 8, control_image=image, latents=x, **common)
+    assert (got.images - expected).abs().max() <= 1e-4
+    spy = ControlSpy(net)
+    try:
+        _md(pipe).panorama("a lake", height=128, width=256, window=16, stride=8, control_image=_control_image(256),
+                           num_inference_steps=1, view_batch_size=1, output_type="latent")  # fmt: skip
+    finally:
+        spy.close()
+    pixels = 2 * _pixels(_control_image(256)) - 1
+    assert [torch.equal(seen, pixels[..., 64 * i : 64 * i + 128]) for i, seen in enumerate(spy.seen)] == [True] * 3
+
+
+def test_flux_canvas_positions_batch_the_controlnet_per_position(flux):
+    """positions="canvas": the ControlNet, like the transformer, runs once per view position in a
+    batch; a batch of every view equals one view per call."""
+    md = _md(flux, positions="canvas", controlnet=tiny_flux_controlnet(flux.transformer, seed=9))
+    common = dict(height=128, width=256, window=16, stride=8, num_inference_steps=2, output_type="latent")
+    image, x = _control_image(256, seed=9), _latents(9, w=32)
+    one = md.panorama("a lake", control_image=image, latents=x, view_batch_size=1, **common)
+    batched = md.panorama("a lake", control_image=image, latents=x, view_batch_size=3, **common)
+    assert (one.images - batched.images).abs().max() <= 1e-5
 
 
 @pytest.mark.parametrize(("force_zeros", "two"), [(True, False), (False, False), (True, True)])
@@ -225,3 +256,15 @@ def test_guess_mode_is_refused_for_transformers(flux):
     md = _md(flux, controlnet=tiny_flux_controlnet(flux.transformer))
     with pytest.raises(ValueError, match="guess_mode: FLUX ControlNets have no guess mode"):
         md.panorama("a lake", height=128, width=128, control_image=_control_image(), guess_mode=True)
+
+
+def test_transformer_controlnets_load_from_folders_by_their_class(flux, sd3, tmp_path):
+    for pipe, make, cls in [
+        (flux, tiny_flux_controlnet, "FluxControlNetModel"),
+        (sd3, tiny_sd3_controlnet, "SD3ControlNetModel"),
+    ]:
+        folder = tmp_path / cls
+        make(pipe.transformer, seed=10).save_pretrained(folder)
+        md = _md(pipe, controlnet=[str(folder), str(folder)])
+        assert [type(net).__name__ for net in md.adapter.controlnets] == [cls, cls]
+        assert type(md.adapter.controlnet).__name__ == cls.replace("ControlNetModel", "MultiControlNetModel")
