@@ -54,6 +54,7 @@ def run_and_save(
         raise ValueError(f"output_type must be 'pil' to save PNGs, got {options.output_type!r}")
     if options.seed is None:
         options.seed = random_seed()
+    options = options.with_defaults(*md.adapter.sampling_defaults)  # the steps the progress counts
     callback = None
     if on_step is not None:
         total = options.num_inference_steps

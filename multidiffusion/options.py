@@ -19,6 +19,7 @@ shell fails before minutes of loading.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -219,8 +220,8 @@ class SamplingOptions:
     task: ClassVar[str] = ""
     input_control: ClassVar[bool] = False  # whether control_image may be CONTROL_INPUT (the task's input)
 
-    num_inference_steps: int = 50
-    guidance_scale: float = 7.5
+    num_inference_steps: int | None = None  # None: the model family's (MultiDiffusion.sampling_defaults)
+    guidance_scale: float | None = None
     negative_prompt: str | list[str] | None = None
     height: int | None = None
     width: int | None = None
@@ -246,8 +247,11 @@ class SamplingOptions:
     def __post_init__(self, limits: Limits | None) -> None:
         lim = self.checked_against = limits if limits is not None else LIBRARY_LIMITS
         note = lim.suffix()
-        self.num_inference_steps = check_int("num_inference_steps", self.num_inference_steps, 1, lim.max_steps, note)
-        self.guidance_scale = check_number("guidance_scale", self.guidance_scale, 0)
+        if self.num_inference_steps is not None:
+            steps = check_int("num_inference_steps", self.num_inference_steps, 1, lim.max_steps, note)
+            self.num_inference_steps = steps
+        if self.guidance_scale is not None:
+            self.guidance_scale = check_number("guidance_scale", self.guidance_scale, 0)
         for key in ("height", "width"):
             if getattr(self, key) is not None:
                 setattr(self, key, check_side(key, getattr(self, key), 8, lim.max_side, note))
@@ -275,6 +279,26 @@ class SamplingOptions:
     def settings(self) -> dict[str, Any]:
         """The options as a mapping of API names (what ``build_options`` takes back)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+
+    def with_defaults(self, steps: int, guidance: float) -> SamplingOptions:
+        """These options with an unset ``num_inference_steps`` / ``guidance_scale`` taken from a model
+        family's defaults (a copy; self when both are set), and what depends on the steps checked."""
+        if self.num_inference_steps is not None and self.guidance_scale is not None:
+            return self
+        done = copy.copy(self)
+        if done.num_inference_steps is None:
+            lim = self.checked_against
+            done.num_inference_steps = check_int("num_inference_steps", steps, 1, lim.max_steps, lim.suffix())
+        if done.guidance_scale is None:
+            done.guidance_scale = check_number("guidance_scale", guidance, 0)
+        done.check_steps()
+        return done
+
+    def check_steps(self) -> None:
+        """Checks that need the number of steps (run again once a model's default sets it): an
+        image task's strength must run at least one of them."""
+        if getattr(self, "strength", None) is not None and self.num_inference_steps is not None:
+            self.strength = check_strength(self.strength, steps=self.num_inference_steps)
 
 
 CONTROL_INPUT = "input"
@@ -461,10 +485,7 @@ class RegionsOptions(SamplingOptions):
         self.background = check_text("background", self.background, required=False)
         check_negative("negative_prompt", self.negative_prompt)
         self.regions = as_regions(self.regions, self.checked_against.max_regions, self.checked_against.suffix())
-        steps = self.num_inference_steps
-        if self.bootstrap_steps is None:
-            self.bootstrap_steps = int(0.4 * steps + 0.5)
-        self.bootstrap_steps = check_int("bootstrap_steps", self.bootstrap_steps, 0, steps)
+        self.check_steps()
         if not self.regions and self.background is None:
             raise ValueError("regions: give at least one region or a background prompt")
         if self.image is None:
@@ -472,8 +493,22 @@ class RegionsOptions(SamplingOptions):
                 raise ValueError("strength applies to an input image: give image= too, or leave strength unset")
         else:
             self.image = _input_image(self, "image")
-            self.strength = check_strength(0.75 if self.strength is None else self.strength, steps=steps)
+            self.strength = check_strength(
+                0.75 if self.strength is None else self.strength, steps=self.num_inference_steps
+            )
             _image_canvas(self, self.image.size, "the input image's size")
+
+    def check_steps(self) -> None:
+        """bootstrap_steps defaults to the paper's 40% of the steps (20 of 50) and is at most all of them."""
+        super().check_steps()
+        steps = self.num_inference_steps
+        if steps is None:
+            if self.bootstrap_steps is not None:
+                self.bootstrap_steps = check_int("bootstrap_steps", self.bootstrap_steps, 0)
+            return
+        if self.bootstrap_steps is None:
+            self.bootstrap_steps = int(0.4 * steps + 0.5)
+        self.bootstrap_steps = check_int("bootstrap_steps", self.bootstrap_steps, 0, steps)
 
 
 # -- images in -----------------------------------------------------------------------------------------

@@ -259,8 +259,8 @@ class MultiDiffusion:
         prompt: str | list[str],
         height: int | None = None,
         width: int | None = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 7.5,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         negative_prompt: str | list[str] | None = None,
         window: int | tuple[int, int] | None = None,
         stride: int | tuple[int, int] | None = None,
@@ -291,6 +291,9 @@ class MultiDiffusion:
         the edge, so every latent pixel is denoised. ``circular`` makes a 360-degree panorama: the
         windows and the decode wrap around the horizontal edge. The other arguments are
         diffusers': ``latents`` is the initial canvas noise (B, C, height/f, width/f).
+        ``num_inference_steps`` and ``guidance_scale`` left unset take the model family's diffusers
+        defaults (SD 1.x/2.x 50 at 7.5, SDXL 50 at 5.0, SD 3 28 at 7.0, FLUX.1-dev 28 at 3.5,
+        FLUX.1-schnell 4), for every task; results record the values used.
 
         Fast mode: ``placement="shifted"`` denoises windows at a fresh random offset every step
         (SpotDiffusion), overlapping by 1/8 by default (stride 7/8 of the window) and weighted by a
@@ -337,8 +340,8 @@ class MultiDiffusion:
         background: str | None = None,
         regions: Sequence[Region | dict[str, Any]] = (),
         bootstrap_steps: int | None = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 7.5,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         negative_prompt: str | None = None,
         window: int | tuple[int, int] | None = None,
         stride: int | tuple[int, int] | None = None,
@@ -393,8 +396,8 @@ class MultiDiffusion:
         strength: float = 0.75,
         height: int | None = None,
         width: int | None = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 7.5,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         negative_prompt: str | list[str] | None = None,
         window: int | tuple[int, int] | None = None,
         stride: int | tuple[int, int] | None = None,
@@ -441,8 +444,8 @@ class MultiDiffusion:
         noise_inversion: bool = False,
         inversion_steps: int | None = None,
         allow_pickle: bool = False,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 7.5,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         negative_prompt: str | list[str] | None = None,
         window: int | tuple[int, int] | None = None,
         stride: int | tuple[int, int] | None = None,
@@ -489,8 +492,8 @@ class MultiDiffusion:
         mask_blur: int = 4,
         height: int | None = None,
         width: int | None = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 7.5,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         negative_prompt: str | list[str] | None = None,
         window: int | tuple[int, int] | None = None,
         stride: int | tuple[int, int] | None = None,
@@ -536,8 +539,8 @@ class MultiDiffusion:
         overlap: int = 16,
         mask_blur: int = 8,
         strength: float = 1.0,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 7.5,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         negative_prompt: str | list[str] | None = None,
         window: int | tuple[int, int] | None = None,
         stride: int | tuple[int, int] | None = None,

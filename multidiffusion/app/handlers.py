@@ -106,7 +106,7 @@ def _run(
     def should_stop() -> bool:
         return is_cancelled is not None and bool(is_cancelled())
 
-    running = steps_that_run(request.options)
+    running = steps_that_run(request.options.with_defaults(*md.adapter.sampling_defaults))
     step = None if on_step is None else lambda i, total: on_step(min(i, running), running)
     try:
         saved = run_and_save(

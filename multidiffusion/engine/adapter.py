@@ -152,6 +152,12 @@ class ModelAdapter:
     def prediction_type(self) -> str:
         return self.pipe.scheduler.config.get("prediction_type", "epsilon")
 
+    @property
+    def sampling_defaults(self) -> tuple[int, float]:
+        """(num_inference_steps, guidance_scale) when a call leaves them unset: the family's diffusers
+        pipeline defaults (SD 1.x/2.x: 50 steps at 7.5)."""
+        return 50, 7.5
+
     def parameters(self) -> dict[str, Any]:
         """Family-specific settings that change the output, recorded with each image (PNG metadata)."""
         return {}

@@ -86,6 +86,12 @@ class FluxAdapter(FlowMatchingAdapter):
     T5 tokens (512, FluxPipeline's default)."""
 
     family = "flux"
+
+    @property
+    def sampling_defaults(self) -> tuple[int, float]:
+        """FluxPipeline's 28 steps at guidance 3.5 (dev); 4 steps for schnell (no guidance embedding)."""
+        return (28, 3.5) if self.transformer.config.guidance_embeds else (4, 0.0)
+
     explicit_sigmas = True
     max_shift_default = 1.15
     controlnet_positive_only = True

@@ -42,6 +42,7 @@ class StableDiffusion3Adapter(FlowMatchingAdapter):
     ``max_sequence_length`` T5 tokens (256, the pipeline's default)."""
 
     family = "sd3"
+    sampling_defaults = (28, 7.0)  # StableDiffusion3Pipeline's
     explicit_sigmas = False
     max_shift_default = 1.16
 

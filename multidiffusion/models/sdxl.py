@@ -50,6 +50,7 @@ class StableDiffusionXLAdapter(ModelAdapter):
     apply); the time ids are built per view (see the module docstring for the options)."""
 
     family = "sdxl"
+    sampling_defaults = (50, 5.0)  # StableDiffusionXLPipeline's
 
     def __init__(
         self,

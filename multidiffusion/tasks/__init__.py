@@ -34,5 +34,6 @@ TASKS: dict[str, type[Task]] = {
 
 
 def task_for(options, adapter, **context) -> Task:
-    """The task of ``options`` bound to a model's ``adapter``."""
-    return TASKS[options.task](options, adapter, **context)
+    """The task of ``options`` bound to a model's ``adapter`` (unset steps and guidance: the family's
+    defaults)."""
+    return TASKS[options.task](options.with_defaults(*adapter.sampling_defaults), adapter, **context)
