@@ -210,7 +210,9 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument("--steps", type=int, help="denoising steps (default: the model's, 50 for SD, 28 for FLUX.1-dev)")
     g.add_argument(
-        "--guidance", type=float, help="guidance scale (default: the model's, 7.5 for SD, 5 for SDXL, 3.5 for FLUX.1-dev)"
+        "--guidance",
+        type=float,
+        help="guidance scale (default: the model's, 7.5 for SD, 5 for SDXL, 3.5 for FLUX.1-dev)",
     )
     g.add_argument("--negative", help="negative prompt: what the image should not show")
     g.add_argument(
