@@ -58,7 +58,9 @@ def test_results_are_removed_at_a_normal_exit(tmp_path):
 
 
 @pytest.mark.skipif(not (DEMO_MODEL_DIR / "model_index.json").is_file(), reason="the demo model is not here")
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)], ids=["SIGTERM", "SIGINT"]
+)
 def test_results_are_removed_when_the_server_is_stopped(tmp_path, signum):
     pytest.importorskip("gradio")
     tmp = tmp_path / "tmp"

@@ -67,7 +67,7 @@ def diffusers_panorama(sd64):
     return pano
 
 
-@pytest.mark.parametrize("view_batch_size", [1, 3])
+@pytest.mark.parametrize("view_batch_size", [1, pytest.param(3, marks=pytest.mark.slow)])  # batching: also below
 @pytest.mark.parametrize("circular", [False, True])
 def test_panorama_equals_diffusers_panorama(sd64, diffusers_panorama, view_batch_size, circular):
     # 512 x 768: (96 - 64) / 8 + 1 = 5 windows, both cover the canvas; DDIM, same latents

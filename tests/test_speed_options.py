@@ -45,7 +45,8 @@ def test_shared_prefix_is_off_where_the_time_embedding_sees_the_prompt():
     assert prefix.modules and prefix._first is None
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+# bfloat16 end to end is also test_cli_dtype_bfloat16_on_cpu's
+@pytest.mark.parametrize("dtype", [pytest.param(torch.bfloat16, marks=pytest.mark.slow), torch.float16])
 def test_reduced_precision_runs_on_cpu(dtype):
     pipe = tiny_sd_pipeline(sample_size=16, dtype=dtype)
     md = MultiDiffusion(pipe)
