@@ -26,6 +26,7 @@ SUITES = (
     "upscale-memory",
     "upscale-peer",
     "upscale-quality",
+    "demo",
 )
 DEFAULT_SUITES = SUITES[:8]
 """What runs without --suites: the speed suites; the demo-quality and upscale suites take long on a
@@ -43,12 +44,12 @@ def table(rows: list[dict]) -> str:
     )
     lines = [head, "|" + "---|" * 10]
     for r in rows:
-        if r["suite"] in ("seams", "outpaint"):
+        if r["suite"] in ("seams", "outpaint", "demo"):
             cells = [
                 r["config"],
                 r["peer"],
                 "",
-                "",
+                r.get("ours", ""),
                 fmt(r.get("ratio"), ".2f", "x"),
                 "",
                 "",
@@ -206,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
         add(S.upscale_peer(args.quick, device, repeats))
     if "upscale-quality" in suites:
         add(S.upscale_quality(args.quick, device))
+    if "demo" in suites:
+        from .demo_quality import demo_rows
+
+        add(demo_rows(args.model if args.model not in ("reduced", "full") else None, args.quick))
 
     info["load_average_end"] = os.getloadavg()
     if ctx is not None:
