@@ -34,6 +34,7 @@ __all__ = [
     "image_horizon",
     "layout_horizon",
     "mask_colour",
+    "object_present",
     "parse_caption",
 ]
 
@@ -262,7 +263,8 @@ def parse_caption(caption: str) -> dict[str, Any]:
     return out
 
 
-def _object_present(kind: str, colour: str, found: dict[str, Any]) -> bool:
+def object_present(kind: str, colour: str, found: dict[str, Any]) -> bool:
+    """Whether an object of ``colour`` shows below the horizon (``found``: :func:`classify`'s result)."""
     counts = found["colours"]
     need = 24.0 if colour == "blue" else 12.0  # blue: only houses (bodies of 75+ px), never water's specks
     if colour == "green":  # a dark-green canopy, which a forest would swamp
@@ -285,7 +287,7 @@ def agreement(image: Image.Image | np.ndarray, caption: str) -> dict[str, bool]:
     if "hills" in want:
         out["hills"] = found["hills"]
     if "objects" in want:
-        out["objects"] = all(_object_present(k, c, found) for k, c in want["objects"])
+        out["objects"] = all(object_present(k, c, found) for k, c in want["objects"])
     return out
 
 
