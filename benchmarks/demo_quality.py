@@ -210,6 +210,8 @@ def figures(folder: str | Path, model: str = "demo", scale: int = 3) -> list[Pat
     mean, amp, wavelength = PANORAMA_WAVE
     labels = control_map(mean, 256, (amp, wavelength))
     control = layout_image(labels)
+    paths.append(folder / "demo-control-wave.png")  # the control map alone, for the command line
+    Image.fromarray(control).save(paths[-1])
     prompt = "a snowfield under a starry night sky"
     md_img = md.panorama(
         prompt, height=64, width=256, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(1),

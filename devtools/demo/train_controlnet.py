@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> Path:
     ema.to(torch.float16).save_pretrained(str(out), safe_serialization=True)
     ControlNetModel.from_pretrained(str(out))  # loads back
     record = {
-        "base_model": str(args.model),
+        "base_model": os.path.relpath(args.model),
         "config": {k: v for k, v in vars(args).items() if k not in ("output", "model")},
         "control": "class map of the scene layout (devtools.demo.scenes.render_layout / layout_image)",
         "conditioning_embedding_out_channels": list(CONDITIONING_CHANNELS),
