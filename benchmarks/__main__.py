@@ -27,6 +27,8 @@ SUITES = (
     "upscale-peer",
     "upscale-quality",
     "demo",
+    "demo-bootstrap",
+    "demo-controlnet",
 )
 DEFAULT_SUITES = SUITES[:8]
 """What runs without --suites: the speed suites; the demo-quality and upscale suites take long on a
@@ -207,10 +209,11 @@ def main(argv: list[str] | None = None) -> int:
         add(S.upscale_peer(args.quick, device, repeats))
     if "upscale-quality" in suites:
         add(S.upscale_quality(args.quick, device))
-    if "demo" in suites:
+    demo_parts = [part for part in ("bootstrap", "controlnet") if "demo" in suites or f"demo-{part}" in suites]
+    if demo_parts:
         from .demo_quality import demo_rows
 
-        add(demo_rows(args.model if args.model not in ("reduced", "full") else None, args.quick))
+        add(demo_rows(args.model if args.model not in ("reduced", "full") else None, args.quick, demo_parts))
 
     info["load_average_end"] = os.getloadavg()
     if ctx is not None:

@@ -160,11 +160,16 @@ def controlnet_rows(model: str = "demo", samples: int = 4, steps: int = STEPS) -
     return rows
 
 
-def demo_rows(model: str | None = None, quick: bool = False) -> list[dict]:
-    """Both parts; ``quick``: 4 samples and 10 steps (a smoke test, not the published figures)."""
+def demo_rows(
+    model: str | None = None, quick: bool = False, parts: tuple[str, ...] | list[str] = ("bootstrap", "controlnet")
+) -> list[dict]:
+    """The ``parts`` asked for (suites demo-bootstrap and demo-controlnet; demo: both) on ``model`` (a
+    pipeline folder; default the shipped demo); ``quick``: 4 samples and 10 steps (a smoke test, not
+    the published figures)."""
     model = model if model and Path(model).is_dir() else "demo"
     samples, steps, boot = (4, 10, 4) if quick else (SAMPLES, STEPS, BOOTSTRAP)
-    return bootstrap_rows(model, samples, steps, boot) + controlnet_rows(model, 2 if quick else 4, steps)
+    rows = bootstrap_rows(model, samples, steps, boot) if "bootstrap" in parts else []
+    return rows + (controlnet_rows(model, 2 if quick else 4, steps) if "controlnet" in parts else [])
 
 
 def _outline(image: np.ndarray, box: tuple[int, int, int, int], colour=(255, 255, 255)) -> np.ndarray:
