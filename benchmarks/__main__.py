@@ -28,6 +28,9 @@ SUITES = (
     "upscale-peer",
     "upscale-quality",
     "dit",
+    "demo",
+    "demo-bootstrap",
+    "demo-controlnet",
 )
 DEFAULT_SUITES = SUITES[:8]
 """What runs without --suites: the speed suites; the demo-quality and upscale suites take long on a
@@ -45,12 +48,12 @@ def table(rows: list[dict]) -> str:
     )
     lines = [head, "|" + "---|" * 10]
     for r in rows:
-        if r["suite"] in ("seams", "outpaint"):
+        if r["suite"] in ("seams", "outpaint", "demo"):
             cells = [
                 r["config"],
                 r["peer"],
                 "",
-                "",
+                r.get("ours", ""),
                 fmt(r.get("ratio"), ".2f", "x"),
                 "",
                 "",
@@ -213,6 +216,11 @@ def main(argv: list[str] | None = None) -> int:
 
         add(dit_rows(args.quick, device, steps, repeats))
         add(memory_rows(args.quick, device, steps))
+    demo_parts = [part for part in ("bootstrap", "controlnet") if "demo" in suites or f"demo-{part}" in suites]
+    if demo_parts:
+        from .demo_quality import demo_rows
+
+        add(demo_rows(args.model if args.model not in ("reduced", "full") else None, args.quick, demo_parts))
 
     info["load_average_end"] = os.getloadavg()
     if ctx is not None:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from devtools.demo.architecture import DEFAULT_MODEL_DIR
+from devtools.demo.captions import caption_scene
 from devtools.demo.checker import (
     agreement,
     agreement_score,
@@ -18,7 +19,15 @@ from devtools.demo.checker import (
     mask_colour,
     parse_caption,
 )
-from devtools.demo.scenes import VOCABULARY, Scene, SceneObject, generate, render_scene, sample_scene
+from devtools.demo.scenes import (
+    LAYOUT_CLASSES,
+    VOCABULARY,
+    Scene,
+    SceneObject,
+    generate,
+    render_scene,
+    sample_scene,
+)
 
 ATTRIBUTES = ("sky", "ground", "celestial", "mountains", "hills")
 
@@ -157,7 +166,8 @@ def pipe():
 
 def test_model_folder_loads_and_is_small(pipe) -> None:
     files = [p for p in Path(DEFAULT_MODEL_DIR).rglob("*") if p.is_file()]
-    assert sum(p.stat().st_size for p in files) <= 30 * 2**20
+    shipped = [p for p in Path(DEFAULT_MODEL_DIR).parent.rglob("*") if p.is_file()]  # with the ControlNet
+    assert sum(p.stat().st_size for p in shipped) <= 30 * 2**20
     weights = [p for p in files if p.suffix in {".safetensors", ".bin", ".pt", ".ckpt"}]
     assert weights and all(p.suffix == ".safetensors" for p in weights)
     assert pipe.safety_checker is None and pipe.feature_extractor is None
@@ -183,3 +193,51 @@ def test_text_encoder_tensors_have_the_hub_layout():
     with safe_open(str(DEFAULT_MODEL_DIR / "text_encoder" / "model.safetensors"), "pt") as f:
         keys = list(f.keys())
     assert keys and all(k.startswith("text_model.") for k in keys)
+
+
+def test_isolated_subjects_on_plain_colours() -> None:
+    """Single subjects on a plain backdrop, captioned by their phrase alone; landscapes unchanged
+    when the share is 0."""
+    from devtools.demo.scenes import render_layout, sample_isolated
+
+    rng = np.random.default_rng(5)
+    kinds = Counter()
+    for _ in range(60):
+        scene = sample_isolated(rng)
+        kinds[scene.isolated] += 1
+        image, labels = render_layout(scene)
+        caption = caption_scene(scene, rng)
+        want = parse_caption(caption)
+        if scene.isolated == "object":
+            assert want == {"objects": [(scene.objects[0].kind, scene.objects[0].colour)]}, caption
+            assert (labels == LAYOUT_CLASSES.index(scene.objects[0].kind)).sum() > 20
+        elif scene.isolated == "celestial":
+            assert want == {"celestial": scene.celestial}, caption
+        else:
+            assert list(want) == [scene.isolated], caption
+        backdrop = (image == np.asarray(scene.backdrop, np.uint8)).all(-1)
+        assert 0.02 < backdrop.mean() < 0.99  # the subject and its plain surround
+    assert set(kinds) == {"object", "celestial", "sky", "ground"}
+    a = generate(np.random.default_rng(3), 8)
+    b = generate(np.random.default_rng(3), 8, isolated_share=0.0)
+    assert a[1] == b[1] and np.array_equal(a[0], b[0])
+    _, _, scenes = generate(np.random.default_rng(3), 200, isolated_share=0.3)
+    assert 40 <= sum(bool(s.isolated) for s in scenes) <= 80
+
+
+def test_free_layout_and_its_class_map() -> None:
+    """The ControlNet's scenes: the horizon moves and waves; the class map marks it, and the checker
+    finds it in the rendered image to within a pixel."""
+    from devtools.demo.checker import horizon_error, layout_horizon
+    from devtools.demo.scenes import horizon_rows, layout_image, render_layout
+
+    rng = np.random.default_rng(0)
+    horizons = [sample_scene(rng, free_layout=True).horizon for _ in range(200)]
+    assert min(horizons) < 0.48 and max(horizons) > 0.75
+    scene = Scene("day", "meadow", horizon=0.5, wave=(0.1, 2.0, 0.0), free=True, seed=3)
+    image, labels = render_layout(scene, 64, 256)
+    assert labels.shape == (64, 256) and set(np.unique(labels)) == {0, LAYOUT_CLASSES.index("ground")}
+    assert np.abs(layout_horizon(labels) - np.ceil(horizon_rows(scene, 64, 256) - 0.5)).max() <= 1
+    assert layout_horizon(labels).max() - layout_horizon(labels).min() >= 10
+    assert horizon_error(image, labels) <= 1.0
+    assert layout_image(labels).shape == (64, 256, 3)

@@ -64,12 +64,12 @@ SKIP_OPTIONS = {
     "--prediction-type": "a checkpoint's prediction type (SD 2.x 768-v)",
     "--compile": "torch.compile takes minutes on a CPU",
     "--upscaler": "an upscaler model file (ESRGAN family, read by spandrel) is not shipped",
-    "--controlnet": "a ControlNet checkpoint: none is shipped yet (the demo ControlNet is issue 17)",
+    "--controlnet": "a ControlNet checkpoint other than the shipped demo one (--controlnet demo runs)",
 }
 # Options whose value makes the command skipped only when it is not one of these (a filter name).
-SKIP_UNLESS = {"--upscaler": ("lanczos", "bicubic", "bilinear", "nearest")}
+SKIP_UNLESS = {"--upscaler": ("lanczos", "bicubic", "bilinear", "nearest"), "--controlnet": ("demo",)}
 # Options whose value is an input file (resolved from the repository).
-INPUT_OPTIONS = ("--mask", "--segmentation", "--colors", "-i", "--image", "--scene")
+INPUT_OPTIONS = ("--mask", "--segmentation", "--colors", "-i", "--image", "--scene", "--control-image")
 SIDE_OPTIONS = ("--left", "--right", "--top", "--bottom")  # outpainting's added pixels
 
 

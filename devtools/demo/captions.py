@@ -4,6 +4,8 @@ Half of the captions describe the whole scene ("a red house in a green meadow be
 under a starry night sky with a full moon"), about a third a random part of it ("snowy mountains at
 night"), the rest a single part ("a desert", "a starry night sky"), so that region prompts naming one
 part of a scene are in-distribution. A caption never names something the image does not show.
+An isolated subject on a plain colour (``scenes.sample_isolated``) is captioned by its phrase alone
+("a red house", "a full moon", "a starry night sky", "a desert").
 """
 
 from __future__ import annotations
@@ -75,6 +77,10 @@ def _front(p: dict[str, str], rng: np.random.Generator) -> str | None:
 
 def caption_scene(scene: Scene, rng: np.random.Generator) -> str:
     """A caption for ``scene``, drawn from ``rng`` (see the module docstring for the mix)."""
+    if scene.isolated:  # one subject on a plain colour: its phrase alone
+        parts = _parts(scene, rng)
+        key = {"object": "objects", "celestial": "celestial"}.get(scene.isolated, scene.isolated)
+        return parts[key]
     p = _choose(_parts(scene, rng), rng)
     front = _front(p, rng)
     sky, body = p.get("sky"), p.get("celestial")

@@ -30,7 +30,11 @@ __all__ = [
     "classify",
     "colour_classes",
     "colour_fractions",
+    "horizon_error",
+    "image_horizon",
+    "layout_horizon",
     "mask_colour",
+    "object_present",
     "parse_caption",
 ]
 
@@ -259,7 +263,8 @@ def parse_caption(caption: str) -> dict[str, Any]:
     return out
 
 
-def _object_present(kind: str, colour: str, found: dict[str, Any]) -> bool:
+def object_present(kind: str, colour: str, found: dict[str, Any]) -> bool:
+    """Whether an object of ``colour`` shows below the horizon (``found``: :func:`classify`'s result)."""
     counts = found["colours"]
     need = 24.0 if colour == "blue" else 12.0  # blue: only houses (bodies of 75+ px), never water's specks
     if colour == "green":  # a dark-green canopy, which a forest would swamp
@@ -282,7 +287,7 @@ def agreement(image: Image.Image | np.ndarray, caption: str) -> dict[str, bool]:
     if "hills" in want:
         out["hills"] = found["hills"]
     if "objects" in want:
-        out["objects"] = all(_object_present(k, c, found) for k, c in want["objects"])
+        out["objects"] = all(object_present(k, c, found) for k, c in want["objects"])
     return out
 
 
@@ -290,3 +295,41 @@ def agreement_score(image: Image.Image | np.ndarray, caption: str) -> float:
     """Fraction of the caption's attributes that the image shows (1.0 when it mentions none)."""
     checks = agreement(image, caption)
     return sum(checks.values()) / len(checks) if checks else 1.0
+
+
+def image_horizon(image: Image.Image | np.ndarray, smooth: int = 2) -> np.ndarray:
+    """Per column, the first row below the horizon as the image shows it: the row after the
+    strongest vertical colour change (means of ``smooth`` rows above and below, columns averaged over
+    3), float (W,). Meant for scenes of a sky over a ground without mountains or hills, where that
+    change is the horizon."""
+    rgb = _as_array(image).astype(np.float32)
+    h = rgb.shape[0]
+    padded = np.pad(rgb, ((0, 0), (1, 1), (0, 0)), mode="edge")
+    rgb = (padded[:, :-2] + padded[:, 1:-1] + padded[:, 2:]) / 3
+    csum = np.concatenate([np.zeros_like(rgb[:1]), np.cumsum(rgb, 0)])
+    rows = np.arange(smooth, h - smooth + 1)  # boundary between rows r-1 and r
+    above = (csum[rows] - csum[rows - smooth]) / smooth
+    below = (csum[rows + smooth] - csum[rows]) / smooth
+    change = np.abs(below - above).sum(-1)  # (rows, W)
+    return rows[change.argmax(0)].astype(np.float32)
+
+
+def layout_horizon(labels: np.ndarray, sky_classes: tuple[int, ...] = (0, 1, 2)) -> np.ndarray:
+    """Per column, the first row of a layout map (``scenes.render_layout``'s class indices) below the
+    sky (classes sky, sun and moon), float (W,)."""
+    ground = ~np.isin(labels, sky_classes)
+    return np.where(ground.any(0), ground.argmax(0), labels.shape[0]).astype(np.float32)
+
+
+def horizon_error(image: Image.Image | np.ndarray, labels: np.ndarray) -> float:
+    """Mean absolute distance in pixels, per column, between the image's horizon
+    (:func:`image_horizon`) and the layout's (:func:`layout_horizon`); the image may be another size
+    of the same aspect ratio as ``labels`` (its rows are scaled to the layout's)."""
+    rgb = _as_array(image)
+    found = image_horizon(rgb)
+    lab = labels
+    if rgb.shape[:2] != labels.shape:
+        ys = (np.arange(rgb.shape[0]) * labels.shape[0] // rgb.shape[0]).clip(0, labels.shape[0] - 1)
+        xs = (np.arange(rgb.shape[1]) * labels.shape[1] // rgb.shape[1]).clip(0, labels.shape[1] - 1)
+        lab = labels[ys][:, xs]
+    return float(np.abs(found - layout_horizon(lab)).mean())

@@ -20,7 +20,7 @@ import torch
 
 from devtools.demo.architecture import DEFAULT_MODEL_DIR
 from devtools.demo.captions import caption_scene
-from devtools.demo.checker import agreement
+from devtools.demo.checker import agreement, classify, object_present, parse_caption
 from devtools.demo.scenes import sample_scene
 
 __all__ = ["SCHEDULERS", "evaluate", "load_pipeline", "sample_captions"]
@@ -67,6 +67,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Sample one image per caption and score it; returns agreement figures (and images if asked)."""
     agree, total = Counter(), Counter()
+    obj_agree, obj_total = Counter(), Counter()
     perfect = 0
     images: list[np.ndarray] = []
     gen = torch.Generator().manual_seed(seed)
@@ -81,6 +82,11 @@ def evaluate(
                 total[key] += 1
                 agree[key] += int(ok)
             perfect += int(all(checks.values()))
+            if "objects" in checks:  # each named object on its own: "green tree", "red house", ...
+                found = classify(arr)
+                for kind, colour in parse_caption(caption)["objects"]:
+                    obj_total[f"{colour} {kind}"] += 1
+                    obj_agree[f"{colour} {kind}"] += int(object_present(kind, colour, found))
             if keep_images:
                 images.append(arr)
     result: dict[str, Any] = {
@@ -92,6 +98,7 @@ def evaluate(
         "overall": sum(agree.values()) / max(1, sum(total.values())),
         "all_attributes_correct": perfect / max(1, len(captions)),
         "per_attribute": {k: {"agree": agree[k] / total[k], "checked": total[k]} for k in sorted(total)},
+        "per_object": {k: {"agree": obj_agree[k] / obj_total[k], "checked": obj_total[k]} for k in sorted(obj_total)},
         "seconds": round(time.time() - t0, 1),
     }
     if keep_images:

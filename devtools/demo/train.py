@@ -301,15 +301,20 @@ def train_denoiser(
     empty_ids: torch.Tensor,
     resume: dict[str, Any] | None,
     vae_state: dict[str, Any],
+    init: tuple[torch.nn.Module, torch.nn.Module] | None = None,
 ) -> tuple[torch.nn.Module, torch.nn.Module, list[float], dict[str, Any]]:
     """Phase 3: UNet + text encoder on (scaled) latents.
 
     Returns the EMA copies, the loss curve and the end-of-phase training state (what later
     checkpoints carry). ``vae_state`` (the frozen VAE) goes into checkpoints so that a resumed run
-    encodes and decodes the same way.
+    encodes and decodes the same way. ``init`` (a UNet and text encoder) starts from those weights
+    instead of random ones: fine-tuning (``devtools.demo.finetune``).
     """
     torch.manual_seed(cfg.seed + 2)
     unet, text = build_unet(), build_text_encoder()
+    if init is not None:
+        unet.load_state_dict(init[0].state_dict())
+        text.load_state_dict(init[1].state_dict())
     ema_unet, ema_text = build_unet(), build_text_encoder()
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)

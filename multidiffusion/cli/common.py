@@ -159,8 +159,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         "--controlnet",
         action="append",
         metavar="MODEL",
-        help="a ControlNet: a diffusers folder, a repo id or a .safetensors file (pickles only with --allow-pickle); "
-        "repeat for several, each with its --control-image. Not stored in the PNG: give it again with --from",
+        help="a ControlNet: demo (the demo model's, offline), a diffusers folder, a repo id or a .safetensors file "
+        "(pickles only with --allow-pickle); repeat for several, each with its --control-image. Not stored in the "
+        "PNG: give it again with --from",
     )
     g.add_argument(
         "--lora",

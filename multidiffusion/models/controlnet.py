@@ -3,7 +3,9 @@ first, the hub within ``HUB_TIMEOUT_S``), a single ``.safetensors`` file (pickle
 allowed), an already loaded ``ControlNetModel``, or a list of those for several ControlNets. A
 folder or repo whose config names ``ControlNetUnionModel`` loads as one (ControlNet-Union SDXL),
 ``FluxControlNetModel`` or ``SD3ControlNetModel`` as those (FLUX.1, SD 3 / 3.5). Each is checked
-against the model by its adapter (:meth:`~multidiffusion.engine.adapter.ModelAdapter.adopt_controlnet`)."""
+against the model by its adapter (:meth:`~multidiffusion.engine.adapter.ModelAdapter.adopt_controlnet`).
+``"demo"`` is the demo model's ControlNet, shipped in ``multidiffusion/demo/controlnet`` (its control
+image is a scene's class map: ``devtools.demo.scenes.layout_image``)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import torch
 from multidiffusion.models.files import ModelNotFoundError, is_pickle_path
 
 __all__ = [
+    "DEMO_CONTROLNET_DIR",
     "check_controlnet",
     "check_controlnet_class",
     "check_controlnet_source",
@@ -25,7 +28,20 @@ __all__ = [
     "load_controlnets",
 ]
 
-_KINDS = "a ControlNet folder, a Hugging Face repo id, a .safetensors file or a ControlNetModel"
+_KINDS = "'demo', a ControlNet folder, a Hugging Face repo id, a .safetensors file or a ControlNetModel"
+DEMO_CONTROLNET_DIR = Path(__file__).parents[1] / "demo" / "controlnet"
+
+
+def _resolve(spec: str | os.PathLike) -> str | os.PathLike:
+    """``"demo"`` -> the shipped demo ControlNet's folder (which must be there); anything else as given."""
+    if isinstance(spec, str) and spec == "demo":
+        if not (DEMO_CONTROLNET_DIR / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"the demo ControlNet's weights are missing from {DEMO_CONTROLNET_DIR}; reinstall multidiffusion "
+                "or train them with `python -m devtools.demo.train_controlnet`"
+            )
+        return DEMO_CONTROLNET_DIR
+    return spec
 
 
 CONTROLNET_FAMILIES = {
@@ -97,6 +113,7 @@ def check_controlnet_source(spec: str | os.PathLike, allow_pickle: bool = False,
     """The checks :func:`load_controlnet` makes on a file or folder before loading anything (that it
     exists, is a ControlNet folder or a .safetensors file, and no pickle unless allowed); a repo id
     passes. For shells that check their input before minutes of loading."""
+    spec = _resolve(spec)
     path = Path(spec).expanduser()
     if path.is_file():
         if is_pickle_path(path) and not allow_pickle:
@@ -128,6 +145,7 @@ def load_controlnet(
     if not isinstance(spec, (str, os.PathLike)):
         raise ValueError(f"{name} must be {_KINDS}, got {type(spec).__name__}")
     kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+    spec = _resolve(spec)
     check_controlnet_source(spec, allow_pickle, name)
     path = Path(spec).expanduser()
     if path.is_file():
