@@ -6,6 +6,7 @@ Kept apart from the test module so that spawned processes import only this (and 
 
 from __future__ import annotations
 
+import json
 import os
 import traceback
 from datetime import timedelta
@@ -133,8 +134,33 @@ def _attempt(path: Path, md: Any, seed: int) -> None:
         path.write_text(f"{type(exc).__name__}: {exc}")
 
 
+def batch(rank: int, folder: Path, model: str) -> None:
+    """``multidiffusion batch`` in the group: each rank makes its share of the images; rank 0 reports."""
+    import contextlib
+    import io
+
+    from multidiffusion.cli import main as cli
+
+    lines = [
+        {"task": "panorama", "prompt": p, "height": 128, "width": 256, "num_inference_steps": 2, "seed": k,
+         "output": f"batch-{k}.png"}
+        for k, p in enumerate(["hills", "a lake", "a forest"])
+    ]  # fmt: skip
+    jobs = folder / "jobs.jsonl"
+    if rank == 0:
+        jobs.write_text("\n".join(json.dumps(line) for line in lines))
+    torch.distributed.barrier()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            code = cli(["batch", str(jobs), "--model", model, "-q"])
+        except SystemExit as exc:
+            code = exc.code
+    (folder / f"batch-{rank}.txt").write_text(f"{code}\n{out.getvalue()}")
+
+
 def main(rank: int, world: int, port: int, folder: str, model: str) -> None:
-    """Run every case in one process group, then a rank failure, then a rank that dies."""
+    """Run every case in one process group, a batch, then a rank failure, then a rank that dies."""
     torch.set_num_threads(1)
     out = Path(folder)
     try:
@@ -145,6 +171,7 @@ def main(rank: int, world: int, port: int, folder: str, model: str) -> None:
         results = {name: call() for name, call in cases(md).items()}
         if rank == 0:
             torch.save(results, out / "results.pt")
+        batch(rank, out, model)
         # a rank whose model call fails: every rank stops with an error that names it
         original = _break_unet(md, 2, _out_of_memory) if rank == 1 else None
         _attempt(out / f"failure-{rank}.txt", md, seed=5)

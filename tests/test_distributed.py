@@ -97,6 +97,14 @@ def test_two_processes_give_the_single_process_result(two_ranks, single, case):
     assert stats.vae_bytes > 0  # the VAE's tiles were split too
 
 
+def test_a_batch_shares_its_images_among_the_ranks(two_ranks):
+    codes = [(two_ranks.folder / f"batch-{r}.txt").read_text() for r in range(WORLD)]
+    assert all(text.startswith("0\n") for text in codes)
+    assert "batch: 3 written, 0 skipped (output exists), 0 failed, of 3 items" in codes[0]
+    assert "batch:" not in codes[1]  # rank 0 reports
+    assert sorted(p.name for p in two_ranks.folder.glob("batch-*.png")) == [f"batch-{k}.png" for k in range(3)]
+
+
 def test_a_failing_rank_stops_every_rank_with_its_error(two_ranks):
     for r in range(WORLD):
         text = (two_ranks.folder / f"failure-{r}.txt").read_text()

@@ -16,12 +16,12 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from multidiffusion.cli import img2img, inpaint, outpaint, panorama, regions, serve, upscale
+from multidiffusion.cli import batch, img2img, inpaint, outpaint, panorama, regions, serve, upscale
 from multidiffusion.cli.common import EXIT_USAGE, Parser, fail
 
 __all__ = ["build_parser", "main"]
 
-VERBS = [panorama, regions, img2img, upscale, inpaint, outpaint, serve]
+VERBS = [panorama, regions, img2img, upscale, inpaint, outpaint, batch, serve]
 
 
 def build_parser() -> Parser:
