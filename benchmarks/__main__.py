@@ -26,6 +26,7 @@ SUITES = (
     "upscale-memory",
     "upscale-peer",
     "upscale-quality",
+    "distributed",
 )
 DEFAULT_SUITES = SUITES[:8]
 """What runs without --suites: the speed suites; the demo-quality and upscale suites take long on a
@@ -43,7 +44,11 @@ def table(rows: list[dict]) -> str:
     )
     lines = [head, "|" + "---|" * 10]
     for r in rows:
-        if r["suite"] in ("seams", "outpaint"):
+        if r["suite"] in ("distributed", "distributed-model"):
+            sec = r.get("seconds") or {}
+            cells = [r["config"], r["peer"], fmt(sec.get("peer"), ".2f", " s"), fmt(sec.get("ours"), ".2f", " s")]
+            cells += [fmt(r.get("ratio"), ".2f", "x"), "", "", "", "", r.get("notes", "")]
+        elif r["suite"] in ("seams", "outpaint"):
             cells = [
                 r["config"],
                 r["peer"],
@@ -206,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         add(S.upscale_peer(args.quick, device, repeats))
     if "upscale-quality" in suites:
         add(S.upscale_quality(args.quick, device))
+    if "distributed" in suites:
+        from .distributed_bench import distributed_rows
+
+        add(distributed_rows(args.quick, steps, repeats))
 
     info["load_average_end"] = os.getloadavg()
     if ctx is not None:
