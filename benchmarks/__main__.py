@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 SUITES = (
@@ -27,6 +28,7 @@ SUITES = (
     "upscale-peer",
     "upscale-quality",
     "distributed",
+    "gpu",
 )
 DEFAULT_SUITES = SUITES[:8]
 """What runs without --suites: the speed suites; the demo-quality and upscale suites take long on a
@@ -151,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(suites) - set(SUITES))
     if unknown:
         p.error(f"--suites: unknown {', '.join(unknown)}; choose from {', '.join(SUITES)}")
+    if "gpu" in suites and not torch.cuda.is_available():
+        from .gpu_suite import no_cuda_message
+
+        print(f"error: {no_cuda_message()}", file=sys.stderr)
+        return 2
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"
     args.model = args.model or ("full" if cuda else "reduced")
@@ -211,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         add(S.upscale_peer(args.quick, device, repeats))
     if "upscale-quality" in suites:
         add(S.upscale_quality(args.quick, device))
+    if "gpu" in suites:
+        from .gpu_suite import gpu_rows
+
+        rows += gpu_rows(device=device, report=lambda new: print(table(new), flush=True))
     if "distributed" in suites:
         from .distributed_bench import distributed_rows
 

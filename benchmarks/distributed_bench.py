@@ -44,7 +44,15 @@ CPU = torch.device("cpu")
 VAE_DIVISOR = 16
 """The decode's VAE: SD's architecture at 1/16 width (random weights)."""
 
-__all__ = ["GPU_MODELS", "LINKS", "distributed_rows", "model_rows", "step_speedup"]
+__all__ = [
+    "GPU_MODELS",
+    "LINKS",
+    "distributed_rows",
+    "free_port",
+    "model_rows",
+    "numerator_bytes",
+    "step_speedup",
+]
 
 GPU_MODELS = {
     # name: (canvas in pixels (h, w), latent factor, window latents, views exact / fast, t_view seconds)
@@ -74,7 +82,7 @@ def numerator_bytes(height: int, width: int, factor: int = 8, channels: int = 4,
     return images * channels * (height // factor) * (width // factor) * 8
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -151,7 +159,7 @@ def _worker(rank: int, world: int, port: int, folder: str, width: int, steps: in
 def _two_processes(width: int, steps: int, repeats: int) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as folder:
-        port = _free_port()
+        port = free_port()
         procs = [context.Process(target=_worker, args=(r, 2, port, folder, width, steps, repeats)) for r in range(2)]
         for p in procs:
             p.start()
