@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 SUITES = (
@@ -31,6 +32,8 @@ SUITES = (
     "demo",
     "demo-bootstrap",
     "demo-controlnet",
+    "distributed",
+    "gpu",
 )
 DEFAULT_SUITES = SUITES[:8]
 """What runs without --suites: the speed suites; the demo-quality and upscale suites take long on a
@@ -48,7 +51,11 @@ def table(rows: list[dict]) -> str:
     )
     lines = [head, "|" + "---|" * 10]
     for r in rows:
-        if r["suite"] in ("seams", "outpaint", "demo"):
+        if r["suite"] in ("distributed", "distributed-model"):
+            sec = r.get("seconds") or {}
+            cells = [r["config"], r["peer"], fmt(sec.get("peer"), ".2f", " s"), fmt(sec.get("ours"), ".2f", " s")]
+            cells += [fmt(r.get("ratio"), ".2f", "x"), "", "", "", "", r.get("notes", "")]
+        elif r["suite"] in ("seams", "outpaint", "demo"):
             cells = [
                 r["config"],
                 r["peer"],
@@ -151,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(suites) - set(SUITES))
     if unknown:
         p.error(f"--suites: unknown {', '.join(unknown)}; choose from {', '.join(SUITES)}")
+    if "gpu" in suites and not torch.cuda.is_available():
+        from .gpu_suite import no_cuda_message
+
+        print(f"error: {no_cuda_message()}", file=sys.stderr)
+        return 2
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"
     args.model = args.model or ("full" if cuda else "reduced")
@@ -221,6 +233,14 @@ def main(argv: list[str] | None = None) -> int:
         from .demo_quality import demo_rows
 
         add(demo_rows(args.model if args.model not in ("reduced", "full") else None, args.quick, demo_parts))
+    if "gpu" in suites:
+        from .gpu_suite import gpu_rows
+
+        rows += gpu_rows(device=device, report=lambda new: print(table(new), flush=True))
+    if "distributed" in suites:
+        from .distributed_bench import distributed_rows
+
+        add(distributed_rows(args.quick, steps, repeats))
 
     info["load_average_end"] = os.getloadavg()
     if ctx is not None:

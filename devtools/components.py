@@ -18,6 +18,7 @@ __all__ = [
     "char_tokenizer",
     "sd_shaped_pipeline",
     "sd_shaped_vae",
+    "sdxl_shaped_pipeline",
     "tiny_sd_inpaint_pipeline",
     "tiny_sd_pipeline",
     "tiny_sdxl_inpaint_pipeline",
@@ -107,10 +108,11 @@ SD2_HEADS = (5, 10, 20, 20)
 SD2_VAE_CHANNELS = (128, 256, 512, 512)
 
 
-def sd_shaped_vae(divisor: int = 4, seed: int = 0) -> Any:
+def sd_shaped_vae(divisor: int = 4, seed: int = 0, sample_size: int = 512, scaling_factor: float = 0.18215) -> Any:
     """An ``AutoencoderKL`` with Stable Diffusion's architecture (four blocks of two layers, channels
     (128, 256, 512, 512), mid-block attention, 32 GroupNorm groups, native 512 px) at ``1/divisor`` of
-    its width, random weights. ``divisor=1`` is the real size."""
+    its width, random weights. ``divisor=1`` is the real size; SDXL's VAE is the same architecture
+    (``sample_size=1024, scaling_factor=0.13025``)."""
     from diffusers import AutoencoderKL
 
     channels = [c // divisor for c in SD2_VAE_CHANNELS]
@@ -124,48 +126,115 @@ def sd_shaped_vae(divisor: int = 4, seed: int = 0) -> Any:
         latent_channels=4,
         layers_per_block=2,
         norm_num_groups=min(32, channels[0]),
-        sample_size=512,
-        scaling_factor=0.18215,
+        sample_size=sample_size,
+        scaling_factor=scaling_factor,
     ).eval()
 
 
 def sd_shaped_pipeline(
-    divisor: int = 10, vae_divisor: int = 4, seed: int = 0, dtype: torch.dtype = torch.float32
+    divisor: int = 10,
+    vae_divisor: int = 4,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
 ) -> Any:
     """A random-weight ``StableDiffusionPipeline`` shaped like Stable Diffusion 2-base: UNet with four
     levels of two layers (cross-attention in the first three, linear projections), native 64x64
     latents, 77-token prompts, a VAE that down-samples by 8; every width is ``1/divisor`` of SD's
-    (``divisor=1``: the real architecture, 865M UNet parameters). Used by the benchmarks: model
-    calls, coverage and time ratios carry over to the real model, absolute times don't."""
+    (``divisor=1``: the real architecture, 865M UNet parameters; the text encoder has 2 layers of its
+    width). Used by the benchmarks: model calls, coverage and time ratios carry over to the real
+    model, absolute times don't. ``device``: where the weights are made (a GPU makes them fastest)."""
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
     tokenizer = char_tokenizer(max_length=77)
     hidden = max(32, 1024 // divisor // 32 * 32)
     channels = [c // divisor for c in SD2_UNET_CHANNELS]
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=channels,
-        layers_per_block=2,
-        sample_size=64,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-        up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-        cross_attention_dim=hidden,
-        attention_head_dim=[max(1, h // divisor) for h in SD2_HEADS],
-        use_linear_projection=True,
-        norm_num_groups=min(32, channels[0]),
-    ).eval()
-    pipe = StableDiffusionPipeline(
-        unet=unet,
-        vae=sd_shaped_vae(vae_divisor, seed),
-        text_encoder=_text_encoder(tokenizer, hidden=hidden, seed=seed),
-        tokenizer=tokenizer,
-        scheduler=_ddim(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    with torch.device(device or "cpu"):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            block_out_channels=channels,
+            layers_per_block=2,
+            sample_size=64,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+            up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+            cross_attention_dim=hidden,
+            attention_head_dim=[max(1, h // divisor) for h in SD2_HEADS],
+            use_linear_projection=True,
+            norm_num_groups=min(32, channels[0]),
+        ).eval()
+        pipe = StableDiffusionPipeline(
+            unet=unet,
+            vae=sd_shaped_vae(vae_divisor, seed),
+            text_encoder=_text_encoder(tokenizer, hidden=hidden, seed=seed),
+            tokenizer=tokenizer,
+            scheduler=_ddim(),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+
+
+# SDXL 1.0 base, as in its config.json
+SDXL_UNET_CHANNELS = (320, 640, 1280)
+SDXL_HEADS = (5, 10, 20)
+SDXL_TRANSFORMER_LAYERS = (1, 2, 10)
+
+
+def sdxl_shaped_pipeline(
+    divisor: int = 1,
+    vae_divisor: int = 1,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Any:
+    """A random-weight ``StableDiffusionXLPipeline`` shaped like SDXL 1.0 base at ``1/divisor`` of its
+    width (``divisor=1``: the real UNet, 2.6B parameters: three levels, (1, 2, 10) transformer layers,
+    cross-attention 2048 from two text encoders of widths 768 and 1280, "text_time" embeddings; native
+    128x128 latents), the VAE at ``1/vae_divisor``. The text encoders have their widths but 2 layers
+    each (prompts are encoded once per call: they don't weigh in a panorama's time). DDIM, as the
+    paper. ``device``: where the weights are made (a GPU makes them fastest)."""
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+
+    tokenizer, tokenizer_2 = char_tokenizer(max_length=77), char_tokenizer(max_length=77)
+    widths = (max(32, 768 // divisor // 32 * 32), max(64, 1280 // divisor // 32 * 32))
+    channels = [c // divisor for c in SDXL_UNET_CHANNELS]
+    time_dim = max(8, 256 // divisor)
+    with torch.device(device or "cpu"):
+        text_encoder = _text_encoder(tokenizer, hidden=widths[0], seed=seed)
+        text_encoder_2 = _text_encoder(tokenizer_2, hidden=widths[1], projection=widths[1], seed=seed + 1)
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            block_out_channels=channels,
+            layers_per_block=2,
+            sample_size=128,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=[max(1, h // divisor) for h in SDXL_HEADS],
+            transformer_layers_per_block=SDXL_TRANSFORMER_LAYERS,
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=time_dim,
+            projection_class_embeddings_input_dim=6 * time_dim + widths[1],
+            cross_attention_dim=sum(widths),
+            norm_num_groups=min(32, channels[0]),
+        ).eval()
+        vae = sd_shaped_vae(vae_divisor, seed, sample_size=1024, scaling_factor=0.13025)
+        pipe = StableDiffusionXLPipeline(
+            unet=unet,
+            vae=vae,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer_2,
+            scheduler=_ddim(),
+            add_watermarker=False,
+        )
     pipe.set_progress_bar_config(disable=True)
     return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
 

@@ -2,7 +2,9 @@
 
 The command line and the web app both call :func:`run_and_save`, so a seed is resolved, a run is
 timed, files are written (whole or not at all, never for a cancelled run) and a result is
-summarised in one place.
+summarised in one place. When the views are sharded across processes
+(:mod:`multidiffusion.engine.distributed`), every process draws rank 0's random seed and only rank 0
+writes the files.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from multidiffusion.engine import distributed
+from multidiffusion.metadata import check_output_path, numbered_paths
 from multidiffusion.options import SamplingOptions, random_seed
 from multidiffusion.output import MultiDiffusionOutput
 
@@ -53,7 +57,8 @@ def run_and_save(
     if options.output_type != "pil":
         raise ValueError(f"output_type must be 'pil' to save PNGs, got {options.output_type!r}")
     if options.seed is None:
-        options.seed = random_seed()
+        shard = distributed.active()
+        options.seed = random_seed() if shard is None else shard.agree(random_seed(), "the random seed")
     options = options.with_defaults(*md.adapter.sampling_defaults)  # the steps the progress counts
     callback = None
     if on_step is not None:
@@ -64,5 +69,8 @@ def run_and_save(
             return {}
 
     out = md.generate(options, callback_on_step_end=callback, should_stop=should_stop, **context)
-    paths = out.save(path, **(extra or {}))
+    if distributed.is_writer():
+        paths = out.save(path, **(extra or {}))
+    else:  # rank 0 of a sharded run writes them
+        paths = numbered_paths(check_output_path(path), len(out.images))
     return SavedRun(out, paths, options.seed)

@@ -54,6 +54,8 @@ SD_LATENT_SCALE = 4  # SD's native latent window (64) against the demo's (16)
 # Verbs not run, and why.
 SKIP_VERBS = {
     "serve": "starts the web app's server and blocks until stopped (the app has its own tests)",
+    "batch": "its settings are in the items of a file, which flags can't shrink to the demo's scale; "
+    "tests/test_batch.py runs it and checks the shipped examples/batch/jobs.jsonl",
 }
 # Options that need what the demo is not (a real checkpoint of another family) or take minutes on a CPU.
 SKIP_OPTIONS = {

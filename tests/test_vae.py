@@ -83,12 +83,12 @@ def test_uint8_decode_matches_the_float_decode_and_works_in_bands(sd16, monkeypa
     bands = []
     original = tiling.run_tiled
 
-    def spy(fn, x, canvas, tile, overlap, in_scale, out_scale, write, norms=None):
+    def spy(fn, x, canvas, tile, overlap, in_scale, out_scale, write, norms=None, share=None):
         def record(row, rows):
             bands.append(rows.shape[-2])
             write(row, rows)
 
-        return original(fn, x, canvas, tile, overlap, in_scale, out_scale, record, norms)
+        return original(fn, x, canvas, tile, overlap, in_scale, out_scale, record, norms, share)
 
     monkeypatch.setattr("multidiffusion.vae.codec.run_tiled", spy)
     z = smooth_latents(40, 24, seed=2)

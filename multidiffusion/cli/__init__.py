@@ -2,20 +2,26 @@
 
 Each verb lives in its own module with ``register(subparsers)``; bad input prints one line
 ``error: ...`` and exits with status 2, and nothing is written.
+
+Under ``torchrun --nproc-per-node N -m multidiffusion VERB ...`` the processes join one process
+group (:func:`multidiffusion.engine.distributed.init`: NCCL on GPUs, gloo otherwise) and every
+verb's views are sharded across them; rank 0 shows progress and writes the files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
-from multidiffusion.cli import img2img, inpaint, outpaint, panorama, regions, serve, upscale
+from multidiffusion.cli import batch, img2img, inpaint, outpaint, panorama, regions, serve, upscale
 from multidiffusion.cli.common import EXIT_USAGE, Parser, fail
 
 __all__ = ["build_parser", "main"]
 
-VERBS = [panorama, regions, img2img, upscale, inpaint, outpaint, serve]
+VERBS = [panorama, regions, img2img, upscale, inpaint, outpaint, batch, serve]
 
 
 def build_parser() -> Parser:
@@ -31,6 +37,25 @@ def build_parser() -> Parser:
     return parser
 
 
+@contextlib.contextmanager
+def _process_group(args: Any) -> Iterator[None]:
+    """Under torchrun (``WORLD_SIZE`` > 1), the process group of the run, left when it ends."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2 or args.command == "serve":
+        yield
+        return
+    import torch.distributed as dist
+
+    from multidiffusion.engine import distributed
+
+    made = not dist.is_initialized()
+    distributed.init(getattr(args, "device", None))
+    try:
+        yield
+    finally:
+        if made and dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``multidiffusion`` command."""
     from diffusers.utils import logging as diffusers_logging
@@ -44,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        args.run(args)
+        with _process_group(args):
+            args.run(args)
     except ValueError as exc:  # bad input, named by the library
         fail(str(exc))
     except KeyboardInterrupt:

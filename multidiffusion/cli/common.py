@@ -451,6 +451,10 @@ def load_model(
 
 
 def report(saved: Any, extra: Sequence[Path] = ()) -> None:
-    """The one line a verb prints when it is done."""
+    """The one line a verb prints when it is done (by rank 0 alone when processes share the run)."""
+    from multidiffusion.engine.distributed import is_writer
+
+    if not is_writer():
+        return
     written = [str(p) for p in [*saved.paths, *extra]]
     print(f"wrote {', '.join(written)} ({saved.summary})")

@@ -13,16 +13,23 @@ scheduler's x_{t-1}: the fused prediction is handed to the scheduler once per st
 canvas. For DDIM (η = 0) the step is affine in (x_t, ε) with coefficients shared by all views, so
 this equals the paper's per-view averaging exactly; for ancestral and multistep schedulers it is the
 correct generalisation (one noise draw and one history for the canvas).
+
+The numerator is a sum over jobs, so several processes can each add their share of the jobs and sum
+the partial numerators (:mod:`~multidiffusion.engine.distributed`). It accumulates in float64 (float32
+on devices without it), so the order of the additions, which the number of processes changes, is
+lost when the sum is rounded: the result does not depend on how the jobs were shared.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from multidiffusion.engine import distributed
 from multidiffusion.engine.views import View, crop_batch, paste_add
 
 __all__ = ["Denoiser", "FusionPlan", "InputComposer", "Job", "fused_prediction"]
@@ -86,11 +93,11 @@ class FusionPlan:
             for job in self.jobs
         ]
 
-    def batches(self, batch_size: int | None) -> Iterator[list[Job]]:
-        """Jobs in groups of at most ``batch_size`` (None: all), each group with one view size and
-        one job group."""
+    def batches(self, batch_size: int | None, jobs: Sequence[Job] | None = None) -> Iterator[list[Job]]:
+        """Jobs (``jobs``, a share of the plan's, or all of them) in groups of at most ``batch_size``
+        (None: all), each group with one view size and one job group."""
         by_size: dict[tuple[tuple[int, int], Any], list[Job]] = {}
-        for job in self.jobs:
+        for job in self.jobs if jobs is None else jobs:
             by_size.setdefault((job.view.size, job.group), []).append(job)
         for group in by_size.values():
             step = batch_size or len(group)
@@ -115,16 +122,26 @@ def fused_prediction(
     """Eq. 5 on model outputs: Σ_i F_i⁻¹(W_i ⊙ Φ(F_i(x))) / Σ_i F_i⁻¹(W_i), for a canvas batch x.
 
     ``x`` is the scheduler-scaled canvas (B, C, H, W). Jobs run through ``denoise`` in groups of
-    ``batch_size`` views (each view carries all B images). The numerator accumulates in float32.
+    ``batch_size`` views (each view carries all B images). The numerator accumulates in float64
+    (float32 on MPS). In a sharded run (:func:`~multidiffusion.engine.distributed.active`) this
+    process evaluates its share of the jobs and the partial numerators are summed over the processes;
+    the denominator is the plan's, from all the jobs.
     """
     n = x.shape[0]
-    num = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-    for group in plan.batches(batch_size):
-        crops = crop_batch(x, [job.view for job in group])
-        if compose is not None:
-            crops = compose(crops, group)
-        out = denoise(crops, t, group)
-        for i, job in enumerate(group):
-            o = out[i * n : (i + 1) * n]
-            paste_add(num, job.view, o if job.weight is None else o * job.weight)
+    shard = distributed.active()
+    num = torch.zeros(x.shape, dtype=_accumulation_dtype(x.device), device=x.device)
+    jobs = shard.jobs(plan) if shard is not None else None
+    with shard.summed(num, "the Eq. 5 numerator") if shard is not None else contextlib.nullcontext():
+        for group in plan.batches(batch_size, jobs):
+            crops = crop_batch(x, [job.view for job in group])
+            if compose is not None:
+                crops = compose(crops, group)
+            out = denoise(crops, t, group)
+            for i, job in enumerate(group):
+                o = out[i * n : (i + 1) * n]
+                paste_add(num, job.view, o if job.weight is None else o * job.weight)
     return (num / plan.normalizer).to(x.dtype)
+
+
+def _accumulation_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64

@@ -20,12 +20,14 @@ import torch
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
+from multidiffusion.engine import distributed
 from multidiffusion.engine.adapter import Conditioning
 from multidiffusion.engine.control import build_controls
 from multidiffusion.engine.loras import LoraSwitch
 from multidiffusion.engine.sampler import GuidedModel, SamplingStats, sample
 from multidiffusion.engine.schedulers import FLOW_SCHEDULERS, SCHEDULERS, make_scheduler, scheduler_name
 from multidiffusion.engine.task import Start, Task
+from multidiffusion.options import random_seed
 from multidiffusion.output import MultiDiffusionOutput
 from multidiffusion.vae.codec import decode_latents, decode_to_uint8
 from multidiffusion.version import __version__
@@ -77,8 +79,11 @@ def run(
     """
     started = time.perf_counter()
     adapter, options = task.adapter, task.options
+    shard = distributed.active()  # views sharded across processes, or None
     if generator is None and latents is None and options.seed is not None:
         generator = torch.Generator("cpu").manual_seed(options.seed)
+    elif generator is None and latents is None and shard is not None:  # every rank must draw the same noise
+        generator = torch.Generator("cpu").manual_seed(shard.agree(random_seed(), "the random seed"))
     slots = task.prompt_slots()
     batch = len(slots.prompts[0]) * options.num_images_per_prompt
     _check_generator(generator, batch)
@@ -94,8 +99,11 @@ def run(
     _check_cost(task, plan_for_step, batch, len(timesteps))  # every timestep is one model evaluation
 
     h, w = task.latent_size
-    task.prepare(generator, batch, settings.decode)  # e.g. the encoder's sample, drawn before the noise
+    vae_tiling = {**settings.decode, "share": shard}  # a sharded run splits the VAE's tiles too
+    task.prepare(generator, batch, vae_tiling)  # e.g. the encoder's sample, drawn before the noise
     noise = _initial_noise(adapter, (batch, adapter.latent_channels, h, w), generator, latents)
+    if shard is not None:
+        shard.check_same("a sharded run", _call_fingerprint(task, slots, noise, len(timesteps), plan_for_step(0)))
     cond, guidance = adapter.condition(slots, options.num_images_per_prompt)
     if not options.guess_mode:  # in guess mode the unconditional branch differs: it gets no ControlNet
         cond = _without_idle_guidance(cond)
@@ -117,6 +125,8 @@ def run(
     start = Start(noise, sched, generator, timesteps, model, plan_for_step, batch_size)
     composer = task.composer(start)
     callback = _step_callback(callback_on_step_end, pipeline, should_stop, task.after_step(start))
+    reduced = shard.bytes_all_reduced if shard is not None else 0
+    progress = settings.progress if distributed.is_writer() else {**settings.progress, "disable": True}
     with model.attached():
         x = sample(
             model,
@@ -129,7 +139,7 @@ def run(
             generator=generator,
             eta=options.eta,
             callback=callback,
-            progress=settings.progress,
+            progress=progress,
         )
     params = {
         "mode": task.name,
@@ -150,9 +160,40 @@ def run(
         stats.controlnet_calls = controls.calls
     if loras is not None:
         stats.lora_switches, stats.lora_seconds = loras.switches, loras.seconds
-    images = _postprocess(adapter, x, options.output_type, task.circular, settings.decode)
+    if shard is not None:
+        stats.bytes_all_reduced = shard.bytes_all_reduced - reduced
+        exchanged = shard.bytes_all_reduced + shard.bytes_broadcast
+    images = _postprocess(adapter, x, options.output_type, task.circular, vae_tiling)
+    if shard is not None:
+        stats.vae_bytes = shard.bytes_all_reduced + shard.bytes_broadcast - exchanged
+        _sum_counts(stats, shard)
     stats.seconds = time.perf_counter() - started
     return MultiDiffusionOutput(images, params, stats)
+
+
+def _call_fingerprint(task: Task, slots: Any, noise: torch.Tensor, steps: int, plan: Any) -> dict[str, int]:
+    """What every rank of a sharded run must agree on, as integers (:meth:`Shard.check_same`)."""
+    return {
+        "the task": distributed.fingerprint(task.name),
+        "the canvas": distributed.fingerprint(task.latent_size),
+        "the prompts": distributed.fingerprint((slots.prompts, slots.negatives, slots.guidance)),
+        "the number of steps": steps,
+        "the jobs of the first step": len(plan.jobs),
+        "the initial noise (seed)": distributed.fingerprint(noise),
+    }
+
+
+def _sum_counts(stats: SamplingStats, shard: Any) -> None:
+    """The run's counts summed over the ranks (each counted its own share), each rank's latent pixels kept."""
+    names = ("model_calls", "jobs", "evaluations", "latent_pixels", "controlnet_calls")
+    counts = torch.zeros(len(names) + shard.world, dtype=torch.int64)
+    counts[: len(names)] = torch.tensor([getattr(stats, n) for n in names])
+    counts[len(names) + shard.rank] = stats.latent_pixels
+    shard.all_reduce(counts, "the run's counts")
+    for k, name in enumerate(names):
+        setattr(stats, name, int(counts[k]))
+    stats.ranks = shard.world
+    stats.rank_latent_pixels = [int(v) for v in counts[len(names) :]]
 
 
 def denoising_timesteps(

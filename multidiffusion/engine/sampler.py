@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -43,6 +43,10 @@ class SamplingStats:
     controlnet_calls: int = 0  # ControlNet forward passes (each over a batch of views)
     lora_switches: int = 0  # changes of the UNet's LoRA set (regions with their own LoRAs)
     lora_seconds: float = 0.0  # time those changes took
+    ranks: int = 1  # processes the views were sharded across (engine.distributed); counts above: all ranks'
+    bytes_all_reduced: int = 0  # payload of the sampling steps' all-reduces (Eq. 5 numerators), this rank
+    vae_bytes: int = 0  # payload the tiled VAE exchanged between ranks (tiles and GroupNorm moments), this rank
+    rank_latent_pixels: list[int] = field(default_factory=list)  # each rank's share, when sharded
 
     @property
     def coverage(self) -> float:
@@ -50,6 +54,11 @@ class SamplingStats:
         if not self.steps or not self.canvas_pixels:
             return 0.0
         return self.latent_pixels / (self.steps * self.canvas_pixels)
+
+    @property
+    def bytes_all_reduced_per_step(self) -> float:
+        """Payload all-reduced per sampling step (0 in a single process)."""
+        return self.bytes_all_reduced / self.steps if self.steps else 0.0
 
 
 class GuidedModel:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from multidiffusion.vae.stages import decoder_stages, encoder_stages, run_latent_stage
-from multidiffusion.vae.tiles import NORM_STATS, GroupNormStats, run_tiled
+from multidiffusion.vae.tiles import NORM_STATS, Collective, GroupNormStats, run_tiled
 
 __all__ = [
     "decode_latents",
@@ -134,8 +134,11 @@ def _decode(
     write: Callable[[int, torch.Tensor], None],
     latent_tile: int | None = None,
     norm_stats: str = "exact",
+    share: Collective | None = None,
 ) -> None:
-    """Decode into ``write(first_row, rows)``: bands of image rows, full width, wrap padding removed."""
+    """Decode into ``write(first_row, rows)``: bands of image rows, full width, wrap padding removed;
+    with ``share``, the ranks split the pixel stage's tiles (:func:`~multidiffusion.vae.tiles.run_tiled`)
+    and each runs the latent stage itself."""
     tile, overlap = _check_tiles(vae, tile, overlap, norm_stats)
     f = vae_scale_factor(vae)
     with _upcast_if_needed(vae) as dtype:
@@ -154,11 +157,12 @@ def _decode(
             emit(0, vae.decode(z, return_dict=False)[0])
         elif stages is None:  # not an AutoencoderKL: tile the whole decoder
             decode = lambda c: vae.decode(c, return_dict=False)[0]  # noqa: E731
-            run_tiled(decode, z, (h, w), tile, overlap, 1, f, emit, GroupNormStats(vae.decoder, mode=norm_stats))
+            norms = GroupNormStats(vae.decoder, mode=norm_stats)
+            run_tiled(decode, z, (h, w), tile, overlap, 1, f, emit, norms, share)
         else:
             features = run_latent_stage(stages.latent, stages.latent_norms, z, latent_tile or 2 * tile, norm_stats)
             norms = GroupNormStats(*stages.pixel_norms, mode=norm_stats)
-            run_tiled(stages.pixel, features, (h, w), tile, overlap, 1, f, emit, norms)
+            run_tiled(stages.pixel, features, (h, w), tile, overlap, 1, f, emit, norms, share)
 
 
 @torch.no_grad()
@@ -171,6 +175,7 @@ def decode_latents(
     overlap: int | None = None,
     latent_tile: int | None = None,
     norm_stats: str = "exact",
+    share: Collective | None = None,
 ) -> torch.Tensor:
     """Decode diffusion latents (B, C, h, w) to images (B, 3, h*f, w*f) in [-1, 1].
 
@@ -181,7 +186,8 @@ def decode_latents(
     canvas-wide GroupNorm statistics, measured layer by layer (``norm_stats="exact"``) or in one
     pass (``"fast"``, see :mod:`multidiffusion.vae.tiles`). With ``circular``,
     the canvas wraps horizontally: the left and right edges are decoded as neighbours. A canvas that
-    fits in one tile is decoded whole, exactly as diffusers does.
+    fits in one tile is decoded whole, exactly as diffusers does. ``share``: processes that split the
+    tiles, each getting the whole image (:mod:`multidiffusion.vae.tiles`).
     """
     f = vae_scale_factor(vae)
     shape = (latents.shape[0], vae.config.out_channels, latents.shape[-2] * f, latents.shape[-1] * f)
@@ -190,7 +196,7 @@ def decode_latents(
     def write(row: int, rows: torch.Tensor) -> None:
         image[..., row : row + rows.shape[-2], :] = rows
 
-    _decode(vae, latents, circular, tile, overlap, write, latent_tile, norm_stats)
+    _decode(vae, latents, circular, tile, overlap, write, latent_tile, norm_stats, share)
     return image
 
 
@@ -204,6 +210,7 @@ def decode_to_uint8(
     overlap: int | None = None,
     latent_tile: int | None = None,
     norm_stats: str = "exact",
+    share: Collective | None = None,
 ) -> torch.Tensor:
     """Like :func:`decode_latents`, but straight to 8-bit images (B, H, W, 3) on the CPU, converted
     one band of rows at a time (as diffusers' ``numpy_to_pil`` rounds), so no float copy of the
@@ -216,7 +223,7 @@ def decode_to_uint8(
         rows = rows.float().mul_(0.5).add_(0.5).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
         image[:, row : row + rows.shape[-2]] = rows.permute(0, 2, 3, 1).cpu()
 
-    _decode(vae, latents, circular, tile, overlap, write, latent_tile, norm_stats)
+    _decode(vae, latents, circular, tile, overlap, write, latent_tile, norm_stats, share)
     return image
 
 
@@ -238,6 +245,7 @@ def encode_images(
     norm_stats: str = "exact",
     generator: torch.Generator | list[torch.Generator] | None = None,
     sample: bool = False,
+    share: Collective | None = None,
 ) -> torch.Tensor:
     """Encode images (B, 3, H, W) in [-1, 1] to diffusion latents (B, C, H/f, W/f), scaled.
 
@@ -247,7 +255,7 @@ def encode_images(
     (default 2 * tile). Memory depends on the tile, not the image. Returns the posterior's mean, or
     a sample drawn with ``generator`` when ``sample`` (as diffusers' ``latent_dist.sample``; a list
     of generators gives one sample of the first image per generator, as diffusers' image-to-image
-    pipelines draw them).
+    pipelines draw them). ``share``: processes that split the pixel stage's tiles, as the decode.
     """
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
@@ -272,11 +280,11 @@ def encode_images(
 
             if stages is None:  # not an AutoencoderKL: tile the whole encoder
                 norms = GroupNormStats(vae, mode=norm_stats)
-                run_tiled(lambda c: _encode_moments(vae, c), x, (h, w), tile, overlap, f, 1, write, norms)
+                run_tiled(lambda c: _encode_moments(vae, c), x, (h, w), tile, overlap, f, 1, write, norms, share)
                 moments = out
             else:
                 norms = GroupNormStats(*stages.pixel_norms, mode=norm_stats)
-                run_tiled(stages.pixel, x, (h, w), tile, overlap, f, 1, write, norms)
+                run_tiled(stages.pixel, x, (h, w), tile, overlap, f, 1, write, norms, share)
                 moments = run_latent_stage(stages.latent, stages.latent_norms, out, latent_tile or 2 * tile, norm_stats)
         dist = DiagonalGaussianDistribution(moments.float())
         if sample and isinstance(generator, list):

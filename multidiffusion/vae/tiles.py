@@ -15,6 +15,13 @@ Or fast, in one pass where each tile normalises by its own moments; that skews d
 on trained VAEs. How far each mode's tiled decode is from a whole decode, and what it costs, is
 measured by ``python -m benchmarks --suites decode`` (README, "Speed and memory";
 ``benchmarks/results/``).
+
+Several processes (``share``, a :class:`Collective` such as
+:class:`~multidiffusion.engine.distributed.Shard`) split the tiles: rank r runs tiles k with
+k % world == r, in the statistics' passes and in the blended pass. Per-tile GroupNorm moments are
+summed over the ranks into one table (each tile's row comes from one rank, the others add zeros) and
+merged in tile order; each blended tile is broadcast by the rank that ran it and every rank blends
+all of them in tile order. Every rank thus gets the output a single process computes, bit for bit.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import contextlib
 import functools
 import itertools
 from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +38,25 @@ from torch import nn
 
 from multidiffusion.engine.views import axis_starts
 
-__all__ = ["NORM_STATS", "GroupNormStats", "run_tiled", "tile_starts"]
+__all__ = ["NORM_STATS", "Collective", "GroupNormStats", "run_tiled", "tile_starts"]
+
+
+class Collective(Protocol):
+    """Processes that share a tiled pass: this one is ``rank`` of ``world`` (ranks run the same
+    calls in the same order; see :mod:`multidiffusion.engine.distributed`)."""
+
+    rank: int
+    world: int
+
+    def all_reduce(self, tensor: torch.Tensor, what: str) -> None:
+        """Sum ``tensor`` over the ranks, in place."""
+
+    def broadcast(self, tensor: torch.Tensor, src: int, what: str) -> None:
+        """Rank ``src``'s ``tensor`` on every rank, in place."""
+
+
+def _mine(k: int, share: Collective | None) -> bool:
+    return share is None or k % share.world == share.rank
 
 
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
@@ -76,6 +102,7 @@ def run_tiled(
     out_scale: int,
     write: Callable[[int, torch.Tensor], None],
     norms: GroupNormStats | None = None,
+    share: Collective | None = None,
 ) -> None:
     """Apply ``fn`` to ``x`` (B, C, canvas * in_scale) in tiles of ``tile`` canvas units.
 
@@ -83,7 +110,8 @@ def run_tiled(
     k*out_scale x l*out_scale pixels. Blended output rows are passed to ``write(first_row, rows)``
     (float32, (B, C', n, canvas[1] * out_scale)) top to bottom, each row exactly once. With
     ``norms``, canvas-wide GroupNorm statistics are measured first (:meth:`GroupNormStats.measure`)
-    and applied while the tiles are blended.
+    and applied while the tiles are blended. With ``share``, the ranks split the tiles and every rank
+    gets every row (see the module docstring).
     """
     h, w = canvas
     th, tw = min(tile, h), min(tile, w)
@@ -100,32 +128,72 @@ def run_tiled(
                 (functools.partial(run, top, left), (*own_rows[i], *own_cols[j], th, tw))
                 for i, top in enumerate(tops)
                 for j, left in enumerate(lefts)
-            ]
+            ],
+            share,
+            x.shape[0],
         )
     rows = _ramps(tops, th, h, overlap, out_scale, x.device)
     cols = _ramps(lefts, tw, w, overlap, out_scale, x.device)
     s = out_scale
     band: torch.Tensor | None = None
     previous = 0
+    shape: list[int] = []  # of a blended tile, learnt from the first one (sharded runs)
     with norms.applying() if norms is not None else contextlib.nullcontext():
         for i, top in enumerate(tops):
             new: torch.Tensor | None = None
-            for j, left in enumerate(lefts):
-                y = run(top, left).float()
+            tiles = _row_outputs(functools.partial(_run_float, run, top), lefts, i * len(lefts), share, shape, x.device)
+            for j, y in tiles:
                 if new is None:
                     new = torch.zeros((*y.shape[:2], th * s, w * s), dtype=torch.float32, device=y.device)
                     if band is not None:  # rows the previous tile row shares with this one carry over
                         shift = (top - previous) * s
                         new[..., : th * s - shift, :] = band[..., shift:, :]
                         write(previous * s, band[..., :shift, :])
+                left = lefts[j]
                 new[..., left * s : (left + tw) * s] += y * rows[i][:, None] * cols[j]
             band, previous = new, top
     assert band is not None
     write(previous * s, band)
 
 
+def _run_float(run: Callable[[int, int], torch.Tensor], top: int, left: int) -> torch.Tensor:
+    return run(top, left).float()
+
+
+def _row_outputs(
+    run: Callable[[int], torch.Tensor],
+    lefts: list[int],
+    first: int,
+    share: Collective | None,
+    shape: list[int],
+    device: torch.device,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(column index, output) of a row of tiles in order. Alone: each tile is run when it is blended.
+    Shared: this rank runs its tiles of the row first, then each tile is broadcast by its rank (the
+    shape once, from tile 0's rank, so ranks that run none know it)."""
+    if share is None:
+        for j, left in enumerate(lefts):
+            yield j, run(left)
+        return
+    own = {j: run(left) for j, left in enumerate(lefts) if _mine(first + j, share)}
+    if not shape:
+        known = torch.zeros(4, dtype=torch.int64)
+        if _mine(0, share):
+            known[:] = torch.tensor(own[0].shape)
+        share.broadcast(known, 0, "the tiled VAE's tile shape")
+        shape.extend(int(v) for v in known)
+    for j in range(len(lefts)):
+        k = first + j
+        y = own.pop(j) if j in own else torch.empty(shape, dtype=torch.float32, device=device)
+        share.broadcast(y, k % share.world, "a tile of the tiled VAE")
+        yield j, y
+
+
 NORM_STATS = ("exact", "fast")
 
+
+Moments = tuple[float, torch.Tensor, torch.Tensor]
+"""(count, mean, sum of squared deviations) of a GroupNorm's input per (image, group)."""
 
 Region = tuple[int, int, int, int, int, int]
 """(first row, end row, first column, end column) of a tile's owned part and the tile's (rows,
@@ -154,7 +222,7 @@ class GroupNormStats:
     ``mode="exact"`` measures them layer by layer (:meth:`sweep`): the statistics of layer k are
     recorded with layers 1..k-1 already normalised by canvas statistics, so every tile sees what a
     whole decode computes, up to the tiles' borders. ``mode="fast"`` records all layers in one pass
-    in which each tile normalises by its own statistics (:meth:`recording`); per-tile normalisation
+    in which each tile normalises by its own statistics; per-tile normalisation
     skews the deeper layers' statistics, most on trained VAEs (README, "Speed and memory").
     ``applying()``: each GroupNorm normalises by the totals, in one fused multiply-add.
     """
@@ -166,33 +234,61 @@ class GroupNormStats:
         self.norms = [m for module in modules for m in module.modules() if isinstance(m, nn.GroupNorm)]
         self.totals: dict[int, tuple[float, torch.Tensor, torch.Tensor]] = {}
 
-    def measure(self, tiles: Sequence[tuple[Callable[[], object], Region]]) -> None:
+    def measure(
+        self, tiles: Sequence[tuple[Callable[[], object], Region]], share: Collective | None = None, batch: int = 1
+    ) -> None:
         """Fill ``totals`` from the tiles: (a call that runs the tile through the module, the part
-        of the tile it owns). In exact mode only owned parts count, so overlaps count once."""
+        of the tile it owns). In exact mode only owned parts count, so overlaps count once. With
+        ``share``, this rank runs its tiles only and the moments of all tiles (``batch`` images) are
+        exchanged; either way they are merged in tile order."""
         if self.mode == "fast":
-            with self.recording():
-                for run, _ in tiles:
-                    run()
-        else:
-            self.sweep(tiles)
+            found: dict[tuple[int, int], Moments] = {}
 
-    def sweep(self, tiles: Sequence[tuple[Callable[[], object], Region]]) -> None:
+            def record(i: int, norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+                found[(i, self._tile)] = self._moments(norm, x)
+                return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+
+            with self._patched(record):
+                for k, (run, _) in enumerate(tiles):
+                    if _mine(k, share):
+                        self._tile = k
+                        run()
+            if share is not None:
+                found = self._exchange(found, len(tiles), share, batch)
+            self.totals = {}
+            for i, k in sorted(found, key=lambda key: key[1]):  # per layer, in tile order
+                self.totals[i] = self._merge(self.totals.get(i), found[(i, k)])
+        else:
+            self.sweep(tiles, share, batch)
+
+    def sweep(
+        self, tiles: Sequence[tuple[Callable[[], object], Region]], share: Collective | None = None, batch: int = 1
+    ) -> None:
         """Exact statistics, one GroupNorm per pass over the tiles, in execution order: a pass
         applies the statistics found so far, records the first layer without any and stops the
         forward there. The cost is the sum of the prefixes, about half a pass per layer."""
         self.totals = {}
         while len(self.totals) < len(self.norms):
             self._target: int | None = None
-            self._pending = None
+            self._found: dict[tuple[int, int], Moments] = {}
             with self._patched(self._sweep_forward):
-                for run, region in tiles:
-                    self._region = region
-                    with contextlib.suppress(_Stop):
-                        run()
+                for k, (run, region) in enumerate(tiles):
+                    if _mine(k, share):
+                        self._region, self._tile = region, k
+                        with contextlib.suppress(_Stop):
+                            run()
             self._region = None
-            if self._target is None:  # the remaining GroupNorms never run
+            found = self._found if share is None else self._exchange(self._found, len(tiles), share, batch)
+            targets = {i for i, _ in found}
+            if not targets:  # the remaining GroupNorms never run
                 break
-            self.totals[self._target] = self._pending
+            if len(targets) > 1:
+                raise RuntimeError("GroupNorm layers ran in a different order in different tiles")
+            target = targets.pop()
+            pending = None
+            for key in sorted(found, key=lambda key: key[1]):  # in tile order
+                pending = self._merge(pending, found[key])
+            self.totals[target] = pending
 
     def _sweep_forward(self, i: int, norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
         if i in self.totals:
@@ -200,8 +296,32 @@ class GroupNormStats:
         if self._target is not None and self._target != i:
             raise RuntimeError("GroupNorm layers ran in a different order in different tiles")
         self._target = i
-        self._pending = self._merge(self._pending, self._moments(norm, _crop_owned(x, self._region)))
+        self._found[(i, self._tile)] = self._moments(norm, _crop_owned(x, self._region))
         raise _Stop
+
+    def _exchange(
+        self, found: dict[tuple[int, int], Moments], tiles: int, share: Collective, batch: int
+    ) -> dict[tuple[int, int], Moments]:
+        """Every rank's (layer, tile) -> moments, from this rank's: one all-reduce of a table with a
+        row per (layer, tile) (a row holds present, count, means and sums of squared deviations,
+        padded to the widest layer; each row is filled by one rank and zero on the others)."""
+        width = max(n.num_groups for n in self.norms) * batch
+        table = torch.zeros((len(self.norms) * tiles, 2 + 2 * width), dtype=torch.float64)
+        for (i, k), (n, mean, m2) in found.items():
+            row = table[i * tiles + k]
+            row[0], row[1] = 1, n
+            row[2 : 2 + mean.numel()] = mean.reshape(-1).cpu()
+            row[2 + width : 2 + width + m2.numel()] = m2.reshape(-1).cpu()
+        share.all_reduce(table, "the tiled VAE's GroupNorm statistics")
+        device = next(iter(found.values()))[1].device if found else getattr(share, "device", torch.device("cpu"))
+        out: dict[tuple[int, int], Moments] = {}
+        for r in torch.nonzero(table[:, 0]).flatten().tolist():
+            i, k = divmod(r, tiles)
+            g = self.norms[i].num_groups * batch
+            row = table[r].to(device)
+            shape = (batch, self.norms[i].num_groups)
+            out[(i, k)] = (float(table[r, 1]), row[2 : 2 + g].view(shape), row[2 + width : 2 + width + g].view(shape))
+        return out
 
     @contextlib.contextmanager
     def _patched(self, forward) -> Iterator[None]:
@@ -229,15 +349,6 @@ class GroupNormStats:
         delta, total = mean - mean0, n0 + n
         return total, mean0 + delta * (n / total), m20 + m2 + delta * delta * (n0 * n / total)
 
-    def recording(self):
-        self.totals = {}
-
-        def forward(i: int, norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
-            self.totals[i] = self._merge(self.totals.get(i), self._moments(norm, x))
-            return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
-
-        return self._patched(forward)
-
     def applying(self):
         def forward(i: int, norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
             return self._normalize(norm, x, self.totals[i])
@@ -255,4 +366,4 @@ class GroupNormStats:
             scale = scale * norm.weight.double()
             shift = shift * norm.weight.double() + norm.bias.double()
         shape = (*scale.shape, *(1,) * (x.dim() - 2))
-        return torch.addcmul(shift.to(x.dtype).view(shape), x, scale.to(x.dtype).view(shape))
+        return torch.addcmul(shift.to(x).view(shape), x, scale.to(x).view(shape))

@@ -1,0 +1,263 @@
+"""``multidiffusion batch FILE``: many images from a JSON-lines file or a folder of scene files.
+
+Each JSON line (or scene file) is one task's settings as a scene holds them (``task``, the API's
+argument names, ``model``, input files relative to the batch file) plus ``output``: the PNG to write,
+relative to ``--output-dir`` (default: the batch file's folder; a scene file's default is its own
+name with ``.png``). Every item is checked up front with the scene parser the verbs use
+(:func:`~multidiffusion.regions.scene.parse_scene`); a bad one is reported with its line number and
+the others still run. Items whose outputs exist already are skipped (resume; ``--overwrite`` redoes
+them). Under torchrun the items are shared among the processes (data parallel: each image runs whole
+in one process). The exit status is 1 when an item failed, 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from multidiffusion.cli.common import add_model_options, fail, load_model
+from multidiffusion.metadata import numbered_paths
+
+HELP = """\
+Generate many images, one per line of a JSON-lines file or per scene file of a folder. A line holds
+one task's settings, named as in the Python API and in scene files, and the PNG to write:
+
+  {"task": "panorama", "prompt": "snowy mountains", "width": 1024, "seed": 1, "output": "mountains.png"}
+  {"task": "regions", "background": "a beach", "regions": [{"prompt": "a red ball", "box": [0.1, 0.5, 0.4, 0.9]}],
+   "output": "beach.png"}
+  {"task": "upscale", "image": "photo.png", "scale": 2, "output": "photo-2x.png"}
+
+Outputs that exist already are skipped, so an interrupted batch resumes where it stopped. Under
+`torchrun --nproc-per-node N -m multidiffusion batch ...` the processes share the items.
+
+examples:
+  multidiffusion batch examples/batch/jobs.jsonl --output-dir out/
+  multidiffusion batch examples/demo --output-dir out/   # every .toml/.json scene of the folder
+  torchrun --nproc-per-node 2 -m multidiffusion batch examples/batch/jobs.jsonl --output-dir out/
+"""
+
+SCENE_SUFFIXES = (".toml", ".json")
+
+
+@dataclass
+class Item:
+    """One image to make: where it was given (``jobs.jsonl:3``), its parsed scene and output, or the
+    error that makes it unusable."""
+
+    where: str
+    scene: Any = None
+    output: Path | None = None
+    error: str | None = None
+
+    def done(self) -> bool:
+        """Whether every PNG of the item exists (each is written whole or not at all)."""
+        count = self.scene.options.num_images_per_prompt * _prompt_count(self.scene.options)
+        return all(p.exists() for p in numbered_paths(self.output, count))
+
+
+def _prompt_count(options: Any) -> int:
+    prompt = getattr(options, "prompt", None)
+    return len(prompt) if isinstance(prompt, list) else 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "batch",
+        help="generate many images from a JSON-lines file or a folder of scene files",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("source", metavar="FILE", help="a JSON-lines file, or a folder of .toml/.json scene files")
+    p.add_argument(
+        "--output-dir", metavar="DIR", help="where outputs go, made if missing (default: the batch file's folder)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="redo items whose outputs exist (default: skip them)")
+    p.add_argument(
+        "--allow-outside-files",
+        action="store_true",
+        help="let items read inputs outside the batch file's folder and write outside --output-dir",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_model_options(p)
+    p.set_defaults(run=run)
+
+
+def read_items(source: Path, output_dir: Path, allow_outside: bool = False, allow_pickle: bool = False) -> list[Item]:
+    """The items of a JSON-lines file (one per non-blank line) or of a folder's scene files."""
+    from multidiffusion.regions.scene import read_scene_file
+
+    if source.is_dir():
+        items = []
+        for path in sorted(p for p in source.iterdir() if p.suffix.lower() in SCENE_SUFFIXES):
+            try:
+                data = read_scene_file(path)
+            except ValueError as exc:
+                items.append(Item(path.name, error=str(exc)))
+                continue
+            default = output_dir / f"{path.stem}.png"
+            items.append(_item(data, path.name, source, output_dir, default, allow_outside, allow_pickle))
+        return items
+    items = []
+    for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{source.name}:{number}"
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as exc:
+            items.append(Item(where, error=f"not valid JSON: {exc.msg} (column {exc.colno})"))
+            continue
+        items.append(_item(data, where, source.parent, output_dir, None, allow_outside, allow_pickle))
+    return items
+
+
+def _item(
+    data: Any,
+    where: str,
+    base: Path,
+    output_dir: Path,
+    default: Path | None,
+    allow_outside: bool,
+    allow_pickle: bool,
+) -> Item:
+    """An item from a scene's contents; the options layer's error (prefixed by ``where``) if any."""
+    from multidiffusion.metadata import check_output_path
+    from multidiffusion.regions.scene import parse_scene
+
+    if not isinstance(data, dict):
+        return Item(where, error=f"a line must be a JSON object, got {type(data).__name__}")
+    data = dict(data)
+    output = data.pop("output", None)
+    try:
+        if output is None and default is None:
+            raise ValueError('output is required: the PNG to write, e.g. "output": "pano.png"')
+        if output is not None and not isinstance(output, str):
+            raise ValueError(f"output must be a file name (a string), got {output!r}")
+        path = (output_dir / output).resolve() if output is not None else default
+        if not allow_outside and not path.resolve().is_relative_to(output_dir.resolve()):
+            raise ValueError(f"output {output!r} is outside the output folder {str(output_dir)!r}")
+        check_output_path(path, "output")
+        scene = parse_scene(data, base=base, source="", allow_outside=allow_outside, allow_pickle=allow_pickle)
+    except ValueError as exc:
+        return Item(where, error=str(exc))
+    return Item(where, scene, path)
+
+
+@dataclass
+class Outcome:
+    """What happened to item ``index``: "written", "skipped" or "failed" (with the error)."""
+
+    index: int
+    where: str
+    status: str
+    error: str = ""
+
+
+def run(args: argparse.Namespace) -> None:
+    from tqdm.auto import tqdm
+
+    from multidiffusion.engine import distributed
+
+    started = time.perf_counter()
+    source = Path(args.source).expanduser()
+    if not source.exists():
+        fail(f"{args.source!r} does not exist (a JSON-lines file or a folder of scene files)")
+    output_dir = (
+        Path(args.output_dir).expanduser() if args.output_dir else (source if source.is_dir() else source.parent)
+    )
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"--output-dir {str(output_dir)!r} can't be made: {exc.strerror}")
+    items = read_items(source, output_dir, args.allow_outside_files, bool(args.allow_pickle))
+    if not items:
+        fail(f"{args.source}: no items (JSON lines, or .toml/.json scene files)")
+    shard = distributed.active()
+    writer = shard is None or shard.rank == 0
+    known = [Outcome(k, i.where, "failed", i.error) for k, i in enumerate(items) if i.error is not None]
+    todo = [k for k, item in enumerate(items) if item.error is None]
+    if not args.overwrite:  # decided once, by rank 0, so that the ranks share one list
+        done = set(_agreed(shard, [k for k in todo if items[k].done()]))
+        known += [Outcome(k, items[k].where, "skipped") for k in sorted(done)]
+        todo = [k for k in todo if k not in done]
+    mine = todo if shard is None else todo[shard.rank :: shard.world]
+    models = _Models(args)
+    ran = []
+    with distributed.local(), tqdm(total=len(mine), desc="batch", disable=args.quiet or not writer) as bar:
+        for k in mine:
+            ran.append(_run_item(k, items[k], models))
+            bar.update()
+    outcomes = sorted(known + _gathered(shard, ran), key=lambda o: o.index)
+    if writer:
+        _summary(outcomes, len(items), time.perf_counter() - started)
+    if any(o.status == "failed" for o in outcomes):
+        raise SystemExit(1)
+
+
+def _run_item(index: int, item: Item, models: _Models) -> Outcome:
+    from multidiffusion.jobs import run_and_save
+
+    try:
+        md = models.get(item.scene)
+        run_and_save(md, item.scene.options, item.output)
+    except Exception as exc:  # one item's failure is reported, the others run
+        message = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+        return Outcome(index, item.where, "failed", message)
+    return Outcome(index, item.where, "written")
+
+
+class _Models:
+    """The model of the items, loaded once and kept while the next item uses the same one."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.key: tuple[str, tuple[str, ...]] | None = None
+        self.md: Any = None
+
+    def get(self, scene: Any) -> Any:
+        model = self.args.model or scene.model or "demo"
+        nets = tuple(scene.controlnet or self.args.controlnet or ())
+        if (model, nets) != self.key:
+            self.md = None  # free the previous one first
+            md = load_model(model, self.args, bool(self.args.allow_pickle), list(nets) or None)
+            md.set_progress_bar_config(disable=True)  # the batch's bar counts images
+            self.md, self.key = md, (model, nets)
+        return self.md
+
+
+def _agreed(shard: Any, values: list[int]) -> list[int]:
+    """Rank 0's ``values`` on every rank (alone: the values)."""
+    if shard is None:
+        return values
+    import torch.distributed as dist
+
+    box = [values]
+    dist.broadcast_object_list(box, src=0, group=shard.group)
+    return box[0]
+
+
+def _gathered(shard: Any, outcomes: list[Outcome]) -> list[Outcome]:
+    """Every rank's ``outcomes`` (alone: these)."""
+    if shard is None:
+        return outcomes
+    import torch.distributed as dist
+
+    every: list[Any] = [None] * shard.world
+    dist.all_gather_object(every, outcomes, group=shard.group)
+    return [o for rank in every for o in rank]
+
+
+def _summary(outcomes: list[Outcome], total: int, seconds: float) -> None:
+    for o in outcomes:
+        if o.status == "failed":
+            print(f"error: {o.where}: {o.error}", file=sys.stderr)
+    count = {s: sum(o.status == s for o in outcomes) for s in ("written", "skipped", "failed")}
+    print(
+        f"batch: {count['written']} written, {count['skipped']} skipped (output exists), {count['failed']} failed, "
+        f"of {total} items in {seconds:.1f} s"
+    )

@@ -1,0 +1,279 @@
+"""One image, several processes: the views of each step sharded across the ranks of a
+``torch.distributed`` process group (torchrun, or the caller's ``init_process_group``; NCCL on GPUs,
+gloo on CPUs).
+
+Paper Eq. 5's numerator is a sum over the step's jobs, so it splits over ranks r = 0..R-1 exactly:
+
+    num = Σ_r Σ_{i ∈ jobs(r)} F_i⁻¹(W_i ⊙ Φ(F_i(J_t) | y_i))       one all-reduce (sum) per step
+    J   = num / Σ_i F_i⁻¹(W_i)                                       the denominator: every rank, all jobs
+
+Each rank evaluates its share of the jobs (:func:`shard_jobs`, balanced by cost, the same on every
+rank), one all-reduce gives every rank the whole numerator, and every rank divides by the
+denominator it computed itself from all the jobs (:class:`~multidiffusion.engine.fusion.FusionPlan`
+does so when the plan is made: no communication) and takes the same scheduler step. Nothing else
+changes, so nothing in the result does: the numerator accumulates in float64
+(:mod:`~multidiffusion.engine.fusion`), where the order of the additions, which depends on the
+number of ranks, is lost when the sum is rounded to float32.
+
+Random draws (the noise, the fast mode's offsets, bootstrapping's colours, the scheduler's noise)
+come from generators seeded the same on every rank, and every rank draws all of them; the runner
+checks that every rank runs the same call from the same initial noise (:meth:`Shard.check_same`).
+
+Failures end the run on every rank with :class:`RankFailed`, never a hang: a rank whose model call
+raises still takes part in the step's all-reduce, flagged, so every rank learns which rank failed
+and why; a rank that dies or stops answering makes the others' collective operations fail when the
+process group's timeout expires (``init_process_group(timeout=...)``; :func:`init` sets
+:data:`DEFAULT_TIMEOUT`).
+
+Sharding is on whenever a process group of more than one rank is initialised; :func:`local` turns it
+off for a block (``multidiffusion batch`` runs different images on different ranks that way) and
+:func:`sharded` picks a group other than the default one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "RankFailed",
+    "Shard",
+    "active",
+    "fingerprint",
+    "init",
+    "is_writer",
+    "local",
+    "shard_jobs",
+    "sharded",
+]
+
+DEFAULT_TIMEOUT = timedelta(minutes=10)
+"""How long a collective operation waits for the other ranks when :func:`init` makes the group (the
+``MULTIDIFFUSION_TIMEOUT`` environment variable, in seconds, overrides it). A step of the slowest
+rank must fit in it: minutes for a large SDXL step on a slow GPU."""
+
+
+class RankFailed(RuntimeError):
+    """A rank of a sharded run failed or stopped answering; raised on every rank that learns of it."""
+
+
+class Shard:
+    """This process's place in a process group: its ``rank`` of ``world``, the device collectives run
+    on (CUDA for NCCL, the CPU otherwise), and the payload bytes it has all-reduced and broadcast."""
+
+    def __init__(self, group: Any = None):
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world = dist.get_world_size(group)
+        nccl = dist.get_backend(group) == "nccl"
+        self.device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        self.bytes_all_reduced = 0
+        self.bytes_broadcast = 0
+        self._shares: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
+
+    # -- the jobs of a step ---------------------------------------------------------------------------
+    def jobs(self, plan: Any) -> list[Any]:
+        """This rank's jobs of a :class:`~multidiffusion.engine.fusion.FusionPlan` (computed once per plan)."""
+        share = self._shares.get(plan)
+        if share is None:
+            share = shard_jobs(plan.jobs, self.world)[self.rank]
+            self._shares[plan] = share
+        return share
+
+    @contextlib.contextmanager
+    def summed(self, total: torch.Tensor, what: str) -> Iterator[None]:
+        """Run the block that adds this rank's part into ``total``, then sum ``total`` over the ranks.
+
+        If the block raises, this rank still takes part in the sum, with a failure flag and its part
+        zeroed, so every rank raises :class:`RankFailed` naming the failed ranks and their errors
+        rather than waiting for them (the failed rank's own error is chained)."""
+        error: Exception | None = None
+        try:
+            yield
+        except Exception as exc:  # reported to every rank, then raised
+            error = exc
+        flat = torch.zeros(total.numel() + self.world, dtype=total.dtype, device=total.device)
+        if error is None:
+            flat[: total.numel()] = total.reshape(-1)
+        else:
+            flat[total.numel() + self.rank] = 1
+        self.all_reduce(flat, what)
+        failed = [r for r in range(self.world) if flat[total.numel() + r] > 0]
+        if failed:
+            raise self._failure(what, failed, error) from error
+        total.copy_(flat[: total.numel()].view_as(total))
+
+    def _failure(self, what: str, failed: list[int], error: Exception | None) -> RankFailed:
+        mine = f"{type(error).__name__}: {error}" if error is not None else ""
+        messages: list[Any] = [None] * self.world
+        try:
+            dist.all_gather_object(messages, mine, group=self.group)
+        except RuntimeError:  # the message is a courtesy: the failure is known already
+            messages = [mine if r == self.rank else "" for r in range(self.world)]
+        reasons = "; ".join(f"rank {r}: {messages[r] or 'failed'}" for r in failed)
+        return RankFailed(f"{what}: {len(failed)} of {self.world} ranks failed ({reasons}); every rank stops")
+
+    # -- collectives, with errors that say what happened -----------------------------------------------
+    def all_reduce(self, tensor: torch.Tensor, what: str) -> None:
+        """Sum ``tensor`` over the ranks, in place (through a contiguous copy on the collective device
+        if it is strided or lives elsewhere)."""
+        self.bytes_all_reduced += tensor.numel() * tensor.element_size()
+        self._on_device(tensor, lambda t: dist.all_reduce(t, group=self.group), what)
+
+    def broadcast(self, tensor: torch.Tensor, src: int, what: str) -> None:
+        """Rank ``src``'s ``tensor`` on every rank, in place."""
+        self.bytes_broadcast += tensor.numel() * tensor.element_size()
+        if self.group is None:
+            self._on_device(tensor, lambda t: dist.broadcast(t, src), what)
+        else:
+            self._on_device(tensor, lambda t: dist.broadcast(t, group=self.group, group_src=src), what)
+
+    def _on_device(self, tensor: torch.Tensor, op: Callable[[torch.Tensor], Any], what: str) -> None:
+        # collectives send storage as it lies: a strided tensor (a convolution's channels-last output)
+        # would arrive permuted, so it travels as a contiguous copy
+        moved = (
+            tensor if tensor.device == self.device and tensor.is_contiguous() else tensor.to(self.device).contiguous()
+        )
+        try:
+            op(moved)
+        except RuntimeError as exc:  # DistBackendError, gloo's timeouts and closed connections
+            raise RankFailed(
+                f"{what}: rank {self.rank} of {self.world} got no answer from the other ranks (one of them "
+                f"failed, exited or exceeded the process group's timeout): {exc}"
+            ) from exc
+        if moved is not tensor:
+            tensor.copy_(moved)
+
+    def check_same(self, what: str, values: Mapping[str, int]) -> None:
+        """Raise ``ValueError`` on every rank unless every rank passes the same ``values`` (integers,
+        e.g. :func:`fingerprint`\\ s): ranks that run different calls would fuse unrelated canvases."""
+        mine = torch.tensor(list(values.values()), dtype=torch.int64)
+        table = torch.zeros((self.world, len(values)), dtype=torch.int64)
+        table[self.rank] = mine
+        self.all_reduce(table, what)
+        for k, name in enumerate(values):
+            column = table[:, k]
+            if not bool((column == column[0]).all()):
+                ranks = ", ".join(f"rank {r}: {int(v)}" for r, v in enumerate(column))
+                raise ValueError(
+                    f"{what}: the ranks disagree on {name} ({ranks}); every rank must run the same call "
+                    "with the same options and seed"
+                )
+
+    def agree(self, value: int, what: str) -> int:
+        """Rank 0's ``value`` (an integer, e.g. a random seed drawn on each rank), on every rank."""
+        t = torch.tensor([value], dtype=torch.int64)
+        self.broadcast(t, 0, what)
+        return int(t)
+
+
+def fingerprint(value: Any) -> int:
+    """A 63-bit integer that identifies ``value``: a tensor by its float64 sum and shape, anything
+    else by its ``repr`` (for :meth:`Shard.check_same`)."""
+    if isinstance(value, torch.Tensor):
+        value = (tuple(value.shape), float(value.detach().double().sum()), float(value.detach().double().abs().sum()))
+    digest = hashlib.blake2b(repr(value).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def shard_jobs(jobs: Sequence[Any], world: int) -> list[list[Any]]:
+    """The jobs of a step split over ``world`` ranks, balanced by cost, the same on every rank.
+
+    Jobs of one view stay on one rank (the prompts of a region layout's window share their
+    unconditional branch inside a model call); each view's unit costs latent pixels x rows, rows
+    being its jobs plus one shared unconditional row. Units go largest first to the least loaded
+    rank (ties: the lower rank, the earlier unit), and each rank keeps the plan's order of jobs."""
+    if world < 1:
+        raise ValueError(f"world must be at least 1, got {world}")
+    units: dict[Any, list[int]] = {}
+    for k, job in enumerate(jobs):
+        units.setdefault(job.view, []).append(k)
+    order = list(units.values())
+    costs = [jobs[u[0]].view.height * jobs[u[0]].view.width * (len(u) + 1) for u in order]
+    load = [0] * world
+    owner = [0] * len(jobs)
+    for u in sorted(range(len(order)), key=lambda u: (-costs[u], u)):
+        r = min(range(world), key=lambda r: (load[r], r))
+        load[r] += costs[u]
+        for k in order[u]:
+            owner[k] = r
+    return [[job for k, job in enumerate(jobs) if owner[k] == r] for r in range(world)]
+
+
+# -- which group, if any ----------------------------------------------------------------------------
+_AUTO = object()
+_choice: ContextVar[Any] = ContextVar("multidiffusion_shard", default=_AUTO)
+_shards: dict[Any, Shard] = {}
+
+
+def active() -> Shard | None:
+    """The shard this process's calls use: the group :func:`sharded` chose, none inside
+    :func:`local`, else the default process group when one of more than one rank is initialised."""
+    choice = _choice.get()
+    if choice is None:
+        return None
+    if choice is not _AUTO:
+        return choice
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return None
+    key = id(dist.group.WORLD)
+    if key not in _shards:
+        _shards.clear()  # a group destroyed and made anew
+        _shards[key] = Shard()
+    return _shards[key]
+
+
+@contextlib.contextmanager
+def local() -> Iterator[None]:
+    """Calls inside run in this process alone, even with a process group (data parallelism)."""
+    token = _choice.set(None)
+    try:
+        yield
+    finally:
+        _choice.reset(token)
+
+
+@contextlib.contextmanager
+def sharded(group: Any) -> Iterator[Shard]:
+    """Calls inside shard their views across ``group`` (a ``torch.distributed`` process group)."""
+    token = _choice.set(Shard(group))
+    try:
+        yield _choice.get()
+    finally:
+        _choice.reset(token)
+
+
+def is_writer() -> bool:
+    """Whether this process writes files and shows progress: rank 0 of a sharded run, or any process
+    that runs alone."""
+    shard = active()
+    return shard is None or shard.rank == 0
+
+
+def init(device: str | torch.device | None = None, timeout: timedelta | None = None) -> Shard | None:
+    """Join the process group torchrun describes (``WORLD_SIZE`` > 1 in the environment) unless one is
+    initialised already: NCCL when ``device`` is CUDA (each process on the GPU ``LOCAL_RANK`` names),
+    gloo otherwise, collectives waiting at most ``timeout`` (default :data:`DEFAULT_TIMEOUT`, or
+    ``MULTIDIFFUSION_TIMEOUT`` seconds). Returns the active shard (None in a single process)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        seconds = os.environ.get("MULTIDIFFUSION_TIMEOUT")
+        if timeout is None and seconds:
+            try:
+                timeout = timedelta(seconds=float(seconds))
+            except ValueError:
+                raise ValueError(f"MULTIDIFFUSION_TIMEOUT must be a number of seconds, got {seconds!r}") from None
+        kind = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+        if kind == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if kind == "cuda" else "gloo", timeout=timeout or DEFAULT_TIMEOUT)
+    return active()
