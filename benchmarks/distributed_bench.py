@@ -5,8 +5,9 @@ speed-up on 2-8 GPUs built from what it measures.
 Measured, on the same components (SD 2-base-shaped UNet at 1/10 width, random weights) and latents:
 
 - sampling (``output_type="latent"``): 1 process x 2 threads, 1 process x 1 thread, and 2 processes
-  x 1 thread (gloo), medians of ``repeats``; the payload all-reduced per step; the largest difference
-  between the 2-process latents and the 1-process ones;
+  x 1 thread (gloo), medians of ``repeats``, in wall time and in processor time (``process_time``:
+  what a busy shared machine does not inflate; for 2 processes, the busier rank's); the payload
+  all-reduced per step; the largest difference between the 2-process latents and the 1-process ones;
 - one all-reduce of a step's numerator (float64, the canvas's size) on gloo, median of 20;
 - the tiled decode (SD-shaped VAE at 1/16 width, exact GroupNorm statistics), 1 process x 2 threads
   against 2 processes x 1 thread (tiles split across the ranks).
@@ -57,12 +58,13 @@ __all__ = [
 GPU_MODELS = {
     # name: (canvas in pixels (h, w), latent factor, window latents, views exact / fast, t_view seconds)
     "SD 2-base 512 x 4608": ((512, 4608), 8, 64, 65, 11, 0.040),
-    "SDXL 1024 x 8192": ((1024, 8192), 8, 128, 57, 10, 0.125),
+    "SDXL 1024 x 8192": ((1024, 8192), 8, 128, 57, 10, 0.150),
 }
 """Estimates per model: one view under guidance (2 UNet rows) at float16 on an A100-class GPU, from
-the usual rates of those pipelines (SD 2-base at 512 px: about 20-25 steps/s with guidance, so 40-50
-ms; SDXL at 1024 px: about 8 steps/s, so 125 ms), batching's gain ignored. Views: the grid's
-(stride window / 8) and the fast mode's (``placement="shifted"``, about coverage 1.2)."""
+the usual rates of those pipelines (SD 2-base at 512 px: 15-25 steps/s with guidance, 40-65 ms a
+view, batched views at the fast end; SDXL at 1024 px: 6-8 steps/s, 125-170 ms). Views: the grid's
+(stride window / 8) and the fast mode's (``placement="shifted"``, coverage about 1.2). The model
+leaves out that a GPU given fewer views per call may run each a little slower (smaller batches)."""
 
 LINKS = {"NVLink (~100 GB/s bus, 10 us)": (100e9, 10e-6), "PCIe 4.0 (~10 GB/s bus, 20 us)": (10e9, 20e-6)}
 """Estimated NCCL all-reduce bus bandwidth and per-hop latency for MB-sized messages."""
@@ -124,12 +126,13 @@ def _worker(rank: int, world: int, port: int, folder: str, width: int, steps: in
     )
     _, md, latents = _components(width)
     _panorama(md, latents, width, 1)  # warm-up
-    seconds, out = [], None
+    seconds, cpu, out = [], [], None
     for _ in range(repeats):
         dist.barrier()
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         out = _panorama(md, latents, width, steps)
         seconds.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
     shard = distributed.active()
     buffer = torch.zeros(numerator_bytes(512, width) // 8 + world, dtype=torch.float64)
     reduce_times = []
@@ -138,14 +141,19 @@ def _worker(rank: int, world: int, port: int, folder: str, width: int, steps: in
         start = time.perf_counter()
         shard.all_reduce(buffer, "benchmark")
         reduce_times.append(time.perf_counter() - start)
+    vae = sd_shaped_vae(VAE_DIVISOR)
     dist.barrier()
-    start = time.perf_counter()
-    decode_to_uint8(sd_shaped_vae(VAE_DIVISOR), out.images, share=shard)
-    decode = time.perf_counter() - start
+    start, start_cpu = time.perf_counter(), time.process_time()
+    decode_to_uint8(vae, out.images, share=shard)
+    decode, decode_cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    cpu_all: list[Any] = [None] * world
+    dist.all_gather_object(cpu_all, (statistics.median(cpu), decode_cpu))
     if rank == 0:
         torch.save(
             {
                 "seconds": seconds,
+                "cpu_seconds": [c for c, _ in cpu_all],
+                "decode_cpu_seconds": [d for _, d in cpu_all],
                 "latents": out.images,
                 "stats": out.stats,
                 "allreduce_seconds": statistics.median(reduce_times),
@@ -184,12 +192,18 @@ def distributed_rows(quick: bool, steps: int, repeats: int) -> list[dict]:
     for n in (2, 1):
         torch.set_num_threads(n)
         _panorama(md, latents, width, 1)  # warm-up
-        runs = [measure(lambda: _panorama(md, latents, width, steps), pipe.unet, CPU) for _ in range(repeats)]
+        runs = []
+        for _ in range(repeats):
+            start_cpu = time.process_time()
+            out, m = measure(lambda: _panorama(md, latents, width, steps), pipe.unet, CPU)
+            m.extra["cpu_seconds"] = time.process_time() - start_cpu
+            runs.append((out, m))
         single[n] = (runs[-1][0], median_of([m for _, m in runs]))
     torch.set_num_threads(2)
-    start = time.perf_counter()
-    decode_to_uint8(sd_shaped_vae(VAE_DIVISOR), single[2][0].images)
-    decode_single = time.perf_counter() - start
+    vae = sd_shaped_vae(VAE_DIVISOR)
+    start, start_cpu = time.perf_counter(), time.process_time()
+    decode_to_uint8(vae, single[2][0].images)
+    decode_single, decode_single_cpu = time.perf_counter() - start, time.process_time() - start_cpu
     torch.set_num_threads(threads)
     load_before = os.getloadavg()
     shared = _two_processes(width, steps, repeats)
@@ -203,6 +217,8 @@ def distributed_rows(quick: bool, steps: int, repeats: int) -> list[dict]:
     diff = float((shared["latents"] - out1.images).abs().max())
     t_view = m1.model_seconds / (views * steps)  # one view, both branches, 1 thread
     predicted = step_speedup(views, t_view, 2, shared["allreduce_seconds"])
+    cpu1 = m1.extra["cpu_seconds"]
+    cpu_speedup = cpu1 / max(shared["cpu_seconds"])  # the busiest rank's processor time: load-proof
     config = f"panorama 512 x {width}, {views} windows, {steps} steps"
     common = {
         "suite": "distributed",
@@ -217,6 +233,7 @@ def distributed_rows(quick: bool, steps: int, repeats: int) -> list[dict]:
             "seconds": {"peer": m2.seconds, "ours": seconds2p},
             "ratio": seconds2p / m2.seconds,
             "all_seconds": {"peer": m2.extra.get("all_seconds"), "ours": shared["seconds"]},
+            "cpu_seconds": {"peer": m2.extra["cpu_seconds"], "ours_per_rank": shared["cpu_seconds"]},
             "notes": f"max |latents diff| against 1 process = {diff:.1e}",
             "max_abs_diff": diff,
         },
@@ -227,9 +244,12 @@ def distributed_rows(quick: bool, steps: int, repeats: int) -> list[dict]:
             "seconds": {"peer": m1.seconds, "ours": seconds2p},
             "ratio": seconds2p / m1.seconds,
             "speedup": m1.seconds / seconds2p,
-            "notes": f"speed-up {m1.seconds / seconds2p:.2f}x; the model predicts {predicted:.2f}x "
-            f"(t_view {t_view * 1e3:.0f} ms, all-reduce {shared['allreduce_seconds'] * 1e3:.2f} ms)",
+            "notes": f"speed-up {m1.seconds / seconds2p:.2f}x in wall time, {cpu_speedup:.2f}x in the busiest "
+            f"rank's processor time; the model predicts {predicted:.2f}x (t_view {t_view * 1e3:.0f} ms, all-reduce "
+            f"{shared['allreduce_seconds'] * 1e3:.2f} ms)",
             "predicted_speedup": predicted,
+            "cpu_seconds": {"peer": cpu1, "ours_per_rank": shared["cpu_seconds"]},
+            "cpu_speedup": cpu_speedup,
             "t_view_seconds": t_view,
             "rank_latent_pixels": stats.rank_latent_pixels,
         },
@@ -251,7 +271,10 @@ def distributed_rows(quick: bool, steps: int, repeats: int) -> list[dict]:
             "peer": "1 process x 2 threads",
             "seconds": {"peer": decode_single, "ours": shared["decode_seconds"]},
             "ratio": shared["decode_seconds"] / decode_single,
-            "notes": "tiles split across the ranks, the latent stage on each; one run each",
+            "cpu_seconds": {"peer": decode_single_cpu, "ours_per_rank": shared["decode_cpu_seconds"]},
+            "notes": "tiles split across the ranks, the latent stage on each; one run each; processor time "
+            f"{decode_single_cpu:.1f} s (2 threads together) against {max(shared['decode_cpu_seconds']):.1f} s "
+            "(the busier rank)",
         },
     ]
     return rows + model_rows()

@@ -135,6 +135,7 @@ def _sd_exact(ctx: Context, width: int) -> list[Row]:
     (row,) = panorama_exact(ctx, width)
     views = len(grid_views(64, width // 8, ctx.window, default_stride(ctx.window, "grid")))
     t_view = _t_view(row.ours_m, views, ctx.steps)
+    row.config = f"SD 2-base {row.config}, {ctx.pipe.unet.dtype}"
     row.notes += f"; t_view {t_view * 1e3:.1f} ms"
     row.extra.update(t_view_seconds=t_view, views=views, model="sd2-base")
     return [row]

@@ -155,6 +155,7 @@ def cli_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else ""), "OMP_NUM_THREADS": "1"}
 
 
+@pytest.mark.slow  # three processes that each load the model: about 40 s on 2 busy cores
 def test_the_cli_under_torchrun_writes_the_single_process_png(tiny_model_dir, tmp_path):
     """`torchrun --nproc-per-node 2 -m multidiffusion panorama ...`: one PNG, the one a single process
     writes (one view per model call, one thread per process, so the calls are the same)."""

@@ -180,6 +180,9 @@ def run(args: argparse.Namespace) -> None:
     shard = distributed.active()
     writer = shard is None or shard.rank == 0
     known = [Outcome(k, i.where, "failed", i.error) for k, i in enumerate(items) if i.error is not None]
+    if writer:  # at once: a long batch should not hide a typo until it ends
+        for o in known:
+            _report(o)
     todo = [k for k, item in enumerate(items) if item.error is None]
     if not args.overwrite:  # decided once, by rank 0, so that the ranks share one list
         done = set(_agreed(shard, [k for k in todo if items[k].done()]))
@@ -191,6 +194,8 @@ def run(args: argparse.Namespace) -> None:
     with distributed.local(), tqdm(total=len(mine), desc="batch", disable=args.quiet or not writer) as bar:
         for k in mine:
             ran.append(_run_item(k, items[k], models))
+            if ran[-1].status == "failed":
+                _report(ran[-1], bar)
             bar.update()
     outcomes = sorted(known + _gathered(shard, ran), key=lambda o: o.index)
     if writer:
@@ -252,12 +257,19 @@ def _gathered(shard: Any, outcomes: list[Outcome]) -> list[Outcome]:
     return [o for rank in every for o in rank]
 
 
+def _report(outcome: Outcome, bar: Any = None) -> None:
+    """A failed item's one line, on stderr (through the progress bar, if any, so it stays whole)."""
+    line = f"error: {outcome.where}: {outcome.error}"
+    if bar is not None and not bar.disable:
+        bar.write(line, file=sys.stderr)
+    else:
+        print(line, file=sys.stderr)
+
+
 def _summary(outcomes: list[Outcome], total: int, seconds: float) -> None:
-    for o in outcomes:
-        if o.status == "failed":
-            print(f"error: {o.where}: {o.error}", file=sys.stderr)
     count = {s: sum(o.status == s for o in outcomes) for s in ("written", "skipped", "failed")}
+    failed = [o.where for o in outcomes if o.status == "failed"]
     print(
         f"batch: {count['written']} written, {count['skipped']} skipped (output exists), {count['failed']} failed, "
-        f"of {total} items in {seconds:.1f} s"
+        f"of {total} items in {seconds:.1f} s" + (f" (failed: {', '.join(failed)})" if failed else "")
     )

@@ -108,7 +108,7 @@ class Shard:
         else:
             flat[total.numel() + self.rank] = 1
         self.all_reduce(flat, what)
-        failed = [r for r in range(self.world) if flat[total.numel() + r] > 0]
+        failed = [r for r, flag in enumerate(flat[total.numel() :].tolist()) if flag > 0]
         if failed:
             raise self._failure(what, failed, error) from error
         total.copy_(flat[: total.numel()].view_as(total))
@@ -178,8 +178,8 @@ class Shard:
 
 
 def fingerprint(value: Any) -> int:
-    """A 63-bit integer that identifies ``value``: a tensor by its float64 sum and shape, anything
-    else by its ``repr`` (for :meth:`Shard.check_same`)."""
+    """A 63-bit integer that identifies ``value``: a tensor by its shape and the float64 sums of its
+    values and of their magnitudes, anything else by its ``repr`` (for :meth:`Shard.check_same`)."""
     if isinstance(value, torch.Tensor):
         value = (tuple(value.shape), float(value.detach().double().sum()), float(value.detach().double().abs().sum()))
     digest = hashlib.blake2b(repr(value).encode(), digest_size=8).digest()
