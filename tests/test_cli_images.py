@@ -225,7 +225,7 @@ BAD = [  # (verb, arguments after the verb, what the one line says)
     ("upscale", ["-i", "{in}/photo.png", "--steps", "2"], "strength 0.35 runs none of the 2 steps (int(2 x 0.35) = 0)"),
     (
         "img2img",
-        ["-i", "{in}/photo.png", "a", "--strength", "0.01"],
+        ["-i", "{in}/photo.png", "a", "--strength", "0.01", "--steps", "50"],  # unset: checked at the model's
         "give a strength of at least 0.02 or at least 100 steps",
     ),
     ("inpaint", ["-i", "{in}/photo.png", "--mask", "{in}/tall-mask.png", "a"], "mask is 64x128 but the image is"),
