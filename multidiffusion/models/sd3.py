@@ -59,11 +59,6 @@ class StableDiffusion3Adapter(FlowMatchingAdapter):
     def patch_size(self) -> int:  # type: ignore[override]
         return int(self.transformer.config.patch_size)
 
-    @property
-    def native_latent_size(self) -> tuple[int, int]:
-        size = self.transformer.config.sample_size
-        return (size[0], size[1]) if isinstance(size, (list, tuple)) else (size, size)
-
     def parameters(self) -> dict[str, Any]:
         return {"max_sequence_length": self.max_sequence_length}
 
