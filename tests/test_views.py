@@ -1,5 +1,8 @@
 """Window layouts (the F_i of the paper), crop and paste, coverage."""
 
+import itertools
+import math
+
 import pytest
 import torch
 
@@ -74,3 +77,26 @@ def test_shifted_views_cover_with_few_windows(circular, offset):
     assert count.min() >= 1
     assert {v.size for v in views} == {(16, 16)}
     assert count.sum() / count.numel() <= 2.0  # vs 6+ for the stride-2 grid
+
+
+@pytest.mark.parametrize("size", [96, 128, 160, 512, 1000])
+@pytest.mark.parametrize("multiple", [1, 2])
+def test_shifted_views_move_without_piling_up_at_the_edges(size, multiple):
+    """Along a non-wrapping axis: edge windows at the edges, neighbours at most a stride apart (the
+    Gaussian blend's band kept), the fewest windows that leave the inner ones half a stride of play,
+    and inner borders that move with the offset (a fixed border would become a seam)."""
+    window, stride = 64, 56
+    span = size - window
+    count = math.ceil(span / stride + 0.5) + 1
+    inner_starts = set()
+    for offset in range(0, stride, multiple):
+        lefts = [
+            v.left for v in shifted_views(64, size, (64, window), (0, offset), stride=(64, stride), multiple=multiple)
+        ]
+        assert lefts == sorted(set(lefts)) and lefts[0] == 0 and lefts[-1] == span
+        assert all(0 < b - a <= stride for a, b in itertools.pairwise(lefts)), (offset, lefts)
+        assert len(lefts) <= count and all(s % multiple == 0 for s in lefts)
+        inner_starts.update(lefts[1:-1])
+    assert len(inner_starts) >= stride // multiple // 2 * (count - 2) // 2  # they move, over half a stride
+    # two windows wide: 3 windows per axis, 9 in all, where clamped offsets gave 3.25 per axis on average
+    assert len(shifted_views(128, 128, (64, 64), (20, 30), stride=(56, 56))) == 9

@@ -100,15 +100,16 @@ def shifted_views(
     Each step of the fast mode draws a fresh offset, so the borders between windows never stay in
     one place and no seam can form. ``stride`` (default: the window, i.e. windows that do not
     overlap) is the spacing of the windows. Along a wrapping axis, ``ceil(size / stride)`` windows
-    are spread evenly from ``offset``. Along a non-wrapping axis, windows start at
-    ``offset + k * stride`` clamped to the canvas, so the two edge windows may overlap their
-    neighbours. Coverage (latent pixels denoised per canvas pixel) stays close to window / stride.
+    are spread evenly from ``offset``. Along a non-wrapping axis, the edge windows sit at the edges
+    and the inner ones a stride apart, shifted by ``offset`` within the play the span leaves them
+    (at least half a stride); no two neighbours are more than a stride apart. Coverage (latent
+    pixels denoised per canvas pixel) stays close to window / stride.
     With ``multiple`` > 1 (a transformer's patch size; canvas, window, stride and offset multiples
-    of it) the evenly spread starts of a wrapping axis are rounded down to multiples of it too.
+    of it) every start is a multiple of it too.
     """
     win_h, win_w = min(window[0], height), min(window[1], width)
     s_h, s_w = stride if stride is not None else (win_h, win_w)
-    tops = _shifted_starts(height, win_h, min(s_h, win_h), offset[0], wrap=False)
+    tops = _shifted_starts(height, win_h, min(s_h, win_h), offset[0], wrap=False, multiple=multiple)
     lefts = _shifted_starts(width, win_w, min(s_w, win_w), offset[1], wrap=circular, multiple=multiple)
     return [View(top, left, win_h, win_w) for top in tops for left in lefts]
 
@@ -119,16 +120,18 @@ def _shifted_starts(size: int, window: int, stride: int, offset: int, wrap: bool
     if wrap:
         n = math.ceil(size / stride)
         return [(offset + (k * (size // multiple)) // n * multiple) % size for k in range(n)]
-    offset %= stride
-    starts = sorted({min(max(s, 0), size - window) for s in range(offset - stride, size, stride)})
-    if stride < window:  # overlapping on purpose: keep every window
-        return starts
-    # clamping can leave a window whose neighbours already cover it (small canvases): drop it
-    kept = [starts[0]]
-    for i in range(1, len(starts) - 1):
-        if kept[-1] + window < starts[i + 1]:
-            kept.append(starts[i])
-    return kept + starts[-1:] if len(starts) > 1 else kept
+    # A non-wrapping axis: the first window at 0, the last at size - window, and between them inner
+    # windows a stride apart whose position moves with the offset. The count is the least that keeps
+    # every gap within the stride while leaving the inner windows at least half a stride of play, so
+    # the borders keep moving from step to step. (Placing windows at offset + k * stride and clamping
+    # them to the canvas piles extra windows up at the edges: 3.25 instead of 3 on a canvas two
+    # windows wide.)
+    span = size - window
+    n = math.ceil(span / stride + 0.5) + 1
+    play = (n - 1) * stride - span  # >= stride / 2
+    first = span - (n - 2) * stride + (offset % stride) * play // stride // multiple * multiple
+    inner = [first + k * stride for k in range(n - 2)]
+    return sorted({0, span, *(s for s in inner if 0 < s < span)})
 
 
 WEIGHTS = ("uniform", "gaussian")

@@ -7,7 +7,7 @@ The engine has one sampling loop; a placement only changes the jobs of each step
 - ``"shifted"``: windows spaced by the stride at a fresh random offset every step, as
   SpotDiffusion (Frolov et al., 2024). The borders between windows move every step, so none stays
   long enough to become a seam, and each pixel is denoised about window / stride times per step
-  (plus the clamped edge windows). The default stride, 7/8 of the window, makes neighbours overlap
+  (plus the edge windows, which stay at the edges). The default stride, 7/8 of the window, makes neighbours overlap
   by 1/8, where Gaussian weights (Mixture of Diffusers) blend them (:func:`default_stride`).
 
 Offsets come from their own ``torch.Generator`` seeded with ``seed``, drawn in step order, so a run
