@@ -201,3 +201,41 @@ def test_tiled_decode_of_16_channel_latents(dit_models, circular):
         md.set_vae_tiling()
     assert tiled.shape == whole.shape == (1, 128, 256, 3)
     assert np.abs(tiled - whole).mean() < 0.02  # tiles agree with the whole decode (canvas-wide statistics)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_flow_noise_inversion_retraces_to_the_input(dit_models, family, monkeypatch):
+    """Noise inversion on flow-matching models: Euler run upwards on the fused velocity, then Euler
+    sampling from it, at one view without CFG, ends near the input's latents z_0; fresh noise ends
+    far from them (measured: RMS 0.070 against 0.87 on the tiny FLUX, 0.023 against 1.61 on the
+    tiny SD 3). The start is x_T itself: ``scale_noise`` of the implied noise gives it back."""
+    import multidiffusion.tasks.upscale as upscale_module
+
+    md = dit_models[family]
+    seen = {}
+    implied = upscale_module.implied_flow_noise
+
+    def recording(latents, inverted, sigma):
+        seen.update(z0=latents.clone(), inverted=inverted.clone(), sigma=sigma)
+        return implied(latents, inverted, sigma)
+
+    monkeypatch.setattr(upscale_module, "implied_flow_noise", recording)
+    outs = {}
+    for inversion in (True, False):
+        outs[inversion] = md.upscale(
+            _picture(128, 128),
+            scale=1,
+            prompt="a lake",
+            strength=0.6,
+            num_inference_steps=10,
+            guidance_scale=1.0,
+            noise_inversion=inversion,
+            output_type="latent",
+            generator=torch.Generator().manual_seed(0),  # the same z_0 both times
+        )
+        assert outs[inversion].stats.jobs == (12 if inversion else 6)  # one view; 6 steps run, 6 inverted
+    z0, sigma = seen["z0"], seen["sigma"]
+    again = (1 - sigma) * z0 + sigma * implied(z0, seen["inverted"], sigma)
+    assert torch.allclose(again, seen["inverted"], atol=1e-5)
+    inverted, fresh = (((outs[k].images - z0) ** 2).mean().sqrt().item() for k in (True, False))
+    assert inverted < 0.3 * fresh, (inverted, fresh)

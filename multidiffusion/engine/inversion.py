@@ -19,6 +19,16 @@ Everything is in variance-preserving units (what the UNet takes); :func:`implied
 result into the noise ε̃ with x_T = √ᾱ_T z_0 + √(1 − ᾱ_T) ε̃, which any scheduler's ``add_noise``
 turns into its own units, so sampling can start from it with DDIM, Euler or DPM++ alike (for DDIM
 the inversion is the sampler's mirror image; for the others it is a structured start noise).
+
+**Flow matching** (SD 3, FLUX; :func:`flow_invert`). Their sampler is Euler on the velocity the
+model predicts along the straight line x_σ = (1 − σ) z_0 + σ ε, dx/dσ = v = Φ(x_σ, σ):
+
+    x_s = x_t + (σ_s − σ_t) · Φ(x_t, t)
+
+and the inversion runs it upwards with the same approximation as DDIM's (the model asked at the
+higher level, at the lower level's sample): x_t = x_s + (σ_t − σ_s) · Φ(x_s, t). Euler sampling then
+retraces it exactly wherever Φ does not change between the two samples. :func:`implied_flow_noise`
+gives ε̃ with x_T = (1 − σ_T) z_0 + σ_T ε̃, which the scheduler's ``scale_noise`` turns back into x_T.
 """
 
 from __future__ import annotations
@@ -29,13 +39,21 @@ import torch
 
 from multidiffusion.engine.fusion import Denoiser, FusionPlan, fused_prediction
 
-__all__ = ["alphas_at", "ddim_invert", "implied_noise", "inversion_levels"]
+__all__ = [
+    "alphas_at",
+    "ddim_invert",
+    "flow_invert",
+    "implied_flow_noise",
+    "implied_noise",
+    "inversion_levels",
+    "sigmas_at",
+]
 
 
 def alphas_at(scheduler, timesteps: torch.Tensor) -> torch.Tensor:
     """ᾱ at each timestep from the scheduler's ``alphas_cumprod`` (linearly interpolated between
     training timesteps for fractional ones), float64. ValueError when the scheduler has none (a
-    flow-matching scheduler: inversion here is for the DDPM family)."""
+    flow-matching scheduler: use :func:`sigmas_at` and :func:`flow_invert`)."""
     table = getattr(scheduler, "alphas_cumprod", None)
     if table is None:
         raise ValueError(
@@ -108,3 +126,38 @@ def implied_noise(latents: torch.Tensor, inverted: torch.Tensor, alpha: float) -
     """The noise ε̃ with ``inverted`` = √ᾱ ``latents`` + √(1 − ᾱ) ε̃: what a scheduler's ``add_noise``
     at that level needs to give back ``inverted`` (in its own units)."""
     return ((inverted.float() - alpha**0.5 * latents.float()) / (1 - alpha) ** 0.5).to(latents.dtype)
+
+
+def sigmas_at(scheduler, timesteps: torch.Tensor) -> torch.Tensor:
+    """σ at each timestep of a flow-matching scheduler, t / ``num_train_timesteps`` (its timesteps are
+    its shifted sigmas times that), float64."""
+    return timesteps.detach().to("cpu", torch.float64) / float(scheduler.config.num_train_timesteps)
+
+
+@torch.no_grad()
+def flow_invert(
+    model: Denoiser,
+    latents: torch.Tensor,
+    levels: torch.Tensor,
+    sigmas: torch.Tensor,
+    plan_for_level: Callable[[int], FusionPlan],
+    batch_size: int | None = None,
+) -> torch.Tensor:
+    """Clean ``latents`` z_0 carried up through ``levels`` (ascending timesteps, σ of each in
+    ``sigmas``) by the Euler inversion step of the module docstring, with the fused velocity of
+    ``model`` over ``plan_for_level(k)``'s views at step k. Returns x_T; ``len(levels)`` fused
+    predictions. The canvas is carried in float32."""
+    x = latents.float()
+    sigma_prev = 0.0  # z_0: clean
+    for k, t in enumerate(levels):
+        velocity = fused_prediction(model, x.to(latents.dtype), t.to(latents.device), plan_for_level(k), batch_size)
+        sigma = float(sigmas[k])
+        x = x + (sigma - sigma_prev) * velocity.float()
+        sigma_prev = sigma
+    return x.to(latents.dtype)
+
+
+def implied_flow_noise(latents: torch.Tensor, inverted: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The noise ε̃ with ``inverted`` = (1 − σ) ``latents`` + σ ε̃: what ``scale_noise`` at σ needs to
+    give back ``inverted``."""
+    return ((inverted.float() - (1 - sigma) * latents.float()) / sigma).to(latents.dtype)

@@ -11,7 +11,8 @@ the paper's grid (stride window/8 both ways) pushes each latent pixel through th
 clamped at the edges).
 
 **Noise inversion** (``noise_inversion=True``): instead of adding fresh noise to the resized image's
-latents z_0, sampling starts from a DDIM inversion of z_0 up to the first timestep that runs
+latents z_0, sampling starts from a DDIM inversion of z_0 (for flow-matching models, SD 3 and FLUX,
+the Euler inversion of their velocity) up to the first timestep that runs
 (:mod:`multidiffusion.engine.inversion`), computed with the same fused MultiDiffusion prediction
 over the canvas. The start then encodes the image's own structure rather than random noise, so
 the re-worked image keeps more of the input (measured in ``benchmarks/results/``).
@@ -43,8 +44,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from multidiffusion.engine.inversion import alphas_at, ddim_invert, implied_noise, inversion_levels
-from multidiffusion.engine.noising import noise_to
+from multidiffusion.engine.inversion import (
+    alphas_at,
+    ddim_invert,
+    flow_invert,
+    implied_flow_noise,
+    implied_noise,
+    inversion_levels,
+    sigmas_at,
+)
+from multidiffusion.engine.noising import is_flow_matching, noise_to
 from multidiffusion.engine.sampler import GuidedModel, SamplingStats
 from multidiffusion.engine.task import Start
 from multidiffusion.options import CONTROL_INPUT, UPSCALE_FILTERS, UpscaleOptions
@@ -112,7 +121,6 @@ class UpscaleTask(Img2ImgTask):
             raise RuntimeError("encode the input (prepare) before inverting it")
         model = self._inversion_model(start.model)
         levels = inversion_levels(start.timesteps, self.inversion_steps)
-        alphas = alphas_at(start.scheduler, levels)
         runs = len(start.timesteps)
         mirror = len(levels) == runs  # step k retraces sampling step runs-1-k: use its windows
 
@@ -120,10 +128,16 @@ class UpscaleTask(Img2ImgTask):
             return start.plan_for_step(runs - 1 - k if mirror else runs + k)
 
         with model.attached():
-            inverted = ddim_invert(
-                model, z0, levels, alphas, plan_for_level, start.batch_size, self.adapter.prediction_type
-            )
-        noise = implied_noise(z0, inverted, float(alphas[-1]))
+            if is_flow_matching(start.scheduler):  # SD 3, FLUX: Euler on the velocity, upwards
+                sigmas = sigmas_at(start.scheduler, levels)
+                inverted = flow_invert(model, z0, levels, sigmas, plan_for_level, start.batch_size)
+                noise = implied_flow_noise(z0, inverted, float(sigmas[-1]))
+            else:
+                alphas = alphas_at(start.scheduler, levels)
+                inverted = ddim_invert(
+                    model, z0, levels, alphas, plan_for_level, start.batch_size, self.adapter.prediction_type
+                )
+                noise = implied_noise(z0, inverted, float(alphas[-1]))
         main = start.model.stats
         for key in ("model_calls", "jobs", "evaluations"):
             setattr(main, key, getattr(main, key) + getattr(self.inversion_stats, key))
