@@ -104,6 +104,39 @@ def test_flux_one_view_equals_flux_controlnet_pipeline(flux, case):
     assert got.stats.controlnet_calls == (2 if case == "range" else (2 if two else 1) * steps)  # skipped outside
 
 
+@pytest.mark.parametrize("two", [False, True], ids=["one-mode", "two-modes"])
+def test_flux_controlnet_union_equals_the_pipeline(flux, two):
+    """A FLUX ControlNet-Union (``num_mode``): the mode's embedding before the text tokens, one pass
+    per control image and mode over the one model (FluxMultiControlNetModel of it), summed."""
+    from diffusers import FluxMultiControlNetModel
+
+    net = tiny_flux_controlnet(flux.transformer, seed=5, num_mode=4)
+    pipe = FluxControlNetPipeline(**flux.components, controlnet=FluxMultiControlNetModel([net]) if two else net)
+    pipe.set_progress_bar_config(disable=True)
+    images = [_control_image(seed=5), _control_image(seed=6)] if two else _control_image(seed=5)
+    options = dict(control_mode=[0, 3], controlnet_conditioning_scale=[0.8, 0.5]) if two else dict(control_mode=2)
+    common = dict(num_inference_steps=STEPS, guidance_scale=3.5, output_type="latent", **options)
+    x = _latents(5)
+    # diffusers 0.42 sizes the per-image ranges by the models (1), not the images, and its zip then
+    # drops the second image (its output equals the first image's alone); explicit ranges for both
+    # make it run both, as ours does
+    ranges = dict(control_guidance_start=[0.0, 0.0], control_guidance_end=[1.0, 1.0]) if two else {}
+    expected = _flux_expected(pipe, images, x, **common, **ranges)
+    md = _md(pipe)
+    got = md.panorama("a red ball", height=H * 8, width=W * 8, control_image=images, latents=x, **common)
+    assert (got.images - expected).abs().max() <= 1e-4
+    assert got.stats.controlnet_calls == (2 if two else 1) * STEPS
+    if not two:  # the mode matters
+        other = md.panorama(
+            "a red ball", height=H * 8, width=W * 8, control_image=images, latents=x, **{**common, "control_mode": 1}
+        )
+        assert (other.images - got.images).abs().max() > 1e-4
+    with pytest.raises(ValueError, match=r"control_mode must be from 0 to 3 for this Union ControlNet, got 4"):
+        md.panorama("a red ball", height=H * 8, width=W * 8, control_image=_control_image(), control_mode=4)
+    with pytest.raises(ValueError, match=r"control_mode: a Union ControlNet needs a mode for each control image"):
+        md.panorama("a red ball", height=H * 8, width=W * 8, control_image=_control_image())
+
+
 def test_flux_true_cfg_controlnet_runs_on_the_positive_prompt_as_the_pipeline(flux):
     """With true CFG the pipeline runs the ControlNet once, on the positive prompt, for both branches."""
     net = tiny_flux_controlnet(flux.transformer, seed=4)

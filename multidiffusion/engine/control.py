@@ -22,7 +22,11 @@ A Union ControlNet (diffusers' ``ControlNetUnionModel``, e.g. ControlNet-Union S
 that takes several control images at once, each with its ``control_mode``; every image is cropped
 per view the same way. With one mode it is skipped outside its range like any ControlNet; with
 several, each mode's scale is 0 outside its own range and the model runs at every step, as in
-diffusers (its residuals don't vanish when all of its scales are 0).
+diffusers (its residuals don't vanish when all of its scales are 0). A FLUX ControlNet-Union
+(``FluxControlNetModel`` with ``num_mode``) instead takes one image and one mode per forward pass
+(the mode's embedding goes before the text tokens): each control image is its own :class:`Control`
+with its mode, over the one model or one model each, their residuals summed, as diffusers'
+``FluxMultiControlNetModel``.
 """
 
 from __future__ import annotations
@@ -70,6 +74,9 @@ class Control:
         """The ControlNet's control inputs for these crops (one tensor per image) at step i of n."""
         if self.modes is None:
             return {"controlnet_cond": crops[0], "conditioning_scale": self.scale}
+        if not _is_union(self.model):  # one mode per pass (FLUX ControlNet-Union)
+            mode = torch.full((crops[0].shape[0], 1), self.modes[0], device=crops[0].device, dtype=torch.long)
+            return {"controlnet_cond": crops[0], "controlnet_mode": mode, "conditioning_scale": self.scale}
         kinds = self.model.config.num_control_type
         control_type = torch.zeros(kinds, device=crops[0].device, dtype=crops[0].dtype)
         control_type[list(self.modes)] = 1
@@ -239,19 +246,21 @@ def build_controls(
             "control_image: this model has no ControlNet; load one with "
             "MultiDiffusion.from_pretrained(model, controlnet=...) or wrap a diffusers ControlNet pipeline"
         )
-    union = _is_union(nets[0])
+    union = _is_union(nets[0])  # one model, all the images in one pass
+    kinds = [_mode_count(net) for net in nets]
+    moded = kinds[0] is not None  # every image has a mode: Union ControlNets, either kind
+    shared = moded and len(nets) == 1  # one model for every image
     if union and len(nets) > 1:
         raise ValueError(
             "controlnet: several Union ControlNets are not supported; use one, with a control_mode per image"
         )
-    if union and settings and options.control_mode is None:
-        raise ValueError(
-            f"control_mode: a Union ControlNet needs a mode for each control image (0 to "
-            f"{nets[0].config.num_control_type - 1})"
-        )
-    if not union and options.control_mode is not None:
+    if any((k is None) != (kinds[0] is None) for k in kinds):
+        raise ValueError("controlnet: Union and one-condition ControlNets together are not supported")
+    if moded and settings and options.control_mode is None:
+        raise ValueError(f"control_mode: a Union ControlNet needs a mode for each control image (0 to {kinds[0] - 1})")
+    if not moded and options.control_mode is not None:
         raise ValueError("control_mode is a Union ControlNet's setting; this model's ControlNet takes none")
-    if settings and len(nets) != len(settings) and not union:
+    if settings and len(nets) != len(settings) and not shared:
         raise ValueError(
             f"control_image: this model runs {len(nets)} ControlNet(s); give {'a list of ' if len(nets) > 1 else ''}"
             f"{len(nets)} control image(s), got {len(settings)}"
@@ -268,18 +277,21 @@ def build_controls(
             check_same_aspect(name, image.size, "canvas", size)
             source = image.image
         pixels = processor.preprocess(preprocess(source, preprocessor), height=size[0], width=size[1])
-        net = nets[0 if union else i]
+        net = nets[0 if shared else i]
         image, factor = adapter.control_input(net, pixels.to(adapter.device, adapter.dtype))
         controls.append(Control(net, image, scale, start, end, factor=factor))
+    modes = options.control_mode if isinstance(options.control_mode, list) else [options.control_mode]
+    for i, mode in enumerate(modes if moded and controls else ()):
+        count = kinds[0 if shared else i]
+        if mode >= count:
+            which = f"[{i}]" if len(modes) > 1 else ""
+            raise ValueError(f"control_mode{which} must be from 0 to {count - 1} for this Union ControlNet, got {mode}")
+    if moded and not union:  # FLUX: a pass per image, with its mode
+        controls = [
+            Control(c.model, c.image, c.scale, c.start, c.end, modes=(mode,), factor=c.factor)
+            for c, mode in zip(controls, modes)
+        ]
     if union and controls:  # one model, all the images at once
-        modes = options.control_mode if isinstance(options.control_mode, list) else [options.control_mode]
-        kinds = nets[0].config.num_control_type
-        for i, mode in enumerate(modes):
-            if mode >= kinds:
-                which = f"[{i}]" if len(modes) > 1 else ""
-                raise ValueError(
-                    f"control_mode{which} must be from 0 to {kinds - 1} for this Union ControlNet, got {mode}"
-                )
         ranges = tuple((c.start, c.end) for c in controls)
         controls = [
             Control(
@@ -292,7 +304,7 @@ def build_controls(
                 ranges=ranges,
             )
         ]
-    if union and region_controls:
+    if moded and region_controls:
         raise ValueError(f"{region_controls[0][1]}: a region's control image with a Union ControlNet is not supported")
     start, end = (settings[0][2], settings[0][3]) if settings else (0.0, 1.0)
     for slot, name, image, scale, index in region_controls:
@@ -306,5 +318,14 @@ def build_controls(
 
 
 def _is_union(net: torch.nn.Module) -> bool:
-    """Whether ``net`` is a Union ControlNet (several control images, each with a mode)."""
+    """Whether ``net`` is a Union ControlNet that takes several control images in one pass, each
+    with a mode (SDXL's ``ControlNetUnionModel``)."""
     return "num_control_type" in getattr(net, "config", {})
+
+
+def _mode_count(net: torch.nn.Module) -> int | None:
+    """How many control modes ``net`` knows: a Union ControlNet's (SDXL's ``num_control_type``, a FLUX
+    ControlNet-Union's ``num_mode``), None for a one-condition ControlNet."""
+    config = getattr(net, "config", {})
+    count = config.get("num_control_type") or config.get("num_mode")
+    return int(count) if count else None

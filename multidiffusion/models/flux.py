@@ -30,8 +30,8 @@ with an ``input_hint_block`` take the pixels in [-1, 1] instead (their crop at t
 offset) and the transformer repeats their blocks (``controlnet_blocks_repeat``). The ControlNet gets
 the view's image ids, the timestep, text and, when it embeds guidance, the slot's guidance scale;
 with true CFG it runs on the positive prompt only and its output serves both branches, as the
-pipeline. FLUX ControlNets have no guess mode; ControlNet-Union for FLUX (``num_mode``) is not
-supported yet.
+pipeline. FLUX ControlNets have no guess mode. A ControlNet-Union (``num_mode``) takes a
+``control_mode`` per control image and runs once per image (:mod:`multidiffusion.engine.control`).
 
 At one view covering the canvas this is FluxPipeline step for step (``tests/test_dit_equivalence.py``),
 and FluxControlNetPipeline with a ControlNet (``tests/test_dit_controlnet.py``).
@@ -241,8 +241,6 @@ class FluxAdapter(FlowMatchingAdapter):
 
         keys = ("in_channels", "joint_attention_dim", "pooled_projection_dim")
         check_transformer_controlnet(net, self.transformer, "FluxControlNetModel", "FLUX.1", keys, name)
-        if net.config.num_mode is not None:
-            raise ValueError(f"{name}: FLUX ControlNet-Union (num_mode) is not supported yet; use a one-condition one")
         if net.config.guidance_embeds and not self.guidance_embedded:
             raise ValueError(f"{name}: this FLUX ControlNet embeds guidance but the transformer does not (schnell)")
         return net
