@@ -235,7 +235,8 @@ def tiny_flux_controlnet(transformer: Any, seed: int = 0, layers: tuple[int, int
 def tiny_sd3_controlnet(transformer: Any, seed: int = 0, layers: int = 1, **config: Any) -> Any:
     """A random ``SD3ControlNetModel`` for ``transformer`` (its width, patches, text sizes) with
     ``layers`` joint blocks; ``config`` overrides (``force_zeros_for_pooled_projection``, default True
-    as InstantX's SD 3 ControlNets)."""
+    as InstantX's SD 3 ControlNets). The transformer needs two blocks or more for its output to
+    matter: SD 3's last block is context-pre-only and takes no ControlNet residual."""
     from diffusers import SD3ControlNetModel
 
     c = transformer.config

@@ -43,7 +43,9 @@ def flux():
 
 @pytest.fixture(scope="module")
 def sd3():
-    return _no_spread(tiny_sd3_pipeline(sample_size=16, seed=3))
+    """Two joint blocks: SD 3's last block is context-pre-only and takes no ControlNet residual, so
+    with one block a ControlNet would change nothing."""
+    return _no_spread(tiny_sd3_pipeline(sample_size=16, seed=3, layers=2))
 
 
 def _control_image(width=128, height=128, seed=0):
@@ -204,8 +206,12 @@ def test_sd3_one_view_equals_sd3_controlnet_pipeline(sd3, force_zeros, two):
     expected = pipe(
         "a red ball", control_image=images, height=H * 8, width=W * 8, latents=x, max_sequence_length=16, **common
     ).images
-    got = _md(pipe).panorama("a red ball", height=H * 8, width=W * 8, control_image=images, latents=x, **common)
+    md = _md(pipe)
+    got = md.panorama("a red ball", height=H * 8, width=W * 8, control_image=images, latents=x, **common)
     assert (got.images - expected).abs().max() <= 1e-4
+    unscaled = {**common, "controlnet_conditioning_scale": [0.0, 0.0] if two else 0.0}
+    off = md.panorama("a red ball", height=H * 8, width=W * 8, control_image=images, latents=x, **unscaled)
+    assert (off.images - got.images).abs().max() > 1e-3  # the ControlNet acts
 
 
 class ControlSpy:
@@ -265,6 +271,70 @@ def test_each_view_gets_the_control_latents_at_its_place(flux, sd3, family, circ
         cut = 48 - view.left
         assert (seen[..., :cut] - latents[..., -cut:]).abs().max() <= 1e-4
         assert (seen[..., cut:] - latents[..., : 16 - cut]).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_an_upscale_conditions_each_view_on_its_resized_input(flux, sd3, family):
+    """Tile ControlNet on the transformers: with no control image, an upscale's ControlNet gets the
+    resized input (the upscaler's canvas-sized output), VAE-encoded once and cropped per view."""
+    pipe = flux if family == "flux" else sd3
+    net = (tiny_flux_controlnet if family == "flux" else tiny_sd3_controlnet)(pipe.transformer, seed=8)
+    md = _md(pipe, controlnet=net)
+    small = _control_image(width=128, height=64, seed=8)
+    resized = small.resize((256, 128), Image.LANCZOS)
+    spy = ControlSpy(net)
+    try:
+        out = md.upscale(
+            small,
+            scale=2,
+            window=16,
+            stride=8,
+            view_batch_size=1,
+            num_inference_steps=2,
+            strength=0.5,
+            guidance_scale=1.0,
+            output_type="latent",
+        )
+    finally:
+        spy.close()
+    latents = encode_images(pipe.vae, 2 * _pixels(resized) - 1)
+    if family == "sd3":  # InstantX-style by default: no shift
+        latents = latents + pipe.vae.config.shift_factor * pipe.vae.config.scaling_factor
+    views = grid_views(16, 32, (16, 16), (8, 8))
+    assert len(spy.seen) == len(views)  # one step runs at strength 0.5 of 2
+    for view, seen in zip(views, spy.seen):
+        expected = control_crop(latents, view, 1)
+        assert (seen - (pack_latents(expected) if family == "flux" else expected)).abs().max() <= 1e-4
+    assert out.parameters["control_image"] == ["input"]
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_a_regions_control_image_conditions_only_its_jobs(flux, sd3, family):
+    """A region's control map on the transformers: the ControlNet runs on that region's rows only
+    (SD 3 with CFG: its two guidance rows; FLUX without CFG: its one row) and changes the result."""
+    pipe = flux if family == "flux" else sd3
+    net = (tiny_flux_controlnet if family == "flux" else tiny_sd3_controlnet)(pipe.transformer, seed=10)
+    md = _md(pipe, controlnet=net)
+    md.share_unconditional = False
+    kwargs = dict(
+        height=128,
+        width=128,
+        background="a lake",
+        num_inference_steps=2,
+        bootstrap_steps=0,
+        output_type="latent",
+        latents=_latents(10),
+    )
+    box = {"prompt": "a person", "box": (32, 32, 96, 128)}
+    spy = ControlSpy(net)
+    try:
+        out = md.regions(regions=[{**box, "control_image": _control_image(seed=10)}], **kwargs)
+    finally:
+        spy.close()
+    assert len(spy.seen) == 2  # one job (the region's) per step: the background's isn't conditioned
+    assert spy.seen[0].shape[0] == (1 if family == "flux" else 2)
+    plain = md.regions(regions=[box], **kwargs)
+    assert (out.images - plain.images).abs().max() > 1e-3
 
 
 def test_controlnets_of_another_family_are_refused_in_one_line(flux, sd3, sd16):
