@@ -63,6 +63,10 @@ class MultiDiffusion:
         positions: str | None = None,
         true_cfg_scale: float | None = None,
         max_sequence_length: int | None = None,
+        skip_guidance_layers: Sequence[int] | None = None,
+        skip_layer_guidance_scale: float | None = None,
+        skip_layer_guidance_start: float | None = None,
+        skip_layer_guidance_stop: float | None = None,
         share_prefix: bool = True,
         share_unconditional: bool = True,
         controlnet: Any = None,
@@ -79,7 +83,10 @@ class MultiDiffusion:
         (T5 tokens); FLUX only: ``positions`` ("view", default: each view's rotary ids are an image
         of its own size; "canvas": its place on the canvas) and ``true_cfg_scale`` (> 1: true
         classifier-free guidance with the negative prompt; FLUX.1-dev takes ``guidance_scale`` as
-        its distilled guidance embedding). See :mod:`multidiffusion.models.flux` and ``.sd3``.
+        its distilled guidance embedding). SD 3 only: ``skip_guidance_layers`` (e.g. [7, 8, 9] for SD
+        3.5 medium) with ``skip_layer_guidance_scale`` / ``_start`` / ``_stop`` (default 2.8, 0.01,
+        0.2), StableDiffusion3Pipeline's skip-layer guidance. See :mod:`multidiffusion.models.flux`
+        and ``.sd3``.
 
         ``share_prefix`` (guidance branches share the UNet layers before the first cross-attention)
         and ``share_unconditional`` (the prompts of one window share ε_u) are exact optimisations,
@@ -96,6 +103,10 @@ class MultiDiffusion:
             positions=positions,
             true_cfg_scale=true_cfg_scale,
             max_sequence_length=max_sequence_length,
+            skip_guidance_layers=skip_guidance_layers,
+            skip_layer_guidance_scale=skip_layer_guidance_scale,
+            skip_layer_guidance_start=skip_layer_guidance_start,
+            skip_layer_guidance_stop=skip_layer_guidance_stop,
         )
         self.set_controlnet(controlnet if controlnet is not None else self.adapter.controlnet)
         self.scheduler = scheduler if scheduler is not None else self.pipe.scheduler
@@ -125,6 +136,10 @@ class MultiDiffusion:
         positions: str | None = None,
         true_cfg_scale: float | None = None,
         max_sequence_length: int | None = None,
+        skip_guidance_layers: Sequence[int] | None = None,
+        skip_layer_guidance_scale: float | None = None,
+        skip_layer_guidance_start: float | None = None,
+        skip_layer_guidance_stop: float | None = None,
         controlnet: Any = None,
         **kwargs: Any,
     ) -> MultiDiffusion:
@@ -163,6 +178,10 @@ class MultiDiffusion:
             positions=positions,
             true_cfg_scale=true_cfg_scale,
             max_sequence_length=max_sequence_length,
+            skip_guidance_layers=skip_guidance_layers,
+            skip_layer_guidance_scale=skip_layer_guidance_scale,
+            skip_layer_guidance_start=skip_layer_guidance_start,
+            skip_layer_guidance_stop=skip_layer_guidance_stop,
         )
         return md.set_controlnet(controlnet, allow_pickle=allow_pickle) if controlnet is not None else md
 

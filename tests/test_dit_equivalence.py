@@ -103,6 +103,44 @@ def test_sd3_one_view_equals_sd3_pipeline_with_a_generator(sd3_16):
     assert (got.images - expected).abs().max() <= 1e-4
 
 
+def test_sd3_skip_layer_guidance_equals_the_pipeline(sd3_16):
+    """SD 3.5's skip-layer guidance: at steps start·n < i < stop·n a third pass of the conditional rows
+    with block 0 skipped, s_l (ε_c − ε_skip) added; equal at one view, and in a panorama it costs one
+    more (half-size) pass per model call in those steps."""
+    slg = dict(skip_layer_guidance_scale=2.0, skip_layer_guidance_start=0.2, skip_layer_guidance_stop=0.7)
+    kwargs = dict(negative_prompt="blurry", num_inference_steps=5, guidance_scale=5.0, output_type="latent")
+    x = _latents(8)
+    expected = sd3_16(
+        "a red ball",
+        height=H * 8,
+        width=W * 8,
+        latents=x,
+        max_sequence_length=16,
+        skip_guidance_layers=[0],
+        **slg,
+        **kwargs,
+    ).images
+    md = _md(sd3_16, skip_guidance_layers=[0], **slg)
+    got = md.panorama("a red ball", height=H * 8, width=W * 8, latents=x, **kwargs)
+    assert (got.images - expected).abs().max() <= 1e-4
+    plain = _md(sd3_16).panorama("a red ball", height=H * 8, width=W * 8, latents=x, **kwargs)
+    assert (plain.images - got.images).abs().max() > 1e-3  # it acts
+    assert got.stats.model_calls - plain.stats.model_calls == 2  # steps 2 and 3 of 5 (1 < i < 3.5)
+    assert got.parameters["skip_guidance_layers"] == [0] and got.parameters["skip_layer_guidance_scale"] == 2.0
+    wide = md.panorama("a red ball", height=H * 8, width=W * 8 * 2, window=16, stride=8, view_batch_size=3, **kwargs)
+    wide_plain = _md(sd3_16).panorama(
+        "a red ball", height=H * 8, width=W * 8 * 2, window=16, stride=8, view_batch_size=3, **kwargs
+    )
+    assert wide.stats.evaluations - wide_plain.stats.evaluations == 2 * 3  # 3 views, their conditional rows, 2 steps
+    for options, says in [
+        (dict(skip_guidance_layers=[1]), "skip_guidance_layers: each must be a transformer block index from 0 to 0"),
+        (dict(skip_guidance_layers=[0], skip_layer_guidance_start=0.5, skip_layer_guidance_stop=0.2), "0 ≤ start"),
+        (dict(skip_guidance_layers=[0], skip_layer_guidance_scale=-1), "skip_layer_guidance_scale must be"),
+    ]:
+        with pytest.raises(ValueError, match=says):
+            _md(sd3_16, **options)
+
+
 def test_decoded_images_equal_the_pipelines(flux16):
     """The VAE's shift_factor: latents = (z − shift) · scale, decoded back as the pipeline does."""
     x = _latents(3)

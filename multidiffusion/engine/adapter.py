@@ -241,6 +241,13 @@ class ModelAdapter:
         down, mid = residuals
         return {"down_block_additional_residuals": list(down), "mid_block_additional_residual": mid}
 
+    def skip_layer_pass(self, step: int, steps: int) -> tuple[dict[str, Any], float] | None:
+        """Skip-layer guidance at step ``step`` of ``steps`` (SD 3.5): the extra keyword arguments of a
+        third pass of the conditional rows with some layers skipped, and its scale s_l, or None (the
+        default: no such guidance). :class:`~multidiffusion.engine.sampler.GuidedModel` then adds
+        s_l (ε_c − ε_skip) to the guided prediction."""
+        return None
+
     def network_calls(self, kwargs: dict[str, Any]) -> int:
         """Forward passes of the network one :meth:`predict` with these ``kwargs`` makes (for the
         run's statistics): 1, unless the adapter splits a batch (FLUX with canvas positions)."""

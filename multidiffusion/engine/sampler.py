@@ -70,6 +70,10 @@ class GuidedModel:
     ``share_prefix=False`` turns that off). ``guidance`` holds one scale per prompt slot (regions may
     set their own).
 
+    Skip-layer guidance (SD 3.5's, where the adapter asks for it at this step:
+    :meth:`~multidiffusion.engine.adapter.ModelAdapter.skip_layer_pass`) adds s_l (ε_c − ε_skip), ε_skip
+    the conditional rows run again with some of the model's layers skipped, as StableDiffusion3Pipeline.
+
     Shared unconditional branch: jobs of one call that see the same view with bit-identical crops
     and the same negative conditioning (the prompts of a region layout in one window, outside
     bootstrapping) have the same ε_u, so it is evaluated once for them: a window under P prompts
@@ -148,7 +152,17 @@ class GuidedModel:
         else:
             shared, cond = out[: x.shape[0] - n], out[x.shape[0] - n :]
             uncond = shared.index_select(0, _job_rows(groups[1], per, out.device))
-        return uncond + self._scale(jobs, per) * (cond - uncond)
+        guided_out = uncond + self._scale(jobs, per) * (cond - uncond)
+        skip = self.adapter.skip_layer_pass(*self._step)
+        if skip is None:
+            return guided_out
+        # skip-layer guidance: the conditional rows (the last n of x) again, some layers skipped
+        extra, scale = skip
+        cond_rows = torch.arange(x.shape[0] - n, x.shape[0], device=crops.device)
+        skipped = self.adapter.predict(crops, t, {**select_rows(kwargs, x.shape[0], cond_rows), **extra})
+        self.stats.model_calls += 1
+        self.stats.evaluations += n
+        return guided_out + scale * (cond - skipped)
 
     def _unconditional_groups(
         self, crops: torch.Tensor, jobs: Sequence[Job], per: int

@@ -37,6 +37,10 @@ FAMILY_OPTIONS = {
     "positions": ("flux",),
     "true_cfg_scale": ("flux",),
     "max_sequence_length": ("sd3", "flux"),
+    "skip_guidance_layers": ("sd3",),
+    "skip_layer_guidance_scale": ("sd3",),
+    "skip_layer_guidance_start": ("sd3",),
+    "skip_layer_guidance_stop": ("sd3",),
 }
 
 
@@ -130,7 +134,8 @@ def adapter_for(pipe: Any, **options: Any) -> ModelAdapter:
 
     ``options``: ``clip_skip`` (SD, SDXL, SD 3); ``crops_coords_top_left`` and ``original_size`` for
     SDXL (see :mod:`multidiffusion.models.sdxl`); ``positions`` and ``true_cfg_scale`` for FLUX
-    (:mod:`multidiffusion.models.flux`); ``max_sequence_length`` for SD 3 and FLUX. A ``None``
+    (:mod:`multidiffusion.models.flux`); ``max_sequence_length`` for SD 3 and FLUX; skip-layer guidance
+    (``skip_guidance_layers``, ``skip_layer_guidance_scale`` / ``_start`` / ``_stop``) for SD 3. A ``None``
     option takes the adapter's default; an option the family does not take is a ``ValueError``.
     """
     options = {k: v for k, v in options.items() if v is not None}

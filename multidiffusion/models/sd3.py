@@ -17,7 +17,13 @@ guidance branches run it with their own prompt; a ControlNet without a text proj
 (``joint_attention_dim`` None, SD 3.5 large's) gets no text, and one without its own positional
 embedding (``use_pos_embed`` False) takes the transformer's, as the pipeline sets it. No guess mode.
 
-Not here: skip-layer guidance (SD 3.5 medium's optional ``skip_guidance_layers``), IP-Adapters.
+**Skip-layer guidance** (SD 3.5 medium's optional ``skip_guidance_layers``, e.g. [7, 8, 9]), as the
+pipeline: at steps i with start · n < i < stop · n (n the steps that run), with classifier-free
+guidance on, each view's conditional rows run once more with those transformer blocks skipped and
+the guided prediction gains ``skip_layer_guidance_scale`` (ε_c − ε_skip): one more transformer pass
+(of half the rows) per model call in those steps.
+
+Not here: IP-Adapters.
 At one view covering the canvas this is StableDiffusion3Pipeline step for step
 (``tests/test_dit_equivalence.py``), and StableDiffusion3ControlNetPipeline with a ControlNet
 (``tests/test_dit_controlnet.py``).
@@ -46,7 +52,16 @@ class StableDiffusion3Adapter(FlowMatchingAdapter):
     explicit_sigmas = False
     max_shift_default = 1.16
 
-    def __init__(self, pipe: Any, clip_skip: int | None = None, max_sequence_length: int = 256):
+    def __init__(
+        self,
+        pipe: Any,
+        clip_skip: int | None = None,
+        max_sequence_length: int = 256,
+        skip_guidance_layers: Sequence[int] | None = None,
+        skip_layer_guidance_scale: float = 2.8,
+        skip_layer_guidance_start: float = 0.01,
+        skip_layer_guidance_stop: float = 0.2,
+    ):
         from diffusers import StableDiffusion3Pipeline
 
         controlnet = getattr(pipe, "controlnet", None)  # a ControlNet pipeline's, kept for every task
@@ -54,13 +69,43 @@ class StableDiffusion3Adapter(FlowMatchingAdapter):
             pipe = StableDiffusion3Pipeline.from_pipe(pipe)
         super().__init__(pipe, max_sequence_length, controlnet)
         self.clip_skip = clip_skip
+        self.skip_guidance_layers = _checked_layers(skip_guidance_layers, len(self.transformer.transformer_blocks))
+        for name, value in (
+            ("skip_layer_guidance_scale", skip_layer_guidance_scale),
+            ("skip_layer_guidance_start", skip_layer_guidance_start),
+            ("skip_layer_guidance_stop", skip_layer_guidance_stop),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{name} must be a number ≥ 0, got {value!r}")
+        if not skip_layer_guidance_start <= skip_layer_guidance_stop <= 1:
+            raise ValueError(
+                "skip_layer_guidance_start and skip_layer_guidance_stop must satisfy 0 ≤ start ≤ stop ≤ 1, got "
+                f"{skip_layer_guidance_start} and {skip_layer_guidance_stop}"
+            )
+        self.skip_layer_guidance = (
+            float(skip_layer_guidance_scale),
+            float(skip_layer_guidance_start),
+            float(skip_layer_guidance_stop),
+        )
 
     @property
     def patch_size(self) -> int:  # type: ignore[override]
         return int(self.transformer.config.patch_size)
 
     def parameters(self) -> dict[str, Any]:
-        return {"max_sequence_length": self.max_sequence_length}
+        out: dict[str, Any] = {"max_sequence_length": self.max_sequence_length}
+        if self.skip_guidance_layers:
+            scale, start, stop = self.skip_layer_guidance
+            out["skip_guidance_layers"] = list(self.skip_guidance_layers)
+            out.update(skip_layer_guidance_scale=scale, skip_layer_guidance_start=start, skip_layer_guidance_stop=stop)
+        return out
+
+    def skip_layer_pass(self, step: int, steps: int) -> tuple[dict[str, Any], float] | None:
+        """StableDiffusion3Pipeline's skip-layer guidance: on at steps i with start · n < i < stop · n."""
+        scale, start, stop = self.skip_layer_guidance
+        if not self.skip_guidance_layers or not (steps * start < step < steps * stop):
+            return None
+        return {"skip_layers": list(self.skip_guidance_layers)}, scale
 
     def encode(
         self,
@@ -138,3 +183,17 @@ class StableDiffusion3Adapter(FlowMatchingAdapter):
 
     def residual_kwargs(self, residuals: Any) -> dict[str, Any]:
         return {"block_controlnet_hidden_states": residuals[0]}
+
+
+def _checked_layers(layers: Sequence[int] | None, blocks: int) -> tuple[int, ...]:
+    """``skip_guidance_layers`` as a tuple of block indices, each checked against the transformer."""
+    if layers is None:
+        return ()
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
+        raise ValueError(f"skip_guidance_layers must be a list of block indices, got {layers!r}")
+    for layer in layers:
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < blocks:
+            raise ValueError(
+                f"skip_guidance_layers: each must be a transformer block index from 0 to {blocks - 1}, got {layer!r}"
+            )
+    return tuple(layers)
