@@ -8,7 +8,7 @@ decode are tiled, so memory follows the VAE tile and the window, not the image. 
 (``placement="shifted"``) matters most here: an upscale's canvas is large in both directions, where
 the paper's grid (stride window/8 both ways) pushes each latent pixel through the model 20 (SD at
 1024 px) to 50 (4096 px) times per step, shifted windows ~1.5 times ((8/7)² plus the windows
-clamped at the edges).
+pinned to the edges).
 
 **Noise inversion** (``noise_inversion=True``): instead of adding fresh noise to the resized image's
 latents z_0, sampling starts from a DDIM inversion of z_0 (for flow-matching models, SD 3 and FLUX,
