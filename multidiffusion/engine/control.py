@@ -265,6 +265,12 @@ def build_controls(
             f"control_image: this model runs {len(nets)} ControlNet(s); give {'a list of ' if len(nets) > 1 else ''}"
             f"{len(nets)} control image(s), got {len(settings)}"
         )
+    modes = options.control_mode if isinstance(options.control_mode, list) else [options.control_mode]
+    for i, mode in enumerate(modes if moded and settings else ()):
+        count = kinds[0 if shared else i]
+        if mode >= count:
+            which = f"[{i}]" if len(modes) > 1 else ""
+            raise ValueError(f"control_mode{which} must be from 0 to {count - 1} for this Union ControlNet, got {mode}")
     processor = VaeImageProcessor(vae_scale_factor=adapter.vae_scale_factor, do_convert_rgb=True, do_normalize=False)
     controls = []
     for i, (image, scale, start, end, preprocessor) in enumerate(settings):
@@ -279,18 +285,8 @@ def build_controls(
         pixels = processor.preprocess(preprocess(source, preprocessor), height=size[0], width=size[1])
         net = nets[0 if shared else i]
         image, factor = adapter.control_input(net, pixels.to(adapter.device, adapter.dtype))
-        controls.append(Control(net, image, scale, start, end, factor=factor))
-    modes = options.control_mode if isinstance(options.control_mode, list) else [options.control_mode]
-    for i, mode in enumerate(modes if moded and controls else ()):
-        count = kinds[0 if shared else i]
-        if mode >= count:
-            which = f"[{i}]" if len(modes) > 1 else ""
-            raise ValueError(f"control_mode{which} must be from 0 to {count - 1} for this Union ControlNet, got {mode}")
-    if moded and not union:  # FLUX: a pass per image, with its mode
-        controls = [
-            Control(c.model, c.image, c.scale, c.start, c.end, modes=(mode,), factor=c.factor)
-            for c, mode in zip(controls, modes)
-        ]
+        own_mode = (modes[i],) if moded and not union else None  # FLUX: a pass per image, with its mode
+        controls.append(Control(net, image, scale, start, end, modes=own_mode, factor=factor))
     if union and controls:  # one model, all the images at once
         ranges = tuple((c.start, c.end) for c in controls)
         controls = [

@@ -97,7 +97,24 @@ def _x0_and_eps(out: torch.Tensor, x: torch.Tensor, alpha: float, prediction_typ
     )
 
 
-@torch.no_grad()
+def _climb(
+    model: Denoiser,
+    latents: torch.Tensor,
+    levels: torch.Tensor,
+    plan_for_level: Callable[[int], FusionPlan],
+    batch_size: int | None,
+    step: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """Clean ``latents`` carried up through ``levels``: at level k the fused prediction of ``model``
+    over ``plan_for_level(k)``'s views, then ``step(k, x, prediction)`` (float32) gives the next x."""
+    x = latents.float()
+    with torch.no_grad():
+        for k, t in enumerate(levels):
+            out = fused_prediction(model, x.to(latents.dtype), t.to(latents.device), plan_for_level(k), batch_size)
+            x = step(k, x, out.float())
+    return x.to(latents.dtype)
+
+
 def ddim_invert(
     model: Denoiser,
     latents: torch.Tensor,
@@ -111,15 +128,14 @@ def ddim_invert(
     each in ``alphas``) by the DDIM inversion step of the module docstring, with the fused prediction
     of ``model`` over ``plan_for_level(k)``'s views at step k. Returns x_T in variance-preserving
     units; ``len(levels)`` fused predictions. The canvas is carried in float32."""
-    x = latents.float()
-    alpha_prev = 1.0  # z_0: clean
-    for k, t in enumerate(levels):
-        out = fused_prediction(model, x.to(latents.dtype), t.to(latents.device), plan_for_level(k), batch_size)
-        x0, eps = _x0_and_eps(out.float(), x, alpha_prev, prediction_type)
+
+    def step(k: int, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        alpha_prev = float(alphas[k - 1]) if k else 1.0  # z_0: clean
+        x0, eps = _x0_and_eps(out, x, alpha_prev, prediction_type)
         alpha = float(alphas[k])
-        x = alpha**0.5 * x0 + (1 - alpha) ** 0.5 * eps
-        alpha_prev = alpha
-    return x.to(latents.dtype)
+        return alpha**0.5 * x0 + (1 - alpha) ** 0.5 * eps
+
+    return _climb(model, latents, levels, plan_for_level, batch_size, step)
 
 
 def implied_noise(latents: torch.Tensor, inverted: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -134,7 +150,6 @@ def sigmas_at(scheduler, timesteps: torch.Tensor) -> torch.Tensor:
     return timesteps.detach().to("cpu", torch.float64) / float(scheduler.config.num_train_timesteps)
 
 
-@torch.no_grad()
 def flow_invert(
     model: Denoiser,
     latents: torch.Tensor,
@@ -147,14 +162,12 @@ def flow_invert(
     ``sigmas``) by the Euler inversion step of the module docstring, with the fused velocity of
     ``model`` over ``plan_for_level(k)``'s views at step k. Returns x_T; ``len(levels)`` fused
     predictions. The canvas is carried in float32."""
-    x = latents.float()
-    sigma_prev = 0.0  # z_0: clean
-    for k, t in enumerate(levels):
-        velocity = fused_prediction(model, x.to(latents.dtype), t.to(latents.device), plan_for_level(k), batch_size)
-        sigma = float(sigmas[k])
-        x = x + (sigma - sigma_prev) * velocity.float()
-        sigma_prev = sigma
-    return x.to(latents.dtype)
+
+    def step(k: int, x: torch.Tensor, velocity: torch.Tensor) -> torch.Tensor:
+        sigma_prev = float(sigmas[k - 1]) if k else 0.0  # z_0: clean
+        return x + (float(sigmas[k]) - sigma_prev) * velocity
+
+    return _climb(model, latents, levels, plan_for_level, batch_size, step)
 
 
 def implied_flow_noise(latents: torch.Tensor, inverted: torch.Tensor, sigma: float) -> torch.Tensor:
