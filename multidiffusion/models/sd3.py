@@ -39,7 +39,6 @@ import torch
 from multidiffusion.engine.adapter import Conditioning, split_slots
 from multidiffusion.engine.fusion import Job
 from multidiffusion.models.flow import FlowMatchingAdapter
-from multidiffusion.options import check_number
 
 __all__ = ["StableDiffusion3Adapter"]
 
@@ -71,10 +70,19 @@ class StableDiffusion3Adapter(FlowMatchingAdapter):
         super().__init__(pipe, max_sequence_length, controlnet)
         self.clip_skip = clip_skip
         self.skip_guidance_layers = _checked_layers(skip_guidance_layers, len(self.transformer.transformer_blocks))
-        scale = check_number("skip_layer_guidance_scale", skip_layer_guidance_scale, 0)
-        start = check_number("skip_layer_guidance_start", skip_layer_guidance_start, 0, 1)
-        stop = check_number("skip_layer_guidance_stop", skip_layer_guidance_stop, 0, 1)
-        if start > stop:
+        for name, value in (
+            ("skip_layer_guidance_scale", skip_layer_guidance_scale),
+            ("skip_layer_guidance_start", skip_layer_guidance_start),
+            ("skip_layer_guidance_stop", skip_layer_guidance_stop),
+        ):  # the adapter layer doesn't import the options module (tests/test_architecture.py)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{name} must be a number ≥ 0, got {value!r}")
+        scale, start, stop = (
+            float(skip_layer_guidance_scale),
+            float(skip_layer_guidance_start),
+            float(skip_layer_guidance_stop),
+        )
+        if not start <= stop <= 1:
             raise ValueError(
                 "skip_layer_guidance_start and skip_layer_guidance_stop must satisfy 0 ≤ start ≤ stop ≤ 1, got "
                 f"{start} and {stop}"
