@@ -213,6 +213,8 @@ def test_isolated_subjects_on_plain_colours() -> None:
             assert (labels == LAYOUT_CLASSES.index(scene.objects[0].kind)).sum() > 20
         elif scene.isolated == "celestial":
             assert want == {"celestial": scene.celestial}, caption
+            _, y, r = scene.celestial_pos  # small and high, as in a landscape (and a region box)
+            assert 0.05 <= r <= 0.15 and y <= 0.4, scene.celestial_pos
         else:
             assert list(want) == [scene.isolated], caption
         backdrop = (image == np.asarray(scene.backdrop, np.uint8)).all(-1)
