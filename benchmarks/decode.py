@@ -42,23 +42,25 @@ def decode_rows(quick: bool, device: torch.device, vae_divisor: int | None = Non
         return json.loads(out.strip().splitlines()[-1])
 
     sizes = [512, 1024] if quick else [1024, 4096]
-    mem = {size: run("--size", str(size), "--divisor", str(divisor)) for size in sizes}
-    small, large = mem[sizes[0]], mem[sizes[-1]]
     key = "cuda_peak_mb" if cuda else "peak_rss_mb"
     delta = "cuda_delta_mb" if cuda else "decode_rss_delta_mb"
-    rows.append(
-        {
-            "suite": "decode",
-            "config": f"decode {sizes[-1]}x{sizes[-1]} vs {sizes[0]}x{sizes[0]}, SD-shaped VAE 1/{divisor} width, "
-            "tile 64, exact statistics, to 8-bit pixels",
-            "peer": f"ours at {sizes[0]}x{sizes[0]}",
-            "peak_mb": {"peer": small[key], "ours": large[key]},
-            "memory_ratio": large[key] / small[key],
-            "delta_ratio": large[delta] / max(small[delta], 1e-9),
-            "seconds": {"peer": small["seconds"], "ours": large["seconds"]},
-            "detail": mem,
-        }
-    )
+    for cache, kept in ((None, "activations kept (default budget)"), (0, "nothing kept (cache_mb=0)")):
+        extra = () if cache is None else ("--cache-mb", str(cache))
+        mem = {size: run("--size", str(size), "--divisor", str(divisor), *extra) for size in sizes}
+        small, large = mem[sizes[0]], mem[sizes[-1]]
+        rows.append(
+            {
+                "suite": "decode",
+                "config": f"decode {sizes[-1]}x{sizes[-1]} vs {sizes[0]}x{sizes[0]}, SD-shaped VAE 1/{divisor} "
+                f"width, tile 64, exact statistics, {kept}, to 8-bit pixels",
+                "peer": f"ours at {sizes[0]}x{sizes[0]}",
+                "peak_mb": {"peer": small[key], "ours": large[key]},
+                "memory_ratio": large[key] / small[key],
+                "delta_ratio": large[delta] / max(small[delta], 1e-9),
+                "seconds": {"peer": small["seconds"], "ours": large["seconds"]},
+                "detail": mem,
+            }
+        )
     size = 512 if quick else 1024
     cases = [("sd", d) for d in sorted({divisor, 8} if not cuda else {divisor})] + [("demo", 1)]
     for vae, div in cases:
@@ -72,6 +74,7 @@ def decode_rows(quick: bool, device: torch.device, vae_divisor: int | None = Non
                 "psnr_db": r["psnr_db_exact"],
                 "psnr_db_fast": r["psnr_db_fast"],
                 "seconds": {"peer": r["whole_seconds"], "ours": r["tiled_seconds_exact"]},
+                "seconds_exact_nothing_kept": r["tiled_seconds_exact_nocache"],
                 "seconds_fast": r["tiled_seconds_fast"],
             }
         )
@@ -91,6 +94,9 @@ def main() -> None:
     p.add_argument("--vae", choices=["sd", "demo"], default="sd")
     p.add_argument("--norm-stats", choices=["exact", "fast"], default="exact")
     p.add_argument("--psnr", action="store_true", help="tiled vs whole decode instead of memory")
+    p.add_argument(
+        "--cache-mb", type=float, default=None, help="activations the exact statistics keep (default: automatic)"
+    )
     args = p.parse_args()
 
     device = torch.device(args.device)
@@ -110,16 +116,18 @@ def main() -> None:
         vae = sd_shaped_vae(args.divisor).to(device=device, dtype=getattr(torch, args.dtype))
         z = smooth_latents(args.size // 8, args.size // 8).to(device, vae.dtype)
     result = {"size": args.size, "vae": args.vae, "divisor": args.divisor, "tile": args.tile, "device": args.device}
+    result["cache_mb"] = args.cache_mb
     with torch.no_grad():
         if args.psnr:
             start = time.perf_counter()
             whole = vae.decode(z / vae.config.scaling_factor).sample.float()
             result["whole_seconds"] = time.perf_counter() - start
-            for stats in ("exact", "fast"):
+            # exact, resuming from kept activations (default); exact from the start (cache 0); fast
+            for name, stats, cache in (("exact", "exact", None), ("exact_nocache", "exact", 0), ("fast", "fast", 0)):
                 start = time.perf_counter()
-                tiled = decode_latents(vae, z, tile=args.tile, norm_stats=stats).float()
-                result[f"tiled_seconds_{stats}"] = time.perf_counter() - start
-                result[f"psnr_db_{stats}"] = (10 * torch.log10(4 / ((tiled - whole) ** 2).mean())).item()
+                tiled = decode_latents(vae, z, tile=args.tile, norm_stats=stats, cache_mb=cache).float()
+                result[f"tiled_seconds_{name}"] = time.perf_counter() - start
+                result[f"psnr_db_{name}"] = (10 * torch.log10(4 / ((tiled - whole) ** 2).mean())).item()
         else:
             cuda = device.type == "cuda"
             if cuda:
@@ -128,7 +136,7 @@ def main() -> None:
             with RssPoller() as rss:
                 start_rss = rss.peak
                 start = time.perf_counter()
-                image = decode_to_uint8(vae, z, tile=args.tile, norm_stats=args.norm_stats)
+                image = decode_to_uint8(vae, z, tile=args.tile, norm_stats=args.norm_stats, cache_mb=args.cache_mb)
                 if cuda:
                     torch.cuda.synchronize()
                 result["seconds"] = time.perf_counter() - start

@@ -248,16 +248,25 @@ class MultiDiffusion:
         return self
 
     def set_vae_tiling(
-        self, tile: int | None = None, overlap: int | None = None, norm_stats: str = "exact"
+        self,
+        tile: int | None = None,
+        overlap: int | None = None,
+        norm_stats: str = "exact",
+        cache_mb: float | None = None,
     ) -> MultiDiffusion:
-        """How canvases larger than the VAE's tile are decoded (see :func:`~multidiffusion.vae.codec.decode_latents`):
-        ``tile`` and ``overlap`` in latent pixels (defaults: the VAE's native size, at least 64, and a
-        quarter of it); ``norm_stats="fast"`` measures GroupNorm statistics in one pass instead of
-        layer by layer (about 2-3x faster decoding, visibly less faithful on trained VAEs)."""
+        """How canvases larger than the VAE's tile are decoded and encoded (see
+        :func:`~multidiffusion.vae.codec.decode_latents`): ``tile`` and ``overlap`` in latent pixels
+        (defaults: the VAE's native size, at least 64, and a quarter of it); ``norm_stats="fast"``
+        measures GroupNorm statistics in one pass per tile instead of layer by layer (visibly less
+        faithful on trained VAEs); ``cache_mb``: the memory the exact statistics may keep to resume
+        their passes (default: 2048 MiB, at most a quarter of the free memory; 0: the least memory,
+        several times slower)."""
+        from multidiffusion.vae.codec import cache_bytes
         from multidiffusion.vae.tiles import NORM_STATS
 
         check_choice("norm_stats", norm_stats, NORM_STATS)
-        self._decode = {"tile": tile, "overlap": overlap, "norm_stats": norm_stats}
+        cache_bytes(cache_mb, torch.device("cpu"))  # checks it
+        self._decode = {"tile": tile, "overlap": overlap, "norm_stats": norm_stats, "cache_mb": cache_mb}
         return self
 
     def set_progress_bar_config(self, **kwargs: Any) -> None:

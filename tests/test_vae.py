@@ -134,3 +134,34 @@ def test_exact_statistics_make_the_trained_demo_vae_tile_invisibly():
     assert ((encode_images(vae, image, tile=32) - z).norm() / z.norm()).item() < 0.01
     with pytest.raises(ValueError, match=r"norm_stats must be one of 'exact', 'fast', got 'slow'"):
         decode_latents(vae, z, tile=32, norm_stats="slow")
+
+
+@torch.no_grad()
+def test_kept_activations_resume_the_exact_passes_without_changing_a_bit(sd16):
+    """Exact statistics re-run each tile up to every GroupNorm; keeping the tiles' activations where
+    a pass stops (within ``cache_mb``) lets the next passes resume there: the same bits, less work."""
+    from multidiffusion.vae.codec import encode_images
+
+    vae = sd16.vae
+    runs = []
+    hooks = [
+        m.register_forward_hook(lambda *_: runs.append(1)) for m in vae.modules() if type(m).__name__ == "ResnetBlock2D"
+    ]
+    try:
+        z = smooth_latents(16, 48, seed=4)  # 1 x 5 tiles of 16, overlapping by 8
+        decoded, work = {}, {}
+        for cache_mb in (0, 0.8, None):  # from the start; the low-resolution boundaries fit; all fit
+            runs.clear()
+            decoded[cache_mb] = decode_latents(vae, z, tile=16, overlap=8, cache_mb=cache_mb)
+            work[cache_mb] = len(runs)
+        image = decoded[0].clamp(-1, 1)
+        encoded = {mb: encode_images(vae, image, tile=16, overlap=8, cache_mb=mb) for mb in (0, None)}
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert torch.equal(decoded[0], decoded[None]) and torch.equal(decoded[0], decoded[0.8])
+    assert torch.equal(encoded[0], encoded[None])
+    assert work[None] < work[0.8] < work[0], work
+    assert work[None] * 3 < work[0], work
+    with pytest.raises(ValueError, match="cache_mb must be a number of MiB ≥ 0"):
+        decode_latents(vae, z, tile=16, cache_mb=-1)

@@ -54,7 +54,7 @@ class EncodedImage:
         """Encode (tiled) ``pixels`` (default: the input) to scaled latents, one sample of the
         posterior per image (one draw shared by all images with a single generator, as diffusers)."""
         pixels = self.pixels() if pixels is None else pixels
-        tiling = {k: v for k, v in vae_tiling.items() if k in ("tile", "overlap", "norm_stats", "share")}
+        tiling = {k: v for k, v in vae_tiling.items() if k in ("tile", "overlap", "norm_stats", "share", "cache_mb")}
         latents = encode_images(self.adapter.vae, pixels, generator=generator, sample=True, **tiling)
         if latents.shape[0] != images:
             latents = latents.repeat(images // latents.shape[0], 1, 1, 1)

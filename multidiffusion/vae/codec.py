@@ -30,6 +30,7 @@ from multidiffusion.vae.stages import decoder_stages, encoder_stages, run_latent
 from multidiffusion.vae.tiles import NORM_STATS, Collective, GroupNormStats, run_tiled
 
 __all__ = [
+    "cache_bytes",
     "decode_latents",
     "decode_to_uint8",
     "default_tile",
@@ -113,6 +114,36 @@ def _upcast_if_needed(vae: nn.Module) -> Iterator[torch.dtype]:
         yield dtype
 
 
+CACHE_MB = 2048
+"""Most memory (MiB) the exact statistics keep by default to resume their passes (see
+:class:`~multidiffusion.vae.tiles.GroupNormStats`), and at most a quarter of what is free."""
+
+
+def _free_bytes(device: torch.device) -> int | None:
+    """Free memory of ``device``: the accelerator's, or the system's available RAM (Linux)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def cache_bytes(cache_mb: float | None, device: torch.device) -> int:
+    """The budget of the exact statistics' kept activations: ``cache_mb`` MiB, or by default
+    :data:`CACHE_MB` capped at a quarter of ``device``'s free memory."""
+    if cache_mb is not None:
+        if isinstance(cache_mb, bool) or not isinstance(cache_mb, (int, float)) or not 0 <= cache_mb < float("inf"):
+            raise ValueError(f"cache_mb must be a number of MiB ≥ 0 (or None: automatic), got {cache_mb!r}")
+        return int(cache_mb * 2**20)
+    free = _free_bytes(device)
+    return CACHE_MB * 2**20 if free is None else min(CACHE_MB * 2**20, free // 4)
+
+
 def _check_tiles(vae: nn.Module, tile: int | None, overlap: int | None, norm_stats: str) -> tuple[int, int]:
     if norm_stats not in NORM_STATS:
         raise ValueError(f"norm_stats must be one of {', '.join(map(repr, NORM_STATS))}, got {norm_stats!r}")
@@ -135,11 +166,13 @@ def _decode(
     latent_tile: int | None = None,
     norm_stats: str = "exact",
     share: Collective | None = None,
+    cache_mb: float | None = None,
 ) -> None:
     """Decode into ``write(first_row, rows)``: bands of image rows, full width, wrap padding removed;
     with ``share``, the ranks split the pixel stage's tiles (:func:`~multidiffusion.vae.tiles.run_tiled`)
     and each runs the latent stage itself."""
     tile, overlap = _check_tiles(vae, tile, overlap, norm_stats)
+    cache = cache_bytes(cache_mb, latents.device)
     f = vae_scale_factor(vae)
     with _upcast_if_needed(vae) as dtype:
         z = unscale_latents(vae, latents).to(dtype)
@@ -157,12 +190,12 @@ def _decode(
             emit(0, vae.decode(z, return_dict=False)[0])
         elif stages is None:  # not an AutoencoderKL: tile the whole decoder
             decode = lambda c: vae.decode(c, return_dict=False)[0]  # noqa: E731
-            norms = GroupNormStats(vae.decoder, mode=norm_stats)
+            norms = GroupNormStats(vae.decoder, mode=norm_stats, cache_bytes=cache)
             run_tiled(decode, z, (h, w), tile, overlap, 1, f, emit, norms, share)
         else:
             features = run_latent_stage(stages.latent, stages.latent_norms, z, latent_tile or 2 * tile, norm_stats)
-            norms = GroupNormStats(*stages.pixel_norms, mode=norm_stats)
-            run_tiled(stages.pixel, features, (h, w), tile, overlap, 1, f, emit, norms, share)
+            norms = GroupNormStats(*stages.pixel_norms, mode=norm_stats, cache_bytes=cache)
+            run_tiled(stages.pixel_segments, features, (h, w), tile, overlap, 1, f, emit, norms, share)
 
 
 @torch.no_grad()
@@ -176,6 +209,7 @@ def decode_latents(
     latent_tile: int | None = None,
     norm_stats: str = "exact",
     share: Collective | None = None,
+    cache_mb: float | None = None,
 ) -> torch.Tensor:
     """Decode diffusion latents (B, C, h, w) to images (B, 3, h*f, w*f) in [-1, 1].
 
@@ -184,7 +218,9 @@ def decode_latents(
     up to ``latent_tile`` (default 2 * tile) latent pixels a side and in windows beyond; its
     pixel-resolution stage runs in tiles (see :mod:`multidiffusion.vae.stages`) normalised with
     canvas-wide GroupNorm statistics, measured layer by layer (``norm_stats="exact"``) or in one
-    pass (``"fast"``, see :mod:`multidiffusion.vae.tiles`). With ``circular``,
+    pass (``"fast"``, see :mod:`multidiffusion.vae.tiles`). The exact passes resume from the tiles'
+    activations kept within ``cache_mb`` MiB (:func:`cache_bytes`; 0: every pass from the start,
+    the least memory, several times slower: README "Speed and memory"). With ``circular``,
     the canvas wraps horizontally: the left and right edges are decoded as neighbours. A canvas that
     fits in one tile is decoded whole, exactly as diffusers does. ``share``: processes that split the
     tiles, each getting the whole image (:mod:`multidiffusion.vae.tiles`).
@@ -196,7 +232,7 @@ def decode_latents(
     def write(row: int, rows: torch.Tensor) -> None:
         image[..., row : row + rows.shape[-2], :] = rows
 
-    _decode(vae, latents, circular, tile, overlap, write, latent_tile, norm_stats, share)
+    _decode(vae, latents, circular, tile, overlap, write, latent_tile, norm_stats, share, cache_mb)
     return image
 
 
@@ -211,6 +247,7 @@ def decode_to_uint8(
     latent_tile: int | None = None,
     norm_stats: str = "exact",
     share: Collective | None = None,
+    cache_mb: float | None = None,
 ) -> torch.Tensor:
     """Like :func:`decode_latents`, but straight to 8-bit images (B, H, W, 3) on the CPU, converted
     one band of rows at a time (as diffusers' ``numpy_to_pil`` rounds), so no float copy of the
@@ -223,7 +260,7 @@ def decode_to_uint8(
         rows = rows.float().mul_(0.5).add_(0.5).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
         image[:, row : row + rows.shape[-2]] = rows.permute(0, 2, 3, 1).cpu()
 
-    _decode(vae, latents, circular, tile, overlap, write, latent_tile, norm_stats, share)
+    _decode(vae, latents, circular, tile, overlap, write, latent_tile, norm_stats, share, cache_mb)
     return image
 
 
@@ -246,6 +283,7 @@ def encode_images(
     generator: torch.Generator | list[torch.Generator] | None = None,
     sample: bool = False,
     share: Collective | None = None,
+    cache_mb: float | None = None,
 ) -> torch.Tensor:
     """Encode images (B, 3, H, W) in [-1, 1] to diffusion latents (B, C, H/f, W/f), scaled.
 
@@ -260,6 +298,7 @@ def encode_images(
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
     tile, overlap = _check_tiles(vae, tile, overlap, norm_stats)
+    cache = cache_bytes(cache_mb, vae.device)
     f = vae_scale_factor(vae)
     if images.shape[-2] % f or images.shape[-1] % f:
         raise ValueError(f"images must have sides that are multiples of {f}, got {tuple(images.shape[-2:])}")
@@ -279,12 +318,12 @@ def encode_images(
                 out[..., row : row + rows.shape[-2], :] = rows
 
             if stages is None:  # not an AutoencoderKL: tile the whole encoder
-                norms = GroupNormStats(vae, mode=norm_stats)
+                norms = GroupNormStats(vae, mode=norm_stats, cache_bytes=cache)
                 run_tiled(lambda c: _encode_moments(vae, c), x, (h, w), tile, overlap, f, 1, write, norms, share)
                 moments = out
             else:
-                norms = GroupNormStats(*stages.pixel_norms, mode=norm_stats)
-                run_tiled(stages.pixel, x, (h, w), tile, overlap, f, 1, write, norms, share)
+                norms = GroupNormStats(*stages.pixel_norms, mode=norm_stats, cache_bytes=cache)
+                run_tiled(stages.pixel_segments, x, (h, w), tile, overlap, f, 1, write, norms, share)
                 moments = run_latent_stage(stages.latent, stages.latent_norms, out, latent_tile or 2 * tile, norm_stats)
         dist = DiagonalGaussianDistribution(moments.float())
         if sample and isinstance(generator, list):

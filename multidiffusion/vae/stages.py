@@ -13,6 +13,7 @@ tiled and whole decodes come is measured by ``python -m benchmarks --suites deco
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,12 +30,28 @@ Stage = Callable[[torch.Tensor], torch.Tensor]
 @dataclass
 class Stages:
     """``latent``: latent resolution to latent resolution; ``pixel``: the stage that changes the
-    resolution by the VAE's factor. ``*_norms``: the modules holding each stage's GroupNorms."""
+    resolution by the VAE's factor, as ``pixel_segments`` run in order (a resnet, an up- or
+    down-sampler, the output layers: the points where exact GroupNorm statistics resume, see
+    :mod:`multidiffusion.vae.tiles`). ``*_norms``: the modules holding each stage's GroupNorms."""
 
     latent: Stage
     latent_norms: list[nn.Module]
-    pixel: Stage
+    pixel_segments: list[Stage]
     pixel_norms: list[nn.Module]
+
+    def pixel(self, x: torch.Tensor) -> torch.Tensor:
+        for segment in self.pixel_segments:
+            x = segment(x)
+        return x
+
+
+def _block_segments(block: nn.Module, samplers: str) -> list[Stage]:
+    """A diffusers ``UpDecoderBlock2D`` / ``DownEncoderBlock2D`` as its resnets and samplers, the
+    calls its ``forward`` makes; any other block whole."""
+    if type(block).__name__ not in ("UpDecoderBlock2D", "DownEncoderBlock2D"):
+        return [functools.partial(block, temb=None) if samplers == "upsamplers" else block]
+    parts: list[Stage] = [functools.partial(resnet, temb=None) for resnet in block.resnets]
+    return parts + list(getattr(block, samplers, None) or [])
 
 
 def _has(module: nn.Module, *names: str) -> bool:
@@ -56,12 +73,11 @@ def decoder_stages(vae: nn.Module) -> Stages | None:
             z = post(z)
         return dec.mid_block(dec.conv_in(z), None).to(up_dtype)
 
-    def pixel(x: torch.Tensor) -> torch.Tensor:
-        for block in dec.up_blocks:
-            x = block(x, None)
+    def out(x: torch.Tensor) -> torch.Tensor:
         return dec.conv_out(dec.conv_act(dec.conv_norm_out(x)))
 
-    return Stages(latent, [dec.mid_block], pixel, [dec.up_blocks, dec.conv_norm_out])
+    segments = [part for block in dec.up_blocks for part in _block_segments(block, "upsamplers")]
+    return Stages(latent, [dec.mid_block], [*segments, out], [dec.up_blocks, dec.conv_norm_out])
 
 
 def encoder_stages(vae: nn.Module) -> Stages | None:
@@ -71,17 +87,12 @@ def encoder_stages(vae: nn.Module) -> Stages | None:
         return None
     quant = getattr(vae, "quant_conv", None)
 
-    def pixel(x: torch.Tensor) -> torch.Tensor:
-        x = enc.conv_in(x)
-        for block in enc.down_blocks:
-            x = block(x)
-        return x
-
     def latent(x: torch.Tensor) -> torch.Tensor:
         x = enc.conv_out(enc.conv_act(enc.conv_norm_out(enc.mid_block(x))))
         return quant(x) if quant is not None else x
 
-    return Stages(latent, [enc.mid_block, enc.conv_norm_out], pixel, [enc.conv_in, enc.down_blocks])
+    segments = [part for block in enc.down_blocks for part in _block_segments(block, "downsamplers")]
+    return Stages(latent, [enc.mid_block, enc.conv_norm_out], [enc.conv_in, *segments], [enc.conv_in, enc.down_blocks])
 
 
 def run_latent_stage(

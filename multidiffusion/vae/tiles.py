@@ -92,8 +92,11 @@ def _ramps(starts: list[int], length: int, size: int, overlap: int, scale: int, 
     return [r / total[start * scale : start * scale + n] for start, r in zip(starts, raw)]
 
 
+Stage = Callable[[torch.Tensor], torch.Tensor]
+
+
 def run_tiled(
-    fn: Callable[[torch.Tensor], torch.Tensor],
+    fn: Stage | Sequence[Stage],
     x: torch.Tensor,
     canvas: tuple[int, int],
     tile: int,
@@ -107,31 +110,40 @@ def run_tiled(
     """Apply ``fn`` to ``x`` (B, C, canvas * in_scale) in tiles of ``tile`` canvas units.
 
     ``fn`` maps a crop of k x l canvas units (k*in_scale x l*in_scale pixels) to an output of
-    k*out_scale x l*out_scale pixels. Blended output rows are passed to ``write(first_row, rows)``
-    (float32, (B, C', n, canvas[1] * out_scale)) top to bottom, each row exactly once. With
-    ``norms``, canvas-wide GroupNorm statistics are measured first (:meth:`GroupNormStats.measure`)
-    and applied while the tiles are blended. With ``share``, the ranks split the tiles and every rank
-    gets every row (see the module docstring).
+    k*out_scale x l*out_scale pixels; it may be given as its segments, run in order, where exact
+    GroupNorm statistics may resume (see :class:`GroupNormStats`). Blended output rows are passed to
+    ``write(first_row, rows)`` (float32, (B, C', n, canvas[1] * out_scale)) top to bottom, each row
+    exactly once. With ``norms``, canvas-wide GroupNorm statistics are measured first
+    (:meth:`GroupNormStats.measure`) and applied while the tiles are blended. With ``share``, the
+    ranks split the tiles and every rank gets every row (see the module docstring).
     """
+    segments = list(fn) if isinstance(fn, Sequence) else [fn]
     h, w = canvas
     th, tw = min(tile, h), min(tile, w)
     tops, lefts = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
 
-    def run(top: int, left: int) -> torch.Tensor:
+    def crop(top: int, left: int) -> torch.Tensor:
         i, s = in_scale, slice(top * in_scale, (top + th) * in_scale)
-        return fn(x[..., s, left * i : (left + tw) * i])
+        return x[..., s, left * i : (left + tw) * i]
 
+    resume = Resume()
     if norms is not None:
         own_rows, own_cols = _owned(tops, th, h), _owned(lefts, tw, w)
-        norms.measure(
+        resume = norms.measure(
+            segments,
             [
-                (functools.partial(run, top, left), (*own_rows[i], *own_cols[j], th, tw))
+                (functools.partial(crop, top, left), (*own_rows[i], *own_cols[j], th, tw))
                 for i, top in enumerate(tops)
                 for j, left in enumerate(lefts)
             ],
             share,
             x.shape[0],
         )
+
+    def run(top: int, left: int) -> torch.Tensor:
+        k = tops.index(top) * len(lefts) + lefts.index(left)
+        return resume.finish(segments, k, functools.partial(crop, top, left))
+
     rows = _ramps(tops, th, h, overlap, out_scale, x.device)
     cols = _ramps(lefts, tw, w, overlap, out_scale, x.device)
     s = out_scale
@@ -216,6 +228,33 @@ class _Stop(Exception):
     """Ends a tile's forward pass once the statistic being swept has been recorded."""
 
 
+Tile = tuple[Callable[[], torch.Tensor], Region]
+"""A call that gives the tile's input crop, and the part of the tile it owns."""
+
+
+class Resume:
+    """Where the tiles' forward passes resume: ``activations[k]``, tile k's input of segment
+    ``segment`` (the segments before it need not run again), kept for this rank's tiles while they
+    fit the budget; empty: from the tiles' inputs."""
+
+    def __init__(self, segment: int = 0, activations: dict[int, torch.Tensor] | None = None):
+        self.segment = segment
+        self.activations = activations or {}
+
+    def start(self, k: int, crop: Callable[[], torch.Tensor], keep: bool = True) -> tuple[int, torch.Tensor]:
+        """(first segment to run, its input) for tile k; ``keep=False`` lets the kept input go."""
+        if k not in self.activations:
+            return 0, crop()
+        return self.segment, self.activations[k] if keep else self.activations.pop(k)
+
+    def finish(self, segments: Sequence[Stage], k: int, crop: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Tile k's output, from where it resumes (the kept input is let go: one use)."""
+        first, x = self.start(k, crop, keep=False)
+        for segment in segments[first:]:
+            x = segment(x)
+        return x
+
+
 class GroupNormStats:
     """Canvas-wide GroupNorm statistics for tiled inference (see the module docstring).
 
@@ -227,57 +266,79 @@ class GroupNormStats:
     ``applying()``: each GroupNorm normalises by the totals, in one fused multiply-add.
     """
 
-    def __init__(self, *modules: nn.Module, mode: str = "exact"):
+    def __init__(self, *modules: nn.Module, mode: str = "exact", cache_bytes: int = 0):
         if mode not in NORM_STATS:
             raise ValueError(f"norm_stats must be one of {', '.join(map(repr, NORM_STATS))}, got {mode!r}")
         self.mode = mode
+        self.cache_bytes = cache_bytes
         self.norms = [m for module in modules for m in module.modules() if isinstance(m, nn.GroupNorm)]
         self.totals: dict[int, tuple[float, torch.Tensor, torch.Tensor]] = {}
 
     def measure(
-        self, tiles: Sequence[tuple[Callable[[], object], Region]], share: Collective | None = None, batch: int = 1
-    ) -> None:
-        """Fill ``totals`` from the tiles: (a call that runs the tile through the module, the part
-        of the tile it owns). In exact mode only owned parts count, so overlaps count once. With
-        ``share``, this rank runs its tiles only and the moments of all tiles (``batch`` images) are
-        exchanged; either way they are merged in tile order."""
-        if self.mode == "fast":
-            found: dict[tuple[int, int], Moments] = {}
+        self, segments: Sequence[Stage], tiles: Sequence[Tile], share: Collective | None = None, batch: int = 1
+    ) -> Resume:
+        """Fill ``totals`` from the tiles, each run through ``segments`` in order. In exact mode only
+        owned parts count, so overlaps count once. With ``share``, this rank runs its tiles only and
+        the moments of all tiles (``batch`` images) are exchanged; either way they are merged in
+        tile order. Returns where the blended pass may resume each tile (exact mode)."""
+        if self.mode == "exact":
+            return self.sweep(segments, tiles, share, batch)
+        found: dict[tuple[int, int], Moments] = {}
 
-            def record(i: int, norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
-                found[(i, self._tile)] = self._moments(norm, x)
-                return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+        def record(i: int, norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+            found[(i, self._tile)] = self._moments(norm, x)
+            return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
 
-            with self._patched(record):
-                for k, (run, _) in enumerate(tiles):
-                    if _mine(k, share):
-                        self._tile = k
-                        run()
-            if share is not None:
-                found = self._exchange(found, len(tiles), share, batch)
-            self.totals = {}
-            for i, k in sorted(found, key=lambda key: key[1]):  # per layer, in tile order
-                self.totals[i] = self._merge(self.totals.get(i), found[(i, k)])
-        else:
-            self.sweep(tiles, share, batch)
+        with self._patched(record):
+            for k, (crop, _) in enumerate(tiles):
+                if _mine(k, share):
+                    self._tile = k
+                    Resume().finish(segments, k, crop)
+        if share is not None:
+            found = self._exchange(found, len(tiles), share, batch)
+        self.totals = {}
+        for i, k in sorted(found, key=lambda key: key[1]):  # per layer, in tile order
+            self.totals[i] = self._merge(self.totals.get(i), found[(i, k)])
+        return Resume()
 
     def sweep(
-        self, tiles: Sequence[tuple[Callable[[], object], Region]], share: Collective | None = None, batch: int = 1
-    ) -> None:
+        self, segments: Sequence[Stage], tiles: Sequence[Tile], share: Collective | None = None, batch: int = 1
+    ) -> Resume:
         """Exact statistics, one GroupNorm per pass over the tiles, in execution order: a pass
         applies the statistics found so far, records the first layer without any and stops the
-        forward there. The cost is the sum of the prefixes, about half a pass per layer."""
+        forward there. From the start, that costs the sum of the prefixes, about half a pass per
+        layer. So a pass that stops in segment s keeps every tile's input of s, when all of them fit
+        in ``cache_bytes``, and the next passes (and the blended pass) resume there: each segment then
+        runs about 1.5 times in all (to its GroupNorms, then through), whatever the depth."""
         self.totals = {}
+        resume = Resume()
+        mine = [k for k in range(len(tiles)) if _mine(k, share)]
         while len(self.totals) < len(self.norms):
             self._target: int | None = None
             self._found: dict[tuple[int, int], Moments] = {}
+            kept: dict[int, torch.Tensor] = {}
+            stopped: int | None = None  # the segment this pass stops in
+            fits = False
             with self._patched(self._sweep_forward):
-                for k, (run, region) in enumerate(tiles):
-                    if _mine(k, share):
-                        self._region, self._tile = region, k
-                        with contextlib.suppress(_Stop):
-                            run()
+                for k in mine:
+                    crop, self._region = tiles[k]
+                    self._tile = k
+                    first, x = resume.start(k, crop)
+                    for s in range(first, len(segments)):
+                        try:
+                            y = segments[s](x)
+                        except _Stop:
+                            if stopped is None and s > resume.segment:  # a later resume point: keep it?
+                                fits = x.numel() * x.element_size() * len(mine) <= self.cache_bytes
+                            stopped = s
+                            if fits:
+                                kept[k] = x
+                                resume.activations.pop(k, None)
+                            break
+                        x = y
             self._region = None
+            if fits:
+                resume = Resume(stopped, kept)
             found = self._found if share is None else self._exchange(self._found, len(tiles), share, batch)
             targets = {i for i, _ in found}
             if not targets:  # the remaining GroupNorms never run
@@ -289,6 +350,7 @@ class GroupNormStats:
             for key in sorted(found, key=lambda key: key[1]):  # in tile order
                 pending = self._merge(pending, found[key])
             self.totals[target] = pending
+        return resume
 
     def _sweep_forward(self, i: int, norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
         if i in self.totals:
