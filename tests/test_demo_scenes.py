@@ -220,6 +220,10 @@ def test_isolated_subjects_on_plain_colours() -> None:
         backdrop = (image == np.asarray(scene.backdrop, np.uint8)).all(-1)
         assert 0.02 < backdrop.mean() < 0.99  # the subject and its plain surround
     assert set(kinds) == {"object", "celestial", "sky", "ground"}
+    only = Counter(sample_isolated(rng, ("object", "ground")).isolated for _ in range(40))
+    assert set(only) == {"object", "ground"} and only["object"] > only["ground"]  # 45 : 15
+    with pytest.raises(ValueError, match="kinds must be some of object, celestial, sky, ground"):
+        sample_isolated(rng, ("house",))
     a = generate(np.random.default_rng(3), 8)
     b = generate(np.random.default_rng(3), 8, isolated_share=0.0)
     assert a[1] == b[1] and np.array_equal(a[0], b[0])

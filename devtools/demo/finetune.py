@@ -24,7 +24,7 @@ from transformers import CLIPTokenizer
 
 from devtools.demo.architecture import DEFAULT_MODEL_DIR, count_parameters, save_pipeline
 from devtools.demo.data import tokenize
-from devtools.demo.scenes import generate
+from devtools.demo.scenes import ISOLATED_KINDS, generate
 from devtools.demo.train import TrainConfig, encode_images, train_denoiser
 
 log = logging.getLogger("devtools.demo.finetune")
@@ -57,7 +57,10 @@ def run(args: argparse.Namespace) -> Path:
     )
     t0 = time.time()
     images, captions, scenes = generate(
-        np.random.default_rng(args.seed), args.num_images, isolated_share=args.isolated_share
+        np.random.default_rng(args.seed),
+        args.num_images,
+        isolated_share=args.isolated_share,
+        isolated_kinds=tuple(args.isolated_kinds),
     )
     isolated = sum(bool(s.isolated) for s in scenes)
     data_s = time.time() - t0
@@ -79,7 +82,7 @@ def run(args: argparse.Namespace) -> Path:
     record = {
         "fine_tuned_from": json.loads(base_log.read_text()) if base_log.is_file() else str(base),
         "fine_tuning": {
-            "config": {**asdict(cfg), "isolated_share": args.isolated_share},
+            "config": {**asdict(cfg), "isolated_share": args.isolated_share, "isolated_kinds": args.isolated_kinds},
             "isolated_scenes": isolated,
             "wall_time_s": {
                 "data_s": round(data_s, 1),
@@ -109,6 +112,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--num-images", type=int, default=12000)
     p.add_argument("--isolated-share", type=float, default=0.3)
+    p.add_argument(
+        "--isolated-kinds",
+        nargs="+",
+        default=list(ISOLATED_KINDS),
+        choices=list(ISOLATED_KINDS),
+        help="which isolated subjects to draw (default: all)",
+    )
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-4)

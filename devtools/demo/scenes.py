@@ -25,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -193,12 +194,20 @@ def _backdrop(rng: np.random.Generator) -> tuple[int, int, int]:
     return tuple(int(c) for c in rng.integers(0, 256, 3))  # type: ignore[return-value]
 
 
-def sample_isolated(rng: np.random.Generator) -> Scene:
+ISOLATED_KINDS = {"object": 0.45, "celestial": 0.25, "sky": 0.15, "ground": 0.15}
+"""What an isolated subject is, and how often (renormalised over the kinds asked for)."""
+
+
+def sample_isolated(rng: np.random.Generator, kinds: Sequence[str] = tuple(ISOLATED_KINDS)) -> Scene:
     """Draw one subject on a plain colour: a house or tree (45%), the sun or moon (25%), or a patch of
-    sky (15%) or ground (15%) on a plain background. Captions name the subject alone ("a red house",
-    "a full moon", "a starry night sky"), as a bootstrapped region's view does (paper Sec. 4.2)."""
-    u = rng.random()
-    kind = "object" if u < 0.45 else "celestial" if u < 0.7 else "sky" if u < 0.85 else "ground"
+    sky (15%) or ground (15%) on a plain background; ``kinds`` limits the draw to some of them.
+    Captions name the subject alone ("a red house", "a full moon", "a starry night sky"), as a
+    bootstrapped region's view does (paper Sec. 4.2)."""
+    if not kinds or any(k not in ISOLATED_KINDS for k in kinds):
+        raise ValueError(f"kinds must be some of {', '.join(ISOLATED_KINDS)}, got {kinds!r}")
+    weights = np.array([ISOLATED_KINDS[k] for k in kinds])
+    cumulative = np.cumsum(weights / weights.sum())
+    kind = kinds[min(int(np.searchsorted(cumulative, rng.random(), side="right")), len(kinds) - 1)]
     base = sample_scene(rng)
     backdrop = _backdrop(rng)
     seed = int(rng.integers(2**31))
@@ -498,11 +507,13 @@ def generate(
     height: int = NATIVE_SIZE,
     width: int | None = None,
     isolated_share: float = 0.0,
+    isolated_kinds: Sequence[str] = tuple(ISOLATED_KINDS),
 ) -> tuple[np.ndarray, list[str], list[Scene]]:
     """Draw ``n`` scenes from ``rng``; return images (n, height, width, 3) uint8, captions and scenes.
 
     ``isolated_share``: the fraction (drawn per scene) that are isolated subjects on plain colours
-    (``sample_isolated``) instead of whole landscapes; 0 draws exactly the landscapes of before.
+    (``sample_isolated``, of ``isolated_kinds``) instead of whole landscapes; 0 draws exactly the
+    landscapes of before.
     """
     width = height if width is None else width
     images = np.empty((n, height, width, 3), np.uint8)
@@ -510,7 +521,7 @@ def generate(
     scenes: list[Scene] = []
     for i in range(n):
         isolated = isolated_share > 0 and rng.random() < isolated_share
-        scene = sample_isolated(rng) if isolated else sample_scene(rng)
+        scene = sample_isolated(rng, isolated_kinds) if isolated else sample_scene(rng)
         images[i] = render_scene(scene, height, width)
         captions.append(caption_scene(scene, rng))
         scenes.append(scene)

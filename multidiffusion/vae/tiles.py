@@ -4,14 +4,16 @@ Tiles overlap by ``overlap`` latent pixels and their outputs are blended with li
 the overlaps. Blend weights are separable and normalised per axis beforehand, so no canvas-sized
 weight sum is kept; outputs are accumulated one row of tiles at a time and every finished row of
 pixels is handed to a ``write`` callback. Working memory is one tile's activations plus two
-float32 bands of one tile row, whatever the canvas height.
+float32 bands of one tile row, whatever the canvas height, plus the activations the exact
+statistics keep, which never exceed their budget.
 
 Tiles alone shift tones: the GroupNorm layers would normalise each tile by its own statistics.
 :class:`GroupNormStats` makes them canvas-wide, measured before the blended pass. Exactly, layer by
 layer (the default): layer k's per-tile moments are merged into canvas moments while layers before
-k already use canvas moments, so they are the whole decode's (up to the tiles' borders); this costs
-about half a pass over the tiles per GroupNorm layer, since each measuring pass stops at its layer.
-Or fast, in one pass where each tile normalises by its own moments; that skews deeper layers, most
+k already use canvas moments, so they are the whole decode's (up to the tiles' borders). Each
+measuring pass stops at its layer; run from the tiles' inputs every time, that would cost about half
+a pass over the tiles per GroupNorm layer, so the tiles' activations where a pass stopped are kept
+(within a memory budget) and the next passes resume there (:meth:`GroupNormStats.sweep`). Or fast, in one pass where each tile normalises by its own moments; that skews deeper layers, most
 on trained VAEs. How far each mode's tiled decode is from a whole decode, and what it costs, is
 measured by ``python -m benchmarks --suites decode`` (README, "Speed and memory";
 ``benchmarks/results/``).
