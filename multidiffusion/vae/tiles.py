@@ -13,8 +13,9 @@ layer (the default): layer k's per-tile moments are merged into canvas moments w
 k already use canvas moments, so they are the whole decode's (up to the tiles' borders). Each
 measuring pass stops at its layer; run from the tiles' inputs every time, that would cost about half
 a pass over the tiles per GroupNorm layer, so the tiles' activations where a pass stopped are kept
-(within a memory budget) and the next passes resume there (:meth:`GroupNormStats.sweep`). Or fast, in one pass where each tile normalises by its own moments; that skews deeper layers, most
-on trained VAEs. How far each mode's tiled decode is from a whole decode, and what it costs, is
+(within a memory budget) and the next passes resume there (:meth:`GroupNormStats.sweep`). Or
+fast, in one pass where each tile normalises by its own moments; that skews deeper layers, most on
+trained VAEs. How far each mode's tiled decode is from a whole decode, and what it costs, is
 measured by ``python -m benchmarks --suites decode`` (README, "Speed and memory";
 ``benchmarks/results/``).
 
