@@ -261,11 +261,11 @@ class MultiDiffusion:
         faithful on trained VAEs); ``cache_mb``: the memory the exact statistics may keep to resume
         their passes (default: 2048 MiB, at most a quarter of the free memory; 0: the least memory,
         several times slower)."""
-        from multidiffusion.vae.codec import cache_bytes
+        from multidiffusion.vae.codec import check_cache_mb
         from multidiffusion.vae.tiles import NORM_STATS
 
         check_choice("norm_stats", norm_stats, NORM_STATS)
-        cache_bytes(cache_mb, torch.device("cpu"))  # checks it
+        check_cache_mb(cache_mb)
         self._decode = {"tile": tile, "overlap": overlap, "norm_stats": norm_stats, "cache_mb": cache_mb}
         return self
 

@@ -31,6 +31,7 @@ from multidiffusion.vae.tiles import NORM_STATS, Collective, GroupNormStats, run
 
 __all__ = [
     "cache_bytes",
+    "check_cache_mb",
     "decode_latents",
     "decode_to_uint8",
     "default_tile",
@@ -133,12 +134,19 @@ def _free_bytes(device: torch.device) -> int | None:
     return None
 
 
+def check_cache_mb(cache_mb: float | None) -> None:
+    """``cache_mb`` is None (automatic) or a number of MiB ≥ 0, or a ValueError says so."""
+    if cache_mb is not None and (
+        isinstance(cache_mb, bool) or not isinstance(cache_mb, (int, float)) or not 0 <= cache_mb < float("inf")
+    ):
+        raise ValueError(f"cache_mb must be a number of MiB ≥ 0 (or None: automatic), got {cache_mb!r}")
+
+
 def cache_bytes(cache_mb: float | None, device: torch.device) -> int:
     """The budget of the exact statistics' kept activations: ``cache_mb`` MiB, or by default
     :data:`CACHE_MB` capped at a quarter of ``device``'s free memory."""
+    check_cache_mb(cache_mb)
     if cache_mb is not None:
-        if isinstance(cache_mb, bool) or not isinstance(cache_mb, (int, float)) or not 0 <= cache_mb < float("inf"):
-            raise ValueError(f"cache_mb must be a number of MiB ≥ 0 (or None: automatic), got {cache_mb!r}")
         return int(cache_mb * 2**20)
     free = _free_bytes(device)
     return CACHE_MB * 2**20 if free is None else min(CACHE_MB * 2**20, free // 4)

@@ -30,7 +30,7 @@ Stage = Callable[[torch.Tensor], torch.Tensor]
 @dataclass
 class Stages:
     """``latent``: latent resolution to latent resolution; ``pixel``: the stage that changes the
-    resolution by the VAE's factor, as ``pixel_segments`` run in order (a resnet, an up- or
+    resolution by the VAE's factor, as its ``pixel_segments`` run in order (a resnet, an up- or
     down-sampler, the output layers: the points where exact GroupNorm statistics resume, see
     :mod:`multidiffusion.vae.tiles`). ``*_norms``: the modules holding each stage's GroupNorms."""
 
@@ -38,11 +38,6 @@ class Stages:
     latent_norms: list[nn.Module]
     pixel_segments: list[Stage]
     pixel_norms: list[nn.Module]
-
-    def pixel(self, x: torch.Tensor) -> torch.Tensor:
-        for segment in self.pixel_segments:
-            x = segment(x)
-        return x
 
 
 def _block_segments(block: nn.Module, samplers: str) -> list[Stage]:
