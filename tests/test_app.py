@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,6 +146,23 @@ def test_optional_choices_appear_when_the_api_takes_them(pool):
         panorama_request(
             {**FORM, "placement": "magic"}, Limits(), pool, (Choice("placement", "Tiling", ("grid", "shifted")),)
         )
+
+
+def test_pictures_for_the_page_are_new_whole_files_never_rewritten(tmp_path):
+    """Gradio rewrites its cached copy of a returned PIL image in place; the same picture returned
+    twice then fails a download in flight. The page gets a fresh, whole PNG path each time."""
+    store = OutputStore(tmp_path / "out")
+    canvas = Image.new("RGB", (40, 24), (250, 120, 10))
+    first = store.shown(canvas)
+    stamp = Path(first).stat().st_mtime_ns, Path(first).read_bytes()
+    value = store.shown({"background": canvas, "layers": [canvas], "composite": None})
+    paths = [value["background"], value["layers"][0]]
+    assert len({first, *paths}) == 3 and value["composite"] is None
+    assert (Path(first).stat().st_mtime_ns, Path(first).read_bytes()) == stamp  # left as it was
+    for path in (first, *paths):
+        assert np.array_equal(np.asarray(Image.open(path)), np.asarray(canvas))
+    assert store.shown(("text", 3)) == ("text", 3)
+    assert not list((tmp_path / "out").glob("*.png"))  # results' pruning never counts them
 
 
 def test_generate_writes_a_png_that_loads_back(pool, tmp_path):

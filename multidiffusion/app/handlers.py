@@ -63,6 +63,7 @@ class OutputStore:
         self.folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="multidiffusion-app-"))
         self.folder.mkdir(parents=True, exist_ok=True)
         self.keep = keep
+        self.keep_shown = 64  # pictures handed to the page (previews, canvases): Gradio copies them at once
         self._count = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -76,10 +77,39 @@ class OutputStore:
         self._prune()
         return path
 
+    def shown(self, value: Any) -> Any:
+        """``value`` (an image, or a dict / list / tuple holding images, as an image editor takes)
+        with each PIL image written to its own PNG in ``shown/`` and replaced by that file's path.
+
+        Why: Gradio (6.31) caches a returned PIL image under a name made from its bytes and rewrites
+        that file in place every time, so the same picture returned twice (a layout previewed
+        twice, a blank canvas) is rewritten while the browser may still be reading it, and the
+        server fails the download ("Too little data for declared Content-Length"). A path is
+        copied into the cache once, whole, under a temporary name; so the page gets paths."""
+        from PIL import Image
+
+        if isinstance(value, Image.Image):
+            folder = self.folder / "shown"
+            folder.mkdir(exist_ok=True)
+            with self._lock:
+                name = f"shown-{next(self._count)}.png"
+            path = save_png(value, folder / name)
+            _keep_newest(folder, self.keep_shown)
+            return str(path)
+        if isinstance(value, dict):
+            return {key: self.shown(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(self.shown(item) for item in value)
+        return value
+
     def _prune(self) -> None:
-        files = sorted(self.folder.glob("*.png"), key=lambda p: p.stat().st_mtime, reverse=True)
-        for old in files[self.keep :]:
-            old.unlink(missing_ok=True)
+        _keep_newest(self.folder, self.keep)
+
+
+def _keep_newest(folder: Path, keep: int) -> None:
+    files = sorted(folder.glob("*.png"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    for old in files[keep:]:
+        old.unlink(missing_ok=True)
 
 
 @dataclass

@@ -127,14 +127,14 @@ def inpaint_tab(ctx: AppContext) -> dict[str, Any]:
 
     def load_image(path: str | None) -> tuple[Any, Any, str]:
         value, kept, note = load_inpaint_image(path, ctx.limits)
-        return value, kept, message("info", note)
+        return ctx.store.shown(value), kept, message("info", note)
 
     def load_mask_file(path: str | None, image: str | None) -> tuple[Any, str]:
         value, note = load_mask(path, image, ctx.limits)
-        return value, message("info", note)
+        return ctx.store.shown(value), message("info", note)
 
     def clear_mask(image: str | None) -> tuple[Any, str]:
-        return (editor_value(read_upload(image, "image", ctx.limits).image) if image else None), ""
+        return (ctx.store.shown(editor_value(read_upload(image, "image", ctx.limits).image)) if image else None), ""
 
     def show_task(task: str) -> Any:
         return gr.Group(visible=task == "outpaint")

@@ -159,10 +159,10 @@ def regions_tab(ctx: AppContext) -> dict[str, Any]:
             is_cancelled=client_gone(),
         )
         download_button = gr.DownloadButton(value=str(out.path), visible=True)
-        return out.preview, str(out.path), download_button, message("info", out.message)
+        return ctx.store.shown(out.preview), str(out.path), download_button, message("info", out.message)
 
     def show_preview(data: dict[Any, Any]) -> tuple[Any, str]:
-        return preview_regions(form(data), pool=ctx.pool, limits=ctx.limits), ""
+        return ctx.store.shown(preview_regions(form(data), pool=ctx.pool, limits=ctx.limits)), ""
 
     def load_map(path: str | None, table: Any) -> tuple[Any, ...]:
         """An uploaded map becomes the layout; the canvas takes its size; the table its colours."""
@@ -172,10 +172,11 @@ def regions_tab(ctx: AppContext) -> dict[str, Any]:
         image, note = read_map(path, ctx.limits.max_side)
         w = ctx.limits.check_side("the colour map's width", image.width)
         h = ctx.limits.check_side("the colour map's height", image.height)
-        return image, w, h, _colour_rows(image, table, ctx.limits.max_side), message("info", note)
+        return ctx.store.shown(image), w, h, _colour_rows(image, table, ctx.limits.max_side), message("info", note)
 
     def new_layout(w: Any, h: Any) -> tuple[Any, str]:
-        return blank_layout(ctx.limits.check_side("width", w), ctx.limits.check_side("height", h)), ""
+        blank = blank_layout(ctx.limits.check_side("width", w), ctx.limits.check_side("height", h))
+        return ctx.store.shown(blank), ""
 
     def colour_table(layout: Any, table: Any) -> tuple[Any, Any]:
         """The layout's colours into the table (keeping the prompts typed for them)."""

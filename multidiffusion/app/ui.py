@@ -37,7 +37,9 @@ def _settings_loader(ctx: AppContext, tabs: Any, forms: Mapping[str, tuple[str, 
             return {}
         mode, values, notes = values_from_png(path, ctx.limits, ctx.pool, ctx.upscalers)
         tab, form = forms[mode]
-        updates: dict[Any, Any] = {component: values[key] for key, component in form.items() if key in values}
+        updates: dict[Any, Any] = {
+            component: ctx.store.shown(values[key]) for key, component in form.items() if key in values
+        }
         text = f"Loaded the settings of a {mode} image." + "".join(f" Note: {n}." for n in notes)
         updates[tabs] = gr.Tabs(selected=tab)
         updates[status] = message("note" if notes else "info", text)

@@ -235,7 +235,7 @@ def control_controls(ctx: AppContext, prefix: str) -> dict[str, Any]:
         )
 
     def show(path: str | None, preprocessor: str) -> tuple[Any, str]:
-        return preview_control(path, preprocessor, ctx.limits), ""
+        return ctx.store.shown(preview_control(path, preprocessor, ctx.limits)), ""
 
     light = {"concurrency_limit": 1, "concurrency_id": PAGE_QUEUE}
     for event in (fields["control_image"].change, fields["control_preprocessor"].change):
