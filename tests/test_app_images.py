@@ -419,7 +419,7 @@ def test_uploads_to_the_image_tabs_are_checked_with_a_message(app, tmp_path):
     *_, status = load.fn(str(wide))
     assert "image is 1024×64 px; this server takes images up to 512 px per side" in status
     value, kept, status = load.fn(picture(tmp_path / "photo.png"))
-    assert kept.endswith("photo.png") and value["background"].size == (128, 64) and "info" in status
+    assert kept.endswith("photo.png") and Image.open(value["background"]).size == (128, 64) and "info" in status
 
     describe = _event(app, "upscale-message", {"upscale-image"}, "describe")
     status = html.unescape(describe.fn(picture(tmp_path / "photo.png"), "upscale", 2))
