@@ -57,6 +57,7 @@ def decode_rows(quick: bool, device: torch.device, vae_divisor: int | None = Non
                 "peak_mb": {"peer": small[key], "ours": large[key]},
                 "memory_ratio": large[key] / small[key],
                 "delta_ratio": large[delta] / max(small[delta], 1e-9),
+                "live_peak_mb": {"peer": small.get("live_peak_mb"), "ours": large.get("live_peak_mb")},
                 "seconds": {"peer": small["seconds"], "ours": large["seconds"]},
                 "detail": mem,
             }
@@ -145,6 +146,8 @@ def main() -> None:
             # the poller's peak: ru_maxrss would include the parent's peak, kept across fork and exec
             result["peak_rss_mb"] = rss.peak / 2**20
             result["decode_rss_delta_mb"] = (rss.peak - start_rss) / 2**20
+            # RSS less the freed memory malloc keeps, which varies run to run (measure.live_heap_bytes)
+            result["live_peak_mb"] = rss.live_peak / 2**20 if rss.live_peak is not None else None
             if cuda:
                 result["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
                 result["cuda_delta_mb"] = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20

@@ -260,7 +260,8 @@ class MultiDiffusion:
         measures GroupNorm statistics in one pass per tile instead of layer by layer (visibly less
         faithful on trained VAEs); ``cache_mb``: the memory the exact statistics may keep to resume
         their passes (default: 2048 MiB, at most a quarter of the free memory; 0: the least memory,
-        several times slower)."""
+        several times slower, with the memory freed by each tile given back to the system on the
+        CPU, see :mod:`multidiffusion.vae.heap`)."""
         from multidiffusion.vae.codec import check_cache_mb
         from multidiffusion.vae.tiles import NORM_STATS
 

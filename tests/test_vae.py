@@ -165,3 +165,40 @@ def test_kept_activations_resume_the_exact_passes_without_changing_a_bit(sd16):
     assert work[None] * 3 < work[0], work
     with pytest.raises(ValueError, match="cache_mb must be a number of MiB ≥ 0"):
         decode_latents(vae, z, tile=16, cache_mb=-1)
+
+
+def test_giving_back_freed_memory_lowers_the_resident_memory():
+    """glibc keeps chunks freed inside its heap resident; ``give_back_freed`` returns their pages."""
+    psutil = pytest.importorskip("psutil")
+    from multidiffusion.vae import heap
+
+    if heap._TRIM is None:
+        pytest.skip("not glibc")
+    process = psutil.Process()
+    big = torch.ones(4 * 2**20)  # 16 MiB, mapped and unmapped: glibc's mmap threshold rises above 1 MiB
+    del big
+    chunks = [torch.ones(2**18) for _ in range(160)]  # 1 MiB each, now inside the heap
+    last = chunks[-1]  # in use above the others: the heap's top can't shrink past it
+    del chunks
+    before = process.memory_info().rss
+    heap.give_back_freed(torch.device("meta"))  # not the CPU: nothing
+    heap.give_back_freed(torch.device("cpu"))
+    after = process.memory_info().rss
+    assert before - after > 80 * 2**20, (before / 2**20, after / 2**20)
+    assert last.sum() == 2**18
+
+
+@torch.no_grad()
+def test_the_least_memory_decode_gives_freed_memory_back_after_each_tile(sd16, monkeypatch):
+    """``cache_mb=0`` (nothing kept) also returns the heap's free pages after every tile, in the
+    statistics' passes and the blended one; with a budget (the speed setting) it does not."""
+    from multidiffusion.vae import tiles
+
+    calls = []
+    monkeypatch.setattr(tiles, "give_back_freed", lambda device: calls.append(device.type))
+    z = smooth_latents(16, 48, seed=4)  # 1 x 5 tiles
+    decode_latents(sd16.vae, z, tile=16, overlap=8, cache_mb=None)
+    assert calls == []
+    decode_latents(sd16.vae, z, tile=16, overlap=8, cache_mb=0)
+    passes = len(calls) // 5
+    assert len(calls) == 5 * passes and passes > 2 and set(calls) == {"cpu"}, calls

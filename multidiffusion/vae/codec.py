@@ -198,11 +198,11 @@ def _decode(
             emit(0, vae.decode(z, return_dict=False)[0])
         elif stages is None:  # not an AutoencoderKL: tile the whole decoder
             decode = lambda c: vae.decode(c, return_dict=False)[0]  # noqa: E731
-            norms = GroupNormStats(vae.decoder, mode=norm_stats, cache_bytes=cache)
+            norms = GroupNormStats(vae.decoder, mode=norm_stats, cache_bytes=cache, give_back=cache == 0)
             run_tiled(decode, z, (h, w), tile, overlap, 1, f, emit, norms, share)
         else:
             features = run_latent_stage(stages.latent, stages.latent_norms, z, latent_tile or 2 * tile, norm_stats)
-            norms = GroupNormStats(*stages.pixel_norms, mode=norm_stats, cache_bytes=cache)
+            norms = GroupNormStats(*stages.pixel_norms, mode=norm_stats, cache_bytes=cache, give_back=cache == 0)
             run_tiled(stages.pixel_segments, features, (h, w), tile, overlap, 1, f, emit, norms, share)
 
 
@@ -228,7 +228,8 @@ def decode_latents(
     canvas-wide GroupNorm statistics, measured layer by layer (``norm_stats="exact"``) or in one
     pass (``"fast"``, see :mod:`multidiffusion.vae.tiles`). The exact passes resume from the tiles'
     activations kept within ``cache_mb`` MiB (:func:`cache_bytes`; 0: every pass from the start,
-    the least memory, several times slower: README "Speed and memory"). With ``circular``,
+    the least memory, several times slower, the heap's free pages given back to the system after
+    each tile (:mod:`~multidiffusion.vae.heap`): README "Speed and memory"). With ``circular``,
     the canvas wraps horizontally: the left and right edges are decoded as neighbours. A canvas that
     fits in one tile is decoded whole, exactly as diffusers does. ``share``: processes that split the
     tiles, each getting the whole image (:mod:`multidiffusion.vae.tiles`).
@@ -326,11 +327,11 @@ def encode_images(
                 out[..., row : row + rows.shape[-2], :] = rows
 
             if stages is None:  # not an AutoencoderKL: tile the whole encoder
-                norms = GroupNormStats(vae, mode=norm_stats, cache_bytes=cache)
+                norms = GroupNormStats(vae, mode=norm_stats, cache_bytes=cache, give_back=cache == 0)
                 run_tiled(lambda c: _encode_moments(vae, c), x, (h, w), tile, overlap, f, 1, write, norms, share)
                 moments = out
             else:
-                norms = GroupNormStats(*stages.pixel_norms, mode=norm_stats, cache_bytes=cache)
+                norms = GroupNormStats(*stages.pixel_norms, mode=norm_stats, cache_bytes=cache, give_back=cache == 0)
                 run_tiled(stages.pixel_segments, x, (h, w), tile, overlap, f, 1, write, norms, share)
                 moments = run_latent_stage(stages.latent, stages.latent_norms, out, latent_tile or 2 * tile, norm_stats)
         dist = DiagonalGaussianDistribution(moments.float())

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from multidiffusion.engine.views import axis_starts
+from multidiffusion.vae.heap import give_back_freed
 
 __all__ = ["NORM_STATS", "Collective", "GroupNormStats", "run_tiled", "tile_starts"]
 
@@ -166,6 +167,9 @@ def run_tiled(
                         write(previous * s, band[..., :shift, :])
                 left = lefts[j]
                 new[..., left * s : (left + tw) * s] += y * rows[i][:, None] * cols[j]
+                del y
+                if norms is not None and norms.give_back:
+                    give_back_freed(x.device)
             band, previous = new, top
     assert band is not None
     write(previous * s, band)
@@ -269,11 +273,12 @@ class GroupNormStats:
     ``applying()``: each GroupNorm normalises by the totals, in one fused multiply-add.
     """
 
-    def __init__(self, *modules: nn.Module, mode: str = "exact", cache_bytes: int = 0):
+    def __init__(self, *modules: nn.Module, mode: str = "exact", cache_bytes: int = 0, give_back: bool = False):
         if mode not in NORM_STATS:
             raise ValueError(f"norm_stats must be one of {', '.join(map(repr, NORM_STATS))}, got {mode!r}")
         self.mode = mode
         self.cache_bytes = cache_bytes
+        self.give_back = give_back  # the heap's free pages back to the system after each tile (vae.heap)
         self.norms = [m for module in modules for m in module.modules() if isinstance(m, nn.GroupNorm)]
         self.totals: dict[int, tuple[float, torch.Tensor, torch.Tensor]] = {}
 
@@ -327,6 +332,7 @@ class GroupNormStats:
                     crop, self._region = tiles[k]
                     self._tile = k
                     first, x = resume.start(k, crop)
+                    device = x.device
                     for s in range(first, len(segments)):
                         try:
                             y = segments[s](x)
@@ -339,6 +345,9 @@ class GroupNormStats:
                                 resume.activations.pop(k, None)
                             break
                         x = y
+                    del x
+                    if self.give_back:
+                        give_back_freed(device)
             self._region = None
             if fits:
                 resume = Resume(stopped, kept)
