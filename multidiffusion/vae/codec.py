@@ -152,6 +152,12 @@ def cache_bytes(cache_mb: float | None, device: torch.device) -> int:
     return CACHE_MB * 2**20 if free is None else min(CACHE_MB * 2**20, free // 4)
 
 
+def _pixel_norms(cache: int, norm_stats: str, *modules: nn.Module) -> GroupNormStats:
+    """The tiled pixel stage's statistics: within the ``cache`` budget, and with nothing kept (the
+    least memory) the heap's free pages given back after each tile (:mod:`~multidiffusion.vae.heap`)."""
+    return GroupNormStats(*modules, mode=norm_stats, cache_bytes=cache, give_back=cache == 0)
+
+
 def _check_tiles(vae: nn.Module, tile: int | None, overlap: int | None, norm_stats: str) -> tuple[int, int]:
     if norm_stats not in NORM_STATS:
         raise ValueError(f"norm_stats must be one of {', '.join(map(repr, NORM_STATS))}, got {norm_stats!r}")
@@ -198,11 +204,11 @@ def _decode(
             emit(0, vae.decode(z, return_dict=False)[0])
         elif stages is None:  # not an AutoencoderKL: tile the whole decoder
             decode = lambda c: vae.decode(c, return_dict=False)[0]  # noqa: E731
-            norms = GroupNormStats(vae.decoder, mode=norm_stats, cache_bytes=cache, give_back=cache == 0)
+            norms = _pixel_norms(cache, norm_stats, vae.decoder)
             run_tiled(decode, z, (h, w), tile, overlap, 1, f, emit, norms, share)
         else:
             features = run_latent_stage(stages.latent, stages.latent_norms, z, latent_tile or 2 * tile, norm_stats)
-            norms = GroupNormStats(*stages.pixel_norms, mode=norm_stats, cache_bytes=cache, give_back=cache == 0)
+            norms = _pixel_norms(cache, norm_stats, *stages.pixel_norms)
             run_tiled(stages.pixel_segments, features, (h, w), tile, overlap, 1, f, emit, norms, share)
 
 
@@ -327,11 +333,11 @@ def encode_images(
                 out[..., row : row + rows.shape[-2], :] = rows
 
             if stages is None:  # not an AutoencoderKL: tile the whole encoder
-                norms = GroupNormStats(vae, mode=norm_stats, cache_bytes=cache, give_back=cache == 0)
+                norms = _pixel_norms(cache, norm_stats, vae)
                 run_tiled(lambda c: _encode_moments(vae, c), x, (h, w), tile, overlap, f, 1, write, norms, share)
                 moments = out
             else:
-                norms = GroupNormStats(*stages.pixel_norms, mode=norm_stats, cache_bytes=cache, give_back=cache == 0)
+                norms = _pixel_norms(cache, norm_stats, *stages.pixel_norms)
                 run_tiled(stages.pixel_segments, x, (h, w), tile, overlap, f, 1, write, norms, share)
                 moments = run_latent_stage(stages.latent, stages.latent_norms, out, latent_tile or 2 * tile, norm_stats)
         dist = DiagonalGaussianDistribution(moments.float())

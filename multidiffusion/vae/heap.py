@@ -23,21 +23,21 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["give_back_freed"]
+__all__ = ["give_back_freed", "glibc_function"]
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
+def glibc_function(name: str, restype: type, *argtypes: type) -> Callable | None:
+    """``name`` from the C library with its types, or None where it has no such function (not
+    glibc, or too old)."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
+        f = getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
     except (OSError, AttributeError):
         return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return trim
+    f.restype, f.argtypes = restype, list(argtypes)
+    return f
 
 
-_TRIM = _malloc_trim()
+_TRIM = glibc_function("malloc_trim", ctypes.c_int, ctypes.c_size_t)
 
 
 def give_back_freed(device: torch.device) -> None:
