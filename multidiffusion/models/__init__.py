@@ -89,7 +89,8 @@ def model_family(pipe: Any) -> str:
     can't drive: other transformers, missing components, other added conditionings, or UNets whose
     input is neither the VAE's latent alone nor an inpainting UNet's (latent, mask and masked-image
     latent: ``2 * latent + 1`` channels, as diffusers' inpainting pipelines check); depth and
-    upscaling UNets take other extra inputs.
+    upscaling UNets take other extra inputs; UNets with a guidance embedding (``time_cond_proj_dim``:
+    LCM models) are refused by name until they are supported.
     """
     if getattr(pipe, "transformer", None) is not None and getattr(pipe, "unet", None) is None:
         return _transformer_family(pipe)
@@ -107,6 +108,13 @@ def model_family(pipe: Any) -> str:
             f"only text-to-image UNets ({latent} channels) and inpainting UNets ({2 * latent + 1}: latents, mask and "
             "masked image) are supported; depth and upscaling UNets need another image input, use the base "
             "model they were made from"
+        )
+    if unet_config.get("time_cond_proj_dim") is not None:
+        raise ValueError(
+            f"the UNet has a guidance embedding (time_cond_proj_dim={unet_config.get('time_cond_proj_dim')}): it is a "
+            "latent consistency (LCM) model, distilled to take the guidance scale as an input, which is not "
+            "supported yet (it would run as plain classifier-free guidance and give a wrong image); use the model "
+            "it was distilled from"
         )
     added = unet_config.get("addition_embed_type")
     if added == "text_time":

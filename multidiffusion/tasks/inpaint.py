@@ -122,8 +122,16 @@ class InpaintTask(Img2ImgTask):
         return bool(self.adapter.extra_channels)
 
     def mask_pixels(self) -> torch.Tensor:
-        """The (1, 1, H, W) mask on the canvas, 1 = repaint (:func:`mask_tensor`)."""
-        return mask_tensor(self.options.mask.image, self.size, self.options.mask_blur, self.circular)
+        """The (1, 1, H, W) mask on the canvas, 1 = repaint (:func:`mask_tensor`); ``ValueError`` when it
+        marks nothing to repaint (no pixel at least half white once resized to the canvas), before any
+        model call."""
+        mask = mask_tensor(self.options.mask.image, self.size, self.options.mask_blur, self.circular)
+        if not bool((mask > 0).any()):
+            raise ValueError(
+                "mask: no pixel is white (or at least half grey) once resized to the canvas, so there is nothing "
+                "to repaint; white marks the part to repaint, black the part to keep"
+            )
+        return mask
 
     def canvas_pixels(self) -> torch.Tensor:
         """The known image on the canvas, (1, 3, H, W) in [-1, 1]."""
