@@ -18,6 +18,10 @@ number of ranks, is lost when the sum is rounded to float32.
 Random draws (the noise, the fast mode's offsets, bootstrapping's colours, the scheduler's noise)
 come from generators seeded the same on every rank, and every rank draws all of them; the runner
 checks that every rank runs the same call from the same initial noise (:meth:`Shard.check_same`).
+Before anything that depends on the call's inputs runs (the sharded VAE encode included), the ranks
+compare :func:`call_digests`: one digest per option (input images, masks, region masks and control
+images by their pixels), the scheduler's class and configuration and the model's components'
+configurations; a difference is refused on every rank with one line naming what differs.
 
 Failures end the run on every rank with :class:`RankFailed`, never a hang: a rank whose model call
 raises still takes part in the step's all-reduce, flagged, so every rank learns which rank failed
@@ -33,6 +37,7 @@ off for a block (``multidiffusion batch`` runs different images on different ran
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import weakref
@@ -49,6 +54,8 @@ __all__ = [
     "RankFailed",
     "Shard",
     "active",
+    "call_digests",
+    "digest",
     "fingerprint",
     "init",
     "is_writer",
@@ -184,6 +191,110 @@ def fingerprint(value: Any) -> int:
         value = (tuple(value.shape), float(value.detach().double().sum()), float(value.detach().double().abs().sum()))
     digest = hashlib.blake2b(repr(value).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") >> 1
+
+
+def digest(value: Any) -> int:
+    """A 63-bit integer that identifies ``value`` by content, the same in every process: tensors, numpy
+    arrays and PIL images by their bytes (with shape, dtype or mode), dataclasses by the fields they are
+    made from (not private caches), mappings and sequences by their items, a loaded input image by its
+    pixels (not the path it came from), a region's mask as loaded, a diffusers or transformers object
+    (scheduler, model) by its class and configuration, a module without one by its parameters' names and
+    shapes, a function by its name; anything else by its ``repr`` unless that holds a memory address
+    (then by its type)."""
+    h = hashlib.blake2b(digest_size=8)
+    _feed(h, value, 0)
+    return int.from_bytes(h.digest(), "big") >> 1
+
+
+_MAX_DEPTH = 12
+
+
+def _feed(h: Any, value: Any, depth: int) -> None:
+    import numpy as np
+    from PIL import Image
+
+    def tag(text: str) -> None:
+        h.update(text.encode("utf-8", "surrogatepass") + b"\x00")
+
+    if depth > _MAX_DEPTH:
+        tag(f"<deep {type(value).__qualname__}>")
+    elif value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
+        tag(f"{type(value).__name__}:{value!r}")
+    elif isinstance(value, torch.Tensor):
+        t = value.detach().to("cpu").contiguous()
+        tag(f"tensor {t.dtype} {tuple(t.shape)}")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, np.ndarray):
+        tag(f"array {value.dtype} {value.shape}")
+        h.update(np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, Image.Image):
+        tag(f"image {value.mode} {value.size}")
+        h.update(value.tobytes())
+    elif _is_loaded_image(value):  # an InputImage: its pixels, wherever each rank read them from
+        _feed(h, value.image, depth + 1)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        tag(f"dataclass {type(value).__qualname__}")
+        for f in dataclasses.fields(value):
+            if f.compare and f.init and not f.name.startswith("_"):  # not caches (a region's rasterised masks)
+                item = getattr(value, f.name)
+                if f.name == "mask" and item is not None and callable(getattr(value, "source_mask", None)):
+                    item = value.source_mask()  # a region's mask as loaded, not the path naming it
+                tag(f.name)
+                _feed(h, item, depth + 1)
+    elif isinstance(value, Mapping):
+        tag(f"mapping {len(value)}")
+        for key in sorted(value, key=repr):
+            _feed(h, key, depth + 1)
+            _feed(h, value[key], depth + 1)
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
+        tag(f"{type(value).__name__} {len(items)}")
+        for item in items:
+            _feed(h, item, depth + 1)
+    elif getattr(value, "config", None) is not None:  # a scheduler, a diffusers model, a transformers model
+        config = value.config
+        config = config.to_dict() if callable(getattr(config, "to_dict", None)) else dict(config)
+        tag(f"configured {type(value).__qualname__}")
+        _feed(h, {k: v for k, v in config.items() if not str(k).startswith("_")}, depth + 1)
+    elif isinstance(value, torch.nn.Module):
+        tag(f"module {type(value).__qualname__}")
+        _feed(h, [(name, tuple(p.shape), str(p.dtype)) for name, p in value.named_parameters()], depth + 1)
+    elif isinstance(value, type) or callable(value):
+        tag(f"callable {getattr(value, '__module__', '')}.{getattr(value, '__qualname__', type(value).__qualname__)}")
+    else:
+        text = repr(value)
+        tag(type(value).__qualname__ if " at 0x" in text else f"{type(value).__qualname__}:{text}")
+
+
+def _is_loaded_image(value: Any) -> bool:
+    """Whether ``value`` is a :class:`~multidiffusion.images.InputImage` (duck-typed: the engine does
+    not import the loaders): a decoded image with the path and SHA-256 it was read from."""
+    from PIL import Image
+
+    return isinstance(getattr(value, "image", None), Image.Image) and callable(getattr(value, "record", None))
+
+
+UNCOMPARED_OPTIONS = ("view_batch_size",)
+"""Options ranks may set differently: they change the memory a rank uses, not its result."""
+
+
+def call_digests(options: Any, scheduler: Any, pipe: Any, extra: Mapping[str, Any] | None = None) -> dict[str, int]:
+    """What every rank of a sharded run must agree on before the call's inputs are used, as
+    digests (:func:`digest`) for :meth:`Shard.check_same`: each of ``options``' fields (a dataclass; the input
+    images, masks, region masks and control images by their pixels), the ``scheduler`` the run made
+    (its class and configuration), the model (``pipe``'s components' classes and configurations: cheap,
+    no weights are read) and ``extra`` (name -> value, e.g. the model's settings)."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(options):
+        if f.compare and f.name not in UNCOMPARED_OPTIONS:
+            values[f.name] = getattr(options, f.name)
+    values["the scheduler (its class and configuration)"] = scheduler
+    components = getattr(pipe, "components", None) or {}
+    values["the model (its components' configurations)"] = {
+        name: component for name, component in components.items() if isinstance(component, torch.nn.Module)
+    }
+    values.update(extra or {})
+    return {name: digest(value) for name, value in values.items()}
 
 
 def shard_jobs(jobs: Sequence[Any], world: int) -> list[list[Any]]:

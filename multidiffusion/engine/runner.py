@@ -89,6 +89,9 @@ def run(
     _check_generator(generator, batch)
     scheduler = options.scheduler if options.scheduler is not None else settings.scheduler
     sched = make_scheduler(scheduler, adapter.pipe.scheduler.config)
+    if shard is not None:  # before the inputs are used (the sharded VAE encode included): every input agrees
+        identity = {"model settings": adapter.parameters(), "LoRAs": settings.lora_files, "decoding": settings.decode}
+        shard.check_same("a sharded run", distributed.call_digests(options, sched, adapter.pipe, identity))
     plan_for_step = task.plans(_offset_seed(generator))
     view = largest_view(plan_for_step(0))
 
