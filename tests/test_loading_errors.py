@@ -54,18 +54,24 @@ def silent_hub():
         conn.close()
 
 
+def online_env(url: str, home: Path) -> dict[str, str]:
+    """This process's environment for a child that asks the hub at ``url``, online, with an empty cache."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_OFFLINE"))}
+    env.update(
+        HF_ENDPOINT=url,
+        HF_HOME=str(home),
+        HF_HUB_OFFLINE="0",
+        PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),
+    )
+    return env
+
+
 def test_a_silent_hub_fails_within_the_timeout(silent_hub, tmp_path):
     """A fresh process (the hub client reads HF_ENDPOINT and the cache location at import), an empty
     cache, online: the look-up gives up after HUB_TIMEOUT_S with the error that says how to get the model.
     Before the fix this waited forever; the test's own deadline is the subprocess timeout."""
     url, accepted = silent_hub
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_OFFLINE"))}
-    env.update(
-        HF_ENDPOINT=url,
-        HF_HOME=str(tmp_path / "hf-home"),
-        HF_HUB_OFFLINE="0",
-        PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),
-    )
+    env = online_env(url, tmp_path / "hf-home")
     try:
         run = subprocess.run(
             [sys.executable, "-c", _LOAD_FROM_SILENT_HUB], env=env, cwd=ROOT, capture_output=True, text=True, timeout=90

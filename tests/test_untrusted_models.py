@@ -4,11 +4,17 @@ refused inside diffusers with its own message."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from multidiffusion import MultiDiffusion
+
+from .test_loading_errors import online_env, silent_hub  # noqa: F401  (silent_hub: a fixture)
 
 
 def _lcm_unet(like):
@@ -46,3 +52,55 @@ def test_an_all_black_inpaint_mask_is_refused_before_any_model_call(md16, monkey
         with pytest.raises(ValueError, match=r"^mask: no pixel is white .* nothing to repaint") as info:
             md16.inpaint(image, mask, "x", num_inference_steps=2)
         assert "\n" not in str(info.value)
+
+
+# -- hub look-ups that waited forever: a LoRA repo id, a single-file checkpoint's configuration ---------
+
+_ON_A_SILENT_HUB = """
+import json, sys, time
+from diffusers import DiffusionPipeline  # imported first (seconds): the bound is on waiting for the hub
+from safetensors.torch import save_file
+import torch
+from multidiffusion import ModelNotFoundError, MultiDiffusion
+from multidiffusion.models import loading
+
+loading.HUB_TIMEOUT_S = 2.0
+if sys.argv[1] == "lora":
+    from devtools.components import tiny_sd_pipeline
+    from multidiffusion.models.lora import load_lora
+
+    pipe = tiny_sd_pipeline(sample_size=16)
+    call = lambda: load_lora(pipe, "someone/some-lora")
+else:  # an SD 1.x checkpoint (its text encoder's names) whose configuration is not in the empty cache
+    save_file({"cond_stage_model.transformer.text_model.x": torch.zeros(1)}, sys.argv[2])
+    call = lambda: MultiDiffusion.from_pretrained(sys.argv[2], device="cpu")
+start = time.monotonic()
+try:
+    call()
+    error = None
+except ValueError as exc:
+    error = f"{type(exc).__name__}: {exc}"
+print(json.dumps({"elapsed": time.monotonic() - start, "error": error}))
+"""
+
+
+@pytest.mark.parametrize("what", ["lora", "single-file"])
+def test_hub_look_ups_give_up_within_the_timeout(silent_hub, tmp_path, what):  # noqa: F811
+    """Before: diffusers' LoRA weight-name guess (model_info) and the single-file configuration's
+    download (snapshot_download) asked the hub with no time limit and hung on a silent one."""
+    url, accepted = silent_hub
+    env = online_env(url, tmp_path / "hf-home")
+    args = [sys.executable, "-c", _ON_A_SILENT_HUB, what, str(tmp_path / "model.safetensors")]
+    try:
+        run = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{what}: still waiting for the silent hub after 120 s")
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert accepted, "the hub was never asked"
+    message = result["error"]
+    assert message is not None and message.startswith("ModelNotFoundError: ") and "\n" not in message
+    assert f"{url} did not answer within 2 s" in message
+    expected = "lora: 'someone/some-lora'" if what == "lora" else "building it needs the configuration of"
+    assert expected in message
+    assert result["elapsed"] < 2 + 5

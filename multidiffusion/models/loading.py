@@ -167,7 +167,7 @@ def _load_file(path: Path, allow_pickle: bool, config: str | None, **kwargs: Any
         raise ModelNotFoundError(f"model file must be a .safetensors checkpoint, got {path.name}")
     from multidiffusion.models.single_file import load_single_file
 
-    return load_single_file(path, config, allow_pickle=allow_pickle, **kwargs)
+    return load_single_file(path, config, allow_pickle=allow_pickle, ask_hub=_ask_hub_in_time, **kwargs)
 
 
 def check_device(device: torch.device | str | None) -> torch.device:
@@ -329,10 +329,9 @@ def _load_repo(repo: str, allow_pickle: bool, **kwargs: Any):
     The download that follows has the hub client's own limits (HF_HUB_DOWNLOAD_TIMEOUT per read).
     """
     from diffusers import DiffusionPipeline
-    from huggingface_hub import constants
     from huggingface_hub.errors import HFValidationError
 
-    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "false", "")
+    offline = _hub_offline()
     deadline = time.monotonic() + HUB_TIMEOUT_S
     for local_only in [True] if offline else [True, False]:
 
@@ -367,16 +366,30 @@ def _load_repo(repo: str, allow_pickle: bool, **kwargs: Any):
     raise ModelNotFoundError(_how_to_get(repo))
 
 
+def _hub_offline() -> bool:
+    """Whether the hub client is offline (HF_HUB_OFFLINE, read at its import or set since)."""
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "false", "")
+
+
+def _ask_hub_in_time(repo: str, message: Callable[[str], str] | None = None) -> None:
+    """Online, :func:`_ask_hub` given up on after ``HUB_TIMEOUT_S``; offline nothing is asked."""
+    if not _hub_offline():
+        _before(time.monotonic() + HUB_TIMEOUT_S, lambda: _ask_hub(repo, message), repo, message)
+
+
 def _endpoint() -> str:
     from huggingface_hub import constants
 
     return constants.ENDPOINT
 
 
-def _before(deadline: float, fn: Callable[[], Any], repo: str) -> Any:
+def _before(deadline: float, fn: Callable[[], Any], repo: str, message: Callable[[str], str] | None = None) -> Any:
     """``fn()`` run in a thread, given up on at ``deadline`` (``time.monotonic()``): the hub client's
     requests have no time limit by default and name resolution never has one. An abandoned thread is
-    a daemon and ends with its request."""
+    a daemon and ends with its request. ``message(reason)``: the error's text (default: how to get
+    the model ``repo``)."""
     outcome: dict[str, Any] = {}
 
     def run() -> None:
@@ -389,14 +402,16 @@ def _before(deadline: float, fn: Callable[[], Any], repo: str) -> Any:
     thread.start()
     thread.join(max(0.0, deadline - time.monotonic()))
     if thread.is_alive():
-        raise ModelNotFoundError(_how_to_get(repo, f"{_endpoint()} did not answer within {HUB_TIMEOUT_S:g} s"))
+        reason = f"{_endpoint()} did not answer within {HUB_TIMEOUT_S:g} s"
+        raise ModelNotFoundError(message(reason) if message else _how_to_get(repo, reason))
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
 
 
-def _ask_hub(repo: str) -> None:
-    """Whether the hub has ``repo``; ``ModelNotFoundError`` saying why not (missing, unreachable, silent)."""
+def _ask_hub(repo: str, message: Callable[[str], str] | None = None) -> None:
+    """Whether the hub has ``repo``; ``ModelNotFoundError`` saying why not (missing, unreachable, silent),
+    in ``message(reason)`` (default: how to get the model ``repo``)."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import RepositoryNotFoundError
 
@@ -412,7 +427,7 @@ def _ask_hub(repo: str) -> None:
             reason = f"{_endpoint()} could not be reached: {type(exc).__name__}" + (f": {detail}" if detail else "")
     else:
         return
-    raise ModelNotFoundError(_how_to_get(repo, reason))
+    raise ModelNotFoundError(message(reason) if message else _how_to_get(repo, reason))
 
 
 # re-exported for compatibility: the single-file logic lives in its own module, which needs

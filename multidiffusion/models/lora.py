@@ -16,8 +16,12 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
+
+from multidiffusion.io.trust import RepoId
+from multidiffusion.models.hub import hub_folder
 
 __all__ = ["check_lora_source", "load_lora"]
 
@@ -46,6 +50,8 @@ def _lora_layers(pipe: Any) -> list[Any]:
 def check_lora_source(spec: str | os.PathLike, allow_pickle: bool = False, name: str = "lora") -> None:
     """What :func:`load_lora` needs of a file or folder, checked before any model loads: it exists,
     is .safetensors (a pickle only when allowed) or a folder holding one; a repo id passes."""
+    if isinstance(spec, RepoId):
+        return  # the hub's: fetched (safetensors only) when loaded
     path = Path(spec).expanduser()
     pickles = (".bin", ".ckpt", ".pt", ".pth")
     if path.is_file():
@@ -77,6 +83,8 @@ def load_lora(
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not -10 <= weight <= 10:
         raise ValueError(f"weight must be a number from -10 to 10, got {weight!r}")
     source = "the LoRA state dict" if isinstance(lora, dict) else f"LoRA {str(lora)!r}"
+    if isinstance(lora, RepoId):  # named by a scene: the hub's snapshot, never a folder here
+        lora = str(hub_folder(lora, source))
     if not _peft_backend():
         raise ValueError("loading LoRAs needs the peft package: pip install peft")
     existing = {name for names in pipe.get_list_adapters().values() for name in names}
@@ -84,6 +92,10 @@ def load_lora(
     if name in existing:
         raise ValueError(f"adapter_name {name!r} is already loaded; choose another name")
     family = _family(pipe)
+    if isinstance(lora, (str, os.PathLike)) and kwargs.get("weight_name") is None:
+        weight_name = _hub_weight_name(os.fspath(lora))
+        if weight_name is not None:
+            kwargs["weight_name"] = weight_name
     before = {id(m): (list(m.active_adapters), dict(m.scaling)) for m in _lora_layers(pipe)}
     try:
         pipe.load_lora_weights(dict(lora) if isinstance(lora, dict) else lora, adapter_name=name, **kwargs)
@@ -111,6 +123,34 @@ def load_lora(
         if has:
             module.set_scale(name, float(weight))
     return name
+
+
+def _hub_weight_name(spec: str) -> str | None:
+    """For a repo id (not a local file or folder) while online, the file diffusers would load from it
+    (its guess among the repo's .safetensors files), asked of the hub within ``HUB_TIMEOUT_S``: diffusers'
+    own question has no time limit, so a hub that accepts connections and never answers hung it. With
+    the name given, diffusers asks nothing more but for the file (the hub client's download limits)."""
+    from multidiffusion.models.loading import HUB_TIMEOUT_S, ModelNotFoundError, _before, _hub_offline
+
+    if os.path.exists(spec) or _hub_offline():
+        return None  # local, or offline: diffusers asks no hub
+    from diffusers.loaders.lora_base import _best_guess_weight_name
+
+    def message(reason: str) -> str:
+        return (
+            f"lora: {spec!r} is neither a local file or folder nor a LoRA the hub could give ({reason}); pass the "
+            f"path of a .safetensors LoRA, or download it first (`hf download {spec}`)"
+        )
+
+    def guess() -> str | None:
+        try:
+            return _best_guess_weight_name(spec)
+        except Exception as exc:  # the hub client's errors: missing repo, network, bad id
+            detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            reason = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+            raise ModelNotFoundError(message(reason)) from None
+
+    return _before(time.monotonic() + HUB_TIMEOUT_S, guess, spec, message)
 
 
 def _shape_hint(detail: str) -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -191,10 +192,17 @@ def default_config(family: str, path: Path) -> str:
     return DEFAULT_CONFIGS[family]
 
 
-def load_single_file(path: Path, config: str | None, allow_pickle: bool = False, **kwargs: Any):
+def load_single_file(
+    path: Path,
+    config: str | None,
+    allow_pickle: bool = False,
+    ask_hub: Callable[[str, Callable[[str], str]], None] | None = None,
+    **kwargs: Any,
+):
     """A StableDiffusion(XL)Pipeline from an original-format checkpoint (see the module doc), or a
     FLUX.1 / SD 3 pipeline around a single-file transformer; a pickle checkpoint only with
-    ``allow_pickle=True``."""
+    ``allow_pickle=True``. ``ask_hub(repo, message)``: asked before a configuration repo that is not
+    cached is downloaded (the loader's bounded question to the hub, raising ``message(reason)``)."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.loaders.single_file_utils import SingleFileComponentError
 
@@ -214,6 +222,12 @@ def load_single_file(path: Path, config: str | None, allow_pickle: bool = False,
         cached = _cached_folder(source)
         if cached is not None:
             check_config(path.name, family, shapes, cached)
+        elif ask_hub is not None:  # the hub must answer within the loader's bound before diffusers asks it
+
+            def message(reason: str) -> str:
+                return _config_unavailable(path.name, family, source, reason)
+
+            ask_hub(source, message)
     folder = local if local is not None else cached
     if folder is not None and not allow_pickle:
         _refuse_pickles_from_config(path.name, shapes, folder)
@@ -227,15 +241,20 @@ def load_single_file(path: Path, config: str | None, allow_pickle: bool = False,
         ) from None
     except OSError as exc:
         if local is None:  # a repo id: its configuration is neither cached nor downloadable
-            raise ModelNotFoundError(
-                f"{path.name} is a single-file {FAMILY_NAMES[family]} checkpoint; building it needs the "
-                f"configuration of {source}, which is not in the local Hugging Face cache and could not be "
-                "downloaded. Pass config= (a diffusers folder of the same architecture, e.g. the base model it "
-                "was fine-tuned from; --config on the command line)"
-            ) from None
+            raise ModelNotFoundError(_config_unavailable(path.name, family, source)) from None
         raise _mismatch(path.name, source, exc) from None
     except (ValueError, KeyError, RuntimeError) as exc:  # shapes or names that don't fit the configuration
         raise _mismatch(path.name, source, exc) from None
+
+
+def _config_unavailable(name: str, family: str, repo: str, reason: str | None = None) -> str:
+    why = f" ({reason})" if reason else ""
+    return (
+        f"{name} is a single-file {FAMILY_NAMES[family]} checkpoint; building it needs the configuration of "
+        f"{repo}, which is not in the local Hugging Face cache and could not be downloaded{why}. Pass config= (a "
+        "diffusers folder of the same architecture, e.g. the base model it was fine-tuned from; --config on the "
+        "command line)"
+    )
 
 
 def _mismatch(name: str, config: str, exc: Exception) -> ModelNotFoundError:
