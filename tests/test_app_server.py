@@ -38,7 +38,7 @@ def _free_port(family=socket.AF_INET, host="127.0.0.1") -> int:
 
 
 def _outputs(tmp: Path) -> list[Path]:
-    return sorted(tmp.glob("multidiffusion-app-*"))
+    return sorted(tmp.glob("**/multidiffusion-app-*"))  # in serve's private folder
 
 
 def test_results_are_removed_at_a_normal_exit(tmp_path):
@@ -57,30 +57,37 @@ def test_results_are_removed_at_a_normal_exit(tmp_path):
     assert folder.parent == tmp and not folder.exists()
 
 
+def start_serve(tmp: Path, port: int, log: Path) -> subprocess.Popen:
+    """`multidiffusion serve` of the demo model on ``port``, with ``tmp`` as its temporary folder."""
+    command = [sys.executable, "-m", "multidiffusion", "serve", "--port", str(port), "--model", "demo"]
+    with open(log, "wb") as out:
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=_env(tmp))
+
+
+def wait_for_page(proc: subprocess.Popen, port: int, log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_S
+    while True:
+        assert proc.poll() is None, log.read_text()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"no answer within {STARTUP_S} s:\n{log.read_text()}"
+        time.sleep(0.5)
+
+
 @pytest.mark.skipif(not (DEMO_MODEL_DIR / "model_index.json").is_file(), reason="the demo model is not here")
 @pytest.mark.parametrize(
     "signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)], ids=["SIGTERM", "SIGINT"]
 )
 def test_results_are_removed_when_the_server_is_stopped(tmp_path, signum):
     pytest.importorskip("gradio")
-    tmp = tmp_path / "tmp"
-    port = _free_port()
-    log = tmp_path / "server.log"
-    command = [sys.executable, "-m", "multidiffusion", "serve", "--port", str(port), "--model", "demo"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=_env(tmp))
+    tmp, port, log = tmp_path / "tmp", _free_port(), tmp_path / "server.log"
+    proc = start_serve(tmp, port, log)
     try:
-        deadline = time.monotonic() + STARTUP_S
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"no answer within {STARTUP_S} s:\n{log.read_text()}"
-            time.sleep(0.5)
+        wait_for_page(proc, port, log)
         [folder] = _outputs(tmp)
         (folder / "panorama-1-1.png").write_bytes(b"a result")  # as a generation leaves it
         proc.send_signal(signum)

@@ -2,6 +2,9 @@
 
 The server's results go to a temporary folder that is removed when it stops: at a normal exit, and
 on SIGTERM or SIGINT (Ctrl+C), whose handlers remove it and then do what was done before them.
+``multidiffusion serve`` first makes one private folder (:func:`private_temp_folder`, mode 0700: no
+other local user can list or read what is inside) that holds it, Gradio's copies of every result and
+every upload (``GRADIO_TEMP_DIR``) and anything else made with :mod:`tempfile`, all removed at exit.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import logging
 import os
 import shutil
 import signal
+import sys
+import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +26,15 @@ from multidiffusion.app.limits import Limits
 from multidiffusion.app.models import Loader, ModelPool
 from multidiffusion.app.upscalers import Upscalers
 
-__all__ = ["LOOPBACK", "create_app", "launch", "limit_decoded_pixels", "remove_at_exit", "remove_on_signals"]
+__all__ = [
+    "LOOPBACK",
+    "create_app",
+    "launch",
+    "limit_decoded_pixels",
+    "private_temp_folder",
+    "remove_at_exit",
+    "remove_on_signals",
+]
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -42,6 +55,24 @@ def remove_at_exit(folder: str | os.PathLike) -> None:
     if not _temporary:
         atexit.register(_remove_temporary)
     _temporary.append(Path(folder))
+
+
+def private_temp_folder() -> Path:
+    """A new folder only this user can enter (``tempfile.mkdtemp``: mode 0700), made the process's
+    temporary folder (``tempfile.tempdir``: the server's results go there) and Gradio's
+    (``GRADIO_TEMP_DIR``: its copies of results and the uploads), removed at exit and on SIGTERM or
+    SIGINT once :func:`remove_on_signals` is installed. Call it before Gradio is imported: some of its
+    modules read ``GRADIO_TEMP_DIR`` once, at import."""
+    if "gradio" in sys.modules:
+        raise RuntimeError("private_temp_folder() must run before gradio is imported (it reads GRADIO_TEMP_DIR then)")
+    folder = Path(tempfile.mkdtemp(prefix="multidiffusion-serve-"))
+    os.chmod(folder, 0o700)  # mkdtemp's mode already; said here, as the point of the folder
+    remove_at_exit(folder)
+    gradio = folder / "gradio"
+    gradio.mkdir(mode=0o700)
+    os.environ["GRADIO_TEMP_DIR"] = str(gradio)
+    tempfile.tempdir = str(folder)
+    return folder
 
 
 def _on_signal(previous: Any):

@@ -86,12 +86,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from multidiffusion.app.server import LOOPBACK, create_app, launch, private_temp_folder
+
+    if "gradio" not in sys.modules:  # results and uploads in a folder no other local user can read
+        private_temp_folder()
     try:
         import gradio  # noqa: F401
     except ImportError:
         fail("the web app needs Gradio, which is not installed: pip install 'multidiffusion[app]'")
     from multidiffusion.app.limits import Limits
-    from multidiffusion.app.server import LOOPBACK, create_app, launch
     from multidiffusion.app.upscalers import Upscalers, parse_upscaler
 
     if not 1 <= args.port <= 65535:
