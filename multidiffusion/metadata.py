@@ -5,24 +5,23 @@ Two chunks are written: ``multidiffusion`` holds the parameters as JSON (what ``
 app read to regenerate an image), ``parameters`` holds an AUTOMATIC1111-style summary that other
 tools display.
 
-**Stored settings are untrusted** (a PNG can come from anyone). :func:`read_settings` lets them
-name a file in one form only, and never a file to load code or weights from:
+**Stored settings are untrusted** (a PNG can come from anyone): they are the least trusted origin
+of :mod:`multidiffusion.io.trust`, and name no file at all.
 
-- Region masks travel embedded as PNG data URIs; a mask given as anything else is refused with one
-  message that does not depend on what the name points to (nothing is opened or looked up).
-- Input images (``image``, an inpainting ``mask``, each of a ``control_image`` list) are either
-  embedded (PNG data URIs) or recorded as the file that was read and the SHA-256 of its bytes (``{"path": ..., "sha256":
-  ...}``, :class:`~multidiffusion.images.InputImage`). Reading the file a record names is safe
-  even when the PNG came from someone else: the file is used only if its bytes hash to the
-  recorded SHA-256, so a record can only name content its author already has; a file that is
-  missing or has changed is refused with a message that says so. Records are kept apart from the
-  other settings (:attr:`StoredSettings.inputs`): a shell that must not read its own disk for a
-  stranger (a server) simply leaves them out; the command line's ``--from`` uses them. Any other
-  value is refused, without being opened.
+- Region masks, input images (``image``, an inpainting ``mask``, each of a ``control_image`` list)
+  and segmentation maps travel embedded as PNG data URIs (within the budgets of
+  :func:`~multidiffusion.io.budget`), or not at all.
+- An input read from a file is recorded as the file's name and the SHA-256 of its bytes (``{"path":
+  ..., "sha256": ...}``, :class:`~multidiffusion.images.InputImage`), so a reader can say which
+  image to give again; the record is kept apart (:attr:`StoredSettings.inputs`) and never opened,
+  whatever it names (the loader refuses record dicts: only a scene file or the user makes a
+  :class:`~multidiffusion.io.trust.RecordedFile`).
 - The model is recorded as a name (a file's name, never its folder), which a shell loads only when
-  it is the demo or a Hugging Face repo id (:func:`is_model_name`), and never with pickle allowed;
-  an upscaler model file is likewise kept apart by name (:attr:`StoredSettings.files`), for the
-  user to give again, and ``allow_pickle`` is never read back.
+  it is the demo or a Hugging Face repo id (:func:`is_model_name`), from the hub and its cache only
+  (:class:`~multidiffusion.io.trust.RepoId`: never a folder of the current directory) and never
+  with pickle allowed; an upscaler model file is likewise kept apart by name
+  (:attr:`StoredSettings.files`), for the user to give again, and ``allow_pickle``, ControlNets and
+  LoRA files are never read back.
 """
 
 from __future__ import annotations
@@ -37,7 +36,8 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from multidiffusion.images import ImageLimits, check_file, is_input_record
+from multidiffusion.images import ImageLimits, check_file, is_input_record, open_header
+from multidiffusion.io.trust import RepoId, is_repo_id
 from multidiffusion.options import CONTROL_INPUT, TASK_OPTIONS, UPSCALE_FILTERS, Limits, SamplingOptions, build_options
 
 __all__ = [
@@ -158,28 +158,18 @@ def model_label(model: str | os.PathLike) -> str:
 
 def is_model_name(name: Any) -> bool:
     """True for "demo" and Hugging Face repo ids ("org/name"): what stored settings may load by
-    themselves. Paths, file names (.safetensors, .ckpt, ...) and anything odd are not."""
-    if not isinstance(name, str):
-        return False
-    if name == "demo":
-        return True
-    parts = name.split("/")
-    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
-    return (
-        len(parts) == 2
-        and all(p and set(p) <= allowed and not p.startswith(".") for p in parts)
-        and Path(parts[1]).suffix.lower() not in (".safetensors", ".ckpt", ".bin", ".pt", ".pth")
-        and not name.endswith(".git")
-    )
+    themselves (a repo id from the hub and its cache only, :class:`~multidiffusion.io.trust.RepoId`).
+    Paths, file names (.safetensors, .ckpt, ...) and anything odd are not."""
+    return name == "demo" or is_repo_id(name)
 
 
 def _open_png(source: str | os.PathLike) -> Image.Image:
     """The PNG's header and text chunks (no pixels decoded), after the image loader's file checks."""
     path = check_file(source, "the PNG", ImageLimits(max_bytes=MAX_PNG_BYTES))
-    try:
-        return Image.open(path)
-    except Exception as exc:  # PIL raises many kinds for files that are not images
-        raise ValueError(f"{str(source)!r} is not an image PIL can read ({type(exc).__name__})") from None
+    try:  # PNG only: PIL identifies by content, and an EPS named .png would run Ghostscript
+        return open_header(path, "the PNG", repr(str(source)), formats=("PNG",))
+    except Image.DecompressionBombError:
+        raise ValueError(f"the PNG: {str(source)!r} declares more pixels than PIL allows") from None
 
 
 def read_parameters(source: str | os.PathLike | Image.Image) -> dict[str, Any]:
@@ -218,8 +208,8 @@ class StoredSettings:
     loras: dict[str, str] = field(default_factory=dict)
 
     def options(self, limits: Limits | None = None, **changes: Any) -> SamplingOptions:
-        """The task's options, the recorded input files included, with ``changes`` (e.g. flags given
-        on the command line) on top."""
+        """The task's options with ``changes`` (e.g. flags given on the command line, the inputs given
+        again) on top; a recorded input not given again is refused by name (never read)."""
         return build_options(self.task, {**self.values, **self.inputs, **changes}, limits)
 
 
@@ -237,6 +227,8 @@ def settings_from_parameters(params: Mapping[str, Any], task: str | None = None)
     if task is not None and stored_task != task:
         raise ValueError(f"the image was made by the {stored_task} task, not {task}")
     values = {RENAMED.get(k, k): v for k, v in params.items() if k not in NOT_SETTINGS + NEVER_READ}
+    if values.pop("task", stored_task) != stored_task:  # the task is "mode" in a PNG; another would switch it
+        raise ValueError(f"the stored settings name two tasks: mode {stored_task!r} and another task")
     inputs = {key: values.pop(key) for key in INPUT_KEYS if is_input_record(values.get(key))}
     for key in INPUT_KEYS:
         value = values.get(key)
@@ -268,7 +260,9 @@ def settings_from_parameters(params: Mapping[str, Any], task: str | None = None)
             files[key] = Path(path).name if isinstance(path, str) else repr(path)
     model = values.pop("model", None)
     if model is not None and not isinstance(model, str):
-        raise ValueError(f"the stored model must be a name, got {model!r}")
+        raise ValueError(f"the stored model must be a name, got {type(model).__name__}")
+    if is_repo_id(model):
+        model = RepoId(model)  # loaded from the hub and its cache only, never from a folder here
     model_options = {k: values.pop(k) for k in MODEL_OPTIONS if values.get(k) is not None}
     for k in MODEL_OPTIONS:
         values.pop(k, None)

@@ -12,6 +12,7 @@ from PIL import Image
 
 from multidiffusion import MAX_REGIONS, load_scene, region_layout
 from multidiffusion.cli import main
+from multidiffusion.io.trust import TypedPath
 from multidiffusion.metadata import read_parameters
 from multidiffusion.regions.masks import load_mask
 from multidiffusion.regions.scene import parse_scene
@@ -380,12 +381,23 @@ def test_scene_image_errors_name_the_field(image_dir, text, message):
     assert message in str(exc.value)
 
 
-def test_a_pickle_upscaler_in_a_scene_needs_the_callers_permission(image_dir):
+def test_a_pickle_upscaler_in_a_scene_is_never_unpickled_only_a_typed_one_is(image_dir):
     (image_dir / "model.pth").write_bytes(b"weights")
     (image_dir / "s.toml").write_text('task = "upscale"\nimage = "images/photo.png"\nupscaler = "model.pth"\n')
     with pytest.raises(ValueError, match=r"s\.toml: upscaler: .*model\.pth' is a pickle file"):
         load_scene(image_dir / "s.toml")
-    assert load_scene(image_dir / "s.toml", allow_pickle=True).options.upscaler == str(image_dir / "model.pth")
+    # --allow-pickle covers exactly the files typed on that command line, not a scene's
+    with pytest.raises(
+        ValueError, match=r"s\.toml: upscaler: 'model\.pth' is a pickle named by the settings, not typed"
+    ):
+        load_scene(image_dir / "s.toml", allow_pickle=True)
+    typed = {
+        "task": "upscale",
+        "image": str(image_dir / "images/photo.png"),
+        "upscaler": TypedPath(image_dir / "model.pth"),
+    }
+    scene = parse_scene(typed, base=image_dir, source="s.toml", allow_pickle=True)
+    assert scene.options.upscaler == str(image_dir / "model.pth") and scene.options.allow_pickle
 
 
 def test_the_cli_runs_a_scene_only_with_its_verb(image_dir, capsys):

@@ -195,7 +195,10 @@ def test_a_stored_input_name_is_refused_the_same_way_whatever_it_names(tmp_path,
     assert not (tmp_path / "o.png").exists()
 
 
-def test_a_stored_input_record_is_used_only_if_its_sha256_matches(tmp_path):
+def test_a_stored_input_record_is_never_opened_the_cli_asks_for_the_image_again(tmp_path, capsys):
+    """Hole 3 of issue 25: a record is a file name from somebody's PNG. It is never opened (nor
+    looked up: the message is the same whether the file exists, is missing or has changed), and
+    the command line asks for the input again."""
     import hashlib
 
     photo = tmp_path / "photo.png"
@@ -203,14 +206,24 @@ def test_a_stored_input_record_is_used_only_if_its_sha256_matches(tmp_path):
     digest = hashlib.sha256(photo.read_bytes()).hexdigest()
     stored = settings_from_parameters({**IMG2IMG, "image": {"path": str(photo), "sha256": digest}})
     assert "image" not in stored.values and stored.inputs == {"image": {"path": str(photo), "sha256": digest}}
-    assert stored.options().image.sha256 == digest
-    for record, message in [
-        ({"path": str(photo), "sha256": "f" * 64}, "has changed since these settings were recorded"),
-        ({"path": str(tmp_path / "gone.png"), "sha256": digest}, "recorded with these settings is missing"),
-        ({"path": None, "sha256": None}, "recorded from an image given in memory"),
-    ]:
-        with pytest.raises(ValueError, match=message):
+    opened = _audit_opens({str(photo), str(tmp_path / "gone.png")})
+    messages = set()
+    for record in (
+        {"path": str(photo), "sha256": digest},
+        {"path": str(photo), "sha256": "f" * 64},
+        {"path": str(tmp_path / "gone.png"), "sha256": digest},
+    ):
+        with pytest.raises(ValueError, match="never read from them; give the image again") as exc:
             settings_from_parameters({**IMG2IMG, "image": record}).options()
+        messages.add(str(exc.value).replace("gone.png", "photo.png"))
+        png = _png_with(tmp_path, {**IMG2IMG, "image": record})
+        code, _, err = run_cli(["img2img", "--from", png, "--steps", 1, "-o", tmp_path / "o.png"], capsys)
+        assert code == 2 and "pass --image FILE again" in err, err
+        messages.add(err.replace("gone.png", "photo.png"))
+    assert len(messages) == 2, messages  # one for the library, one for the command line: no oracle
+    assert opened == []
+    with pytest.raises(ValueError, match="recorded from an image given in memory"):
+        settings_from_parameters({**IMG2IMG, "image": {"path": None, "sha256": None}}).options()
     for record in (
         {"path": str(photo)},
         {"path": str(photo), "sha256": "abc"},
@@ -250,7 +263,8 @@ def test_a_stored_upscaler_file_is_never_loaded(tmp_path, capsys):
         stored = settings_from_parameters(params)
         assert stored.files == {"upscaler": "evil.pth"} and "allow_pickle" not in stored.values
         png = _png_with(tmp_path, params)
-        code, _, err = run_cli(["upscale", "--from", png, "--allow-pickle", "-o", tmp_path / "o.png"], capsys)
+        argv = ["upscale", "--from", png, "-i", tmp_path / "photo.png", "--allow-pickle", "-o", tmp_path / "o.png"]
+        code, _, err = run_cli(argv, capsys)
         assert code == 2 and "made with the upscaler 'evil.pth', a file; pass --upscaler FILE to use it" in err, err
     assert settings_from_parameters({**params, "upscaler": "Lanczos"}).values["upscaler"] == "Lanczos"
     assert opened == [] and not (tmp_path / "o.png").exists()

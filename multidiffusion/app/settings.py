@@ -27,6 +27,7 @@ from multidiffusion.app.layout import layout_from_regions, page_regions
 from multidiffusion.app.limits import Limits
 from multidiffusion.app.models import ModelPool
 from multidiffusion.app.upscalers import Upscalers
+from multidiffusion.io.trust import Origin
 from multidiffusion.metadata import read_settings
 from multidiffusion.options import (
     PLACEMENTS,
@@ -39,6 +40,7 @@ from multidiffusion.options import (
     random_seed,
 )
 from multidiffusion.options import Limits as TaskLimits
+from multidiffusion.regions.scene import parse_scene
 
 __all__ = [
     "IMAGE_INPUTS",
@@ -368,8 +370,11 @@ def values_from_png(
             check["upscaler"], check["allow_pickle"] = upscalers.resolve(name)
         notes.append("the input image is not stored in the PNG: upload it again" + (
             " and paint its mask" if mode == "inpaint" else ""))  # fmt: skip
-    try:  # the same checks as a run, once this server's adjustments (noted above) are made
-        build_options(mode, check)
+    try:  # the same checks as a run, once this server's adjustments (noted above) are made, by the one
+        # reader of settings as stored ones: they name no file (masks embedded; records never opened)
+        # (the operator's upscaler, which the form maps the stored one to, is theirs: checked when it runs)
+        stored_only = {k: v for k, v in check.items() if k not in ("upscaler", "allow_pickle")}
+        parse_scene({**stored_only, "task": mode}, source="", origin=Origin.stored())
     except ValueError as exc:
         raise ValueError(f"the image's settings can't be used: {exc}") from None
     if mode == "regions":

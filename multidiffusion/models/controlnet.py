@@ -16,7 +16,9 @@ from typing import Any
 
 import torch
 
+from multidiffusion.io.trust import RepoId
 from multidiffusion.models.files import ModelNotFoundError, is_pickle_path
+from multidiffusion.models.hub import hub_folder
 
 __all__ = [
     "DEMO_CONTROLNET_DIR",
@@ -113,6 +115,8 @@ def check_controlnet_source(spec: str | os.PathLike, allow_pickle: bool = False,
     """The checks :func:`load_controlnet` makes on a file or folder before loading anything (that it
     exists, is a ControlNet folder or a .safetensors file, and no pickle unless allowed); a repo id
     passes. For shells that check their input before minutes of loading."""
+    if isinstance(spec, RepoId):
+        return  # the hub's: checked when fetched
     spec = _resolve(spec)
     path = Path(spec).expanduser()
     if path.is_file():
@@ -145,6 +149,8 @@ def load_controlnet(
     if not isinstance(spec, (str, os.PathLike)):
         raise ValueError(f"{name} must be {_KINDS}, got {type(spec).__name__}")
     kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+    if isinstance(spec, RepoId):  # named by a scene: the hub's snapshot, never a folder here
+        spec = hub_folder(spec, name, allow_pickle)
     spec = _resolve(spec)
     check_controlnet_source(spec, allow_pickle, name)
     path = Path(spec).expanduser()

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from multidiffusion.io.trust import RepoId
 from multidiffusion.models.files import PICKLE_SUFFIXES, ModelNotFoundError, is_pickle_path
 
 __all__ = [
@@ -306,6 +307,8 @@ def load_pipeline(
                 "or train them with `python -m devtools.demo.train`"
             )
         pipe = _load_folder(DEMO_MODEL_DIR, allow_pickle=False, **kwargs)
+    elif isinstance(model, RepoId):  # named by a scene or a PNG: the hub's, never a folder here
+        pipe = _load_repo(name, allow_pickle, **kwargs)
     elif Path(name).expanduser().exists():
         path = Path(name).expanduser()
         if path.is_dir():

@@ -75,16 +75,14 @@ before anything is opened, with the same message whether it exists or not.
 from __future__ import annotations
 
 import difflib
-import json
 import math
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from multidiffusion.images import is_input_record
+from multidiffusion.io.trust import Origin, RecordedFile, Trust, TypedPath, pickle_allowed
 from multidiffusion.options import (
     CONTROL_INPUT,
     TASK_OPTIONS,
@@ -95,11 +93,6 @@ from multidiffusion.options import (
     option_names,
 )
 from multidiffusion.regions.layout import Region
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 __all__ = [
     "INPUT_FIELDS",
@@ -174,8 +167,8 @@ def _kind_ok(kind: str, value: Any) -> bool:
         )
     if kind.startswith("a string (image file or PNG data URI) or"):
         return isinstance(value, (str, Mapping))
-    if kind.startswith("a string"):
-        return isinstance(value, str)
+    if kind.startswith("a string"):  # a file the user typed travels as a TypedPath
+        return isinstance(value, str) or ("file" in kind and isinstance(value, TypedPath))
     if kind.startswith("an integer or"):
         if isinstance(value, list):
             return len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
@@ -205,71 +198,47 @@ def _check_fields(data: Any, fields: Mapping[str, str], where: str, label: Any) 
             raise ValueError(f"{label(key)} must be {fields[key]}, got {value!r}")
 
 
-def _resolve(path: str, base: Path | None, where: str, allow_outside: bool = False) -> str:
-    """``path`` relative to ``base``; outside ``base`` (after resolving links) only when allowed."""
-    if path.startswith("data:") or base is None:
-        return path
-    full = base / Path(path).expanduser()
-    if not allow_outside:
-        root = os.path.realpath(base)
-        if os.path.commonpath([root, os.path.realpath(full)]) != root:
-            raise ValueError(
-                f"{where} {path!r} is outside the scene's folder: a scene reads files under its own folder "
-                "(allow more with --allow-outside-files, or allow_outside=True)"
-            )
-    return str(full)
-
-
-def _input(value: Any, base: Path | None, where: str, allow_outside: bool) -> Any:
-    """An input image field: a file name (relative to ``base`` and confined to it, like masks), a PNG
-    data URI, or a stored record whose path is treated the same way. Anything else (an image or a
-    ``Path`` the caller put there, not the file) passes as given, for the options to check."""
-    if isinstance(value, str):
-        return value if value.startswith("data:") else _absolute(_resolve(value, base, where, allow_outside), base)
+def _input(value: Any, origin: Origin, where: str) -> Any:
+    """An input image field: a file name or a stored record (what the ``origin`` may open:
+    :class:`~multidiffusion.io.trust.Origin`), a PNG data URI, or an object the caller put there
+    (an image, a ``Path`` the user typed), which passes as given for the options to check."""
+    again = "give the image again (embedded, or as a file on the command line)"
     if isinstance(value, Mapping):
-        if is_input_record(value) and value["path"] is None:
-            return dict(value)  # an image given in memory: the options say so
-        if not is_input_record(value):
-            raise ValueError(
-                f"{where} must be an image file, a PNG data URI or a table {{ path = ..., sha256 = ... }} (a stored "
-                f"input's record), got {dict(value)!r}"
-            )
-        path = _absolute(_resolve(value["path"], base, where, allow_outside), base)
-        return {"path": path, "sha256": value["sha256"]}
-    return value
+        return origin.recorded(value, where, again)
+    return origin.file_name(value, where, again)
 
 
-def _absolute(path: str, base: Path | None) -> str:
-    """A file read from a scene as an absolute path (what a result's PNG records, so ``--from`` finds
-    it from any folder); stored settings (no ``base``) keep theirs."""
-    return os.path.abspath(path) if base is not None else path
-
-
-def _upscaler(value: Any, base: Path | None, where: str, allow_outside: bool) -> Any:
-    """A filter name as is; any other text is a model file, relative to ``base`` and confined to it."""
+def _upscaler(value: Any, origin: Origin, where: str) -> Any:
+    """A filter name as is; any other text is a model file (resolved as the ``origin`` may), a
+    record is the file and its SHA-256 (likewise)."""
+    again = "pass --upscaler FILE"
+    if isinstance(value, Mapping):
+        found = origin.recorded(value, where, again)
+        return found.record() if isinstance(found, RecordedFile) else found
     if not isinstance(value, str) or value.lower() in UPSCALE_FILTERS:
         return value
-    return _absolute(_resolve(value, base, where, allow_outside), base)
+    return origin.file_name(value, where, again)
 
 
-def parse_region(table: Any, where: str, base: Path | None = None, allow_outside: bool = False) -> Region:
-    """A region table (``REGION_FIELDS``) as a :class:`Region`; mask paths are relative to ``base``.
-    Errors start with ``where`` (e.g. 'scene.toml: regions[1]')."""
+def parse_region(table: Any, where: str, origin: Origin | None = None) -> Region:
+    """A region table (``REGION_FIELDS``) as a :class:`Region`; its files are read as ``origin``
+    (default: typed by the user) may. Errors start with ``where`` (e.g. 'scene.toml: regions[1]')."""
+    origin = origin or Origin.typed()
     _check_fields(table, REGION_FIELDS, where, lambda key: f"{where}.{key}")
     if not table.get("prompt"):
         raise ValueError(f"{where} needs a prompt")
     values = {k: v for k, v in table.items() if v is not None}
     if "mask" in values:
-        values["mask"] = _resolve(values["mask"], base, f"{where}.mask", allow_outside)
+        values["mask"] = origin.file_name(values["mask"], f"{where}.mask", "give the mask again (embedded, or a file)")
     if "control_image" in values:
-        values["control_image"] = _input(values["control_image"], base, f"{where}.control_image", allow_outside)
+        values["control_image"] = _input(values["control_image"], origin, f"{where}.control_image")
     try:
         return Region(**values)
     except ValueError as exc:
         raise ValueError(f"{where}.{exc}") from None
 
 
-def _segmentation_regions(table: Any, where: str, base: Path | None, allow_outside: bool) -> list[Region]:
+def _segmentation_regions(table: Any, where: str, origin: Origin) -> list[Region]:
     _check_fields(table, SEGMENTATION_FIELDS, where, lambda key: f"{where}.{key}")
     for key in SEGMENTATION_FIELDS:
         if table.get(key) is None:
@@ -283,12 +252,17 @@ def _segmentation_regions(table: Any, where: str, base: Path | None, allow_outsi
         elif not isinstance(value, str):
             raise ValueError(f"{name} must be a prompt or a table of region fields, got {value!r}")
         colors[colour] = value
+    source = origin.file_name(table["map"], f"{where}.map", "give the map again (--segmentation MAP)")
     try:
-        source = _resolve(table["map"], base, f"{where}.map", allow_outside)
         return Region.from_segmentation(source, colors)
     except ValueError as exc:
         text = str(exc)
         raise ValueError(text if text.startswith(where) else f"{where}: {text}") from None
+
+
+def scene_origin(base: str | os.PathLike | None = None, source: str = "", allow_outside: bool = False) -> Origin:
+    """The origin of a scene's values: a file under ``base`` when given, else typed by the user."""
+    return Origin.file(base, source, allow_outside) if base is not None else Origin.typed(source)
 
 
 def parse_scene(
@@ -299,36 +273,38 @@ def parse_scene(
     limits: Limits | None = None,
     allow_outside: bool = False,
     allow_pickle: bool = False,
+    origin: Origin | None = None,
 ) -> Scene:
     """Validate a scene (a mapping of its task's options, ``task``, ``model`` and, for regions,
     ``regions`` and ``segmentation``) and build its :class:`Scene`.
 
-    ``base``: the folder file names are relative to (and confined to, unless ``allow_outside``);
-    ``source`` prefixes error messages; ``allow_pickle``: the caller lets a pickle upscaler model be
-    unpickled (a scene can't say so itself)."""
+    ``origin`` says what its names may open (:class:`~multidiffusion.io.trust.Origin`): by default
+    a scene file under ``base`` (confined to it unless ``allow_outside``), or typed by the user when
+    there is no ``base``; stored settings and web requests pass ``Origin.stored()``. ``source``
+    prefixes error messages. ``allow_pickle`` (the command line's ``--allow-pickle``) covers only
+    an upscaler file the user typed (a :class:`~multidiffusion.io.trust.TypedPath`), never a name
+    the scene holds."""
     if not isinstance(data, Mapping):
-        raise ValueError(_at(source, f"a scene must be a table, got {data!r}"))
-    base_dir = Path(base) if base is not None else None
+        raise ValueError(_at(source, f"a scene must be a table, got {type(data).__name__}"))
+    origin = origin or scene_origin(base, source, allow_outside)
     values = {k: v for k, v in data.items() if k not in METADATA_ONLY}
     for key, kind in SCENE_ONLY.items():
         if values.get(key) is not None and not _kind_ok(kind, values[key]):
-            raise ValueError(_at(source, f"{key} must be {kind}, got {values[key]!r}"))
-    model = values.pop("model", None)
+            raise ValueError(_at(source, f"{key} must be {kind}, got {_short(values[key])}"))
     mode = data.get("mode")  # stored parameters name the task "mode"
     task = values.pop("task", None) or (mode if isinstance(mode, str) else None) or "regions"
     if task not in TASK_OPTIONS:
-        raise ValueError(_at(source, f"task must be one of {', '.join(map(repr, TASK_OPTIONS))}, got {task!r}"))
+        raise ValueError(_at(source, f"task must be one of {', '.join(map(repr, TASK_OPTIONS))}, got {_short(task)}"))
+    model = values.pop("model", None)
+    if model is not None:
+        model = origin.weights(model, _at(source, "model"), "pass --model again")
     if task == "regions":
         regions = [
-            table
-            if isinstance(table, Region)
-            else parse_region(table, _at(source, f"regions[{i}]"), base_dir, allow_outside)
+            table if isinstance(table, Region) else parse_region(table, _at(source, f"regions[{i}]"), origin)
             for i, table in enumerate(values.pop("regions", None) or [])
         ]
         if values.get("segmentation") is not None:
-            regions += _segmentation_regions(
-                values.pop("segmentation"), _at(source, "segmentation"), base_dir, allow_outside
-            )
+            regions += _segmentation_regions(values.pop("segmentation"), _at(source, "segmentation"), origin)
         values.pop("segmentation", None)
         values["regions"] = regions
     else:
@@ -344,24 +320,22 @@ def parse_scene(
             items = [
                 item
                 if item == CONTROL_INPUT and TASK_OPTIONS[task].input_control
-                else _input(item, base_dir, _at(source, f"{key}[{i}]" if many else key), allow_outside)
+                else _input(item, origin, _at(source, f"{key}[{i}]" if many else key))
                 for i, item in enumerate(value if many else [value])
             ]
             values[key] = items if many else items[0]
         else:
-            values[key] = _input(value, base_dir, _at(source, key), allow_outside)
+            values[key] = _input(value, origin, _at(source, key))
     controlnet = values.pop("controlnet", None)
     if controlnet is not None:
         specs = [controlnet] if isinstance(controlnet, str) else controlnet
         controlnet = [
-            _controlnet_spec(
-                spec, base_dir, _at(source, "controlnet" if len(specs) == 1 else f"controlnet[{i}]"), allow_outside
-            )
+            _weights(spec, origin, _at(source, "controlnet" if len(specs) == 1 else f"controlnet[{i}]"), "--controlnet")
             for i, spec in enumerate(specs)
         ]
-    loras = _loras(values.pop("loras", None), base_dir, source, allow_outside)
+    loras = _loras(values.pop("loras", None), origin, source)
     if values.get("upscaler") is not None:
-        values["upscaler"] = _upscaler(values["upscaler"], base_dir, _at(source, "upscaler"), allow_outside)
+        values["upscaler"] = _upscaler(values["upscaler"], origin, _at(source, "upscaler"))
     if "allow_pickle" in values:
         raise ValueError(
             _at(
@@ -370,8 +344,9 @@ def parse_scene(
                 "it (--allow-pickle, or parse_scene(..., allow_pickle=True))",
             )
         )
-    if allow_pickle and "allow_pickle" in option_names(task):
-        values["allow_pickle"] = True
+    if "allow_pickle" in option_names(task):
+        _check_pickle_grant(values.get("upscaler"), allow_pickle, _at(source, "upscaler"))
+        values["allow_pickle"] = pickle_allowed(values.get("upscaler"), allow_pickle)
     try:
         options = build_options(task, values, limits)
     except ValueError as exc:
@@ -379,7 +354,30 @@ def parse_scene(
     return Scene(options, model, controlnet, loras)
 
 
-def _loras(table: Any, base: Path | None, source: str, allow_outside: bool) -> list[tuple[str, str, float]] | None:
+def _check_pickle_grant(upscaler: Any, allow_pickle: bool, where: str) -> None:
+    """A pickle upscaler a scene names, refused even with --allow-pickle, which covers only the
+    files typed on that command line (a scene or a PNG may come from someone else)."""
+    if allow_pickle and isinstance(upscaler, str) and not isinstance(upscaler, TypedPath):
+        from multidiffusion.models.files import is_pickle_path
+
+        if is_pickle_path(upscaler):
+            raise ValueError(
+                f"{where}: {Path(upscaler).name!r} is a pickle named by the settings, not typed: --allow-pickle "
+                "covers only files typed on the command line; pass --upscaler FILE --allow-pickle"
+            )
+
+
+def _weights(spec: Any, origin: Origin, where: str, flag: str) -> str:
+    """Weights a scene names (a ControlNet, a LoRA): as its ``origin`` may (a file under its folder,
+    a hub repo id). Stored settings name none at all, not even a repo id: the flag gives it again."""
+    if origin.trust == Trust.STORED:
+        raise ValueError(
+            f"{where}: settings stored in a PNG or sent in a request name no ControlNet or LoRA; pass {flag}"
+        )
+    return origin.weights(spec, where, f"pass {flag} again")
+
+
+def _loras(table: Any, origin: Origin, source: str) -> list[tuple[str, str, float]] | None:
     """A scene's ``loras``: name = file (weight 1: the whole image) or name = { file, weight } (weight
     0: only the regions naming it), files confined to the scene's folder like ControlNets."""
     if table is None:
@@ -387,7 +385,7 @@ def _loras(table: Any, base: Path | None, source: str, allow_outside: bool) -> l
     loras = []
     for name, entry in table.items():
         where = _at(source, f"loras.{name}")
-        bad = f"{where} must be a file name or a table {{ file = ..., weight = ... }}, got {entry!r}"
+        bad = f"{where} must be a file name or a table {{ file = ..., weight = ... }}, got {_short(entry)}"
         if isinstance(entry, Mapping):
             if set(entry) - {"file", "weight"} or not isinstance(entry.get("file"), str):
                 raise ValueError(bad)
@@ -397,21 +395,15 @@ def _loras(table: Any, base: Path | None, source: str, allow_outside: bool) -> l
         else:
             raise ValueError(bad)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not -10 <= weight <= 10:
-            raise ValueError(f"{where}.weight must be a number from -10 to 10, got {weight!r}")
-        loras.append((str(name), _controlnet_spec(spec, base, where, allow_outside), float(weight)))
+            raise ValueError(f"{where}.weight must be a number from -10 to 10, got {_short(weight)}")
+        loras.append((str(name), _weights(spec, origin, where, f"--lora {name}=FILE"), float(weight)))
     return loras
 
 
-def _controlnet_spec(spec: str, base: Path | None, where: str, allow_outside: bool) -> str:
-    """A ControlNet of a scene: a file or folder relative to the scene (confined to its folder like
-    every file it reads) when it exists there or looks like a path; else a repo id, as given."""
-    if base is None:
-        return spec
-    path = Path(spec).expanduser()
-    suffixes = (".safetensors", ".pth", ".bin", ".ckpt", ".pt")
-    if spec.startswith((".", "/", "~")) or path.suffix in suffixes or (base / path).exists():
-        return _absolute(_resolve(spec, base, where, allow_outside), base)
-    return spec
+def _short(value: Any) -> str:
+    """A value for a message: its repr, at most 80 characters."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
 
 
 def _at(source: str, message: str) -> str:
@@ -420,24 +412,12 @@ def _at(source: str, message: str) -> str:
 
 
 def read_scene_file(path: str | os.PathLike) -> dict[str, Any]:
-    """The raw contents of a TOML or JSON scene file (a table)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ValueError(f"scene file {str(path)!r} does not exist")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".toml":
-            with path.open("rb") as f:
-                data = tomllib.load(f)
-        elif suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
-        else:
-            raise ValueError(f"scene file {str(path)!r} must end in .toml or .json")
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path.name}: not valid {suffix[1:].upper()}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path.name}: a scene must be a table (JSON object), got {type(data).__name__}")
-    return data
+    """The raw contents of a TOML or JSON scene file (a table), read by the one bounded reader of
+    settings files (:func:`multidiffusion.io.text.read_scene_file`: a regular file of at most 16 MB,
+    UTF-8, limited nesting and integer length; a ValueError naming the file otherwise)."""
+    from multidiffusion.io import text
+
+    return text.read_scene_file(path)
 
 
 def load_scene(
