@@ -104,3 +104,39 @@ def test_hub_look_ups_give_up_within_the_timeout(silent_hub, tmp_path, what):  #
     expected = "lora: 'someone/some-lora'" if what == "lora" else "building it needs the configuration of"
     assert expected in message
     assert result["elapsed"] < 2 + 5
+
+
+# -- pickles torch's safe loader refuses inside diffusers: one line naming the field ------------------
+
+
+def _hostile_pickle(path):
+    """A pickle that holds more than tensors (torch.load(weights_only=True) refuses its datetime)."""
+    import datetime
+
+    import torch
+
+    torch.save({"when": datetime.datetime(2020, 1, 1)}, path)
+    return path
+
+
+def test_a_pickle_lora_refused_inside_diffusers_is_one_line(tmp_path):
+    """Before: OSError: Unable to load weights from checkpoint file for '...' at '...' (the path twice)."""
+    from devtools.components import tiny_sd_pipeline
+    from multidiffusion.models.lora import load_lora
+
+    with pytest.raises(ValueError, match=r"^lora: evil\.bin could not be read as weights: .*use a \.safetensors"):
+        load_lora(tiny_sd_pipeline(sample_size=16), str(_hostile_pickle(tmp_path / "evil.bin")))
+
+
+def test_a_pickle_controlnet_refused_inside_diffusers_is_one_line(sd16, tmp_path):
+    from diffusers import ControlNetModel
+
+    from multidiffusion.models.controlnet import load_controlnet
+
+    folder = tmp_path / "cn"
+    ControlNetModel.from_unet(sd16.unet).save_config(folder)
+    _hostile_pickle(folder / "diffusion_pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"^controlnet: diffusion_pytorch_model\.bin could not be read as weights"):
+        load_controlnet(str(folder), allow_pickle=True)
+    with pytest.raises(ValueError, match=r"^controlnet: evil\.bin could not be read as weights"):
+        load_controlnet(str(_hostile_pickle(tmp_path / "evil.bin")), allow_pickle=True)

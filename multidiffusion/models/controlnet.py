@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from multidiffusion.io.trust import RepoId
-from multidiffusion.models.files import ModelNotFoundError, is_pickle_path
+from multidiffusion.models.files import ModelNotFoundError, is_pickle_path, refused_pickle
 from multidiffusion.models.hub import hub_folder
 
 __all__ = [
@@ -158,13 +158,22 @@ def load_controlnet(
         try:
             return ControlNetModel.from_single_file(str(path), **kwargs)
         except Exception as exc:  # diffusers needs the hub for a single file's config when not cached
+            refused = refused_pickle(exc, name)
+            if refused is not None:
+                raise refused from None
             raise ModelNotFoundError(
                 f"{name}: could not load {path.name} as a ControlNet ({type(exc).__name__}); give its diffusers "
                 "folder instead"
             ) from None
     if path.is_dir():
         cls = _net_class(str(path))
-        return cls.from_pretrained(str(path), use_safetensors=None if allow_pickle else True, **kwargs)
+        try:
+            return cls.from_pretrained(str(path), use_safetensors=None if allow_pickle else True, **kwargs)
+        except OSError as exc:  # a pickle torch's safe loader refused: diffusers' message names the file twice
+            refused = refused_pickle(exc, name)
+            if refused is None:
+                raise
+            raise refused from None
     return _load_repo(str(spec), allow_pickle, name, **kwargs)
 
 

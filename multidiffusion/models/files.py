@@ -6,9 +6,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 from pathlib import Path
 
-__all__ = ["PICKLE_SUFFIXES", "ModelNotFoundError", "is_pickle_path", "sha256_file"]
+__all__ = ["PICKLE_SUFFIXES", "ModelNotFoundError", "is_pickle_path", "refused_pickle", "sha256_file"]
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 
@@ -25,6 +26,20 @@ def is_pickle_path(path: str | os.PathLike) -> bool:
     with contextlib.suppress(OSError, RuntimeError):  # a link loop: the name is all there is
         suffixes.add(path.resolve().suffix.lower())
     return bool(suffixes & set(PICKLE_SUFFIXES))
+
+
+def refused_pickle(exc: BaseException, name: str) -> ModelNotFoundError | None:
+    """diffusers' ``OSError`` for a weights file torch's safe loader (``weights_only=True``) refused (a
+    pickle that holds more than tensors, or no checkpoint at all), as one line naming ``name``; None
+    for any other error."""
+    found = re.search(r"Unable to load weights from checkpoint file for '([^']*)'", str(exc))
+    if not isinstance(exc, OSError) or found is None:
+        return None
+    return ModelNotFoundError(
+        f"{name}: {Path(found[1]).name} could not be read as weights: torch's safe loader refused it (a pickle "
+        "that holds more than tensors, or not a checkpoint at all), so nothing in it ran, with or without "
+        "allow_pickle (--allow-pickle); use a .safetensors file"
+    )
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from multidiffusion.io.trust import RepoId
+from multidiffusion.models.files import refused_pickle
 from multidiffusion.models.hub import hub_folder
 
 __all__ = ["check_lora_source", "load_lora"]
@@ -99,6 +100,11 @@ def load_lora(
     before = {id(m): (list(m.active_adapters), dict(m.scaling)) for m in _lora_layers(pipe)}
     try:
         pipe.load_lora_weights(dict(lora) if isinstance(lora, dict) else lora, adapter_name=name, **kwargs)
+    except OSError as exc:  # a pickle torch's safe loader refused: diffusers' message names the file twice
+        refused = refused_pickle(exc, "lora")
+        if refused is None:
+            raise
+        raise refused from None
     except (RuntimeError, ValueError, KeyError) as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         detail = next((line for line in lines if "size mismatch" in line), lines[0] if lines else type(exc).__name__)
