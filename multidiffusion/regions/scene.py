@@ -82,6 +82,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from multidiffusion.io.budget import check_embedded
 from multidiffusion.io.trust import Origin, RecordedFile, Trust, TypedPath, pickle_allowed
 from multidiffusion.options import (
     CONTROL_INPUT,
@@ -287,6 +288,7 @@ def parse_scene(
     if not isinstance(data, Mapping):
         raise ValueError(_at(source, f"a scene must be a table, got {type(data).__name__}"))
     origin = origin or scene_origin(base, source, allow_outside)
+    check_embedded(data, _at(source, "the settings"))  # before a pixel is decoded
     values = {k: v for k, v in data.items() if k not in METADATA_ONLY}
     for key, kind in SCENE_ONLY.items():
         if values.get(key) is not None and not _kind_ok(kind, values[key]):
