@@ -35,7 +35,9 @@ from multidiffusion.engine.windows import PLACEMENTS
 from multidiffusion.regions.layout import MAX_REGIONS, Region, as_regions
 
 __all__ = [
+    "MAX_GUIDANCE",
     "MAX_IMAGES",
+    "MAX_PROMPT_CHARS",
     "MAX_SCALE",
     "MAX_SEED",
     "MAX_SIDE",
@@ -57,6 +59,7 @@ __all__ = [
     "UpscaleOptions",
     "build_options",
     "check_choice",
+    "check_guidance",
     "check_int",
     "check_negative",
     "check_number",
@@ -67,6 +70,7 @@ __all__ = [
     "check_text",
     "pair",
     "random_seed",
+    "shown",
 ]
 
 MIN_SIDE = 64
@@ -83,6 +87,39 @@ RANDOM_SEEDS = 2**32
 """Random seeds are drawn below this, so they stay short enough to read and type."""
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 SCHEDULER_NAMES: tuple[str, ...] = (*SCHEDULERS, *FLOW_SCHEDULERS)
+MAX_PROMPT_CHARS = 10_000
+"""Longest prompt (and negative or region prompt) in characters. The text encoders read only the first
+77 tokens (CLIP) or 512 (T5, FLUX and SD3), about 300 and 2,000 characters of English and fewer of
+scripts with more tokens per character; the rest is cut off after tokenising, which is the whole
+cost of a longer text (a 10 MB prompt tokenised for 88 s at +4.4 GB). 10,000 is five times T5's
+reach: no prompt a model reads is refused."""
+MAX_GUIDANCE = 100.0
+"""Largest guidance scale (classifier-free guidance, per region too). Models are used at 1-20;
+past a few hundred the guided noise estimate leaves the range the scheduler can step from, and
+at 1e308 it overflows to inf and every pixel comes out black."""
+
+
+def shown(value: Any) -> str:
+    """``value`` as a message quotes it, short: numbers by ``{:g}`` (``1e-308``, not 309 digits),
+    integers past 20 digits by their length (Python refuses to print past 4,300), text and other
+    values cut at 60 characters with their length."""
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, int):
+        if abs(value) < 10**20:
+            return str(value)
+        return f"an integer of about {int(abs(value).bit_length() * math.log10(2)) + 1:,} digits"
+    if isinstance(value, float):
+        return repr(value) if len(repr(value)) <= 20 else f"{value:g}"
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 60 else f"{value[:40]!r}... ({len(value):,} characters)"
+    if isinstance(value, (list, tuple, dict, set)) and len(value) > 8:
+        return f"a {type(value).__name__} of {len(value):,} items"
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # a huge integer inside, or a cycle of containers
+        return f"a {type(value).__name__}"
+    return text if len(text) <= 80 else f"{text[:60]}... (a {type(value).__name__})"
 
 
 # -- single values ---------------------------------------------------------------------------------
@@ -93,20 +130,35 @@ def check_int(name: str, value: Any, lo: int, hi: int | None = None, note: str =
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         else:
-            raise ValueError(f"{name} must be {allowed}, got {value!r}")
+            raise ValueError(f"{name} must be {allowed}, got {shown(value)}")
     if value < lo or (hi is not None and value > hi):
-        raise ValueError(f"{name} must be {allowed}, got {value}{note}")
+        raise ValueError(f"{name} must be {allowed}, got {shown(value)}{note}")
     return value
 
 
 def check_number(name: str, value: Any, lo: float, hi: float | None = None) -> float:
     """``value`` as a finite float in [lo, hi]; ValueError naming ``name`` otherwise."""
     allowed = f"a number ≥ {lo}" if hi is None else f"a number from {lo} to {hi}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-    if value < lo or (hi is not None and value > hi):
-        raise ValueError(f"{name} must be {allowed}, got {value}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be {allowed}, got {shown(value)}")
+    try:
+        finite = math.isfinite(value)  # an int past float's range overflows here
+    except OverflowError:
+        finite = False
+    if not finite or value < lo or (hi is not None and value > hi):
+        raise ValueError(f"{name} must be {allowed}, got {shown(value)}")
     return float(value)
+
+
+def check_guidance(name: str, value: Any) -> float:
+    """A guidance scale: a number from 0 to :data:`MAX_GUIDANCE`."""
+    value = check_number(name, value, 0)
+    if value > MAX_GUIDANCE:
+        raise ValueError(
+            f"{name} must be at most {MAX_GUIDANCE:g} (models are used at 1-20; larger scales overflow), "
+            f"got {shown(value)}"
+        )
+    return value
 
 
 def check_side(name: str, value: Any, multiple: int = 8, max_side: int = MAX_SIDE, note: str = "") -> int:
@@ -115,30 +167,46 @@ def check_side(name: str, value: Any, multiple: int = 8, max_side: int = MAX_SID
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be {allowed} (pixels), got {value!r}")
+        raise ValueError(f"{name} must be {allowed} (pixels), got {shown(value)}")
     if value % multiple or not MIN_SIDE <= value <= max_side:
-        raise ValueError(f"{name} must be {allowed} (pixels), got {value}{note if value > max_side else ''}")
+        raise ValueError(f"{name} must be {allowed} (pixels), got {shown(value)}{note if value > max_side else ''}")
     return value
 
 
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {shown(value)}")
     return value
 
 
 def check_text(name: str, value: Any, required: bool = True) -> str | None:
-    """A prompt: text that is not only white space (None allowed when not ``required``) and can be
-    encoded as UTF-8 (a command line in another encoding gives lone surrogates)."""
+    """A prompt: text that is not only white space (None allowed when not ``required``), at most
+    :data:`MAX_PROMPT_CHARS` long, that can be encoded as UTF-8 (a command line in another encoding
+    gives lone surrogates)."""
     if value is None and not required:
         return None
+    if isinstance(value, str):
+        check_prompt_length(name, value)
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{name} must be a non-empty prompt{'' if required else ' or None'}, got {value!r}")
+        raise ValueError(f"{name} must be a non-empty prompt{'' if required else ' or None'}, got {shown(value)}")
+    _check_utf8(name, value)
+    return value
+
+
+def check_prompt_length(name: str, value: str) -> None:
+    """At most :data:`MAX_PROMPT_CHARS` characters; the message gives the length, not the text."""
+    if len(value) > MAX_PROMPT_CHARS:
+        raise ValueError(
+            f"{name} is {len(value):,} characters long; at most {MAX_PROMPT_CHARS:,} are allowed (the text "
+            "encoders read only the first 77 or 512 tokens)"
+        )
+
+
+def _check_utf8(name: str, value: str) -> None:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise ValueError(f"{name} must be valid UTF-8 text, got {value!r}") from None
-    return value
+        raise ValueError(f"{name} must be valid UTF-8 text, got {shown(value)}") from None
 
 
 def check_seed(name: str, value: Any) -> int | None:
@@ -148,7 +216,7 @@ def check_seed(name: str, value: Any) -> int | None:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not -1 <= value <= MAX_SEED:
-        raise ValueError(f"{name} must be -1 (random) or an integer from 0 to {MAX_SEED}, got {value!r}")
+        raise ValueError(f"{name} must be -1 (random) or an integer from 0 to {MAX_SEED}, got {shown(value)}")
     return None if value == -1 else value
 
 
@@ -161,7 +229,7 @@ def pair(name: str, value: Any) -> tuple[Any, Any]:
     """An int or a (rows, columns) pair as a pair."""
     if isinstance(value, (list, tuple)):
         if len(value) != 2:
-            raise ValueError(f"{name} must be an integer or a (height, width) pair, got {value!r}")
+            raise ValueError(f"{name} must be an integer or a (height, width) pair, got {shown(value)}")
         return value[0], value[1]
     return value, value
 
@@ -251,7 +319,7 @@ class SamplingOptions:
             steps = check_int("num_inference_steps", self.num_inference_steps, 1, lim.max_steps, note)
             self.num_inference_steps = steps
         if self.guidance_scale is not None:
-            self.guidance_scale = check_number("guidance_scale", self.guidance_scale, 0)
+            self.guidance_scale = check_guidance("guidance_scale", self.guidance_scale)
         for key in ("height", "width"):
             if getattr(self, key) is not None:
                 setattr(self, key, check_side(key, getattr(self, key), 8, lim.max_side, note))
@@ -290,7 +358,7 @@ class SamplingOptions:
             lim = self.checked_against
             done.num_inference_steps = check_int("num_inference_steps", steps, 1, lim.max_steps, lim.suffix())
         if done.guidance_scale is None:
-            done.guidance_scale = check_number("guidance_scale", guidance, 0)
+            done.guidance_scale = check_guidance("guidance_scale", guidance)
         done.check_steps()
         return done
 
@@ -314,7 +382,7 @@ def _per_control(name: str, value: Any, count: int, lo: float, hi: float) -> lis
     if isinstance(value, (list, tuple)):
         if len(value) != count:
             raise ValueError(
-                f"{name} must be a number or a list of {count} numbers (one per control image), got {value!r}"
+                f"{name} must be a number or a list of {count} numbers (one per control image), got {shown(value)}"
             )
         return [check_number(f"{name}[{i}]", v, lo, hi) for i, v in enumerate(value)]
     return [check_number(name, value, lo, hi)] * count
@@ -415,14 +483,12 @@ def check_negative(name: str, value: Any, count: int | None = None) -> None:
     """A negative prompt: None, a string ("" is none), or with ``count`` a list of that many strings."""
     items = value if count is not None and isinstance(value, (list, tuple)) else [value]
     if value is None or (len(items) == (count or 1) and all(isinstance(v, str) for v in items)):
-        for v in items if value is not None else []:
-            try:
-                v.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ValueError(f"{name} must be valid UTF-8 text, got {v!r}") from None
+        for i, v in enumerate(items if value is not None else []):
+            check_prompt_length(name if len(items) == 1 else f"{name}[{i}]", v)
+            _check_utf8(name, v)
         return
     many = f" or a list of {count} strings (one per prompt)" if count is not None else ""
-    raise ValueError(f"{name} must be a string{many} or None, got {value!r}")
+    raise ValueError(f"{name} must be a string{many} or None, got {shown(value)}")
 
 
 @dataclass
@@ -485,6 +551,7 @@ class RegionsOptions(SamplingOptions):
         self.background = check_text("background", self.background, required=False)
         check_negative("negative_prompt", self.negative_prompt)
         self.regions = as_regions(self.regions, self.checked_against.max_regions, self.checked_against.suffix())
+        _check_region_numbers(self.regions)
         self.check_steps()
         if not self.regions and self.background is None:
             raise ValueError("regions: give at least one region or a background prompt")
@@ -511,6 +578,26 @@ class RegionsOptions(SamplingOptions):
         self.bootstrap_steps = check_int("bootstrap_steps", self.bootstrap_steps, 0, steps)
 
 
+MAX_REGION_WEIGHT = 1000.0
+"""Largest region weight (a multiplier of its mask in Eq. 5's weights; 1 is the paper's)."""
+
+
+def _check_region_numbers(regions: Sequence[Region]) -> None:
+    """What the regions module leaves open: prompt lengths, and finite bounds on the numbers that
+    multiply noise estimates (a guidance scale or weight of 1e308 overflows to a black image)."""
+    for i, region in enumerate(regions):
+        name = f"regions[{i}]"
+        check_prompt_length(f"{name}.prompt", region.prompt)
+        if region.negative_prompt is not None:
+            check_prompt_length(f"{name}.negative_prompt", region.negative_prompt)
+        if region.guidance_scale is not None:
+            check_guidance(f"{name}.guidance_scale", region.guidance_scale)
+        if region.weight > MAX_REGION_WEIGHT:
+            raise ValueError(
+                f"{name}.weight must be a number > 0 up to {MAX_REGION_WEIGHT:g}, got {shown(region.weight)}"
+            )
+
+
 # -- images in -----------------------------------------------------------------------------------------
 MAX_SCALE = 8.0
 """Largest upscaling factor: 8x takes a 512 px image to 4096 px; larger jumps give the model too
@@ -524,16 +611,17 @@ MAX_UPSCALER_BYTES = 2 * 1024**3
 def check_strength(value: Any, name: str = "strength", steps: int | None = None) -> float:
     """diffusers' ``strength``: the fraction of the schedule that runs, in (0, 1]; with ``steps``, also
     enough for at least one of them to run (``int(steps * strength)`` of them run below 1)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 < value <= 1:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
         raise ValueError(
-            f"{name} must be a number in (0, 1] (the fraction of the steps that re-work the image), got {value!r}"
+            f"{name} must be a number in (0, 1] (the fraction of the steps that re-work the image), got {shown(value)}"
         )
     if steps is not None and value < 1 and int(steps * value) < 1:
         fewest = math.ceil(1 / value)
         fewest += int(fewest * value) < 1  # rounding: 1 / 0.35 -> 3, 3 x 0.35 = 1.05
+        more = f" or at least {fewest} steps (num_inference_steps)" if fewest <= MAX_STEPS else ""
         raise ValueError(
             f"{name} {value:g} runs none of the {steps} steps (int({steps} x {value:g}) = 0): give a {name} of at "
-            f"least {math.ceil(100 / steps) / 100:g} or at least {fewest} steps (num_inference_steps)"
+            f"least {math.ceil(100 / steps) / 100:g}{more}"
         )
     return float(value)
 

@@ -42,6 +42,7 @@ __all__ = [
     "Cancelled",
     "OutputStore",
     "Result",
+    "check_texts",
     "generate_inpaint",
     "generate_panorama",
     "generate_regions",
@@ -53,6 +54,20 @@ __all__ = [
 ]
 
 StepCallback = Callable[[int, int], None]
+
+TEXT_KEYS = ("prompt", "negative_prompt", "background")
+"""Form fields that are one text box each: the library takes a list of prompts (a batch), a web
+request may not, so anything but text there is refused by name."""
+
+
+def check_texts(values: Mapping[str, Any]) -> None:
+    """Refuse a request whose text boxes hold anything but text (a list or a dict sent over HTTP)."""
+    if not isinstance(values, Mapping):
+        raise ValueError(f"the form must be a table of fields, got a {type(values).__name__}")
+    for key in TEXT_KEYS:
+        value = values.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"{key} must be text, got a {type(value).__name__}")
 
 
 class OutputStore:
@@ -166,6 +181,7 @@ def generate_panorama(
 ) -> Result:
     """One panorama from the form's ``values`` (keys: API names, ``seed``, ``model``); ``Cancelled``
     once ``is_cancelled()`` is true (checked while waiting for the model and between steps)."""
+    check_texts(values)
     request = panorama_request(values, limits, pool, choices)
     with pool.use(request.model, is_cancelled) as md:
         saved = _run(md, request, store, "panorama", on_step, is_cancelled)
@@ -187,6 +203,7 @@ def preview_control(path: str | os.PathLike | None, preprocessor: str | None, li
 
 def preview_regions(values: Mapping[str, Any], *, pool: ModelPool, limits: Limits) -> Any:
     """The layout preview (what each prompt controls, on the model's latent grid) as a PIL image."""
+    check_texts(values)
     request = regions_request(values, limits, pool)
     o = request.options
     with pool.use(request.model) as md:
@@ -205,6 +222,7 @@ def generate_regions(
     """One image from the Regions tab: the layout's regions, the boxes, the background prompt;
     ``Cancelled`` as :func:`generate_panorama`. The layout is rasterised once, for the preview
     and the run."""
+    check_texts(values)
     request = regions_request(values, limits, pool)
     o = request.options
     with pool.use(request.model, is_cancelled) as md:
@@ -230,6 +248,7 @@ def generate_upscale(
     re-worked at its size ("img2img"); ``Cancelled`` as :func:`generate_panorama`. The PNG names the
     upscaler as this server lists it."""
     upscalers = upscalers or Upscalers()
+    check_texts(values)
     request = upscale_request(values, limits, pool, upscalers, choices)
     o: Any = request.options
     extra = {"upscaler": upscalers.name_of(o.upscaler)} if o.task == "upscale" else {}
@@ -250,6 +269,7 @@ def generate_inpaint(
 ) -> Result:
     """One image from the Inpaint / Outpaint tab: the uploaded ``image`` with the painted ``mask``
     repainted ("inpaint") or extended by ``left``, ``right``, ``top``, ``bottom`` ("outpaint")."""
+    check_texts(values)
     request = inpaint_request(values, limits, pool, choices)
     with pool.use(request.model, is_cancelled) as md:
         saved = _run(md, request, store, request.options.task, on_step, is_cancelled)

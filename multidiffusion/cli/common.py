@@ -33,6 +33,7 @@ __all__ = [
     "lora_type",
     "model_choice",
     "original_size_type",
+    "preflight",
     "report",
     "scene_file",
     "stored_settings",
@@ -225,7 +226,12 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
     add_control_options(p)
     g.add_argument("-o", "--output", required=True, help="output PNG (parameters are stored in it)")
     g.add_argument("--from", dest="from_png", metavar="PNG", help="reuse the settings stored in a PNG; flags override")
-    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar (and no estimate line)")
+    g.add_argument(
+        "--ignore-estimate",
+        action="store_true",
+        help="run even when the estimate says it needs more memory than is available",
+    )
 
 
 def add_control_options(p: argparse.ArgumentParser) -> None:
@@ -448,6 +454,27 @@ def load_model(
     if getattr(args, "compile", False):
         md.compile()
     return md
+
+
+def preflight(md: Any, options: Any, args: argparse.Namespace, **context: Any) -> None:
+    """The run's estimate (window evaluations, VAE tiles, memory: :mod:`multidiffusion.estimate`, no
+    model call) as one line on stderr before the progress bar (not with -q), and a refusal, within
+    seconds, of a run that needs more memory than is available (unless --ignore-estimate)."""
+    from multidiffusion.engine.distributed import is_writer
+    from multidiffusion.estimate import estimate
+
+    try:
+        found = estimate(md, options, **context)
+    except ValueError as exc:
+        fail(str(exc))
+    if not args.quiet and is_writer():
+        print(found.line(), file=sys.stderr, flush=True)
+    if found.too_large and not getattr(args, "ignore_estimate", False):
+        fail(
+            f"this run needs about {found.memory_bytes / 2**30:.1f} GiB more memory than the process holds, and "
+            f"{(found.available_bytes or 0) / 2**30:.1f} GiB is available on {found.device}: use a smaller canvas or "
+            "fewer images, or pass --ignore-estimate to run it anyway"
+        )
 
 
 def report(saved: Any, extra: Sequence[Path] = ()) -> None:

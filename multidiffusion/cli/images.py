@@ -24,6 +24,7 @@ from multidiffusion.cli.common import (
     load_model,
     lora_choice,
     model_choice,
+    preflight,
     report,
     scene_file,
     stored_settings,
@@ -198,4 +199,5 @@ def run_image_task(args: argparse.Namespace, flags: dict[str, str], inputs: tupl
     lora_choice(args, stored, scene.options, scene)
     model, allow_pickle, model_options = model_choice(args, stored)
     md = load_model(model, args, allow_pickle, nets, **model_options)
+    preflight(md, scene.options, args)
     report(run_and_save(md, scene.options, output))

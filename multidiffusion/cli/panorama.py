@@ -14,6 +14,7 @@ from multidiffusion.cli.common import (
     load_model,
     lora_choice,
     model_choice,
+    preflight,
     report,
     stored_settings,
     window_type,
@@ -92,4 +93,5 @@ def run(args: argparse.Namespace) -> None:
     lora_choice(args, stored, options)
     model, allow_pickle, model_options = model_choice(args, stored)
     md = load_model(model, args, allow_pickle, nets, **model_options)
+    preflight(md, options, args)
     report(run_and_save(md, options, output))

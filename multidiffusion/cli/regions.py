@@ -18,6 +18,7 @@ from multidiffusion.cli.common import (
     load_model,
     lora_choice,
     model_choice,
+    preflight,
     report,
     scene_file,
     stored_settings,
@@ -256,4 +257,5 @@ def run(args: argparse.Namespace) -> None:
         save_png(layout.preview(), preview)
         print(f"wrote {preview} (layout of {count}; generating...)")
         extra.append(preview)
+    preflight(md, options, args, layout=layout)
     report(run_and_save(md, options, output, layout=layout))

@@ -27,12 +27,13 @@ from multidiffusion.engine.loras import LoraSwitch
 from multidiffusion.engine.sampler import GuidedModel, SamplingStats, sample
 from multidiffusion.engine.schedulers import FLOW_SCHEDULERS, SCHEDULERS, make_scheduler, scheduler_name
 from multidiffusion.engine.task import Start, Task
+from multidiffusion.estimate import check_budget
 from multidiffusion.options import random_seed
 from multidiffusion.output import MultiDiffusionOutput
 from multidiffusion.vae.codec import decode_latents, decode_to_uint8
 from multidiffusion.version import __version__
 
-__all__ = ["Cancelled", "RunSettings", "denoising_timesteps", "run"]
+__all__ = ["Cancelled", "RunSettings", "denoising_timesteps", "planned_steps", "run"]
 
 Generator = torch.Generator | list[torch.Generator] | None
 StepCallback = Callable[..., Any]
@@ -92,14 +93,8 @@ def run(
     if shard is not None:  # before the inputs are used (the sharded VAE encode included): every input agrees
         identity = {"model settings": adapter.parameters(), "LoRAs": settings.lora_files, "decoding": settings.decode}
         shard.check_same("a sharded run", distributed.call_digests(options, sched, adapter.pipe, identity))
-    plan_for_step = task.plans(_offset_seed(generator))
-    view = largest_view(plan_for_step(0))
-
-    def set_timesteps(s: Any, steps: int, device: Any) -> None:
-        adapter.set_timesteps(s, steps, device, view)
-
-    timesteps = denoising_timesteps(sched, options.num_inference_steps, task.strength, adapter.device, set_timesteps)
-    _check_cost(task, plan_for_step, batch, len(timesteps))  # every timestep is one model evaluation
+    plan_for_step, timesteps = planned_steps(task, sched, generator)
+    check_budget(task, plan_for_step, batch, len(timesteps), settings.decode)  # model, VAE, prompts: no call yet
 
     h, w = task.latent_size
     vae_tiling = {**settings.decode, "share": shard}  # a sharded run splits the VAE's tiles too
@@ -225,6 +220,21 @@ def denoising_timesteps(
     return scheduler.timesteps[first:]
 
 
+def planned_steps(task: Task, sched: Any, generator: Generator) -> tuple[Callable[[int], Any], torch.Tensor]:
+    """(``plan_for_step``, the timesteps that run) of ``task`` with the scheduler ``sched``: what a run
+    knows before its first model call, and what :mod:`multidiffusion.estimate` counts (every timestep
+    is one model evaluation of each job of its step). Sets ``sched``'s timesteps."""
+    adapter = task.adapter
+    plan_for_step = task.plans(_offset_seed(generator))
+    view = largest_view(plan_for_step(0))
+
+    def set_timesteps(s: Any, steps: int, device: Any) -> None:
+        adapter.set_timesteps(s, steps, device, view)
+
+    steps, strength = task.options.num_inference_steps, task.strength
+    return plan_for_step, denoising_timesteps(sched, steps, strength, adapter.device, set_timesteps)
+
+
 def largest_view(plan: Any) -> tuple[int, int]:
     """(rows, columns) of the largest view of a step's plan: the size the model sees (a window, or
     the canvas where that is smaller), which sets a flow-matching model's schedule shift."""
@@ -267,25 +277,6 @@ def _check_generator(generator: Any, batch: int) -> None:
     raise TypeError(
         f"generator must be a torch.Generator, a list of them (one per image) or None, got {type(generator).__name__}"
     )
-
-
-def _check_cost(task: Task, plan_for_step: Callable[[int], Any], images: int, steps: int) -> None:
-    """The compute bound of the options' limits: window evaluations over the call (the jobs of the
-    first step, as many steps as run, every image, plus what the task spends outside the steps; a
-    job is one view under one prompt)."""
-    bound = task.options.checked_against.max_evaluations
-    if bound is None:
-        return
-    jobs = len(plan_for_step(0).jobs)
-    extra = task.extra_evaluations(jobs)
-    cost = (jobs * steps + extra) * images
-    if cost > bound:
-        more = f" + {extra:,} before sampling" if extra else ""
-        raise ValueError(
-            f"this request needs {cost:,} window evaluations ({jobs} per step x {steps} steps{more} x {images} "
-            f"images), more than the {bound:,} allowed{task.options.checked_against.suffix()}: use "
-            "fewer steps, a smaller canvas, a larger window or stride, or placement='shifted'"
-        )
 
 
 def _step_callback(
