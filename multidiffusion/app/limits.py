@@ -14,9 +14,12 @@ DEFAULT_MAX_SIDE = 4096
 DEFAULT_MAX_STEPS = 150
 """Most denoising steps a request may ask for."""
 DEFAULT_MAX_EVALUATIONS = 50_000
-"""Most window evaluations per request (views x prompts per step, x steps): the compute bound, since
-sides and steps alone allow a 4096 x 64 demo panorama with window 8 and stride 1 (1,017 windows a
-step). A default 4096-wide demo panorama costs 25,250; an SD 512 x 4608 one 3,250."""
+"""Most window evaluations per request: the compute bound, since sides and steps alone allow a
+4096 x 64 demo panorama with window 8 and stride 1 (1,017 windows a step). Counted by
+:mod:`multidiffusion.estimate`: the model's (views x prompts per step, x steps), plus the VAE's tiles
+and the prompts converted to window evaluations. A default 4096-wide demo panorama costs 25,250 in
+the model + 189 for the VAE; an SD 512 x 4608 one 3,250 + 27; a 2048 x 2048 demo img2img 6,234 for
+the VAE alone (1,369 a step in the model)."""
 DEFAULT_MAX_UPLOAD_MB = 10.0
 """Largest upload (a PNG to read settings from, a segmentation map) in megabytes."""
 

@@ -64,8 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-evaluations",
         type=int,
         default=DEFAULT_MAX_EVALUATIONS,
-        help="most window evaluations a request may cost, windows x steps: the compute bound "
-        f"(default {DEFAULT_MAX_EVALUATIONS})",
+        help="most window evaluations a request may cost (windows x prompts x steps, plus the VAE's tiles and the "
+        f"prompts converted to window evaluations): the compute bound (default {DEFAULT_MAX_EVALUATIONS})",
     )
     g.add_argument(
         "--max-upload-mb",
