@@ -421,10 +421,11 @@ def test_uploads_to_the_image_tabs_are_checked_with_a_message(app, tmp_path):
     value, kept, status = load.fn(picture(tmp_path / "photo.png"))
     assert kept.endswith("photo.png") and Image.open(value["background"]).size == (128, 64) and "info" in status
 
-    describe = _event(app, "upscale-message", {"upscale-image"}, "describe")
-    status = html.unescape(describe.fn(picture(tmp_path / "photo.png"), "upscale", 2))
-    assert "Loaded 'photo.png', 128×64 px. Upscaled 2x: about 256×128 px." in status
-    assert "this server takes images up to 512 px" in describe.fn(str(wide), "upscale", 2)
+    load_upscale = _event(app, "upscale-message", {"upscale-image"}, "load_image")
+    preview, kept, status = load_upscale.fn(picture(tmp_path / "photo.png"), "upscale", 2)
+    assert "Loaded 'photo.png', 128×64 px. Upscaled 2x: about 256×128 px." in html.unescape(status)
+    assert kept.endswith("photo.png") and Image.open(preview).size == (128, 64)
+    assert "this server takes images up to 512 px" in load_upscale.fn(str(wide), "upscale", 2)[-1]
 
 
 def test_serve_offers_the_upscalers_the_operator_names(monkeypatch, capsys, tmp_path):
@@ -458,7 +459,9 @@ def test_the_server_caps_what_pil_decodes(monkeypatch):
 
 def test_the_page_reads_only_files_uploaded_to_it(md16, tmp_path):
     """A request that names a file on the server as its image (not an upload) gets no result: Gradio
-    refuses paths outside its upload folder before the handler runs. The same file uploaded runs."""
+    refuses paths outside its upload folder before the handler runs, and the tab's image is the path
+    its upload button kept on the server (a session's state, never the request's). The same file
+    uploaded runs."""
     httpx = pytest.importorskip("httpx")
     pytest.importorskip("gradio")
     from multidiffusion.app.server import create_app, launch
@@ -474,17 +477,28 @@ def test_the_page_reads_only_files_uploaded_to_it(md16, tmp_path):
         index, fn = next((i, fn) for i, fn in app.fns.items() if "upscale-result" in _ids(fn.outputs))
         by_id = {"upscale-prompt": "a red house", "upscale-task": "img2img", "upscale-steps": 4, "upscale-seed": 1}
         data = [by_id.get(c.elem_id, c.value) for c in fn.inputs]
-        image_at = [c.elem_id for c in fn.inputs].index("upscale-image")
+        forged = {"path": secret, "meta": {"_type": "gradio.FileData"}}
+        up_index, up_fn = next(
+            (i, fn) for i, fn in app.fns.items() if fn.name == "load_image" and "upscale-image" in _ids(fn.inputs)
+        )
+        up_data = [by_id.get(c.elem_id, c.value) for c in up_fn.inputs]
+        upload_at = [c.elem_id for c in up_fn.inputs].index("upscale-image")
         with httpx.Client(base_url=f"http://127.0.0.1:{port}/gradio_api/", timeout=120) as client:
-            data[image_at] = {"path": secret, "meta": {"_type": "gradio.FileData"}}
-            _join(client, index, data, "forged")
+            up_data[upload_at] = forged
+            _join(client, up_index, up_data, "forged")
             done = _result(client, "forged")
             assert not done["success"], done  # Gradio: "not uploaded by a user"; the handler never ran
+            forged_state = [forged if c.elem_id is None else v for c, v in zip(fn.inputs, data)]
+            _join(client, index, forged_state, "forged")  # the tab's image is the session's state, and Gradio
+            done = _result(client, "forged")  # refuses a path not uploaded anywhere in a request
+            assert not done["success"], done
             assert list(store.folder.glob("*.png")) == []
 
             with open(secret, "rb") as f:
                 uploaded = client.post("upload", files={"files": ("secret.png", f, "image/png")}).json()[0]
-            data[image_at] = {"path": uploaded, "orig_name": "secret.png", "meta": {"_type": "gradio.FileData"}}
+            up_data[upload_at] = {"path": uploaded, "orig_name": "secret.png", "meta": {"_type": "gradio.FileData"}}
+            _join(client, up_index, up_data, "uploaded")
+            assert _result(client, "uploaded")["success"]
             _join(client, index, data, "uploaded")
             done = _result(client, "uploaded")
         assert done["success"], done

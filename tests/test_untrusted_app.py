@@ -3,11 +3,13 @@ and the Upscale tab's uploads read by the checked loader (hole 11)."""
 
 from __future__ import annotations
 
+import html
 import json
 import signal
 import stat
 import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -60,3 +62,60 @@ def test_serve_keeps_results_and_uploads_private_and_removes_them_at_exit(tmp_pa
             proc.wait()
     assert list(tmp.iterdir()) == [], log.read_text()
     assert "Traceback" not in log.read_text(), log.read_text()
+
+
+HOSTILE_UPLOADS = {
+    "text.png": b"not an image at all",
+    "eps.png": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n",
+    "empty.png": b"",
+    "cut.png": b"\x89PNG\r\n\x1a\n" + b"\0" * 30,
+}
+
+
+def test_hostile_uploads_to_the_upscale_tab_get_a_message_naming_the_field(md16, tmp_path):
+    """Before: the tab's image component opened every upload with PIL before the handler ran, so these
+    failed inside Gradio and the page showed only "Error". Now the upload is a file path that only the
+    checked loader reads; a good upload still loads."""
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("gradio")
+    from multidiffusion.app import Limits
+    from multidiffusion.app.handlers import OutputStore
+    from multidiffusion.app.server import create_app, launch
+
+    from .test_app_cancel import _join, _result
+    from .test_app_images import picture
+
+    app = create_app(["tiny"], lambda name: md16, Limits(), OutputStore(tmp_path / "out"))
+    port = _free_port()
+    launch(app, host="127.0.0.1", port=port, limits=Limits(), block=False)
+    try:
+        index, fn = next(
+            (i, fn)
+            for i, fn in app.fns.items()
+            if "upscale-image" in {c.elem_id for c in fn.inputs}
+            and "upscale-message" in {c.elem_id for c in fn.outputs}
+        )
+        ids = [c.elem_id for c in fn.inputs]
+        by_id = {"upscale-task": "upscale", "upscale-scale": 2}
+        files = {**HOSTILE_UPLOADS, "photo.png": Path(picture(tmp_path / "photo.png")).read_bytes()}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}/gradio_api/", timeout=120) as client:
+            for k, (name, data) in enumerate(files.items()):
+                uploaded = client.post("upload", files={"files": (name, data, "image/png")}).json()[0]
+                payload = [by_id.get(c.elem_id, c.value) for c in fn.inputs]
+                payload[ids.index("upscale-image")] = {
+                    "path": uploaded,
+                    "orig_name": name,
+                    "meta": {"_type": "gradio.FileData"},
+                }
+                _join(client, index, payload, f"s{k}")
+                done = _result(client, f"s{k}")
+                assert done["success"], (name, done)  # the handler ran: no bare "Error"
+                status = done["output"]["data"][-1]
+                shown = status if isinstance(status, str) else str(status)
+                if name == "photo.png":
+                    assert "Loaded 'photo.png', 128×64 px" in html.unescape(shown)
+                else:
+                    assert f"image: &#x27;{name}&#x27;" in shown or f"image: '{name}'" in html.unescape(shown), shown
+                    assert str(tmp_path) not in shown and "/gradio" not in shown  # no server path
+    finally:
+        app.close()

@@ -9,6 +9,7 @@ import gradio as gr
 
 from multidiffusion.app.context import AppContext
 from multidiffusion.app.handlers import generate_upscale
+from multidiffusion.app.inpaint_tab import IMAGE_TYPES
 from multidiffusion.app.inputs import read_upload
 from multidiffusion.app.settings import default_of
 from multidiffusion.app.widgets import (
@@ -28,6 +29,7 @@ from multidiffusion.options import MAX_SCALE
 __all__ = ["upscale_tab"]
 
 TASKS = [("Upscale", "upscale"), ("Re-work at its size (img2img)", "img2img")]
+UPLOAD_LABEL = "Upload the image to re-work"  # not the Inpaint tab's label: a page test finds each by its label
 HOW_TO = """Upload an image. **Upscale** resizes it by *scale* with the upscaler, then re-works it from
 *strength* under the prompt (optional: a few words of what it shows help); **img2img** re-works it
 at its size under the prompt. Low strength keeps the image, high strength re-draws it. The fast mode
@@ -39,14 +41,14 @@ def upscale_tab(ctx: AppContext) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     with gr.Row():
         with gr.Column(scale=2, min_width=240):
-            fields["image"] = gr.Image(
-                label="Input image",
-                type="filepath",  # the upload's path: read by the checked loader, not decoded by Gradio
-                image_mode=None,
-                sources=["upload"],
-                height=240,
-                elem_id="upscale-image",
+            # the upload's path, kept on the server: Gradio's image component would open every upload with
+            # PIL before any handler ran (hostile files failed there, shown as a bare "Error"), so the file
+            # comes through an upload button and only the checked loader reads it
+            fields["image"] = gr.State(None)
+            preview = gr.Image(
+                label="Input image", sources=[], interactive=False, height=240, elem_id="upscale-preview"
             )
+            upload = gr.UploadButton(UPLOAD_LABEL, file_types=IMAGE_TYPES, size="sm", elem_id="upscale-image")
         with gr.Column(scale=3):
             fields["prompt"] = gr.Textbox(
                 label="Prompt",
@@ -113,16 +115,17 @@ def upscale_tab(ctx: AppContext) -> dict[str, Any]:
         )
         return str(out.path), gr.DownloadButton(value=str(out.path), visible=True), message("info", out.message)
 
-    def describe(path: str | None, task: str, scale: float) -> str:
-        """The uploaded image checked now (size, sides), and the result's size."""
+    def load_image(path: str | None, task: str, scale: float) -> tuple[Any, Any, str]:
+        """The uploaded image checked now (size, sides): (its preview, the path the tab keeps on the
+        server for the run, a note with the result's size)."""
         if not path:
-            return ""
+            raise ValueError("image is required: upload an image")
         found = read_upload(path, "image", ctx.limits)
         h, w = found.size
         text = f"Loaded {found.path!r}, {w}×{h} px."
         if task == "upscale" and isinstance(scale, (int, float)):
             text += f" Upscaled {scale:g}x: about {round(w * scale)}×{round(h * scale)} px."
-        return message("info", text)
+        return ctx.store.shown(found.image), str(path), message("info", text)
 
     def show_task(task: str) -> Any:
         return gr.Row(visible=task == "upscale")
@@ -139,10 +142,10 @@ def upscale_tab(ctx: AppContext) -> dict[str, Any]:
         concurrency_id="generate",
     )
     light = {"concurrency_limit": 1, "concurrency_id": PAGE_QUEUE}  # queued, like every job that does work
-    fields["image"].upload(
-        guarded(describe, lambda msg: msg),
-        inputs=[fields["image"], fields["task"], fields["scale"]],
-        outputs=status,
+    upload.upload(
+        guarded(load_image, lambda msg: (gr.skip(), gr.skip(), msg)),
+        inputs=[upload, fields["task"], fields["scale"]],
+        outputs=[preview, fields["image"], status],
         **light,
     )
     fields["task"].change(show_task, inputs=fields["task"], outputs=upscale_only, **light)

@@ -18,6 +18,7 @@ from .conftest import GENERATE_MS, MAX_SIDE, MODEL
 
 MASK_UPLOAD = 'input[data-testid="Upload a mask-upload-button"]'
 IMAGE_UPLOAD = 'input[data-testid="Upload an image-upload-button"]'
+UPSCALE_UPLOAD = 'input[data-testid="Upload the image to re-work-upload-button"]'
 
 
 def needs_task(task: str):
@@ -54,7 +55,7 @@ def download(page, prefix: str, path):
 
 def open_upscale(page, image: str) -> None:
     page.click("#tab-upscale-button")
-    page.locator("#upscale-image input[type=file]").set_input_files(image)
+    page.locator(UPSCALE_UPLOAD).set_input_files(image)
     page.locator("#upscale-message .info").wait_for()
 
 
@@ -114,7 +115,7 @@ def test_too_large_an_image_is_refused_with_a_message(page, tmp_path):
     wide = tmp_path / "wide.png"
     Image.new("RGB", (MAX_SIDE + 64, 64), "white").save(wide)
     page.click("#tab-upscale-button")
-    page.locator("#upscale-image input[type=file]").set_input_files(str(wide))
+    page.locator(UPSCALE_UPLOAD).set_input_files(str(wide))
     error = page.locator("#upscale-message .error")
     error.wait_for()
     refusal = f"image is {MAX_SIDE + 64}×64 px; this server takes images up to {MAX_SIDE} px per side"
