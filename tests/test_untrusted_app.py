@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import signal
 import stat
 import urllib.request
@@ -119,3 +120,24 @@ def test_hostile_uploads_to_the_upscale_tab_get_a_message_naming_the_field(md16,
                     assert str(tmp_path) not in shown and "/gradio" not in shown  # no server path
     finally:
         app.close()
+
+
+def test_load_settings_names_the_upload_not_the_servers_folder(md16, tmp_path):
+    """Before: "the PNG: '/tmp/gradio/<hash>/x.png' is not an image" (and Python's FileNotFoundError text
+    for an upload gone) showed the server's temporary folder on the page."""
+    pytest.importorskip("gradio")
+    from multidiffusion.app import Limits
+    from multidiffusion.app.handlers import OutputStore
+    from multidiffusion.app.server import create_app
+
+    app = create_app(["tiny"], lambda name: md16, Limits(), OutputStore(tmp_path / "out"))
+    load = next(fn for fn in app.fns.values() if "load-png" in {c.elem_id for c in fn.inputs})
+    folder = tmp_path / "gradio" / "0123abcd"
+    folder.mkdir(parents=True)
+    (folder / "text.png").write_text("not a png")
+    os.mkfifo(folder / "fifo.png")
+    for name, says in [("text.png", "is not an image"), ("fifo.png", "not a regular file"), ("gone.png", "upload it")]:
+        updates = load.fn(str(folder / name))
+        shown = html.unescape(" ".join(str(v) for v in updates.values()))
+        assert f"'{name}'" in shown and says in shown, shown
+        assert str(folder) not in shown and "Errno" not in shown, shown

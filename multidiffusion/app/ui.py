@@ -7,6 +7,7 @@ else into a one-line internal error (the traceback goes to the server's log, nev
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +29,19 @@ diffusion model, no training ([Bar-Tal et al., ICML 2023](https://arxiv.org/abs/
 Generations run one at a time."""
 
 
+def _settings_of_upload(path: str, ctx: AppContext) -> tuple[str, dict[str, Any], list[str]]:
+    """:func:`values_from_png` of an uploaded PNG, its refusals naming the upload by its file name only:
+    the path is in the server's temporary folder, which the page has no business seeing."""
+    name = os.path.basename(path)
+    try:
+        return values_from_png(path, ctx.limits, ctx.pool, ctx.upscalers)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace(repr(str(path)), repr(name)).replace(str(path), name)) from None
+    except OSError as exc:  # the upload gone (the page open too long) or unreadable
+        why = exc.strerror or type(exc).__name__
+        raise ValueError(f"the PNG: the upload {name!r} could not be read ({why}); upload it again") from None
+
+
 def _settings_loader(ctx: AppContext, tabs: Any, forms: Mapping[str, tuple[str, Mapping[str, Any]]]) -> None:
     """A drop zone for PNGs this tool wrote: their settings fill the form of their task's tab.
     ``forms``: task -> (tab id, the tab's form components by key)."""
@@ -35,7 +49,7 @@ def _settings_loader(ctx: AppContext, tabs: Any, forms: Mapping[str, tuple[str, 
     def load(path: str | None) -> dict[Any, Any]:
         if not path:
             return {}
-        mode, values, notes = values_from_png(path, ctx.limits, ctx.pool, ctx.upscalers)
+        mode, values, notes = _settings_of_upload(path, ctx)
         tab, form = forms[mode]
         updates: dict[Any, Any] = {
             component: ctx.store.shown(values[key]) for key, component in form.items() if key in values
