@@ -461,7 +461,7 @@ def preflight(md: Any, options: Any, args: argparse.Namespace, **context: Any) -
     model call) as one line on stderr before the progress bar (not with -q), and a refusal, within
     seconds, of a run that needs more memory than is available (unless --ignore-estimate)."""
     from multidiffusion.engine.distributed import is_writer
-    from multidiffusion.estimate import estimate
+    from multidiffusion.estimate import estimate, memory_refusal
 
     try:
         found = estimate(md, options, **context)
@@ -469,12 +469,9 @@ def preflight(md: Any, options: Any, args: argparse.Namespace, **context: Any) -
         fail(str(exc))
     if not args.quiet and is_writer():
         print(found.line(), file=sys.stderr, flush=True)
-    if found.too_large and not getattr(args, "ignore_estimate", False):
-        fail(
-            f"this run needs about {found.memory_bytes / 2**30:.1f} GiB more memory than the process holds, and "
-            f"{(found.available_bytes or 0) / 2**30:.1f} GiB is available on {found.device}: use a smaller canvas or "
-            "fewer images, or pass --ignore-estimate to run it anyway"
-        )
+    refusal = memory_refusal(found)
+    if refusal is not None and not getattr(args, "ignore_estimate", False):
+        fail(refusal)
 
 
 def report(saved: Any, extra: Sequence[Path] = ()) -> None:
