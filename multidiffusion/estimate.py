@@ -42,8 +42,10 @@ __all__ = [
     "Estimate",
     "available_memory",
     "check_budget",
+    "check_memory",
     "estimate",
     "estimate_run",
+    "memory_refusal",
 ]
 
 DECODE_PER_WINDOW = 3.2
@@ -306,6 +308,27 @@ def _grid_jobs(task: Any) -> int | None:
     rows = axis_starts(h, min(window[0], h), stride[0])
     cols = axis_starts(w, min(window[1], w), stride[1], wrap=circular)
     return len(rows) * len(cols) * len(task.prompt_slots().prompts)
+
+
+def memory_refusal(found: Estimate) -> str | None:
+    """The one-line refusal of a run that needs more memory than is available (None when it fits)."""
+    if not found.too_large:
+        return None
+    return (
+        f"this run needs about {found.memory_bytes / 2**30:.1f} GiB more memory than the process holds, and "
+        f"{(found.available_bytes or 0) / 2**30:.1f} GiB is available on {found.device}: use a smaller canvas or "
+        "fewer images, or pass --ignore-estimate to run it anyway"
+    )
+
+
+def check_memory(md: Any, options: Any, **context: Any) -> Estimate:
+    """:func:`estimate`, raising ValueError (:func:`memory_refusal`) when the run needs more memory
+    than is available: what a batch item is refused with, in seconds, before its first step."""
+    found = estimate(md, options, **context)
+    refusal = memory_refusal(found)
+    if refusal is not None:
+        raise ValueError(refusal)
+    return found
 
 
 def check_budget(task: Any, plan_for_step: Any, images: int, steps: int, decode: dict[str, Any]) -> None:
