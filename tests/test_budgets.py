@@ -213,4 +213,3 @@ def test_a_huge_panorama_is_estimated_without_building_its_plan(md16):
     found = estimate(md16, PanoramaOptions(prompt="a lake", width=16384, height=16384, num_inference_steps=50))
     assert time.perf_counter() - started < 10
     assert not found.exact and found.evaluations > 10**6 and "about" in found.line()
-
