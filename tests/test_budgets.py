@@ -124,6 +124,12 @@ def test_messages_quote_numbers_and_values_short(check):
     assert not any(len(word) > 40 for word in message.split()), message
 
 
+def test_a_5000_digit_flag_is_quoted_short(capsys, tmp_path):
+    code, _, err = run_cli(["panorama", "a", "--steps", "1" * 5000, "-o", str(tmp_path / "a.png")], capsys)
+    assert code == 2 and err.startswith("error: argument --steps: invalid int value: '1111")
+    assert "(5,000 characters)" in err and len(err) < 200 and "4300" not in err
+
+
 # -- the app's budget counts the VAE and the prompts ------------------------------------------------
 def test_the_budget_counts_the_vae_tiles_of_an_image_task(pool, tmp_path):
     """A 2048 x 2048 img2img upload passed the budget on its 22 window evaluations and ran 641 s in
@@ -213,3 +219,4 @@ def test_a_huge_panorama_is_estimated_without_building_its_plan(md16):
     found = estimate(md16, PanoramaOptions(prompt="a lake", width=16384, height=16384, num_inference_steps=50))
     assert time.perf_counter() - started < 10
     assert not found.exact and found.evaluations > 10**6 and "about" in found.line()
+

@@ -4,6 +4,7 @@ to load (and the policy on which one), the report line."""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,7 +50,7 @@ class Parser(argparse.ArgumentParser):
     """argparse that reports usage errors as one ``error: ...`` line, exit status 2."""
 
     def error(self, message: str) -> NoReturn:
-        fail(message)
+        fail(re.sub(r"'([^']{40})[^']{21,}'", lambda m: f"'{m[1]}...' ({len(m[0]) - 2:,} characters)", message))
 
 
 def fail(message: str) -> NoReturn:
