@@ -10,20 +10,23 @@ text are converted to that unit:
 - A VAE tile costs :data:`DECODE_PER_WINDOW` (decode) or :data:`ENCODE_PER_WINDOW` (encode) window
   evaluations per native window's area of latent pixels it covers. Justification: PyTorch's FLOP
   counter on Stable Diffusion 1.5's shapes (a 64 x 64 latent, one row) gives 803 GFLOP for the UNet,
-  2,515 for the VAE decoder (3.13x) and 1,117 for the encoder (1.39x); both scale with pixels.
+  2,515 for the VAE decoder (3.13x) and 1,117 for the encoder (1.39x); both scale with pixels. The
+  demo model gives 2.19x and 1.02x (per its 16 x 16 window's area), so the SD figures are the
+  conservative ones.
 - Tiled with canvas-wide GroupNorm statistics, the tiles are run more than once:
   :data:`VAE_PASSES` (README "Speed and memory": exact statistics 1.4x a whole decode with the
   default cache, 6.8x with nothing kept; the fast mode 2.15x). A canvas that fits one tile runs once.
 - A prompt slot (a prompt, and its negative) costs :data:`PROMPT_SLOT_COST` for the text encoders'
-  pass (CLIP-L over 77 tokens is 19 GFLOP, 2 % of SD's UNet; T5-XXL over 512 tokens about 5 % of
-  FLUX's transformer over a 1024 px window: rounded up to one), plus one per
-  :data:`PROMPT_CHARS_PER_EVALUATION` characters for tokenising (the library's tokenisers took about
-  9 microseconds a character (10 MB in 88 s), a fast GPU's SD window evaluation about 10 ms).
+  pass (2 x parameters x tokens: CLIP-L over 77 tokens is 19 GFLOP, 2 % of SD's UNet; T5-XXL over
+  512 tokens about 5 % of FLUX's transformer over a 1024 px window: rounded up to one), plus one per
+  :data:`PROMPT_CHARS_PER_EVALUATION` characters for tokenising (a 10 MB prompt took 88 s in the
+  issue's report and 71 s measured on the demo model, 7-9 microseconds a character, on the CPU
+  whatever the device; a fast GPU's SD window evaluation takes about 10 ms).
 
 The estimate runs what the runner runs before its first model call (the task, its first step's
 plan, the timesteps: :func:`~multidiffusion.engine.runner.planned_steps`), so the counts are the
 runner's, not a second formula. Memory: the canvas-sized tensors and the VAE's budgets are counted;
-the denoising network's activations for a batch of views are a rough guess (see :func:`estimate`).
+the denoising network's activations for a batch of views are a rough guess (:data:`ACTIVATION_COPIES`).
 Time is not estimated: no per-evaluation figure is measured before the first step.
 """
 
@@ -232,7 +235,7 @@ def estimate_run(
     vae_work = ACTIVATION_COPIES // 4 * images * first * tile * tile * item  # one tile's activations
     if kind.startswith("exact"):
         vae_work += cache_bytes(decode.get("cache_mb"), adapter.device)
-    rows = (options.view_batch_size or auto_batch(adapter)) * (2 if guided else 1)
+    rows = min(options.view_batch_size or auto_batch(adapter), max(jobs, 1)) * (2 if guided else 1)
     widest = _first_channels(adapter.unet)
     views = ACTIVATION_COPIES * rows * widest * window * item
     return Estimate(
