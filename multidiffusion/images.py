@@ -10,8 +10,14 @@ explode. :func:`open_image` checks, in this order and before decoding a single p
   opened) of at most ``max_bytes``; a ``data:image/png;base64,`` URI's payload is at most
   ``max_bytes`` once decoded (checked on the base64 text, before decoding);
 - the header's width x height is at most ``max_pixels`` (PIL reads the header lazily);
-- then the pixels are decoded; any decoding failure, and PIL's own decompression-bomb error, is a
-  ValueError naming the parameter.
+- the format is one of :data:`ALLOWED_FORMATS` (PNG, JPEG, WebP, BMP, TIFF, GIF), whatever the
+  file's name or the URI's media type say: PIL identifies a format by its content, and some of its
+  plugins run external programs (EPS is decoded by Ghostscript, a PostScript interpreter that can
+  read and write files), so every image is opened with PIL's ``formats`` argument (:func:`open_header`);
+- then the pixels are decoded (a GIF's or TIFF's first frame); any decoding failure, and PIL's own
+  decompression-bomb error, is a ValueError naming the parameter;
+- the EXIF orientation is applied (a phone's portrait photo is stored landscape with a tag that
+  says "rotate"), and 16- and 32-bit images are scaled to 8 bits, not clipped (:func:`to_8bit`).
 
 :func:`count_colours` / :func:`colour_counts` count the distinct RGB colours of a map in O(pixels)
 (one ``np.unique`` over packed 24-bit codes) and refuse maps with more than ``max_colours``.
@@ -26,6 +32,7 @@ import base64
 import binascii
 import hashlib
 import io
+import math
 import os
 import re
 import stat
@@ -35,9 +42,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from multidiffusion.io.trust import RecordedFile, is_record
 
 __all__ = [
+    "ALLOWED_FORMATS",
     "DATA_URI_PREFIX",
     "DEFAULT_LIMITS",
     "ImageLimits",
@@ -48,11 +58,23 @@ __all__ = [
     "count_colours",
     "input_image",
     "is_input_record",
+    "mask_image",
+    "open_header",
     "open_image",
     "pack_rgb",
+    "restrict_decoders",
+    "to_8bit",
 ]
 
 DATA_URI_PREFIX = "data:image/png;base64,"
+
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
+"""The formats (PIL's names) of every image we decode. Each is decoded by PIL's own code; none runs an
+external program (EPS would run Ghostscript, which interprets PostScript: it can read and write files
+and loop forever). PIL picks a format by the content, not the name, so this list is passed to every
+``Image.open`` (PIL's ``formats`` argument): an EPS file named photo.png is refused, not decoded."""
+ALLOWED_TEXT = "PNG, JPEG, WebP, BMP, TIFF or GIF"
+""":data:`ALLOWED_FORMATS` as messages name them."""
 
 
 @dataclass(frozen=True)
@@ -121,25 +143,151 @@ def _bomb(exc: Exception, name: str, what: str, limits: ImageLimits) -> ValueErr
     return ValueError(f"{name}: {what} is {size}; images may have at most {limit:,} pixels (max_pixels)")
 
 
-def _decode(fp: io.IOBase, name: str, what: str, limits: ImageLimits, bad: str) -> Image.Image:
-    """Open lazily, check the header's size, then decode. Every failure is a ValueError naming
-    ``name``; ``bad`` starts the message for data that is not an image."""
+def _clean(exc: Exception) -> str:
+    """PIL's exception text on one line, without object reprs (``<_io.BytesIO object at 0x...>``)."""
+    text = " ".join(re.sub(r"<[^<>]*\bat 0x[0-9a-fA-F]+>", "the data", str(exc)).split())
+    text = text or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
-    def failure(exc: Exception) -> ValueError:
-        if isinstance(exc, Image.DecompressionBombError):
-            return _bomb(exc, name, what, limits)
-        return ValueError(f"{bad} ({exc})")
 
+def _format_of(head: bytes) -> str | None:
+    """The format PIL would take a file starting with ``head`` for, asked of its plugins' prefix
+    checks only (no plugin opens anything): a refused file's message names what it is."""
+    Image.init()
+    checks = [(fmt, Image.OPEN[fmt][1]) for fmt in Image.ID] + list(_FORGOTTEN.items())
+    for fmt, accept in checks:
+        try:
+            if accept is not None and accept(head):
+                return fmt
+        except Exception:  # a plugin's check on a short prefix
+            continue
+    return None
+
+
+def _a(word: str) -> str:
+    """``word`` with its article as read aloud: an EPS, a PSD."""
+    return f"an {word}" if word[:1] in "AEFHILMNORSX" else f"a {word}"
+
+
+def open_header(fp: Any, name: str, what: str, formats: tuple[str, ...] = ALLOWED_FORMATS) -> Image.Image:
+    """``fp`` (a binary file object at its start, or a path already checked by :func:`check_file`:
+    opening a FIFO blocks) opened lazily by PIL: the header read, no pixel decoded, and only if its
+    content is one of ``formats`` (:data:`ALLOWED_FORMATS`). Another format, named after what its
+    content is whatever the file is called, or data that is no image is a one-line ValueError naming
+    ``name``. PIL's DecompressionBombError (its own cap on the header's pixels) is raised as is, for
+    the caller to word with its limits."""
+    allowed = ALLOWED_TEXT if formats == ALLOWED_FORMATS else " or ".join(formats)
     try:
-        image = Image.open(fp)  # reads the header only
-    except Exception as exc:
-        raise failure(exc) from None
-    check_pixels(image.width, image.height, name, limits, what)
+        return Image.open(fp, formats=list(formats))  # identifies by content among these only
+    except Image.DecompressionBombError:
+        raise
+    except UnidentifiedImageError:
+        pass
+    except Exception as exc:  # PIL raises many kinds for damaged headers
+        raise ValueError(f"{name}: {what} is not an image ({_clean(exc)}); images may be {allowed}") from None
     try:
-        image.load()
+        if isinstance(fp, (str, os.PathLike)):
+            with open(fp, "rb") as file:
+                head = file.read(16)
+        else:
+            fp.seek(0)
+            head = fp.read(16)
+    except (OSError, ValueError):
+        head = b""
+    found = _format_of(head)
+    if found is None:
+        raise ValueError(f"{name}: {what} is not an image (cannot identify the format); images may be {allowed}")
+    if found in formats:  # its plugin took the prefix but not the header
+        raise ValueError(f"{name}: {what} is not an image (a damaged {found} file); images may be {allowed}")
+    raise ValueError(f"{name}: {what} is {_a(found)} file; images may be {allowed}")
+
+
+def restrict_decoders(formats: tuple[str, ...] = ALLOWED_FORMATS) -> None:
+    """Make PIL forget, in this process, how to open any format but ``formats``: for code we do not
+    control that decodes by content with a plain ``Image.open`` (Gradio decodes what its image
+    editors are sent before any handler sees it). The web app's server calls it at start; the
+    library itself does not, as it opens every image with ``formats`` and leaves PIL as it is for
+    the programs that import it. Saving is untouched."""
+    Image.init()
+    for fmt in [fmt for fmt in Image.ID if fmt not in formats]:
+        Image.ID.remove(fmt)
+        _FORGOTTEN[fmt] = Image.OPEN.pop(fmt, (None, None))[1]  # messages still name what a file is
+
+
+_FORGOTTEN: dict[str, Any] = {}
+"""The prefix checks of the formats :func:`restrict_decoders` made PIL forget, by format."""
+
+
+def to_8bit(image: Image.Image, name: str = "image", what: str = "the image") -> Image.Image:
+    """``image`` with 8 bits per channel: 16- and 32-bit images scaled, not clipped as PIL's
+    ``convert`` does (a 16-bit white 65535 would stay white, but mid-grey 32768 would become 255).
+
+    - ``I;16`` (16-bit greyscale PNG and TIFF, any byte order): ``round(v / 257)``, so 0 -> 0 and
+      65535 -> 255 exactly;
+    - ``I`` (32-bit integers) and ``F`` (32-bit floats) carry no bit depth, so their values say it:
+      at most 1 are fractions of white (x 255: a float image in [0, 1], a 0/1 mask), at most 255
+      8-bit values (as is), at most 65535 16-bit values (/ 257), and for ``I`` anything larger the
+      full 32-bit range (x 255 / (2^31 - 1)). Negative values, NaN, infinities and floats above 65535
+      are a ValueError naming ``name``: no scale would be right.
+
+    Other modes are returned as they are (PIL converts them correctly)."""
+    if image.mode.startswith("I;16"):
+        values = np.asarray(image).astype(np.uint32)
+        return Image.fromarray(((values + 128) // 257).astype(np.uint8), "L")
+    if image.mode not in ("I", "F"):
+        return image
+    values = np.asarray(image)
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    bits = "32-bit float" if image.mode == "F" else "32-bit integer"
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo < 0 or (image.mode == "F" and hi > 65535):
+        raise ValueError(
+            f"{name}: {what} is a {bits} image with values in [{lo:g}, {hi:g}]; such images may hold values in "
+            f"[0, 1], [0, 255] or [0, 65535]{'' if image.mode == 'F' else ' or any non-negative 32-bit value'}"
+        )
+    scale = 255.0 if hi <= 1 else 1.0 if hi <= 255 else 1 / 257 if hi <= 65535 else 255 / (2**31 - 1)
+    scaled = np.clip(np.round(values.astype(np.float64) * scale), 0, 255)
+    return Image.fromarray(scaled.astype(np.uint8), "L")
+
+
+def mask_image(image: Image.Image, name: str = "mask") -> Image.Image:
+    """The mask an image gives, as an 8-bit L image (255 = the mask applies), the same for every mask
+    (region masks, inpainting masks, uploads): its alpha channel when it has any transparency (an
+    RGBA, LA or PA image, a palette or greyscale PNG with a transparent colour), else its luminance;
+    1-bit masks give 0 and 255, 16- and 32-bit ones are scaled (:func:`to_8bit`). Alpha wins
+    because a mask cut out in an editor is drawn as opaque against transparent, whatever the colour
+    under the transparent pixels; an opaque image says where by its brightness."""
+    image = to_8bit(image, name, "the mask")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        alpha = image.getchannel("A") if "A" in image.getbands() else image.convert("RGBA").getchannel("A")
+        if alpha.getextrema()[0] < 255:
+            return alpha
+    return image if image.mode == "L" else image.convert("L")
+
+
+def _as_mode(image: Image.Image, mode: str, name: str) -> Image.Image:
+    """``image`` in ``mode``, 8-bit; "L" is a mask's mode, read by :func:`mask_image`."""
+    if mode == "L":
+        return mask_image(image, name)
+    image = to_8bit(image, name)
+    return image if image.mode == mode else image.convert(mode)
+
+
+def _decode(fp: io.IOBase, name: str, what: str, limits: ImageLimits) -> Image.Image:
+    """Open lazily (allowed formats only), check the header's size, decode, turn upright (EXIF) and
+    scale to 8 bits. Every failure is a ValueError naming ``name``; ``what`` is the input as shown."""
+    try:
+        image = open_header(fp, name, what)  # reads the header only
+    except Image.DecompressionBombError as exc:
+        raise _bomb(exc, name, what, limits) from None
+    check_pixels(image.width, image.height, name, limits, what)  # the same count upright or not
+    try:
+        image.load()  # a GIF's, TIFF's or WebP's first frame
+        ImageOps.exif_transpose(image, in_place=True)
+    except Image.DecompressionBombError as exc:
+        raise _bomb(exc, name, what, limits) from None
     except Exception as exc:
-        raise failure(exc) from None
-    return image
+        raise ValueError(f"{name}: {what} is not an image ({_clean(exc)})") from None
+    return to_8bit(image, name, what)
 
 
 def _open_data_uri(value: str, name: str, limits: ImageLimits) -> Image.Image:
@@ -161,20 +309,25 @@ def _open_data_uri(value: str, name: str, limits: ImageLimits) -> Image.Image:
         raise ValueError(
             f"{name}: the data URI holds {_mb(len(data))}; images may be at most {_mb(limits.max_bytes)} (max_bytes)"
         )
-    return _decode(io.BytesIO(data), name, "the data URI", limits, bad)
+    return _decode(io.BytesIO(data), name, "the data URI", limits)
 
 
 def check_file(value: str | os.PathLike, name: str, limits: ImageLimits = DEFAULT_LIMITS) -> Path:
     """``value`` as a path to a regular file of at most ``limits.max_bytes``, checked with ``stat``
     (links followed) before anything is opened: folders, FIFOs, sockets and devices are refused."""
-    path = Path(value).expanduser()
+    if "\0" in os.fspath(value):  # os.stat's own message, "embedded null byte", names nothing
+        raise ValueError(f"{name}: the path {str(value)!r} holds a null byte; give an image file's path")
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:  # "~user/..." for no such user
+        path = Path(value)
     what = repr(str(path))
     try:
         info = os.stat(path)  # follows links: a link to /dev/zero is a device
     except FileNotFoundError:
         raise ValueError(f"{name}: no such file {what}") from None
-    except OSError as exc:
-        raise ValueError(f"{name}: cannot read {what} ({exc.strerror or exc})") from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{name}: cannot read {what} ({getattr(exc, 'strerror', None) or _clean(exc)})") from None
     if not stat.S_ISREG(info.st_mode):
         kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file (a FIFO, socket or device?)"
         raise ValueError(f"{name}: {what} is {kind}; give an image file")
@@ -212,7 +365,7 @@ def _read_path(value: str | os.PathLike, name: str, limits: ImageLimits) -> tupl
             data += more
     if len(data) > limits.max_bytes:
         raise ValueError(f"{name}: {what} is over {_mb(limits.max_bytes)}, the most an image file may be (max_bytes)")
-    return _decode(io.BytesIO(data), name, what, limits, f"{name}: {what} is not an image"), data
+    return _decode(io.BytesIO(data), name, what, limits), data
 
 
 def open_image(source: str | os.PathLike | Image.Image, name: str, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:
@@ -281,68 +434,66 @@ def _as_pil(value: object, name: str, limits: ImageLimits) -> Image.Image:
 def input_image(
     value: object, name: str = "image", limits: ImageLimits = DEFAULT_LIMITS, mode: str = "RGB"
 ) -> InputImage:
-    """An input image in ``mode`` ("RGB" for images, "L" for masks) from a path, a data URI, a PIL
-    image, an array or a tensor, or the ``{"path": ..., "sha256": ...}`` record of stored settings,
-    whose file must still have that SHA-256. Checked like every image we are handed
-    (:func:`open_image`); ValueError naming ``name`` otherwise.
+    """An input image in ``mode`` ("RGB" for images, "L" for masks, read by :func:`mask_image`) from a
+    path, a data URI, a PIL image, an array or a tensor, or a
+    :class:`~multidiffusion.io.trust.RecordedFile` (a scene's ``{ path, sha256 }``), whose file must
+    still have that SHA-256. Checked like every image we are handed (:func:`open_image`); ValueError
+    naming ``name`` otherwise.
 
-    Reading the file a stored record names is safe even when the PNG came from someone else: the
-    file is used only if its bytes hash to the recorded SHA-256, so a record can only name content
-    its author already has."""
+    A plain ``{"path": ..., "sha256": ...}`` dict, as stored settings hold it, is never opened: stored
+    settings may come from anyone, and only a scene file (confined to its folder) or the user turns a
+    record into a :class:`RecordedFile` (:mod:`multidiffusion.io.trust`)."""
     if isinstance(value, InputImage):
-        return value if value.image.mode == mode else InputImage(value.image.convert(mode), value.path, value.sha256)
-    if isinstance(value, dict):
+        if value.image.mode == mode:
+            return value
+        return InputImage(_as_mode(value.image, mode, name), value.path, value.sha256)
+    if isinstance(value, RecordedFile):
         return _recorded(value, name, limits, mode)
+    if isinstance(value, Mapping):
+        raise _unopened_record(value, name)
     if isinstance(value, Image.Image):
         check_pixels(value.width, value.height, name, limits, "the image")
-        return InputImage(value.convert(mode) if value.mode != mode else value)
+        return InputImage(_as_mode(value, mode, name))
     if isinstance(value, str) and value.startswith("data:"):
-        return InputImage(_open_data_uri(value, name, limits).convert(mode))
+        return InputImage(_as_mode(_open_data_uri(value, name, limits), mode, name))
     if isinstance(value, (str, os.PathLike)):
         image, data = _read_path(value, name, limits)
-        return InputImage(image.convert(mode), str(value), hashlib.sha256(data).hexdigest())
+        return InputImage(_as_mode(image, mode, name), str(value), hashlib.sha256(data).hexdigest())
     if value is None:
         raise ValueError(f"{name} is required: give an image file, a PIL image or an array")
-    return InputImage(_as_pil(value, name, limits).convert(mode))
+    return InputImage(_as_mode(_as_pil(value, name, limits), mode, name))
 
 
-def is_input_record(value: Any) -> bool:
-    """Whether ``value`` is an input image's record as :class:`InputImage`
-    writes it: ``{"path": str, "sha256": 64 hex digits}``, or both None for an image that was given
-    in memory (kept, so the message on use can say so). Nothing is opened."""
-    if not isinstance(value, Mapping) or set(value) != {"path", "sha256"}:
-        return False
-    path, digest = value["path"], value["sha256"]
-    if path is None and digest is None:
-        return True
-    return (
-        isinstance(path, str)
-        and bool(path)
-        and "\0" not in path
-        and isinstance(digest, str)
-        and len(digest) == 64
-        and all(c in "0123456789abcdefABCDEF" for c in digest)
-    )
+is_input_record = is_record
+"""Whether a value has the shape of an input image's record (:func:`multidiffusion.io.trust.is_record`)."""
 
 
-def _recorded(value: dict, name: str, limits: ImageLimits, mode: str) -> InputImage:
-    path, digest = value.get("path"), value.get("sha256")
-    if set(value) <= {"path", "sha256"} and path is None and digest is None:
-        raise ValueError(
+def _unopened_record(value: Mapping, name: str) -> ValueError:
+    """The refusal of a record dict: nothing it names is opened or looked up, so the message is the
+    same whatever the name points to."""
+    if is_input_record(value) and value["path"] is None:
+        return ValueError(
             f"{name}: these settings were recorded from an image given in memory, not read from a file; give the "
             "image again"
         )
-    if set(value) - {"path", "sha256"} or not isinstance(path, str) or not isinstance(digest, str):
-        raise ValueError(f"{name}: a stored input must be {{'path': ..., 'sha256': ...}}, got {value!r}")
-    if not os.path.exists(path):
-        raise ValueError(
-            f"{name}: the input file {path!r} recorded with these settings is missing; give the image again"
+    if is_input_record(value):
+        return ValueError(
+            f"{name}: stored settings name the input file {Path(value['path']).name!r}, which is never read from "
+            "them; give the image again"
         )
-    found = input_image(path, name, limits, mode)
-    if found.sha256 != digest.lower():
+    return ValueError(f"{name} must be an image file, a PIL image or an array, got a table")
+
+
+def _recorded(value: RecordedFile, name: str, limits: ImageLimits, mode: str) -> InputImage:
+    if not os.path.exists(value.path):
         raise ValueError(
-            f"{name}: the input file {path!r} has changed since these settings were recorded (SHA-256 "
-            f"{found.sha256[:12]}... instead of {digest[:12]}...); give the image again"
+            f"{name}: the input file {value.path!r} recorded in the scene is missing; give the image again"
+        )
+    found = input_image(value.path, name, limits, mode)
+    if found.sha256 != value.sha256.lower():
+        raise ValueError(
+            f"{name}: the input file {value.path!r} has changed since these settings were recorded (SHA-256 "
+            f"{found.sha256[:12]}... instead of {value.sha256[:12]}...); give the image again"
         )
     return found
 

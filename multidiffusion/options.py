@@ -638,6 +638,13 @@ def _image_canvas(options: Img2ImgOptions, size: tuple[int, int], what: str) -> 
     note = f" ({what}; give height and width to resize it)"
     for key, value in zip(("height", "width"), size):
         if getattr(options, key) is None:
+            if value - value % 8 < MIN_SIDE:  # say what the user gave, not the derived side ("got 0")
+                h, w = options.image.size
+                raise ValueError(
+                    f"image is {w}x{h} px, which makes a canvas {value} px in {key} ({what}); a canvas side must be "
+                    f"at least {MIN_SIDE} px: give a larger image"
+                    + (" or height and width" if options.task in ("img2img", "inpaint", "regions") else "")
+                )
             setattr(options, key, check_side(key, value - value % 8, 8, lim.max_side, lim.suffix() or note))
 
 

@@ -107,7 +107,9 @@ def test_uploads_beyond_the_servers_limits_are_refused_before_decoding(tmp_path,
         read_upload(tmp_path / "sub", "image", Limits())
     text = tmp_path / "notes.png"
     text.write_text("hello")
-    with pytest.raises(ValueError, match=r"^image: 'notes\.png' is not an image PIL can read") as info:
+    with pytest.raises(
+        ValueError, match=r"^image: 'notes\.png' is not an image \(cannot identify the format\); images may be PNG"
+    ) as info:
         read_upload(text, "image", Limits())
     assert str(tmp_path) not in str(info.value)  # the server's folders stay private
     with pytest.raises(ValueError, match=r"the upload \'gone\.png\' is gone"):
@@ -451,6 +453,9 @@ def test_the_server_caps_what_pil_decodes(monkeypatch):
     from multidiffusion.app.server import limit_decoded_pixels
 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+    Image.init()
+    monkeypatch.setattr(Image, "ID", list(Image.ID))  # it also makes PIL forget formats: restored after
+    monkeypatch.setattr(Image, "OPEN", dict(Image.OPEN))
     limit_decoded_pixels(Limits(max_side=1024))
     assert Image.MAX_IMAGE_PIXELS == 1024 * 1024
     limit_decoded_pixels(Limits(max_side=16384))  # never raised

@@ -288,7 +288,7 @@ def test_files_that_are_not_images_are_refused_with_the_parameter_name(tmp_path)
         with pytest.raises(ValueError, match=rf"^segmentation map: '.*{path.name}' is not an image"):
             Region.from_segmentation(path, {"#000": "a"})
     uri = "data:image/png;base64," + base64.b64encode(b"not a picture").decode()
-    with pytest.raises(ValueError, match=r"^mask is not a valid base64 PNG data URI \("):
+    with pytest.raises(ValueError, match=r"^mask: the data URI is not an image \(cannot identify the format\); images"):
         load_mask(uri)
     with pytest.raises(ValueError, match=r"^mask is not a valid base64 PNG data URI \("):
         load_mask("data:image/png;base64,@@@")

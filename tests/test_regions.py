@@ -193,7 +193,7 @@ def test_layout_background_is_the_complement_of_the_union_and_weights_scale():
     a = torch.zeros(64, 64)
     a[:, :40] = 1
     b = torch.zeros(64, 64)
-    b[:, 24:] = 0.5
+    b[:, 24:] = 128 / 255  # masks are kept as 8 bits until the latent grid
     layout = region_layout([Region("a", mask=a), Region("b", mask=b, weight=3.0)], 64, 64, 8, "bg")
     assert layout.prompts == ["bg", "a", "b"]
     ma, mb = F.avg_pool2d(a[None], 8)[0], F.avg_pool2d(b[None], 8)[0]

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from multidiffusion.app.limits import Limits
-from multidiffusion.images import ImageLimits, InputImage, input_image
+from multidiffusion.images import ImageLimits, InputImage, input_image, open_header
 from multidiffusion.options import check_same_aspect
 
 __all__ = ["MASK_COLOUR", "editor_value", "mask_from_editor", "mask_layer", "read_upload", "upload_limits"]
@@ -57,12 +57,10 @@ def read_upload(path: str | os.PathLike, name: str, limits: Limits, mode: str = 
         raise ValueError(f"{name}: {shown} is not a file; upload an image file")
     limits.check_upload(name, info.st_size)
     try:
-        with Image.open(path) as header:  # reads the header only
+        with open_header(path, name, shown) as header:  # the header only, of an allowed format
             width, height = header.size
     except Image.DecompressionBombError:  # PIL's own cap, which the server lowers to its sides
         raise ValueError(f"{name} declares far more pixels than allowed; {_side_note(limits)}") from None
-    except Exception as exc:  # PIL raises many kinds for files that are not images
-        raise ValueError(f"{name}: {shown} is not an image PIL can read ({type(exc).__name__})") from None
     if max(width, height) > limits.max_side:
         raise ValueError(f"{name} is {width}×{height} px; {_side_note(limits)}")
     try:

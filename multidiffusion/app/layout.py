@@ -10,11 +10,13 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from multidiffusion.images import check_file, open_header
 from multidiffusion.regions.layout import Region
 from multidiffusion.regions.masks import ASPECT_TOLERANCE
 
@@ -74,10 +76,13 @@ def layout_image(value: Any) -> Image.Image | None:
 def read_map(path: str | os.PathLike, max_side: int) -> tuple[Image.Image, str]:
     """An uploaded colour map as the page's layout, and a note for the page. Sides that are not
     multiples of 8 are rounded (nearest-neighbour resampling keeps the colours flat)."""
+    shown = repr(Path(path).name)  # the upload's name, not the server's folders
     try:
-        image = Image.open(path)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"the colour map is not an image PIL can read ({exc})") from None
+        image = open_header(check_file(path, "colour map"), "colour map", shown)  # the header, allowed formats only
+    except Image.DecompressionBombError:
+        raise ValueError(f"colour map: {shown} declares more than {max_side} px per side, the most allowed") from None
+    except ValueError as exc:
+        raise ValueError(str(exc).replace(repr(str(Path(path).expanduser())), shown)) from None
     w, h = image.size
     if max(w, h) > max_side:
         raise ValueError(f"the colour map is {w}×{h} px; this server takes maps up to {max_side} px per side")

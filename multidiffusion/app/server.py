@@ -141,9 +141,14 @@ def limit_decoded_pixels(limits: Limits) -> None:
     """Make PIL refuse, in this process, images of more than twice the pixels of a square of
     ``--max-side`` (and warn above one such square): Gradio decodes what its image editors send
     before any handler sees it, and a small PNG can declare a huge canvas. The library's own loader
-    checks its limits before decoding, whatever this says; it is never raised above PIL's default."""
+    checks its limits before decoding, whatever this says; it is never raised above PIL's default.
+    For the same reason PIL forgets every format but the loader's (:func:`~multidiffusion.images.restrict_decoders`):
+    an EPS sent to an image editor would otherwise be run through Ghostscript by Gradio's decoding."""
     from PIL import Image
 
+    from multidiffusion.images import restrict_decoders
+
+    restrict_decoders()
     cap = limits.max_side * limits.max_side
     if Image.MAX_IMAGE_PIXELS is None or cap < Image.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = cap

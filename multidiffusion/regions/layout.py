@@ -33,13 +33,14 @@ from multidiffusion.engine.fusion import Job
 from multidiffusion.engine.views import View, crop
 from multidiffusion.regions.masks import (
     MaskLike,
+    PackedMask,
     box_mask,
     colour_hex,
     colour_table,
     encode_mask,
     feather_mask,
     fit_mask,
-    load_mask,
+    read_mask,
     segmentation_masks,
     to_latent_grid,
 )
@@ -103,8 +104,8 @@ class Region:
     controlnet_conditioning_scale: float = 1.0
     controlnet: int = 0
     loras: Mapping[str, float] | None = None
-    _pixels: tuple[int, torch.Tensor] | None = field(default=None, init=False, repr=False)
-    _fitted: tuple[Any, torch.Tensor] | None = field(default=None, init=False, repr=False)
+    _pixels: tuple[int, PackedMask] | None = field(default=None, init=False, repr=False)
+    _fitted: tuple[Any, PackedMask] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt.strip():
@@ -177,20 +178,26 @@ class Region:
 
     # -- rasterising ---------------------------------------------------------------------------
     def source_mask(self, name: str = "mask") -> torch.Tensor:
-        """The mask as given, loaded as a pixel mask (H, W) in [0, 1] at its own size (cached)."""
+        """The mask as given, loaded as a uint8 pixel mask (H, W), 0-255, at its own size (kept
+        packed, :class:`~multidiffusion.regions.masks.PackedMask`)."""
         if self.mask is None:
             raise ValueError(f"{name}: this region has no mask")
         if self._pixels is None or self._pixels[0] != id(self.mask):
-            self._pixels = (id(self.mask), load_mask(self.mask, name))
-        return self._pixels[1]
+            self._pixels = (id(self.mask), PackedMask(read_mask(self.mask, name)))
+        return self._pixels[1].tensor()
 
-    def pixel_mask(self, height: int, width: int, name: str = "region") -> torch.Tensor:
-        """The region on a ``height`` x ``width`` canvas, feathered: (H, W) in [0, 1]. Kept for the
-        last canvas asked, so checking a layout and running it rasterise it once."""
+    def pixel_weights(self, height: int, width: int, name: str = "region") -> torch.Tensor:
+        """The region on a ``height`` x ``width`` canvas, feathered: uint8 (H, W), 0-255. Kept
+        (packed) for the last canvas asked, so checking a layout and running it rasterise it once;
+        uint8 until :func:`~multidiffusion.regions.masks.to_latent_grid`, never a float canvas."""
         key = (height, width, id(self.mask), self.box, self.feather)
         if self._fitted is None or self._fitted[0] != key:
-            self._fitted = (key, self._rasterise(height, width, name))
-        return self._fitted[1]
+            self._fitted = (key, PackedMask(self._rasterise(height, width, name)))
+        return self._fitted[1].tensor()
+
+    def pixel_mask(self, height: int, width: int, name: str = "region") -> torch.Tensor:
+        """:meth:`pixel_weights` as float32 in [0, 1] (made on each call, not kept)."""
+        return self.pixel_weights(height, width, name).float().div_(255)
 
     def _rasterise(self, height: int, width: int, name: str) -> torch.Tensor:
         if self.mask is not None:
@@ -198,7 +205,7 @@ class Region:
             if not bool((mask > 0).any()):
                 raise ValueError(f"{name}.mask is empty (all zero): it would give its prompt no pixels")
         elif self.box is not None:
-            mask = box_mask(self.box, height, width, f"{name}.box")
+            mask = box_mask(self.box, height, width, f"{name}.box", dtype=torch.uint8)
         else:
             raise ValueError(f"{name} ({self.prompt!r}) needs a mask or a box")
         return feather_mask(mask, self.feather)
@@ -360,7 +367,7 @@ def region_layout(
     h, w = height // scale_factor, width // scale_factor
     fg = torch.zeros(len(items), h, w)
     for i, region in enumerate(items):
-        fg[i] = to_latent_grid(region.pixel_mask(height, width, f"regions[{i}]"), scale_factor)
+        fg[i] = to_latent_grid(region.pixel_weights(height, width, f"regions[{i}]"), scale_factor)
     scales = torch.tensor([r.weight for r in items], dtype=torch.float32).view(-1, 1, 1)
     if background is not None:
         bg = (1 - fg.sum(0, keepdim=True)).clamp(0, 1)

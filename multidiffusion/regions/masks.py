@@ -1,15 +1,21 @@
 """Masks: from what users give (files, images, arrays, tensors, boxes, colour-coded maps) to weights
 on the latent grid.
 
-A pixel mask is a float tensor (H, W) with values in [0, 1]: 1 where a prompt applies, 0 where it
-does not, in between for soft edges. Inputs are read as follows:
+A pixel mask is 1 where a prompt applies, 0 where it does not, in between for soft edges. It is
+kept as a uint8 tensor (H, W), 0-255 (:func:`read_mask`), until it is averaged onto the latent grid
+(:func:`to_latent_grid`, float32): a canvas-sized float32 mask is 4 bytes a pixel, and 32 regions of
+8192 x 8192 held that way took 8.4 GB; as uint8 they are a quarter of that, and a region keeps a
+binary mask packed, 1 bit a pixel (:class:`PackedMask`). :func:`load_mask` gives the float32 view
+in [0, 1] (multiples of 1/255). Inputs are read as follows:
 
 - an image file, a PIL image or a ``data:image/png;base64,`` URI (how masks are stored in the PNGs
-  we write): its alpha channel when it has any transparency, else its luminance; 8-bit images are
-  divided by 255, 16-bit ones by 65535. Files and URIs are read by :func:`multidiffusion.images.open_image`,
-  within its limits on bytes and pixels; colour-coded maps are also limited in colours;
+  we write): by :func:`multidiffusion.images.mask_image`, the one reading of a mask image (the
+  inpainting mask's too): its alpha channel when it has any transparency, else its luminance; 16-
+  and 32-bit images scaled to 8 bits. Files and URIs are read by
+  :func:`multidiffusion.images.open_image`, within its limits on bytes, pixels and formats;
+  colour-coded maps are also limited in colours;
 - a NumPy array or a torch tensor (H, W) (leading singleton axes are dropped): booleans, uint8
-  (÷ 255), uint16 (÷ 65535), other integers in {0, 1}, or floats in [0, 1];
+  (as is), uint16 (÷ 257), other integers in {0, 1}, or floats in [0, 1] (× 255, rounded);
 - a box (x0, y0, x1, y1): integers are pixels, floats are fractions of the canvas in [0, 1].
 
 **Mapping to the latent grid.** The model works on latents f times smaller than the image (f = 8
@@ -36,12 +42,22 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageColor
 
-from multidiffusion.images import DATA_URI_PREFIX, DEFAULT_LIMITS, ImageLimits, colour_counts, open_image, pack_rgb
+from multidiffusion.images import (
+    DATA_URI_PREFIX,
+    DEFAULT_LIMITS,
+    ImageLimits,
+    colour_counts,
+    mask_image,
+    open_image,
+    pack_rgb,
+    to_8bit,
+)
 
 __all__ = [
     "DATA_URI_PREFIX",
     "ColourMasks",
     "MaskLike",
+    "PackedMask",
     "box_mask",
     "box_pixels",
     "colour_hex",
@@ -52,6 +68,7 @@ __all__ = [
     "load_mask",
     "load_rgb",
     "parse_colour",
+    "read_mask",
     "segmentation_masks",
     "to_latent_grid",
 ]
@@ -68,18 +85,8 @@ def _open_image(value: str | os.PathLike, name: str, limits: ImageLimits = DEFAU
     return open_image(value, name, limits)
 
 
-def _image_to_mask(image: Image.Image) -> torch.Tensor:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float64) / 65535.0
-        return torch.from_numpy(array.astype(np.float32))
-    if image.mode == "F":
-        return _array_to_mask(np.asarray(image), "mask")
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
-    if has_alpha:
-        alpha = image.convert("RGBA").getchannel("A")
-        if alpha.getextrema()[0] < 255:
-            return torch.from_numpy(np.asarray(alpha, dtype=np.float32) / 255.0)
-    return torch.from_numpy(np.asarray(image.convert("L"), dtype=np.float32) / 255.0)
+def _image_to_mask(image: Image.Image, name: str) -> torch.Tensor:
+    return torch.from_numpy(np.array(mask_image(image, name), dtype=np.uint8))
 
 
 def _array_to_mask(array: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
@@ -91,40 +98,72 @@ def _array_to_mask(array: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
     if t.numel() == 0:
         raise ValueError(f"{name} has no pixels (shape {tuple(t.shape)})")
     if t.dtype == torch.bool:
-        return t.float()
+        return t.to(torch.uint8) * 255
     if t.dtype == torch.uint8:
-        return t.float() / 255.0
+        return t
     if t.dtype == torch.uint16:
-        return t.float() / 65535.0
+        return ((t.to(torch.int32) + 128) // 257).to(torch.uint8)
     if not t.is_floating_point():
         values = torch.unique(t)
         if not bool(((values == 0) | (values == 1)).all()):
             raise ValueError(
                 f"{name}: integer masks must hold 0 and 1 (or be uint8 0-255), got values {values[:5].tolist()}"
             )
-        return t.float()
-    t = t.float()
+        return t.to(torch.uint8) * 255
     lo, hi = float(t.min()), float(t.max())
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo < 0 or hi > 1:
         raise ValueError(f"{name}: float mask values must be in [0, 1], got range [{lo:g}, {hi:g}]")
-    return t
+    return (t.float() * 255).round_().to(torch.uint8)
 
 
-def load_mask(value: MaskLike, name: str = "mask", limits: ImageLimits = DEFAULT_LIMITS) -> torch.Tensor:
-    """A pixel mask (H, W), float32 in [0, 1], from a path, data URI, PIL image, array or tensor.
-    Files, URIs and PIL images are held to ``limits`` (bytes, pixels)."""
+def read_mask(value: MaskLike, name: str = "mask", limits: ImageLimits = DEFAULT_LIMITS) -> torch.Tensor:
+    """A pixel mask (H, W) as uint8, 0-255 (255 = the prompt applies), from a path, data URI, PIL
+    image, array or tensor: the form masks are kept in until the latent grid (a quarter of float32's
+    memory). Files, URIs and PIL images are held to ``limits`` (bytes, pixels, formats)."""
     if isinstance(value, (str, os.PathLike, Image.Image)):
-        return _image_to_mask(_open_image(value, name, limits))
+        return _image_to_mask(_open_image(value, name, limits), name)
     if isinstance(value, (np.ndarray, torch.Tensor)):
         return _array_to_mask(value, name)
     raise ValueError(f"{name} must be a path, a PIL image, a NumPy array or a torch tensor, got {type(value).__name__}")
+
+
+def load_mask(value: MaskLike, name: str = "mask", limits: ImageLimits = DEFAULT_LIMITS) -> torch.Tensor:
+    """A pixel mask (H, W), float32 in [0, 1] (multiples of 1/255: :func:`read_mask` divided by
+    255), from a path, data URI, PIL image, array or tensor."""
+    return read_mask(value, name, limits).float().div_(255)
+
+
+class PackedMask:
+    """A uint8 pixel mask held in as few bytes as it needs: 1 bit a pixel when it is binary (0 and
+    255 only, as drawn and as stored 1-bit in our PNGs; ``np.packbits``), else the uint8 tensor.
+    A region keeps its mask so between checking a layout and running it; 32 binary 8192 x 8192
+    masks are 256 MB this way, 2 GB as uint8, 8 GB as float32. :meth:`tensor` gives the uint8 mask."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        self.shape = (int(mask.shape[0]), int(mask.shape[1]))
+        array = mask.numpy()
+        binary = not np.any((array != 0) & (array != 255))
+        self._bits = np.packbits(array, axis=None) if binary else None  # 255 = 0b11111111: any bit marks it
+        self._bytes = None if binary else mask
+
+    def tensor(self) -> torch.Tensor:
+        """The mask as uint8 (H, W), 0-255."""
+        if self._bytes is not None:
+            return self._bytes
+        bits = np.unpackbits(self._bits, count=self.shape[0] * self.shape[1])
+        return torch.from_numpy(bits.reshape(self.shape)).mul_(255)
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes it holds."""
+        return int(self._bits.nbytes) if self._bits is not None else self._bytes.numel()
 
 
 def _read_rgb(value: MaskLike, name: str, limits: ImageLimits) -> np.ndarray:
     if isinstance(value, (str, os.PathLike, Image.Image)):
         value = _open_image(value, name, limits)
     if isinstance(value, Image.Image):
-        return np.asarray(value.convert("RGB"))
+        return np.asarray(to_8bit(value, name, "the map").convert("RGB"))
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
     if isinstance(value, np.ndarray):
@@ -147,7 +186,15 @@ def load_rgb(value: MaskLike, name: str = "map", limits: ImageLimits = DEFAULT_L
 # -- writing -------------------------------------------------------------------------------------
 def encode_mask(mask: torch.Tensor) -> str:
     """A compact, lossless-as-possible PNG data URI of a pixel mask: 1-bit for binary masks,
-    8-bit when values are multiples of 1/255, else 16-bit (error ≤ 1/131070)."""
+    8-bit when values are multiples of 1/255 (every uint8 mask), else 16-bit (error ≤ 1/131070;
+    read back as 8 bits)."""
+    if mask.dtype == torch.uint8:
+        array = mask.detach().cpu().numpy()
+        binary = not np.any((array != 0) & (array != 255))
+        image = Image.fromarray(array > 127) if binary else Image.fromarray(array, "L")
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", optimize=True)
+        return DATA_URI_PREFIX + base64.b64encode(buffer.getvalue()).decode("ascii")
     m = mask.detach().float().cpu().clamp(0, 1)
     if bool(((m == 0) | (m == 1)).all()):
         image = Image.fromarray(m.numpy().astype(bool))  # mode "1"
@@ -163,7 +210,8 @@ def encode_mask(mask: torch.Tensor) -> str:
 # -- geometry ------------------------------------------------------------------------------------
 def fit_mask(mask: torch.Tensor, height: int, width: int, name: str = "mask") -> torch.Tensor:
     """``mask`` at the canvas size: as is, resized if only the size differs, an error if the aspect
-    ratio differs (a mask drawn for another layout would be stretched)."""
+    ratio differs (a mask drawn for another layout would be stretched). A uint8 mask stays uint8
+    (resized in float, rounded back)."""
     h, w = mask.shape
     if (h, w) == (height, width):
         return mask
@@ -172,6 +220,9 @@ def fit_mask(mask: torch.Tensor, height: int, width: int, name: str = "mask") ->
             f"{name} is {w}x{h} pixels (aspect {w / h:.3f}) but the canvas is {width}x{height} (aspect "
             f"{width / height:.3f}): give a mask of the canvas's size or aspect ratio"
         )
+    if mask.dtype == torch.uint8:
+        resized = F.interpolate(mask[None, None].float(), size=(height, width), mode="bilinear", antialias=True)
+        return resized[0, 0].clamp_(0, 255).round_().to(torch.uint8)
     resized = F.interpolate(mask[None, None], size=(height, width), mode="bilinear", antialias=True)
     return resized[0, 0].clamp(0, 1)
 
@@ -194,11 +245,13 @@ def box_pixels(box: Sequence[float], height: int, width: int, name: str = "box")
     return x0, y0, x1, y1
 
 
-def box_mask(box: Sequence[float], height: int, width: int, name: str = "box") -> torch.Tensor:
-    """The pixel mask of a box: 1 inside [x0, x1) x [y0, y1), 0 elsewhere."""
+def box_mask(
+    box: Sequence[float], height: int, width: int, name: str = "box", dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """The pixel mask of a box: 1 inside [x0, x1) x [y0, y1), 0 elsewhere (255 and 0 for uint8)."""
     x0, y0, x1, y1 = box_pixels(box, height, width, name)
-    mask = torch.zeros(height, width)
-    mask[y0:y1, x0:x1] = 1
+    mask = torch.zeros(height, width, dtype=dtype)
+    mask[y0:y1, x0:x1] = 255 if dtype == torch.uint8 else 1
     return mask
 
 
@@ -206,7 +259,7 @@ def feather_mask(mask: torch.Tensor, feather: float) -> torch.Tensor:
     """Soft edges for rough layouts: the mask blurred by a Gaussian of standard deviation
     ``feather / 2`` pixels, so each edge becomes a ramp about ``2 * feather`` pixels wide centred on
     it (10 % to 90 % over 1.3 feather). The canvas border is extended, so a mask that reaches the
-    border stays 1 there."""
+    border stays 1 there. A uint8 mask is blurred in float and comes back as uint8."""
     if feather <= 0:
         return mask
     sigma = feather / 2
@@ -219,12 +272,29 @@ def feather_mask(mask: torch.Tensor, feather: float) -> torch.Tensor:
     m = F.conv2d(m, kernel.view(1, 1, 1, -1))
     m = F.pad(m, (0, 0, radius, radius), mode="replicate")
     m = F.conv2d(m, kernel.view(1, 1, -1, 1))
+    if mask.dtype == torch.uint8:
+        return m[0, 0].clamp_(0, 255).round_().to(torch.uint8)
     return m[0, 0].clamp(0, 1)
 
 
+STRIP_PIXELS = 1 << 22
+"""Pixels of a uint8 mask turned into float32 at once by :func:`to_latent_grid` (16 MB)."""
+
+
 def to_latent_grid(mask: torch.Tensor, scale_factor: int) -> torch.Tensor:
-    """Pixel mask (H, W) -> latent weights (H / f, W / f): the mean of each f x f pixel block."""
-    return F.avg_pool2d(mask[None, None].float(), scale_factor)[0, 0]
+    """Pixel mask (H, W) -> latent weights (H / f, W / f), float32: the mean of each f x f pixel
+    block. A uint8 mask (0-255) is averaged a strip of rows at a time and divided by 255, so no
+    float copy of the whole canvas is made."""
+    f = scale_factor
+    if mask.dtype != torch.uint8:
+        return F.avg_pool2d(mask[None, None].float(), f)[0, 0]
+    h, w = mask.shape[0] // f, mask.shape[1] // f
+    out = torch.empty(h, w)
+    rows = max(1, STRIP_PIXELS // max(1, w * f * f))  # latent rows per strip
+    for r in range(0, h, rows):
+        strip = mask[r * f : (r + rows) * f, : w * f].float()
+        out[r : r + rows] = F.avg_pool2d(strip[None, None], f)[0, 0]
+    return out.div_(255)
 
 
 # -- colours and segmentation maps ---------------------------------------------------------------
