@@ -227,11 +227,11 @@ def estimate_run(
     pixels = images * size[0] * size[1] * 3 * 2  # the 8-bit output and its PIL copy
     pixels += images * size[0] * size[1] * 3 * 4 if encode_tiles else 0  # the input as float32
     from multidiffusion.engine.runner import auto_batch
-    from multidiffusion.vae.codec import cache_bytes, default_tile, vae_scale_factor
+    from multidiffusion.vae.codec import cache_bytes, default_tile
 
     vae = adapter.vae
-    tile = (decode.get("tile") or default_tile(vae)) * vae_scale_factor(vae)
-    first = vae.config.block_out_channels[0]
+    tile = (decode.get("tile") or default_tile(vae)) * adapter.vae_scale_factor
+    first = _first_channels(vae)
     vae_work = ACTIVATION_COPIES // 4 * images * first * tile * tile * item  # one tile's activations
     if kind.startswith("exact"):
         vae_work += cache_bytes(decode.get("cache_mb"), adapter.device)

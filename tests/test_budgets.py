@@ -220,3 +220,12 @@ def test_a_huge_panorama_is_estimated_without_building_its_plan(md16):
     assert time.perf_counter() - started < 10
     assert not found.exact and found.evaluations > 10**6 and "about" in found.line()
 
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_the_estimate_works_on_diffusion_transformers(dit_models, family):
+    md = dit_models[family]
+    options = PanoramaOptions(prompt="a lake", height=128, width=256, num_inference_steps=2, seed=1)
+    found = estimate(md, options)
+    out = md.generate(PanoramaOptions(**{**options.settings(), "output_type": "latent"}))
+    assert found.evaluations == out.stats.jobs and found.decode_tiles >= 1 and found.memory_bytes > 0
+    assert found.line().startswith("estimate: panorama 256x128 px")
