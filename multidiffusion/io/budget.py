@@ -22,6 +22,8 @@ from typing import Any
 
 from PIL import Image
 
+from multidiffusion.images import ALLOWED_FORMATS
+
 __all__ = ["HEADER_BYTES", "MAX_EMBEDDED_IMAGES", "MAX_EMBEDDED_PIXELS", "check_embedded", "embedded_images"]
 
 MAX_EMBEDDED_IMAGES = 72
@@ -58,7 +60,7 @@ def _pixels(uri: str) -> int:
         text = payload[: size // 3 * 4]
         try:
             head = base64.b64decode(text + "=" * (-len(text) % 4), validate=False)
-            with Image.open(io.BytesIO(head), formats=["PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF"]) as image:
+            with Image.open(io.BytesIO(head), formats=list(ALLOWED_FORMATS)) as image:  # the loader's list
                 return image.width * image.height
         except Image.DecompressionBombError:
             return Image.MAX_IMAGE_PIXELS * 2 + 1 if Image.MAX_IMAGE_PIXELS else MAX_EMBEDDED_PIXELS + 1
