@@ -69,12 +69,17 @@ def tiny_sdxl_dir(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _pil_pixel_cap():
     """The web app's launch() lowers PIL's process-wide decode cap to its --max-side; a test that
-    launches it must not change what later tests decode."""
+    launches it must not change what later tests decode. Nor the formats it makes PIL forget
+    (:func:`multidiffusion.images.restrict_decoders`)."""
     from PIL import Image
 
-    cap = Image.MAX_IMAGE_PIXELS
+    Image.init()
+    cap, formats, openers = Image.MAX_IMAGE_PIXELS, list(Image.ID), dict(Image.OPEN)
     yield
     Image.MAX_IMAGE_PIXELS = cap
+    Image.ID[:] = formats
+    Image.OPEN.clear()
+    Image.OPEN.update(openers)
 
 
 # -- diffusion transformers (FLUX.1, SD 3): tiny random pipelines, native window 16 latents ---------
