@@ -111,6 +111,15 @@ def test_the_server_makes_pil_forget_other_formats_for_gradios_own_decoding(tmp_
 
 @pytest.mark.skipif(shutil.which("gs") is None, reason="Ghostscript (gs) is not installed")
 def test_with_ghostscript_installed_no_input_path_runs_the_postscript(tmp_path):
+    proof = tmp_path / "proof"
+    (tmp_path / "proof.png").write_bytes(_eps(proof))
+    try:
+        with Image.open(tmp_path / "proof.png") as image:  # PIL left to identify by content runs it
+            image.load()
+    except OSError:
+        pass
+    if not proof.exists():
+        pytest.skip("this Ghostscript does not let the PostScript write a file: the test would prove nothing")
     marker = tmp_path / "marker"
     path = tmp_path / "photo.png"
     path.write_bytes(_eps(marker))
@@ -119,9 +128,6 @@ def test_with_ghostscript_installed_no_input_path_runs_the_postscript(tmp_path):
             call()
         assert str(info.value) == message and "\n" not in str(info.value)
         assert not marker.exists(), message
-    with Image.open(path) as image:  # PIL left to identify by content runs the PostScript
-        image.load()
-    assert marker.read_text() == "ran"
 
 
 def test_the_allowed_formats_open_and_a_gif_gives_its_first_frame(tmp_path):
