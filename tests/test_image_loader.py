@@ -229,6 +229,8 @@ def test_messages_are_one_line_name_the_parameter_and_show_no_object_reprs(tmp_p
         ValueError, match=r"^image: the path 'a\\x00b\.png' holds a null byte; give an image file's path"
     ):
         input_image("a\0b.png")
+    with pytest.raises(ValueError, match=r"^mask: the upload's name 'a\\x00b\.png' holds a null byte; upload an image"):
+        read_upload("a\0b.png", "mask", Limits())
     os.mkfifo(tmp_path / "fifo.png")
     with pytest.raises(ValueError, match=r"^mask: '.*fifo\.png' is not a regular file \(a FIFO, socket or device\?\)"):
         input_image(tmp_path / "fifo.png", "mask", mode="L")

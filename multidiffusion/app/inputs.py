@@ -49,6 +49,8 @@ def read_upload(path: str | os.PathLike, name: str, limits: Limits, mode: str = 
     name. ValueError naming ``name`` otherwise."""
     path = Path(path)
     shown = repr(path.name)
+    if "\0" in str(path):  # os.stat's own message, "embedded null byte", names nothing
+        raise ValueError(f"{name}: the upload's name {shown} holds a null byte; upload an image file")
     try:
         info = os.stat(path)
     except OSError:
