@@ -3,6 +3,7 @@ prompt lengths, the command line's estimate before the first step, finite number
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import tracemalloc
@@ -219,6 +220,21 @@ def test_a_huge_panorama_is_estimated_without_building_its_plan(md16):
     found = estimate(md16, PanoramaOptions(prompt="a lake", width=16384, height=16384, num_inference_steps=50))
     assert time.perf_counter() - started < 10
     assert not found.exact and found.evaluations > 10**6 and "about" in found.line()
+
+
+def test_a_batch_item_beyond_the_memory_is_refused_by_line(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import multidiffusion.estimate as est
+
+    jobs = tmp_path / "jobs.jsonl"
+    line = {"task": "panorama", "prompt": "a lake", "height": 128, "width": 256, "num_inference_steps": 2}
+    jobs.write_text(json.dumps({**line, "output": "a.png"}) + "\n")
+    monkeypatch.setattr(est, "available_memory", lambda device: 1024)
+    code, out, err = run_cli(["batch", str(jobs), "--model", str(tiny_model_dir), "-q"], capsys)
+    assert code == 1 and "error: jobs.jsonl:1: this run needs about " in err and "Traceback" not in err
+    assert "1 failed" in out and not (tmp_path / "a.png").exists()
+    code, out, err = run_cli(["batch", str(jobs), "--model", str(tiny_model_dir), "-q", "--ignore-estimate"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "a.png").exists()
 
 
 @pytest.mark.parametrize("family", ["flux", "sd3"])
