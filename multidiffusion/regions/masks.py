@@ -133,6 +133,11 @@ def load_mask(value: MaskLike, name: str = "mask", limits: ImageLimits = DEFAULT
     return read_mask(value, name, limits).float().div_(255)
 
 
+def _is_binary(array: np.ndarray) -> bool:
+    """Whether a uint8 mask holds only 0 and 255."""
+    return not np.any((array != 0) & (array != 255))
+
+
 class PackedMask:
     """A uint8 pixel mask held in as few bytes as it needs: 1 bit a pixel when it is binary (0 and
     255 only, as drawn and as stored 1-bit in our PNGs; ``np.packbits``), else the uint8 tensor.
@@ -142,7 +147,7 @@ class PackedMask:
     def __init__(self, mask: torch.Tensor) -> None:
         self.shape = (int(mask.shape[0]), int(mask.shape[1]))
         array = mask.numpy()
-        binary = not np.any((array != 0) & (array != 255))
+        binary = _is_binary(array)
         self._bits = np.packbits(array, axis=None) if binary else None  # 255 = 0b11111111: any bit marks it
         self._bytes = None if binary else mask
 
@@ -190,7 +195,7 @@ def encode_mask(mask: torch.Tensor) -> str:
     read back as 8 bits)."""
     if mask.dtype == torch.uint8:
         array = mask.detach().cpu().numpy()
-        binary = not np.any((array != 0) & (array != 255))
+        binary = _is_binary(array)
         image = Image.fromarray(array > 127) if binary else Image.fromarray(array, "L")
         buffer = io.BytesIO()
         image.save(buffer, format="PNG", optimize=True)
