@@ -177,6 +177,28 @@ def test_the_estimate_counts_what_the_run_does(md16):
     assert found.branches == 2 and out.stats.evaluations == 2 * out.stats.jobs
 
 
+@pytest.mark.parametrize(
+    "task, extra",
+    [
+        ("upscale", {"scale": 2, "strength": 0.5, "noise_inversion": True}),
+        ("inpaint", {"mask": "box"}),
+        ("outpaint", {"right": 64}),
+        ("regions", {"background": "a beach", "regions": [{"prompt": "a ball", "box": (0.1, 0.1, 0.5, 0.5)}]}),
+    ],
+)
+def test_the_estimate_of_every_image_task_is_its_runs_count(md16, task, extra):
+    image = Image.new("RGB", (192, 128), "gray")
+    if extra.get("mask") == "box":
+        extra = {"mask": Image.new("L", (192, 128), 0).point(lambda v: 255)}
+    values = {"prompt": "a lake", "image": image, "num_inference_steps": 4, "seed": 1, **extra}
+    if task == "regions":
+        values = {k: v for k, v in values.items() if k != "prompt"}
+    options = build_options(task, values)
+    found = estimate(md16, options)
+    out = md16.generate(build_options(task, {**values, "output_type": "latent"}))
+    assert found.evaluations == out.stats.jobs and found.encode_tiles == found.decode_tiles >= 1
+
+
 def test_a_library_call_within_its_limits_still_runs(md16):
     limits = Limits(max_evaluations=10_000)
     out = md16.generate(PanoramaOptions(prompt="a", num_inference_steps=2, output_type="latent", limits=limits))
