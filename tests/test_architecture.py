@@ -92,13 +92,14 @@ def imports_of_at(path: Path) -> set[str]:
 
 LAYERS = {
     # a layer may import only the layers below it (and the standard library / third parties)
+    "multidiffusion.io": {"multidiffusion.images"},  # trust levels, budgets, bounded readers: the bottom
     "multidiffusion.engine": {"multidiffusion.vae", "multidiffusion.output", "multidiffusion.metadata",
                               "multidiffusion.options", "multidiffusion.version", "multidiffusion.regions",
                               "multidiffusion.images", "multidiffusion.preprocessors"},  # two leaf modules
     "multidiffusion.vae": {"multidiffusion.engine.views"},  # window geometry, a leaf module
-    "multidiffusion.models": {"multidiffusion.engine", "multidiffusion.vae"},
+    "multidiffusion.models": {"multidiffusion.engine", "multidiffusion.vae", "multidiffusion.io"},
     "multidiffusion.regions": {"multidiffusion.engine", "multidiffusion.vae", "multidiffusion.options",
-                               "multidiffusion.images"},
+                               "multidiffusion.images", "multidiffusion.io"},
 }  # fmt: skip
 
 

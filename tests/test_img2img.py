@@ -10,6 +10,7 @@ from PIL import Image
 from devtools.components import tiny_sdxl_pipeline
 from multidiffusion import MultiDiffusion
 from multidiffusion.engine.schedulers import make_scheduler
+from multidiffusion.io.trust import RecordedFile
 from multidiffusion.options import Img2ImgOptions, RegionsOptions
 
 
@@ -125,14 +126,18 @@ def test_a_file_input_is_recorded_with_its_sha256(md16, tmp_path):
     _picture(width=128, height=128).save(path)
     out = md16.img2img(str(path), "a lake", strength=0.5, num_inference_steps=2, output_type="latent")
     assert out.parameters["image"] == {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-    # read back from the record: the same file passes, a changed or missing one is refused clearly
-    assert Img2ImgOptions(prompt="x", image=out.parameters["image"]).image.sha256 == out.parameters["image"]["sha256"]
+    # a record as stored settings hold it (a plain dict) is never opened; a RecordedFile (what a scene file,
+    # or the user, makes of it) is read: the same file passes, a changed or missing one is refused clearly
+    with pytest.raises(ValueError, match="never read from them; give the image again"):
+        Img2ImgOptions(prompt="x", image=out.parameters["image"])
+    record = RecordedFile(**out.parameters["image"])
+    assert Img2ImgOptions(prompt="x", image=record).image.sha256 == out.parameters["image"]["sha256"]
     _picture(width=128, height=128, seed=9).save(path)
     with pytest.raises(ValueError, match=r"image: the input file .* has changed"):
-        Img2ImgOptions(prompt="x", image=out.parameters["image"])
+        Img2ImgOptions(prompt="x", image=record)
     path.unlink()
     with pytest.raises(ValueError, match=r"image: the input file .* is missing"):
-        Img2ImgOptions(prompt="x", image=out.parameters["image"])
+        Img2ImgOptions(prompt="x", image=record)
 
 
 def test_regions_rework_an_image(md16):
@@ -157,7 +162,7 @@ def test_regions_rework_an_image(md16):
         (dict(strength=1.5), r"strength must be a number in \(0, 1\]"),
         (dict(image=None), "image is required"),
         (dict(image="/no/such.png"), "image: no such file"),
-        (dict(image=Image.new("RGB", (40, 40))), "height must be a multiple of 8 from 64"),
+        (dict(image=Image.new("RGB", (40, 40))), r"image is 40x40 px, which makes a canvas 40 px in height"),
     ],
 )
 def test_bad_inputs_are_named(kwargs, message):

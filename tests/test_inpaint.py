@@ -301,8 +301,10 @@ def test_inpaint_settings_round_trip_through_stored_parameters(md16, tmp_path):
     assert p["mode"] == "inpaint" and p["mask"]["path"] == str(mask_path) and len(p["mask"]["sha256"]) == 64
     assert (p["mask_blur"], p["strength"]) == (2, 0.5)
     stored = settings_from_parameters(p)
-    assert set(stored.inputs) == {"image", "mask"}  # file records are kept apart (a server leaves them out)
-    options = stored.options(None)
+    assert set(stored.inputs) == {"image", "mask"}  # file records are kept apart, never read: given again
+    with pytest.raises(ValueError, match="never read from them; give the image again"):
+        stored.options(None)
+    options = stored.options(None, image=str(image_path), mask=str(mask_path))
     assert isinstance(options, InpaintOptions) and options.mask.path == str(mask_path) and options.mask_blur == 2
 
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from multidiffusion.io.trust import TypedPath, pickle_allowed, typed_weights
 from multidiffusion.metadata import StoredSettings, is_model_name, model_label, read_settings
 from multidiffusion.models.loading import PREDICTION_TYPES
 from multidiffusion.models.sdxl import CROPS_COORDS, ORIGINAL_SIZES
@@ -33,10 +34,12 @@ __all__ = [
     "lora_choice",
     "lora_type",
     "model_choice",
+    "named_pickle",
     "original_size_type",
     "preflight",
     "report",
     "scene_file",
+    "stored_data",
     "stored_settings",
     "typed_file",
     "window_type",
@@ -104,10 +107,11 @@ def lora_type(text: str) -> tuple[str, str, float]:
 def lora_choice(args: argparse.Namespace, stored: StoredSettings | None, options: Any, scene: Any = None) -> None:
     """Checks --lora (or a scene's ``loras``) before any model loads: files exist and aren't pickles
     unless allowed, names are unique, every region's ``loras`` names one, and an image made with
-    LoRAs (``--from``) gets them again. Leaves ``args.lora`` as (name, absolute file or repo id, weight)."""
+    LoRAs (``--from``) gets them again. Leaves ``args.lora`` as (name, typed file, scene file or repo id, weight)."""
     from multidiffusion.models.lora import check_lora_source
 
-    loras = getattr(args, "lora", None) or (scene.loras if scene is not None and scene.loras else None) or []
+    typed = [(name, typed_weights(spec), weight) for name, spec, weight in getattr(args, "lora", None) or []]
+    loras = typed or (scene.loras if scene is not None and scene.loras else None) or []
     if stored is not None and stored.loras and not loras:
         made = ", ".join(f"{name} ({file})" for name, file in stored.loras.items())
         fail(
@@ -120,11 +124,11 @@ def lora_choice(args: argparse.Namespace, stored: StoredSettings | None, options
             fail(f"--lora: the name {name!r} is given twice; name them apart with NAME=FILE")
         names.add(name)
         try:
-            check_lora_source(spec, bool(getattr(args, "allow_pickle", False)), f"--lora {name}")
+            refuse_named_pickle(args, spec, f"loras.{name}", f"--lora {name}=FILE")
+            check_lora_source(spec, pickle_allowed(spec, getattr(args, "allow_pickle", False)), f"--lora {name}")
         except ValueError as exc:
             fail(str(exc))
-        path = Path(spec).expanduser()
-        chosen.append((name, str(path.absolute()) if path.exists() else spec, float(weight)))
+        chosen.append((name, spec, float(weight)))
     for i, region in enumerate(getattr(options, "regions", None) or []):
         for name in region.loras or {}:
             if name not in names:
@@ -305,15 +309,18 @@ def flag_values(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, An
 
 
 def control_net_choice(
-    args: argparse.Namespace, control_image: Any, source: str = "", regional: bool = False
+    args: argparse.Namespace, control_image: Any, source: str = "", regional: bool = False, scene: Any = None
 ) -> list[str] | None:
-    """The --controlnet models to load (files as absolute paths), checked before any model loads:
-    one per ``control_image`` (the settings' top-level one: None, one, or a list), and some when
-    there is a control image (``regional``: a region has one). ``source``: a scene file or
-    ``--from PNG``, for the message (a PNG never stores the ControlNet)."""
+    """The ControlNets to load, checked before any model loads: --controlnet as typed (files as
+    absolute :class:`~multidiffusion.io.trust.TypedPath`, the only ones --allow-pickle covers), else
+    the ``scene`` file's (under its folder, or repo ids from the hub). One per ``control_image`` (the
+    settings' top-level one: None, one, or a list), and some when there is a control image
+    (``regional``: a region has one). ``source``: a scene file or ``--from PNG``, for the message (a
+    PNG never stores the ControlNet)."""
     from multidiffusion.models.controlnet import check_controlnet_source
 
-    specs = getattr(args, "controlnet", None)
+    typed = [typed_weights(spec) for spec in getattr(args, "controlnet", None) or []]
+    specs = typed or list(getattr(scene, "controlnet", None) or [])
     if not specs:
         if control_image is None and not regional:
             return None
@@ -326,15 +333,13 @@ def control_net_choice(
     images = control_image if isinstance(control_image, (list, tuple)) else [control_image]
     if control_image is not None and len(images) != len(specs):
         fail(f"--control-image: give one per --controlnet ({len(specs)}), got {len(images)}")
-    chosen = []
     for spec in specs:
-        path = Path(spec).expanduser()
+        refuse_named_pickle(args, spec, "controlnet", "--controlnet FILE")
         try:
-            check_controlnet_source(spec, bool(args.allow_pickle), "--controlnet")
+            check_controlnet_source(spec, pickle_allowed(spec, args.allow_pickle), "--controlnet")
         except ValueError as exc:
             fail(str(exc))
-        chosen.append(str(path.absolute()) if path.exists() else spec)
-    return chosen
+    return specs
 
 
 def stored_settings(args: argparse.Namespace, task: str) -> StoredSettings | None:
@@ -345,6 +350,29 @@ def stored_settings(args: argparse.Namespace, task: str) -> StoredSettings | Non
         return read_settings(args.from_png, task)
     except ValueError as exc:
         fail(f"--from {args.from_png}: {exc}")
+
+
+INPUT_FLAGS = {"image": "--image", "mask": "--mask", "control_image": "--control-image"}
+"""Stored input keys -> the flag that gives the input again."""
+
+
+def stored_data(args: argparse.Namespace, stored: StoredSettings, given: dict[str, Any]) -> dict[str, Any]:
+    """The settings --from's PNG holds, for the scene reader (as stored settings: they name no
+    file); an input the PNG records by file name must be given again (it is never read from it)."""
+    for key, record in stored.inputs.items():
+        if key not in given:
+            first = record[0] if isinstance(record, list) else record
+            flag = INPUT_FLAGS.get(key, key)
+            if isinstance(first, dict) and first.get("path") is None:
+                fail(
+                    f"--from {args.from_png}: the {key} was given in memory: the PNG does not hold it; pass {flag} FILE"
+                )
+            shown = f" {Path(first['path']).name!r}" if isinstance(first, dict) else ""
+            fail(
+                f"--from {args.from_png}: the image was made from the {key}{shown}, which the PNG names but does not "
+                f"hold (settings stored in a PNG are never read from disk); pass {flag} FILE again"
+            )
+    return dict(stored.values)
 
 
 IMAGE_VERBS = ("img2img", "upscale", "inpaint", "outpaint")
@@ -371,11 +399,12 @@ def scene_file(path: str, verb: str) -> tuple[dict[str, Any], Path, str]:
     return data, Path(path).expanduser().absolute().parent, name
 
 
-def typed_file(value: str | None) -> Path | None:
-    """A file name typed on the command line, as an absolute ``Path``: the user's own, read as given
-    (a scene's file names, plain strings, are confined to its folder), and recorded absolute in the
-    result's PNG so ``--from`` finds it from any folder."""
-    return None if value is None else Path(value).expanduser().absolute()
+def typed_file(value: str | None) -> TypedPath | None:
+    """A file name typed on the command line, as an absolute :class:`~multidiffusion.io.trust.TypedPath`:
+    the user's own, read as given (a scene's file names, plain strings, are confined to its folder;
+    a PNG's are refused), the only kind --allow-pickle covers, and recorded absolute in the result's
+    PNG."""
+    return None if value is None else TypedPath(Path(value).expanduser().absolute())
 
 
 def in_context(message: str, flags: dict[str, str], given: dict[str, Any], source: str) -> str:
@@ -396,15 +425,21 @@ def with_flag(message: str, flags: dict[str, str], given: dict[str, Any]) -> str
     return message
 
 
-def model_choice(args: argparse.Namespace, stored: StoredSettings | None) -> tuple[str, bool, dict[str, Any]]:
+def model_choice(
+    args: argparse.Namespace, stored: StoredSettings | None, scene: Any = None
+) -> tuple[str, bool, dict[str, Any]]:
     """(model, allow_pickle, SDXL options) to load: --model as typed (the only model --allow-pickle
-    covers); else the model --from's PNG names, if it is the demo or a repo id (stored settings never
-    name files to load, see :mod:`multidiffusion.metadata`); else the demo."""
+    covers); else a scene file's model (a file under its folder, or a repo id from the hub); else
+    the model --from's PNG names, if it is the demo or a repo id (stored settings never name files
+    to load, see :mod:`multidiffusion.metadata`); else the demo."""
     flags = {"crops_coords_top_left": args.crops_coords, "original_size": args.original_size}
     typed = {k: v for k, v in flags.items() if v is not None}
     if args.model is not None:  # the stored model's options apply when it is the same model
         same = stored is not None and stored.model == model_label(args.model)
         return args.model, bool(args.allow_pickle), {**(stored.model_options if same else {}), **typed}
+    if scene is not None and scene.model is not None:
+        refuse_named_pickle(args, scene.model, "model", "--model FILE")
+        return scene.model, False, typed
     if stored is None or stored.model is None:
         return "demo", False, typed
     if not is_model_name(stored.model):
@@ -413,6 +448,27 @@ def model_choice(args: argparse.Namespace, stored: StoredSettings | None) -> tup
             "to use it (settings stored in a PNG never name files to load)"
         )
     return stored.model, False, {**stored.model_options, **typed}
+
+
+def named_pickle(args: argparse.Namespace, spec: Any, field: str, flag: str) -> str | None:
+    """The refusal of weights a scene or batch file names that are a pickle, when --allow-pickle
+    was given (else the loaders' own refusal says it): the flag covers only the files typed on that
+    command line, and a scene may come from someone else. None when there is nothing to refuse."""
+    from multidiffusion.models.files import is_pickle_path
+
+    if getattr(args, "allow_pickle", False) and not isinstance(spec, TypedPath) and is_pickle_path(str(spec)):
+        return (
+            f"{field} {Path(str(spec)).name!r} is a pickle named by a scene or batch file: --allow-pickle covers only "
+            f"files typed on the command line; pass {flag} --allow-pickle"
+        )
+    return None
+
+
+def refuse_named_pickle(args: argparse.Namespace, spec: Any, field: str, flag: str) -> None:
+    """:func:`named_pickle` as the command line's one-line error."""
+    refusal = named_pickle(args, spec, field, flag)
+    if refusal:
+        fail(refusal)
 
 
 def load_model(
@@ -443,12 +499,13 @@ def load_model(
         prediction_type=args.prediction_type,
         **options,
     )
-    nets = controlnet if controlnet is not None else getattr(args, "controlnet", None)
-    if nets:
-        md.set_controlnet(nets if len(nets) > 1 else nets[0], allow_pickle=bool(args.allow_pickle))
+    nets = controlnet if controlnet is not None else [typed_weights(s) for s in getattr(args, "controlnet", None) or []]
+    if nets:  # pickles only when every one was typed (--allow-pickle covers typed files alone)
+        allow = all(pickle_allowed(net, args.allow_pickle) for net in nets)
+        md.set_controlnet(nets if len(nets) > 1 else nets[0], allow_pickle=allow)
     for name, spec, weight in getattr(args, "lora", None) or []:  # checked by lora_choice
         try:
-            md.load_lora(spec, adapter_name=name, weight=weight)
+            md.load_lora(str(spec) if isinstance(spec, TypedPath) else spec, adapter_name=name, weight=weight)
         except ValueError as exc:
             fail(f"--lora {name}: {exc}")
     md.set_progress_bar_config(disable=args.quiet, leave=False)

@@ -3,8 +3,8 @@
 
 Settings come from one of three places, with the flags on top: the flags alone, a scene file
 (``--scene FILE``, whose ``task`` must be the verb's; its file names are relative to it and
-confined to its folder) or a PNG we wrote (``--from PNG``: the input files it recorded are read
-back only if their SHA-256 still matches, see :mod:`multidiffusion.metadata`). All three go through
+confined to its folder) or a PNG we wrote (``--from PNG``: the input files it recorded are never
+read from it, the user gives them again; see :mod:`multidiffusion.io.trust`). All three go through
 :func:`~multidiffusion.regions.scene.parse_scene`, so a bad value gets the options layer's message,
 with the flag that gave it or the file that held it.
 """
@@ -27,10 +27,12 @@ from multidiffusion.cli.common import (
     preflight,
     report,
     scene_file,
+    stored_data,
     stored_settings,
     typed_file,
     window_type,
 )
+from multidiffusion.io.trust import Origin
 from multidiffusion.options import PLACEMENTS, UPSCALE_FILTERS, WEIGHTS
 
 __all__ = [
@@ -65,8 +67,8 @@ def add_image_options(p: argparse.ArgumentParser, strength: float, strength_help
         "-i",
         "--image",
         metavar="FILE",
-        help="the input image (PNG, JPEG, WebP, ...); the result's PNG records its path and SHA-256, so --from finds "
-        "it again and refuses it if it has changed",
+        help="the input image (PNG, JPEG, WebP, BMP, TIFF, GIF); the result's PNG records its name and SHA-256 (--from "
+        "asks for it again: a PNG's settings never read a file)",
     )
     g.add_argument(
         "--strength",
@@ -164,7 +166,7 @@ def run_image_task(args: argparse.Namespace, flags: dict[str, str], inputs: tupl
     if args.scene:
         data, base, source = scene_file(args.scene, task)
     elif stored is not None:
-        data = {"task": task, **stored.values, **stored.inputs}
+        data = {"task": task, **stored_data(args, stored, given)}
         source = f"--from {args.from_png}"
         if task in DERIVED_SIZE or "image" in given:  # the canvas follows the (new) input
             data.pop("height", None)
@@ -181,23 +183,20 @@ def run_image_task(args: argparse.Namespace, flags: dict[str, str], inputs: tupl
             fail(f"an input {key} is required: --{key} FILE (or --scene FILE, or --from an image we wrote)")
     if task != "upscale" and not values.get("prompt"):
         fail("a prompt is required (or --scene FILE, or --from an image we wrote)")
+    origin = (
+        Origin.file(base, "", bool(getattr(args, "allow_outside_files", False)))
+        if base is not None
+        else Origin.stored(source)
+        if stored is not None
+        else Origin.typed()
+    )
     try:  # every check that needs no model (input files read and checked), before minutes of loading
-        scene = parse_scene(
-            values,
-            base=base,
-            source="",
-            allow_outside=bool(getattr(args, "allow_outside_files", False)),
-            allow_pickle=bool(args.allow_pickle),
-        )
+        scene = parse_scene(values, source="", allow_pickle=bool(args.allow_pickle), origin=origin)
     except ValueError as exc:
         fail(in_context(str(exc), flags, given, source))
-    if args.model is None and scene.model is not None:
-        args.model = scene.model  # a scene file is the user's own: its model is as if typed
-    if not getattr(args, "controlnet", None) and scene.controlnet:
-        args.controlnet = scene.controlnet  # likewise its ControlNets
-    nets = control_net_choice(args, scene.options.control_image, source)
+    nets = control_net_choice(args, scene.options.control_image, source, scene=scene)
     lora_choice(args, stored, scene.options, scene)
-    model, allow_pickle, model_options = model_choice(args, stored)
+    model, allow_pickle, model_options = model_choice(args, stored, scene)
     md = load_model(model, args, allow_pickle, nets, **model_options)
     preflight(md, scene.options, args)
     report(run_and_save(md, scene.options, output))

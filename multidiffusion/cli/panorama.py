@@ -16,10 +16,12 @@ from multidiffusion.cli.common import (
     model_choice,
     preflight,
     report,
+    stored_data,
     stored_settings,
     window_type,
     with_flag,
 )
+from multidiffusion.io.trust import Origin
 from multidiffusion.options import PLACEMENTS, WEIGHTS
 
 HELP = """\
@@ -77,16 +79,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     from multidiffusion.jobs import run_and_save
     from multidiffusion.metadata import check_output_path
-    from multidiffusion.options import build_options
+    from multidiffusion.regions.scene import parse_scene
 
     output = check_output_path(args.output, "--output")
     stored = stored_settings(args, "panorama")
     given = flag_values(args, FLAGS)
-    values = {**(stored.values if stored else {}), **(stored.inputs if stored else {}), **given}
+    values = {**(stored_data(args, stored, given) if stored else {}), **given}
     if not values.get("prompt"):
         fail("a prompt is required (or --from an image we wrote)")
-    try:  # every check that needs no model, before minutes of loading
-        options = build_options("panorama", values)
+    origin = Origin.stored(f"--from {args.from_png}") if stored else Origin.typed()
+    try:  # every check that needs no model, before minutes of loading; a PNG's settings name no file
+        options = parse_scene({**values, "task": "panorama"}, source="", origin=origin).options
     except ValueError as exc:
         fail(with_flag(str(exc), FLAGS, given))
     nets = control_net_choice(args, options.control_image, f"--from {args.from_png}" if stored else "")

@@ -21,10 +21,12 @@ from multidiffusion.cli.common import (
     preflight,
     report,
     scene_file,
+    stored_data,
     stored_settings,
     typed_file,
     window_type,
 )
+from multidiffusion.io.trust import Origin
 from multidiffusion.metadata import StoredSettings
 from multidiffusion.regions.scene import Scene, parse_region, parse_scene, read_scene_file
 
@@ -190,16 +192,16 @@ def _scene(args: argparse.Namespace) -> tuple[Scene, StoredSettings | None]:
     stored = stored_settings(args, "regions")
     if args.scene:
         data, base, source = scene_file(args.scene, "regions")
-    elif stored is not None:
-        data, source = {**stored.values, **stored.inputs}, f"--from {args.from_png}"
     given = flag_values(args, FLAGS)
     if "image" in given:
         given["image"] = typed_file(given["image"])  # the user's own file, read as given
+    if not args.scene and stored is not None:
+        data, source = stored_data(args, stored, given), f"--from {args.from_png}"
     data.update(given)
     if args.segmentation or args.colors:
         if not (args.segmentation and args.colors):
             fail("--segmentation MAP and --colors TABLE go together")
-        data["segmentation"] = {"map": str(Path(args.segmentation).resolve()), "colors": _colour_table(args.colors)}
+        data["segmentation"] = {"map": typed_file(args.segmentation), "colors": _colour_table(args.colors)}
     flag_regions = [
         parse_region(spec, f"--region {spec['prompt']!r}") for spec in (args.region_specs or [])
     ]  # typed paths: the user's own, read as given
@@ -208,7 +210,14 @@ def _scene(args: argparse.Namespace) -> tuple[Scene, StoredSettings | None]:
     if not data.get("regions") and not data.get("background") and not data.get("segmentation"):
         fail("nothing to draw: give a scene file, --from PNG, or --background and --region PROMPT --box/--mask")
     try:
-        scene = parse_scene(data, base=base, source="", allow_outside=args.allow_outside_files)
+        origin = (
+            Origin.file(base, "", args.allow_outside_files)
+            if base is not None
+            else Origin.stored(source)
+            if stored is not None
+            else Origin.typed()
+        )
+        scene = parse_scene(data, source="", origin=origin)
     except ValueError as exc:
         fail(in_context(str(exc), FLAGS, given, source))
     return scene, stored
@@ -241,15 +250,11 @@ def run(args: argparse.Namespace) -> None:
         save_png(layout_preview(options.regions, options.height, options.width, options.background), preview)
         print(f"wrote {preview} ({options.width}x{options.height} layout of {count})")
         return
-    if args.model is None and scene.model is not None:
-        args.model = scene.model  # a scene file is the user's own: its model is as if typed
-    if not getattr(args, "controlnet", None) and scene.controlnet:
-        args.controlnet = scene.controlnet  # likewise its ControlNets
     regional = any(r.control_image is not None for r in options.regions)
     source = args.scene or (f"--from {args.from_png}" if stored else "")
-    nets = control_net_choice(args, options.control_image, source, regional)
+    nets = control_net_choice(args, options.control_image, source, regional, scene)
     lora_choice(args, stored, options, scene)
-    model, allow_pickle, model_options = model_choice(args, stored)
+    model, allow_pickle, model_options = model_choice(args, stored, scene)
     md = load_model(model, args, allow_pickle, nets, **model_options)
     layout = md.region_layout(options.height, options.width, options.background, options.regions)
     extra = []

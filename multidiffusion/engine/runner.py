@@ -23,17 +23,17 @@ from diffusers.utils.torch_utils import randn_tensor
 from multidiffusion.engine import distributed
 from multidiffusion.engine.adapter import Conditioning
 from multidiffusion.engine.control import build_controls
+from multidiffusion.engine.estimate import auto_batch, check_budget
 from multidiffusion.engine.loras import LoraSwitch
 from multidiffusion.engine.sampler import GuidedModel, SamplingStats, sample
 from multidiffusion.engine.schedulers import FLOW_SCHEDULERS, SCHEDULERS, make_scheduler, scheduler_name
 from multidiffusion.engine.task import Start, Task
-from multidiffusion.estimate import check_budget
 from multidiffusion.options import random_seed
 from multidiffusion.output import MultiDiffusionOutput
 from multidiffusion.vae.codec import decode_latents, decode_to_uint8
 from multidiffusion.version import __version__
 
-__all__ = ["Cancelled", "RunSettings", "denoising_timesteps", "planned_steps", "run"]
+__all__ = ["Cancelled", "RunSettings", "auto_batch", "denoising_timesteps", "planned_steps", "run"]
 
 Generator = torch.Generator | list[torch.Generator] | None
 StepCallback = Callable[..., Any]
@@ -240,16 +240,6 @@ def largest_view(plan: Any) -> tuple[int, int]:
     the canvas where that is smaller), which sets a flow-matching model's schedule shift."""
     view = max((job.view for job in plan.jobs), key=lambda v: v.height * v.width)
     return view.height, view.width
-
-
-def auto_batch(adapter: Any) -> int:
-    """Views per UNet call when not given: about 16k latent pixels of native windows per call on the
-    CPU (4 of SD's 64x64 windows, 64 of the demo model's 16x16), 4x that on accelerators, where
-    larger batches pay (16 SD windows, 4 SDXL ones). A heuristic: the benchmark calibrates
-    ``view_batch_size`` per configuration (README, "Speed and memory"; ``benchmarks/results/``)."""
-    h, w = adapter.native_latent_size
-    budget = 4 * 64 * 64 * (4 if adapter.device.type == "cuda" else 1)
-    return max(1, budget // (h * w))
 
 
 def _without_idle_guidance(cond: Conditioning) -> Conditioning:

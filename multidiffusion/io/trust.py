@@ -26,6 +26,7 @@ the user) can produce; a plain record dict is refused.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,12 +35,14 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "PICKLE_SUFFIXES",
     "WEIGHT_SUFFIXES",
     "Origin",
     "RecordedFile",
     "RepoId",
     "Trust",
     "TypedPath",
+    "is_pickle_path",
     "is_record",
     "is_repo_id",
     "pickle_allowed",
@@ -47,6 +50,9 @@ __all__ = [
 ]
 
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".bin", ".pt", ".pth", ".gguf", ".sft")
+PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
+"""File endings of pickles: opening one can run code, so only a path the user typed, with
+``--allow-pickle``, is ever unpickled."""
 """File endings of weights: a name ending so is a file, never a repo id."""
 
 
@@ -122,6 +128,16 @@ def is_repo_id(name: Any) -> bool:
         and Path(parts[1]).suffix.lower() not in WEIGHT_SUFFIXES
         and not name.endswith(".git")
     )
+
+
+def is_pickle_path(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a pickle checkpoint (.ckpt, .bin, .pt, .pth in any case), or is a link to
+    one; decided from names only, the file is not opened."""
+    path = Path(path)
+    suffixes = {path.suffix.lower()}
+    with contextlib.suppress(OSError, RuntimeError):  # a link loop: the name is all there is
+        suffixes.add(path.resolve().suffix.lower())
+    return bool(suffixes & set(PICKLE_SUFFIXES))
 
 
 def pickle_allowed(value: Any, allow_pickle: bool) -> bool:

@@ -3,29 +3,18 @@ is recognised (by its name alone: a pickle can run code when it is opened)."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
 from pathlib import Path
 
-__all__ = ["PICKLE_SUFFIXES", "ModelNotFoundError", "is_pickle_path", "refused_pickle", "sha256_file"]
+from multidiffusion.io.trust import PICKLE_SUFFIXES, is_pickle_path
 
-PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
+__all__ = ["PICKLE_SUFFIXES", "ModelNotFoundError", "is_pickle_path", "refused_pickle", "sha256_file"]
 
 
 class ModelNotFoundError(ValueError):
     """The model can't be found or loaded; the message says how to get it."""
-
-
-def is_pickle_path(path: str | os.PathLike) -> bool:
-    """Whether ``path`` names a pickle checkpoint (.ckpt, .bin, .pt, .pth in any case), or is a link to
-    one; decided from names only, the file is not opened."""
-    path = Path(path)
-    suffixes = {path.suffix.lower()}
-    with contextlib.suppress(OSError, RuntimeError):  # a link loop: the name is all there is
-        suffixes.add(path.resolve().suffix.lower())
-    return bool(suffixes & set(PICKLE_SUFFIXES))
 
 
 def refused_pickle(exc: BaseException, name: str) -> ModelNotFoundError | None:

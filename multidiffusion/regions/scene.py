@@ -83,7 +83,7 @@ from pathlib import Path
 from typing import Any
 
 from multidiffusion.io.budget import check_embedded
-from multidiffusion.io.trust import Origin, RecordedFile, Trust, TypedPath, pickle_allowed
+from multidiffusion.io.trust import Origin, RecordedFile, Trust, TypedPath, is_pickle_path, pickle_allowed
 from multidiffusion.options import (
     CONTROL_INPUT,
     TASK_OPTIONS,
@@ -359,14 +359,11 @@ def parse_scene(
 def _check_pickle_grant(upscaler: Any, allow_pickle: bool, where: str) -> None:
     """A pickle upscaler a scene names, refused even with --allow-pickle, which covers only the
     files typed on that command line (a scene or a PNG may come from someone else)."""
-    if allow_pickle and isinstance(upscaler, str) and not isinstance(upscaler, TypedPath):
-        from multidiffusion.models.files import is_pickle_path
-
-        if is_pickle_path(upscaler):
-            raise ValueError(
-                f"{where}: {Path(upscaler).name!r} is a pickle named by the settings, not typed: --allow-pickle "
-                "covers only files typed on the command line; pass --upscaler FILE --allow-pickle"
-            )
+    if allow_pickle and isinstance(upscaler, str) and is_pickle_path(upscaler):  # a TypedPath is no str
+        raise ValueError(
+            f"{where}: {Path(upscaler).name!r} is a pickle named by the settings, not typed: --allow-pickle "
+            "covers only files typed on the command line; pass --upscaler FILE --allow-pickle"
+        )
 
 
 def _weights(spec: Any, origin: Origin, where: str, flag: str) -> str:
