@@ -115,3 +115,37 @@ def test_fuzz_stored_settings_with_embedded_images(rss_start, data, task):
         settings_from_parameters({**data, "mode": task}).options()
     except ValueError as exc:
         _clean(str(exc))
+
+
+LINE = st.one_of(
+    st.builds(
+        lambda data, out: json.dumps({**data, "output": out}).encode(), SETTINGS, st.sampled_from(["a.png", "b.png", 3])
+    ),
+    st.binary(max_size=120),  # invalid UTF-8 included
+    st.sampled_from([b"[" * 5000, b'{"prompt": "a", "seed": ' + b"9" * 5000 + b"}", b"{}", b"", b"null"]),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(LINE, min_size=1, max_size=5))
+def test_fuzz_batch_lines_each_give_an_item_or_their_own_clean_error(tmp_path, rss_start, lines):
+    from multidiffusion.cli.batch import read_items
+
+    path = tmp_path / "jobs.jsonl"
+    path.write_bytes(b"\n".join(line.replace(b"\n", b" ") for line in lines))
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    try:
+        items = read_items(path, out)
+    except ValueError as exc:  # the file as a whole (e.g. no items): one clean line
+        _clean(str(exc))
+        return
+    for item in items:
+        if item.error is not None:
+            _clean(item.error)
+            assert item.where.startswith("jobs.jsonl:")
+        else:
+            try:
+                assert item.scene is not None  # parsed again as when it runs
+            except ValueError as exc:
+                _clean(str(exc))
