@@ -38,6 +38,7 @@ __all__ = [
     "original_size_type",
     "preflight",
     "report",
+    "same_input",
     "scene_file",
     "stored_data",
     "stored_settings",
@@ -373,6 +374,21 @@ def stored_data(args: argparse.Namespace, stored: StoredSettings, given: dict[st
                 f"hold (settings stored in a PNG are never read from disk); pass {flag} FILE again"
             )
     return dict(stored.values)
+
+
+def same_input(stored: StoredSettings, key: str, value: Any) -> bool:
+    """Whether ``value``, an input the user gave again, is the file the PNG recorded under ``key``
+    (the same SHA-256): then the stored settings that follow from it (the canvas size) still hold."""
+    import hashlib
+
+    record = stored.inputs.get(key)
+    if not isinstance(record, dict) or not record.get("sha256") or not isinstance(value, Path) or not value.is_file():
+        return False
+    digest = hashlib.sha256()
+    with value.open("rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest() == str(record["sha256"]).lower()
 
 
 IMAGE_VERBS = ("img2img", "upscale", "inpaint", "outpaint")

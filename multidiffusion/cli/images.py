@@ -26,6 +26,7 @@ from multidiffusion.cli.common import (
     model_choice,
     preflight,
     report,
+    same_input,
     scene_file,
     stored_data,
     stored_settings,
@@ -168,7 +169,9 @@ def run_image_task(args: argparse.Namespace, flags: dict[str, str], inputs: tupl
     elif stored is not None:
         data = {"task": task, **stored_data(args, stored, given)}
         source = f"--from {args.from_png}"
-        if task in DERIVED_SIZE or "image" in given:  # the canvas follows the (new) input
+        if task in DERIVED_SIZE or not same_input(
+            stored, "image", given.get("image")
+        ):  # the canvas follows a new input
             data.pop("height", None)
             data.pop("width", None)
         for key, name in stored.files.items():
