@@ -299,7 +299,7 @@ def test_stored_parameters_rebuild_the_same_upscale(md16, tmp_path, monkeypatch)
     assert params["upscaler"]["path"] == str(weights) and params["inversion_steps"] == 25  # int(50 * 0.5)
     stored = settings_from_parameters(params)
     assert stored.files == {"upscaler": "2x.safetensors"}  # a stored model file is never loaded: given again
-    again = stored.options(None, upscaler=str(weights))
+    again = stored.options(None, upscaler=str(weights), image=str(path))  # files are given again
     for key in ("scale", "upscaler", "noise_inversion", "strength", "height", "width"):
         assert getattr(again, key) == getattr(options, key), key
     assert again.inversion_steps == 25 and again.image.sha256 == options.image.sha256

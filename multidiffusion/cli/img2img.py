@@ -24,7 +24,8 @@ examples:
       --strength 0.8 --steps 20 -o snowy.png
   multidiffusion img2img -i photo.png "a watercolour painting" --model stabilityai/stable-diffusion-2-base \\
       --strength 0.5 --placement shifted -o painting.png
-  multidiffusion img2img --from snowy.png --strength 0.8 -o again.png   # the same input, read back and checked
+  multidiffusion img2img --from snowy.png -i examples/demo/images/mountains.png \\
+      --strength 0.9 -o again.png   # its settings; the input given again
 """
 
 FLAGS = {

@@ -25,7 +25,8 @@ examples:
   multidiffusion inpaint --scene examples/demo/inpaint.toml -o sunset.png   # image, mask and prompt in a file
   multidiffusion inpaint -i room.png --mask sofa.png "a green velvet sofa" \\
       --model stabilityai/stable-diffusion-2-inpainting -o sofa.png
-  multidiffusion inpaint --from night.png --seed 2 -o again.png   # the same inputs, read back and checked
+  multidiffusion inpaint --from night.png -i examples/demo/images/mountains.png --mask examples/demo/images/sky.png \\
+      --seed 2 -o again.png   # its settings; a PNG's settings never read a file: the inputs are given again
 """
 
 FLAGS = {

@@ -25,7 +25,8 @@ examples:
       "snowy mountains above a green meadow under a clear blue sky" --steps 20 -o wide.png
   multidiffusion outpaint -i photo.png --right 1024 "a photo of the dolomites" \\
       --model stabilityai/stable-diffusion-2-base --placement shifted -o wider.png
-  multidiffusion outpaint --from wide.png --right 64 -o wider.png   # the same input, read back and checked
+  multidiffusion outpaint --from wide.png -i examples/demo/images/mountains.png \\
+      --right 64 -o wider.png   # its settings; the input given again
 """
 
 FLAGS = {

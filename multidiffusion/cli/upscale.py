@@ -26,7 +26,8 @@ examples:
       "snowy mountains above a green meadow" --steps 20 -o big.png
   multidiffusion upscale -i photo.png --scale 4 --upscaler 4x-UltraSharp.safetensors --placement shifted \\
       --model stabilityai/stable-diffusion-2-base -o photo-4x.png
-  multidiffusion upscale --from big.png --noise-inversion -o again.png   # the same input, read back and checked
+  multidiffusion upscale --from big.png -i examples/demo/images/mountains.png \\
+      --noise-inversion -o again.png   # its settings; the input given again
 """
 
 FLAGS = {
