@@ -36,6 +36,7 @@ import math
 import os
 import re
 import stat
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,7 +179,9 @@ def open_header(fp: Any, name: str, what: str, formats: tuple[str, ...] = ALLOWE
     the caller to word with its limits."""
     allowed = ALLOWED_TEXT if formats == ALLOWED_FORMATS else " or ".join(formats)
     try:
-        return Image.open(fp, formats=list(formats))  # identifies by content among these only
+        with warnings.catch_warnings():  # the pixels are checked against our limits, with our message
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(fp, formats=list(formats))  # identifies by content among these only
     except Image.DecompressionBombError:
         raise
     except UnidentifiedImageError:

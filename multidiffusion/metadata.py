@@ -37,6 +37,7 @@ from typing import Any
 from PIL import Image, PngImagePlugin
 
 from multidiffusion.images import ImageLimits, check_file, is_input_record, open_header
+from multidiffusion.io.text import parse_json_text
 from multidiffusion.io.trust import RepoId, is_repo_id
 from multidiffusion.options import CONTROL_INPUT, TASK_OPTIONS, UPSCALE_FILTERS, Limits, SamplingOptions, build_options
 
@@ -178,10 +179,10 @@ def read_parameters(source: str | os.PathLike | Image.Image) -> dict[str, Any]:
     text = getattr(image, "text", {}) or image.info
     if METADATA_KEY not in text:
         raise ValueError("image has no multidiffusion parameters (it was not written by multidiffusion)")
-    try:
-        params = json.loads(text[METADATA_KEY])
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"image's multidiffusion parameters are not valid JSON: {exc}") from None
+    try:  # bounded like a scene file: nesting depth, digits of integers (a PNG may come from anyone)
+        params = parse_json_text(str(text[METADATA_KEY]).encode("utf-8", "surrogatepass"))
+    except ValueError as exc:
+        raise ValueError(f"image's multidiffusion parameters can't be read: {exc}") from None
     if not isinstance(params, dict):
         raise ValueError("image's multidiffusion parameters are not a JSON object")
     return params

@@ -31,6 +31,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def joined(procs: list, folder, timeout: float) -> None:
+    """Wait for the rank processes; fail the test when one hung or left a crash report in ``folder``."""
+    for p in procs:
+        p.join(timeout=timeout)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            pytest.fail("a rank hung")
+    for r in range(len(procs)):
+        crash = folder / f"crash-{r}.txt"
+        assert not crash.exists(), crash.read_text()
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_model_dir):
     """One process group of two gloo processes running every case (distributed_worker.main) and,
@@ -49,15 +62,7 @@ def runs(tmp_path_factory, tiny_model_dir):
         single = {name: call() for name, call in distributed_worker.cases(md).items()}
     finally:
         torch.set_num_threads(threads)
-        for p in procs:
-            p.join(timeout=300)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-            pytest.fail("a rank hung")
-    for r in range(WORLD):
-        crash = folder / f"crash-{r}.txt"
-        assert not crash.exists(), crash.read_text()
+        joined(procs, folder, 300)
     ranks = SimpleNamespace(
         folder=folder,
         results=torch.load(folder / "results.pt", weights_only=False),

@@ -239,3 +239,23 @@ def test_messages_are_one_line_name_the_parameter_and_show_no_object_reprs(tmp_p
     with pytest.raises(ValueError) as info:
         build_options("img2img", {"prompt": "a", "image": Image.new("RGB", (1, 1))})
     assert str(info.value).startswith("image is 1x1 px, which makes a canvas 1 px in height (the input image's size)")
+
+
+def test_a_header_over_pils_warning_threshold_is_refused_without_a_stray_warning(tmp_path):
+    """A 12000^2 PNG (above PIL's 89 Mpx warning, below its 179 Mpx error) was refused with PIL's
+    DecompressionBombWarning printed beside the one `error:` line (the issue 25 audit)."""
+    import struct
+    import warnings
+    import zlib
+
+    from multidiffusion.images import input_image
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 12000, 12000, 8, 0, 0, 0, 0)
+    (tmp_path / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        with pytest.raises(ValueError, match=r"image: .* is 12000x12000 = 144,000,000 pixels"):
+            input_image(str(tmp_path / "bomb.png"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -237,3 +238,23 @@ def test_only_a_scene_makes_a_record_that_is_read(tmp_path, photo):
 )
 def test_repo_ids(name, ok):
     assert is_repo_id(name) is ok
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[" * 5000 + "]" * 5000, "nested more than|nested too deep"),
+        ('{"mode": "panorama", "seed": 1' + "0" * 5000 + "}", "digits"),
+    ],
+)
+def test_stored_settings_text_is_bounded_like_a_scene_file(tmp_path, capsys, text, message):
+    """The audit's stored cases: a PNG chunk nested 5000 deep gave a RecursionError with exit 1, a
+    5000-digit integer Python's 4300-digit text."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("multidiffusion", text)
+    Image.new("RGB", (8, 8)).save(tmp_path / "s.png", pnginfo=info)
+    code, _, err = run_cli(["panorama", "--from", tmp_path / "s.png", "-o", tmp_path / "o.png"], capsys)
+    assert code == 2 and "parameters can't be read" in err and len(err.strip().splitlines()) == 1, err
+    assert re.search(message, err) and "4300" not in err and "Recursion" not in err

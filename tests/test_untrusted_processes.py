@@ -7,12 +7,10 @@ from __future__ import annotations
 import json
 import multiprocessing
 
-import pytest
-
 from multidiffusion.engine.distributed import call_digests, digest
 
 from . import untrusted_ranks_worker
-from .test_distributed import WORLD, free_port
+from .test_distributed import WORLD, free_port, joined
 
 
 def test_ranks_that_differ_in_an_input_are_refused_by_name_before_any_model_call(tmp_path):
@@ -23,15 +21,7 @@ def test_ranks_that_differ_in_an_input_are_refused_by_name_before_any_model_call
     ]
     for p in procs:
         p.start()
-    for p in procs:
-        p.join(timeout=240)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-            pytest.fail("a rank hung")
-    for r in range(WORLD):
-        crash = tmp_path / f"crash-{r}.txt"
-        assert not crash.exists(), crash.read_text()
+    joined(procs, tmp_path, 240)
     for r in range(WORLD):
         results = json.loads((tmp_path / f"rank-{r}.json").read_text())
         for name, result in results.items():
