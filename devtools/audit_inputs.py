@@ -1078,7 +1078,8 @@ def _child(request: dict[str, Any]) -> None:
             exec(request["code"], scope)
             outcome = {"result": repr(scope.get("result"))[:300], "wrong": scope.get("wrong")}
         except BaseException as exc:
-            outcome = {"exc_type": type(exc).__name__, "message": str(exc)[:100_000]}
+            refusal = isinstance(exc, (ValueError, TypeError))  # their subclasses too (e.g. a TextFileError)
+            outcome = {"exc_type": type(exc).__name__, "refusal": refusal, "message": str(exc)[:100_000]}
         with open("lib-result.json", "w") as f:
             json.dump(outcome, f)
         code = 0
@@ -1249,7 +1250,7 @@ def classify(case: Case, cwd: Path, ctx: Ctx, res: dict[str, Any], timeout: floa
             refused = True
             message = lib["message"]
             first = message.splitlines()[0] if message else ""
-            if lib["exc_type"] not in ("ValueError", "TypeError"):
+            if not lib.get("refusal", lib["exc_type"] in ("ValueError", "TypeError")):
                 reasons.append(f"{lib['exc_type']}")
             if len(message.splitlines()) > 1:
                 reasons.append("multi-line message")

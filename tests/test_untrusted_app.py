@@ -141,3 +141,16 @@ def test_load_settings_names_the_upload_not_the_servers_folder(md16, tmp_path):
         shown = html.unescape(" ".join(str(v) for v in updates.values()))
         assert f"'{name}'" in shown and says in shown, shown
         assert str(folder) not in shown and "Errno" not in shown, shown
+
+
+def test_an_upload_that_is_a_link_is_never_followed(tmp_path):
+    """An upload is a file the server wrote; a link in its place (to a server file) is refused unread."""
+    from PIL import Image
+
+    from multidiffusion.app import Limits
+    from multidiffusion.app.inputs import read_upload
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "secret.png")
+    (tmp_path / "upload.png").symlink_to(tmp_path / "secret.png")
+    with pytest.raises(ValueError, match=r"^image: 'upload.png' is not a file; upload an image file$"):
+        read_upload(tmp_path / "upload.png", "image", Limits())

@@ -44,15 +44,15 @@ def _side_note(limits: Limits) -> str:
 
 
 def read_upload(path: str | os.PathLike, name: str, limits: Limits, mode: str = "RGB") -> InputImage:
-    """An uploaded image file, checked (a regular file, its size, then the sides its header
-    declares, then the library's loader) and decoded in ``mode``; recorded under the upload's file
-    name. ValueError naming ``name`` otherwise."""
+    """An uploaded image file, checked (a regular file, not a link, its size, then the sides its
+    header declares, then the library's loader) and decoded in ``mode``; recorded under the upload's
+    file name. ValueError naming ``name`` otherwise."""
     path = Path(path)
     shown = repr(path.name)
     if "\0" in str(path):  # os.stat's own message, "embedded null byte", names nothing
         raise ValueError(f"{name}: the upload's name {shown} holds a null byte; upload an image file")
-    try:
-        info = os.stat(path)
+    try:  # lstat: an upload is a file the server wrote, never a link (to anything on the server)
+        info = os.lstat(path)
     except OSError:
         raise ValueError(f"{name}: the upload {shown} is gone (the page was open too long?); upload it again") from None
     if not stat.S_ISREG(info.st_mode):
