@@ -120,9 +120,10 @@ def test_too_large_an_image_is_refused_with_a_message(page, tmp_path):
     error.wait_for()
     refusal = f"image is {MAX_SIDE + 64}×64 px; this server takes images up to {MAX_SIDE} px per side"
     assert refusal in error.inner_text()
-    page.click("#upscale-generate")  # the run refuses it too, with the same line
+    page.click("#upscale-generate")  # a refused upload is not kept: the run asks for an image
     page.wait_for_function("() => document.querySelector('#upscale-message .error') !== null")
-    assert f"this server takes images up to {MAX_SIDE} px per side" in page.inner_text("#upscale-message")
+    page.wait_for_function("() => document.querySelector('#upscale-message').innerText.includes('image is required')")
+    assert "image is required: upload an image" in page.inner_text("#upscale-message")
     assert page.locator("#upscale-result img").count() == 0
     assert "Traceback" not in page.content()
 
