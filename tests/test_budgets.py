@@ -267,3 +267,10 @@ def test_the_estimate_works_on_diffusion_transformers(dit_models, family):
     out = md.generate(PanoramaOptions(**{**options.settings(), "output_type": "latent"}))
     assert found.evaluations == out.stats.jobs and found.decode_tiles >= 1 and found.memory_bytes > 0
     assert found.line().startswith("estimate: panorama 256x128 px")
+
+
+def test_a_small_run_is_not_estimated_at_the_vae_caches_whole_budget(md16):
+    """The VAE keeps activations within a 2 GiB budget, but a small canvas keeps only its few tiles':
+    counting the whole budget refused a 1024 x 64 demo panorama on a machine with 2 GiB free."""
+    found = estimate(md16, PanoramaOptions(prompt="a lake", width=256, height=128, num_inference_steps=2))
+    assert found.vae_bytes < 512 * 2**20, found.line()

@@ -233,7 +233,9 @@ def estimate_run(
     first = _first_channels(vae)
     vae_work = ACTIVATION_COPIES // 4 * images * first * tile * tile * item  # one tile's activations
     if kind.startswith("exact"):
-        vae_work += cache_bytes(decode.get("cache_mb"), adapter.device)
+        # the kept activations: at most the cache's budget, and no more than every tile's (a small
+        # canvas keeps little: counting the whole 2 GiB budget refused tiny runs on small machines)
+        vae_work += min(cache_bytes(decode.get("cache_mb"), adapter.device), tiles * vae_work)
     rows = min(options.view_batch_size or auto_batch(adapter), max(jobs, 1)) * (2 if guided else 1)
     widest = _first_channels(adapter.unet)
     views = ACTIVATION_COPIES * rows * widest * window * item
