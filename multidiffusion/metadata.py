@@ -39,6 +39,7 @@ from PIL import Image, PngImagePlugin
 from multidiffusion.images import ImageLimits, check_file, is_input_record, open_header
 from multidiffusion.io.text import parse_json_text
 from multidiffusion.io.trust import RepoId, is_repo_id
+from multidiffusion.models.families import FAMILY_OPTIONS
 from multidiffusion.options import CONTROL_INPUT, TASK_OPTIONS, UPSCALE_FILTERS, Limits, SamplingOptions, build_options
 
 __all__ = [
@@ -61,8 +62,9 @@ MAX_PNG_BYTES = 256 * 1024 * 1024
 """Largest PNG whose settings are read (only its first chunks are, but a FIFO or a device is no PNG)."""
 NOT_SETTINGS = ("mode", "multidiffusion_version", "image_index")
 """Stored keys that are not task settings."""
-MODEL_OPTIONS = ("crops_coords_top_left", "original_size")
-"""Stored keys that configure the model (SDXL micro-conditioning), not the task."""
+MODEL_OPTIONS = tuple(FAMILY_OPTIONS)
+"""Stored keys that configure the model (a family's options: SDXL micro-conditioning, FLUX.1's
+positions and true CFG, SD 3's skip-layer guidance, ...), not the task."""
 RENAMED = {"tiling": "placement"}
 """Keys of older versions and their names now."""
 INPUT_KEYS = ("image", "mask")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from multidiffusion.engine.adapter import Conditioning, ModelAdapter
+from multidiffusion.models.families import FAMILY_OPTIONS
 from multidiffusion.models.sd import StableDiffusionAdapter
 from multidiffusion.models.sdxl import StableDiffusionXLAdapter
 
@@ -28,20 +29,6 @@ FAMILIES = {
 
 TRANSFORMERS = {"SD3Transformer2DModel": "sd3", "FluxTransformer2DModel": "flux"}
 """Diffusion transformer classes -> their family."""
-
-# options that only some families take: option -> the families that take it
-FAMILY_OPTIONS = {
-    "crops_coords_top_left": ("sdxl",),
-    "original_size": ("sdxl",),
-    "clip_skip": ("sd", "sdxl", "sd3"),
-    "positions": ("flux",),
-    "true_cfg_scale": ("flux",),
-    "max_sequence_length": ("sd3", "flux"),
-    "skip_guidance_layers": ("sd3",),
-    "skip_layer_guidance_scale": ("sd3",),
-    "skip_layer_guidance_start": ("sd3",),
-    "skip_layer_guidance_stop": ("sd3",),
-}
 
 
 def _names(families: tuple[str, ...]) -> str:
