@@ -45,6 +45,7 @@ __all__ = [
     "MIN_SIDE",
     "OUTPUT_TYPES",
     "PLACEMENTS",
+    "SAMPLING_FLAG_NAMES",
     "SCHEDULER_NAMES",
     "TASK_OPTIONS",
     "UPSCALE_FILTERS",
@@ -846,6 +847,31 @@ TASK_OPTIONS: dict[str, type[SamplingOptions]] = {
 """Task name -> its options class. A new task registers its class here."""
 
 
+SAMPLING_FLAG_NAMES = {
+    "negative": "negative_prompt",
+    "width": "width",
+    "height": "height",
+    "window": "window",
+    "stride": "stride",
+    "circular": "circular",
+    "steps": "num_inference_steps",
+    "guidance": "guidance_scale",
+    "seed": "seed",
+    "scheduler": "scheduler",
+    "batch_size": "view_batch_size",
+    "num_images": "num_images_per_prompt",
+    "control_image": "control_image",
+    "control_scale": "controlnet_conditioning_scale",
+    "control_start": "control_guidance_start",
+    "control_end": "control_guidance_end",
+    "guess_mode": "guess_mode",
+    "control_preprocessor": "control_preprocessor",
+    "control_mode": "control_mode",
+}
+"""The command line's flags (argparse dest) for the settings every task shares -> their API names,
+which scene files, stored settings and the API use: a scene that says ``steps`` is told its name."""
+
+
 def option_names(task: str) -> tuple[str, ...]:
     """The settings a task takes, by API name."""
     return tuple(f.name for f in dataclasses.fields(TASK_OPTIONS[task]) if f.init)
@@ -865,6 +891,8 @@ def build_options(task: str, values: Mapping[str, Any], limits: Limits | None = 
     for key, value in values.items():
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
+            if SAMPLING_FLAG_NAMES.get(key) in names:  # the command line's name for it
+                close = [SAMPLING_FLAG_NAMES[key]]
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"unknown setting {key!r}{hint}; {task} takes: {', '.join(names)}")
         if value is not None:

@@ -147,3 +147,12 @@ def test_control_mode_is_a_union_controlnets_setting(files, out_dir, tiny_model_
     err = run_fails([*args, "--controlnet", controlnet_dir, "--control-image", files / "edges.png", "--control-mode",
                      "1", "-o", out_dir / "x.png"], capsys, out_dir)  # fmt: skip
     assert "control_mode is a Union ControlNet's setting; this model's ControlNet takes none" in err
+
+
+def test_a_controlnet_without_a_control_image_is_refused_not_run_unused(files, out_dir, capsys):
+    """Issue 26, as a new user found it: `--controlnet demo` with no `--control-image` ran with the
+    ControlNet unused, exit 0, no word. An upscale's Tile ControlNet takes its input instead."""
+    for verb in (["panorama", "a lake"], ["img2img", "-i", files / "photo.png", "a lake"]):
+        err = run_fails([*verb, "--controlnet", "demo", "--model", "demo", "-o", out_dir / "x.png"], capsys, out_dir)
+        assert "--controlnet: a ControlNet needs a control image: give --control-image FILE" in err
+

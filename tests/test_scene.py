@@ -412,3 +412,16 @@ def test_the_cli_runs_a_scene_only_with_its_verb(image_dir, capsys):
         code, _, err = run_cli([*argv, "-o", out, "--model", "/no/such/model"], capsys)
         assert code == 2 and err.count("\n") == 1 and message in err, err
     assert not out.exists()
+
+
+def test_a_misspelled_field_is_named_even_when_nothing_is_left_to_draw(tmp_path, capsys):
+    """Issue 26, as a new user found it: a scene with a misspelled top-level field and no regions
+    said 'nothing to draw'; `steps` (the flag's name) got no hint toward `num_inference_steps`."""
+    (tmp_path / "s.toml").write_text('backgroud = "a lake"\n')
+    code, _, err = run_cli(["regions", tmp_path / "s.toml", "-o", tmp_path / "o.png"], capsys)
+    assert code == 2 and "unknown setting 'backgroud' (did you mean 'background'?)" in err, err
+    (tmp_path / "s.toml").write_text('background = "a lake"\nsteps = 3\n')
+    code, _, err = run_cli(["regions", tmp_path / "s.toml", "-o", tmp_path / "o.png"], capsys)
+    assert code == 2 and "unknown setting 'steps' (did you mean 'num_inference_steps'?)" in err, err
+    code, _, err = run_cli(["regions", "-o", tmp_path / "o.png"], capsys)
+    assert code == 2 and "nothing to draw" in err

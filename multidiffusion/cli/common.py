@@ -14,7 +14,7 @@ from multidiffusion.io.trust import TypedPath, pickle_allowed, typed_weights
 from multidiffusion.metadata import StoredSettings, is_model_name, model_label, read_settings
 from multidiffusion.models.loading import PREDICTION_TYPES
 from multidiffusion.models.sdxl import CROPS_COORDS, ORIGINAL_SIZES
-from multidiffusion.options import SCHEDULER_NAMES
+from multidiffusion.options import SAMPLING_FLAG_NAMES, SCHEDULER_NAMES
 
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -188,27 +188,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-SAMPLING_FLAGS = {
-    "negative": "negative_prompt",
-    "width": "width",
-    "height": "height",
-    "window": "window",
-    "stride": "stride",
-    "circular": "circular",
-    "steps": "num_inference_steps",
-    "guidance": "guidance_scale",
-    "seed": "seed",
-    "scheduler": "scheduler",
-    "batch_size": "view_batch_size",
-    "num_images": "num_images_per_prompt",
-    "control_image": "control_image",
-    "control_scale": "controlnet_conditioning_scale",
-    "control_start": "control_guidance_start",
-    "control_end": "control_guidance_end",
-    "guess_mode": "guess_mode",
-    "control_preprocessor": "control_preprocessor",
-    "control_mode": "control_mode",
-}
+SAMPLING_FLAGS = SAMPLING_FLAG_NAMES
 """Command-line flag (argparse dest) -> API name, for the options every task shares."""
 PER_CONTROL = ("control_image", "control_scale", "control_start", "control_end", "control_preprocessor", "control_mode")
 """Flags given once per ControlNet (repeated in the order of --controlnet); once: for all."""
@@ -310,14 +290,20 @@ def flag_values(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, An
 
 
 def control_net_choice(
-    args: argparse.Namespace, control_image: Any, source: str = "", regional: bool = False, scene: Any = None
+    args: argparse.Namespace,
+    control_image: Any,
+    source: str = "",
+    regional: bool = False,
+    scene: Any = None,
+    needs_image: bool = False,
 ) -> list[str] | None:
     """The ControlNets to load, checked before any model loads: --controlnet as typed (files as
     absolute :class:`~multidiffusion.io.trust.TypedPath`, the only ones --allow-pickle covers), else
     the ``scene`` file's (under its folder, or repo ids from the hub). One per ``control_image`` (the
     settings' top-level one: None, one, or a list), and some when there is a control image
     (``regional``: a region has one). ``source``: a scene file or ``--from PNG``, for the message (a
-    PNG never stores the ControlNet)."""
+    PNG never stores the ControlNet). ``needs_image``: a ControlNet with no control image at all is
+    refused (it would run unused; an upscale's Tile ControlNet takes its input instead)."""
     from multidiffusion.models.controlnet import check_controlnet_source
 
     typed = [typed_weights(spec) for spec in getattr(args, "controlnet", None) or []]
@@ -331,6 +317,8 @@ def control_net_choice(
                 "--controlnet MODEL again"
             )
         fail(f"{source + ': ' if source else ''}a control image needs a ControlNet: pass --controlnet MODEL")
+    if needs_image and control_image is None and not regional:
+        fail("--controlnet: a ControlNet needs a control image: give --control-image FILE (one per --controlnet)")
     images = control_image if isinstance(control_image, (list, tuple)) else [control_image]
     if control_image is not None and len(images) != len(specs):
         fail(f"--control-image: give one per --controlnet ({len(specs)}), got {len(images)}")

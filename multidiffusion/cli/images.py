@@ -197,7 +197,8 @@ def run_image_task(args: argparse.Namespace, flags: dict[str, str], inputs: tupl
         scene = parse_scene(values, source="", allow_pickle=bool(args.allow_pickle), origin=origin)
     except ValueError as exc:
         fail(in_context(str(exc), flags, given, source))
-    nets = control_net_choice(args, scene.options.control_image, source, scene=scene)
+    needs_image = not scene.options.input_control  # an upscale's Tile ControlNet takes its input
+    nets = control_net_choice(args, scene.options.control_image, source, scene=scene, needs_image=needs_image)
     lora_choice(args, stored, scene.options, scene)
     model, allow_pickle, model_options = model_choice(args, stored, scene)
     md = load_model(model, args, allow_pickle, nets, **model_options)

@@ -92,7 +92,9 @@ def run(args: argparse.Namespace) -> None:
         options = parse_scene({**values, "task": "panorama"}, source="", origin=origin).options
     except ValueError as exc:
         fail(with_flag(str(exc), FLAGS, given))
-    nets = control_net_choice(args, options.control_image, f"--from {args.from_png}" if stored else "")
+    nets = control_net_choice(
+        args, options.control_image, f"--from {args.from_png}" if stored else "", needs_image=True
+    )
     lora_choice(args, stored, options)
     model, allow_pickle, model_options = model_choice(args, stored)
     md = load_model(model, args, allow_pickle, nets, **model_options)

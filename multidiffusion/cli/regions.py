@@ -207,19 +207,21 @@ def _scene(args: argparse.Namespace) -> tuple[Scene, StoredSettings | None]:
     ]  # typed paths: the user's own, read as given
     if flag_regions:
         data["regions"] = [*(data.get("regions") or []), *flag_regions]
-    if not data.get("regions") and not data.get("background") and not data.get("segmentation"):
-        fail("nothing to draw: give a scene file, --from PNG, or --background and --region PROMPT --box/--mask")
-    try:
-        origin = (
-            Origin.file(base, "", args.allow_outside_files)
-            if base is not None
-            else Origin.stored(source)
-            if stored is not None
-            else Origin.typed()
-        )
+    nothing = not data.get("regions") and not data.get("background") and not data.get("segmentation")
+    origin = (
+        Origin.file(base, "", args.allow_outside_files)
+        if base is not None
+        else Origin.stored(source)
+        if stored is not None
+        else Origin.typed()
+    )
+    empty = "nothing to draw: give a scene file, --from PNG, or --background and --region PROMPT --box/--mask"
+    try:  # with nothing to draw, still read the scene first: a misspelled field is the likelier story
         scene = parse_scene(data, source="", origin=origin)
     except ValueError as exc:
-        fail(in_context(str(exc), FLAGS, given, source))
+        fail(in_context(str(exc), FLAGS, given, source) if not nothing or "unknown setting" in str(exc) else empty)
+    if nothing:
+        fail(empty)
     return scene, stored
 
 
@@ -252,7 +254,7 @@ def run(args: argparse.Namespace) -> None:
         return
     regional = any(r.control_image is not None for r in options.regions)
     source = args.scene or (f"--from {args.from_png}" if stored else "")
-    nets = control_net_choice(args, options.control_image, source, regional, scene)
+    nets = control_net_choice(args, options.control_image, source, regional, scene, needs_image=True)
     lora_choice(args, stored, options, scene)
     model, allow_pickle, model_options = model_choice(args, stored, scene)
     md = load_model(model, args, allow_pickle, nets, **model_options)
