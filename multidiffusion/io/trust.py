@@ -14,7 +14,10 @@ Every value that names a file or weights comes from one of three origins (:class
   no file, folder, map or record path at all. Images travel embedded (PNG data URIs, within budgets);
   a model may be ``"demo"`` or a repo id (hub only); every other name is refused with one message
   that does not depend on what it points to (nothing is opened or looked up), saying what to give
-  again.
+  again. The model is the one name they may hold, and only as a hub repo id: it names public
+  weights, loaded as safetensors only (never a pickle, never remote code) and never from a folder
+  here, so the worst a stranger's PNG can do with it is ask for a download the user sees; asking
+  for every image's model again would make ``--from`` useless for its main case.
 
 :class:`Origin` is the one resolver the settings reader (:func:`~multidiffusion.regions.scene.parse_scene`)
 passes every such field through, so a new field that names a file gets the rule by being declared a
