@@ -155,4 +155,3 @@ def test_a_controlnet_without_a_control_image_is_refused_not_run_unused(files, o
     for verb in (["panorama", "a lake"], ["img2img", "-i", files / "photo.png", "a lake"]):
         err = run_fails([*verb, "--controlnet", "demo", "--model", "demo", "-o", out_dir / "x.png"], capsys, out_dir)
         assert "--controlnet: a ControlNet needs a control image: give --control-image FILE" in err
-

@@ -175,9 +175,7 @@ def test_a_recorded_in_memory_image_asks_for_the_image(tmp_path, inputs, tiny_mo
 
     png = _png_with(tmp_path, {"mode": "img2img", "prompt": "a lake", "image": {"path": None, "sha256": None}})
     err = run_fails(["img2img", "--from", png, "-o", tmp_path / "x.png"], capsys, tmp_path)
-    assert err.startswith(
-        f"error: --from {png}: the image was given in memory: the PNG does not hold it; pass --image"
-    )
+    assert err.startswith(f"error: --from {png}: the image was given in memory: the PNG does not hold it; pass --image")
     if "img2img" in TASKS:  # with the image given again it runs
         out = tmp_path / "out.png"
         run_ok(
