@@ -62,9 +62,9 @@ from diffusers import DiffusionPipeline  # imported first (seconds): the bound i
 from safetensors.torch import save_file
 import torch
 from multidiffusion import ModelNotFoundError, MultiDiffusion
-from multidiffusion.models import loading
+from multidiffusion.models import hub
 
-loading.HUB_TIMEOUT_S = 2.0
+hub.HUB_TIMEOUT_S = 2.0
 if sys.argv[1] == "lora":
     from devtools.components import tiny_sd_pipeline
     from multidiffusion.models.lora import load_lora

@@ -10,7 +10,6 @@ image is a scene's class map: ``devtools.demo.scenes.layout_image``)."""
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import torch
 
 from multidiffusion.io.trust import RepoId
 from multidiffusion.models.files import ModelNotFoundError, is_pickle_path, refused_pickle
-from multidiffusion.models.hub import hub_folder
+from multidiffusion.models.hub import ask_hub_in_time, how_to_get, hub_folder, hub_offline
 
 __all__ = [
     "DEMO_CONTROLNET_DIR",
@@ -188,16 +187,14 @@ def _net_class(source: str, **kwargs: Any) -> type:
 
 def _load_repo(repo: str, allow_pickle: bool, name: str, **kwargs: Any) -> torch.nn.Module:
 
-    from multidiffusion.models.loading import HUB_TIMEOUT_S, _ask_hub, _before, _how_to_get
-
     use = {"use_safetensors": None if allow_pickle else True, **kwargs}
     try:
         return _net_class(repo, local_files_only=True).from_pretrained(repo, local_files_only=True, **use)
     except (OSError, ValueError):
         pass
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "false", ""):
-        raise ModelNotFoundError(f"{name}: " + _how_to_get(repo))
-    _before(time.monotonic() + HUB_TIMEOUT_S, lambda: _ask_hub(repo), repo)
+    if hub_offline():
+        raise ModelNotFoundError(f"{name}: " + how_to_get(repo))
+    ask_hub_in_time(repo)
     return _net_class(repo).from_pretrained(repo, **use)
 
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import torch
 
 from multidiffusion.io.trust import RepoId
 from multidiffusion.models.files import PICKLE_SUFFIXES, ModelNotFoundError, is_pickle_path
+from multidiffusion.models.hub import HUB_TIMEOUT_S, ask_hub, ask_hub_in_time, how_to_get, hub_offline, within_timeout
 
 __all__ = [
     "DEMO_MODEL_DIR",
@@ -47,10 +46,6 @@ DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _MODEL_KINDS = "'demo', a Hugging Face repo id, or the path of a diffusers folder or a checkpoint file"
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-# Longest wait, in seconds, for the Hugging Face Hub to answer the look-up of a repo id that is not in the
-# local cache (DNS, connection and answer together); past it loading fails with ModelNotFoundError.
-# The hub client itself has no limit there: a server that accepts connections and never answers hangs it.
-HUB_TIMEOUT_S = 10.0
 
 
 def default_device() -> torch.device:
@@ -65,16 +60,6 @@ def default_device() -> torch.device:
 def default_dtype(device: torch.device | str) -> torch.dtype:
     """float16 on accelerators, float32 on the CPU (half precision is slow or missing there)."""
     return torch.float32 if torch.device(device).type == "cpu" else torch.float16
-
-
-def _how_to_get(model: str, reason: str | None = None) -> str:
-    why = f" ({reason})" if reason else ""
-    return (
-        f"model {model!r} is not in the local Hugging Face cache and could not be downloaded{why}. "
-        f"On a machine with network run `hf download {model}` (or `huggingface-cli download {model}`) "
-        "and copy the cache (~/.cache/huggingface), or pass a local diffusers folder or a .safetensors "
-        "checkpoint; `--model demo` runs offline"
-    )
 
 
 def _pipeline_class(name: str):
@@ -168,7 +153,7 @@ def _load_file(path: Path, allow_pickle: bool, config: str | None, **kwargs: Any
         raise ModelNotFoundError(f"model file must be a .safetensors checkpoint, got {path.name}")
     from multidiffusion.models.single_file import load_single_file
 
-    return load_single_file(path, config, allow_pickle=allow_pickle, ask_hub=_ask_hub_in_time, **kwargs)
+    return load_single_file(path, config, allow_pickle=allow_pickle, ask_hub=ask_hub_in_time, **kwargs)
 
 
 def check_device(device: torch.device | str | None) -> torch.device:
@@ -334,7 +319,7 @@ def _load_repo(repo: str, allow_pickle: bool, **kwargs: Any):
     from diffusers import DiffusionPipeline
     from huggingface_hub.errors import HFValidationError
 
-    offline = _hub_offline()
+    offline = hub_offline()
     deadline = time.monotonic() + HUB_TIMEOUT_S
     for local_only in [True] if offline else [True, False]:
 
@@ -348,9 +333,9 @@ def _load_repo(repo: str, allow_pickle: bool, **kwargs: Any):
 
         try:
             if local_only:  # online, the hub client contacts the endpoint even for a cached model
-                folder = find() if offline else _before(deadline, find, repo)
+                folder = find() if offline else within_timeout(deadline, find, repo)
             else:
-                _before(deadline, lambda: _ask_hub(repo), repo)  # the hub answers: the download can start
+                within_timeout(deadline, lambda: ask_hub(repo), repo)  # the hub answers: the download can start
                 folder = find()
         except ModelNotFoundError:
             raise
@@ -366,71 +351,7 @@ def _load_repo(repo: str, allow_pickle: bool, **kwargs: Any):
                 ) from None
             continue
         return _load_folder(Path(folder), allow_pickle, safety_checker=None, **kwargs)
-    raise ModelNotFoundError(_how_to_get(repo))
-
-
-def _hub_offline() -> bool:
-    """Whether the hub client is offline (HF_HUB_OFFLINE, read at its import or set since)."""
-    from huggingface_hub import constants
-
-    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "false", "")
-
-
-def _ask_hub_in_time(repo: str, message: Callable[[str], str] | None = None) -> None:
-    """Online, :func:`_ask_hub` given up on after ``HUB_TIMEOUT_S``; offline nothing is asked."""
-    if not _hub_offline():
-        _before(time.monotonic() + HUB_TIMEOUT_S, lambda: _ask_hub(repo, message), repo, message)
-
-
-def _endpoint() -> str:
-    from huggingface_hub import constants
-
-    return constants.ENDPOINT
-
-
-def _before(deadline: float, fn: Callable[[], Any], repo: str, message: Callable[[str], str] | None = None) -> Any:
-    """``fn()`` run in a thread, given up on at ``deadline`` (``time.monotonic()``): the hub client's
-    requests have no time limit by default and name resolution never has one. An abandoned thread is
-    a daemon and ends with its request. ``message(reason)``: the error's text (default: how to get
-    the model ``repo``)."""
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome["value"] = fn()
-        except BaseException as exc:  # re-raised in the caller's thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run, name=f"hub look-up of {repo}", daemon=True)
-    thread.start()
-    thread.join(max(0.0, deadline - time.monotonic()))
-    if thread.is_alive():
-        reason = f"{_endpoint()} did not answer within {HUB_TIMEOUT_S:g} s"
-        raise ModelNotFoundError(message(reason) if message else _how_to_get(repo, reason))
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
-
-
-def _ask_hub(repo: str, message: Callable[[str], str] | None = None) -> None:
-    """Whether the hub has ``repo``; ``ModelNotFoundError`` saying why not (missing, unreachable, silent),
-    in ``message(reason)`` (default: how to get the model ``repo``)."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import RepositoryNotFoundError
-
-    try:
-        HfApi(endpoint=_endpoint()).model_info(repo, timeout=HUB_TIMEOUT_S)
-    except RepositoryNotFoundError:
-        reason = f"{_endpoint()} has no such model, or it is private: log in with `hf auth login` if you have access"
-    except Exception as exc:  # the hub client's network errors (httpx, requests) and HTTP errors
-        if "timeout" in type(exc).__name__.lower():
-            reason = f"{_endpoint()} did not answer within {HUB_TIMEOUT_S:g} s"
-        else:
-            detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-            reason = f"{_endpoint()} could not be reached: {type(exc).__name__}" + (f": {detail}" if detail else "")
-    else:
-        return
-    raise ModelNotFoundError(message(reason) if message else _how_to_get(repo, reason))
+    raise ModelNotFoundError(how_to_get(repo))
 
 
 # re-exported for compatibility: the single-file logic lives in its own module, which needs

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from multidiffusion.io.trust import RepoId
-from multidiffusion.models.files import refused_pickle
-from multidiffusion.models.hub import hub_folder
+from multidiffusion.models.files import ModelNotFoundError, refused_pickle
+from multidiffusion.models.hub import HUB_TIMEOUT_S, hub_folder, hub_offline, within_timeout
 
 __all__ = ["check_lora_source", "load_lora"]
 
@@ -136,9 +136,7 @@ def _hub_weight_name(spec: str) -> str | None:
     (its guess among the repo's .safetensors files), asked of the hub within ``HUB_TIMEOUT_S``: diffusers'
     own question has no time limit, so a hub that accepts connections and never answers hung it. With
     the name given, diffusers asks nothing more but for the file (the hub client's download limits)."""
-    from multidiffusion.models.loading import HUB_TIMEOUT_S, ModelNotFoundError, _before, _hub_offline
-
-    if os.path.exists(spec) or _hub_offline():
+    if os.path.exists(spec) or hub_offline():
         return None  # local, or offline: diffusers asks no hub
     from diffusers.loaders.lora_base import _best_guess_weight_name
 
@@ -156,7 +154,7 @@ def _hub_weight_name(spec: str) -> str | None:
             reason = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
             raise ModelNotFoundError(message(reason)) from None
 
-    return _before(time.monotonic() + HUB_TIMEOUT_S, guess, spec, message)
+    return within_timeout(time.monotonic() + HUB_TIMEOUT_S, guess, spec, message)
 
 
 def _shape_hint(detail: str) -> str:
