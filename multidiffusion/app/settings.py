@@ -366,15 +366,12 @@ def values_from_png(
                 shown = given.get("path") if isinstance(given, Mapping) else given  # a file's record
                 notes.append(f"upscaler {shown!r} is not offered by this server; using 'lanczos'")
                 name = "lanczos"
-            values["upscaler"] = name
-            check["upscaler"], check["allow_pickle"] = upscalers.resolve(name)
+            values["upscaler"] = name  # the operator's: checked when it runs, not with the PNG's settings
         notes.append("the input image is not stored in the PNG: upload it again" + (
             " and paint its mask" if mode == "inpaint" else ""))  # fmt: skip
     try:  # the same checks as a run, once this server's adjustments (noted above) are made, by the one
         # reader of settings as stored ones: they name no file (masks embedded; records never opened)
-        # (the operator's upscaler, which the form maps the stored one to, is theirs: checked when it runs)
-        stored_only = {k: v for k, v in check.items() if k not in ("upscaler", "allow_pickle")}
-        parse_scene({**stored_only, "task": mode}, source="", origin=Origin.stored())
+        parse_scene({**check, "task": mode}, source="", origin=Origin.stored())
     except ValueError as exc:
         raise ValueError(f"the image's settings can't be used: {exc}") from None
     if mode == "regions":

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from multidiffusion.cli.common import add_model_options, fail, load_model, named_pickle
+from multidiffusion.cli.common import add_model_options, fail, load_model
+from multidiffusion.cli.sources import named_pickle
 from multidiffusion.io.text import (
     BatchLine,
     TextFileError,

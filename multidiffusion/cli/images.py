@@ -17,21 +17,23 @@ from typing import Any
 from multidiffusion.cli.common import (
     add_model_options,
     add_sampling_options,
-    control_net_choice,
     fail,
     flag_values,
     in_context,
     load_model,
-    lora_choice,
-    model_choice,
     preflight,
     report,
-    same_input,
     scene_file,
-    stored_data,
-    stored_settings,
     typed_file,
     window_type,
+)
+from multidiffusion.cli.sources import (
+    control_net_choice,
+    lora_choice,
+    model_choice,
+    same_input,
+    stored_data,
+    stored_settings,
 )
 from multidiffusion.io.trust import Origin
 from multidiffusion.options import PLACEMENTS, UPSCALE_FILTERS, WEIGHTS

@@ -8,19 +8,15 @@ from multidiffusion.cli.common import (
     SAMPLING_FLAGS,
     add_model_options,
     add_sampling_options,
-    control_net_choice,
     fail,
     flag_values,
     load_model,
-    lora_choice,
-    model_choice,
     preflight,
     report,
-    stored_data,
-    stored_settings,
     window_type,
     with_flag,
 )
+from multidiffusion.cli.sources import control_net_choice, lora_choice, model_choice, stored_data, stored_settings
 from multidiffusion.io.trust import Origin
 from multidiffusion.options import PLACEMENTS, WEIGHTS
 

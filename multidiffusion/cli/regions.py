@@ -11,21 +11,17 @@ from multidiffusion.cli.common import (
     SAMPLING_FLAGS,
     add_model_options,
     add_sampling_options,
-    control_net_choice,
     fail,
     flag_values,
     in_context,
     load_model,
-    lora_choice,
-    model_choice,
     preflight,
     report,
     scene_file,
-    stored_data,
-    stored_settings,
     typed_file,
     window_type,
 )
+from multidiffusion.cli.sources import control_net_choice, lora_choice, model_choice, stored_data, stored_settings
 from multidiffusion.io.trust import Origin
 from multidiffusion.metadata import StoredSettings
 from multidiffusion.regions.scene import Scene, parse_region, parse_scene, read_scene_file

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from multidiffusion.cli.common import add_model_options, control_net_choice, fail, load_model, lora_choice
+from multidiffusion.cli.common import add_model_options, fail, load_model
+from multidiffusion.cli.sources import control_net_choice, lora_choice
 
 HELP = """\
 Start the web app: Panorama, Regions, Upscale and Inpaint / Outpaint tabs in the browser, over the
