@@ -161,7 +161,7 @@ def _placeholder(name: str, option: str, argv: list[str], folder: Path) -> Path:
         rgb[:40], rgb[40:] = (90, 150, 230), (40, 140, 50)
         Image.fromarray(rgb).save(path)
     elif option == "--segmentation":  # vertical stripes of the colours --colors lists
-        from multidiffusion.regions.masks import parse_colour
+        from multidiffusion.regions.colours import parse_colour
 
         table = argv[argv.index("--colors") + 1]
         colours = [parse_colour(item.partition("=")[0]) for item in table.split(";") if item.strip()]

@@ -22,8 +22,9 @@ from multidiffusion.app.limits import Limits
 from multidiffusion.images import ALLOWED_FORMATS, input_image, open_image
 from multidiffusion.metadata import read_parameters
 from multidiffusion.options import build_options
+from multidiffusion.regions.colours import load_rgb
 from multidiffusion.regions.layout import Region, region_layout
-from multidiffusion.regions.masks import load_mask, load_rgb, to_latent_grid
+from multidiffusion.regions.masks import load_mask, to_latent_grid
 
 ALLOWED = "images may be PNG, JPEG, WebP, BMP, TIFF or GIF"
 

@@ -18,8 +18,9 @@ import pytest
 from PIL import Image
 
 from multidiffusion import Region
-from multidiffusion.images import DEFAULT_LIMITS, ImageLimits, count_colours, open_image
-from multidiffusion.regions.masks import load_mask, load_rgb, segmentation_masks
+from multidiffusion.images import DEFAULT_LIMITS, ImageLimits, open_image
+from multidiffusion.regions.colours import count_colours, load_rgb, segmentation_masks
+from multidiffusion.regions.masks import load_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from multidiffusion import Region
+from multidiffusion.regions.colours import parse_colour
 from multidiffusion.regions.masks import (
     box_mask,
     box_pixels,
@@ -13,7 +14,6 @@ from multidiffusion.regions.masks import (
     feather_mask,
     fit_mask,
     load_mask,
-    parse_colour,
     to_latent_grid,
 )
 
@@ -179,7 +179,7 @@ def test_segmentation_table_errors():
 
 
 def test_segmentation_masks_are_built_one_at_a_time_for_the_colours_listed():
-    from multidiffusion.regions.masks import segmentation_masks
+    from multidiffusion.regions.colours import segmentation_masks
 
     seg = _segmentation_map()
     colours = [(255, 0, 0), (0, 0, 255), (0, 0, 0)]

@@ -22,7 +22,7 @@ from typing import Any
 
 from PIL import Image
 
-from multidiffusion.images import ALLOWED_FORMATS
+from multidiffusion.io.formats import ALLOWED_FORMATS
 
 __all__ = ["HEADER_BYTES", "MAX_EMBEDDED_IMAGES", "MAX_EMBEDDED_PIXELS", "check_embedded", "embedded_images"]
 

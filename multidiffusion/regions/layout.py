@@ -31,17 +31,15 @@ from PIL import Image
 
 from multidiffusion.engine.fusion import Job
 from multidiffusion.engine.views import View, crop
+from multidiffusion.regions.colours import colour_hex, colour_table, segmentation_masks
 from multidiffusion.regions.masks import (
     MaskLike,
     PackedMask,
     box_mask,
-    colour_hex,
-    colour_table,
     encode_mask,
     feather_mask,
     fit_mask,
     read_mask,
-    segmentation_masks,
     to_latent_grid,
 )
 
