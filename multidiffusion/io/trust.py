@@ -37,6 +37,8 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
+from multidiffusion.io.messages import shown
+
 __all__ = [
     "PICKLE_SUFFIXES",
     "WEIGHT_SUFFIXES",
@@ -159,10 +161,10 @@ def typed_weights(spec: str | os.PathLike) -> str | TypedPath:
     return text
 
 
-def _short(value: Any) -> str:
-    """A value for a message: its repr, cut to 80 characters (a hostile name may be megabytes)."""
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:77]}..."
+def _path_text(path: str) -> str:
+    """A file name for a message: whole (quoted) up to 200 characters, so that two names differ in the
+    message only where they differ; longer (a hostile scene's) cut short."""
+    return repr(path) if len(path) <= 200 else shown(path)
 
 
 @dataclass(frozen=True)
@@ -212,7 +214,7 @@ class Origin:
             root = os.path.realpath(self.base)
             if os.path.commonpath([root, os.path.realpath(full)]) != root:
                 raise ValueError(
-                    f"{field} {_short(value)} is outside the scene's folder: a scene reads files under its own "
+                    f"{field} {_path_text(value)} is outside the scene's folder: a scene reads files under its own "
                     "folder (allow more with --allow-outside-files, or allow_outside=True)"
                 )
         return os.path.abspath(full)
@@ -239,7 +241,7 @@ class Origin:
         if not is_record(value):
             raise ValueError(
                 f"{field} must be an image file, a PNG data URI or a table {{ path = ..., sha256 = ... }} (a stored "
-                f"input's record), got {_short(dict(value))}"
+                f"input's record), got {shown(dict(value))}"
             )
         if value["path"] is None:
             return dict(value)
@@ -255,7 +257,7 @@ class Origin:
         (:class:`RepoId`, hub only); anything else is refused. Stored: ``"demo"`` or a repo id (hub
         only); a file is refused (``again`` says how to give it)."""
         if not isinstance(value, str) or not value or "\0" in value:
-            raise ValueError(f"{field} must be a name: 'demo', a file or a Hugging Face repo id, got {_short(value)}")
+            raise ValueError(f"{field} must be a name: 'demo', a file or a Hugging Face repo id, got {shown(value)}")
         if value == "demo" or self.trust == Trust.TYPED:
             return value
         if self.trust == Trust.STORED:
@@ -270,5 +272,5 @@ class Origin:
         if is_repo_id(value):
             return RepoId(value)
         raise ValueError(
-            f"{field} {_short(value)} is neither a file under the scene's folder nor a Hugging Face repo id (org/name)"
+            f"{field} {shown(value)} is neither a file under the scene's folder nor a Hugging Face repo id (org/name)"
         )

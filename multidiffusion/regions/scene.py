@@ -83,6 +83,7 @@ from pathlib import Path
 from typing import Any
 
 from multidiffusion.io.budget import check_embedded
+from multidiffusion.io.messages import shown
 from multidiffusion.io.trust import Origin, RecordedFile, Trust, TypedPath, is_pickle_path, pickle_allowed
 from multidiffusion.options import (
     CONTROL_INPUT,
@@ -292,11 +293,11 @@ def parse_scene(
     values = {k: v for k, v in data.items() if k not in METADATA_ONLY}
     for key, kind in SCENE_ONLY.items():
         if values.get(key) is not None and not _kind_ok(kind, values[key]):
-            raise ValueError(_at(source, f"{key} must be {kind}, got {_short(values[key])}"))
+            raise ValueError(_at(source, f"{key} must be {kind}, got {shown(values[key])}"))
     mode = data.get("mode")  # stored parameters name the task "mode"
     task = values.pop("task", None) or (mode if isinstance(mode, str) else None) or "regions"
     if task not in TASK_OPTIONS:
-        raise ValueError(_at(source, f"task must be one of {', '.join(map(repr, TASK_OPTIONS))}, got {_short(task)}"))
+        raise ValueError(_at(source, f"task must be one of {', '.join(map(repr, TASK_OPTIONS))}, got {shown(task)}"))
     model = values.pop("model", None)
     if model is not None:
         model = origin.weights(model, _at(source, "model"), "pass --model again")
@@ -384,7 +385,7 @@ def _loras(table: Any, origin: Origin, source: str) -> list[tuple[str, str, floa
     loras = []
     for name, entry in table.items():
         where = _at(source, f"loras.{name}")
-        bad = f"{where} must be a file name or a table {{ file = ..., weight = ... }}, got {_short(entry)}"
+        bad = f"{where} must be a file name or a table {{ file = ..., weight = ... }}, got {shown(entry)}"
         if isinstance(entry, Mapping):
             if set(entry) - {"file", "weight"} or not isinstance(entry.get("file"), str):
                 raise ValueError(bad)
@@ -394,15 +395,9 @@ def _loras(table: Any, origin: Origin, source: str) -> list[tuple[str, str, floa
         else:
             raise ValueError(bad)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not -10 <= weight <= 10:
-            raise ValueError(f"{where}.weight must be a number from -10 to 10, got {_short(weight)}")
+            raise ValueError(f"{where}.weight must be a number from -10 to 10, got {shown(weight)}")
         loras.append((str(name), _weights(spec, origin, where, f"--lora {name}=FILE"), float(weight)))
     return loras
-
-
-def _short(value: Any) -> str:
-    """A value for a message: its repr, at most 80 characters."""
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:77]}..."
 
 
 def _at(source: str, message: str) -> str:
