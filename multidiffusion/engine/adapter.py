@@ -41,11 +41,11 @@ from multidiffusion.vae.codec import vae_scale_factor
 if TYPE_CHECKING:
     from multidiffusion.engine.task import PromptSlots
 
-__all__ = ["Conditioning", "ModelAdapter", "map_tensors", "select_rows"]
+__all__ = ["ModelAdapter", "PromptEmbeddings", "map_tensors", "select_rows"]
 
 
 @dataclass
-class Conditioning:
+class PromptEmbeddings:
     """Encoded prompts: for each named input a tensor (P, B, ...) for P prompt slots and B images.
 
     ``negative`` is None when classifier-free guidance is off.
@@ -168,15 +168,15 @@ class ModelAdapter:
         negatives: Sequence[Sequence[str]],
         num_images: int,
         guidance: bool,
-    ) -> Conditioning:
+    ) -> PromptEmbeddings:
         """Encode P prompt slots of B' prompts each (and their negatives) for ``num_images`` each."""
         raise NotImplementedError
 
-    def unet_kwargs(self, cond: Conditioning, jobs: Sequence[Job], canvas: tuple[int, int]) -> dict[str, Any]:
+    def unet_kwargs(self, cond: PromptEmbeddings, jobs: Sequence[Job], canvas: tuple[int, int]) -> dict[str, Any]:
         """Keyword arguments of the model call for a batch of jobs (``canvas`` in latent pixels)."""
         raise NotImplementedError
 
-    def condition(self, slots: PromptSlots, num_images: int) -> tuple[Conditioning, list[float]]:
+    def condition(self, slots: PromptSlots, num_images: int) -> tuple[PromptEmbeddings, list[float]]:
         """The prompts encoded once for the call, and the classifier-free guidance scale of each slot:
         guidance runs when some slot's scale exceeds 1 (diffusers' rule)."""
         guided = max(slots.guidance) > 1.0

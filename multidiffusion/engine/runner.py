@@ -21,7 +21,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
 from multidiffusion.engine import distributed
-from multidiffusion.engine.adapter import Conditioning
+from multidiffusion.engine.adapter import PromptEmbeddings
 from multidiffusion.engine.control import build_controls
 from multidiffusion.engine.estimate import auto_batch, check_budget
 from multidiffusion.engine.loras import LoraSwitch
@@ -242,7 +242,7 @@ def largest_view(plan: Any) -> tuple[int, int]:
     return view.height, view.width
 
 
-def _without_idle_guidance(cond: Conditioning) -> Conditioning:
+def _without_idle_guidance(cond: PromptEmbeddings) -> PromptEmbeddings:
     """``cond`` without its negative branch when that branch is the positive one (an upscale's empty
     prompt and empty negative): then ε_c = ε_u and ε_u + s (ε_c − ε_u) = ε_c for any s, so the
     unconditional rows are skipped (half the model evaluations, the same output)."""
@@ -250,7 +250,7 @@ def _without_idle_guidance(cond: Conditioning) -> Conditioning:
     if negative is None or negative.keys() != cond.positive.keys():
         return cond
     if all(torch.equal(cond.positive[k], negative[k]) for k in negative):
-        return Conditioning(cond.positive, None)
+        return PromptEmbeddings(cond.positive, None)
     return cond
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from multidiffusion.engine.adapter import Conditioning, ModelAdapter, select_rows
+from multidiffusion.engine.adapter import ModelAdapter, PromptEmbeddings, select_rows
 from multidiffusion.engine.control import Controls
 from multidiffusion.engine.fusion import FusionPlan, InputComposer, Job, fused_prediction
 from multidiffusion.engine.loras import LoraSwitch
@@ -84,7 +84,7 @@ class GuidedModel:
     def __init__(
         self,
         adapter: ModelAdapter,
-        cond: Conditioning,
+        cond: PromptEmbeddings,
         guidance: Sequence[float],
         canvas: tuple[int, int],
         stats: SamplingStats | None = None,

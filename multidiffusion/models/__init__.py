@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from multidiffusion.engine.adapter import Conditioning, ModelAdapter
+from multidiffusion.engine.adapter import ModelAdapter, PromptEmbeddings
 from multidiffusion.models.families import FAMILY_OPTIONS
 from multidiffusion.models.sd import StableDiffusionAdapter
 from multidiffusion.models.sdxl import StableDiffusionXLAdapter
 
 __all__ = [
     "FAMILIES",
-    "Conditioning",
     "ModelAdapter",
+    "PromptEmbeddings",
     "StableDiffusionAdapter",
     "StableDiffusionXLAdapter",
     "adapter_for",

@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from multidiffusion.engine.adapter import Conditioning, map_tensors, split_slots
+from multidiffusion.engine.adapter import PromptEmbeddings, map_tensors, split_slots
 from multidiffusion.engine.fusion import Job
 from multidiffusion.models.flow import FlowMatchingAdapter
 
@@ -135,7 +135,7 @@ class FluxAdapter(FlowMatchingAdapter):
             "max_sequence_length": self.max_sequence_length,
         }
 
-    def condition(self, slots: Any, num_images: int) -> tuple[Conditioning, list[float]]:
+    def condition(self, slots: Any, num_images: int) -> tuple[PromptEmbeddings, list[float]]:
         """Prompts encoded once; true CFG when ``true_cfg_scale`` > 1 and some negative is given; the
         guidance embedding (dev) of each slot is the slot's ``guidance_scale``."""
         negatives_given = any(n for slot in slots.negatives for n in slot)
@@ -155,7 +155,7 @@ class FluxAdapter(FlowMatchingAdapter):
         negatives: Sequence[Sequence[str]],
         num_images: int,
         guidance: bool,
-    ) -> Conditioning:
+    ) -> PromptEmbeddings:
         slots = len(prompts)
 
         def encoded(texts: list[str]) -> dict[str, torch.Tensor]:
@@ -173,9 +173,9 @@ class FluxAdapter(FlowMatchingAdapter):
 
         positive = encoded([p for slot in prompts for p in slot])
         negative = encoded([n for slot in negatives for n in slot]) if guidance else None
-        return Conditioning(positive, negative)
+        return PromptEmbeddings(positive, negative)
 
-    def unet_kwargs(self, cond: Conditioning, jobs: Sequence[Job], canvas: tuple[int, int]) -> dict[str, Any]:
+    def unet_kwargs(self, cond: PromptEmbeddings, jobs: Sequence[Job], canvas: tuple[int, int]) -> dict[str, Any]:
         slots = [job.prompt for job in jobs]
         kwargs = {name: cond.gather(name, slots) for name in cond.positive}
         if self.positions == "canvas":

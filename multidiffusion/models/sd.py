@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from multidiffusion.engine.adapter import Conditioning, ModelAdapter, split_slots
+from multidiffusion.engine.adapter import ModelAdapter, PromptEmbeddings, split_slots
 from multidiffusion.engine.fusion import Job
 
 __all__ = ["StableDiffusionAdapter"]
@@ -33,7 +33,7 @@ class StableDiffusionAdapter(ModelAdapter):
         negatives: Sequence[Sequence[str]],
         num_images: int,
         guidance: bool,
-    ) -> Conditioning:
+    ) -> PromptEmbeddings:
         flat = [p for slot in prompts for p in slot]
         flat_neg = [n for slot in negatives for n in slot]
         pos, neg = self.pipe.encode_prompt(
@@ -45,7 +45,7 @@ class StableDiffusionAdapter(ModelAdapter):
             clip_skip=self.clip_skip,
         )
         slots = len(prompts)
-        return Conditioning(
+        return PromptEmbeddings(
             positive={"encoder_hidden_states": split_slots(pos, slots)},
             negative={"encoder_hidden_states": split_slots(neg, slots)} if guidance else None,
         )
@@ -56,5 +56,5 @@ class StableDiffusionAdapter(ModelAdapter):
         check_controlnet(net, self.unet, name)
         return net
 
-    def unet_kwargs(self, cond: Conditioning, jobs: Sequence[Job], canvas: tuple[int, int]) -> dict[str, Any]:
+    def unet_kwargs(self, cond: PromptEmbeddings, jobs: Sequence[Job], canvas: tuple[int, int]) -> dict[str, Any]:
         return {"encoder_hidden_states": cond.gather("encoder_hidden_states", [job.prompt for job in jobs])}

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from multidiffusion.engine.adapter import Conditioning, split_slots
+from multidiffusion.engine.adapter import PromptEmbeddings, split_slots
 from multidiffusion.engine.fusion import Job
 from multidiffusion.models.flow import FlowMatchingAdapter
 
@@ -114,7 +114,7 @@ class StableDiffusion3Adapter(FlowMatchingAdapter):
         negatives: Sequence[Sequence[str]],
         num_images: int,
         guidance: bool,
-    ) -> Conditioning:
+    ) -> PromptEmbeddings:
         flat = [p for slot in prompts for p in slot]
         flat_neg = [n for slot in negatives for n in slot]
         pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
@@ -131,14 +131,14 @@ class StableDiffusion3Adapter(FlowMatchingAdapter):
         slots = len(prompts)
         positive = {"encoder_hidden_states": split_slots(pos, slots), "pooled_projections": split_slots(pooled, slots)}
         if not guidance:
-            return Conditioning(positive, None)
+            return PromptEmbeddings(positive, None)
         negative = {
             "encoder_hidden_states": split_slots(neg, slots),
             "pooled_projections": split_slots(neg_pooled, slots),
         }
-        return Conditioning(positive, negative)
+        return PromptEmbeddings(positive, negative)
 
-    def unet_kwargs(self, cond: Conditioning, jobs: Sequence[Job], canvas: tuple[int, int]) -> dict[str, Any]:
+    def unet_kwargs(self, cond: PromptEmbeddings, jobs: Sequence[Job], canvas: tuple[int, int]) -> dict[str, Any]:
         slots = [job.prompt for job in jobs]
         return {name: cond.gather(name, slots) for name in cond.positive}
 

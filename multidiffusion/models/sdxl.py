@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from multidiffusion.engine.adapter import Conditioning, ModelAdapter, split_slots
+from multidiffusion.engine.adapter import ModelAdapter, PromptEmbeddings, split_slots
 from multidiffusion.engine.fusion import Job
 
 __all__ = ["CROPS_COORDS", "ORIGINAL_SIZES", "StableDiffusionXLAdapter"]
@@ -102,7 +102,7 @@ class StableDiffusionXLAdapter(ModelAdapter):
         negatives: Sequence[Sequence[str]],
         num_images: int,
         guidance: bool,
-    ) -> Conditioning:
+    ) -> PromptEmbeddings:
         flat = [p for slot in prompts for p in slot]
         flat_neg = [n for slot in negatives for n in slot]
         pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
@@ -116,7 +116,7 @@ class StableDiffusionXLAdapter(ModelAdapter):
         slots = len(prompts)
         positive = {"encoder_hidden_states": split_slots(pos, slots), "text_embeds": split_slots(pooled, slots)}
         if not guidance:
-            return Conditioning(positive, None)
+            return PromptEmbeddings(positive, None)
         if self.pipe.config.get("force_zeros_for_empty_prompt", False):
             # SDXL's unconditional branch is all zeros where no negative prompt is given, as in diffusers
             # (negative_prompt=None); an empty string counts as none here
@@ -124,7 +124,7 @@ class StableDiffusionXLAdapter(ModelAdapter):
             neg = torch.where(empty.view(-1, 1, 1), torch.zeros_like(neg), neg)
             neg_pooled = torch.where(empty.view(-1, 1), torch.zeros_like(neg_pooled), neg_pooled)
         negative = {"encoder_hidden_states": split_slots(neg, slots), "text_embeds": split_slots(neg_pooled, slots)}
-        return Conditioning(positive, negative)
+        return PromptEmbeddings(positive, negative)
 
     def adopt_controlnet(self, net: Any, name: str) -> Any:
         from multidiffusion.models.controlnet import check_controlnet
@@ -132,7 +132,7 @@ class StableDiffusionXLAdapter(ModelAdapter):
         check_controlnet(net, self.unet, name)
         return net
 
-    def unet_kwargs(self, cond: Conditioning, jobs: Sequence[Job], canvas: tuple[int, int]) -> dict[str, Any]:
+    def unet_kwargs(self, cond: PromptEmbeddings, jobs: Sequence[Job], canvas: tuple[int, int]) -> dict[str, Any]:
         slots = [job.prompt for job in jobs]
         text_embeds = cond.gather("text_embeds", slots)
         return {
