@@ -3,7 +3,7 @@ wrapping.
 
 A canvas larger than the VAE's native size is decoded (or encoded) in overlapping tiles blended with
 linear ramps, with canvas-wide GroupNorm statistics from a first pass over the tiles, so tiles agree
-in tone (see :mod:`multidiffusion.vae.tiles`). Peak memory depends on the tile size, not the
+in tone (see :mod:`multidiffusion.vae.norms`). Peak memory depends on the tile size, not the
 canvas size. The mid block and its attention run whole up to ``latent_tile`` latent pixels a side
 and in windows beyond, so no full-image attention matrix of a large canvas is ever formed (see
 :mod:`multidiffusion.vae.stages`). :func:`decode_to_uint8` converts each finished band of rows to 8
@@ -26,8 +26,10 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
+from multidiffusion.vae.latents import LatentFormat, ScaledLatents
+from multidiffusion.vae.norms import NORM_STATS, Collective, GroupNormStats
 from multidiffusion.vae.stages import decoder_stages, encoder_stages, run_latent_stage
-from multidiffusion.vae.tiles import NORM_STATS, Collective, GroupNormStats, run_tiled
+from multidiffusion.vae.tiles import run_tiled
 
 __all__ = [
     "cache_bytes",
@@ -37,8 +39,6 @@ __all__ = [
     "default_tile",
     "encode_constant",
     "encode_images",
-    "scale_latents",
-    "unscale_latents",
     "vae_scale_factor",
 ]
 
@@ -61,46 +61,6 @@ def default_tile(vae: nn.Module) -> int:
     return max(MIN_TILE, int(sample) // vae_scale_factor(vae))
 
 
-def _latent_stats(vae: nn.Module, latents: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    mean = getattr(vae.config, "latents_mean", None)
-    std = getattr(vae.config, "latents_std", None)
-    if mean is None or std is None:
-        return None, None
-    shape = (1, len(mean), 1, 1)
-    return (
-        torch.tensor(mean, device=latents.device, dtype=latents.dtype).view(shape),
-        torch.tensor(std, device=latents.device, dtype=latents.dtype).view(shape),
-    )
-
-
-def _shift(vae: nn.Module) -> float | None:
-    """The VAE's ``shift_factor`` (SD 3 and FLUX VAEs), None when it has none."""
-    return getattr(vae.config, "shift_factor", None)
-
-
-def unscale_latents(vae: nn.Module, latents: torch.Tensor) -> torch.Tensor:
-    """Diffusion latents to the VAE's own latent space (inverse of :func:`scale_latents`)."""
-    mean, std = _latent_stats(vae, latents)
-    if mean is not None:
-        return latents * std / vae.config.scaling_factor + mean
-    shift = _shift(vae)
-    if shift is not None:
-        return latents / vae.config.scaling_factor + shift
-    return latents / vae.config.scaling_factor
-
-
-def scale_latents(vae: nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """The VAE's latents to diffusion latents: z * scaling_factor; (z - shift_factor) * scaling_factor
-    for VAEs with a shift (SD 3, FLUX: as their pipelines); with SDXL-style mean/std if set."""
-    mean, std = _latent_stats(vae, z)
-    if mean is not None:
-        return (z - mean) * vae.config.scaling_factor / std
-    shift = _shift(vae)
-    if shift is not None:
-        return (z - shift) * vae.config.scaling_factor
-    return z * vae.config.scaling_factor
-
-
 @contextlib.contextmanager
 def _upcast_if_needed(vae: nn.Module) -> Iterator[torch.dtype]:
     """SDXL's VAE overflows in float16 (``force_upcast``): decode in float32, as diffusers does."""
@@ -117,7 +77,7 @@ def _upcast_if_needed(vae: nn.Module) -> Iterator[torch.dtype]:
 
 CACHE_MB = 2048
 """Most memory (MiB) the exact statistics keep by default to resume their passes (see
-:class:`~multidiffusion.vae.tiles.GroupNormStats`), and at most a quarter of what is free."""
+:class:`~multidiffusion.vae.norms.GroupNormStats`), and at most a quarter of what is free."""
 
 
 def _free_bytes(device: torch.device) -> int | None:
@@ -181,6 +141,7 @@ def _decode(
     norm_stats: str = "exact",
     share: Collective | None = None,
     cache_mb: float | None = None,
+    latent_format: LatentFormat | None = None,
 ) -> None:
     """Decode into ``write(first_row, rows)``: bands of image rows, full width, wrap padding removed;
     with ``share``, the ranks split the pixel stage's tiles (:func:`~multidiffusion.vae.tiles.run_tiled`)
@@ -189,7 +150,7 @@ def _decode(
     cache = cache_bytes(cache_mb, latents.device)
     f = vae_scale_factor(vae)
     with _upcast_if_needed(vae) as dtype:
-        z = unscale_latents(vae, latents).to(dtype)
+        z = (latent_format or ScaledLatents.of(vae)).to_vae(latents).to(dtype)
         pad = min(max(overlap, 8), z.shape[-1]) if circular else 0
         if pad:
             z = torch.cat([z[..., -pad:], z, z[..., :pad]], dim=-1)
@@ -224,6 +185,7 @@ def decode_latents(
     norm_stats: str = "exact",
     share: Collective | None = None,
     cache_mb: float | None = None,
+    latent_format: LatentFormat | None = None,
 ) -> torch.Tensor:
     """Decode diffusion latents (B, C, h, w) to images (B, 3, h*f, w*f) in [-1, 1].
 
@@ -238,7 +200,8 @@ def decode_latents(
     each tile (:mod:`~multidiffusion.vae.heap`): README "Speed and memory"). With ``circular``,
     the canvas wraps horizontally: the left and right edges are decoded as neighbours. A canvas that
     fits in one tile is decoded whole, exactly as diffusers does. ``share``: processes that split the
-    tiles, each getting the whole image (:mod:`multidiffusion.vae.tiles`).
+    tiles, each getting the whole image (:mod:`multidiffusion.vae.tiles`). ``latent_format``: how
+    the model's latents map to the VAE's (its adapter's; default: :class:`ScaledLatents` of the VAE).
     """
     f = vae_scale_factor(vae)
     shape = (latents.shape[0], vae.config.out_channels, latents.shape[-2] * f, latents.shape[-1] * f)
@@ -247,7 +210,7 @@ def decode_latents(
     def write(row: int, rows: torch.Tensor) -> None:
         image[..., row : row + rows.shape[-2], :] = rows
 
-    _decode(vae, latents, circular, tile, overlap, write, latent_tile, norm_stats, share, cache_mb)
+    _decode(vae, latents, circular, tile, overlap, write, latent_tile, norm_stats, share, cache_mb, latent_format)
     return image
 
 
@@ -263,6 +226,7 @@ def decode_to_uint8(
     norm_stats: str = "exact",
     share: Collective | None = None,
     cache_mb: float | None = None,
+    latent_format: LatentFormat | None = None,
 ) -> torch.Tensor:
     """Like :func:`decode_latents`, but straight to 8-bit images (B, H, W, 3) on the CPU, converted
     one band of rows at a time (as diffusers' ``numpy_to_pil`` rounds), so no float copy of the
@@ -275,7 +239,7 @@ def decode_to_uint8(
         rows = rows.float().mul_(0.5).add_(0.5).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
         image[:, row : row + rows.shape[-2]] = rows.permute(0, 2, 3, 1).cpu()
 
-    _decode(vae, latents, circular, tile, overlap, write, latent_tile, norm_stats, share, cache_mb)
+    _decode(vae, latents, circular, tile, overlap, write, latent_tile, norm_stats, share, cache_mb, latent_format)
     return image
 
 
@@ -299,6 +263,7 @@ def encode_images(
     sample: bool = False,
     share: Collective | None = None,
     cache_mb: float | None = None,
+    latent_format: LatentFormat | None = None,
 ) -> torch.Tensor:
     """Encode images (B, 3, H, W) in [-1, 1] to diffusion latents (B, C, H/f, W/f), scaled.
 
@@ -308,7 +273,8 @@ def encode_images(
     (default 2 * tile). Memory depends on the tile, not the image. Returns the posterior's mean, or
     a sample drawn with ``generator`` when ``sample`` (as diffusers' ``latent_dist.sample``; a list
     of generators gives one sample of the first image per generator, as diffusers' image-to-image
-    pipelines draw them). ``share``: processes that split the pixel stage's tiles, as the decode.
+    pipelines draw them). ``share``: processes that split the pixel stage's tiles, as the decode;
+    ``latent_format`` as :func:`decode_latents`'s.
     """
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
@@ -345,15 +311,22 @@ def encode_images(
             z = torch.cat([DiagonalGaussianDistribution(moments[:1].float()).sample(g) for g in generator])
         else:
             z = dist.sample(generator) if sample else dist.mode()
-    return scale_latents(vae, z.to(vae.dtype))
+    return (latent_format or ScaledLatents.of(vae)).from_vae(z.to(vae.dtype))
 
 
 @torch.no_grad()
-def encode_constant(vae: nn.Module, colours: torch.Tensor, size: tuple[int, int], batch: int = 4) -> torch.Tensor:
+def encode_constant(
+    vae: nn.Module,
+    colours: torch.Tensor,
+    size: tuple[int, int],
+    batch: int = 4,
+    latent_format: LatentFormat | None = None,
+) -> torch.Tensor:
     """Diffusion latents (N, C, *size) of constant images of ``colours`` (N, 3) in [0, 1].
 
     Each image is ``size`` latent pixels (times the VAE's factor) and encoded whole, ``batch`` per
-    call, edges included; the posterior's mean is used, scaled like any diffusion latent.
+    call, edges included; the posterior's mean is used, mapped like any diffusion latent
+    (``latent_format``, as :func:`decode_latents`'s).
     """
     f = vae_scale_factor(vae)
     out = []
@@ -362,7 +335,7 @@ def encode_constant(vae: nn.Module, colours: torch.Tensor, size: tuple[int, int]
             images = (2 * chunk - 1).to(device=vae.device, dtype=dtype)[:, :, None, None]
             images = images.expand(-1, -1, size[0] * f, size[1] * f).contiguous()
             out.append(vae.encode(images).latent_dist.mean)
-    return scale_latents(vae, torch.cat(out))
+    return (latent_format or ScaledLatents.of(vae)).from_vae(torch.cat(out))
 
 
 def _encode_moments(vae: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from multidiffusion.vae.tiles import GroupNormStats, run_tiled
+from multidiffusion.vae.norms import GroupNormStats
+from multidiffusion.vae.tiles import run_tiled
 
 __all__ = ["Stages", "decoder_stages", "encoder_stages", "run_latent_stage"]
 
