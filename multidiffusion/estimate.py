@@ -1,5 +1,5 @@
 """What a run with a loaded model will cost, before its first model call: the task built and its
-first step planned as the runner does, then counted by :mod:`multidiffusion.engine.estimate` (the
+first step planned as the runner does, then counted by :mod:`multidiffusion.runner.estimate` (the
 costs, their units and why). Above the engine because it builds the task (:mod:`multidiffusion.tasks`).
 """
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from multidiffusion.engine.estimate import PLAN_JOBS, Estimate, _grid_jobs, estimate_run, memory_refusal
+from multidiffusion.runner.estimate import PLAN_JOBS, Estimate, _grid_jobs, estimate_run, memory_refusal
 
 __all__ = ["Estimate", "check_memory", "estimate", "memory_refusal"]
 
@@ -16,7 +16,7 @@ def estimate(md: Any, options: Any, **context: Any) -> Estimate:
     """The estimate of running ``options`` (checked task options) with ``md``: no model call, no
     encoding; the task, its first plan and the timesteps as the runner makes them. ``context`` as
     :meth:`~multidiffusion.pipeline.MultiDiffusion.generate` (a regions ``layout``)."""
-    from multidiffusion.engine.runner import planned_steps
+    from multidiffusion.runner.run import planned_steps
     from multidiffusion.engine.schedulers import make_scheduler
     from multidiffusion.tasks import task_for
 

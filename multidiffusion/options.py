@@ -29,13 +29,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import InitVar, dataclass, field
 from typing import Any, ClassVar
 
+from multidiffusion.conditionings import ConditioningOptions
+from multidiffusion.conditionings import check_options as check_conditionings
+from multidiffusion.conditionings.controlnet import CONTROL_INPUT, MAX_CONTROL_SCALE, control_settings
 from multidiffusion.engine.schedulers import FLOW_SCHEDULERS, SCHEDULERS, scheduler_name
 from multidiffusion.engine.views import WEIGHTS
 from multidiffusion.engine.windows import PLACEMENTS
+from multidiffusion.io.checks import check_choice, check_int, check_number, check_same_aspect
 from multidiffusion.io.messages import shown
 from multidiffusion.regions.layout import MAX_REGIONS, Region, as_regions
 
 __all__ = [
+    "CONTROL_INPUT",
+    "MAX_CONTROL_SCALE",
     "MAX_GUIDANCE",
     "MAX_IMAGES",
     "MAX_PROMPT_CHARS",
@@ -70,6 +76,7 @@ __all__ = [
     "check_side",
     "check_strength",
     "check_text",
+    "control_settings",
     "pair",
     "random_seed",
     "shown",
@@ -101,33 +108,6 @@ past a few hundred the guided noise estimate leaves the range the scheduler can 
 at 1e308 it overflows to inf and every pixel comes out black."""
 
 
-def check_int(name: str, value: Any, lo: int, hi: int | None = None, note: str = "") -> int:
-    """``value`` as an int in [lo, hi] (integral floats accepted); ValueError naming ``name`` otherwise."""
-    allowed = f"an integer ≥ {lo}" if hi is None else f"an integer from {lo} to {hi}"
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise ValueError(f"{name} must be {allowed}, got {shown(value)}")
-    if value < lo or (hi is not None and value > hi):
-        raise ValueError(f"{name} must be {allowed}, got {shown(value)}{note}")
-    return value
-
-
-def check_number(name: str, value: Any, lo: float, hi: float | None = None) -> float:
-    """``value`` as a finite float in [lo, hi]; ValueError naming ``name`` otherwise."""
-    allowed = f"a number ≥ {lo}" if hi is None else f"a number from {lo} to {hi}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be {allowed}, got {shown(value)}")
-    try:
-        finite = math.isfinite(value)  # an int past float's range overflows here
-    except OverflowError:
-        finite = False
-    if not finite or value < lo or (hi is not None and value > hi):
-        raise ValueError(f"{name} must be {allowed}, got {shown(value)}")
-    return float(value)
-
-
 def check_guidance(name: str, value: Any) -> float:
     """A guidance scale: a number from 0 to :data:`MAX_GUIDANCE`."""
     value = check_number(name, value, 0)
@@ -148,12 +128,6 @@ def check_side(name: str, value: Any, multiple: int = 8, max_side: int = MAX_SID
         raise ValueError(f"{name} must be {allowed} (pixels), got {shown(value)}")
     if value % multiple or not MIN_SIDE <= value <= max_side:
         raise ValueError(f"{name} must be {allowed} (pixels), got {shown(value)}{note if value > max_side else ''}")
-    return value
-
-
-def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {shown(value)}")
     return value
 
 
@@ -258,13 +232,12 @@ LIBRARY_LIMITS = Limits()
 
 # -- task options ------------------------------------------------------------------------------------
 @dataclass
-class SamplingOptions:
+class SamplingOptions(ConditioningOptions):
     """What every task shares. ``window`` and ``stride`` are latent pixels (an int or (rows, columns));
     None means the model's native window and the task's default stride. ``seed`` is what the shells
     turn into a generator (None or -1: random); the API takes ``generator`` instead."""
 
     task: ClassVar[str] = ""
-    input_control: ClassVar[bool] = False  # whether control_image may be CONTROL_INPUT (the task's input)
 
     num_inference_steps: int | None = None  # None: the model family's (MultiDiffusion.sampling_defaults)
     guidance_scale: float | None = None
@@ -280,13 +253,6 @@ class SamplingOptions:
     scheduler: Any = None
     eta: float = 0.0
     seed: int | None = None
-    control_image: Any = None
-    controlnet_conditioning_scale: float | list[float] = 1.0
-    control_guidance_start: float | list[float] = 0.0
-    control_guidance_end: float | list[float] = 1.0
-    guess_mode: bool = False
-    control_preprocessor: str | list[str] = "none"
-    control_mode: int | list[int] | None = None
     limits: InitVar[Limits | None] = None
     checked_against: Limits = field(default=LIBRARY_LIMITS, init=False, repr=False, compare=False)
 
@@ -320,7 +286,7 @@ class SamplingOptions:
             )
         self.eta = check_number("eta", self.eta, 0, 1)
         self.seed = check_seed("seed", self.seed)
-        _check_controls(self)
+        check_conditionings(self)  # every conditioning kind's fields (ControlNet's, ...)
 
     def settings(self) -> dict[str, Any]:
         """The options as a mapping of API names (what ``build_options`` takes back)."""
@@ -345,116 +311,6 @@ class SamplingOptions:
         image task's strength must run at least one of them."""
         if getattr(self, "strength", None) is not None and self.num_inference_steps is not None:
             self.strength = check_strength(self.strength, steps=self.num_inference_steps)
-
-
-CONTROL_INPUT = "input"
-"""``control_image`` entry of tasks that take the canvas-sized input as a control image (an upscale's
-resized input: the Tile ControlNet convention); recorded as such in the stored settings."""
-
-MAX_CONTROL_SCALE = 10.0
-"""Largest ControlNet conditioning scale (diffusers uses 0-2 in practice; beyond 10 is a typo)."""
-
-
-def _per_control(name: str, value: Any, count: int, lo: float, hi: float) -> list[float]:
-    """A number, or a list of one number per control image, as a list of ``count`` numbers."""
-    if isinstance(value, (list, tuple)):
-        if len(value) != count:
-            raise ValueError(
-                f"{name} must be a number or a list of {count} numbers (one per control image), got {shown(value)}"
-            )
-        return [check_number(f"{name}[{i}]", v, lo, hi) for i, v in enumerate(value)]
-    return [check_number(name, value, lo, hi)] * count
-
-
-def _check_controls(options: SamplingOptions) -> None:
-    """ControlNet settings as diffusers names them: ``control_image`` (one image or a list, one per
-    ControlNet) becomes a list of checked input images; the scales, starts and ends lists of as many
-    numbers; each start below its end. Whether the model has as many ControlNets is checked when
-    the model is known."""
-    if not isinstance(options.guess_mode, bool):
-        raise ValueError(f"guess_mode must be True or False, got {options.guess_mode!r}")
-    if options.control_image is None:
-        for key, default in (
-            ("controlnet_conditioning_scale", 1.0),
-            ("control_guidance_start", 0.0),
-            ("control_guidance_end", 1.0),
-        ):
-            if getattr(options, key) != default:
-                also = ' (control_image="input": the resized input)' if options.input_control else ""
-                raise ValueError(f"{key} applies to a control image: give control_image too{also}")
-        if options.control_mode is not None:
-            raise ValueError("control_mode applies to control images (a Union ControlNet's): give control_image too")
-        return
-    from multidiffusion.images import input_image
-
-    images = options.control_image
-    many = isinstance(images, (list, tuple))
-    images = list(images) if many else [images]
-    if not images:
-        raise ValueError("control_image must be an image or a non-empty list of images")
-    takes_input = getattr(options, "input_control", False)
-    options.control_image = [
-        image
-        if takes_input and isinstance(image, str) and image == CONTROL_INPUT
-        else input_image(image, f"control_image[{i}]" if many else "control_image")
-        for i, image in enumerate(images)
-    ]
-    n = len(images)
-    scales = _per_control(
-        "controlnet_conditioning_scale", options.controlnet_conditioning_scale, n, 0, MAX_CONTROL_SCALE
-    )
-    starts = _per_control("control_guidance_start", options.control_guidance_start, n, 0, 1)
-    ends = _per_control("control_guidance_end", options.control_guidance_end, n, 0, 1)
-    for i, (start, end) in enumerate(zip(starts, ends)):
-        if start >= end:
-            which = f"[{i}]" if n > 1 else ""
-            raise ValueError(
-                f"control_guidance_start{which} must be below control_guidance_end{which}, got {start} and {end}"
-            )
-    from multidiffusion.preprocessors import PREPROCESSORS
-
-    chosen = options.control_preprocessor
-    chosen = list(chosen) if isinstance(chosen, (list, tuple)) else [chosen] * n
-    if len(chosen) != n:
-        raise ValueError(
-            f"control_preprocessor must be a name or a list of {n} names (one per control image), "
-            f"got {options.control_preprocessor!r}"
-        )
-    for i, name in enumerate(chosen):
-        check_choice(f"control_preprocessor[{i}]" if n > 1 else "control_preprocessor", name, tuple(PREPROCESSORS))
-    options.control_preprocessor = chosen if n > 1 else chosen[0]
-    modes = options.control_mode
-    if modes is not None:
-        listed = list(modes) if isinstance(modes, (list, tuple)) else [modes]
-        if len(listed) != n:
-            raise ValueError(
-                f"control_mode must be an integer or a list of {n} integers (a Union ControlNet's mode for each "
-                f"control image), got {modes!r}"
-            )
-        listed = [check_int(f"control_mode[{i}]" if n > 1 else "control_mode", m, 0) for i, m in enumerate(listed)]
-        options.control_mode = listed if n > 1 else listed[0]
-    options.controlnet_conditioning_scale = scales if n > 1 else scales[0]
-    options.control_guidance_start = starts if n > 1 else starts[0]
-    options.control_guidance_end = ends if n > 1 else ends[0]
-
-
-def control_settings(options: SamplingOptions) -> list[tuple[Any, float, float, float, str]]:
-    """(input image, scale, start, end, preprocessor) per control image of checked options; empty
-    without any."""
-    images = options.control_image or []
-
-    def listed(value: Any) -> list[Any]:
-        return list(value) if isinstance(value, list) else [value] * len(images)
-
-    return list(
-        zip(
-            images,
-            listed(options.controlnet_conditioning_scale),
-            listed(options.control_guidance_start),
-            listed(options.control_guidance_end),
-            listed(options.control_preprocessor),
-        )
-    )
 
 
 def check_negative(name: str, value: Any, count: int | None = None) -> None:
@@ -761,17 +617,6 @@ class InpaintOptions(Img2ImgOptions):
         self.mask_blur = check_int("mask_blur", self.mask_blur, 0, 256)
         self.mask = _input_image(self, "mask", mode="L")
         check_same_aspect("mask", self.mask.size, "image", self.image.size)
-
-
-def check_same_aspect(name: str, size: tuple[int, int], other: str, other_size: tuple[int, int]) -> None:
-    """ValueError when an image of ``size`` (height, width) has another aspect ratio than ``other``'s
-    (1 % tolerance: a mask of another size of the same shape is resized)."""
-    (h, w), (oh, ow) = size, other_size
-    if abs(w * oh - ow * h) > 0.01 * ow * h:
-        raise ValueError(
-            f"{name} is {w}x{h} but the {other} is {ow}x{oh}: give a {name} of the same size or at least the same "
-            "aspect ratio"
-        )
 
 
 @dataclass

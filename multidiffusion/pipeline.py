@@ -1,7 +1,7 @@
 """``MultiDiffusion``: the public entry point. Load a model, then one short method per task: each
 builds the task's options (:mod:`multidiffusion.options`, where every argument is checked) and hands
 them to :meth:`MultiDiffusion.generate`, which binds the task to the model
-(:mod:`multidiffusion.tasks`) and runs the one engine (:mod:`multidiffusion.engine.runner`).
+(:mod:`multidiffusion.tasks`) and runs the one engine (:mod:`multidiffusion.runner`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from multidiffusion.engine.adapter import ModelAdapter
-from multidiffusion.engine.runner import RunSettings, run
+from multidiffusion.runner import RunSettings, run
 from multidiffusion.engine.schedulers import make_scheduler
 from multidiffusion.metadata import model_label
 from multidiffusion.models import adapter_for
@@ -614,7 +614,7 @@ class MultiDiffusion:
     ) -> MultiDiffusionOutput:
         """Run any task from its checked options (what the task methods above, the command line,
         scene files and the web app all call). ``should_stop()`` is asked after every step; True
-        raises :class:`~multidiffusion.engine.runner.Cancelled`. Without ``generator`` and
+        raises :class:`~multidiffusion.runner.Cancelled`. Without ``generator`` and
         ``latents``, ``options.seed`` seeds a CPU generator. ``layout``: the regions task's layout from
         :meth:`region_layout` (used when it was made from the same regions and canvas)."""
         if not isinstance(options, SamplingOptions):

@@ -218,7 +218,7 @@ def test_the_cli_prints_an_estimate_before_the_first_step(tiny_model_dir, tmp_pa
 
 
 def test_the_cli_refuses_in_seconds_what_exceeds_the_memory(tiny_model_dir, tmp_path, capsys, monkeypatch):
-    import multidiffusion.engine.estimate as est
+    import multidiffusion.runner.estimate as est
 
     monkeypatch.setattr(est, "available_memory", lambda device: 1024)  # a machine with 1 KiB free
     calls = []
@@ -245,7 +245,7 @@ def test_a_huge_panorama_is_estimated_without_building_its_plan(md16):
 
 
 def test_a_batch_item_beyond_the_memory_is_refused_by_line(tiny_model_dir, tmp_path, capsys, monkeypatch):
-    import multidiffusion.engine.estimate as est
+    import multidiffusion.runner.estimate as est
 
     jobs = tmp_path / "jobs.jsonl"
     line = {"task": "panorama", "prompt": "a lake", "height": 128, "width": 256, "num_inference_steps": 2}

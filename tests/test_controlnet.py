@@ -14,7 +14,7 @@ from PIL import Image
 
 from devtools.components import tiny_sdxl_pipeline
 from multidiffusion import MultiDiffusion
-from multidiffusion.engine.control import control_crop
+from multidiffusion.conditionings.controlnet_run import control_crop
 from multidiffusion.engine.views import View
 from multidiffusion.options import PanoramaOptions
 

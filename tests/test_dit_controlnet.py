@@ -17,7 +17,7 @@ from PIL import Image
 
 from devtools.dit_components import tiny_flux_controlnet, tiny_flux_pipeline, tiny_sd3_controlnet, tiny_sd3_pipeline
 from multidiffusion import MultiDiffusion
-from multidiffusion.engine.control import control_crop
+from multidiffusion.conditionings.controlnet_run import control_crop
 from multidiffusion.engine.views import grid_views
 from multidiffusion.models.flux import pack_latents, unpack_latents
 from multidiffusion.vae.codec import encode_images

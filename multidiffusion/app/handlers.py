@@ -34,7 +34,7 @@ from multidiffusion.app.settings import (
     upscale_request,
 )
 from multidiffusion.app.upscalers import Upscalers
-from multidiffusion.engine.runner import Cancelled as EngineCancelled
+from multidiffusion.runner import Cancelled as EngineCancelled
 from multidiffusion.jobs import run_and_save
 from multidiffusion.metadata import save_png
 

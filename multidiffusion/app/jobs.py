@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from multidiffusion.engine.runner import Cancelled as EngineCancelled
+from multidiffusion.runner import Cancelled as EngineCancelled
 
 __all__ = ["CancelCheck", "Cancelled", "check_cancelled"]
 
@@ -15,7 +15,7 @@ CancelCheck = Callable[[], bool]
 
 class Cancelled(EngineCancelled):
     """The job was cancelled (by its client, or because the client went away). The engine's own
-    :class:`~multidiffusion.engine.runner.Cancelled`, raised between steps, is caught the same way."""
+    :class:`~multidiffusion.runner.Cancelled`, raised between steps, is caught the same way."""
 
     def __init__(self, message: str = "the job was cancelled") -> None:
         super().__init__(message)

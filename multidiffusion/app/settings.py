@@ -211,7 +211,7 @@ def _values(values: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
 
 def steps_that_run(options: Any) -> int:
     """The denoising steps a run takes: all of them, or the last ``int(steps * strength)`` for a task
-    that starts from an image (diffusers' rule, as :func:`multidiffusion.engine.runner.denoising_timesteps`)."""
+    that starts from an image (diffusers' rule, as :func:`multidiffusion.runner.denoising_timesteps`)."""
     steps = options.num_inference_steps
     strength = getattr(options, "strength", None)
     return steps if strength is None or strength >= 1 else min(int(steps * strength), steps)

@@ -20,9 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from multidiffusion.engine.adapter import ModelAdapter, PromptEmbeddings, select_rows
-from multidiffusion.engine.control import Controls
-from multidiffusion.engine.fusion import FusionPlan, InputComposer, Job, fused_prediction
-from multidiffusion.engine.loras import LoraSwitch
+from multidiffusion.engine.conditioning import Conditioning, ModelCall
+from multidiffusion.engine.fusion import Denoiser, FusionPlan, InputComposer, Job, fused_prediction
 from multidiffusion.engine.noising import scale_input
 from multidiffusion.engine.shared_prefix import SharedPrefix
 
@@ -40,13 +39,22 @@ class SamplingStats:
     steps: int = 0
     canvas_pixels: int = 0
     seconds: float = 0.0  # wall time of the whole call, decode included
-    controlnet_calls: int = 0  # ControlNet forward passes (each over a batch of views)
-    lora_switches: int = 0  # changes of the UNet's LoRA set (regions with their own LoRAs)
-    lora_seconds: float = 0.0  # time those changes took
     ranks: int = 1  # processes the views were sharded across (engine.distributed); counts above: all ranks'
     bytes_all_reduced: int = 0  # payload of the sampling steps' all-reduces (Eq. 5 numerators), this rank
     vae_bytes: int = 0  # payload the tiled VAE exchanged between ranks (tiles and GroupNorm moments), this rank
     rank_latent_pixels: list[int] = field(default_factory=list)  # each rank's share, when sharded
+    counts: dict[str, float] = field(default_factory=dict)
+    """What the call's conditionings counted, by name (:meth:`Conditioning.stats`: a ControlNet's
+    ``controlnet_calls``, LoRA switching's ``lora_switches`` and ``lora_seconds``), also readable as
+    attributes (``stats.controlnet_calls``)."""
+
+    def __getattr__(self, name: str) -> float:
+        counts = self.__dict__.get("counts", {})
+        if name in counts:
+            return counts[name]
+        raise AttributeError(
+            f"{type(self).__name__} has no {name!r} (this call's conditionings counted: {sorted(counts)})"
+        )
 
     @property
     def coverage(self) -> float:
@@ -70,15 +78,17 @@ class GuidedModel:
     ``share_prefix=False`` turns that off). ``guidance`` holds one scale per prompt slot (regions may
     set their own).
 
-    Skip-layer guidance (SD 3.5's, where the adapter asks for it at this step:
-    :meth:`~multidiffusion.engine.adapter.ModelAdapter.skip_layer_pass`) adds s_l (ε_c − ε_skip), ε_skip
-    the conditional rows run again with some of the model's layers skipped, as StableDiffusion3Pipeline.
+    ``conditionings`` (:class:`~multidiffusion.engine.conditioning.Conditioning`: ControlNets, LoRA
+    sets, skip-layer guidance, ...) act where they say they are active: each merges its model inputs
+    into the call's keyword arguments, and may add a term to the guided prediction (skip-layer
+    guidance: s_l (ε_c − ε_skip)). The model names none of them.
 
     Shared unconditional branch: jobs of one call that see the same view with bit-identical crops
     and the same negative conditioning (the prompts of a region layout in one window, outside
     bootstrapping) have the same ε_u, so it is evaluated once for them: a window under P prompts
     costs P + 1 UNet rows instead of 2P. The output is unchanged (``share_unconditional=False``
-    turns it off); the paper's loop and diffusers evaluate ε_u once per prompt.
+    turns it off; so does an active conditioning that gives jobs over one crop different inputs);
+    the paper's loop and diffusers evaluate ε_u once per prompt.
     """
 
     def __init__(
@@ -90,12 +100,10 @@ class GuidedModel:
         stats: SamplingStats | None = None,
         share_prefix: bool = True,
         share_unconditional: bool = True,
-        controls: Controls | None = None,
-        loras: LoraSwitch | None = None,
+        conditionings: Sequence[Conditioning] = (),
     ):
         self.adapter = adapter
-        self.loras = loras
-        self.controls = controls if controls else None
+        self.conditionings = list(conditionings)
         self._step = (0, 1)
         self.share_unconditional = share_unconditional
         self._same_negative: dict[tuple[int, int], bool] = {}
@@ -109,16 +117,16 @@ class GuidedModel:
         self._scales: dict[tuple[int, ...], torch.Tensor] = {}
 
     def at_step(self, step: int, steps: int) -> None:
-        """The sampler tells the model which step of how many runs next (ControlNets act in a range)."""
+        """The sampler tells the model which step of how many runs next (conditionings act in a range)."""
         self._step = (step, steps)
 
     def __call__(self, crops: torch.Tensor, t: torch.Tensor, jobs: Sequence[Job]) -> torch.Tensor:
         guided = self.cond.negative is not None
+        step, steps = self._step
         kwargs = self.adapter.unet_kwargs(self.cond, jobs, self.canvas)
         n, per = crops.shape[0], crops.shape[0] // len(jobs)
-        active = self.controls.active(*self._step) if self.controls is not None else []
-        # with a ControlNet acting, ε_u also depends on the control crop: no sharing across jobs
-        share = guided and self.share_unconditional and not active
+        active = [c for c in self.conditionings if c.active(step, steps)]
+        share = guided and self.share_unconditional and all(c.shares_unconditional for c in active)
         groups = self._unconditional_groups(crops, jobs, per) if share else None
         if not guided:
             x, context = crops, contextlib.nullcontext()
@@ -135,15 +143,13 @@ class GuidedModel:
                 if self.prefix is not None
                 else contextlib.nullcontext()
             )
-        if self.loras is not None:
-            self.loras.use(jobs[0].group)  # a batch holds one group (FusionPlan.batches)
-        if active:
-            kwargs = {**kwargs, **self.controls.residuals(active, self.adapter, x, t, jobs, kwargs, guided)}
+        for conditioning in active:
+            extra = conditioning.model_inputs(ModelCall(self.adapter, x, t, jobs, kwargs, guided, step, steps))
+            if extra:
+                kwargs = {**kwargs, **extra}
         with context:
-            out = self.adapter.predict(x, t, kwargs)
-        self.stats.model_calls += self.adapter.network_calls(kwargs)
+            out = self._predict(x, t, kwargs)
         self.stats.jobs += len(jobs)
-        self.stats.evaluations += x.shape[0]
         self.stats.latent_pixels += sum(job.view.height * job.view.width for job in jobs)
         if not guided:
             return out
@@ -153,16 +159,27 @@ class GuidedModel:
             shared, cond = out[: x.shape[0] - n], out[x.shape[0] - n :]
             uncond = shared.index_select(0, _job_rows(groups[1], per, out.device))
         guided_out = uncond + self._scale(jobs, per) * (cond - uncond)
-        skip = self.adapter.skip_layer_pass(*self._step)
-        if skip is None:
+        terms = [c for c in active if c.adds_guidance]
+        if not terms:
             return guided_out
-        # skip-layer guidance: the conditional rows (the last n of x) again, some layers skipped
-        extra, scale = skip
         cond_rows = torch.arange(x.shape[0] - n, x.shape[0], device=crops.device)
-        skipped = self.adapter.predict(crops, t, {**select_rows(kwargs, x.shape[0], cond_rows), **extra})
-        self.stats.model_calls += 1
-        self.stats.evaluations += n
-        return guided_out + scale * (cond - skipped)
+        call = ModelCall(self.adapter, crops, t, jobs, select_rows(kwargs, x.shape[0], cond_rows), True, step, steps)
+
+        def predict(rows: torch.Tensor, call_kwargs: dict[str, Any]) -> torch.Tensor:
+            return self._predict(rows, t, call_kwargs)
+
+        for conditioning in terms:
+            term = conditioning.guidance_term(call, cond, predict)
+            if term is not None:
+                guided_out = guided_out + term
+        return guided_out
+
+    def _predict(self, x: torch.Tensor, t: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+        """The model's output for rows ``x``, counted in the stats."""
+        out = self.adapter.predict(x, t, kwargs)
+        self.stats.model_calls += self.adapter.network_calls(kwargs)
+        self.stats.evaluations += x.shape[0]
+        return out
 
     def _unconditional_groups(
         self, crops: torch.Tensor, jobs: Sequence[Job], per: int
@@ -196,14 +213,22 @@ class GuidedModel:
         return self._same_negative[key]
 
     def attached(self) -> contextlib.AbstractContextManager:
-        """Context for a sampling run: installs the shared-prefix hooks and, with LoRA sets, restores
-        the UNet's adapters after; undone when the run ends."""
+        """Context for a sampling run: installs the shared-prefix hooks and every conditioning's
+        (LoRA sets restored after, ...); undone when the run ends."""
         stack = contextlib.ExitStack()
         if self.prefix is not None:
             stack.enter_context(self.prefix.attached())
-        if self.loras is not None:
-            stack.enter_context(self.loras.attached())
+        for conditioning in self.conditionings:
+            stack.enter_context(conditioning.attached(self.adapter))
         return stack
+
+    def counts(self) -> dict[str, float]:
+        """What the conditionings counted, summed by name (:meth:`Conditioning.stats`)."""
+        counts: dict[str, float] = {}
+        for conditioning in self.conditionings:
+            for name, value in conditioning.stats().items():
+                counts[name] = counts.get(name, 0) + value
+        return counts
 
     def _scale(self, jobs: Sequence[Job], batch: int) -> float | torch.Tensor:
         if self._uniform is not None:
@@ -236,7 +261,7 @@ def _step_kwargs(scheduler, generator, eta: float) -> dict:
 
 
 def sample(
-    model: GuidedModel,
+    model: Denoiser,
     scheduler,
     latents: torch.Tensor,
     timesteps: torch.Tensor,
@@ -253,6 +278,11 @@ def sample(
     noise times ``init_noise_sigma`` for text-to-image, a noised image for image-to-image) to clean
     latents. The scheduler's timesteps (and, for image-to-image, its begin index) are set already.
 
+    ``model`` is any denoiser ``model(crops, t, jobs) -> prediction`` (a
+    :class:`~multidiffusion.engine.fusion.Denoiser`: a :class:`GuidedModel`, or a plain function,
+    k-diffusion style); one that has ``at_step(i, n)`` is told each step first, one with ``stats``
+    (:class:`SamplingStats`) gets the steps and canvas counted.
+
     ``plan_for_step(i)`` gives the views, prompts and weights of step i (fixed for the paper's grid,
     fresh for the shifted fast mode); ``composer_for_step(i, t)`` may rewrite the crops fed to the
     model (bootstrapping of regions, an inpainting model's mask channels); ``callback(i, t, x)`` may
@@ -260,17 +290,22 @@ def sample(
     """
     x = latents
     extra = _step_kwargs(scheduler, generator, eta)
-    model.stats.canvas_pixels = x.shape[-2] * x.shape[-1]
+    stats = getattr(model, "stats", None)
+    at_step = getattr(model, "at_step", None)
+    if stats is not None:
+        stats.canvas_pixels = x.shape[-2] * x.shape[-1]
     order = getattr(scheduler, "order", 1)
     total = -(-len(timesteps) // order)  # steps, as diffusers counts them
     with tqdm(total=total, **(progress or {})) as bar:
         for i, t in enumerate(timesteps):
-            model.at_step(i, len(timesteps))
+            if at_step is not None:
+                at_step(i, len(timesteps))
             x_in = scale_input(scheduler, x, t)
             compose = composer_for_step(i, t) if composer_for_step is not None else None
             prediction = fused_prediction(model, x_in, t, plan_for_step(i), batch_size, compose)
             x = scheduler.step(prediction, t, x, return_dict=False, **extra)[0]
-            model.stats.steps += 1
+            if stats is not None:
+                stats.steps += 1
             if callback is not None:
                 replaced = callback(i, t, x)
                 if replaced is not None:

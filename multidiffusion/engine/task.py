@@ -16,7 +16,7 @@ A task (panorama, regions, img2img, upscale, inpaint, outpaint) states
 - what it does **after each step** (``after_step``: inpainting blends the known image back);
 - the **parameters** that regenerate it (written into PNGs).
 
-The runner (:mod:`.runner`) does the rest for every task: encode -> sample -> decode. A new task is
+The runner (:mod:`multidiffusion.runner`) does the rest for every task: encode -> sample -> decode. A new task is
 a subclass of :class:`Task` and a registration (:data:`multidiffusion.tasks.TASKS`), never new
 parameters of a shared function.
 """
@@ -132,21 +132,16 @@ class Task:
         """What replaces the canvas after each scheduler step (inpainting's blending), or None."""
         return None
 
-    def region_controls(self) -> list[tuple[int, str, Any, float, int]]:
-        """(prompt slot, parameter name, control image, scale, ControlNet index) of prompts with their
-        own control image (regions); none by default."""
+    def region_slots(self) -> list[tuple[int, str, Any]]:
+        """(prompt slot, parameter name, region) of prompts that come from a region (a region layout's:
+        ``(1, "regions[0]", Region(...))``), whose per-region fields (a control image, a LoRA set, ...)
+        the call's conditionings read; none by default."""
         return []
 
-    def control_input(self) -> Any:
-        """The canvas-sized PIL image a ``control_image`` entry "input" stands for (an upscale's
-        resized input), after :meth:`prepare`; None for tasks without one."""
+    def canvas_input(self) -> Any:
+        """The task's input image at the canvas's size (a PIL image: an upscale's resized input),
+        after :meth:`prepare`, for conditionings that take it; None for tasks without one."""
         return None
-
-    def lora_sets(self) -> dict[int, tuple[Any, str]]:
-        """Prompt slot -> (its own LoRA set (:func:`~multidiffusion.engine.loras.lora_key`), the
-        parameter's name for errors), for prompts that have one (regions); the jobs of those slots
-        carry the set as their ``group``."""
-        return {}
 
     def extra_evaluations(self, jobs_per_step: int) -> int:
         """Window evaluations the task spends outside the sampling steps (noise inversion), for the

@@ -31,7 +31,7 @@ offset) and the transformer repeats their blocks (``controlnet_blocks_repeat``).
 the view's image ids, the timestep, text and, when it embeds guidance, the slot's guidance scale;
 with true CFG it runs on the positive prompt only and its output serves both branches, as the
 pipeline. FLUX ControlNets have no guess mode. A ControlNet-Union (``num_mode``) takes a
-``control_mode`` per control image and runs once per image (:mod:`multidiffusion.engine.control`).
+``control_mode`` per control image and runs once per image (:mod:`multidiffusion.conditionings.controlnet_run`).
 
 At one view covering the canvas this is FluxPipeline step for step (``tests/test_dit_equivalence.py``),
 and FluxControlNetPipeline with a ControlNet (``tests/test_dit_controlnet.py``).

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
+from multidiffusion.conditionings.loras import region_lora_sets
 from multidiffusion.engine.fusion import FusionPlan, Job
-from multidiffusion.engine.loras import lora_key
 from multidiffusion.engine.task import PromptSlots, Start, StepComposer, Task
 from multidiffusion.engine.views import grid_views
 from multidiffusion.options import RegionsOptions
@@ -57,31 +57,19 @@ class RegionsTask(Task):
             self.layout.guidance_scales(self.options.guidance_scale),
         )
 
-    def lora_sets(self) -> dict[int, tuple[Any, str]]:
+    def region_slots(self) -> list[tuple[int, str, Any]]:
         offset = self.layout.offset
-        return {
-            offset + i: (lora_key(r.loras), f"regions[{i}].loras")
-            for i, r in enumerate(self.layout.regions)
-            if r.loras is not None
-        }
+        return [(offset + i, f"regions[{i}]", r) for i, r in enumerate(self.layout.regions)]
 
     def plans(self, seed: int) -> Callable[[int], FusionPlan]:
         if self._plan is None:
             jobs = self.layout.jobs(self.views)
-            sets = self.lora_sets()
+            sets = region_lora_sets(self.region_slots())
             if sets:  # a region's LoRA set keeps its jobs in batches of their own
                 jobs = [Job(j.view, j.prompt, j.weight, sets[j.prompt][0] if j.prompt in sets else None) for j in jobs]
             self._plan = FusionPlan(jobs, self.latent_size, self.adapter.device)
         plan = self._plan
         return lambda step: plan
-
-    def region_controls(self) -> list[tuple[int, str, Any, float, int]]:
-        offset = self.layout.offset
-        return [
-            (offset + i, f"regions[{i}].control_image", r.control_image, r.controlnet_conditioning_scale, r.controlnet)
-            for i, r in enumerate(self.layout.regions)
-            if r.control_image is not None
-        ]
 
     @property
     def strength(self) -> float:

@@ -38,12 +38,12 @@ list beside other control images), and the settings record it as ``"control_imag
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import numpy as np
 import torch
 
+from multidiffusion.conditionings.controlnet_run import ControlNetConditioning
 from multidiffusion.engine.inversion import (
     alphas_at,
     ddim_invert,
@@ -56,7 +56,7 @@ from multidiffusion.engine.inversion import (
 from multidiffusion.engine.noising import is_flow_matching, noise_to
 from multidiffusion.engine.sampler import GuidedModel, SamplingStats
 from multidiffusion.engine.task import Start
-from multidiffusion.options import CONTROL_INPUT, UPSCALE_FILTERS, UpscaleOptions
+from multidiffusion.options import UPSCALE_FILTERS, UpscaleOptions
 from multidiffusion.tasks.img2img import Img2ImgTask
 from multidiffusion.upscalers import require_spandrel, upscale_image, upscaler_record
 
@@ -71,17 +71,6 @@ class UpscaleTask(Img2ImgTask):
     options: UpscaleOptions
 
     def __init__(self, options: UpscaleOptions, adapter: Any):
-        if options.control_image is None and getattr(adapter, "controlnets", None):
-            # the Tile ControlNet convention: without a control image, each ControlNet sees the resized input
-            options = copy.copy(options)
-            options.control_image = [CONTROL_INPUT] * len(adapter.controlnets)
-            if len(adapter.controlnets) > 1:
-                options.controlnet_conditioning_scale = [options.controlnet_conditioning_scale] * len(
-                    adapter.controlnets
-                )
-                options.control_guidance_start = [options.control_guidance_start] * len(adapter.controlnets)
-                options.control_guidance_end = [options.control_guidance_end] * len(adapter.controlnets)
-                options.control_preprocessor = [options.control_preprocessor] * len(adapter.controlnets)
         super().__init__(options, adapter)
         self.resized: Any = None  # the input resized to the canvas, after prepare
         self.inversion_stats = SamplingStats()  # what the inversion cost (also added to the run's)
@@ -95,11 +84,11 @@ class UpscaleTask(Img2ImgTask):
         resized = upscale_image(
             o.image.image, size=self.size, upscaler=o.upscaler, allow_pickle=o.allow_pickle, device=self.adapter.device
         )
-        if self.options.control_image:
-            self.resized = resized
+        if self.options.control_image or getattr(self.adapter, "controlnets", None):
+            self.resized = resized  # a control image (the Tile ControlNet convention: the resized input)
         self.input.encode(generator, images, vae_tiling, pixels=_pixels(resized))
 
-    def control_input(self) -> Any:
+    def canvas_input(self) -> Any:
         return self.resized
 
     # -- the start: noised as img2img, or inverted --------------------------------------------------
@@ -154,6 +143,8 @@ class UpscaleTask(Img2ImgTask):
             self.inversion_stats,
             share_prefix=guided.prefix is not None,
             share_unconditional=guided.share_unconditional,
+            # the inversion retraces the model's own path from the image: no ControlNet residuals
+            conditionings=[c for c in guided.conditionings if not isinstance(c, ControlNetConditioning)],
         )
 
     def parameters(self) -> dict[str, Any]:

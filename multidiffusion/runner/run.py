@@ -20,16 +20,15 @@ import torch
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
+from multidiffusion.conditionings import Context, prepare_conditionings
 from multidiffusion.engine import distributed
 from multidiffusion.engine.adapter import PromptEmbeddings
-from multidiffusion.engine.control import build_controls
-from multidiffusion.engine.estimate import auto_batch, check_budget
-from multidiffusion.engine.loras import LoraSwitch
 from multidiffusion.engine.sampler import GuidedModel, SamplingStats, sample
 from multidiffusion.engine.schedulers import FLOW_SCHEDULERS, SCHEDULERS, make_scheduler, scheduler_name
 from multidiffusion.engine.task import Start, Task
 from multidiffusion.options import random_seed
 from multidiffusion.output import MultiDiffusionOutput
+from multidiffusion.runner.estimate import auto_batch, check_budget
 from multidiffusion.vae.codec import decode_latents, decode_to_uint8
 from multidiffusion.version import __version__
 
@@ -103,11 +102,10 @@ def run(
     if shard is not None:
         shard.check_same("a sharded run", _call_fingerprint(task, slots, noise, len(timesteps), plan_for_step(0)))
     cond, guidance = adapter.condition(slots, options.num_images_per_prompt)
-    if not options.guess_mode:  # in guess mode the unconditional branch differs: it gets no ControlNet
+    conditionings = prepare_conditionings(Context(adapter, pipeline), options, task)
+    if not any(c.branches_differ for c in conditionings):  # else the unconditional branch gets other inputs
         cond = _without_idle_guidance(cond)
     stats = SamplingStats()
-    controls = build_controls(options, adapter, task.size, task.region_controls(), task.control_input())
-    loras = _lora_switch(task, adapter)
     model = GuidedModel(
         adapter,
         cond,
@@ -116,8 +114,7 @@ def run(
         stats,
         share_prefix=settings.share_prefix,
         share_unconditional=settings.share_unconditional,
-        controls=controls,
-        loras=loras,
+        conditionings=conditionings,
     )
     batch_size = options.view_batch_size or auto_batch(adapter)
     start = Start(noise, sched, generator, timesteps, model, plan_for_step, batch_size)
@@ -150,14 +147,11 @@ def run(
         "num_images_per_prompt": options.num_images_per_prompt,
         "scheduler": _scheduler_label(scheduler),
         "eta": options.eta,
-        **_control_parameters(options),
+        **{k: v for c in conditionings for k, v in c.record().items()},
         "seed": _seed_of(generator, latents),
         "multidiffusion_version": __version__,
     }
-    if controls is not None:
-        stats.controlnet_calls = controls.calls
-    if loras is not None:
-        stats.lora_switches, stats.lora_seconds = loras.switches, loras.seconds
+    stats.counts.update(model.counts())
     if shard is not None:
         stats.bytes_all_reduced = shard.bytes_all_reduced - reduced
         exchanged = shard.bytes_all_reduced + shard.bytes_broadcast
@@ -183,13 +177,19 @@ def _call_fingerprint(task: Task, slots: Any, noise: torch.Tensor, steps: int, p
 
 def _sum_counts(stats: SamplingStats, shard: Any) -> None:
     """The run's counts summed over the ranks (each counted its own share), each rank's latent pixels kept."""
-    names = ("model_calls", "jobs", "evaluations", "latent_pixels", "controlnet_calls")
-    counts = torch.zeros(len(names) + shard.world, dtype=torch.int64)
-    counts[: len(names)] = torch.tensor([getattr(stats, n) for n in names])
-    counts[len(names) + shard.rank] = stats.latent_pixels
+    names = ("model_calls", "jobs", "evaluations", "latent_pixels")
+    integral = sorted(k for k, v in stats.counts.items() if isinstance(v, int))  # the conditionings' counts
+    counts = torch.zeros(len(names) + len(integral) + shard.world, dtype=torch.int64)
+    counts[: len(names) + len(integral)] = torch.tensor(
+        [getattr(stats, n) for n in names] + [stats.counts[k] for k in integral], dtype=torch.int64
+    )
+    counts[len(names) + len(integral) + shard.rank] = stats.latent_pixels
     shard.all_reduce(counts, "the run's counts")
     for k, name in enumerate(names):
         setattr(stats, name, int(counts[k]))
+    for k, name in enumerate(integral):
+        stats.counts[name] = int(counts[len(names) + k])
+    names = (*names, *integral)
     stats.ranks = shard.world
     stats.rank_latent_pixels = [int(v) for v in counts[len(names) :]]
 
@@ -321,34 +321,6 @@ def _postprocess(adapter: Any, latents: torch.Tensor, output_type: str, circular
     image = decode_latents(adapter.vae, latents, circular=circular, **decode)
     processor = VaeImageProcessor(vae_scale_factor=adapter.vae_scale_factor)
     return processor.postprocess(image, output_type=output_type)
-
-
-def _lora_switch(task: Task, adapter: Any) -> LoraSwitch | None:
-    """The UNet's LoRA switch when some prompt has its own LoRA set, each set checked."""
-    sets = task.lora_sets()
-    if not sets:
-        return None
-    lister = getattr(adapter.pipe, "get_list_adapters", None)
-    loaded = {n for names in (lister() if lister else {}).values() for n in names}
-    switch = LoraSwitch(adapter.unet, loaded)
-    for key, name in sets.values():
-        switch.check(key, name)
-    return switch
-
-
-def _control_parameters(options: Any) -> dict[str, Any]:
-    """The ControlNet settings as stored (control images by path and SHA-256), when there are any."""
-    if not options.control_image:
-        return {}
-    return {
-        "control_image": [image if isinstance(image, str) else image.record() for image in options.control_image],
-        "controlnet_conditioning_scale": options.controlnet_conditioning_scale,
-        "control_guidance_start": options.control_guidance_start,
-        "control_guidance_end": options.control_guidance_end,
-        "guess_mode": options.guess_mode,
-        "control_preprocessor": options.control_preprocessor,
-        **({"control_mode": options.control_mode} if options.control_mode is not None else {}),
-    }
 
 
 def _scheduler_label(scheduler: Any) -> str:

@@ -1,4 +1,4 @@
-"""ControlNet per view: each view's model call gets the control image's crop at that view's place.
+"""ControlNet per view, run: each view's model call gets the control image's crop at that view's place.
 
 A ControlNet adds residuals to the UNet's skip connections, computed from the noisy latents, the
 prompt and a control image (edges, depth, pose, a low-resolution tile). Under MultiDiffusion the
@@ -37,11 +37,12 @@ from typing import Any
 
 import torch
 
-from multidiffusion.engine.adapter import ModelAdapter, map_tensors, select_rows
+from multidiffusion.engine.adapter import map_tensors, select_rows
+from multidiffusion.engine.conditioning import Conditioning, ModelCall
 from multidiffusion.engine.fusion import Job
 from multidiffusion.engine.views import View, crop
 
-__all__ = ["Control", "Controls", "control_crop"]
+__all__ = ["Control", "ControlNetConditioning", "control_crop"]
 
 CROP_CACHE_BYTES = 256 * 1024**2
 """Most bytes of control-image crops kept between steps."""
@@ -99,28 +100,45 @@ def control_crop(image: torch.Tensor, view: View, scale_factor: int) -> torch.Te
     return crop(image, View(view.top * f, view.left * f, view.height * f, view.width * f))
 
 
-class Controls:
-    """The ControlNets of a call: :meth:`residuals` gives the UNet's extra keyword arguments for a
-    batch of jobs at the current step, or an empty dict when no ControlNet acts then.
+class ControlNetConditioning(Conditioning):
+    """The ControlNets of a call: :meth:`model_inputs` gives the model's extra keyword arguments for a
+    batch of jobs at a step where some ControlNet acts (:meth:`active`).
 
     ``guess_mode`` as in diffusers: with guidance, the ControlNet sees only the conditional branch
-    and the unconditional branch gets no residuals."""
+    and the unconditional branch gets no residuals. While a ControlNet acts, ε_u depends on each
+    view's control crop, so it is not shared between jobs (``shares_unconditional``). ``recorded``:
+    the settings as the result stores them."""
 
-    def __init__(self, controls: Sequence[Control], scale_factor: int, guess_mode: bool = False):
+    shares_unconditional = False
+
+    def __init__(
+        self,
+        controls: Sequence[Control],
+        scale_factor: int,
+        guess_mode: bool = False,
+        recorded: dict[str, Any] | None = None,
+    ):
         self.controls = list(controls)
         self.scale_factor = scale_factor
         self.guess_mode = guess_mode
+        self.branches_differ = guess_mode  # the unconditional rows get no residuals
+        self.recorded = recorded or {}
         self.calls = 0  # ControlNet forward passes, for the cost figures
-        self._step = (0, 1)
         self._crops: dict[tuple[int, int, tuple[View, ...], int], torch.Tensor] = {}
         self._bytes = 0
 
-    def __bool__(self) -> bool:
-        return bool(self.controls)
+    def active(self, step: int, steps: int) -> bool:
+        return any(c.active(step, steps) for c in self.controls)
 
-    def active(self, step: int, steps: int) -> list[Control]:
-        self._step = (step, steps)
-        return [c for c in self.controls if c.active(step, steps)]
+    def model_inputs(self, call: ModelCall) -> dict[str, Any]:
+        active = [c for c in self.controls if c.active(call.step, call.steps)]
+        return self.residuals(active, call)
+
+    def stats(self) -> dict[str, float]:
+        return {"controlnet_calls": self.calls}
+
+    def record(self) -> dict[str, Any]:
+        return dict(self.recorded)
 
     def _images(self, control: Control, index: int, jobs: Sequence[Job], per: int, dtype: torch.dtype) -> torch.Tensor:
         """Crops of the control's ``index``-th image under the jobs' views, ``per`` rows (images)
@@ -140,18 +158,9 @@ class Controls:
             self._bytes += value.nbytes
         return self._crops[key]
 
-    def residuals(
-        self,
-        active: Sequence[Control],
-        adapter: ModelAdapter,
-        x: torch.Tensor,
-        t: torch.Tensor,
-        jobs: Sequence[Job],
-        model_kwargs: dict[str, Any],
-        guided: bool,
-    ) -> dict[str, Any]:
+    def residuals(self, active: Sequence[Control], call: ModelCall) -> dict[str, Any]:
         """The model's extra keyword arguments (:meth:`~ModelAdapter.residual_kwargs`) for the input
-        ``x`` ([uncond rows; cond rows] when ``guided``) of these jobs: the ``active`` ControlNets'
+        ``call.x`` ([uncond rows; cond rows] when ``call.guided``) of its jobs: the ``active`` ControlNets'
         outputs (:meth:`~ModelAdapter.run_controlnet`) summed, as diffusers' multi-ControlNet models.
 
         A ControlNet sees the rows of its jobs (a region's: its prompt slot's only; the other rows get
@@ -160,6 +169,7 @@ class Controls:
         only (FLUX: its output then serves both branches)."""
         if not active:
             return {}
+        adapter, x, jobs, guided = call.adapter, call.x, call.jobs, call.guided
         total = x.shape[0]
         n = total // 2 if guided else total
         per = n // len(jobs)
@@ -182,9 +192,9 @@ class Controls:
             out = adapter.run_controlnet(
                 control.model,
                 x if everything else x.index_select(0, rows),
-                t,
-                model_kwargs if everything else select_rows(model_kwargs, total, rows),
-                control.call_kwargs(images, *self._step),
+                call.t,
+                call.kwargs if everything else select_rows(call.kwargs, total, rows),
+                control.call_kwargs(images, call.step, call.steps),
                 self.guess_mode,
             )
             self.calls += 1
@@ -210,107 +220,6 @@ def _add(a: Any, b: Any) -> Any:
 def _scatter(value: torch.Tensor, rows: torch.Tensor, total: int) -> torch.Tensor:
     out = value.new_zeros((total, *value.shape[1:]))
     return out.index_copy(0, rows, value)
-
-
-def build_controls(
-    options: Any,
-    adapter: Any,
-    size: tuple[int, int],
-    region_controls: Sequence[tuple[int, str, Any, float, int]] = (),
-    input_control: Any = None,
-) -> Controls | None:
-    """The :class:`Controls` of checked ``options`` for a model's ``adapter`` on a canvas of ``size``
-    pixels, or None without a control image. Each control image is resized to the canvas as
-    diffusers' control image processor does (RGB, [0, 1]); one of another aspect ratio is refused.
-
-    ``region_controls``: (prompt slot, name, input image, scale, ControlNet index) of regions with
-    their own control image; each conditions only its slot's jobs, over the call's first control range.
-    ``input_control``: the canvas-sized PIL image a :data:`~multidiffusion.options.CONTROL_INPUT`
-    entry stands for (an upscale's resized input)."""
-    from diffusers.image_processor import VaeImageProcessor
-
-    from multidiffusion.options import CONTROL_INPUT, check_same_aspect, control_settings
-    from multidiffusion.preprocessors import preprocess
-
-    settings = control_settings(options)
-    if not settings and not region_controls:
-        return None
-    nets = adapter.controlnets
-    if options.guess_mode and not adapter.controlnet_guess_mode:
-        raise ValueError(
-            f"guess_mode: {adapter.family.upper()} ControlNets have no guess mode (nor have diffusers' pipelines for "
-            "them); run without it"
-        )
-    if not nets:
-        raise ValueError(
-            "control_image: this model has no ControlNet; load one with "
-            "MultiDiffusion.from_pretrained(model, controlnet=...) or wrap a diffusers ControlNet pipeline"
-        )
-    union = _is_union(nets[0])  # one model, all the images in one pass
-    kinds = [_mode_count(net) for net in nets]
-    moded = kinds[0] is not None  # every image has a mode: Union ControlNets, either kind
-    shared = moded and len(nets) == 1  # one model for every image
-    if union and len(nets) > 1:
-        raise ValueError(
-            "controlnet: several Union ControlNets are not supported; use one, with a control_mode per image"
-        )
-    if any((k is None) != (kinds[0] is None) for k in kinds):
-        raise ValueError("controlnet: Union and one-condition ControlNets together are not supported")
-    if moded and settings and options.control_mode is None:
-        raise ValueError(f"control_mode: a Union ControlNet needs a mode for each control image (0 to {kinds[0] - 1})")
-    if not moded and options.control_mode is not None:
-        raise ValueError("control_mode is a Union ControlNet's setting; this model's ControlNet takes none")
-    if settings and len(nets) != len(settings) and not shared:
-        raise ValueError(
-            f"control_image: this model runs {len(nets)} ControlNet(s); give {'a list of ' if len(nets) > 1 else ''}"
-            f"{len(nets)} control image(s), got {len(settings)}"
-        )
-    modes = options.control_mode if isinstance(options.control_mode, list) else [options.control_mode]
-    for i, mode in enumerate(modes if moded and settings else ()):
-        count = kinds[0 if shared else i]
-        if mode >= count:
-            which = f"[{i}]" if len(modes) > 1 else ""
-            raise ValueError(f"control_mode{which} must be from 0 to {count - 1} for this Union ControlNet, got {mode}")
-    processor = VaeImageProcessor(vae_scale_factor=adapter.vae_scale_factor, do_convert_rgb=True, do_normalize=False)
-    controls = []
-    for i, (image, scale, start, end, preprocessor) in enumerate(settings):
-        name = "control_image" if len(settings) == 1 else f"control_image[{i}]"
-        if isinstance(image, str) and image == CONTROL_INPUT:
-            if input_control is None:
-                raise ValueError(f"{name}: {CONTROL_INPUT!r} stands for the input, and this task has none")
-            source = input_control
-        else:
-            check_same_aspect(name, image.size, "canvas", size)
-            source = image.image
-        pixels = processor.preprocess(preprocess(source, preprocessor), height=size[0], width=size[1])
-        net = nets[0 if shared else i]
-        image, factor = adapter.control_input(net, pixels.to(adapter.device, adapter.dtype))
-        own_mode = (modes[i],) if moded and not union else None  # FLUX: a pass per image, with its mode
-        controls.append(Control(net, image, scale, start, end, modes=own_mode, factor=factor))
-    if union and controls:  # one model, all the images at once
-        ranges = tuple((c.start, c.end) for c in controls)
-        controls = [
-            Control(
-                nets[0],
-                [c.image for c in controls],
-                [float(c.scale) for c in controls],
-                min(r[0] for r in ranges),
-                max(r[1] for r in ranges),
-                modes=tuple(modes),
-                ranges=ranges,
-            )
-        ]
-    if moded and region_controls:
-        raise ValueError(f"{region_controls[0][1]}: a region's control image with a Union ControlNet is not supported")
-    start, end = (settings[0][2], settings[0][3]) if settings else (0.0, 1.0)
-    for slot, name, image, scale, index in region_controls:
-        if index >= len(nets):
-            raise ValueError(f"{name}: controlnet={index}, but this model runs {len(nets)} ControlNet(s)")
-        check_same_aspect(name, image.size, "canvas", size)
-        pixels = processor.preprocess(image.image.convert("RGB"), height=size[0], width=size[1])
-        latents, factor = adapter.control_input(nets[index], pixels.to(adapter.device, adapter.dtype))
-        controls.append(Control(nets[index], latents, scale, start, end, frozenset([slot]), factor=factor))
-    return Controls(controls, adapter.vae_scale_factor, options.guess_mode)
 
 
 def _is_union(net: torch.nn.Module) -> bool:

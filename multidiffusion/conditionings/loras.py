@@ -10,18 +10,29 @@ what prompts without their own LoRAs run with.
 
 Only the UNet switches: prompts are encoded once per call, so a LoRA's text-encoder part (if any)
 applies to every prompt when loaded with the pipeline's adapters active, and not per region.
+
+Declared as the ``loras`` kind: a ``Region`` field ``loras`` (adapter name -> weight); no
+call-level option (the pipeline's active LoRAs are ``md.load_lora`` / ``set_adapters``'s).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-__all__ = ["LoraSwitch", "lora_key"]
+from multidiffusion.conditionings.base import ConditioningKind, Context
+from multidiffusion.engine.conditioning import Conditioning, ModelCall
+
+__all__ = ["LORAS", "MAX_LORA_WEIGHT", "LoraRegionFields", "LoraSwitch", "lora_key", "region_lora_sets"]
+
+MAX_LORA_WEIGHT = 10.0
+"""Largest LoRA weight magnitude (a region's; diffusers' scales are used at 0-2)."""
 
 LoraKey = tuple[tuple[str, float], ...]
 
@@ -37,6 +48,42 @@ def _lora_layers(unet: torch.nn.Module) -> list[Any]:
     except ImportError:
         return []
     return [m for m in unet.modules() if isinstance(m, BaseTunerLayer)]
+
+
+@dataclass(kw_only=True)
+class LoraRegionFields:
+    """``loras``: adapter name -> weight, LoRAs loaded with ``md.load_lora(..., adapter_name=...)``
+    that this region's views run with instead of the pipeline's active ones (UNet only)."""
+
+    loras: Mapping[str, float] | None = None
+
+
+def check_region(region: Any) -> None:
+    """A region's ``loras``: a table of adapter names to weights from -10 to 10 (made floats)."""
+    if region.loras is None:
+        return
+    if not isinstance(region.loras, Mapping) or not all(isinstance(k, str) and k for k in region.loras):
+        raise ValueError(f"loras must be a table of adapter name = weight, got {region.loras!r}")
+    for k, v in region.loras.items():
+        number = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if not number or not -MAX_LORA_WEIGHT <= v <= MAX_LORA_WEIGHT:
+            raise ValueError(f"loras[{k!r}] must be a weight from -10 to 10, got {v!r}")
+    region.loras = {k: float(v) for k, v in region.loras.items()}
+
+
+def region_record(region: Any) -> dict[str, Any]:
+    return {"loras": dict(region.loras)} if region.loras is not None else {}
+
+
+def region_lora_sets(region_slots: Sequence[tuple[int, str, Any]]) -> dict[int, tuple[LoraKey, str]]:
+    """Prompt slot -> (its LoRA set, the parameter's name for errors) of the regions (a task's
+    ``region_slots()``) that have their own; the task gives their jobs the set as ``group``, so
+    :meth:`FusionPlan.batches` keeps them in batches of their own."""
+    return {
+        slot: (key, f"{name}.loras")
+        for slot, name, region in region_slots
+        if (key := lora_key(getattr(region, "loras", None))) is not None
+    }
 
 
 class LoraSwitch:
@@ -97,3 +144,44 @@ class LoraSwitch:
         finally:
             self._restore(self._start)
             self.current = None
+
+
+class LoraSwitching(Conditioning):
+    """The :class:`LoraSwitch` of a call as a conditioning: each batch of jobs (one group, one LoRA
+    set) switches the UNet to its set before the model call; restored when the call ends."""
+
+    def __init__(self, switch: LoraSwitch):
+        self.switch = switch
+
+    def attached(self, adapter: Any) -> contextlib.AbstractContextManager:
+        return self.switch.attached()
+
+    def model_inputs(self, call: ModelCall) -> dict[str, Any]:
+        self.switch.use(call.jobs[0].group)  # a batch holds one group (FusionPlan.batches)
+        return {}
+
+    def stats(self) -> dict[str, float]:
+        return {"lora_switches": self.switch.switches, "lora_seconds": self.switch.seconds}
+
+
+def prepare(context: Context, options: Any, task: Any) -> Conditioning | None:
+    """The UNet's LoRA switch when some prompt has its own LoRA set, each set checked."""
+    sets = region_lora_sets(task.region_slots())
+    if not sets:
+        return None
+    adapter = context.adapter
+    lister = getattr(adapter.pipe, "get_list_adapters", None)
+    loaded = {n for names in (lister() if lister else {}).values() for n in names}
+    switch = LoraSwitch(adapter.unet, loaded)
+    for key, name in sets.values():
+        switch.check(key, name)
+    return LoraSwitching(switch)
+
+
+LORAS = ConditioningKind(
+    name="loras",
+    RegionFields=LoraRegionFields,
+    check_region=check_region,
+    region_record=region_record,
+    prepare=prepare,
+)

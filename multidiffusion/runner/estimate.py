@@ -24,7 +24,7 @@ text are converted to that unit:
   whatever the device; a fast GPU's SD window evaluation takes about 10 ms).
 
 The estimate runs what the runner runs before its first model call (the task, its first step's
-plan, the timesteps: :func:`~multidiffusion.engine.runner.planned_steps`, called by
+plan, the timesteps: :func:`~multidiffusion.runner.run.planned_steps`, called by
 :func:`multidiffusion.estimate.estimate`), so the counts are the runner's, not a second formula.
 Memory: the canvas-sized tensors and the VAE's budgets are counted; the denoising network's
 activations for a batch of views are a rough guess (:data:`ACTIVATION_COPIES`).
