@@ -6,16 +6,15 @@ them to :meth:`MultiDiffusion.generate`, which binds the task to the model
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from multidiffusion.arguments import CALL_ARGUMENTS, PlacementArgs, SamplingArgs, task_method
 from multidiffusion.engine.adapter import ModelAdapter
-from multidiffusion.runner import RunSettings, run
 from multidiffusion.engine.schedulers import make_scheduler
 from multidiffusion.metadata import model_label
 from multidiffusion.models import adapter_for
@@ -32,10 +31,14 @@ from multidiffusion.options import (
 )
 from multidiffusion.output import MultiDiffusionOutput
 from multidiffusion.regions.layout import Region, RegionLayout, region_layout
+from multidiffusion.runner import RunSettings, run
 from multidiffusion.tasks import task_for
 from multidiffusion.tasks.common import canvas_size
 
 __all__ = ["MultiDiffusion", "MultiDiffusionOutput"]
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
 Generator = torch.Generator | list[torch.Generator] | None
 
@@ -281,36 +284,14 @@ class MultiDiffusion:
         f = self.adapter.vae_scale_factor
         return h * f, 4 * w * f
 
-    # -- tasks ------------------------------------------------------------------------------------
-    @torch.no_grad()
+    # -- tasks: each method's own parameters, then the shared ones (arguments.SamplingArgs) ----------
+    @task_method(PanoramaOptions, PlacementArgs)
     def panorama(
         self,
         prompt: str | list[str],
         height: int | None = None,
         width: int | None = None,
-        num_inference_steps: int | None = None,
-        guidance_scale: float | None = None,
-        negative_prompt: str | list[str] | None = None,
-        window: int | tuple[int, int] | None = None,
-        stride: int | tuple[int, int] | None = None,
-        circular: bool = False,
-        view_batch_size: int | None = None,
-        num_images_per_prompt: int = 1,
-        generator: Generator = None,
-        latents: torch.Tensor | None = None,
-        output_type: str = "pil",
-        scheduler: str | Any | None = None,
-        eta: float = 0.0,
-        callback_on_step_end: Callable[..., dict | None] | None = None,
-        placement: str = "grid",
-        weights: str | None = None,
-        control_image: Any = None,
-        controlnet_conditioning_scale: float | list[float] = 1.0,
-        control_guidance_start: float | list[float] = 0.0,
-        control_guidance_end: float | list[float] = 1.0,
-        guess_mode: bool = False,
-        control_preprocessor: str | list[str] = "none",
-        control_mode: int | list[int] | None = None,
+        **kwargs: Unpack[PlacementArgs],
     ) -> MultiDiffusionOutput:
         """A panorama of any size: the paper's sliding windows (Sec. 4.1), all under one prompt.
 
@@ -341,8 +322,7 @@ class MultiDiffusion:
         ControlNet-Union SDXL) takes several control images, each with its ``control_mode`` (as
         diffusers' ``StableDiffusionXLControlNetUnionPipeline``). Every task takes these.
         """
-        options = PanoramaOptions(**_options_of(PanoramaOptions, locals()))
-        return self.generate(options, generator=generator, latents=latents, callback_on_step_end=callback_on_step_end)
+        return self._run(PanoramaOptions, kwargs, prompt=prompt, height=height, width=width)
 
     def region_layout(
         self,
@@ -361,7 +341,7 @@ class MultiDiffusion:
         size = canvas_size(options, self.adapter, (h * f, w * f))
         return region_layout(options.regions, *size, f, options.background)
 
-    @torch.no_grad()
+    @task_method(RegionsOptions, SamplingArgs)
     def regions(
         self,
         height: int | None = None,
@@ -369,29 +349,9 @@ class MultiDiffusion:
         background: str | None = None,
         regions: Sequence[Region | dict[str, Any]] = (),
         bootstrap_steps: int | None = None,
-        num_inference_steps: int | None = None,
-        guidance_scale: float | None = None,
-        negative_prompt: str | None = None,
-        window: int | tuple[int, int] | None = None,
-        stride: int | tuple[int, int] | None = None,
-        circular: bool = False,
-        view_batch_size: int | None = None,
-        num_images_per_prompt: int = 1,
-        generator: Generator = None,
-        latents: torch.Tensor | None = None,
-        output_type: str = "pil",
-        scheduler: str | Any | None = None,
-        eta: float = 0.0,
-        callback_on_step_end: Callable[..., dict | None] | None = None,
         image: Any = None,
         strength: float | None = None,
-        control_image: Any = None,
-        controlnet_conditioning_scale: float | list[float] = 1.0,
-        control_guidance_start: float | list[float] = 0.0,
-        control_guidance_end: float | list[float] = 1.0,
-        guess_mode: bool = False,
-        control_preprocessor: str | list[str] = "none",
-        control_mode: int | list[int] | None = None,
+        **kwargs: Unpack[SamplingArgs],
     ) -> MultiDiffusionOutput:
         """Region-based generation (paper Sec. 4.2): each region of the canvas gets its own prompt.
 
@@ -414,10 +374,10 @@ class MultiDiffusion:
         ``image`` (a file, PIL image, array or tensor) re-works that image under the layout from
         ``strength`` (default 0.75), as :meth:`img2img` does; the canvas defaults to its size.
         """
-        options = RegionsOptions(**_options_of(RegionsOptions, locals()))
-        return self.generate(options, generator=generator, latents=latents, callback_on_step_end=callback_on_step_end)
+        given = dict(height=height, width=width, background=background, regions=regions, image=image)
+        return self._run(RegionsOptions, kwargs, **given, bootstrap_steps=bootstrap_steps, strength=strength)
 
-    @torch.no_grad()
+    @task_method(Img2ImgOptions, PlacementArgs)
     def img2img(
         self,
         image: Any,
@@ -425,29 +385,7 @@ class MultiDiffusion:
         strength: float = 0.75,
         height: int | None = None,
         width: int | None = None,
-        num_inference_steps: int | None = None,
-        guidance_scale: float | None = None,
-        negative_prompt: str | list[str] | None = None,
-        window: int | tuple[int, int] | None = None,
-        stride: int | tuple[int, int] | None = None,
-        circular: bool = False,
-        view_batch_size: int | None = None,
-        num_images_per_prompt: int = 1,
-        generator: Generator = None,
-        latents: torch.Tensor | None = None,
-        output_type: str = "pil",
-        scheduler: str | Any | None = None,
-        eta: float = 0.0,
-        callback_on_step_end: Callable[..., dict | None] | None = None,
-        placement: str = "grid",
-        weights: str | None = None,
-        control_image: Any = None,
-        controlnet_conditioning_scale: float | list[float] = 1.0,
-        control_guidance_start: float | list[float] = 0.0,
-        control_guidance_end: float | list[float] = 1.0,
-        guess_mode: bool = False,
-        control_preprocessor: str | list[str] = "none",
-        control_mode: int | list[int] | None = None,
+        **kwargs: Unpack[PlacementArgs],
     ) -> MultiDiffusionOutput:
         """Re-work an image of any size under ``prompt`` (SDEdit over sliding windows).
 
@@ -459,43 +397,21 @@ class MultiDiffusion:
         noise added to the encoded image. At the model's native size with the grid placement this
         equals diffusers' img2img pipelines.
         """
-        options = Img2ImgOptions(**_options_of(Img2ImgOptions, locals()))
-        return self.generate(options, generator=generator, latents=latents, callback_on_step_end=callback_on_step_end)
+        given = dict(image=image, prompt=prompt, strength=strength, height=height, width=width)
+        return self._run(Img2ImgOptions, kwargs, **given)
 
-    @torch.no_grad()
+    @task_method(UpscaleOptions, PlacementArgs)
     def upscale(
         self,
         image: Any,
         scale: float = 2.0,
-        prompt: str | list[str] = "",
+        prompt: str | list[str] | None = None,
         strength: float = 0.35,
         upscaler: str | os.PathLike | Callable[..., Any] = "lanczos",
         noise_inversion: bool = False,
         inversion_steps: int | None = None,
         allow_pickle: bool = False,
-        num_inference_steps: int | None = None,
-        guidance_scale: float | None = None,
-        negative_prompt: str | list[str] | None = None,
-        window: int | tuple[int, int] | None = None,
-        stride: int | tuple[int, int] | None = None,
-        circular: bool = False,
-        view_batch_size: int | None = None,
-        num_images_per_prompt: int = 1,
-        generator: Generator = None,
-        latents: torch.Tensor | None = None,
-        output_type: str = "pil",
-        scheduler: str | Any | None = None,
-        eta: float = 0.0,
-        callback_on_step_end: Callable[..., dict | None] | None = None,
-        placement: str = "grid",
-        weights: str | None = None,
-        control_image: Any = None,
-        controlnet_conditioning_scale: float | list[float] = 1.0,
-        control_guidance_start: float | list[float] = 0.0,
-        control_guidance_end: float | list[float] = 1.0,
-        guess_mode: bool = False,
-        control_preprocessor: str | list[str] = "none",
-        control_mode: int | list[int] | None = None,
+        **kwargs: Unpack[PlacementArgs],
     ) -> MultiDiffusionOutput:
         """Upscale ``image`` ``scale`` times (1 to 8): resized by ``upscaler`` ("lanczos", the default,
         or "bicubic", "bilinear", "nearest"; an ESRGAN-family model file read by spandrel, from the
@@ -508,10 +424,11 @@ class MultiDiffusion:
         pixel per step on canvases several windows wide, where the paper's grid costs 20-50 (2-D
         canvases). ``allow_pickle`` lets a ``.pth`` upscaler be unpickled.
         """
-        options = UpscaleOptions(**_options_of(UpscaleOptions, locals()))
-        return self.generate(options, generator=generator, latents=latents, callback_on_step_end=callback_on_step_end)
+        given = dict(image=image, scale=scale, prompt=prompt, strength=strength, upscaler=upscaler)
+        inversion = dict(noise_inversion=noise_inversion, inversion_steps=inversion_steps)
+        return self._run(UpscaleOptions, kwargs, **given, **inversion, allow_pickle=allow_pickle)
 
-    @torch.no_grad()
+    @task_method(InpaintOptions, PlacementArgs)
     def inpaint(
         self,
         image: Any,
@@ -521,29 +438,7 @@ class MultiDiffusion:
         mask_blur: int = 4,
         height: int | None = None,
         width: int | None = None,
-        num_inference_steps: int | None = None,
-        guidance_scale: float | None = None,
-        negative_prompt: str | list[str] | None = None,
-        window: int | tuple[int, int] | None = None,
-        stride: int | tuple[int, int] | None = None,
-        circular: bool = False,
-        view_batch_size: int | None = None,
-        num_images_per_prompt: int = 1,
-        generator: Generator = None,
-        latents: torch.Tensor | None = None,
-        output_type: str = "pil",
-        scheduler: str | Any | None = None,
-        eta: float = 0.0,
-        callback_on_step_end: Callable[..., dict | None] | None = None,
-        placement: str = "grid",
-        weights: str | None = None,
-        control_image: Any = None,
-        controlnet_conditioning_scale: float | list[float] = 1.0,
-        control_guidance_start: float | list[float] = 0.0,
-        control_guidance_end: float | list[float] = 1.0,
-        guess_mode: bool = False,
-        control_preprocessor: str | list[str] = "none",
-        control_mode: int | list[int] | None = None,
+        **kwargs: Unpack[PlacementArgs],
     ) -> MultiDiffusionOutput:
         """Repaint the white part of ``mask`` in ``image`` (any size) under ``prompt``, keeping the rest.
 
@@ -553,10 +448,10 @@ class MultiDiffusion:
         or SDXL inpainting) also sees the mask and the masked image in every view. ``strength`` 1
         repaints from pure noise; the rest are :meth:`img2img`'s arguments.
         """
-        options = InpaintOptions(**_options_of(InpaintOptions, locals()))
-        return self.generate(options, generator=generator, latents=latents, callback_on_step_end=callback_on_step_end)
+        given = dict(image=image, mask=mask, prompt=prompt, strength=strength, mask_blur=mask_blur)
+        return self._run(InpaintOptions, kwargs, **given, height=height, width=width)
 
-    @torch.no_grad()
+    @task_method(OutpaintOptions, PlacementArgs)
     def outpaint(
         self,
         image: Any,
@@ -568,29 +463,7 @@ class MultiDiffusion:
         overlap: int = 16,
         mask_blur: int = 8,
         strength: float = 1.0,
-        num_inference_steps: int | None = None,
-        guidance_scale: float | None = None,
-        negative_prompt: str | list[str] | None = None,
-        window: int | tuple[int, int] | None = None,
-        stride: int | tuple[int, int] | None = None,
-        circular: bool = False,
-        view_batch_size: int | None = None,
-        num_images_per_prompt: int = 1,
-        generator: Generator = None,
-        latents: torch.Tensor | None = None,
-        output_type: str = "pil",
-        scheduler: str | Any | None = None,
-        eta: float = 0.0,
-        callback_on_step_end: Callable[..., dict | None] | None = None,
-        placement: str = "grid",
-        weights: str | None = None,
-        control_image: Any = None,
-        controlnet_conditioning_scale: float | list[float] = 1.0,
-        control_guidance_start: float | list[float] = 0.0,
-        control_guidance_end: float | list[float] = 1.0,
-        guess_mode: bool = False,
-        control_preprocessor: str | list[str] = "none",
-        control_mode: int | list[int] | None = None,
+        **kwargs: Unpack[PlacementArgs],
     ) -> MultiDiffusionOutput:
         """Extend ``image`` by ``left``, ``right``, ``top`` and ``bottom`` pixels (multiples of 8) under
         ``prompt``: an inpainting of a larger canvas whose mask is the new area plus ``overlap``
@@ -598,8 +471,15 @@ class MultiDiffusion:
         the canvas wraps around horizontally, so extending a photo left and right makes a seamless
         360-degree panorama. The rest are :meth:`inpaint`'s arguments.
         """
-        options = OutpaintOptions(**_options_of(OutpaintOptions, locals()))
-        return self.generate(options, generator=generator, latents=latents, callback_on_step_end=callback_on_step_end)
+        sides = dict(left=left, right=right, top=top, bottom=bottom)
+        given = dict(image=image, prompt=prompt, overlap=overlap, mask_blur=mask_blur, strength=strength)
+        return self._run(OutpaintOptions, kwargs, **sides, **given)
+
+    def _run(self, task: type[SamplingOptions], keywords: dict[str, Any], **given: Any) -> MultiDiffusionOutput:
+        """Run a task method: its options from its own arguments and the shared keywords, the call's
+        objects (generator, latents, callback) passed on beside them."""
+        call = {k: keywords.pop(k) for k in CALL_ARGUMENTS if k in keywords}
+        return self.generate(task(**given, **keywords), **call)
 
     @torch.no_grad()
     def generate(
@@ -639,10 +519,3 @@ class MultiDiffusion:
             pipeline=self,
             should_stop=should_stop,
         )
-
-
-def _options_of(cls: type[SamplingOptions], arguments: dict[str, Any]) -> dict[str, Any]:
-    """The arguments of a task method that are the task's options (not generator, latents or the
-    callback, which are objects of the call, not settings)."""
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    return {k: v for k, v in arguments.items() if k in names}
