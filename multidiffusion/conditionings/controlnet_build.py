@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from multidiffusion.conditionings.controlnet import CONTROL_INPUT, control_settings
+from multidiffusion.conditionings.controlnet_options import CONTROL_INPUT, control_settings
 from multidiffusion.conditionings.controlnet_run import Control, ControlNetConditioning, _is_union, _mode_count
 from multidiffusion.io.checks import check_same_aspect
 from multidiffusion.preprocessors import preprocess
