@@ -44,9 +44,8 @@ class SamplingStats:
     vae_bytes: int = 0  # payload the tiled VAE exchanged between ranks (tiles and GroupNorm moments), this rank
     rank_latent_pixels: list[int] = field(default_factory=list)  # each rank's share, when sharded
     counts: dict[str, float] = field(default_factory=dict)
-    """What the call's conditionings counted, by name (:meth:`Conditioning.stats`: a ControlNet's
-    ``controlnet_calls``, LoRA switching's ``lora_switches`` and ``lora_seconds``), also readable as
-    attributes (``stats.controlnet_calls``)."""
+    """What the call's conditionings counted, by name (:meth:`Conditioning.stats`), also readable as
+    attributes (``stats.lora_switches``)."""
 
     def __getattr__(self, name: str) -> float:
         counts = self.__dict__.get("counts", {})
