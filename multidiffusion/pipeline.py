@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from multidiffusion.arguments import CALL_ARGUMENTS, PlacementArgs, SamplingArgs, task_method
 from multidiffusion.engine.adapter import ModelAdapter
 from multidiffusion.engine.schedulers import make_scheduler
 from multidiffusion.metadata import model_label
@@ -29,6 +28,7 @@ from multidiffusion.options import (
     UpscaleOptions,
     check_choice,
 )
+from multidiffusion.options.arguments import CALL_ARGUMENTS, PlacementArgs, SamplingArgs, task_method
 from multidiffusion.output import MultiDiffusionOutput
 from multidiffusion.regions.layout import Region, RegionLayout, region_layout
 from multidiffusion.runner import RunSettings, run
@@ -405,7 +405,7 @@ class MultiDiffusion:
         self,
         image: Any,
         scale: float = 2.0,
-        prompt: str | list[str] | None = None,
+        prompt: str | list[str] = "",
         strength: float = 0.35,
         upscaler: str | os.PathLike | Callable[..., Any] = "lanczos",
         noise_inversion: bool = False,

@@ -11,8 +11,8 @@ import typing
 import pytest
 
 from multidiffusion import MultiDiffusion
-from multidiffusion.arguments import CALL_ARGUMENTS
 from multidiffusion.options import TASK_OPTIONS
+from multidiffusion.options.arguments import CALL_ARGUMENTS
 
 DERIVED = {"upscale": {"height", "width"}, "outpaint": {"height", "width"}}
 """Options a task derives from its input (stored settings carry them; the method does not take them)."""

@@ -19,6 +19,8 @@ from typing import Any, TypedDict, TypeVar
 
 import torch
 
+from multidiffusion.conditionings import ConditioningArgs
+
 __all__ = ["CALL_ARGUMENTS", "PlacementArgs", "SamplingArgs", "task_method"]
 
 Generator = torch.Generator | list[torch.Generator] | None
@@ -35,8 +37,9 @@ class CallArgs(TypedDict, total=False):
 CALL_ARGUMENTS: tuple[str, ...] = tuple(CallArgs.__annotations__)
 
 
-class SamplingArgs(CallArgs, total=False):
-    """What every task method takes as keywords (see :meth:`MultiDiffusion.panorama`)."""
+class SamplingArgs(CallArgs, ConditioningArgs, total=False):
+    """What every task method takes as keywords (see :meth:`MultiDiffusion.panorama`); every
+    conditioning kind's too."""
 
     num_inference_steps: int | None
     guidance_scale: float | None
@@ -49,13 +52,6 @@ class SamplingArgs(CallArgs, total=False):
     output_type: str
     scheduler: Any
     eta: float
-    control_image: Any
-    controlnet_conditioning_scale: float | list[float]
-    control_guidance_start: float | list[float]
-    control_guidance_end: float | list[float]
-    guess_mode: bool
-    control_preprocessor: str | list[str]
-    control_mode: int | list[int] | None
 
 
 class PlacementArgs(SamplingArgs, total=False):
