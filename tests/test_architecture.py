@@ -95,8 +95,9 @@ LAYERS = {
     "multidiffusion.io": {"multidiffusion.images"},  # trust levels, budgets, bounded readers: the bottom
     "multidiffusion.engine": {"multidiffusion.vae", "multidiffusion.output", "multidiffusion.metadata",
                               "multidiffusion.options", "multidiffusion.version", "multidiffusion.regions",
-                              "multidiffusion.images", "multidiffusion.preprocessors"},  # two leaf modules
-    "multidiffusion.vae": {"multidiffusion.engine.views"},  # window geometry, a leaf module
+                              "multidiffusion.images", "multidiffusion.preprocessors",
+                              "multidiffusion.geometry"},  # three leaf modules
+    "multidiffusion.vae": {"multidiffusion.geometry"},  # window geometry, a leaf module
     "multidiffusion.models": {"multidiffusion.engine", "multidiffusion.vae", "multidiffusion.io"},
     "multidiffusion.regions": {"multidiffusion.engine", "multidiffusion.vae", "multidiffusion.options",
                                "multidiffusion.images", "multidiffusion.io"},
