@@ -1,6 +1,8 @@
-"""Every `multidiffusion ...` command the documentation shows runs: the README's code blocks and each
-verb's `--help` examples, parsed at test time (so the test follows edits), each run in-process on
-the shipped demo model at demo scale, 2 steps, writing into tmp_path.
+"""Every `multidiffusion ...` command the documentation shows runs: the code blocks of the README and
+of the documentation site's pages (``docs/*.md``, what ``mkdocs.yml`` builds) and each verb's
+`--help` examples, parsed at test time (so the test follows edits), each run in-process on the
+shipped demo model at demo scale, 2 steps, writing into tmp_path. A command shown word for word in
+an earlier source (the README's tour repeats some of the pages') runs once, in the first.
 
 How a documented command is adapted (``adapt``):
 
@@ -46,6 +48,8 @@ else:  # pragma: no cover
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
+PAGES = sorted((REPO / "docs").rglob("*.md"))  # the documentation site's pages
+DOCUMENTS = [README, *PAGES]
 DEMO = "demo"
 MAX_SIDE = 128  # pixels: a demo-scale canvas, two of the demo's 64 px windows
 SD_SCALE = 8  # Stable Diffusion's native 512 px against the demo's 64 px
@@ -98,9 +102,13 @@ def shell_commands(text: str) -> list[list[str]]:
     return found
 
 
-def readme_commands() -> list[list[str]]:
-    text = README.read_text(encoding="utf-8")
+def document_commands(path: Path) -> list[list[str]]:
+    text = path.read_text(encoding="utf-8")
     return [c for block in _fenced_blocks(text, ("bash", "sh", "shell", "console")) for c in shell_commands(block)]
+
+
+def readme_commands() -> list[list[str]]:
+    return document_commands(README)
 
 
 def verb_parsers() -> dict:
@@ -123,11 +131,23 @@ def help_commands(verb: str) -> list[list[str]]:
     return shell_commands("\n".join(lines))
 
 
-SOURCES = ["README.md", *(f"{verb} --help" for verb in verb_parsers())]
+SOURCES = [
+    *(str(path.relative_to(REPO)) for path in DOCUMENTS if path == README or document_commands(path)),
+    *(f"{verb} --help" for verb in verb_parsers()),
+]
 
 
 def source_commands(source: str) -> list[list[str]]:
-    return readme_commands() if source == "README.md" else help_commands(source.split()[0])
+    return help_commands(source.split()[0]) if source.endswith(" --help") else document_commands(REPO / source)
+
+
+def new_commands(source: str) -> list[list[str]]:
+    """``source``'s commands less those an earlier source shows word for word, except where a
+    ``--from`` command of ``source`` reads the PNG one of them writes."""
+    earlier = {tuple(c) for s in SOURCES[: SOURCES.index(source)] for c in source_commands(s)}
+    commands = source_commands(source)
+    read = {Path(_value(c, "--from") or "").name for c in commands if tuple(c) not in earlier} - {""}
+    return [c for c in commands if tuple(c) not in earlier or Path(_value(c, "-o", "--output") or "").name in read]
 
 
 # -- adapting a command to the demo -------------------------------------------------------------------
@@ -291,6 +311,7 @@ def skip_reason(argv: list[str]) -> str | None:
 # -- the tests -----------------------------------------------------------------------------------
 def test_the_docs_show_commands():
     assert readme_commands(), "no `multidiffusion ...` command found in the README's code blocks"
+    assert PAGES and any(document_commands(page) for page in PAGES), "no command in the docs pages"
     for verb in verb_parsers():
         if verb not in SKIP_VERBS:
             assert help_commands(verb), f"`multidiffusion {verb} --help` shows no examples"
@@ -298,7 +319,7 @@ def test_the_docs_show_commands():
 
 @pytest.mark.parametrize("source", SOURCES)
 def test_documented_commands_run_on_the_demo(source, tmp_path, monkeypatch, capsys):
-    commands = source_commands(source)
+    commands = new_commands(source)
     runnable = [c for c in commands if not skip_reason(c)]
     if not runnable:
         pytest.skip("; ".join(f"multidiffusion {shlex.join(c)}: {skip_reason(c)}" for c in commands) or "none")
@@ -307,7 +328,7 @@ def test_documented_commands_run_on_the_demo(source, tmp_path, monkeypatch, caps
     for command in ordered(runnable):
         shown = "multidiffusion " + shlex.join(command)
         try:
-            argv = adapt(command, tmp_path, placeholders=source != "README.md")
+            argv = adapt(command, tmp_path, placeholders=source.endswith(" --help"))
         except AssertionError as exc:
             failures.append(f"{shown}\n    {exc}")
             continue
@@ -329,13 +350,16 @@ def test_documented_commands_run_on_the_demo(source, tmp_path, monkeypatch, caps
     assert not failures, "documented commands that fail:\n" + "\n".join(failures)
 
 
-def test_readme_python_blocks_compile():
-    blocks = _fenced_blocks(README.read_text(encoding="utf-8"), ("python", "py"))
-    assert blocks
+@pytest.mark.parametrize("path", DOCUMENTS, ids=lambda path: str(path.relative_to(REPO)))
+def test_python_blocks_compile(path):
+    blocks = _fenced_blocks(path.read_text(encoding="utf-8"), ("python", "py"))
     for i, block in enumerate(blocks):
-        compile(block, f"README.md python block {i + 1}", "exec")
+        compile(block, f"{path.name} python block {i + 1}", "exec")
+    if path == README:
+        assert blocks
 
 
-def test_readme_toml_blocks_parse():
-    for block in _fenced_blocks(README.read_text(encoding="utf-8"), ("toml",)):
+@pytest.mark.parametrize("path", DOCUMENTS, ids=lambda path: str(path.relative_to(REPO)))
+def test_toml_blocks_parse(path):
+    for block in _fenced_blocks(path.read_text(encoding="utf-8"), ("toml",)):
         tomllib.loads(block)
