@@ -347,3 +347,19 @@ def test_an_upscale_conditions_on_its_resized_input_tile_controlnet(sd16, nets, 
     assert again.control_image == ["input"]
     with pytest.raises(ValueError, match="control_image"):  # only a task with an input takes "input"
         PanoramaOptions(prompt="x", control_image="input")
+
+
+def test_an_upscales_noise_inversion_runs_the_controlnet_as_the_step_it_mirrors(sd16, nets):
+    """Noise inversion uses the run's own guided model, its conditionings included: the Tile
+    ControlNet acts at each inversion level as at the sampling step that level mirrors (its range
+    too), so sampling retraces a path made with the same residuals."""
+    pipe = StableDiffusionControlNetPipeline(**sd16.components, controlnet=nets[0])
+    md = _md(pipe)
+    small = _control_image(width=64, height=64, seed=6)
+    kwargs = dict(scale=2, num_inference_steps=4, strength=0.5, output_type="latent")
+    plain = md.upscale(small, **kwargs)
+    inverted = md.upscale(small, noise_inversion=True, **kwargs)
+    assert plain.stats.controlnet_calls == 2  # one view, the 2 steps that run
+    assert inverted.stats.controlnet_calls == 4  # and the 2 inversion levels
+    late = md.upscale(small, noise_inversion=True, control_image="input", control_guidance_start=0.5, **kwargs)
+    assert late.stats.controlnet_calls == 2  # the second step that runs, and the first level, which mirrors it

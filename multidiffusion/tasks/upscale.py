@@ -19,8 +19,9 @@ the re-worked image keeps more of the input (measured in ``benchmarks/results/``
 
 The inversion uses **the sampler's own guided model**: the prompt at ``guidance_scale`` (A1111's
 Tiled Diffusion "Noise Inversion" conditions its inversion on the prompt too), with the same
-windows as the sampling step it mirrors. DDIM sampling then retraces the inversion step for step,
-up to DDIM's linearisation. The alternative, inverting at guidance 1 (as null-text inversion does,
+windows as the sampling step it mirrors and the call's conditionings (a Tile ControlNet, an
+IP-Adapter image) acting as they do at that step. DDIM sampling then retraces the inversion step
+for step, up to DDIM's linearisation. The alternative, inverting at guidance 1 (as null-text inversion does,
 because guided inversion drifts over a full path to pure noise), leaves a mismatch between the
 inverted path and a guided sampler; on the demo model it reconstructed the input clearly worse at
 every strength tried, while an upscale's path (strength ~0.35) is short enough for guided inversion
@@ -43,7 +44,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from multidiffusion.conditionings.controlnet_run import ControlNetConditioning
 from multidiffusion.engine.inversion import (
     alphas_at,
     ddim_invert,
@@ -84,8 +84,7 @@ class UpscaleTask(Img2ImgTask):
         resized = upscale_image(
             o.image.image, size=self.size, upscaler=o.upscaler, allow_pickle=o.allow_pickle, device=self.adapter.device
         )
-        if self.options.control_image or getattr(self.adapter, "controlnets", None):
-            self.resized = resized  # a control image (the Tile ControlNet convention: the resized input)
+        self.resized = resized  # the canvas input a conditioning may take (the Tile ControlNet's control image)
         self.input.encode(generator, images, vae_tiling, pixels=_pixels(resized))
 
     def canvas_input(self) -> Any:
@@ -114,6 +113,8 @@ class UpscaleTask(Img2ImgTask):
         mirror = len(levels) == runs  # step k retraces sampling step runs-1-k: use its windows
 
         def plan_for_level(k: int):
+            # conditionings act as at the sampling step this level mirrors (a ControlNet's range, ...)
+            model.at_step(runs - 1 - (k if mirror else k * runs // len(levels)), runs)
             return start.plan_for_step(runs - 1 - k if mirror else runs + k)
 
         with model.attached():
@@ -133,7 +134,7 @@ class UpscaleTask(Img2ImgTask):
         return noise_to(start.scheduler, z0, noise, start.timesteps[:1].repeat(z0.shape[0]))
 
     def _inversion_model(self, guided: GuidedModel) -> GuidedModel:
-        """The run's guided model (same conditioning, guidance and switches), counting into
+        """The run's guided model (same prompts, guidance, switches and conditionings), counting into
         :attr:`inversion_stats` so the sampling's coverage stays its own."""
         return GuidedModel(
             guided.adapter,
@@ -143,8 +144,7 @@ class UpscaleTask(Img2ImgTask):
             self.inversion_stats,
             share_prefix=guided.prefix is not None,
             share_unconditional=guided.share_unconditional,
-            # the inversion retraces the model's own path from the image: no ControlNet residuals
-            conditionings=[c for c in guided.conditionings if not isinstance(c, ControlNetConditioning)],
+            conditionings=guided.conditionings,  # the same model the sampling steps retrace
         )
 
     def parameters(self) -> dict[str, Any]:
