@@ -39,12 +39,11 @@ from PIL import Image, PngImagePlugin
 from multidiffusion.images import ImageLimits, check_file, is_input_record, open_header
 from multidiffusion.io.text import parse_json_text
 from multidiffusion.io.trust import RepoId, is_repo_id
-from multidiffusion.models.families import FAMILY_OPTIONS
+from multidiffusion.models import family_options
 from multidiffusion.options import CONTROL_INPUT, TASK_OPTIONS, UPSCALE_FILTERS, Limits, SamplingOptions, build_options
 
 __all__ = [
     "METADATA_KEY",
-    "MODEL_OPTIONS",
     "StoredSettings",
     "a1111_parameters",
     "check_output_path",
@@ -62,9 +61,6 @@ MAX_PNG_BYTES = 256 * 1024 * 1024
 """Largest PNG whose settings are read (only its first chunks are, but a FIFO or a device is no PNG)."""
 NOT_SETTINGS = ("mode", "multidiffusion_version", "image_index")
 """Stored keys that are not task settings."""
-MODEL_OPTIONS = tuple(FAMILY_OPTIONS)
-"""Stored keys that configure the model (a family's options: SDXL micro-conditioning, FLUX.1's
-positions and true CFG, SD 3's skip-layer guidance, ...), not the task."""
 RENAMED = {"tiling": "placement"}
 """Keys of older versions and their names now."""
 INPUT_KEYS = ("image", "mask")
@@ -266,8 +262,9 @@ def settings_from_parameters(params: Mapping[str, Any], task: str | None = None)
         raise ValueError(f"the stored model must be a name, got {type(model).__name__}")
     if is_repo_id(model):
         model = RepoId(model)  # loaded from the hub and its cache only, never from a folder here
-    model_options = {k: values.pop(k) for k in MODEL_OPTIONS if values.get(k) is not None}
-    for k in MODEL_OPTIONS:
+    model_keys = family_options()  # stored keys that configure the model: every registered family's options
+    model_options = {k: values.pop(k) for k in model_keys if values.get(k) is not None}
+    for k in model_keys:
         values.pop(k, None)
     for key in ("window", "stride", "original_size"):
         for mapping in (values, model_options):

@@ -1,7 +1,8 @@
 """Issue 26's reproduction: a panorama made on a FLUX.1 or SD 3 model and saved by the command line
 could not be made again (`--from a.png --model FOLDER` exited 2 with "unknown setting
 'max_sequence_length'"): the PNG reader knew only SDXL's model options. It now takes every family's
-(:data:`multidiffusion.models.families.FAMILY_OPTIONS`), so the round trip gives the same pixels."""
+(:func:`multidiffusion.models.family_options`, derived from their declared options), so the round
+trip gives the same pixels."""
 
 from __future__ import annotations
 

@@ -76,7 +76,8 @@ def test_other_pipeline_families_are_refused(tiny_model_dir, tmp_path):
     index = json.loads((folder / "model_index.json").read_text())
     (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "QwenImagePipeline"}))
     with pytest.raises(
-        ModelNotFoundError, match="QwenImagePipeline; multidiffusion supports the Stable Diffusion family"
+        ModelNotFoundError,
+        match=r"QwenImagePipeline; multidiffusion supports Stable Diffusion 1\.x .*\(StableDiffusionPipeline, .*FluxPipeline\)",
     ):
         MultiDiffusion.from_pretrained(folder, device="cpu")
 

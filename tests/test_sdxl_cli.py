@@ -46,7 +46,7 @@ def test_sdxl_flags_on_an_sd_model_are_one_line_errors(tiny_model_dir, tmp_path,
     out = tmp_path / "x.png"
     args = ["panorama", "x", "--model", str(tiny_model_dir), "-o", str(out), *FAST]
     code, _, err = run([*args, "--original-size", "window"], capsys)
-    assert code == 2 and err.startswith("error: original_size is SDXL's") and err.count("\n") == 1
+    assert code == 2 and err.startswith("error: original_size applies to SDXL models") and err.count("\n") == 1
     code, _, err = run([*args, "--original-size", "big"], capsys)
     assert code == 2 and "expected canvas, window or HxW pixels, got 'big'" in err
     assert not out.exists()

@@ -30,18 +30,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from multidiffusion.engine.fusion import Job
 from multidiffusion.engine.noising import is_flow_matching
-from multidiffusion.vae.codec import vae_scale_factor
 
-if TYPE_CHECKING:
-    from multidiffusion.engine.task import PromptSlots
+__all__ = ["ModelAdapter", "PromptEmbeddings", "Prompts", "map_tensors", "select_rows"]
 
-__all__ = ["ModelAdapter", "PromptEmbeddings", "map_tensors", "select_rows"]
+
+class Prompts(Protocol):
+    """The prompts of a call as the adapter reads them (a task's prompt slots): P slots of B' texts
+    each, their negatives, and each slot's classifier-free guidance scale."""
+
+    prompts: Sequence[Sequence[str]]
+    negatives: Sequence[Sequence[str]]
+    guidance: Sequence[float]
 
 
 @dataclass
@@ -83,7 +88,9 @@ class PromptEmbeddings:
 
 
 class ModelAdapter:
-    """Base adapter: the parts shared by Stable Diffusion families (UNet + VAE + scheduler)."""
+    """What the engine asks of a model, with defaults that fit UNets (a family's adapter derives
+    from :class:`multidiffusion.models.base.FamilyAdapter`, which adds what the rest of the package
+    asks: options, latents <-> VAE, pipelines)."""
 
     family = "base"
     patch_size: int = 1
@@ -129,7 +136,8 @@ class ModelAdapter:
 
     @property
     def vae_scale_factor(self) -> int:
-        return vae_scale_factor(self.vae)
+        """Pixels per latent pixel (a family's, from its VAE)."""
+        raise NotImplementedError
 
     @property
     def latent_channels(self) -> int:
@@ -176,7 +184,7 @@ class ModelAdapter:
         """Keyword arguments of the model call for a batch of jobs (``canvas`` in latent pixels)."""
         raise NotImplementedError
 
-    def condition(self, slots: PromptSlots, num_images: int) -> tuple[PromptEmbeddings, list[float]]:
+    def condition(self, slots: Prompts, num_images: int) -> tuple[PromptEmbeddings, list[float]]:
         """The prompts encoded once for the call, and the classifier-free guidance scale of each slot:
         guidance runs when some slot's scale exceeds 1 (diffusers' rule)."""
         guided = max(slots.guidance) > 1.0

@@ -1,155 +1,146 @@
-"""Model adapters: one per model family, all driving the same engine."""
+"""Model adapters: one per model family, all driving the same engine.
+
+:data:`ADAPTERS` is the registry: a family is a module with a
+:class:`~multidiffusion.models.base.FamilyAdapter` and one line there (or, from outside the package,
+:func:`register_family`). What the package knows of the families derives from it: which family a
+pipeline is (:func:`family_of`), the options each takes (:func:`family_options`, the PNG reader's
+and the command line's), and the diffusers pipelines a model folder may hold.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from multidiffusion.engine.adapter import ModelAdapter, PromptEmbeddings
-from multidiffusion.models.families import FAMILY_OPTIONS
+from multidiffusion.models.base import FamilyAdapter
+from multidiffusion.models.flux import FluxAdapter
+from multidiffusion.models.options import cli_flags, option_fields
 from multidiffusion.models.sd import StableDiffusionAdapter
+from multidiffusion.models.sd3 import StableDiffusion3Adapter
 from multidiffusion.models.sdxl import StableDiffusionXLAdapter
 
 __all__ = [
-    "FAMILIES",
+    "ADAPTERS",
+    "FamilyAdapter",
     "ModelAdapter",
     "PromptEmbeddings",
     "StableDiffusionAdapter",
     "StableDiffusionXLAdapter",
     "adapter_for",
+    "families",
+    "family_of",
+    "family_options",
     "model_family",
+    "model_flags",
+    "register_family",
+    "split_model_options",
+    "supported_families",
+    "supported_pipelines",
 ]
 
-FAMILIES = {
-    "sd": "Stable Diffusion 1.x / 2.x (UNet2DConditionModel)",
-    "sdxl": "Stable Diffusion XL (UNet2DConditionModel with text-time conditioning)",
-    "sd3": "Stable Diffusion 3 / 3.5 (SD3Transformer2DModel)",
-    "flux": "FLUX.1 dev / schnell (FluxTransformer2DModel)",
-}
-"""The families the engine drives: name -> what it is."""
-
-TRANSFORMERS = {"SD3Transformer2DModel": "sd3", "FluxTransformer2DModel": "flux"}
-"""Diffusion transformer classes -> their family."""
+ADAPTERS: list[type[FamilyAdapter]] = [
+    StableDiffusionAdapter,
+    StableDiffusionXLAdapter,
+    StableDiffusion3Adapter,
+    FluxAdapter,
+]
+"""The registered families, in the order they are tried on a pipeline: one line each."""
 
 
-def _names(families: tuple[str, ...]) -> str:
-    return ", ".join(f.upper() for f in families)
+def register_family(adapter: type[FamilyAdapter]) -> type[FamilyAdapter]:
+    """Register a family from outside the package (a plug-in): ``adapter`` replaces a registered
+    family of the same name, or is tried first (a plug-in may claim pipelines a broader family would:
+    a fine-tune's own adapter before SD's). Returns it (a class decorator)."""
+    same = [i for i, known in enumerate(ADAPTERS) if known.family == adapter.family]
+    if same:
+        ADAPTERS[same[0]] = adapter
+    else:
+        ADAPTERS.insert(0, adapter)
+    return adapter
+
+
+def families() -> dict[str, str]:
+    """The families the engine drives: name -> what it is."""
+    return {adapter.family: adapter.description for adapter in ADAPTERS}
+
+
+def family_options() -> dict[str, tuple[str, ...]]:
+    """Each model option (``from_pretrained`` keyword recorded in a result's parameters) -> the
+    families that take it, from their declared :attr:`~FamilyAdapter.Options`."""
+    takers: dict[str, list[str]] = {}
+    for adapter in ADAPTERS:
+        for f in option_fields(adapter.Options):
+            takers.setdefault(f.name, []).append(adapter.family)
+    return {name: tuple(names) for name, names in takers.items()}
+
+
+def model_flags() -> list[tuple[str, str, dict[str, Any]]]:
+    """The command line's model flags: (flag, option name, argparse keyword arguments) for every
+    option of every family (:func:`~multidiffusion.models.options.cli_flags`)."""
+    return cli_flags([(adapter.label, adapter.Options) for adapter in ADAPTERS])
+
+
+def split_model_options(keywords: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``keywords`` split into the model options of the registered families (:func:`family_options`:
+    ``MultiDiffusion``'s, checked by :func:`adapter_for`) and the rest (e.g. diffusers'
+    ``from_pretrained`` arguments)."""
+    names = family_options()
+    return {k: v for k, v in keywords.items() if k in names}, {k: v for k, v in keywords.items() if k not in names}
+
+
+def supported_pipelines() -> tuple[str, ...]:
+    """diffusers pipeline classes a model folder may name, every family's."""
+    return tuple(name for adapter in ADAPTERS for name in adapter.pipelines)
 
 
 def supported_families() -> str:
     """The supported families in words, for error messages."""
-    return "; ".join(FAMILIES.values())
+    return "; ".join(families().values())
 
 
-def _transformer_family(pipe: Any) -> str:
-    """'flux' or 'sd3' for a pipeline with a diffusion transformer; ValueError naming the supported
-    families for any other transformer, and for FLUX transformers with extra input channels (Fill,
-    Control, Kontext)."""
-    transformer = pipe.transformer
-    name = type(transformer).__name__
-    family = TRANSFORMERS.get(name)
-    if family is None:
+def family_of(pipe: Any) -> type[FamilyAdapter]:
+    """The adapter class of the family that :meth:`~FamilyAdapter.claims` ``pipe``, once it has
+    checked the pipeline (:meth:`~FamilyAdapter.check_pipe`). ``ValueError`` naming the supported
+    families for any other pipeline; a family's own one-line ``ValueError`` for a pipeline it claims
+    but can't drive (a missing component, a depth or LCM UNet, a FLUX Fill transformer, ...)."""
+    for adapter in ADAPTERS:
+        if adapter.claims(pipe):
+            adapter.check_pipe(pipe)
+            return adapter
+    net = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
+    if net is None:
         raise ValueError(
-            f"{type(pipe).__name__} with a {name} is not supported; the supported families are: {supported_families()}"
+            f"{type(pipe).__name__} has no 'unet' or 'transformer', so it is no pipeline this library drives; the "
+            f"supported families are: {supported_families()}"
         )
-    for component in ("vae", "scheduler", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"):
-        if getattr(pipe, component, None) is None:
-            raise ValueError(
-                f"pipe must have a {component!r} for this {family.upper()} model; {type(pipe).__name__} has none"
-            )
-    latent = pipe.vae.config.latent_channels
-    channels = transformer.config.in_channels
-    expected = 4 * latent if family == "flux" else latent
-    if channels != expected:
-        raise ValueError(
-            f"the {name} takes {channels} input channels but {family.upper()} text-to-image takes {expected} "
-            f"(the VAE's {latent} latent channels{' in 2x2 patches' if family == 'flux' else ''}): Fill, Control, "
-            "Kontext and other image-conditioned variants need another input; use the text-to-image model"
-        )
-    return family
+    added = getattr(net, "config", {}).get("addition_embed_type") if hasattr(net, "config") else None
+    detail = f" (addition_embed_type={added!r})" if added is not None else ""
+    raise ValueError(
+        f"{type(pipe).__name__} with a {type(net).__name__}{detail} is not supported; the supported families are: "
+        f"{supported_families()}"
+    )
 
 
 def model_family(pipe: Any) -> str:
-    """'flux' or 'sd3' for pipelines with those diffusion transformers; for UNets 'sdxl' with SDXL's
-    text-and-time added conditioning, else 'sd' (SD 1.x / 2.x).
-
-    Raises ``ValueError`` naming the supported families (:data:`FAMILIES`) for pipelines the engine
-    can't drive: other transformers, missing components, other added conditionings, or UNets whose
-    input is neither the VAE's latent alone nor an inpainting UNet's (latent, mask and masked-image
-    latent: ``2 * latent + 1`` channels, as diffusers' inpainting pipelines check); depth and
-    upscaling UNets take other extra inputs; UNets with a guidance embedding (``time_cond_proj_dim``:
-    LCM models) are refused by name until they are supported.
-    """
-    if getattr(pipe, "transformer", None) is not None and getattr(pipe, "unet", None) is None:
-        return _transformer_family(pipe)
-    for name in ("unet", "vae", "scheduler"):
-        if getattr(pipe, name, None) is None:
-            raise ValueError(
-                f"{type(pipe).__name__} has no {name!r}, so it is no pipeline this library drives; the supported "
-                f"families are: {supported_families()}"
-            )
-    unet_config, vae_config = pipe.unet.config, pipe.vae.config
-    latent = vae_config.latent_channels
-    if unet_config.in_channels not in (latent, 2 * latent + 1):
-        raise ValueError(
-            f"the UNet takes {unet_config.in_channels} input channels but the VAE's latents have {latent}: "
-            f"only text-to-image UNets ({latent} channels) and inpainting UNets ({2 * latent + 1}: latents, mask and "
-            "masked image) are supported; depth and upscaling UNets need another image input, use the base "
-            "model they were made from"
-        )
-    if unet_config.get("time_cond_proj_dim") is not None:
-        raise ValueError(
-            f"the UNet has a guidance embedding (time_cond_proj_dim={unet_config.get('time_cond_proj_dim')}): it is a "
-            "latent consistency (LCM) model, distilled to take the guidance scale as an input, which is not "
-            "supported yet (it would run as plain classifier-free guidance and give a wrong image); use the model "
-            "it was distilled from"
-        )
-    added = unet_config.get("addition_embed_type")
-    if added == "text_time":
-        required = ("text_encoder_2", "tokenizer_2")
-        family = "sdxl"
-    elif added is None:
-        required = ("text_encoder", "tokenizer")
-        family = "sd"
-    else:
-        raise ValueError(
-            f"UNets with addition_embed_type={added!r} are not supported; the supported families are: "
-            f"{supported_families()}"
-        )
-    for name in required:
-        if getattr(pipe, name, None) is None:
-            raise ValueError(
-                f"pipe must have a {name!r} for this {family.upper()} UNet; {type(pipe).__name__} has none"
-            )
-    return family
+    """The name of ``pipe``'s family ("sd", "sdxl", "sd3", "flux", ...; :func:`family_of`)."""
+    return family_of(pipe).family
 
 
 def adapter_for(pipe: Any, **options: Any) -> ModelAdapter:
     """The adapter for a diffusers pipeline (text-to-image, img2img or inpainting; their components
-    are shared).
-
-    ``options``: ``clip_skip`` (SD, SDXL, SD 3); ``crops_coords_top_left`` and ``original_size`` for
-    SDXL (see :mod:`multidiffusion.models.sdxl`); ``positions`` and ``true_cfg_scale`` for FLUX
-    (:mod:`multidiffusion.models.flux`); ``max_sequence_length`` for SD 3 and FLUX; skip-layer guidance
-    (``skip_guidance_layers``, ``skip_layer_guidance_scale`` / ``_start`` / ``_stop``) for SD 3. A ``None``
-    option takes the adapter's default; an option the family does not take is a ``ValueError``.
-    """
+    are shared), with the family's ``options`` (its declared :attr:`~FamilyAdapter.Options`; see
+    each family's module). A ``None`` option takes the family's default; an option of another family
+    or of none is a ``ValueError`` naming the families that take it."""
     options = {k: v for k, v in options.items() if v is not None}
-    family = model_family(pipe)
+    adapter = family_of(pipe)
+    takers = family_options()
     for name in options:
-        takes = FAMILY_OPTIONS.get(name)
+        takes = takers.get(name)
         if takes is None:
-            raise ValueError(f"unknown model option {name!r}; the options are {', '.join(FAMILY_OPTIONS)}")
-        if family not in takes:
-            what = "is SDXL's micro-conditioning" if takes == ("sdxl",) else f"applies to {_names(takes)} models"
-            raise ValueError(f"{name} {what}; this model is {FAMILIES[family]}, which takes no {name}")
-    if family == "sdxl":
-        return StableDiffusionXLAdapter(pipe, **options)
-    if family == "sd3":
-        from multidiffusion.models.sd3 import StableDiffusion3Adapter
-
-        return StableDiffusion3Adapter(pipe, **options)
-    if family == "flux":
-        from multidiffusion.models.flux import FluxAdapter
-
-        return FluxAdapter(pipe, **options)
-    return StableDiffusionAdapter(pipe, **options)
+            raise ValueError(f"unknown model option {name!r}; the options are {', '.join(takers)}")
+        if adapter.family not in takes:
+            names = ", ".join(f.upper() for f in takes)
+            raise ValueError(
+                f"{name} applies to {names} models; this model is {adapter.description}, which takes no {name}"
+            )
+    return adapter(pipe, **options)

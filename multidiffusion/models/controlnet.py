@@ -203,7 +203,7 @@ def load_controlnets(
 ) -> torch.nn.Module:
     """One ControlNet, or a diffusers multi-ControlNet model for a list (``MultiControlNetModel``;
     FLUX's and SD 3's own), each checked by the model's ``adapter`` and moved to its device and dtype."""
-    from diffusers import FluxMultiControlNetModel, MultiControlNetModel, SD3MultiControlNetModel
+    import diffusers
 
     unet = adapter.unet
 
@@ -218,5 +218,4 @@ def load_controlnets(
         net = load_controlnet(s, torch_dtype=torch_dtype or unet.dtype, allow_pickle=allow_pickle, name=label)
         net = adapter.adopt_controlnet(net.to(unet.device, unet.dtype), label)
         nets.append(net)
-    multi = {"flux": FluxMultiControlNetModel, "sd3": SD3MultiControlNetModel}.get(adapter.family, MultiControlNetModel)
-    return nets[0] if len(nets) == 1 else multi(nets)
+    return nets[0] if len(nets) == 1 else getattr(diffusers, adapter.multi_controlnet)(nets)

@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from multidiffusion.engine.adapter import ModelAdapter
 from multidiffusion.engine.noising import is_flow_matching
+from multidiffusion.models.base import FamilyAdapter
 from multidiffusion.vae.codec import encode_images
 
 __all__ = ["FlowMatchingAdapter", "calculate_shift"]
@@ -59,10 +59,17 @@ def calculate_shift(
     return tokens * m + (base_shift - m * base_seq_len)
 
 
-class FlowMatchingAdapter(ModelAdapter):
+class FlowMatchingAdapter(FamilyAdapter):
     """Base of the transformer adapters: ``pipe.transformer`` as the model, flow-matching schedules
     shifted by the window's token count, no UNet-only optimisations."""
 
+    network = "transformer"
+    components = ("vae", "scheduler", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+    tokens_per_patch = 1
+    """Latent patches the transformer reads per input channel group: its ``in_channels`` are the
+    VAE's latent channels times this (4 for FLUX.1, which packs 2x2 patches before its input layer;
+    1 for SD 3, which patchifies inside)."""
+    max_sequence_length: int
     patch_size = 2
     shares_prefix = False
     explicit_sigmas = False
@@ -73,15 +80,20 @@ class FlowMatchingAdapter(ModelAdapter):
 
     controlnet_guess_mode = False
 
-    def __init__(self, pipe: Any, max_sequence_length: int, controlnet: Any = None):
-        """``max_sequence_length``: T5 tokens of every prompt (1 to 512); ``controlnet``: a ControlNet
-        pipeline's (``FluxControlNetPipeline``, ``StableDiffusion3ControlNetPipeline``)."""
-        super().__init__(pipe, controlnet)
-        if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int):
-            raise ValueError(f"max_sequence_length must be an integer from 1 to 512, got {max_sequence_length!r}")
-        if not 1 <= max_sequence_length <= 512:
-            raise ValueError(f"max_sequence_length must be an integer from 1 to 512, got {max_sequence_length}")
-        self.max_sequence_length = max_sequence_length
+    @classmethod
+    def check_network(cls, pipe: Any) -> None:
+        """A text-to-image transformer: its input is the VAE's latents (packed by
+        :attr:`tokens_per_patch`), not also an image's (Fill, Control, Kontext)."""
+        latent = pipe.vae.config.latent_channels
+        channels = pipe.transformer.config.in_channels
+        expected = cls.tokens_per_patch * latent
+        if channels != expected:
+            packed = " in 2x2 patches" if cls.tokens_per_patch > 1 else ""
+            raise ValueError(
+                f"the {type(pipe.transformer).__name__} takes {channels} input channels but {cls.family.upper()} "
+                f"text-to-image takes {expected} (the VAE's {latent} latent channels{packed}): Fill, Control, "
+                "Kontext and other image-conditioned variants need another input; use the text-to-image model"
+            )
 
     @property
     def unet(self) -> torch.nn.Module:
@@ -133,14 +145,15 @@ class FlowMatchingAdapter(ModelAdapter):
             )
         scheduler.set_timesteps(steps, device=device, **kwargs)
 
-    def parameters(self) -> dict[str, Any]:
-        return {}
+    def adopt_controlnet(self, net: Any, name: str) -> Any:
+        """A family that runs no ControlNet yet refuses one in a line (FLUX.1 and SD 3 run theirs)."""
+        raise ValueError(f"{name}: ControlNets are not supported for {self.label} models yet")
 
     def control_latents(self, pixels: torch.Tensor, shift: bool = True) -> torch.Tensor:
         """The canvas's control image ``pixels`` (1, 3, H, W) in [0, 1] as its pipeline prepares it
         for the ControlNet: to [-1, 1], encoded (in tiles for large canvases; the posterior's mean),
         (z - shift_factor) * scaling_factor, or z * scaling_factor without ``shift``."""
-        latents = encode_images(self.vae, 2 * pixels - 1)
+        latents = encode_images(self.vae, 2 * pixels - 1, latent_format=self.latent_format)
         if not shift and getattr(self.vae.config, "shift_factor", None) is not None:
             latents = latents + self.vae.config.shift_factor * self.vae.config.scaling_factor
         return latents.to(self.device, self.dtype)

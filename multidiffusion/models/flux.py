@@ -40,6 +40,7 @@ and FluxControlNetPipeline with a ControlNet (``tests/test_dit_controlnet.py``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -47,10 +48,24 @@ import torch
 from multidiffusion.engine.adapter import PromptEmbeddings, map_tensors, split_slots
 from multidiffusion.engine.fusion import Job
 from multidiffusion.models.flow import FlowMatchingAdapter
+from multidiffusion.models.options import ModelOptions, max_sequence_length, non_negative, option
 
-__all__ = ["POSITIONS", "FluxAdapter", "pack_latents", "unpack_latents"]
+__all__ = ["POSITIONS", "FluxAdapter", "FluxOptions", "pack_latents", "unpack_latents"]
 
 POSITIONS = ("view", "canvas")
+
+
+@dataclass(frozen=True)
+class FluxOptions(ModelOptions):
+    positions: str = option(
+        "view",
+        choices=POSITIONS,
+        help="each view's rotary positions: an image of its own size (view) or its place on the canvas",
+    )
+    true_cfg_scale: float = option(
+        1.0, check=non_negative, parse=float, help="true classifier-free guidance with the negative prompt (≤ 1: off)"
+    )
+    max_sequence_length: int = max_sequence_length(512)
 
 
 def pack_latents(x: torch.Tensor) -> torch.Tensor:
@@ -86,6 +101,16 @@ class FluxAdapter(FlowMatchingAdapter):
     T5 tokens (512, FluxPipeline's default)."""
 
     family = "flux"
+    label = "FLUX.1"
+    description = "FLUX.1 dev / schnell (FluxTransformer2DModel)"
+    Options = FluxOptions
+    pipeline_class = "FluxPipeline"
+    pipelines = ("FluxPipeline",)
+    network_classes = ("FluxTransformer2DModel",)
+    multi_controlnet = "FluxMultiControlNetModel"
+    tokens_per_patch = 4
+    positions: str
+    true_cfg_scale: float
 
     @property
     def sampling_defaults(self) -> tuple[int, float]:
@@ -95,27 +120,6 @@ class FluxAdapter(FlowMatchingAdapter):
     explicit_sigmas = True
     max_shift_default = 1.15
     controlnet_positive_only = True
-
-    def __init__(
-        self,
-        pipe: Any,
-        positions: str = "view",
-        true_cfg_scale: float = 1.0,
-        max_sequence_length: int = 512,
-    ):
-        from diffusers import FluxPipeline
-
-        controlnet = getattr(pipe, "controlnet", None)  # a ControlNet pipeline's, kept for every task
-        if not isinstance(pipe, FluxPipeline):
-            # img2img, inpainting or ControlNet siblings share the components: reuse them, no copies
-            pipe = FluxPipeline.from_pipe(pipe)
-        super().__init__(pipe, max_sequence_length, controlnet)
-        if positions not in POSITIONS:
-            raise ValueError(f"positions must be one of {', '.join(map(repr, POSITIONS))}, got {positions!r}")
-        if isinstance(true_cfg_scale, bool) or not isinstance(true_cfg_scale, (int, float)) or true_cfg_scale < 0:
-            raise ValueError(f"true_cfg_scale must be a number ≥ 0 (≤ 1: off), got {true_cfg_scale!r}")
-        self.positions = positions
-        self.true_cfg_scale = float(true_cfg_scale)
 
     @property
     def native_latent_size(self) -> tuple[int, int]:
@@ -127,13 +131,6 @@ class FluxAdapter(FlowMatchingAdapter):
     def guidance_embedded(self) -> bool:
         """Whether the transformer takes the guidance scale as an input (guidance-distilled: dev)."""
         return bool(self.transformer.config.guidance_embeds)
-
-    def parameters(self) -> dict[str, Any]:
-        return {
-            "positions": self.positions,
-            "true_cfg_scale": self.true_cfg_scale,
-            "max_sequence_length": self.max_sequence_length,
-        }
 
     def condition(self, slots: Any, num_images: int) -> tuple[PromptEmbeddings, list[float]]:
         """Prompts encoded once; true CFG when ``true_cfg_scale`` > 1 and some negative is given; the

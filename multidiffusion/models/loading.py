@@ -34,14 +34,6 @@ __all__ = [
 ]
 
 DEMO_MODEL_DIR = Path(__file__).parents[1] / "demo" / "model"
-SUPPORTED_PIPELINES = (
-    "StableDiffusionPipeline",
-    "StableDiffusionXLPipeline",
-    "StableDiffusionInpaintPipeline",  # inpainting models: md.inpaint / md.outpaint only
-    "StableDiffusionXLInpaintPipeline",
-    "StableDiffusion3Pipeline",  # SD 3 / 3.5
-    "FluxPipeline",  # FLUX.1 dev / schnell
-)
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _MODEL_KINDS = "'demo', a Hugging Face repo id, or the path of a diffusers folder or a checkpoint file"
@@ -65,10 +57,12 @@ def default_dtype(device: torch.device | str) -> torch.dtype:
 def _pipeline_class(name: str):
     import diffusers
 
-    if name not in SUPPORTED_PIPELINES:
+    from multidiffusion.models import supported_families, supported_pipelines
+
+    if name not in supported_pipelines():
         raise ModelNotFoundError(
-            f"model is a {name}; multidiffusion supports the Stable Diffusion family (1.x, 2.x, XL, 3 / 3.5) and "
-            f"FLUX.1 ({', '.join(SUPPORTED_PIPELINES)}) and their fine-tunes"
+            f"model is a {name}; multidiffusion supports {supported_families()} ({', '.join(supported_pipelines())}) "
+            "and their fine-tunes"
         )
     return getattr(diffusers, name)
 

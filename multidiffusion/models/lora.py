@@ -38,7 +38,10 @@ def _peft_backend() -> bool:
 
 
 def _family(pipe: Any) -> str:
-    return "SDXL" if getattr(pipe, "text_encoder_2", None) is not None else "SD 1.x/2.x"
+    """The pipeline's family in a few words, for messages."""
+    from multidiffusion.models import family_of
+
+    return family_of(pipe).label
 
 
 def _lora_layers(pipe: Any) -> list[Any]:

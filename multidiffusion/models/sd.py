@@ -3,29 +3,38 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from multidiffusion.engine.adapter import ModelAdapter, PromptEmbeddings, split_slots
+from multidiffusion.engine.adapter import PromptEmbeddings, split_slots
 from multidiffusion.engine.fusion import Job
+from multidiffusion.models.base import FamilyAdapter
+from multidiffusion.models.options import ModelOptions, clip_skip
 
-__all__ = ["StableDiffusionAdapter"]
+__all__ = ["StableDiffusionAdapter", "StableDiffusionOptions"]
 
 
-class StableDiffusionAdapter(ModelAdapter):
+@dataclass(frozen=True)
+class StableDiffusionOptions(ModelOptions):
+    clip_skip: int | None = clip_skip()
+
+
+class StableDiffusionAdapter(FamilyAdapter):
     """Text encoding through the pipeline's own ``encode_prompt``, so LoRA scales, textual
     inversions and clip skip set on the pipeline apply as they would in diffusers."""
 
     family = "sd"
+    label = "SD 1.x/2.x"
+    description = "Stable Diffusion 1.x / 2.x (UNet2DConditionModel)"
+    Options = StableDiffusionOptions
+    pipeline_class = "StableDiffusionPipeline"
+    pipelines = ("StableDiffusionPipeline", "StableDiffusionInpaintPipeline")  # inpainting: md.inpaint / outpaint
+    clip_skip: int | None
 
-    def __init__(self, pipe: Any, clip_skip: int | None = None):
-        from diffusers import StableDiffusionPipeline
-
-        controlnet = getattr(pipe, "controlnet", None)  # a ControlNet pipeline's, kept for every task
-        if not isinstance(pipe, StableDiffusionPipeline):
-            # img2img, panorama or other siblings share the components: reuse them, no copies
-            pipe = StableDiffusionPipeline.from_pipe(pipe)
-        super().__init__(pipe, controlnet)
-        self.clip_skip = clip_skip
+    @classmethod
+    def claims(cls, pipe: Any) -> bool:
+        """A UNet without added conditioning (SDXL's text-time embedding is SDXL's)."""
+        return super().claims(pipe) and pipe.unet.config.get("addition_embed_type") is None
 
     def encode(
         self,
@@ -49,12 +58,6 @@ class StableDiffusionAdapter(ModelAdapter):
             positive={"encoder_hidden_states": split_slots(pos, slots)},
             negative={"encoder_hidden_states": split_slots(neg, slots)} if guidance else None,
         )
-
-    def adopt_controlnet(self, net: Any, name: str) -> Any:
-        from multidiffusion.models.controlnet import check_controlnet
-
-        check_controlnet(net, self.unet, name)
-        return net
 
     def unet_kwargs(self, cond: PromptEmbeddings, jobs: Sequence[Job], canvas: tuple[int, int]) -> dict[str, Any]:
         return {"encoder_hidden_states": cond.gather("encoder_hidden_states", [job.prompt for job in jobs])}

@@ -32,6 +32,7 @@ At one view covering the canvas this is StableDiffusion3Pipeline step for step
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,8 +40,52 @@ import torch
 from multidiffusion.engine.adapter import PromptEmbeddings, split_slots
 from multidiffusion.engine.fusion import Job
 from multidiffusion.models.flow import FlowMatchingAdapter
+from multidiffusion.models.options import ModelOptions, clip_skip, max_sequence_length, non_negative, option
 
-__all__ = ["StableDiffusion3Adapter"]
+__all__ = ["StableDiffusion3Adapter", "StableDiffusion3Options"]
+
+
+def _layers(name: str, value: Any) -> tuple[int, ...]:
+    """``skip_guidance_layers`` as a tuple of block indices (checked against the model by the adapter)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ValueError(f"{name} must be a list of block indices, got {value!r}")
+    return tuple(value)
+
+
+def parse_layers(text: str) -> list[int]:
+    """Block indices from the command line: '7,8,9'."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"expected block indices separated by commas (e.g. 7,8,9), got {text!r}") from None
+
+
+@dataclass(frozen=True)
+class StableDiffusion3Options(ModelOptions):
+    clip_skip: int | None = clip_skip()
+    max_sequence_length: int = max_sequence_length(256)
+    skip_guidance_layers: tuple[int, ...] | None = option(
+        None,
+        check=_layers,
+        parse=parse_layers,
+        metavar="I,J,...",
+        help="skip-layer guidance: transformer blocks skipped in its extra pass (e.g. 7,8,9 for SD 3.5 medium)",
+    )
+    skip_layer_guidance_scale: float = option(2.8, check=non_negative, parse=float, help="skip-layer guidance scale")
+    skip_layer_guidance_start: float = option(
+        0.01, check=non_negative, parse=float, help="fraction of the steps where skip-layer guidance starts"
+    )
+    skip_layer_guidance_stop: float = option(
+        0.2, check=non_negative, parse=float, help="fraction of the steps where skip-layer guidance stops"
+    )
+
+    def check(self) -> None:
+        start, stop = self.skip_layer_guidance_start, self.skip_layer_guidance_stop
+        if not start <= stop <= 1:
+            raise ValueError(
+                "skip_layer_guidance_start and skip_layer_guidance_stop must satisfy 0 ≤ start ≤ stop ≤ 1, got "
+                f"{start} and {stop}"
+            )
 
 
 class StableDiffusion3Adapter(FlowMatchingAdapter):
@@ -48,65 +93,47 @@ class StableDiffusion3Adapter(FlowMatchingAdapter):
     ``max_sequence_length`` T5 tokens (256, the pipeline's default)."""
 
     family = "sd3"
+    label = "SD 3"
+    description = "Stable Diffusion 3 / 3.5 (SD3Transformer2DModel)"
+    Options = StableDiffusion3Options
+    pipeline_class = "StableDiffusion3Pipeline"
+    pipelines = ("StableDiffusion3Pipeline",)
+    network_classes = ("SD3Transformer2DModel",)
+    multi_controlnet = "SD3MultiControlNetModel"
     sampling_defaults = (28, 7.0)  # StableDiffusion3Pipeline's
     explicit_sigmas = False
     max_shift_default = 1.16
+    clip_skip: int | None
+    skip_guidance_layers: tuple[int, ...] | None
+    skip_layer_guidance_scale: float
+    skip_layer_guidance_start: float
+    skip_layer_guidance_stop: float
 
-    def __init__(
-        self,
-        pipe: Any,
-        clip_skip: int | None = None,
-        max_sequence_length: int = 256,
-        skip_guidance_layers: Sequence[int] | None = None,
-        skip_layer_guidance_scale: float = 2.8,
-        skip_layer_guidance_start: float = 0.01,
-        skip_layer_guidance_stop: float = 0.2,
-    ):
-        from diffusers import StableDiffusion3Pipeline
-
-        controlnet = getattr(pipe, "controlnet", None)  # a ControlNet pipeline's, kept for every task
-        if not isinstance(pipe, StableDiffusion3Pipeline):
-            pipe = StableDiffusion3Pipeline.from_pipe(pipe)
-        super().__init__(pipe, max_sequence_length, controlnet)
-        self.clip_skip = clip_skip
-        self.skip_guidance_layers = _checked_layers(skip_guidance_layers, len(self.transformer.transformer_blocks))
-        for name, value in (
-            ("skip_layer_guidance_scale", skip_layer_guidance_scale),
-            ("skip_layer_guidance_start", skip_layer_guidance_start),
-            ("skip_layer_guidance_stop", skip_layer_guidance_stop),
-        ):  # the adapter layer doesn't import the options module (tests/test_architecture.py)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"{name} must be a number ≥ 0, got {value!r}")
-        scale, start, stop = (
-            float(skip_layer_guidance_scale),
-            float(skip_layer_guidance_start),
-            float(skip_layer_guidance_stop),
-        )
-        if not start <= stop <= 1:
-            raise ValueError(
-                "skip_layer_guidance_start and skip_layer_guidance_stop must satisfy 0 ≤ start ≤ stop ≤ 1, got "
-                f"{start} and {stop}"
-            )
-        self.skip_layer_guidance = (scale, start, stop)
+    def __init__(self, pipe: Any, **options: Any):
+        super().__init__(pipe, **options)
+        blocks = len(self.transformer.transformer_blocks)
+        for layer in self.skip_guidance_layers or ():
+            if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < blocks:
+                raise ValueError(
+                    f"skip_guidance_layers: each must be a transformer block index from 0 to {blocks - 1}, got "
+                    f"{layer!r}"
+                )
 
     @property
     def patch_size(self) -> int:  # type: ignore[override]
         return int(self.transformer.config.patch_size)
 
     def parameters(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"max_sequence_length": self.max_sequence_length}
-        if self.skip_guidance_layers:
-            scale, start, stop = self.skip_layer_guidance
-            out["skip_guidance_layers"] = list(self.skip_guidance_layers)
-            out.update(skip_layer_guidance_scale=scale, skip_layer_guidance_start=start, skip_layer_guidance_stop=stop)
-        return out
+        """The options as set; skip-layer guidance's settings only with its layers."""
+        out = super().parameters()
+        return out if self.skip_guidance_layers else {k: v for k, v in out.items() if not k.startswith("skip_")}
 
     def skip_layer_pass(self, step: int, steps: int) -> tuple[dict[str, Any], float] | None:
         """StableDiffusion3Pipeline's skip-layer guidance: on at steps i with start · n < i < stop · n."""
-        scale, start, stop = self.skip_layer_guidance
+        start, stop = self.skip_layer_guidance_start, self.skip_layer_guidance_stop
         if not self.skip_guidance_layers or not (steps * start < step < steps * stop):
             return None
-        return {"skip_layers": list(self.skip_guidance_layers)}, scale
+        return {"skip_layers": list(self.skip_guidance_layers)}, self.skip_layer_guidance_scale
 
     def encode(
         self,
@@ -184,17 +211,3 @@ class StableDiffusion3Adapter(FlowMatchingAdapter):
 
     def residual_kwargs(self, residuals: Any) -> dict[str, Any]:
         return {"block_controlnet_hidden_states": residuals[0]}
-
-
-def _checked_layers(layers: Sequence[int] | None, blocks: int) -> tuple[int, ...]:
-    """``skip_guidance_layers`` as a tuple of block indices, each checked against the transformer."""
-    if layers is None:
-        return ()
-    if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
-        raise ValueError(f"skip_guidance_layers must be a list of block indices, got {layers!r}")
-    for layer in layers:
-        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < blocks:
-            raise ValueError(
-                f"skip_guidance_layers: each must be a transformer block index from 0 to {blocks - 1}, got {layer!r}"
-            )
-    return tuple(layers)

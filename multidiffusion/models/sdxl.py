@@ -30,51 +30,90 @@ explicit ``original_size``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from multidiffusion.engine.adapter import ModelAdapter, PromptEmbeddings, split_slots
+from multidiffusion.engine.adapter import PromptEmbeddings, split_slots
 from multidiffusion.engine.fusion import Job
+from multidiffusion.models.base import FamilyAdapter
+from multidiffusion.models.options import ModelOptions, clip_skip, option
 
-__all__ = ["CROPS_COORDS", "ORIGINAL_SIZES", "StableDiffusionXLAdapter"]
+__all__ = ["CROPS_COORDS", "ORIGINAL_SIZES", "StableDiffusionXLAdapter", "StableDiffusionXLOptions"]
 
 CROPS_COORDS = ("zero", "offset")
 ORIGINAL_SIZES = ("canvas", "window")
 _NUM_TIME_IDS = 6
 
 
-class StableDiffusionXLAdapter(ModelAdapter):
+def _original_size(name: str, value: Any) -> str | tuple[int, int]:
+    if isinstance(value, str) and value in ORIGINAL_SIZES:
+        return value
+    if (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
+        return (int(value[0]), int(value[1]))
+    raise ValueError(
+        f"{name} must be 'canvas', 'window' or a (height, width) pair of positive pixel counts, got {value!r}"
+    )
+
+
+def parse_original_size(text: str) -> str | tuple[int, int]:
+    """'canvas', 'window' or HxW pixels (e.g. '2048x2048') from the command line."""
+    if text in ORIGINAL_SIZES:
+        return text
+    parts = text.lower().split("x")
+    if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+        return (int(parts[0]), int(parts[1]))
+    raise ValueError(f"expected canvas, window or HxW pixels, got {text!r}")
+
+
+@dataclass(frozen=True)
+class StableDiffusionXLOptions(ModelOptions):
+    clip_skip: int | None = clip_skip()
+    crops_coords_top_left: str = option(
+        "zero",
+        choices=CROPS_COORDS,
+        flag="--crops-coords",
+        help="each view's crop conditioning, (0, 0) or its offset on the canvas",
+    )
+    original_size: str | tuple[int, int] = option(
+        "canvas",
+        check=_original_size,
+        parse=parse_original_size,
+        metavar="{canvas,window,HxW}",
+        help="each view's original-size conditioning: canvas, window or HxW pixels",
+    )
+
+
+class StableDiffusionXLAdapter(FamilyAdapter):
     """SDXL base models and their fine-tunes. Text encoding goes through the pipeline's own
     ``encode_prompt`` (both encoders, pooled embedding; LoRAs, textual inversions and clip skip
     apply); the time ids are built per view (see the module docstring for the options)."""
 
     family = "sdxl"
+    label = "SDXL"
+    description = "Stable Diffusion XL (UNet2DConditionModel with text-time conditioning)"
+    Options = StableDiffusionXLOptions
+    pipeline_class = "StableDiffusionXLPipeline"
+    pipelines = ("StableDiffusionXLPipeline", "StableDiffusionXLInpaintPipeline")
+    components = ("vae", "scheduler", "text_encoder_2", "tokenizer_2")
     sampling_defaults = (50, 5.0)  # StableDiffusionXLPipeline's
+    clip_skip: int | None
+    crops_coords_top_left: str
+    original_size: str | tuple[int, int]
 
-    def __init__(
-        self,
-        pipe: Any,
-        clip_skip: int | None = None,
-        crops_coords_top_left: str = "zero",
-        original_size: str | tuple[int, int] = "canvas",
-    ):
-        from diffusers import StableDiffusionXLPipeline
-
-        controlnet = getattr(pipe, "controlnet", None)  # a ControlNet pipeline's, kept for every task
-        if not isinstance(pipe, StableDiffusionXLPipeline):
-            # img2img or other siblings share the components: reuse them, no copies
-            pipe = StableDiffusionXLPipeline.from_pipe(pipe)
-        super().__init__(pipe, controlnet)
-        self.clip_skip = clip_skip
-        if crops_coords_top_left not in CROPS_COORDS:
-            raise ValueError(
-                f"crops_coords_top_left must be one of {', '.join(map(repr, CROPS_COORDS))}, "
-                f"got {crops_coords_top_left!r}"
-            )
-        self.crops_coords_top_left = crops_coords_top_left
-        self.original_size = _original_size(original_size)
+    def __init__(self, pipe: Any, **options: Any):
+        super().__init__(pipe, **options)
         self._check_added_embedding()
+
+    @classmethod
+    def claims(cls, pipe: Any) -> bool:
+        """A UNet with SDXL's text-and-time added conditioning."""
+        return super().claims(pipe) and pipe.unet.config.get("addition_embed_type") == "text_time"
 
     def _check_added_embedding(self) -> None:
         """SDXL base UNets take 6 time ids + the pooled embedding; the refiner takes 5 (aesthetic score)."""
@@ -88,13 +127,6 @@ class StableDiffusionXLAdapter(ModelAdapter):
                 f"pooled text embedding give {given}: an SDXL refiner (aesthetic-score conditioning) cannot generate "
                 "from noise; use an SDXL base model or a fine-tune of it"
             )
-
-    def parameters(self) -> dict[str, Any]:
-        size = self.original_size
-        return {
-            "crops_coords_top_left": self.crops_coords_top_left,
-            "original_size": size if isinstance(size, str) else list(size),
-        }
 
     def encode(
         self,
@@ -125,12 +157,6 @@ class StableDiffusionXLAdapter(ModelAdapter):
             neg_pooled = torch.where(empty.view(-1, 1), torch.zeros_like(neg_pooled), neg_pooled)
         negative = {"encoder_hidden_states": split_slots(neg, slots), "text_embeds": split_slots(neg_pooled, slots)}
         return PromptEmbeddings(positive, negative)
-
-    def adopt_controlnet(self, net: Any, name: str) -> Any:
-        from multidiffusion.models.controlnet import check_controlnet
-
-        check_controlnet(net, self.unet, name)
-        return net
 
     def unet_kwargs(self, cond: PromptEmbeddings, jobs: Sequence[Job], canvas: tuple[int, int]) -> dict[str, Any]:
         slots = [job.prompt for job in jobs]
@@ -172,17 +198,3 @@ class StableDiffusionXLAdapter(ModelAdapter):
             original = list(self.original_size)
         crop = [view.top * f, (view.left % canvas[1]) * f] if self.crops_coords_top_left == "offset" else [0, 0]
         return original + crop + target
-
-
-def _original_size(value: Any) -> str | tuple[int, int]:
-    if isinstance(value, str) and value in ORIGINAL_SIZES:
-        return value
-    if (
-        isinstance(value, (tuple, list))
-        and len(value) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
-    ):
-        return (int(value[0]), int(value[1]))
-    raise ValueError(
-        f"original_size must be 'canvas', 'window' or a (height, width) pair of positive pixel counts, got {value!r}"
-    )

@@ -1,0 +1,137 @@
+"""What a model family is: one adapter class that says which diffusers pipelines it drives, the
+options it takes, how its latents map to the VAE's, and what the engine asks of every model
+(:class:`~multidiffusion.engine.adapter.ModelAdapter`: prompts encoded once, the model's keyword
+arguments per batch of views, its prediction for a batch of crops, the schedule).
+
+A family is a module with a :class:`FamilyAdapter` subclass, registered by one line in
+:data:`multidiffusion.models.ADAPTERS`; ``docs/adding-a-family.md`` walks through one. Everything
+the rest of the package knows of the families derives from these classes: which family a pipeline
+is (:meth:`FamilyAdapter.claims` and :meth:`FamilyAdapter.check_pipe`), the options ``MultiDiffusion``
+accepts, what a PNG records and reads back, the command line's flags (:attr:`FamilyAdapter.Options`),
+the diffusers pipelines a folder may hold (:attr:`FamilyAdapter.pipelines`) and the multi-ControlNet
+class (:attr:`FamilyAdapter.multi_controlnet`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from multidiffusion.engine.adapter import ModelAdapter
+from multidiffusion.models.options import ModelOptions, option_fields
+from multidiffusion.vae.codec import vae_scale_factor
+from multidiffusion.vae.latents import LatentFormat, ScaledLatents
+
+__all__ = ["FamilyAdapter"]
+
+
+class FamilyAdapter(ModelAdapter):
+    """Base of every family's adapter; its defaults fit UNet families (SD 1.x / 2.x, SDXL).
+
+    A subclass sets the class attributes below, implements ``encode`` and ``unet_kwargs`` (and
+    ``predict`` when the network is not called as a UNet), and overrides what differs. Its options
+    become attributes of the adapter (``adapter.clip_skip``), checked by the ``Options`` class.
+    """
+
+    family: ClassVar[str] = "base"
+    """Short name, recorded nowhere but shown in messages ("sd", "sdxl", "sd3", "flux")."""
+    label: ClassVar[str] = ""
+    """The family in a few words, for flags' help ("SDXL", "FLUX.1")."""
+    description: ClassVar[str] = ""
+    """The family in words, for errors that list the supported families."""
+    Options: ClassVar[type[ModelOptions]] = ModelOptions
+    """The options the family takes (a frozen dataclass of :func:`~multidiffusion.models.options.option`
+    fields): ``from_pretrained``'s keywords, recorded in results, flags of the command line."""
+    pipeline_class: ClassVar[str] = ""
+    """diffusers' text-to-image pipeline of the family: any sibling (img2img, inpainting, ControlNet)
+    is turned into it with ``from_pipe``, sharing its components."""
+    pipelines: ClassVar[tuple[str, ...]] = ()
+    """diffusers pipeline classes (``model_index.json``'s ``_class_name``) that load as this family."""
+    network: ClassVar[str] = "unet"
+    """The pipeline's attribute holding the denoising network ("unet" or "transformer")."""
+    network_classes: ClassVar[tuple[str, ...]] = ("UNet2DConditionModel",)
+    """Class names of the networks the family drives."""
+    components: ClassVar[tuple[str, ...]] = ("vae", "scheduler", "text_encoder", "tokenizer")
+    """Pipeline components the family needs besides the network."""
+    multi_controlnet: ClassVar[str] = "MultiControlNetModel"
+    """diffusers' class that runs several of the family's ControlNets as one."""
+
+    def __init__(self, pipe: Any, **options: Any):
+        """``pipe``: the family's pipeline or a sibling sharing its components (its ControlNet, if a
+        ControlNet pipeline, is kept for every task); ``options``: the family's :attr:`Options`
+        (None or left out: the default), checked, then set as attributes."""
+        controlnet = getattr(pipe, "controlnet", None)
+        super().__init__(self.own_pipeline(pipe), controlnet)
+        unknown = set(options) - {f.name for f in option_fields(self.Options)}
+        if unknown:
+            takes = ", ".join(f.name for f in option_fields(self.Options)) or "none"
+            raise ValueError(f"{self.label} models take no {', '.join(sorted(unknown))}; their options: {takes}")
+        checked = self.Options(**options)
+        for f in option_fields(self.Options):
+            setattr(self, f.name, getattr(checked, f.name))
+
+    @classmethod
+    def own_pipeline(cls, pipe: Any) -> Any:
+        """``pipe`` as the family's :attr:`pipeline_class` (the same components, no copies)."""
+        import diffusers
+
+        target = getattr(diffusers, cls.pipeline_class)
+        return pipe if isinstance(pipe, target) else target.from_pipe(pipe)
+
+    @classmethod
+    def claims(cls, pipe: Any) -> bool:
+        """Whether ``pipe``'s network is one this family drives (then :meth:`check_pipe` says
+        whether the rest fits)."""
+        net = getattr(pipe, cls.network, None)
+        return net is not None and type(net).__name__ in cls.network_classes
+
+    @classmethod
+    def check_pipe(cls, pipe: Any) -> None:
+        """ValueError in one line when a pipeline this family :meth:`claims` lacks one of its
+        :attr:`components` or has a network it can't drive (:meth:`check_network`)."""
+        for name in cls.components:
+            if getattr(pipe, name, None) is None:
+                raise ValueError(
+                    f"pipe must have a {name!r} for this {cls.family.upper()} model; {type(pipe).__name__} has none"
+                )
+        cls.check_network(pipe)
+
+    @classmethod
+    def check_network(cls, pipe: Any) -> None:
+        """UNets: text-to-image or inpainting inputs, no guidance embedding."""
+        unet_config = pipe.unet.config
+        latent = pipe.vae.config.latent_channels
+        if unet_config.in_channels not in (latent, 2 * latent + 1):
+            raise ValueError(
+                f"the UNet takes {unet_config.in_channels} input channels but the VAE's latents have {latent}: "
+                f"only text-to-image UNets ({latent} channels) and inpainting UNets ({2 * latent + 1}: latents, mask "
+                "and masked image) are supported; depth and upscaling UNets need another image input, use the base "
+                "model they were made from"
+            )
+        if unet_config.get("time_cond_proj_dim") is not None:
+            raise ValueError(
+                f"the UNet has a guidance embedding (time_cond_proj_dim={unet_config.get('time_cond_proj_dim')}): it "
+                "is a latent consistency (LCM) model, distilled to take the guidance scale as an input, which is not "
+                "supported yet (it would run as plain classifier-free guidance and give a wrong image); use the "
+                "model it was distilled from"
+            )
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return vae_scale_factor(self.vae)
+
+    @property
+    def latent_format(self) -> LatentFormat:
+        """How this family's latents map to its VAE's (every encode and decode of the call goes
+        through it): by default as the VAE's config says (:class:`~multidiffusion.vae.latents.ScaledLatents`)."""
+        return ScaledLatents.of(self.vae)
+
+    def parameters(self) -> dict[str, Any]:
+        """The family's options as set (the attributes, checked again), unset ones left out."""
+        return self.Options(**{f.name: getattr(self, f.name) for f in option_fields(self.Options)}).record()
+
+    def adopt_controlnet(self, net: Any, name: str) -> Any:
+        """A UNet family's ``ControlNetModel``, checked against the UNet."""
+        from multidiffusion.models.controlnet import check_controlnet
+
+        check_controlnet(net, self.unet, name)
+        return net
