@@ -8,14 +8,13 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from multidiffusion.io.checks import check_int
-from multidiffusion.io.messages import shown
-from multidiffusion.io.ranges import check_guidance, check_negative, check_prompt_length, check_text
+from multidiffusion.io.ranges import check_negative, check_text
 from multidiffusion.options.image_tasks import INPUT, check_input_image
 from multidiffusion.options.limits import Limits
 from multidiffusion.options.sampling import SamplingOptions
 from multidiffusion.regions.layout import Region, as_regions
 
-__all__ = ["MAX_REGION_WEIGHT", "RegionsOptions"]
+__all__ = ["RegionsOptions"]
 
 
 @dataclass
@@ -38,7 +37,6 @@ class RegionsOptions(SamplingOptions):
         self.background = check_text("background", self.background, required=False)
         check_negative("negative_prompt", self.negative_prompt)
         self.regions = as_regions(self.regions, self.checked_against.max_regions, self.checked_against.suffix())
-        _check_region_numbers(self.regions)
         self.check_steps()
         if not self.regions and self.background is None:
             raise ValueError("regions: give at least one region or a background prompt")
@@ -60,23 +58,3 @@ class RegionsOptions(SamplingOptions):
         if self.bootstrap_steps is None:
             self.bootstrap_steps = int(0.4 * steps + 0.5)
         self.bootstrap_steps = check_int("bootstrap_steps", self.bootstrap_steps, 0, steps)
-
-
-MAX_REGION_WEIGHT = 1000.0
-"""Largest region weight (a multiplier of its mask in Eq. 5's weights; 1 is the paper's)."""
-
-
-def _check_region_numbers(regions: Sequence[Region]) -> None:
-    """What the regions module leaves open: prompt lengths, and finite bounds on the numbers that
-    multiply noise estimates (a guidance scale or weight of 1e308 overflows to a black image)."""
-    for i, region in enumerate(regions):
-        name = f"regions[{i}]"
-        check_prompt_length(f"{name}.prompt", region.prompt)
-        if region.negative_prompt is not None:
-            check_prompt_length(f"{name}.negative_prompt", region.negative_prompt)
-        if region.guidance_scale is not None:
-            check_guidance(f"{name}.guidance_scale", region.guidance_scale)
-        if region.weight > MAX_REGION_WEIGHT:
-            raise ValueError(
-                f"{name}.weight must be a number > 0 up to {MAX_REGION_WEIGHT:g}, got {shown(region.weight)}"
-            )

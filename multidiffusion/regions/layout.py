@@ -29,8 +29,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from multidiffusion.conditionings import ConditioningRegionFields, check_region, region_record
 from multidiffusion.engine.fusion import Job
 from multidiffusion.engine.views import View, crop
+from multidiffusion.io.messages import shown
+from multidiffusion.io.ranges import check_guidance, check_prompt_length
 from multidiffusion.regions.colours import colour_hex, colour_table, segmentation_masks
 from multidiffusion.regions.masks import (
     MaskLike,
@@ -43,27 +46,31 @@ from multidiffusion.regions.masks import (
     to_latent_grid,
 )
 
-__all__ = ["MAX_FEATHER", "MAX_REGIONS", "Region", "RegionLayout", "as_regions", "layout_preview", "region_layout"]
+__all__ = [
+    "MAX_FEATHER",
+    "MAX_REGIONS",
+    "MAX_REGION_WEIGHT",
+    "Region",
+    "RegionLayout",
+    "as_regions",
+    "layout_preview",
+    "region_fields",
+    "region_layout",
+]
 
 MAX_REGIONS = 32
 """Most regions per canvas (each is a prompt slot: one text encoding, and jobs in the windows it
 touches)."""
 MAX_FEATHER = 1024
 """Largest feather, in pixels."""
+MAX_REGION_WEIGHT = 1000.0
+"""Largest region weight (a multiplier of its mask in Eq. 5's weights; 1 is the paper's)."""
 
-_FIELDS = (
-    "prompt",
-    "negative_prompt",
-    "mask",
-    "box",
-    "weight",
-    "guidance_scale",
-    "feather",
-    "control_image",
-    "controlnet_conditioning_scale",
-    "controlnet",
-    "loras",
-)
+
+def region_fields() -> tuple[str, ...]:
+    """The fields a region takes, by name (a scene's region table, a dict of Region fields)."""
+    fields = sorted((f for f in dataclasses.fields(Region) if f.init), key=lambda f: f.kw_only)  # own ones first
+    return tuple(f.name for f in fields)
 
 
 def _is_number(value: Any) -> bool:
@@ -71,7 +78,7 @@ def _is_number(value: Any) -> bool:
 
 
 @dataclass(eq=False)
-class Region:
+class Region(ConditioningRegionFields):
     """A prompt for part of the canvas.
 
     ``mask``: path, PIL image, array or tensor at the canvas's size (or aspect ratio), values in
@@ -81,14 +88,12 @@ class Region:
     the call's for this prompt; ``negative_prompt`` defaults to the call's; ``feather`` softens the
     mask's edges by about that many pixels (:func:`~multidiffusion.regions.masks.feather_mask`).
 
-    ``control_image``: a control map for this region's prompt only (e.g. a pose where the person
-    is), at the canvas's size or aspect ratio, run through the model's ControlNet number
-    ``controlnet`` (0: the first) at ``controlnet_conditioning_scale``; the other prompts' views
-    don't get it. It acts over the call's control_guidance_start/end (of the first control).
-
-    ``loras``: adapter name -> weight, LoRAs loaded with ``md.load_lora(..., adapter_name=...)``
-    that this region's views run with instead of the pipeline's active ones (UNet only; see
-    :mod:`multidiffusion.engine.loras`).
+    Every conditioning kind adds its own keyword-only fields
+    (:class:`~multidiffusion.conditionings.ConditioningRegionFields`, checked by the kind): a
+    region's ``control_image`` (with ``controlnet_conditioning_scale`` and ``controlnet``, the
+    index of the model's ControlNet it runs through), ``loras`` (adapter name -> weight: LoRAs loaded
+    with ``md.load_lora(..., adapter_name=...)`` this region's views run with instead of the
+    pipeline's active ones), ``ip_adapter_image``, ...; the other prompts' views don't get them.
     """
 
     prompt: str
@@ -98,10 +103,6 @@ class Region:
     weight: float = 1.0
     guidance_scale: float | None = None
     feather: float = 0.0
-    control_image: Any = None
-    controlnet_conditioning_scale: float = 1.0
-    controlnet: int = 0
-    loras: Mapping[str, float] | None = None
     _pixels: tuple[int, PackedMask] | None = field(default=None, init=False, repr=False)
     _fitted: tuple[Any, PackedMask] | None = field(default=None, init=False, repr=False)
 
@@ -120,24 +121,14 @@ class Region:
             raise ValueError(f"guidance_scale must be a number ≥ 0 or None, got {self.guidance_scale!r}")
         if not _is_number(self.feather) or not 0 <= self.feather <= MAX_FEATHER:
             raise ValueError(f"feather must be a number of pixels from 0 to {MAX_FEATHER}, got {self.feather!r}")
-        if self.control_image is not None:
-            from multidiffusion.images import input_image
-
-            self.control_image = input_image(self.control_image, "control_image")
-        scale = self.controlnet_conditioning_scale
-        if not _is_number(scale) or not 0 <= scale <= 10:
-            raise ValueError(f"controlnet_conditioning_scale must be a number from 0 to 10, got {scale!r}")
-        if self.loras is not None:
-            if not isinstance(self.loras, Mapping) or not all(isinstance(k, str) and k for k in self.loras):
-                raise ValueError(f"loras must be a table of adapter name = weight, got {self.loras!r}")
-            for k, v in self.loras.items():
-                if not _is_number(v) or not -10 <= v <= 10:
-                    raise ValueError(f"loras[{k!r}] must be a weight from -10 to 10, got {v!r}")
-            self.loras = {k: float(v) for k, v in self.loras.items()}
-        if isinstance(self.controlnet, bool) or not isinstance(self.controlnet, int) or self.controlnet < 0:
-            raise ValueError(
-                f"controlnet must be the index of one of the model's ControlNets (0, 1, ...), got {self.controlnet!r}"
-            )
+        check_prompt_length("prompt", self.prompt)
+        if self.negative_prompt is not None:
+            check_prompt_length("negative_prompt", self.negative_prompt)
+        if self.guidance_scale is not None:
+            check_guidance("guidance_scale", self.guidance_scale)
+        if self.weight > MAX_REGION_WEIGHT:
+            raise ValueError(f"weight must be a number > 0 up to {MAX_REGION_WEIGHT:g}, got {shown(self.weight)}")
+        check_region(self)  # every conditioning kind's fields
 
     @classmethod
     def from_segmentation(cls, map: MaskLike, colors: Mapping[Any, str | Region | Mapping | None]) -> list[Region]:
@@ -163,9 +154,9 @@ class Region:
                         raise ValueError("mask/box: the map gives the mask; leave them unset")
                     regions.append(dataclasses.replace(value, mask=mask))
                 elif isinstance(value, Mapping):
-                    unknown = set(value) - set(_FIELDS) | ({"mask", "box"} & set(value))
+                    unknown = set(value) - set(region_fields()) | ({"mask", "box"} & set(value))
                     if unknown:
-                        allowed = ", ".join(f for f in _FIELDS if f not in ("mask", "box"))
+                        allowed = ", ".join(f for f in region_fields() if f not in ("mask", "box"))
                         raise ValueError(f"has fields {sorted(unknown)} (allowed: {allowed})")
                     regions.append(cls(**value, mask=mask))
                 else:
@@ -223,13 +214,7 @@ class Region:
             data["guidance_scale"] = self.guidance_scale
         if self.feather:
             data["feather"] = self.feather
-        if self.control_image is not None:
-            data["control_image"] = self.control_image.record()
-            data["controlnet_conditioning_scale"] = self.controlnet_conditioning_scale
-            data["controlnet"] = self.controlnet
-        if self.loras is not None:
-            data["loras"] = dict(self.loras)
-        return data
+        return data | region_record(self)
 
 
 def _check_box(box: Any) -> tuple[float, ...]:
@@ -260,9 +245,11 @@ def as_regions(regions: Any, max_regions: int = MAX_REGIONS, note: str = "") -> 
     out = []
     for i, region in enumerate(regions):
         if isinstance(region, Mapping):
-            unknown = set(region) - set(_FIELDS)
+            unknown = set(region) - set(region_fields())
             if unknown:
-                raise ValueError(f"regions[{i}] has unknown fields {sorted(unknown)} (allowed: {', '.join(_FIELDS)})")
+                raise ValueError(
+                    f"regions[{i}] has unknown fields {sorted(unknown)} (allowed: {', '.join(region_fields())})"
+                )
             try:
                 region = Region(**region)
             except ValueError as exc:
