@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from multidiffusion.conditionings import ip_adapter
 from multidiffusion.conditionings.base import ConditioningKind, Context, Flag
 from multidiffusion.conditionings.controlnet import (
     CONTROLNET,
@@ -54,26 +55,26 @@ __all__ = [
     "region_record",
 ]
 
-KINDS: tuple[ConditioningKind, ...] = (CONTROLNET, LORAS, SKIP_LAYERS)
+KINDS: tuple[ConditioningKind, ...] = (CONTROLNET, LORAS, SKIP_LAYERS, ip_adapter.IP_ADAPTER)
 """Every conditioning kind, in the order their checks run and their model inputs are merged
 (guidance terms are added after guidance)."""
 
 
 @dataclass(kw_only=True)
-class ConditioningOptions(ControlNetOptions):
+class ConditioningOptions(ControlNetOptions, ip_adapter.IPAdapterOptions):
     """Every kind's call-level option fields (keyword-only, with defaults)."""
 
 
-class ConditioningArgs(ControlNetArgs, total=False):
+class ConditioningArgs(ControlNetArgs, ip_adapter.IPAdapterArgs, total=False):
     """Every kind's keyword arguments of the task methods."""
 
 
 @dataclass(kw_only=True)
-class ConditioningRegionFields(ControlNetRegionFields, LoraRegionFields):
+class ConditioningRegionFields(ControlNetRegionFields, LoraRegionFields, ip_adapter.IPAdapterRegionFields):
     """Every kind's per-region fields (keyword-only, with defaults)."""
 
 
-class ConditioningMethods:
+class ConditioningMethods(ip_adapter.IPAdapterMethods):
     """Every kind's ``MultiDiffusion`` methods."""
 
 
