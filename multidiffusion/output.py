@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from multidiffusion.engine.sampler import SamplingStats
-from multidiffusion.metadata import check_output_path, numbered_paths, save_png
+from multidiffusion.files.metadata import check_output_path, numbered_paths, save_png
 
 __all__ = ["MultiDiffusionOutput"]
 

@@ -15,7 +15,7 @@ import torch
 
 from multidiffusion.engine.adapter import ModelAdapter
 from multidiffusion.engine.schedulers import make_scheduler
-from multidiffusion.metadata import model_label
+from multidiffusion.files.metadata import model_label
 from multidiffusion.models import adapter_for
 from multidiffusion.models.loading import load_pipeline
 from multidiffusion.options import (

@@ -70,7 +70,7 @@ def tiny_sdxl_dir(tmp_path_factory):
 def _pil_pixel_cap():
     """The web app's launch() lowers PIL's process-wide decode cap to its --max-side; a test that
     launches it must not change what later tests decode. Nor the formats it makes PIL forget
-    (:func:`multidiffusion.images.restrict_decoders`)."""
+    (:func:`multidiffusion.io.image_loader.restrict_decoders`)."""
     from PIL import Image
 
     Image.init()

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from multidiffusion.metadata import read_parameters
+from multidiffusion.files.metadata import read_parameters
 
 from .test_cli import run
 
@@ -48,7 +48,7 @@ def test_a_batch_runs_its_good_lines_reports_the_bad_ones_and_resumes(tiny_model
     assert "batch: 2 written, 0 skipped (output exists), 3 failed, of 5 items" in out
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["beach.png", "pano.png"]
     assert read_parameters(tmp_path / "pano.png")["seed"] == 1
-    assert read_parameters(tmp_path / "beach.png")["mode"] == "regions"
+    assert read_parameters(tmp_path / "beach.png")["task"] == "regions"
     # the same image a single verb makes from the same settings
     single = tmp_path / "single.png"
     args = ["panorama", "snowy mountains", "--model", str(tiny_model_dir), "--seed", "1", "--steps", "2"]

@@ -15,7 +15,7 @@ from PIL import Image
 
 from multidiffusion.cli.batch import read_items
 from multidiffusion.io import text
-from multidiffusion.regions.scene import load_scene
+from multidiffusion.files.scene import load_scene
 
 from .test_cli import run
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from multidiffusion.cli import main
-from multidiffusion.metadata import read_parameters
+from multidiffusion.files.metadata import read_parameters
 
 FAST = ["--steps", "2", "--height", "128", "--width", "256", "-q"]
 
@@ -169,7 +169,7 @@ def test_png_gets_the_usual_file_mode(tmp_path):
     """Written through a private temporary file, the PNG still gets 0666 less the umask, not 0600."""
     from PIL import Image
 
-    from multidiffusion.metadata import _UMASK, save_png
+    from multidiffusion.files.metadata import _UMASK, save_png
 
     path = save_png(Image.new("RGB", (8, 8)), tmp_path / "x.png", {"prompt": "a"})
     assert path.stat().st_mode & 0o777 == 0o666 & ~_UMASK

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from multidiffusion.metadata import read_parameters, read_settings
+from multidiffusion.files.metadata import read_parameters, read_settings
 
 from .test_cli_images import picture, pixels, run_fails, run_ok, sha256
 from .test_controlnet import _control_image

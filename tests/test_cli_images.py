@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from multidiffusion.metadata import read_parameters, read_settings
-from multidiffusion.regions.scene import load_scene
+from multidiffusion.files.metadata import read_parameters, read_settings
+from multidiffusion.files.scene import load_scene
 from multidiffusion.tasks import TASKS
 
 from .test_images import _bilevel_png
@@ -113,7 +113,7 @@ def test_a_run_records_its_inputs_and_from_reruns_it(verb, inputs, tmp_path, tin
     stdout = run_ok([verb, *verb_args(verb, inputs), *model, *FAST, "-o", first], capsys)
     assert "wrote" in stdout and "model calls" in stdout
     params = read_parameters(first)
-    assert params["mode"] == verb and params["seed"] == 1
+    assert params["task"] == verb and params["seed"] == 1
     photo = inputs / "photo.png"
     assert params["image"] == {"path": str(photo), "sha256": sha256(photo)}  # absolute: --from works anywhere
     if verb == "inpaint":

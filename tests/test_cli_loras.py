@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from multidiffusion.cli.common import lora_type
-from multidiffusion.metadata import read_parameters, read_settings
+from multidiffusion.files.metadata import read_parameters, read_settings
 
 from .test_cli_images import pixels, run_fails, run_ok, sha256
 

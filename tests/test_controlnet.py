@@ -312,7 +312,7 @@ def test_a_regions_control_image_conditions_only_its_jobs(sd16, nets):
 @pytest.mark.parametrize("explicit", [False, True])
 def test_an_upscale_conditions_on_its_resized_input_tile_controlnet(sd16, nets, explicit):
     from multidiffusion.engine.views import grid_views
-    from multidiffusion.metadata import settings_from_parameters
+    from multidiffusion.files.metadata import settings_from_parameters
 
     pipe = StableDiffusionControlNetPipeline(**sd16.components, controlnet=nets[0])
     md = _md(pipe)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from multidiffusion.metadata import read_settings
+from multidiffusion.files.metadata import read_settings
 
 from .test_scene import run_cli
 

@@ -205,7 +205,7 @@ def _input(name: str, option: str, argv: list[str], folder: Path, placeholders: 
 
 def adapt(argv: list[str], folder: Path, placeholders: bool) -> list[str]:
     """``argv`` (after ``multidiffusion``) made to run on the demo at demo scale, writing into ``folder``."""
-    from multidiffusion.regions.scene import read_scene_file
+    from multidiffusion.files.scene import read_scene_file
 
     verb, rest = argv[0], argv[1:]
     options = verb_parsers()[verb]._option_string_actions

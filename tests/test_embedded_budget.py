@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from multidiffusion.io.budget import MAX_EMBEDDED_IMAGES, MAX_EMBEDDED_PIXELS, check_embedded, embedded_images
-from multidiffusion.regions.scene import parse_scene
+from multidiffusion.files.scene import parse_scene
 
 from .test_untrusted_settings import REGIONS, _png_with
 

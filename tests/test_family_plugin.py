@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import multidiffusion.models as models
-from multidiffusion.metadata import settings_from_parameters
+from multidiffusion.files.metadata import settings_from_parameters
 from multidiffusion.models.options import non_negative, option
 from multidiffusion.models.sd import StableDiffusionAdapter, StableDiffusionOptions
 from multidiffusion.vae.codec import decode_latents, encode_images

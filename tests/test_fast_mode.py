@@ -117,7 +117,7 @@ def test_cli_fast_mode_is_stored_and_regenerated(tiny_model_dir, tmp_path, capsy
     import numpy as np
     from PIL import Image
 
-    from multidiffusion.metadata import read_parameters
+    from multidiffusion.files.metadata import read_parameters
 
     from .test_cli import FAST, run
 

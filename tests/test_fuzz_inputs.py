@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from multidiffusion.metadata import settings_from_parameters
-from multidiffusion.regions.scene import load_scene
+from multidiffusion.files.metadata import settings_from_parameters
+from multidiffusion.files.scene import load_scene
 
 from .test_untrusted_settings import JSON, KEYS, RECORD
 

@@ -1,4 +1,4 @@
-"""Untrusted image inputs (issue 11): one loader, multidiffusion.images.open_image, with limits on
+"""Untrusted image inputs (issue 11): one loader, multidiffusion.io.image_loader.open_image, with limits on
 file size, pixels and map colours, shared by masks, segmentation maps, the CLI, scene files and the app."""
 
 import base64
@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from multidiffusion import Region
-from multidiffusion.images import DEFAULT_LIMITS, ImageLimits, open_image
+from multidiffusion.io.image_loader import DEFAULT_LIMITS, ImageLimits, open_image
 from multidiffusion.regions.colours import count_colours, load_rgb, segmentation_masks
 from multidiffusion.regions.masks import load_mask
 
@@ -207,7 +207,7 @@ def test_a_fifo_is_refused_without_opening_it(tmp_path, monkeypatch):
     outcome = _in_thread(lambda: Region.from_segmentation(fifo, {"#000": "a"}))
     assert str(outcome["error"]).startswith("segmentation map: ") and "not a regular file" in str(outcome["error"])
     # Swapped for a FIFO between the stat and the open: the open does not block and fstat catches it.
-    import multidiffusion.images as images
+    import multidiffusion.io.image_loader as images
 
     regular = tmp_path / "regular.png"
     Image.new("L", (4, 4)).save(regular)
@@ -261,7 +261,7 @@ def test_a_data_uri_over_max_bytes_is_refused_before_decoding(monkeypatch):
     png = _bilevel_png(200, 200)
     uri = "data:image/png;base64," + base64.b64encode(png).decode()
     limits = ImageLimits(max_bytes=len(png) // 2)
-    import multidiffusion.images as images
+    import multidiffusion.io.image_loader as images
 
     def refuse(*args, **kwargs):
         raise AssertionError("decoded")

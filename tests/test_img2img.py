@@ -90,7 +90,7 @@ def test_a_wide_image_is_reworked_over_windows_and_keeps_its_size(md16):
     out = md16.img2img(image, "a lake", strength=0.5, num_inference_steps=4, generator=torch.Generator().manual_seed(0))
     assert out.images[0].size == (384, 128)
     p = out.parameters
-    assert (p["mode"], p["width"], p["height"], p["strength"]) == ("img2img", 384, 128, 0.5)
+    assert (p["task"], p["width"], p["height"], p["strength"]) == ("img2img", 384, 128, 0.5)
     assert p["image"] == {"path": None, "sha256": None}
     assert out.stats.steps == 2  # int(4 * 0.5) steps run
     assert out.stats.coverage > 1  # several windows overlap: it is a MultiDiffusion run

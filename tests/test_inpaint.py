@@ -12,7 +12,7 @@ from devtools.components import tiny_sd_inpaint_pipeline, tiny_sdxl_inpaint_pipe
 from multidiffusion import MultiDiffusion
 from multidiffusion.engine.schedulers import make_scheduler
 from multidiffusion.engine.views import crop, grid_views
-from multidiffusion.metadata import settings_from_parameters
+from multidiffusion.files.metadata import settings_from_parameters
 from multidiffusion.options import InpaintOptions, OutpaintOptions
 from multidiffusion.tasks import InpaintTask, OutpaintTask
 from multidiffusion.tasks.images import image_tensor
@@ -268,7 +268,7 @@ def test_outpaint_runs_and_records_its_settings(md16):
     )  # fmt: skip
     assert out.images[0].size == (256, 128)
     p = out.parameters
-    assert (p["mode"], p["width"], p["height"], p["left"], p["right"], p["top"], p["bottom"]) == (
+    assert (p["task"], p["width"], p["height"], p["left"], p["right"], p["top"], p["bottom"]) == (
         "outpaint", 256, 128, 64, 64, 0, 0,
     )  # fmt: skip
     assert (p["overlap"], p["mask_blur"], p["strength"], p["image"]) == (16, 8, 1.0, {"path": None, "sha256": None})
@@ -298,7 +298,7 @@ def test_inpaint_settings_round_trip_through_stored_parameters(md16, tmp_path):
         output_type="latent", generator=torch.Generator().manual_seed(0),
     )  # fmt: skip
     p = out.parameters
-    assert p["mode"] == "inpaint" and p["mask"]["path"] == str(mask_path) and len(p["mask"]["sha256"]) == 64
+    assert p["task"] == "inpaint" and p["mask"]["path"] == str(mask_path) and len(p["mask"]["sha256"]) == 64
     assert (p["mask_blur"], p["strength"]) == (2, 0.5)
     stored = settings_from_parameters(p)
     assert set(stored.inputs) == {"image", "mask"}  # file records are kept apart, never read: given again

@@ -360,7 +360,7 @@ def test_parameters_hold_the_whole_scene_and_regenerate_it(md16, tmp_path):
     kwargs = dict(num_inference_steps=2, generator=torch.Generator().manual_seed(3), output_type="latent")
     out = md16.regions(128, 128, "a beach", regions, negative_prompt="blurry", **kwargs)
     params = out.parameters
-    assert params["mode"] == "regions" and params["background"] == "a beach" and params["bootstrap_steps"] == 1
+    assert params["task"] == "regions" and params["background"] == "a beach" and params["bootstrap_steps"] == 1
     assert params["regions"][0]["mask"].startswith("data:image/png;base64,")
     assert params["regions"][1] == {"prompt": "a dog", "box": [0.5, 0.1, 0.9, 0.9], "weight": 1.5}
     mask.unlink()  # the metadata does not need the file

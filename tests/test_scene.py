@@ -13,9 +13,9 @@ from PIL import Image
 from multidiffusion import MAX_REGIONS, load_scene, region_layout
 from multidiffusion.cli import main
 from multidiffusion.io.trust import TypedPath
-from multidiffusion.metadata import read_parameters
+from multidiffusion.files.metadata import read_parameters
 from multidiffusion.regions.masks import load_mask
-from multidiffusion.regions.scene import parse_scene
+from multidiffusion.files.scene import parse_scene
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "regions"
 
@@ -156,7 +156,7 @@ def test_cli_scene_to_png_with_preview_and_back_with_from(scene_dir, tiny_model_
     assert code == 0, err
     assert "wrote" in stdout and out.is_file() and (scene_dir / "out-layout.png").is_file()
     params = read_parameters(out)
-    assert params["mode"] == "regions" and params["seed"] == 4 and params["width"] == 256
+    assert params["task"] == "regions" and params["seed"] == 4 and params["width"] == 256
     assert [r["prompt"] for r in params["regions"]] == ["a red ball", "a dog"]
     stored = load_mask(params["regions"][0]["mask"])  # the mask's content travels in the PNG
     torch.testing.assert_close(stored, load_mask(scene_dir / "masks" / "ball.png"))

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from multidiffusion.metadata import read_parameters, settings_from_parameters
-from multidiffusion.regions.scene import load_scene
+from multidiffusion.files.metadata import read_parameters, settings_from_parameters
+from multidiffusion.files.scene import load_scene
 
 from .test_cli_images import run_ok
 from .test_controlnet import _control_image

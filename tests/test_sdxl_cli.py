@@ -3,7 +3,7 @@
 import numpy as np
 from PIL import Image
 
-from multidiffusion.metadata import read_parameters
+from multidiffusion.files.metadata import read_parameters
 
 from .test_cli import FAST, run
 

@@ -38,7 +38,7 @@ def test_digests_are_of_content_not_of_identity():
     from diffusers import DDIMScheduler, EulerDiscreteScheduler
     from PIL import Image
 
-    from multidiffusion.images import InputImage
+    from multidiffusion.io.image_loader import InputImage
     from multidiffusion.options import Img2ImgOptions
 
     white = Image.new("RGB", (64, 64), "white")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from multidiffusion import MultiDiffusion
-from multidiffusion.metadata import settings_from_parameters
+from multidiffusion.files.metadata import settings_from_parameters
 from multidiffusion.options import Limits, UpscaleOptions, build_options
 from multidiffusion.tasks.upscale import _pixels
 from multidiffusion.upscalers import (
@@ -46,7 +46,7 @@ def test_the_output_is_the_input_times_scale_rounded_down_to_multiples_of_8(md16
     out = md16.upscale(_picture(*size), scale=scale, num_inference_steps=2, strength=0.5)
     assert out.images[0].size == expected
     p = out.parameters
-    assert (p["mode"], p["scale"], p["upscaler"], p["width"], p["height"]) == ("upscale", scale, "lanczos", *expected)
+    assert (p["task"], p["scale"], p["upscaler"], p["width"], p["height"]) == ("upscale", scale, "lanczos", *expected)
     assert (p["noise_inversion"], p["inversion_steps"], p["strength"]) == (False, None, 0.5)
 
 

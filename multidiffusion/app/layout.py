@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from multidiffusion.images import check_file, open_header
+from multidiffusion.io.image_loader import check_file, open_header
 from multidiffusion.regions.layout import Region
 from multidiffusion.regions.masks import ASPECT_TOLERANCE
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from multidiffusion.files.metadata import numbered_paths
 from multidiffusion.io.text import (
     BatchLine,
     TextFileError,
@@ -21,7 +22,6 @@ from multidiffusion.io.text import (
     read_batch_line,
     read_scene_bytes,
 )
-from multidiffusion.metadata import numbered_paths
 
 SCENE_SUFFIXES = (".toml", ".json")
 
@@ -171,8 +171,8 @@ def _parse(
 ) -> tuple[Any, Path]:
     """The scene of an item's contents and its output path (resolved, confined to the output folder
     unless ``allow_outside``)."""
-    from multidiffusion.metadata import check_output_path
-    from multidiffusion.regions.scene import parse_scene
+    from multidiffusion.files.metadata import check_output_path
+    from multidiffusion.files.scene import parse_scene
 
     output_dir, allow_outside, allow_pickle = context
     data = dict(data)

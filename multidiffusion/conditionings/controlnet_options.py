@@ -113,7 +113,7 @@ def check_controls(options: Any) -> None:
         if options.control_mode is not None:
             raise ValueError("control_mode applies to control images (a Union ControlNet's): give control_image too")
         return
-    from multidiffusion.images import input_image
+    from multidiffusion.io.image_loader import input_image
 
     images = options.control_image
     many = isinstance(images, (list, tuple))
@@ -190,7 +190,7 @@ def _is_number(value: Any) -> bool:
 def check_region(region: Any) -> None:
     """A region's control image (an input image), scale (0 to 10) and ControlNet index."""
     if region.control_image is not None:
-        from multidiffusion.images import input_image
+        from multidiffusion.io.image_loader import input_image
 
         region.control_image = input_image(region.control_image, "control_image")
     scale = region.controlnet_conditioning_scale

@@ -267,7 +267,7 @@ def _feed(h: Any, value: Any, depth: int) -> None:
 
 
 def _is_loaded_image(value: Any) -> bool:
-    """Whether ``value`` is a :class:`~multidiffusion.images.InputImage` (duck-typed: the engine does
+    """Whether ``value`` is a :class:`~multidiffusion.io.image_loader.InputImage` (duck-typed: the engine does
     not import the loaders): a decoded image with the path and SHA-256 it was read from."""
     from PIL import Image
 

@@ -1,6 +1,6 @@
 """Budgets for what one set of settings embeds: a scene, a batch line, a PNG's stored settings or a
 web request may carry images as PNG data URIs (masks, maps, input and control images), and each is
-checked on its own by the image loader (:data:`~multidiffusion.images.DEFAULT_LIMITS`: 64 Mpx, 64
+checked on its own by the image loader (:data:`~multidiffusion.io.image_loader.DEFAULT_LIMITS`: 64 Mpx, 64
 MB). Together they were not: a 343 KB PNG with 24 embedded 5784^2 control images took a server to
 4.2 GB, 40 x 8192^2 took the command line to 7.5 GB before a refusal that needed none of them
 (issue 25). :func:`check_embedded` counts them and adds up the pixels their headers declare,

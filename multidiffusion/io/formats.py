@@ -1,5 +1,5 @@
 """Which image formats we decode, and how decoded pixels become 8-bit images and masks: the part of
-the one image loader (:mod:`multidiffusion.images`) that knows PIL's formats and modes.
+the one image loader (:mod:`multidiffusion.io.image_loader`) that knows PIL's formats and modes.
 
 PIL identifies a format by its content, not the file's name, and some of its plugins run external
 programs (EPS is decoded by Ghostscript, a PostScript interpreter that can read and write files and

@@ -12,7 +12,7 @@ runner can show it as is and go on with the next item.
 - :func:`open_regular_file`: ``os.stat`` (links followed) refuses folders, FIFOs, sockets and devices
   before anything is opened; the open is non-blocking and ``fstat`` checks again (the name may have
   been swapped for a FIFO since the stat), the same discipline as the image loader
-  (:func:`multidiffusion.images.check_file`).
+  (:func:`multidiffusion.io.image_loader.check_file`).
 - :func:`read_scene_file`: at most :data:`MAX_SCENE_BYTES`, read whole, then parsed.
 - :func:`batch_lines`: streamed line by line (never the whole file in memory), each line at most
   :data:`MAX_LINE_BYTES`; a longer line is skipped to its end and reported as that line's error,

@@ -19,7 +19,7 @@ Every value that names a file or weights comes from one of three origins (:class
   here, so the worst a stranger's PNG can do with it is ask for a download the user sees; asking
   for every image's model again would make ``--from`` useless for its main case.
 
-:class:`Origin` is the one resolver the settings reader (:func:`~multidiffusion.regions.scene.parse_scene`)
+:class:`Origin` is the one resolver the settings reader (:func:`~multidiffusion.files.scene.parse_scene`)
 passes every such field through, so a new field that names a file gets the rule by being declared a
 file, not by remembering it. The loaders take the types: a :class:`RepoId` is never looked up on
 disk (:func:`multidiffusion.models.loading.load_pipeline`, ControlNets, LoRAs); an input image's

@@ -39,7 +39,7 @@ MASK_INPUT = {"input": "L"}
 
 def input_image(options: SamplingOptions, name: str) -> Any:
     """The input image option ``name`` loaded and checked, in the mode its field's marker says."""
-    from multidiffusion.images import input_image as load
+    from multidiffusion.io.image_loader import input_image as load
 
     mode = next(f.metadata["input"] for f in fields(options) if f.name == name)
     return load(getattr(options, name), name, mode=mode)

@@ -37,7 +37,7 @@ def check_upscaler(value: Any, allow_pickle: bool = False) -> Any:
             f"upscaler must be one of {', '.join(map(repr, UPSCALE_FILTERS))}, an upscaler model file "
             f"(.safetensors, .pth) or a callable, got {type(value).__name__}"
         )
-    from multidiffusion.images import ImageLimits, check_file
+    from multidiffusion.io.image_loader import ImageLimits, check_file
     from multidiffusion.models.files import is_pickle_path
 
     path = check_file(value, "upscaler", ImageLimits(max_bytes=MAX_UPSCALER_BYTES))

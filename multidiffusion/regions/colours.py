@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageColor
 
-from multidiffusion.images import DEFAULT_LIMITS, ImageLimits, check_pixels, open_image, to_8bit
+from multidiffusion.io.image_loader import DEFAULT_LIMITS, ImageLimits, check_pixels, open_image, to_8bit
 from multidiffusion.regions.masks import MaskLike
 
 __all__ = [

@@ -9,10 +9,10 @@ binary mask packed, 1 bit a pixel (:class:`PackedMask`). :func:`load_mask` gives
 in [0, 1] (multiples of 1/255). Inputs are read as follows:
 
 - an image file, a PIL image or a ``data:image/png;base64,`` URI (how masks are stored in the PNGs
-  we write): by :func:`multidiffusion.images.mask_image`, the one reading of a mask image (the
+  we write): by :func:`multidiffusion.io.image_loader.mask_image`, the one reading of a mask image (the
   inpainting mask's too): its alpha channel when it has any transparency, else its luminance; 16-
   and 32-bit images scaled to 8 bits. Files and URIs are read by
-  :func:`multidiffusion.images.open_image`, within its limits on bytes, pixels and formats;
+  :func:`multidiffusion.io.image_loader.open_image`, within its limits on bytes, pixels and formats;
   colour-coded maps are also limited in colours;
 - a NumPy array or a torch tensor (H, W) (leading singleton axes are dropped): booleans, uint8
   (as is), uint16 (÷ 257), other integers in {0, 1}, or floats in [0, 1] (× 255, rounded);
@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from multidiffusion.images import (
+from multidiffusion.io.image_loader import (
     DATA_URI_PREFIX,
     DEFAULT_LIMITS,
     ImageLimits,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from multidiffusion.metadata import read_parameters, save_png
+from multidiffusion.files.metadata import read_parameters, save_png
 from multidiffusion.tasks import TASKS
 
 from .conftest import GENERATE_MS, MAX_SIDE, MODEL
@@ -93,7 +93,7 @@ def test_upload_an_image_and_rework_it(page, tmp_path, screenshot):
     assert "128x64 px re-worked: 128x64 px, seed 4" in page.inner_text("#upscale-message")
     screenshot(page, "app-img2img")
     params = download(page, "upscale", tmp_path / "reworked.png")
-    assert params["mode"] == "img2img" and params["strength"] == 0.75 and params["model"] == MODEL
+    assert params["task"] == "img2img" and params["strength"] == 0.75 and params["model"] == MODEL
     assert params["image"]["path"] == "meadow.png" and len(params["image"]["sha256"]) == 64
     assert params["num_inference_steps"] == 8 and params["seed"] == 4
 
@@ -138,7 +138,7 @@ def test_upscale_an_image(page, tmp_path, screenshot):
     assert "64x64 px upscaled 2x: 128x128 px, seed 2" in page.inner_text("#upscale-message")
     screenshot(page, "app-upscale")
     params = download(page, "upscale", tmp_path / "up.png")
-    assert params["mode"] == "upscale" and params["scale"] == 2 and params["upscaler"] == "lanczos"
+    assert params["task"] == "upscale" and params["scale"] == 2 and params["upscaler"] == "lanczos"
 
 
 def test_inpaint_needs_a_mask(page, tmp_path):
@@ -162,7 +162,7 @@ def test_paint_a_mask_and_inpaint(page, tmp_path, screenshot):
     assert "128x64 px inpainted: 128x64 px, seed 3" in page.inner_text("#inpaint-message")
     screenshot(page, "app-inpaint")
     params = download(page, "inpaint", tmp_path / "inpainted.png")
-    assert params["mode"] == "inpaint" and params["image"]["path"] == "meadow.png"
+    assert params["task"] == "inpaint" and params["image"]["path"] == "meadow.png"
 
 
 @needs_task("inpaint")
@@ -195,7 +195,7 @@ def test_extend_an_image_to_360_degrees(page, tmp_path, screenshot):
     assert "128x64 px extended: 192x64 px" in page.inner_text("#inpaint-message")
     screenshot(page, "app-outpaint")
     params = download(page, "inpaint", tmp_path / "wide.png")
-    assert params["mode"] == "outpaint" and params["left"] == 32 and params["circular"] is True
+    assert params["task"] == "outpaint" and params["left"] == 32 and params["circular"] is True
 
 
 def test_settings_of_an_outpaint_load_into_its_tab(page, tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from multidiffusion.metadata import read_parameters, save_png
+from multidiffusion.files.metadata import read_parameters, save_png
 
 from .conftest import GENERATE_MS, MAX_SIDE, MODEL
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from multidiffusion.metadata import read_parameters
+from multidiffusion.files.metadata import read_parameters
 
 from .conftest import GENERATE_MS, MODEL
 
@@ -81,7 +81,7 @@ def test_upload_a_map_assign_prompts_generate(page, tmp_path, screenshot):
     png = tmp_path / "regions.png"
     download.value.save_as(png)
     params = read_parameters(png)
-    assert params["mode"] == "regions" and params["model"] == MODEL and params["seed"] == 3
+    assert params["task"] == "regions" and params["model"] == MODEL and params["seed"] == 3
     assert [r["prompt"] for r in params["regions"]] == ["snowy mountains", "a red house"]
 
     # the PNG's settings load back into a fresh page: the tab, the prompts, the layout

@@ -12,7 +12,7 @@ of :mod:`multidiffusion.io.trust`, and name no file at all.
   and segmentation maps travel embedded as PNG data URIs (within the budgets of
   :func:`~multidiffusion.io.budget`), or not at all.
 - An input read from a file is recorded as the file's name and the SHA-256 of its bytes (``{"path":
-  ..., "sha256": ...}``, :class:`~multidiffusion.images.InputImage`), so a reader can say which
+  ..., "sha256": ...}``, :class:`~multidiffusion.io.image_loader.InputImage`), so a reader can say which
   image to give again; the record is kept apart (:attr:`StoredSettings.inputs`) and never opened,
   whatever it names (the loader refuses record dicts: only a scene file or the user makes a
   :class:`~multidiffusion.io.trust.RecordedFile`).
@@ -36,11 +36,13 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from multidiffusion.images import ImageLimits, check_file, is_input_record, open_header
+from multidiffusion.conditionings import image_fields, region_image_fields
+from multidiffusion.conditionings.controlnet import CONTROL_INPUT
+from multidiffusion.io.image_loader import ImageLimits, check_file, is_input_record, open_header
 from multidiffusion.io.text import parse_json_text
 from multidiffusion.io.trust import RepoId, is_repo_id
 from multidiffusion.models import family_options
-from multidiffusion.options import CONTROL_INPUT, TASK_OPTIONS, UPSCALE_FILTERS, Limits, SamplingOptions, build_options
+from multidiffusion.options import TASK_OPTIONS, UPSCALE_FILTERS, Limits, SamplingOptions, build_options, input_fields
 
 __all__ = [
     "METADATA_KEY",
@@ -59,15 +61,10 @@ __all__ = [
 METADATA_KEY = "multidiffusion"
 MAX_PNG_BYTES = 256 * 1024 * 1024
 """Largest PNG whose settings are read (only its first chunks are, but a FIFO or a device is no PNG)."""
-NOT_SETTINGS = ("mode", "multidiffusion_version", "image_index")
-"""Stored keys that are not task settings."""
+NOT_SETTINGS = ("task", "mode", "multidiffusion_version", "image_index")
+"""Stored keys that are not task settings (the task, which older PNGs stored as "mode", is read apart)."""
 RENAMED = {"tiling": "placement"}
 """Keys of older versions and their names now."""
-INPUT_KEYS = ("image", "mask")
-"""Stored keys that hold input images: embedded (PNG data URIs) or records of a file and its SHA-256."""
-LIST_INPUT_KEYS = ("control_image",)
-"""Stored keys that hold a list of input images (one per ControlNet): each embedded, a record of a
-file and its SHA-256, or "input" (the task's own input, an upscale's Tile ControlNet)."""
 FILE_KEYS = ("upscaler",)
 """Stored keys that may name a file to load (weights): kept apart by name, never loaded from a PNG."""
 NEVER_READ = ("allow_pickle", "controlnet", "lora_files")
@@ -220,36 +217,16 @@ def settings_from_parameters(params: Mapping[str, Any], task: str | None = None)
     anything else is refused without being looked at (see the module docstring)."""
     if not isinstance(params, Mapping):
         raise ValueError("the stored settings are not a table")
-    stored_task = params.get("mode")
+    named = [params[key] for key in ("task", "mode") if params.get(key) is not None]
+    if len(named) == 2 and named[0] != named[1]:  # "task" now, "mode" in older PNGs: two would switch tasks
+        raise ValueError(f"the stored settings name two tasks: {named[0]!r} and {named[1]!r}")
+    stored_task = named[0] if named else None
     if not isinstance(stored_task, str) or stored_task not in TASK_OPTIONS:
         raise ValueError(f"the stored settings are for {stored_task!r}, not one of {', '.join(TASK_OPTIONS)}")
     if task is not None and stored_task != task:
         raise ValueError(f"the image was made by the {stored_task} task, not {task}")
     values = {RENAMED.get(k, k): v for k, v in params.items() if k not in NOT_SETTINGS + NEVER_READ}
-    if values.pop("task", stored_task) != stored_task:  # the task is "mode" in a PNG; another would switch it
-        raise ValueError(f"the stored settings name two tasks: mode {stored_task!r} and another task")
-    inputs = {key: values.pop(key) for key in INPUT_KEYS if is_input_record(values.get(key))}
-    for key in INPUT_KEYS:
-        value = values.get(key)
-        if value is not None and not (isinstance(value, str) and value.startswith("data:")):
-            raise ValueError(
-                f"{key}: stored settings carry input images embedded (PNG data URIs) or as a record of the file "
-                "read and its SHA-256 ({'path': ..., 'sha256': ...}); anything else is refused and never opened"
-            )
-    for key in LIST_INPUT_KEYS:
-        value = values.get(key)
-        if value is None:
-            continue
-        items = value if isinstance(value, list) else [value]
-        takes_input = TASK_OPTIONS[stored_task].input_control  # "input" names no file only where it means the input
-        if not items or not all(_is_listed_input(item, takes_input) for item in items):
-            raise ValueError(
-                f"{key}: stored settings carry control images as a list of records of the file read and its "
-                "SHA-256 ({'path': ..., 'sha256': ...}), embedded images (PNG data URIs) or \"input\"; anything else "
-                "is refused and never opened"
-            )
-        if any(is_input_record(item) for item in items):  # reading it reads a file here: kept apart
-            inputs[key] = values.pop(key)
+    inputs = _stored_inputs(values, stored_task)
     files = {}
     for key in FILE_KEYS:
         value = values.get(key)
@@ -281,14 +258,53 @@ def settings_from_parameters(params: Mapping[str, Any], task: str | None = None)
                     f"regions[{i}].mask: stored settings carry masks embedded (PNG data URIs); a file name is "
                     "refused and never opened"
                 )
-            control = region.get("control_image") if isinstance(region, Mapping) else None
-            if control is not None and not _is_listed_input(control, False):
-                raise ValueError(
-                    f"regions[{i}].control_image: stored settings carry control images embedded (PNG data URIs) or "
-                    "as a record of the file read and its SHA-256 ({'path': ..., 'sha256': ...}); anything else is "
-                    "refused and never opened"
-                )
+            for key in region_image_fields():
+                image = region.get(key) if isinstance(region, Mapping) else None
+                if image is not None and not _is_listed_input(image, False):
+                    raise ValueError(
+                        f"regions[{i}].{key}: stored settings carry {_images(key)} embedded (PNG data URIs) or as a "
+                        "record of the file read and its SHA-256 ({'path': ..., 'sha256': ...}); anything else is "
+                        "refused and never opened"
+                    )
     return StoredSettings(stored_task, values, model, model_options, inputs, files, _lora_names(params))
+
+
+def _stored_inputs(values: dict[str, Any], task: str) -> dict[str, Any]:
+    """The input images of stored settings (the task's options marked as inputs and the conditioning
+    kinds' image fields) that are records of a file: taken out of ``values`` (using one reads a file
+    here). The others must be embedded; lists (one image per ControlNet) may also hold "input" (the
+    task's own input, an upscale's Tile ControlNet). Anything else is refused, never opened."""
+    lists = image_fields(lists=True)
+    inputs = {}
+    for key in input_fields(task):
+        value = values.get(key)
+        if value is None:
+            continue
+        if key not in lists:
+            if is_input_record(value):
+                inputs[key] = values.pop(key)
+            elif not (isinstance(value, str) and value.startswith("data:")):
+                raise ValueError(
+                    f"{key}: stored settings carry input images embedded (PNG data URIs) or as a record of the file "
+                    "read and its SHA-256 ({'path': ..., 'sha256': ...}); anything else is refused and never opened"
+                )
+            continue
+        items = value if isinstance(value, list) else [value]
+        takes_input = getattr(TASK_OPTIONS[task], "input_control", False)  # "input" names no file only there
+        if not items or not all(_is_listed_input(item, takes_input) for item in items):
+            raise ValueError(
+                f"{key}: stored settings carry {_images(key)} as a list of records of the file read and its SHA-256 "
+                "({'path': ..., 'sha256': ...}), embedded images (PNG data URIs) or \"input\"; anything else is "
+                "refused and never opened"
+            )
+        if any(is_input_record(item) for item in items):  # reading it reads a file here: kept apart
+            inputs[key] = values.pop(key)
+    return inputs
+
+
+def _images(key: str) -> str:
+    """What an image field holds, in words: control_image -> "control images"."""
+    return key.removesuffix("_image").replace("_", "-") + " images"
 
 
 def _lora_names(params: Mapping[str, Any]) -> dict[str, str]:
