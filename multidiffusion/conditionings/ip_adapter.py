@@ -8,8 +8,9 @@ guidance the negative embedding first) and ``ip_adapter_scale=`` (this call's sc
 ``set_ip_adapter_scale`` left it). ``Region(..., ip_adapter_image=...)`` makes an image that
 region's prompt: only the jobs of its prompt slot see it (:mod:`.ip_adapter_rows`).
 
-Stable Diffusion 1.x / 2.x and SDXL (their UNets' IP-Adapter attention processors); the weights
-file is recorded in every result's parameters (``ip_adapter_files``), never loaded back from them.
+Stable Diffusion 1.x / 2.x and SDXL (their UNets' IP-Adapter attention processors). Results record
+the image and the call's scale; the weights are never read back from stored settings (give them
+again, as a ControlNet's); ``md.ip_adapter_files`` says which file is loaded (name and SHA-256).
 
     md.load_ip_adapter("h94/IP-Adapter", subfolder="models", weight_name="ip-adapter_sd15.safetensors")
     out = md.panorama("a mountain lake", ip_adapter_image="style.png", ip_adapter_scale=0.6)
@@ -73,7 +74,7 @@ class IPAdapterRegionFields:
 
 def _images(value: Any, name: str) -> Any:
     """One checked input image, or a list of them (one per loaded IP-Adapter)."""
-    from multidiffusion.images import input_image
+    from multidiffusion.io.image_loader import input_image
 
     if isinstance(value, (list, tuple)):
         if not value:
@@ -176,7 +177,9 @@ def _given(embeds: list[torch.Tensor], guided: bool) -> SlotImage:
 
 def prepare(context: Context, options: Any, task: Any) -> IPAdapterConditioning | None:
     """Embed the call's image and the regions' own images once; None when the call has none."""
-    regional = [(slot, f"{name}.ip_adapter_image", r.ip_adapter_image) for slot, name, r in task.region_slots()]
+    regional = [
+        (s, f"{name}.ip_adapter_image", getattr(r, "ip_adapter_image", None)) for s, name, r in task.region_slots()
+    ]
     regional = [(slot, name, image) for slot, name, image in regional if image is not None]
     canvas = options.ip_adapter_image
     adapter = context.adapter
@@ -205,9 +208,6 @@ def prepare(context: Context, options: Any, task: Any) -> IPAdapterConditioning 
         record["ip_adapter_image"] = _record_images(canvas)
     if options.ip_adapter_scale is not None:
         record["ip_adapter_scale"] = options.ip_adapter_scale
-    files = getattr(context.pipeline, "ip_adapter_files", None)
-    if files:
-        record["ip_adapter_files"] = list(files)
     return IPAdapterConditioning(per_slot, batch, options.ip_adapter_scale, record)
 
 
@@ -230,7 +230,7 @@ class IPAdapterMethods:
         the ``subfolder`` and ``weight_name`` of its weights file, the image encoder from
         ``subfolder/image_encoder_folder`` unless the model has one). SD 1.x/2.x and SDXL. A pickle
         (``.bin``) only with ``allow_pickle`` (it is read with torch's safe loader even then). Returns
-        ``self``; the file is recorded in every result's parameters (``ip_adapter_files``)."""
+        ``self``; ``ip_adapter_files`` then names the file (its name and SHA-256, or the repo id)."""
         adapter = self.adapter  # type: ignore[attr-defined]
         if adapter.family not in FAMILIES:
             raise ValueError(

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from multidiffusion.engine.conditioning import Conditioning
+from multidiffusion.engine.conditioning import Conditioning, ModelCall
 
 __all__ = ["IPAdapterConditioning", "SlotGate", "SlotImage", "ip_adapter_scales", "set_ip_adapter_scales"]
 
@@ -128,29 +128,19 @@ class IPAdapterConditioning(Conditioning):
             unet.encoder_hid_proj = projection
             set_ip_adapter_scales(unet, saved)
 
-    def model_inputs(
-        self,
-        adapter: Any,
-        x: torch.Tensor,
-        t: torch.Tensor,
-        jobs: Sequence[Any],
-        kwargs: dict[str, Any],
-        *,
-        guided: bool,
-        step: int,
-        steps: int,
-    ) -> dict[str, Any]:
-        """``added_cond_kwargs["image_embeds"]`` for the rows of ``x``: the unconditional rows first
-        (every job's, or with a shared unconditional branch as many as there are, all alike), then
-        each job's ``batch`` conditional rows; the slot's image, or gated off."""
-        prompts = tuple(job.prompt for job in jobs)
-        unconditional = x.shape[0] - len(jobs) * self.batch if guided else 0
+    def model_inputs(self, call: ModelCall) -> dict[str, Any]:
+        """``added_cond_kwargs["image_embeds"]`` for the rows of ``call.x``: the unconditional rows
+        first (every job's, or with a shared unconditional branch as many as there are, all alike),
+        then each job's ``batch`` conditional rows; the slot's image, or gated off."""
+        prompts = tuple(job.prompt for job in call.jobs)
+        unconditional = call.x.shape[0] - len(prompts) * self.batch if call.guided else 0
         key = (prompts, unconditional)
         if key not in self._rows:
-            self._rows[key] = self._make_rows(prompts, unconditional, x.device, x.dtype)
+            self._rows[key] = self._make_rows(prompts, unconditional, call.x.device, call.x.dtype)
         rows = self._rows[key]
         self.rows_seen += rows["seen"]
-        return {"added_cond_kwargs": {**kwargs.get("added_cond_kwargs", {}), "image_embeds": rows["image_embeds"]}}
+        added = {**call.kwargs.get("added_cond_kwargs", {}), "image_embeds": rows["image_embeds"]}
+        return {"added_cond_kwargs": added}
 
     def _make_rows(
         self, prompts: tuple[int, ...], unconditional: int, device: torch.device, dtype: torch.dtype
