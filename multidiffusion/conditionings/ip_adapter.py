@@ -38,6 +38,7 @@ __all__ = [
     "IPAdapterMethods",
     "IPAdapterOptions",
     "IPAdapterRegionFields",
+    "load",
 ]
 
 FAMILIES = ("sd", "sdxl")
@@ -325,8 +326,30 @@ LOAD_FLAGS = (
         dict(metavar="FILE", help="the IP-Adapter's weights file (e.g. ip-adapter_sd15.safetensors)"),
     ),
 )
-"""The command line's flags that load the IP-Adapter: arguments of :meth:`IPAdapterMethods.load_ip_adapter`,
-not options (a file named by stored settings is never loaded back)."""
+"""The command line's flags that load the IP-Adapter: arguments of :meth:`IPAdapterMethods.load_ip_adapter`
+(see :func:`load`), not options: a file named by stored settings is never loaded back."""
+
+
+def load(pipeline: Any, values: dict[str, Any], allow_pickle: bool = False) -> None:
+    """Load what :data:`LOAD_FLAGS` gave (``values`` by field; nothing without
+    ``--ip-adapter``) into ``pipeline`` (a ``MultiDiffusion``). ``allow_pickle`` covers only a path
+    the user typed (:func:`~multidiffusion.io.trust.pickle_allowed`)."""
+    from multidiffusion.io.trust import pickle_allowed, typed_weights
+
+    source = values.get("pretrained_model_name_or_path_or_dict")
+    if source is None:
+        given = [f.flag for f in LOAD_FLAGS if values.get(f.field)]
+        if given:
+            raise ValueError(f"{given[0]}: name the IP-Adapter too (--ip-adapter FOLDER_OR_REPO)")
+        return
+    spec = typed_weights(source)
+    pipeline.load_ip_adapter(
+        spec,
+        subfolder=values.get("subfolder") or "",
+        weight_name=values.get("weight_name") or "",
+        allow_pickle=pickle_allowed(spec, allow_pickle),
+    )
+
 
 IP_ADAPTER = ConditioningKind(
     name="ip_adapter",
