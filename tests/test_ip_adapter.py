@@ -80,10 +80,13 @@ def test_one_view_equals_the_diffusers_pipeline_with_the_same_ip_adapter(family,
     try:
         expected = md.pipe("a red house", **_one_view_args(ip_adapter_image=image)).images
         got = _one_view(md, ip_adapter_image=image)
+        embeds = md.pipe.prepare_ip_adapter_image_embeds(image, None, "cpu", 1, True)  # [negative; positive]
+        from_embeds = _one_view(md, ip_adapter_image_embeds=embeds)
         without = _one_view(md, ip_adapter_image=reference_image(2))
     finally:
         md.set_ip_adapter_scale(1.0)
     assert (got - expected).abs().max().item() <= 1e-4
+    assert torch.equal(from_embeds, got)
     assert (without - expected).abs().max().item() > 1e-2  # the image matters
 
 
