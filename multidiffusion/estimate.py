@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from multidiffusion.io.ranges import steps_that_run
 from multidiffusion.runner.estimate import PLAN_JOBS, Estimate, _grid_jobs, estimate_run, memory_refusal
 
 __all__ = ["Estimate", "check_memory", "estimate", "memory_refusal"]
@@ -16,8 +17,8 @@ def estimate(md: Any, options: Any, **context: Any) -> Estimate:
     """The estimate of running ``options`` (checked task options) with ``md``: no model call, no
     encoding; the task, its first plan and the timesteps as the runner makes them. ``context`` as
     :meth:`~multidiffusion.pipeline.MultiDiffusion.generate` (a regions ``layout``)."""
-    from multidiffusion.runner.run import planned_steps
     from multidiffusion.engine.schedulers import make_scheduler
+    from multidiffusion.runner.run import planned_steps
     from multidiffusion.tasks import task_for
 
     context = {"layout": context["layout"]} if options.task == "regions" and "layout" in context else {}
@@ -25,13 +26,7 @@ def estimate(md: Any, options: Any, **context: Any) -> Estimate:
     images = len(task.prompt_slots().prompts[0]) * task.options.num_images_per_prompt
     bound = _grid_jobs(task)
     if bound is not None and bound > PLAN_JOBS:  # building the plan would take minutes: count the grid
-        o = task.options
-        strength = task.strength
-        steps = (
-            o.num_inference_steps
-            if strength >= 1
-            else min(int(o.num_inference_steps * strength), o.num_inference_steps)
-        )
+        steps = steps_that_run(task.options.num_inference_steps, task.strength)
         return estimate_run(task, bound, images, steps, md._decode, exact=False)
     scheduler = options.scheduler if options.scheduler is not None else md.scheduler
     sched = make_scheduler(scheduler, md.adapter.pipe.scheduler.config)

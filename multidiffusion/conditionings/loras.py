@@ -18,7 +18,6 @@ call-level option (the pipeline's active LoRAs are ``md.load_lora`` / ``set_adap
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,10 +27,10 @@ import torch
 
 from multidiffusion.conditionings.base import ConditioningKind, Context
 from multidiffusion.engine.conditioning import Conditioning, ModelCall
+from multidiffusion.io.ranges import MAX_LORA_WEIGHT, check_lora_weight
 
 __all__ = ["LORAS", "MAX_LORA_WEIGHT", "LoraRegionFields", "LoraSwitch", "lora_key", "region_lora_sets"]
 
-MAX_LORA_WEIGHT = 10.0
 """Largest LoRA weight magnitude (a region's; diffusers' scales are used at 0-2)."""
 
 LoraKey = tuple[tuple[str, float], ...]
@@ -64,11 +63,7 @@ def check_region(region: Any) -> None:
         return
     if not isinstance(region.loras, Mapping) or not all(isinstance(k, str) and k for k in region.loras):
         raise ValueError(f"loras must be a table of adapter name = weight, got {region.loras!r}")
-    for k, v in region.loras.items():
-        number = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        if not number or not -MAX_LORA_WEIGHT <= v <= MAX_LORA_WEIGHT:
-            raise ValueError(f"loras[{k!r}] must be a weight from -10 to 10, got {v!r}")
-    region.loras = {k: float(v) for k, v in region.loras.items()}
+    region.loras = {k: check_lora_weight(f"loras[{k!r}]", v) for k, v in region.loras.items()}
 
 
 def region_record(region: Any) -> dict[str, Any]:

@@ -195,6 +195,6 @@ def check_lora_weight(name: str, value: Any) -> float:
     for the regions that name it only)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not abs(value) <= MAX_LORA_WEIGHT:
         raise ValueError(
-            f"{name} must be a number from -{MAX_LORA_WEIGHT:g} to {MAX_LORA_WEIGHT:g}, got {shown(value)}"
+            f"{name} must be a weight from -{MAX_LORA_WEIGHT:g} to {MAX_LORA_WEIGHT:g}, got {shown(value)}"
         )
     return float(value)

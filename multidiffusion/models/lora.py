@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from multidiffusion.io.ranges import check_lora_weight
 from multidiffusion.io.trust import RepoId
 from multidiffusion.models.files import ModelNotFoundError, refused_pickle
 from multidiffusion.models.hub import HUB_TIMEOUT_S, hub_folder, hub_offline, within_timeout
@@ -84,8 +85,7 @@ def load_lora(
     when peft is missing, ``weight`` is not a number from -10 to 10, or the LoRA does not fit the
     model's architecture.
     """
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not -10 <= weight <= 10:
-        raise ValueError(f"weight must be a number from -10 to 10, got {weight!r}")
+    weight = check_lora_weight("weight", weight)
     source = "the LoRA state dict" if isinstance(lora, dict) else f"LoRA {str(lora)!r}"
     if isinstance(lora, RepoId):  # named by a scene: the hub's snapshot, never a folder here
         lora = str(hub_folder(lora, source))

@@ -56,6 +56,7 @@ from multidiffusion.engine.inversion import (
 from multidiffusion.engine.noising import is_flow_matching, noise_to
 from multidiffusion.engine.sampler import GuidedModel, SamplingStats
 from multidiffusion.engine.task import Start
+from multidiffusion.io.ranges import steps_that_run
 from multidiffusion.options import UPSCALE_FILTERS, UpscaleOptions
 from multidiffusion.tasks.img2img import Img2ImgTask
 from multidiffusion.upscalers import require_spandrel, upscale_image, upscaler_record
@@ -94,9 +95,9 @@ class UpscaleTask(Img2ImgTask):
     @property
     def inversion_steps(self) -> int:
         """Inversion steps: the option's, else as many as sampling runs (diffusers' count for the
-        strength: ``int(num_inference_steps * strength)``)."""
+        strength: :func:`~multidiffusion.io.ranges.steps_that_run`)."""
         o = self.options
-        return o.inversion_steps or min(int(o.num_inference_steps * o.strength), o.num_inference_steps)
+        return o.inversion_steps or steps_that_run(o.num_inference_steps, o.strength)
 
     def extra_evaluations(self, jobs_per_step: int) -> int:
         return self.inversion_steps * jobs_per_step if self.options.noise_inversion else 0
