@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import multidiffusion.models as models
+from multidiffusion import MultiDiffusion
 from multidiffusion.files.metadata import settings_from_parameters
 from multidiffusion.models.options import non_negative, option
 from multidiffusion.models.sd import StableDiffusionAdapter, StableDiffusionOptions
@@ -65,10 +66,17 @@ def test_the_registry_line_is_all_a_family_needs(sharp):
         models.adapter_for(sharp, sharpness=2.0)
 
 
-def test_the_api_the_png_reader_and_the_flags_take_the_new_option(sharp):
+def test_the_api_the_png_reader_and_the_flags_take_the_new_option(sharp, tiny_model_dir, monkeypatch):
+    md = MultiDiffusion(sharp, sharpness=2.0)
+    assert md.family == "sharp" and md.adapter.sharpness == 2.0
+    with pytest.raises(ValueError, match="sharpness must be a number ≥ 0"):
+        MultiDiffusion(sharp, sharpness=-2.0)
     options, rest = models.split_model_options({"sharpness": 2.0, "torch_dtype": torch.float32})
     assert options == {"sharpness": 2.0} and rest == {"torch_dtype": torch.float32}
-    stored = settings_from_parameters({"mode": "panorama", "prompt": "a lake", "sharpness": 2.0}, "panorama")
+    monkeypatch.setattr("diffusers.StableDiffusionPipeline.sharp", True, raising=False)  # every SD pipeline is
+    loaded = MultiDiffusion.from_pretrained(tiny_model_dir, sharpness=3.0)  # the option, not a diffusers keyword
+    assert loaded.family == "sharp" and loaded.adapter.sharpness == 3.0
+    stored = settings_from_parameters({"task": "panorama", "prompt": "a lake", "sharpness": 2.0}, "panorama")
     assert stored.model_options == {"sharpness": 2.0} and "sharpness" not in stored.values
     flags = {flag: (name, kwargs) for flag, name, kwargs in models.model_flags()}
     name, kwargs = flags["--sharpness"]

@@ -54,6 +54,9 @@ class FamilyAdapter(ModelAdapter):
     """Pipeline components the family needs besides the network."""
     multi_controlnet: ClassVar[str] = "MultiControlNetModel"
     """diffusers' class that runs several of the family's ControlNets as one."""
+    checkpoint_blocks: ClassVar[str | None] = None
+    """A tensor-name prefix that marks the family's single-file transformer checkpoints (FLUX.1's
+    ``double_blocks.``; :mod:`~multidiffusion.models.transformer_file`), None: none are read."""
 
     def __init__(self, pipe: Any, **options: Any):
         """``pipe``: the family's pipeline or a sibling sharing its components (its ControlNet, if a
@@ -114,6 +117,12 @@ class FamilyAdapter(ModelAdapter):
                 "supported yet (it would run as plain classifier-free guidance and give a wrong image); use the "
                 "model it was distilled from"
             )
+
+    @classmethod
+    def single_file_config(cls, shapes: dict[str, tuple[int, ...]]) -> str:
+        """The repo id whose configuration and other components build a single-file transformer
+        checkpoint with these tensors (names -> shapes) when no ``config`` is given."""
+        raise NotImplementedError
 
     @property
     def vae_scale_factor(self) -> int:

@@ -6,11 +6,15 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from multidiffusion.io.trust import PICKLE_SUFFIXES, is_pickle_path
 
-__all__ = ["PICKLE_SUFFIXES", "ModelNotFoundError", "is_pickle_path", "refused_pickle", "sha256_file"]
+__all__ = ["PICKLE_SUFFIXES", "ModelNotFoundError", "has_tensors", "is_pickle_path", "refused_pickle", "sha256_file"]
+
+CHECKPOINT_PREFIXES = ("", "model.diffusion_model.")
+"""What single-file checkpoints put before their tensor names (Stability's and ComfyUI's files)."""
 
 
 class ModelNotFoundError(ValueError):
@@ -29,6 +33,12 @@ def refused_pickle(exc: BaseException, name: str) -> ModelNotFoundError | None:
         "that holds more than tensors, or not a checkpoint at all), so nothing in it ran, with or without "
         "allow_pickle (--allow-pickle); use a .safetensors file"
     )
+
+
+def has_tensors(names: Iterable[str], prefix: str) -> bool:
+    """Whether a checkpoint's tensor ``names`` include one starting with ``prefix``, bare or after
+    one of the :data:`CHECKPOINT_PREFIXES`."""
+    return any(name.startswith(tuple(p + prefix for p in CHECKPOINT_PREFIXES)) for name in names)
 
 
 def sha256_file(path: str | os.PathLike) -> str:

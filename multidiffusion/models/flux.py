@@ -47,6 +47,7 @@ import torch
 
 from multidiffusion.engine.adapter import PromptEmbeddings, map_tensors, split_slots
 from multidiffusion.engine.fusion import Job
+from multidiffusion.models.files import has_tensors
 from multidiffusion.models.flow import FlowMatchingAdapter
 from multidiffusion.models.options import ModelOptions, max_sequence_length, non_negative, option
 
@@ -109,6 +110,7 @@ class FluxAdapter(FlowMatchingAdapter):
     network_classes = ("FluxTransformer2DModel",)
     multi_controlnet = "FluxMultiControlNetModel"
     tokens_per_patch = 4
+    checkpoint_blocks = "double_blocks."
     positions: str
     true_cfg_scale: float
 
@@ -120,6 +122,12 @@ class FluxAdapter(FlowMatchingAdapter):
     explicit_sigmas = True
     max_shift_default = 1.15
     controlnet_positive_only = True
+
+    @classmethod
+    def single_file_config(cls, shapes: dict[str, tuple[int, ...]]) -> str:
+        """FLUX.1-dev for a transformer with a guidance embedding, else FLUX.1-schnell."""
+        guided = has_tensors(shapes, "guidance_in.")
+        return "black-forest-labs/FLUX.1-dev" if guided else "black-forest-labs/FLUX.1-schnell"
 
     @property
     def native_latent_size(self) -> tuple[int, int]:

@@ -31,6 +31,7 @@ At one view covering the canvas this is StableDiffusion3Pipeline step for step
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,8 @@ from multidiffusion.models.flow import FlowMatchingAdapter
 from multidiffusion.models.options import ModelOptions, clip_skip, max_sequence_length, non_negative, option
 
 __all__ = ["StableDiffusion3Adapter", "StableDiffusion3Options"]
+
+_JOINT_BLOCK = re.compile(r"^(?:model\.diffusion_model\.)?joint_blocks\.(\d+)\.")
 
 
 def _layers(name: str, value: Any) -> tuple[int, ...]:
@@ -100,6 +103,7 @@ class StableDiffusion3Adapter(FlowMatchingAdapter):
     pipelines = ("StableDiffusion3Pipeline",)
     network_classes = ("SD3Transformer2DModel",)
     multi_controlnet = "SD3MultiControlNetModel"
+    checkpoint_blocks = "joint_blocks."
     sampling_defaults = (28, 7.0)  # StableDiffusion3Pipeline's
     explicit_sigmas = False
     max_shift_default = 1.16
@@ -118,6 +122,16 @@ class StableDiffusion3Adapter(FlowMatchingAdapter):
                     f"skip_guidance_layers: each must be a transformer block index from 0 to {blocks - 1}, got "
                     f"{layer!r}"
                 )
+
+    @classmethod
+    def single_file_config(cls, shapes: dict[str, tuple[int, ...]]) -> str:
+        """SD 3.5 large for 38 joint blocks, SD 3.5 medium for MMDiT-X blocks (``attn2``), else SD 3 medium."""
+        blocks = {int(m.group(1)) for k in shapes if (m := _JOINT_BLOCK.match(k))}
+        if len(blocks) >= 38:
+            return "stabilityai/stable-diffusion-3.5-large"
+        if any(".x_block.attn2." in k for k in shapes):
+            return "stabilityai/stable-diffusion-3.5-medium"
+        return "stabilityai/stable-diffusion-3-medium-diffusers"
 
     @property
     def patch_size(self) -> int:  # type: ignore[override]

@@ -34,6 +34,7 @@ from multidiffusion.engine.noising import noise_to, scale_input
 from multidiffusion.engine.views import View, crop
 from multidiffusion.regions.layout import RegionLayout
 from multidiffusion.vae.codec import encode_constant
+from multidiffusion.vae.latents import LatentFormat
 
 __all__ = ["ENCODE_BATCH", "MAX_COLOURS", "BootstrapBackgrounds", "bootstrap_composer", "draw_backgrounds"]
 
@@ -75,16 +76,17 @@ def draw_backgrounds(
     size: tuple[int, int],
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     dtype: torch.dtype | None = None,
+    latent_format: LatentFormat | None = None,
 ) -> BootstrapBackgrounds:
     """Draw the colour pool (min(steps, MAX_COLOURS) colours, uniform RGB) then every pick, from
     ``generator`` (its first one if a list; torch's global generator if None), and encode the pool.
-    ``size`` is the views' size in latent pixels."""
+    ``size`` is the views' size in latent pixels; ``latent_format``: the model's (its adapter's)."""
     gen = generator[0] if isinstance(generator, Sequence) else generator
     device = gen.device if gen is not None else torch.device("cpu")
     count = max(1, min(steps, MAX_COLOURS))
     colours = torch.rand((count, 3), generator=gen, device=device).cpu()
     picks = torch.randint(count, (steps, views, regions, images), generator=gen, device=device)
-    latents = encode_constant(vae, colours, size, batch=ENCODE_BATCH)
+    latents = encode_constant(vae, colours, size, batch=ENCODE_BATCH, latent_format=latent_format)
     if dtype is not None:
         latents = latents.to(dtype)
     return BootstrapBackgrounds(colours, latents, picks.to(latents.device))

@@ -316,9 +316,10 @@ def _postprocess(adapter: Any, latents: torch.Tensor, output_type: str, circular
     if output_type == "pil":  # 8 bits per band of rows: no float copy of the whole image
         from PIL import Image
 
-        pixels = decode_to_uint8(adapter.vae, latents, circular=circular, **decode).numpy()
+        pixels = decode_to_uint8(adapter.vae, latents, circular=circular, latent_format=adapter.latent_format, **decode)
+        pixels = pixels.numpy()
         return [Image.fromarray(p) for p in pixels]
-    image = decode_latents(adapter.vae, latents, circular=circular, **decode)
+    image = decode_latents(adapter.vae, latents, circular=circular, latent_format=adapter.latent_format, **decode)
     processor = VaeImageProcessor(vae_scale_factor=adapter.vae_scale_factor)
     return processor.postprocess(image, output_type=output_type)
 

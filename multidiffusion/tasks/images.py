@@ -21,7 +21,7 @@ from diffusers.image_processor import VaeImageProcessor
 from multidiffusion.engine.adapter import ModelAdapter
 from multidiffusion.engine.noising import noise_to
 from multidiffusion.engine.task import Start
-from multidiffusion.images import InputImage
+from multidiffusion.io.image_loader import InputImage
 from multidiffusion.vae.codec import encode_images
 
 __all__ = ["EncodedImage", "image_tensor"]
@@ -55,7 +55,14 @@ class EncodedImage:
         posterior per image (one draw shared by all images with a single generator, as diffusers)."""
         pixels = self.pixels() if pixels is None else pixels
         tiling = {k: v for k, v in vae_tiling.items() if k in ("tile", "overlap", "norm_stats", "share", "cache_mb")}
-        latents = encode_images(self.adapter.vae, pixels, generator=generator, sample=True, **tiling)
+        latents = encode_images(
+            self.adapter.vae,
+            pixels,
+            generator=generator,
+            sample=True,
+            latent_format=self.adapter.latent_format,
+            **tiling,
+        )
         if latents.shape[0] != images:
             latents = latents.repeat(images // latents.shape[0], 1, 1, 1)
         self.latents = latents.to(device=self.adapter.device, dtype=self.adapter.dtype)

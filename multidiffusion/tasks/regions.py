@@ -98,6 +98,7 @@ class RegionsTask(Task):
             size=self.views[0].size,
             generator=start.generator,
             dtype=self.adapter.dtype,
+            latent_format=self.adapter.latent_format,
         )
         return bootstrap_composer(self.layout, self.views, backgrounds, start.noise, start.scheduler)
 
