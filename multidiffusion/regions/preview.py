@@ -7,16 +7,13 @@ soft edges and overlaps included), and each prompt is written where its share is
 
 from __future__ import annotations
 
-import math
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
-
-if TYPE_CHECKING:
-    from multidiffusion.regions.layout import RegionLayout
 
 __all__ = ["draw_layout"]
 
@@ -42,37 +39,50 @@ PALETTE = [
 MAX_LABEL = 48
 
 
-def _label(text: str) -> str:
-    return text if len(text) <= MAX_LABEL else text[: MAX_LABEL - 1] + "…"
+def _fit(text: str, width: int, measure: Callable[[str], int]) -> str:
+    """``text`` (at most :data:`MAX_LABEL` characters), shortened with an ellipsis to ``width`` pixels."""
+    if len(text) > MAX_LABEL:
+        text = text[: MAX_LABEL - 1] + "…"
+    while len(text) > 2 and measure(text) > width:
+        text = text[:-2].rstrip() + "…"
+    return text
 
 
-def _label_position(share: torch.Tensor, box: tuple[int, int]) -> tuple[float, float]:
-    """Where to centre a label of ``box`` (rows, columns) latent pixels in the area where ``share``
-    is largest: the placement wholly inside the area nearest its centroid; else the point deepest
-    inside it (repeated 3x3 erosion, the canvas border counting as an edge)."""
-    inside = (share >= share.max() - 1e-6).float()[None, None]
-    rows, cols = torch.meshgrid(torch.arange(share.shape[0]), torch.arange(share.shape[1]), indexing="ij")
-    area = inside[0, 0]
-    cy, cx = float((area * rows).sum() / area.sum()), float((area * cols).sum() / area.sum())
-    kh, kw = min(box[0], share.shape[0]), min(box[1], share.shape[1])
-    fits = F.avg_pool2d(inside, (kh, kw), stride=1)[0, 0] >= 1 - 1e-6
-    offset = ((kh - 1) / 2, (kw - 1) / 2)
-    if not bool(fits.any()):
-        fits, offset = area > 0, (0.0, 0.0)
-        while True:
-            eroded = -F.max_pool2d(-F.pad(fits.float()[None, None], (1, 1, 1, 1)), 3, stride=1)[0, 0] > 0
-            if not bool(eroded.any()):
-                break
-            fits = eroded
-    r, c = rows[: fits.shape[0], : fits.shape[1]] + offset[0], cols[: fits.shape[0], : fits.shape[1]] + offset[1]
-    dist = (r - cy) ** 2 + (c - cx) ** 2
-    dist[~fits] = float("inf")
-    i = int(dist.argmin())
-    return float(r.flatten()[i]), float(c.flatten()[i])
+Box = tuple[int, int, int, int]
+"""A label's pixels on the canvas: x0, y0, x1, y1."""
 
 
-def draw_layout(layout: RegionLayout, image: Image.Image | None = None) -> Image.Image:
-    """The preview of a :class:`RegionLayout` (see the module docstring)."""
+def _place(area: torch.Tensor, box: tuple[int, int], taken: list[Box], step: int) -> tuple[int, int]:
+    """Top-left (x, y) in pixels of a label of ``box`` (width, height) pixels, wholly on the canvas:
+    over no label already placed (``taken``: x0, y0, x1, y1) where possible, then as much inside
+    ``area`` (the pixels where its prompt's share is largest) as it can be, then nearest the area's
+    centroid. Positions are tried every ``step`` pixels and flush with each edge."""
+    rows, cols = area.shape
+    w, h = min(box[0], cols), min(box[1], rows)
+    ys = torch.unique(torch.cat([torch.arange(0, rows - h + 1, step), torch.tensor([rows - h])]))
+    xs = torch.unique(torch.cat([torch.arange(0, cols - w + 1, step), torch.tensor([cols - w])]))
+    y, x = torch.meshgrid(ys, xs, indexing="ij")
+    total = F.pad(area.double().cumsum(0).cumsum(1), (1, 0, 1, 0))  # summed-area table
+    inside = (total[y + h, x + w] - total[y, x + w] - total[y + h, x] + total[y, x]) / (w * h)
+    overlap = torch.zeros_like(inside)
+    for x0, y0, x1, y1 in taken:
+        across = (torch.clamp(x + w, max=x1) - torch.clamp(x, min=x0)).clamp(min=0)
+        down = (torch.clamp(y + h, max=y1) - torch.clamp(y, min=y0)).clamp(min=0)
+        overlap += across * down
+    r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+    weight = area.double().sum().clamp(min=1)
+    cy, cx = float((area * r).sum() / weight), float((area * c).sum() / weight)
+    distance = ((y + h / 2 - cy) ** 2 + (x + w / 2 - cx) ** 2) / (rows**2 + cols**2)  # < 1
+    outside = torch.ceil((1 - inside) * 10 - 1e-6)  # tenths of the label off its area
+    score = (overlap > 0) * 1000.0 + overlap / (w * h) * 100 + outside + distance
+    i = int(score.argmin())
+    return int(x.flatten()[i]), int(y.flatten()[i])
+
+
+def draw_layout(layout: Any, image: Image.Image | None = None) -> Image.Image:
+    """The preview of a :class:`~multidiffusion.regions.layout.RegionLayout` (see the module
+    docstring; typed loosely: the layout imports this module to draw itself). Labels are placed from
+    the smallest area to the largest, each over no other label where there is room, none cut off."""
     f = layout.scale_factor
     shares = layout.shares()  # (P, h, w)
     colours = ([BACKGROUND_TINT] if layout.background is not None else []) + [
@@ -90,21 +100,22 @@ def draw_layout(layout: RegionLayout, image: Image.Image | None = None) -> Image
         font = ImageFont.load_default(size=size)
     except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
         font = ImageFont.load_default()
-    scalable = isinstance(font, ImageFont.FreeTypeFont)
+    style = (
+        {"stroke_width": max(1, size // 8), "stroke_fill": (0, 0, 0)}
+        if isinstance(font, ImageFont.FreeTypeFont)
+        else {}
+    )
+    stroke = style.get("stroke_width", 0)
     labels = (["background: " + layout.background] if layout.background is not None else []) + [
         f"{i + 1}: {r.prompt}" for i, r in enumerate(layout.regions)
     ]
-    for slot, text in enumerate(labels):
-        share = shares[slot]
-        if not bool((share > 0).any()):
-            continue
-        style = {"stroke_width": max(1, size // 8), "stroke_fill": (0, 0, 0)} if scalable else {}
-        label = _label(text)
-        left, top, right, bottom = draw.textbbox((0, 0), label, font=font, stroke_width=style.get("stroke_width", 0))
-        tw, th = right - left, bottom - top
-        y, x = _label_position(share, (math.ceil(th / f) + 1, math.ceil(tw / f) + 1))
-        # centred there, moved inside the canvas
-        px = min(max((x + 0.5) * f - tw / 2, 0), max(0, canvas.width - tw)) - left
-        py = min(max((y + 0.5) * f - th / 2, 0), max(0, canvas.height - th)) - top
-        draw.text((px, py), label, fill=(255, 255, 255), font=font, **style)
+    areas = [(shares[slot] >= shares[slot].max() - 1e-6) & (shares[slot] > 0) for slot in range(len(labels))]
+    taken: list[Box] = []
+    for slot in sorted((s for s in range(len(labels)) if bool(areas[s].any())), key=lambda s: int(areas[s].sum())):
+        label = _fit(labels[slot], canvas.width - 2, lambda t: int(draw.textlength(t, font=font)) + 2 * stroke)
+        left, top, right, bottom = draw.textbbox((0, 0), label, font=font, stroke_width=stroke)
+        area = areas[slot].repeat_interleave(f, 0).repeat_interleave(f, 1)
+        x, y = _place(area, (right - left + 2, bottom - top + 2), taken, step=max(1, min(f, 4)))
+        taken.append((x, y, x + right - left + 2, y + bottom - top + 2))
+        draw.text((x + 1 - left, y + 1 - top), label, fill=(255, 255, 255), font=font, **style)
     return canvas
