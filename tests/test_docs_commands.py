@@ -359,6 +359,26 @@ def test_python_blocks_compile(path):
         assert blocks
 
 
+# a file the documentation names in backquotes: from the repository root, or a module of the package
+# (`engine/fusion.py`, `io/trust.py`, `files/scene.parse_scene`: a module and a name in it)
+REPO_PATH = re.compile(r"`((?:multidiffusion|benchmarks|examples|tests|devtools|docs|\.ci)/[\w/.-]*)`")
+PACKAGES = "|".join(p.name for p in (REPO / "multidiffusion").iterdir() if p.is_dir())
+PACKAGE_PATH = re.compile(r"`((?:" + PACKAGES + r")/[\w/.-]*)`")
+
+
+def _exists(path: Path) -> bool:
+    return path.exists() or path.with_suffix(".py").exists() or path.parent.with_suffix(".py").exists()
+
+
+@pytest.mark.parametrize("path", DOCUMENTS, ids=lambda path: str(path.relative_to(REPO)))
+def test_named_files_exist(path):
+    """The files, folders and modules a page names exist (pages go stale when code moves)."""
+    text = path.read_text(encoding="utf-8")
+    missing = [m for m in REPO_PATH.findall(text) if not (REPO / m).exists()]
+    missing += [m for m in PACKAGE_PATH.findall(text) if not _exists(REPO / "multidiffusion" / m)]
+    assert not missing, f"{path.relative_to(REPO)} names what is not in the repository: {missing}"
+
+
 @pytest.mark.parametrize("path", DOCUMENTS, ids=lambda path: str(path.relative_to(REPO)))
 def test_toml_blocks_parse(path):
     for block in _fenced_blocks(path.read_text(encoding="utf-8"), ("toml",)):
