@@ -400,7 +400,7 @@ def library_cases() -> list[Case]:
         ),
     }
     cases = []
-    prelude = "import numpy as np\nfrom multidiffusion.images import input_image\n"
+    prelude = "import numpy as np\nfrom multidiffusion.io.image_loader import input_image\n"
     for name, (src, body) in checks.items():
         cases.append(
             Case(
@@ -430,7 +430,7 @@ def library_cases() -> list[Case]:
         "from multidiffusion import load_scene; result = load_scene('s.toml')",
         "load_scene(invalid UTF-8)": "open('s.toml','wb').write(b'background = \"\\xff\\xfe\"\\n')\n"
         "from multidiffusion import load_scene; result = load_scene('s.toml')",
-        "read_settings(non-dict JSON)": "from multidiffusion.metadata import read_settings\n"
+        "read_settings(non-dict JSON)": "from multidiffusion.files.metadata import read_settings\n"
         "result = read_settings('nd.png')",
     }
 
@@ -463,7 +463,7 @@ def app_cases() -> list[Case]:
             def setup(cwd, ctx, make=make):
                 ctx.given = str(make(cwd, ctx))  # type: ignore[attr-defined]
 
-            code = "from multidiffusion.app.limits import Limits\nL = Limits()\nP = '{given}'\n" + body
+            code = "from multidiffusion.app.limits import ServerLimits\nL = ServerLimits()\nP = '{given}'\n" + body
             cases.append(
                 Case(
                     "app uploads (handlers in-process)",

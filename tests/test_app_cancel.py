@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from multidiffusion.app import Limits, ModelPool
+from multidiffusion.app import ModelPool, ServerLimits
 from multidiffusion.app.handlers import Cancelled, OutputStore, generate_panorama
 
 from .test_app import FORM
@@ -68,7 +68,7 @@ def pixels(path) -> np.ndarray:
 def reference(md16, tmp_path):
     """The image the second job must produce: the same form, run alone."""
     pool = ModelPool(["tiny"], lambda name: md16)
-    return pixels(generate_panorama(FORM, pool=pool, limits=Limits(), store=OutputStore(tmp_path / "ref")).path)
+    return pixels(generate_panorama(FORM, pool=pool, limits=ServerLimits(), store=OutputStore(tmp_path / "ref")).path)
 
 
 def test_a_cancelled_job_stops_and_the_next_runs_alone(md16, tmp_path, reference):
@@ -81,7 +81,9 @@ def test_a_cancelled_job_stops_and_the_next_runs_alone(md16, tmp_path, reference
 
     def job(key, is_cancelled):
         try:
-            outcome[key] = generate_panorama(FORM, pool=pool, limits=Limits(), store=store, is_cancelled=is_cancelled)
+            outcome[key] = generate_panorama(
+                FORM, pool=pool, limits=ServerLimits(), store=store, is_cancelled=is_cancelled
+            )
         except Exception as exc:
             outcome[key] = exc
 
@@ -132,9 +134,9 @@ def served(md16, tmp_path):
 
     gated = GatedModel(md16)
     store = OutputStore(tmp_path / "out")
-    app = create_app(["tiny"], lambda name: gated, Limits(), store)
+    app = create_app(["tiny"], lambda name: gated, ServerLimits(), store)
     port = _free_port()
-    launch(app, host="127.0.0.1", port=port, limits=Limits(), block=False)
+    launch(app, host="127.0.0.1", port=port, limits=ServerLimits(), block=False)
     try:
         yield app, f"http://127.0.0.1:{port}/gradio_api/", gated, store
     finally:

@@ -11,7 +11,7 @@ from diffusers import StableDiffusionControlNetPipeline
 from PIL import Image
 
 from multidiffusion import MultiDiffusion
-from multidiffusion.app import Limits, ModelPool
+from multidiffusion.app import ModelPool, ServerLimits
 from multidiffusion.app.handlers import OutputStore, generate_panorama, preview_control
 from multidiffusion.app.settings import panorama_request, upscale_request
 
@@ -36,16 +36,18 @@ def pool(md_cn):
 def test_the_control_image_is_an_upload_checked_like_the_others(pool, tmp_path):
     edges = tmp_path / "edges.png"
     _control_image(width=256, height=128).save(edges)
-    request = panorama_request({**FORM, "control_image": str(edges), "control_preprocessor": "canny"}, Limits(), pool)
+    request = panorama_request(
+        {**FORM, "control_image": str(edges), "control_preprocessor": "canny"}, ServerLimits(), pool
+    )
     o = request.options
     assert o.control_image[0].path == "edges.png" and o.control_preprocessor == "canny"  # the name, not the folder
-    assert panorama_request(FORM, Limits(), pool).options.control_image is None
+    assert panorama_request(FORM, ServerLimits(), pool).options.control_image is None
     with pytest.raises(ValueError, match=r"^control_image is 256×128 px; this server takes images up to 128 px"):
-        panorama_request({**FORM, "control_image": str(edges)}, Limits(max_side=128), pool)
+        panorama_request({**FORM, "control_image": str(edges)}, ServerLimits(max_side=128), pool)
     with pytest.raises(ValueError, match=r"^control_preprocessor must be one of"):
-        panorama_request({**FORM, "control_image": str(edges), "control_preprocessor": "depth"}, Limits(), pool)
+        panorama_request({**FORM, "control_image": str(edges), "control_preprocessor": "depth"}, ServerLimits(), pool)
     photo = picture(tmp_path / "photo.png")
-    up = upscale_request({**FORM, "task": "upscale", "image": photo, "strength": 0.5, "scale": 2}, Limits(), pool)
+    up = upscale_request({**FORM, "task": "upscale", "image": photo, "strength": 0.5, "scale": 2}, ServerLimits(), pool)
     assert up.options.control_image is None  # the run conditions on the resized input (Tile ControlNet)
 
 
@@ -54,20 +56,20 @@ def test_the_preview_is_the_preprocessed_map(tmp_path):
     image = Image.new("RGB", (64, 64), "black")
     image.paste((255, 255, 255), (16, 16, 48, 48))
     image.save(square)
-    edges = np.asarray(preview_control(str(square), "canny", Limits()))
+    edges = np.asarray(preview_control(str(square), "canny", ServerLimits()))
     assert edges[32, 14:18].max() == 255 and edges[32, 30:34].max() == 0
-    assert preview_control(None, "canny", Limits()) is None
+    assert preview_control(None, "canny", ServerLimits()) is None
     with pytest.raises(ValueError, match=r"^control_image: the upload 'nothing\.png' is gone"):
-        preview_control(str(tmp_path / "nothing.png"), "none", Limits())
+        preview_control(str(tmp_path / "nothing.png"), "none", ServerLimits())
 
 
 def test_a_panorama_from_the_page_records_its_control_image(pool, tmp_path):
     edges = tmp_path / "edges.png"
     _control_image(width=256, height=128).save(edges)
     out = generate_panorama(
-        {**FORM, "control_image": str(edges)}, pool=pool, limits=Limits(), store=OutputStore(tmp_path / "out")
+        {**FORM, "control_image": str(edges)}, pool=pool, limits=ServerLimits(), store=OutputStore(tmp_path / "out")
     )
-    from multidiffusion.metadata import read_parameters
+    from multidiffusion.files.metadata import read_parameters
 
     assert read_parameters(out.path)["control_image"][0]["path"] == "edges.png"
 
@@ -79,8 +81,8 @@ def test_the_page_shows_control_inputs_only_with_a_controlnet(md_cn, md16):
     def ids(app):
         return {c.get("props", {}).get("elem_id") for c in app.get_config_file()["components"]}
 
-    with_cn = ids(create_app(["tiny"], lambda name: md_cn, Limits()))
+    with_cn = ids(create_app(["tiny"], lambda name: md_cn, ServerLimits()))
     assert {"pano-control-image", "pano-control-preview", "upscale-control-image", "upscale-control-preprocessor"} <= (
         with_cn
     )
-    assert "pano-control-image" not in ids(create_app(["tiny"], lambda name: md16, Limits()))
+    assert "pano-control-image" not in ids(create_app(["tiny"], lambda name: md16, ServerLimits()))

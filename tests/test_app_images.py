@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from multidiffusion.app import Limits, ModelPool
+from multidiffusion.app import ModelPool, ServerLimits
 from multidiffusion.app.handlers import (
     Cancelled,
     OutputStore,
@@ -28,7 +28,7 @@ from multidiffusion.app.handlers import (
 from multidiffusion.app.inputs import MASK_ALPHA, editor_value, mask_from_editor, read_upload
 from multidiffusion.app.settings import inpaint_request, steps_that_run, upscale_request, values_from_png
 from multidiffusion.app.upscalers import Upscalers, parse_upscaler
-from multidiffusion.metadata import read_parameters, save_png
+from multidiffusion.files.metadata import read_parameters, save_png
 from multidiffusion.tasks import TASKS
 
 from .test_app import run_cli
@@ -80,7 +80,7 @@ def strokes(width=128, height=64, box=(40, 16, 80, 48), alpha=FULL):
 # -- uploads ------------------------------------------------------------------------------------------
 def test_an_upload_goes_through_the_checked_loader_and_keeps_its_name(tmp_path):
     path = picture(tmp_path / "photo.png")
-    found = read_upload(path, "image", Limits())
+    found = read_upload(path, "image", ServerLimits())
     assert found.size == (64, 128) and found.image.mode == "RGB"
     assert found.path == "photo.png"  # the upload's name, never the server's folder
     assert found.sha256 == hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -90,30 +90,30 @@ def test_uploads_beyond_the_servers_limits_are_refused_before_decoding(tmp_path,
     big = tmp_path / "noise.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (600, 600, 3), dtype=np.uint8)).save(big)
     with pytest.raises(ValueError, match=r"^image is 1\.0 MB; this server accepts uploads up to 0\.5 MB"):
-        read_upload(big, "image", Limits(max_upload_mb=0.5))
+        read_upload(big, "image", ServerLimits(max_upload_mb=0.5))
     wide = tmp_path / "wide.png"
     Image.new("RGB", (2048, 64)).save(wide)  # a small file, too wide
     with pytest.raises(ValueError, match=r"^image is 2048×64 px; this server takes images up to 1024 px per side"):
-        read_upload(wide, "image", Limits(max_side=1024))
+        read_upload(wide, "image", ServerLimits(max_side=1024))
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(_png_header(20_000, 4_000))  # declares 8 * 10^7 pixels, holds none
     with pytest.raises(ValueError, match=r"^mask is 20000×4000 px; this server takes images up to 1024 px per side"):
-        read_upload(bomb, "mask", Limits(max_side=1024))
+        read_upload(bomb, "mask", ServerLimits(max_side=1024))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1024 * 1024)  # as the server sets it
     with pytest.raises(ValueError, match=r"^mask declares far more pixels than allowed; this server takes images up"):
-        read_upload(bomb, "mask", Limits(max_side=1024))
+        read_upload(bomb, "mask", ServerLimits(max_side=1024))
     (tmp_path / "sub").mkdir()
     with pytest.raises(ValueError, match=r"^image: 'sub' is not a file"):
-        read_upload(tmp_path / "sub", "image", Limits())
+        read_upload(tmp_path / "sub", "image", ServerLimits())
     text = tmp_path / "notes.png"
     text.write_text("hello")
     with pytest.raises(
         ValueError, match=r"^image: 'notes\.png' is not an image \(cannot identify the format\); images may be PNG"
     ) as info:
-        read_upload(text, "image", Limits())
+        read_upload(text, "image", ServerLimits())
     assert str(tmp_path) not in str(info.value)  # the server's folders stay private
     with pytest.raises(ValueError, match=r"the upload \'gone\.png\' is gone"):
-        read_upload(tmp_path / "gone.png", "image", Limits())
+        read_upload(tmp_path / "gone.png", "image", ServerLimits())
 
 
 def _png_header(width: int, height: int) -> bytes:
@@ -130,38 +130,38 @@ def _png_header(width: int, height: int) -> bytes:
 # -- the mask in the editor ----------------------------------------------------------------------------
 def test_the_mask_is_what_the_brush_painted():
     background = Image.new("RGB", (128, 64), "blue")
-    assert mask_from_editor(None, Limits()) is None
-    assert mask_from_editor({"background": background, "layers": [], "composite": background}, Limits()) is None
+    assert mask_from_editor(None, ServerLimits()) is None
+    assert mask_from_editor({"background": background, "layers": [], "composite": background}, ServerLimits()) is None
     blank = {"background": background, "layers": [strokes(box=(0, 0, 0, 0))], "composite": background}
-    assert mask_from_editor(blank, Limits()) is None
+    assert mask_from_editor(blank, ServerLimits()) is None
     soft = strokes(box=(0, 0, 8, 8), alpha=FULL // 2)  # a stroke's soft edge: grey
     value = {"background": background, "layers": [strokes(), soft], "composite": background}
-    mask = np.asarray(mask_from_editor(value, Limits()))
+    mask = np.asarray(mask_from_editor(value, ServerLimits()))
     assert mask.shape == (64, 128) and mask[16:48, 40:80].min() == 255 and mask[:, 90:].max() == 0
     assert 120 <= mask[0, 0] <= 135
     with pytest.raises(ValueError, match=r"^mask is 2048×64 px; this server takes images up to 1024 px"):
-        mask_from_editor({"layers": [strokes(2048, 64)]}, Limits(max_side=1024))
+        mask_from_editor({"layers": [strokes(2048, 64)]}, ServerLimits(max_side=1024))
     with pytest.raises(ValueError, match=r"^mask: the editor's layers have different sizes"):
-        mask_from_editor({"layers": [strokes(), strokes(64, 64)]}, Limits())
+        mask_from_editor({"layers": [strokes(), strokes(64, 64)]}, ServerLimits())
 
 
 def test_an_uploaded_mask_becomes_strokes_on_the_image(tmp_path):
     image = picture(tmp_path / "photo.png")
-    value, kept, note = load_inpaint_image(image, Limits())
+    value, kept, note = load_inpaint_image(image, ServerLimits())
     assert kept == image and "Loaded 'photo.png', 128×64 px" in note
     assert value["background"].size == (128, 64) and value["layers"] == []
     small = np.zeros((32, 64), np.uint8)
     small[8:24, 20:40] = 255  # half the image's size: resized to it
     Image.fromarray(small).save(tmp_path / "mask.png")
-    value, note = load_mask(tmp_path / "mask.png", image, Limits())
+    value, note = load_mask(tmp_path / "mask.png", image, ServerLimits())
     assert "Loaded the mask" in note
-    mask = np.asarray(mask_from_editor(value, Limits()))
+    mask = np.asarray(mask_from_editor(value, ServerLimits()))
     assert mask.shape == (64, 128) and mask[20:44, 44:76].min() == 255 and mask[:, :30].max() == 0
     Image.new("L", (64, 64)).save(tmp_path / "square.png")
     with pytest.raises(ValueError, match=r"^mask is 64x64 but the image is 128x64"):
-        load_mask(tmp_path / "square.png", image, Limits())
+        load_mask(tmp_path / "square.png", image, ServerLimits())
     with pytest.raises(ValueError, match=r"^mask: upload the image first"):
-        load_mask(tmp_path / "mask.png", None, Limits())
+        load_mask(tmp_path / "mask.png", None, ServerLimits())
     assert editor_value(Image.new("RGB", (8, 8)))["layers"] == []
 
 
@@ -198,7 +198,7 @@ def test_the_page_chooses_upscalers_by_name_never_by_path(tmp_path):
 def test_upscale_form_checks(pool, tmp_path):
     image = picture(tmp_path / "photo.png")
     form = {**IMAGE_FORM, "task": "upscale", "image": image, "strength": 0.35, "scale": 2, "upscaler": "bicubic"}
-    request = upscale_request({**form, "prompt": ""}, Limits(), pool)
+    request = upscale_request({**form, "prompt": ""}, ServerLimits(), pool)
     o = request.options
     assert o.task == "upscale" and (o.height, o.width) == (128, 256) and o.upscaler == "bicubic"
     assert o.prompt == "" and o.image.path == "photo.png" and request.seed == 5
@@ -212,38 +212,38 @@ def test_upscale_form_checks(pool, tmp_path):
     ]
     for change, match in bad:
         with pytest.raises(ValueError, match=match):
-            upscale_request({**form, **change}, Limits(), pool)
+            upscale_request({**form, **change}, ServerLimits(), pool)
     with pytest.raises(ValueError, match=r"^width must be a multiple of 8 from 64 to 512 \(pixels\), got 1024 \(this"):
-        upscale_request({**form, "scale": 8}, Limits(max_side=512), pool)  # the result is above the limit
+        upscale_request({**form, "scale": 8}, ServerLimits(max_side=512), pool)  # the result is above the limit
 
-    img2img = upscale_request({**form, "task": "img2img", "strength": 0.5, "scale": None}, Limits(), pool)
+    img2img = upscale_request({**form, "task": "img2img", "strength": 0.5, "scale": None}, ServerLimits(), pool)
     assert img2img.options.task == "img2img" and (img2img.options.height, img2img.options.width) == (64, 128)
     with pytest.raises(ValueError, match=r"^prompt must be a non-empty prompt"):
-        upscale_request({**form, "task": "img2img", "prompt": " "}, Limits(), pool)
+        upscale_request({**form, "task": "img2img", "prompt": " "}, ServerLimits(), pool)
 
 
 def test_inpaint_and_outpaint_form_checks(pool, tmp_path):
     image = picture(tmp_path / "photo.png")
     mask = {"background": None, "layers": [strokes()], "composite": None}
     form = {**IMAGE_FORM, "task": "inpaint", "image": image, "mask": mask, "strength": 1.0, "mask_blur": 4}
-    request = inpaint_request(form, Limits(), pool)
+    request = inpaint_request(form, ServerLimits(), pool)
     o = request.options
     assert o.task == "inpaint" and o.mask.size == (64, 128) and o.mask_blur == 4 and (o.height, o.width) == (64, 128)
     with pytest.raises(ValueError, match=r"^mask: paint over the part of the image to repaint"):
-        inpaint_request({**form, "mask": {"background": None, "layers": [], "composite": None}}, Limits(), pool)
+        inpaint_request({**form, "mask": {"background": None, "layers": [], "composite": None}}, ServerLimits(), pool)
     with pytest.raises(ValueError, match=r"^mask_blur must be an integer from 0 to 256, got -1"):
-        inpaint_request({**form, "mask_blur": -1}, Limits(), pool)
+        inpaint_request({**form, "mask_blur": -1}, ServerLimits(), pool)
 
     sides = {"left": 64, "right": 64, "top": 0, "bottom": 0, "overlap": 16, "mask_blur": 8}
-    out = inpaint_request({**form, **sides, "task": "outpaint", "mask": None, "circular": True}, Limits(), pool)
+    out = inpaint_request({**form, **sides, "task": "outpaint", "mask": None, "circular": True}, ServerLimits(), pool)
     assert out.options.task == "outpaint" and (out.options.height, out.options.width) == (64, 256)
     assert out.options.circular is True
     with pytest.raises(ValueError, match=r"^left must be a multiple of 8 \(pixels\), got 20"):
-        inpaint_request({**form, **sides, "task": "outpaint", "left": 20}, Limits(), pool)
+        inpaint_request({**form, **sides, "task": "outpaint", "left": 20}, ServerLimits(), pool)
     with pytest.raises(ValueError, match=r"^outpaint: give at least one of left, right, top, bottom"):
-        inpaint_request({**form, **sides, "task": "outpaint", "left": 0, "right": 0}, Limits(), pool)
+        inpaint_request({**form, **sides, "task": "outpaint", "left": 0, "right": 0}, ServerLimits(), pool)
     with pytest.raises(ValueError, match=r"^width must be a multiple of 8 from 64 to 192 \(pixels\), got 256"):
-        inpaint_request({**form, **sides, "task": "outpaint"}, Limits(max_side=192), pool)
+        inpaint_request({**form, **sides, "task": "outpaint"}, ServerLimits(max_side=192), pool)
 
 
 # -- runs ------------------------------------------------------------------------------------------------
@@ -252,20 +252,22 @@ def test_img2img_runs_writes_a_png_and_its_settings_come_back(pool, tmp_path):
     steps: list[tuple[int, int]] = []
     form = {**IMAGE_FORM, "task": "img2img", "image": image, "strength": 0.5}
     store = OutputStore(tmp_path / "out")
-    result = generate_upscale(form, pool=pool, limits=Limits(), store=store, on_step=lambda i, n: steps.append((i, n)))
+    result = generate_upscale(
+        form, pool=pool, limits=ServerLimits(), store=store, on_step=lambda i, n: steps.append((i, n))
+    )
     assert steps == [(1, 2), (2, 2)]  # strength 0.5 of 4 steps: the progress bar counts the 2 that run
     assert result.message.startswith("128x64 px re-worked: 128x64 px, seed 5, ")
     params = read_parameters(result.path)
-    assert params["mode"] == "img2img" and params["model"] == "tiny" and params["strength"] == 0.5
+    assert params["task"] == "img2img" and params["model"] == "tiny" and params["strength"] == 0.5
     digest = hashlib.sha256(Path(image).read_bytes()).hexdigest()
     assert params["image"] == {"path": "photo.png", "sha256": digest}  # the upload's name, not its folder
     assert Image.open(result.path).size == (128, 64)
 
-    mode, values, notes = values_from_png(result.path, Limits(), pool)
+    mode, values, notes = values_from_png(result.path, ServerLimits(), pool)
     assert mode == "img2img" and values["task"] == "img2img" and values["strength"] == 0.5
     assert values["prompt"] == "a red house" and values["seed"] == 5 and "image" not in values
     assert notes == ["the input image is not stored in the PNG: upload it again"]
-    again = generate_upscale({**form, **values}, pool=pool, limits=Limits(), store=store)
+    again = generate_upscale({**form, **values}, pool=pool, limits=ServerLimits(), store=store)
     assert (np.asarray(Image.open(again.path)) == np.asarray(Image.open(result.path))).all()
 
 
@@ -277,7 +279,7 @@ def test_a_cancelled_image_job_stops_between_steps_and_writes_nothing(pool, tmp_
         generate_upscale(
             form,
             pool=pool,
-            limits=Limits(),
+            limits=ServerLimits(),
             store=store,
             on_step=lambda i, n: done.append(i),
             is_cancelled=lambda: bool(done),
@@ -299,11 +301,13 @@ def test_progress_counts_the_steps_that_run():
 def test_upscale_runs(pool, tmp_path):
     image = picture(tmp_path / "photo.png", 64, 64)
     form = {**IMAGE_FORM, "task": "upscale", "prompt": "", "image": image, "strength": 0.5, "scale": 2}
-    result = generate_upscale({**form, "upscaler": "bicubic"}, pool=pool, limits=Limits(), store=OutputStore(tmp_path))
+    result = generate_upscale(
+        {**form, "upscaler": "bicubic"}, pool=pool, limits=ServerLimits(), store=OutputStore(tmp_path)
+    )
     assert Image.open(result.path).size == (128, 128) and result.message.startswith("64x64 px upscaled 2x: 128x128")
     params = read_parameters(result.path)
-    assert params["mode"] == "upscale" and params["upscaler"] == "bicubic" and params["scale"] == 2
-    mode, values, _ = values_from_png(result.path, Limits(), pool)
+    assert params["task"] == "upscale" and params["upscaler"] == "bicubic" and params["scale"] == 2
+    mode, values, _ = values_from_png(result.path, ServerLimits(), pool)
     assert mode == "upscale" and values["task"] == "upscale" and values["upscaler"] == "bicubic"
 
 
@@ -312,9 +316,9 @@ def test_inpaint_runs(pool, tmp_path):
     image = picture(tmp_path / "photo.png")
     mask = {"background": None, "layers": [strokes()], "composite": None}
     form = {**IMAGE_FORM, "task": "inpaint", "image": image, "mask": mask, "strength": 1.0, "mask_blur": 4}
-    result = generate_inpaint(form, pool=pool, limits=Limits(), store=OutputStore(tmp_path))
+    result = generate_inpaint(form, pool=pool, limits=ServerLimits(), store=OutputStore(tmp_path))
     assert Image.open(result.path).size == (128, 64) and result.message.startswith("128x64 px inpainted: ")
-    mode, values, notes = values_from_png(result.path, Limits(), pool)
+    mode, values, notes = values_from_png(result.path, ServerLimits(), pool)
     assert mode == "inpaint" and values["task"] == "inpaint" and values["mask_blur"] == 4
     assert notes == ["the input image is not stored in the PNG: upload it again and paint its mask"]
 
@@ -324,9 +328,9 @@ def test_outpaint_runs(pool, tmp_path):
     image = picture(tmp_path / "photo.png")
     sides = {"left": 64, "right": 0, "top": 0, "bottom": 0, "overlap": 16, "mask_blur": 8}
     form = {**IMAGE_FORM, "task": "outpaint", "image": image, "strength": 1.0, **sides}
-    result = generate_inpaint(form, pool=pool, limits=Limits(), store=OutputStore(tmp_path))
+    result = generate_inpaint(form, pool=pool, limits=ServerLimits(), store=OutputStore(tmp_path))
     assert Image.open(result.path).size == (192, 64) and result.message.startswith("128x64 px extended: 192x64")
-    mode, values, _ = values_from_png(result.path, Limits(), pool)
+    mode, values, _ = values_from_png(result.path, ServerLimits(), pool)
     assert mode == "outpaint" and values["left"] == 64 and values["task"] == "outpaint"
 
 
@@ -353,7 +357,7 @@ def test_stored_image_settings_open_nothing_they_name(pool, tmp_path):
     }
     path = tmp_path / "stored.png"
     save_png(Image.new("RGB", (8, 8)), path, stored)
-    mode, values, notes = values_from_png(path, Limits(max_side=512), pool)
+    mode, values, notes = values_from_png(path, ServerLimits(max_side=512), pool)
     assert mode == "upscale" and values["upscaler"] == "lanczos" and values["noise_inversion"] is True
     assert values["task"] == "upscale" and values["scale"] == 2 and values["strength"] == 0.3 and values["seed"] == 9
     assert not {"image", "height", "width", "allow_pickle"} & set(values)
@@ -361,18 +365,18 @@ def test_stored_image_settings_open_nothing_they_name(pool, tmp_path):
 
     record = {"path": "/srv/models/4x.pth", "sha256": "0" * 64}  # how the library stores a file it used
     save_png(Image.new("RGB", (8, 8)), path, {**stored, "upscaler": record})
-    _, values, notes = values_from_png(path, Limits(max_side=512), pool)
+    _, values, notes = values_from_png(path, ServerLimits(max_side=512), pool)
     assert values["upscaler"] == "lanczos" and notes[0].startswith("upscaler '4x.pth' is not offered")
 
     offered = tmp_path / "4x.safetensors"
     offered.write_bytes(b"weights")
     save_png(Image.new("RGB", (8, 8)), path, {**stored, "upscaler": "sharp"})
-    _, values, notes = values_from_png(path, Limits(), pool, Upscalers({"sharp": offered}))
+    _, values, notes = values_from_png(path, ServerLimits(), pool, Upscalers({"sharp": offered}))
     assert values["upscaler"] == "sharp" and len(notes) == 1
 
     save_png(Image.new("RGB", (8, 8)), path, {"mode": "outpaint", "prompt": "x", "left": 12, "model": "tiny"})
     with pytest.raises(ValueError, match=r"^the image's settings can't be used: left must be a multiple of 8"):
-        values_from_png(path, Limits(), pool)
+        values_from_png(path, ServerLimits(), pool)
 
 
 # -- the page ------------------------------------------------------------------------------------------------
@@ -381,7 +385,9 @@ def app(md16, tmp_path):
     pytest.importorskip("gradio")
     from multidiffusion.app.server import create_app
 
-    return create_app(["tiny"], lambda name: md16, Limits(max_side=512, max_upload_mb=1), OutputStore(tmp_path / "out"))
+    return create_app(
+        ["tiny"], lambda name: md16, ServerLimits(max_side=512, max_upload_mb=1), OutputStore(tmp_path / "out")
+    )
 
 
 def _ids(components) -> set:
@@ -456,9 +462,9 @@ def test_the_server_caps_what_pil_decodes(monkeypatch):
     Image.init()
     monkeypatch.setattr(Image, "ID", list(Image.ID))  # it also makes PIL forget formats: restored after
     monkeypatch.setattr(Image, "OPEN", dict(Image.OPEN))
-    limit_decoded_pixels(Limits(max_side=1024))
+    limit_decoded_pixels(ServerLimits(max_side=1024))
     assert Image.MAX_IMAGE_PIXELS == 1024 * 1024
-    limit_decoded_pixels(Limits(max_side=16384))  # never raised
+    limit_decoded_pixels(ServerLimits(max_side=16384))  # never raised
     assert Image.MAX_IMAGE_PIXELS == 1024 * 1024
 
 
@@ -474,9 +480,9 @@ def test_the_page_reads_only_files_uploaded_to_it(md16, tmp_path):
     from .test_app_cancel import _free_port, _join, _result
 
     store = OutputStore(tmp_path / "out")
-    app = create_app(["tiny"], lambda name: md16, Limits(), store)
+    app = create_app(["tiny"], lambda name: md16, ServerLimits(), store)
     port = _free_port()
-    launch(app, host="127.0.0.1", port=port, limits=Limits(), block=False)
+    launch(app, host="127.0.0.1", port=port, limits=ServerLimits(), block=False)
     secret = picture(tmp_path / "secret.png")
     try:
         index, fn = next((i, fn) for i, fn in app.fns.items() if "upscale-result" in _ids(fn.outputs))

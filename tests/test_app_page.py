@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from multidiffusion.app import Limits
+from multidiffusion.app import ServerLimits
 
 pytest.importorskip("gradio")
 
@@ -17,7 +17,7 @@ def app(md16, tmp_path):
     from multidiffusion.app.handlers import OutputStore
     from multidiffusion.app.server import create_app
 
-    return create_app(["tiny"], lambda name: md16, Limits(max_upload_mb=1), OutputStore(tmp_path / "out"))
+    return create_app(["tiny"], lambda name: md16, ServerLimits(max_upload_mb=1), OutputStore(tmp_path / "out"))
 
 
 def _ids(components) -> set:
@@ -66,3 +66,11 @@ def test_a_colour_map_upload_is_size_checked_before_decoding(app, tmp_path):
     Image.new("RGB", (8192, 8), "white").save(wide)  # a small file, too wide a map
     *_, status = upload.fn(str(wide), None)
     assert "the colour map is 8192×8 px; this server takes maps up to 4096 px per side" in status
+
+
+def test_every_tab_starts_at_the_steps_the_command_line_examples_use(app):
+    from multidiffusion.app.widgets import DEFAULT_STEPS
+
+    sliders = [b for b in app.blocks.values() if str(getattr(b, "elem_id", None)).endswith("-steps")]
+    assert len(sliders) >= 4 and {s.value for s in sliders} == {DEFAULT_STEPS}
+    assert 20 <= DEFAULT_STEPS <= 25  # the README's and --help's examples, the demo model's evaluation

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from multidiffusion.app import Limits
+from multidiffusion.app import ServerLimits
 from multidiffusion.models.loading import DEMO_MODEL_DIR
 
 from .test_app import run_cli
@@ -115,10 +115,10 @@ def test_the_page_serves_on_ipv6(md16, tmp_path):
     from multidiffusion.app.handlers import OutputStore
     from multidiffusion.app.server import create_app, launch
 
-    app = create_app(["tiny"], lambda name: md16, Limits(), OutputStore(tmp_path / "out"))
+    app = create_app(["tiny"], lambda name: md16, ServerLimits(), OutputStore(tmp_path / "out"))
     port = _free_port(socket.AF_INET6, "::1")
     try:
-        launch(app, host="::1", port=port, limits=Limits(), block=False)
+        launch(app, host="::1", port=port, limits=ServerLimits(), block=False)
         with urllib.request.urlopen(f"http://[::1]:{port}/", timeout=30) as response:
             assert response.status == 200 and b"MultiDiffusion" in response.read()
     finally:
@@ -146,10 +146,10 @@ def test_a_client_that_goes_away_mid_upload_is_one_log_line(md16, tmp_path, capl
     from multidiffusion.app.server import create_app, launch
 
     caplog.set_level(logging.INFO, logger="multidiffusion.app")
-    app = create_app(["tiny"], lambda name: md16, Limits(), OutputStore(tmp_path / "out"))
+    app = create_app(["tiny"], lambda name: md16, ServerLimits(), OutputStore(tmp_path / "out"))
     port = _free_port()
     try:
-        launch(app, host="127.0.0.1", port=port, limits=Limits(), block=False)
+        launch(app, host="127.0.0.1", port=port, limits=ServerLimits(), block=False)
         head = (
             "POST /gradio_api/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n"
             "Content-Type: multipart/form-data; boundary=xyz\r\n\r\n"

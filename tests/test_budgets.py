@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from multidiffusion.app import Limits as ServerLimits
-from multidiffusion.app import ModelPool
+from multidiffusion.app import ModelPool, ServerLimits
 from multidiffusion.app.handlers import OutputStore, generate_panorama, generate_regions, generate_upscale
 from multidiffusion.app.settings import panorama_request, upscale_request
 from multidiffusion.estimate import estimate
@@ -223,7 +222,7 @@ def test_the_cli_refuses_in_seconds_what_exceeds_the_memory(tiny_model_dir, tmp_
     monkeypatch.setattr(est, "available_memory", lambda device: 1024)  # a machine with 1 KiB free
     calls = []
     saved = SimpleNamespace(paths=[], summary="not run")
-    monkeypatch.setattr("multidiffusion.jobs.run_and_save", lambda *a, **k: calls.append(1) or saved)
+    monkeypatch.setattr("multidiffusion.generation.run_and_save", lambda *a, **k: calls.append(1) or saved)
     args = ["panorama", "a lake", "--model", str(tiny_model_dir), "--steps", "2", "--device", "cpu", "-q"]
     started = time.perf_counter()
     code, _, err = run_cli([*args, "-o", str(tmp_path / "a.png")], capsys)

@@ -18,9 +18,9 @@ from PIL import EpsImagePlugin, Image, UnidentifiedImageError
 
 from multidiffusion.app.inputs import read_upload
 from multidiffusion.app.layout import read_map
-from multidiffusion.app.limits import Limits
-from multidiffusion.images import ALLOWED_FORMATS, input_image, open_image
-from multidiffusion.metadata import read_parameters
+from multidiffusion.app.limits import ServerLimits
+from multidiffusion.files.metadata import read_parameters
+from multidiffusion.io.image_loader import ALLOWED_FORMATS, input_image, open_image
 from multidiffusion.options import build_options
 from multidiffusion.regions.colours import load_rgb
 from multidiffusion.regions.layout import Region, region_layout
@@ -58,7 +58,7 @@ def _refusals(path, uri: str) -> list[tuple[str, object]]:
         (f"control_image: the data URI is an EPS file; {ALLOWED}", lambda: input_image(uri, "control_image")),
         (f"mask: the data URI is an EPS file; {ALLOWED}", lambda: load_mask(uri)),
         (f"map: the data URI is an EPS file; {ALLOWED}", lambda: load_rgb(uri)),
-        (f"image: '{path.name}' is an EPS file; {ALLOWED}", lambda: read_upload(path, "image", Limits())),
+        (f"image: '{path.name}' is an EPS file; {ALLOWED}", lambda: read_upload(path, "image", ServerLimits())),
         (f"colour map: '{path.name}' is an EPS file; {ALLOWED}", lambda: read_map(path, 512)),
         (f"the PNG: {shown} is an EPS file; images may be PNG", lambda: read_parameters(path)),
     ]
@@ -101,7 +101,7 @@ def test_the_server_makes_pil_forget_other_formats_for_gradios_own_decoding(tmp_
         value = getattr(Image, name)
         monkeypatch.setattr(Image, name, value.copy() if hasattr(value, "copy") else value)
     (tmp_path / "photo.png").write_bytes(_eps())
-    limit_decoded_pixels(Limits())  # as `multidiffusion serve` does before Gradio decodes an upload
+    limit_decoded_pixels(ServerLimits())  # as `multidiffusion serve` does before Gradio decodes an upload
     with pytest.raises(UnidentifiedImageError):  # what Gradio's image editors call on an upload
         Image.open(tmp_path / "photo.png")
     assert gs_calls == [] and sorted(Image.ID) == sorted(ALLOWED_FORMATS)
@@ -180,7 +180,7 @@ def test_16_and_32_bit_images_are_scaled_not_clipped(tmp_path):
 
 
 def test_a_mask_reads_the_same_for_inpainting_and_regions_alpha_included():
-    from multidiffusion.images import mask_image  # the one reading of a mask image
+    from multidiffusion.io.image_loader import mask_image  # the one reading of a mask image
 
     black = np.zeros((8, 16, 4), np.uint8)
     black[:, :8, 3] = 255  # black paint, opaque on the left, transparent on the right
@@ -231,7 +231,7 @@ def test_messages_are_one_line_name_the_parameter_and_show_no_object_reprs(tmp_p
     ):
         input_image("a\0b.png")
     with pytest.raises(ValueError, match=r"^mask: the upload's name 'a\\x00b\.png' holds a null byte; upload an image"):
-        read_upload("a\0b.png", "mask", Limits())
+        read_upload("a\0b.png", "mask", ServerLimits())
     os.mkfifo(tmp_path / "fifo.png")
     with pytest.raises(ValueError, match=r"^mask: '.*fifo\.png' is not a regular file \(a FIFO, socket or device\?\)"):
         input_image(tmp_path / "fifo.png", "mask", mode="L")
@@ -249,7 +249,7 @@ def test_a_header_over_pils_warning_threshold_is_refused_without_a_stray_warning
     import warnings
     import zlib
 
-    from multidiffusion.images import input_image
+    from multidiffusion.io.image_loader import input_image
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))

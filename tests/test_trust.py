@@ -14,15 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
-from multidiffusion.app import Limits as ServerLimits
-from multidiffusion.app import ModelPool
+from multidiffusion.app import ModelPool, ServerLimits
 from multidiffusion.app.settings import values_from_png
+from multidiffusion.files.metadata import settings_from_parameters
+from multidiffusion.files.scene import load_scene, parse_scene
 from multidiffusion.io.trust import Origin, RecordedFile, RepoId, TypedPath, is_repo_id
-from multidiffusion.metadata import settings_from_parameters
 from multidiffusion.models.controlnet import load_controlnet
 from multidiffusion.models.files import ModelNotFoundError
 from multidiffusion.models.loading import load_pipeline
-from multidiffusion.regions.scene import load_scene, parse_scene
 
 from .test_scene import run_cli
 from .test_untrusted_settings import REGIONS, _audit_opens, _png_with

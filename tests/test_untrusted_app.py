@@ -79,16 +79,16 @@ def test_hostile_uploads_to_the_upscale_tab_get_a_message_naming_the_field(md16,
     checked loader reads; a good upload still loads."""
     httpx = pytest.importorskip("httpx")
     pytest.importorskip("gradio")
-    from multidiffusion.app import Limits
+    from multidiffusion.app import ServerLimits
     from multidiffusion.app.handlers import OutputStore
     from multidiffusion.app.server import create_app, launch
 
     from .test_app_cancel import _join, _result
     from .test_app_images import picture
 
-    app = create_app(["tiny"], lambda name: md16, Limits(), OutputStore(tmp_path / "out"))
+    app = create_app(["tiny"], lambda name: md16, ServerLimits(), OutputStore(tmp_path / "out"))
     port = _free_port()
-    launch(app, host="127.0.0.1", port=port, limits=Limits(), block=False)
+    launch(app, host="127.0.0.1", port=port, limits=ServerLimits(), block=False)
     try:
         index, fn = next(
             (i, fn)
@@ -126,11 +126,11 @@ def test_load_settings_names_the_upload_not_the_servers_folder(md16, tmp_path):
     """Before: "the PNG: '/tmp/gradio/<hash>/x.png' is not an image" (and Python's FileNotFoundError text
     for an upload gone) showed the server's temporary folder on the page."""
     pytest.importorskip("gradio")
-    from multidiffusion.app import Limits
+    from multidiffusion.app import ServerLimits
     from multidiffusion.app.handlers import OutputStore
     from multidiffusion.app.server import create_app
 
-    app = create_app(["tiny"], lambda name: md16, Limits(), OutputStore(tmp_path / "out"))
+    app = create_app(["tiny"], lambda name: md16, ServerLimits(), OutputStore(tmp_path / "out"))
     load = next(fn for fn in app.fns.values() if "load-png" in {c.elem_id for c in fn.inputs})
     folder = tmp_path / "gradio" / "0123abcd"
     folder.mkdir(parents=True)
@@ -147,10 +147,10 @@ def test_an_upload_that_is_a_link_is_never_followed(tmp_path):
     """An upload is a file the server wrote; a link in its place (to a server file) is refused unread."""
     from PIL import Image
 
-    from multidiffusion.app import Limits
+    from multidiffusion.app import ServerLimits
     from multidiffusion.app.inputs import read_upload
 
     Image.new("RGB", (64, 64)).save(tmp_path / "secret.png")
     (tmp_path / "upload.png").symlink_to(tmp_path / "secret.png")
     with pytest.raises(ValueError, match=r"^image: 'upload.png' is not a file; upload an image file$"):
-        read_upload(tmp_path / "upload.png", "image", Limits())
+        read_upload(tmp_path / "upload.png", "image", ServerLimits())

@@ -16,12 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, PngImagePlugin
 
-from multidiffusion.app import Limits as ServerLimits
-from multidiffusion.app import ModelPool
+from multidiffusion.app import ModelPool, ServerLimits
 from multidiffusion.app.settings import PANORAMA_KEYS, panorama_request, values_from_png
-from multidiffusion.metadata import METADATA_KEY, settings_from_parameters
+from multidiffusion.files.metadata import METADATA_KEY, settings_from_parameters
+from multidiffusion.files.scene import load_scene, parse_scene
 from multidiffusion.options import MAX_SEED, TASK_OPTIONS, PanoramaOptions, build_options
-from multidiffusion.regions.scene import load_scene, parse_scene
 
 from .test_scene import run_cli
 

@@ -13,7 +13,7 @@ Modules, from the bottom up, none of which reaches into the engine:
 Only the page modules import Gradio, so the rest is testable without it.
 """
 
-from multidiffusion.app.limits import Limits
+from multidiffusion.app.limits import ServerLimits
 from multidiffusion.app.models import ModelPool
 
-__all__ = ["Limits", "ModelPool"]
+__all__ = ["ModelPool", "ServerLimits"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from multidiffusion.app.handlers import OutputStore
-from multidiffusion.app.limits import Limits
+from multidiffusion.app.limits import ServerLimits
 from multidiffusion.app.models import ModelPool
 from multidiffusion.app.settings import Choice, available_choices
 from multidiffusion.app.upscalers import Upscalers
@@ -17,7 +17,7 @@ __all__ = ["AppContext"]
 @dataclass
 class AppContext:
     pool: ModelPool
-    limits: Limits
+    limits: ServerLimits
     store: OutputStore
     default_size: tuple[int, int]  # (height, width) of a panorama for the first model (native x 4 wide)
     upscalers: Upscalers = field(default_factory=Upscalers)  # filters, and the files the operator named

@@ -5,7 +5,7 @@ the library, which names the parameter and the allowed range); the UI layer show
 anything else as a one-line internal error while the traceback goes to the server's log.
 
 A generation holds its model for the whole run (:meth:`ModelPool.use`), checks ``is_cancelled``
-between denoising steps, and stops with :class:`~.jobs.Cancelled` (writing no PNG) once it is true.
+between denoising steps, and stops with :class:`~multidiffusion.runner.Cancelled` (writing no PNG) once it is true.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from multidiffusion.app.cancel import CancelCheck, Cancelled
 from multidiffusion.app.inputs import editor_value, mask_layer, read_upload
-from multidiffusion.app.jobs import CancelCheck, Cancelled
-from multidiffusion.app.limits import Limits
+from multidiffusion.app.limits import ServerLimits
 from multidiffusion.app.models import ModelPool
 from multidiffusion.app.settings import (
     Choice,
@@ -34,9 +34,8 @@ from multidiffusion.app.settings import (
     upscale_request,
 )
 from multidiffusion.app.upscalers import Upscalers
-from multidiffusion.runner import Cancelled as EngineCancelled
-from multidiffusion.jobs import run_and_save
-from multidiffusion.metadata import save_png
+from multidiffusion.files.metadata import save_png
+from multidiffusion.generation import run_and_save
 
 __all__ = [
     "Cancelled",
@@ -83,7 +82,7 @@ class OutputStore:
         self._lock = threading.Lock()
 
     def path(self, stem: str) -> Path:
-        """A fresh path for a result (written by :func:`multidiffusion.jobs.run_and_save`)."""
+        """A fresh path for a result (written by :func:`multidiffusion.generation.run_and_save`)."""
         with self._lock:
             return self.folder / f"{stem}-{int(time.time())}-{next(self._count)}.png"
 
@@ -144,7 +143,7 @@ def _run(
     extra: Mapping[str, Any] | None = None,
     **context: Any,
 ):
-    """The library's shared job (seed -> generate -> PNG -> summary), cancellable between steps;
+    """The shells' one generation (seed -> generate -> PNG -> summary), cancellable between steps;
     the model is stored as this server names it, so the PNG loads back into the page. Progress
     counts the steps that run (an image task runs ``strength`` of them)."""
 
@@ -153,18 +152,15 @@ def _run(
 
     running = steps_that_run(request.options.with_defaults(*md.adapter.sampling_defaults))
     step = None if on_step is None else lambda i, total: on_step(min(i, running), running)
-    try:
-        saved = run_and_save(
-            md,
-            request.options,
-            store.path(stem),
-            extra={"model": request.model, **(extra or {})},
-            on_step=step,
-            should_stop=should_stop,
-            **context,
-        )
-    except EngineCancelled:
-        raise Cancelled() from None
+    saved = run_and_save(  # a cancelled run raises Cancelled between steps
+        md,
+        request.options,
+        store.path(stem),
+        extra={"model": request.model, **(extra or {})},
+        on_step=step,
+        should_stop=should_stop,
+        **context,
+    )
     store._prune()
     return saved
 
@@ -173,7 +169,7 @@ def generate_panorama(
     values: Mapping[str, Any],
     *,
     pool: ModelPool,
-    limits: Limits,
+    limits: ServerLimits,
     store: OutputStore,
     choices: tuple[Choice, ...] = (),
     on_step: StepCallback | None = None,
@@ -188,7 +184,7 @@ def generate_panorama(
     return Result(saved.paths[0], saved.summary)
 
 
-def preview_control(path: str | os.PathLike | None, preprocessor: str | None, limits: Limits) -> Any:
+def preview_control(path: str | os.PathLike | None, preprocessor: str | None, limits: ServerLimits) -> Any:
     """The control map an uploaded control image makes with ``preprocessor`` (what the ControlNet
     sees, before it is resized to the canvas), as a PIL image; None without an upload. The upload
     goes through the checked loader (:func:`~.inputs.read_upload`)."""
@@ -201,7 +197,7 @@ def preview_control(path: str | os.PathLike | None, preprocessor: str | None, li
     return preprocess(read_upload(path, "control_image", limits).image, name)
 
 
-def preview_regions(values: Mapping[str, Any], *, pool: ModelPool, limits: Limits) -> Any:
+def preview_regions(values: Mapping[str, Any], *, pool: ModelPool, limits: ServerLimits) -> Any:
     """The layout preview (what each prompt controls, on the model's latent grid) as a PIL image."""
     check_texts(values)
     request = regions_request(values, limits, pool)
@@ -214,7 +210,7 @@ def generate_regions(
     values: Mapping[str, Any],
     *,
     pool: ModelPool,
-    limits: Limits,
+    limits: ServerLimits,
     store: OutputStore,
     on_step: StepCallback | None = None,
     is_cancelled: CancelCheck | None = None,
@@ -237,7 +233,7 @@ def generate_upscale(
     values: Mapping[str, Any],
     *,
     pool: ModelPool,
-    limits: Limits,
+    limits: ServerLimits,
     store: OutputStore,
     upscalers: Upscalers | None = None,
     choices: tuple[Choice, ...] = (),
@@ -261,7 +257,7 @@ def generate_inpaint(
     values: Mapping[str, Any],
     *,
     pool: ModelPool,
-    limits: Limits,
+    limits: ServerLimits,
     store: OutputStore,
     choices: tuple[Choice, ...] = (),
     on_step: StepCallback | None = None,
@@ -286,7 +282,7 @@ def _task_label(request: Request) -> str:
     return f"{w}x{h} px {'re-worked' if o.task == 'img2img' else 'inpainted'}"
 
 
-def load_inpaint_image(path: str | os.PathLike | None, limits: Limits) -> tuple[Any, str, str]:
+def load_inpaint_image(path: str | os.PathLike | None, limits: ServerLimits) -> tuple[Any, str, str]:
     """An image uploaded to the Inpaint / Outpaint tab, checked: (the editor's value, the path the tab
     keeps on the server for the run, a note for the page)."""
     if not path:
@@ -297,7 +293,7 @@ def load_inpaint_image(path: str | os.PathLike | None, limits: Limits) -> tuple[
     return editor_value(found.image), str(path), note
 
 
-def load_mask(path: str | os.PathLike | None, image: str | os.PathLike | None, limits: Limits) -> tuple[Any, str]:
+def load_mask(path: str | os.PathLike | None, image: str | os.PathLike | None, limits: ServerLimits) -> tuple[Any, str]:
     """A mask file uploaded for the tab's image (white = repaint), as the editor's strokes over it."""
     if not image:
         raise ValueError("mask: upload the image first, then its mask")

@@ -2,7 +2,7 @@
 the image editor (or uploaded), and the editor's value built from them.
 
 Every uploaded file goes through the library's checked loader
-(:func:`multidiffusion.images.input_image`) after the server's own checks, in this order and before a
+(:func:`multidiffusion.io.image_loader.input_image`) after the server's own checks, in this order and before a
 pixel is decoded: the file's size against ``--max-upload-mb``, then the sides its header declares
 against ``--max-side``. Messages name the input and the server's limit; they show the uploaded
 file's name, never the server's folders, and the PNG's settings record that name (and the file's
@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from multidiffusion.app.limits import Limits
-from multidiffusion.images import ImageLimits, InputImage, input_image, open_header
+from multidiffusion.app.limits import ServerLimits
+from multidiffusion.io.image_loader import ImageLimits, InputImage, input_image, open_header
 from multidiffusion.options import check_same_aspect
 
 __all__ = ["MASK_COLOUR", "editor_value", "mask_from_editor", "mask_layer", "read_upload", "upload_limits"]
@@ -33,17 +33,17 @@ MASK_COLOUR = f"rgba(255, 255, 255, {MASK_ALPHA})"
 """The brush's colour on the inpainting editor: white strokes are what is repainted."""
 
 
-def upload_limits(limits: Limits) -> ImageLimits:
+def upload_limits(limits: ServerLimits) -> ImageLimits:
     """The library loader's caps for one upload on this server: its upload size, and the pixels of
     an image whose sides are within ``--max-side``."""
     return ImageLimits(max_pixels=limits.max_side * limits.max_side, max_bytes=limits.max_upload_bytes)
 
 
-def _side_note(limits: Limits) -> str:
+def _side_note(limits: ServerLimits) -> str:
     return f"this server takes images up to {limits.max_side} px per side (set by `multidiffusion serve --max-side`)"
 
 
-def read_upload(path: str | os.PathLike, name: str, limits: Limits, mode: str = "RGB") -> InputImage:
+def read_upload(path: str | os.PathLike, name: str, limits: ServerLimits, mode: str = "RGB") -> InputImage:
     """An uploaded image file, checked (a regular file, not a link, its size, then the sides its
     header declares, then the library's loader) and decoded in ``mode``; recorded under the upload's
     file name. ValueError naming ``name`` otherwise."""
@@ -100,7 +100,7 @@ def _as_image(value: Any) -> Image.Image | None:
     raise ValueError(f"mask: the image editor sent a {type(value).__name__}, not an image")
 
 
-def mask_from_editor(value: Any, limits: Limits) -> Image.Image | None:
+def mask_from_editor(value: Any, limits: ServerLimits) -> Image.Image | None:
     """The mask painted in the editor: L, white where the strokes are (their opacity up to the brush's,
     :data:`MASK_ALPHA`, is a full repaint; their soft edges are grey); None when nothing is painted."""
     if not isinstance(value, dict):
@@ -124,7 +124,7 @@ def mask_from_editor(value: Any, limits: Limits) -> Image.Image | None:
     return Image.fromarray(np.round(np.clip(mask / full, 0, 1) * 255).astype(np.uint8), "L")
 
 
-def mask_layer(path: str | os.PathLike, image: InputImage, limits: Limits) -> dict[str, Any]:
+def mask_layer(path: str | os.PathLike, image: InputImage, limits: ServerLimits) -> dict[str, Any]:
     """The editor's value with an uploaded mask (white = repaint; any size of the image's aspect
     ratio, resized to it) as its strokes over ``image``."""
     mask = read_upload(path, "mask", limits, mode="L").image

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from multidiffusion.options import MAX_SIDE, MAX_STEPS, MIN_SIDE, check_int
+from multidiffusion.options import MAX_SIDE, MAX_STEPS, MIN_SIDE, check_int, check_side
 
-__all__ = ["DEFAULT_MAX_EVALUATIONS", "DEFAULT_MAX_SIDE", "DEFAULT_MAX_STEPS", "DEFAULT_MAX_UPLOAD_MB", "Limits"]
+SIDE_NOTE = "this server's limit, set with `multidiffusion serve --max-side`"
+
+__all__ = ["DEFAULT_MAX_EVALUATIONS", "DEFAULT_MAX_SIDE", "DEFAULT_MAX_STEPS", "DEFAULT_MAX_UPLOAD_MB", "ServerLimits"]
 
 DEFAULT_MAX_SIDE = 4096
 """Longest canvas side in pixels a request may ask for (8 SD windows; 64 demo-model windows)."""
@@ -25,7 +27,7 @@ DEFAULT_MAX_UPLOAD_MB = 10.0
 
 
 @dataclass(frozen=True)
-class Limits:
+class ServerLimits:
     """The server's caps; ``check_*`` raise ValueError with a message for the page."""
 
     max_side: int = DEFAULT_MAX_SIDE
@@ -45,21 +47,9 @@ class Limits:
         return int(self.max_upload_mb * 1024 * 1024)
 
     def check_side(self, name: str, value: object) -> int:
-        """A canvas side: a whole number of pixels, a multiple of 8, within this server's limit."""
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name} must be a whole number of pixels, got {value!r}")
-        if value > self.max_side:
-            raise ValueError(
-                f"{name} {value} px is larger than this server allows: at most {self.max_side} px per side "
-                "(the operator sets this with `multidiffusion serve --max-side`)"
-            )
-        if value < MIN_SIDE:
-            raise ValueError(f"{name} must be at least {MIN_SIDE} px, got {value}")
-        if value % 8:
-            raise ValueError(f"{name} must be a multiple of 8 px, got {value} (try {-(-value // 8) * 8})")
-        return value
+        """A canvas side: the one check of every canvas side (:func:`multidiffusion.io.ranges.check_side`)
+        within this server's limit."""
+        return check_side(name, value, 8, self.max_side, f" ({SIDE_NOTE})")
 
     def check_steps(self, value: object) -> int:
         if isinstance(value, float) and value.is_integer():

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from multidiffusion.app.jobs import CancelCheck, check_cancelled
+from multidiffusion.app.cancel import CancelCheck, check_cancelled
 
 __all__ = ["ModelPool"]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from multidiffusion.app.handlers import OutputStore
-from multidiffusion.app.limits import Limits
+from multidiffusion.app.limits import ServerLimits
 from multidiffusion.app.models import Loader, ModelPool
 from multidiffusion.app.upscalers import Upscalers
 
@@ -113,7 +113,7 @@ async def _client_went_away(request: Any, exc: Exception) -> Any:
 def create_app(
     models: Sequence[str],
     loader: Loader,
-    limits: Limits,
+    limits: ServerLimits,
     store: OutputStore | None = None,
     upscalers: Upscalers | None = None,
     controlnet: bool | None = None,
@@ -137,16 +137,17 @@ def create_app(
     return build_app(ctx)
 
 
-def limit_decoded_pixels(limits: Limits) -> None:
+def limit_decoded_pixels(limits: ServerLimits) -> None:
     """Make PIL refuse, in this process, images of more than twice the pixels of a square of
     ``--max-side`` (and warn above one such square): Gradio decodes what its image editors send
     before any handler sees it, and a small PNG can declare a huge canvas. The library's own loader
     checks its limits before decoding, whatever this says; it is never raised above PIL's default.
-    For the same reason PIL forgets every format but the loader's (:func:`~multidiffusion.images.restrict_decoders`):
-    an EPS sent to an image editor would otherwise be run through Ghostscript by Gradio's decoding."""
+    For the same reason PIL forgets every format but the loader's
+    (:func:`~multidiffusion.io.image_loader.restrict_decoders`): an EPS sent to an image editor
+    would otherwise be run through Ghostscript by Gradio's decoding."""
     from PIL import Image
 
-    from multidiffusion.images import restrict_decoders
+    from multidiffusion.io.image_loader import restrict_decoders
 
     restrict_decoders()
     cap = limits.max_side * limits.max_side
@@ -159,7 +160,7 @@ def launch(
     *,
     host: str = "127.0.0.1",
     port: int = 7860,
-    limits: Limits,
+    limits: ServerLimits,
     queue_size: int = 16,
     block: bool = True,
 ) -> Any:

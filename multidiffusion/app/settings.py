@@ -5,7 +5,7 @@ A form's values arrive as a dict keyed by ``MultiDiffusion`` argument names (plu
 :func:`regions_request`, :func:`upscale_request` and :func:`inpaint_request` build the task's
 options from them with the server's limits (:mod:`multidiffusion.options`: the same checks and
 messages as the API, the command line and scene files), and :func:`values_from_png` turns a PNG's
-stored settings, read by the library's one reader (:func:`multidiffusion.metadata.read_settings`),
+stored settings, read by the library's one reader (:func:`multidiffusion.files.metadata.read_settings`),
 back into form values.
 Optional panorama arguments (fast tiling, window weights) are one line each in
 :data:`PANORAMA_CHOICES`; the page shows a line's control only when ``MultiDiffusion.panorama``
@@ -24,11 +24,14 @@ from PIL import Image
 
 from multidiffusion.app.inputs import mask_from_editor, read_upload
 from multidiffusion.app.layout import layout_from_regions, page_regions
-from multidiffusion.app.limits import Limits
+from multidiffusion.app.limits import ServerLimits
 from multidiffusion.app.models import ModelPool
 from multidiffusion.app.upscalers import Upscalers
+from multidiffusion.conditionings import image_fields
+from multidiffusion.files.metadata import read_settings
+from multidiffusion.files.scene import parse_scene
+from multidiffusion.io import ranges
 from multidiffusion.io.trust import Origin
-from multidiffusion.metadata import read_settings
 from multidiffusion.options import (
     PLACEMENTS,
     SCHEDULER_NAMES,
@@ -37,10 +40,10 @@ from multidiffusion.options import (
     SamplingOptions,
     build_options,
     check_choice,
+    input_fields,
     random_seed,
 )
 from multidiffusion.options import Limits as TaskLimits
-from multidiffusion.regions.scene import parse_scene
 
 __all__ = [
     "IMAGE_INPUTS",
@@ -180,7 +183,7 @@ class Request:
         return {k: v for k, v in self.options.settings().items() if k != "seed" and v is not None}
 
 
-def task_limits(limits: Limits) -> TaskLimits:
+def task_limits(limits: ServerLimits) -> TaskLimits:
     """The server's caps as the options layer's limits (one image per request)."""
     return TaskLimits(
         max_side=limits.max_side,
@@ -212,28 +215,25 @@ def _values(values: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
 def steps_that_run(options: Any) -> int:
     """The denoising steps a run takes: all of them, or the last ``int(steps * strength)`` for a task
     that starts from an image (diffusers' rule, as :func:`multidiffusion.runner.denoising_timesteps`)."""
-    steps = options.num_inference_steps
-    strength = getattr(options, "strength", None)
-    return steps if strength is None or strength >= 1 else min(int(steps * strength), steps)
+    return ranges.steps_that_run(options.num_inference_steps, getattr(options, "strength", None))
 
 
-def _build(task: str, values: dict[str, Any], limits: Limits, pool: ModelPool) -> Request:
+def _build(task: str, values: dict[str, Any], limits: ServerLimits, pool: ModelPool) -> Request:
     model = pool.check(values.pop("model", None))
-    if values.get("seed") is None:
-        values["seed"] = random_seed()
+    values["seed"] = ranges.drawn_seed(values.get("seed"))
     options = build_options(task, values, task_limits(limits))  # refuses a strength that runs no step
     return Request(model, options)
 
 
 def panorama_request(
-    values: Mapping[str, Any], limits: Limits, pool: ModelPool, choices: tuple[Choice, ...] = ()
+    values: Mapping[str, Any], limits: ServerLimits, pool: ModelPool, choices: tuple[Choice, ...] = ()
 ) -> Request:
     """Check a panorama form against the server's limits; ValueError with a message for the page."""
     keys = (*PANORAMA_KEYS, *(c.key for c in choices))
     return _build("panorama", _control(values, _values(values, keys), limits), limits, pool)
 
 
-def _control(values: Mapping[str, Any], form: dict[str, Any], limits: Limits) -> dict[str, Any]:
+def _control(values: Mapping[str, Any], form: dict[str, Any], limits: ServerLimits) -> dict[str, Any]:
     """The form's control image (an upload, read as every upload is) and its preprocessor, when the
     page has one; without an image the form has no control settings (an upscale on a model with a
     ControlNet then conditions on its resized input)."""
@@ -245,7 +245,7 @@ def _control(values: Mapping[str, Any], form: dict[str, Any], limits: Limits) ->
     return form
 
 
-def regions_request(values: Mapping[str, Any], limits: Limits, pool: ModelPool) -> Request:
+def regions_request(values: Mapping[str, Any], limits: ServerLimits, pool: ModelPool) -> Request:
     """Check a regions form: the shared settings plus the background prompt, bootstrapping steps and
     the regions of the layout (colour map and colour table) and of the boxes table."""
     keys = (*[k for k in PANORAMA_KEYS if k != "prompt"], "background", "bootstrap_steps")
@@ -269,7 +269,7 @@ def _task(values: Mapping[str, Any], tasks: tuple[str, ...]) -> str:
 
 def upscale_request(
     values: Mapping[str, Any],
-    limits: Limits,
+    limits: ServerLimits,
     pool: ModelPool,
     upscalers: Upscalers | None = None,
     choices: tuple[Choice, ...] = (),
@@ -286,7 +286,7 @@ def upscale_request(
 
 
 def inpaint_request(
-    values: Mapping[str, Any], limits: Limits, pool: ModelPool, choices: tuple[Choice, ...] = ()
+    values: Mapping[str, Any], limits: ServerLimits, pool: ModelPool, choices: tuple[Choice, ...] = ()
 ) -> Request:
     """Check the Inpaint / Outpaint tab's form: ``image`` is the uploaded file (the tab keeps its path
     on the server), ``mask`` the image editor's value (white strokes: repaint), used by "inpaint";
@@ -301,7 +301,7 @@ def inpaint_request(
     return _build(task, form, limits, pool)
 
 
-def _upload(value: Any, name: str, limits: Limits) -> Any:
+def _upload(value: Any, name: str, limits: ServerLimits) -> Any:
     if value is None or value == "":
         raise ValueError(f"{name} is required: upload an image")
     if not isinstance(value, (str, os.PathLike)):
@@ -309,13 +309,13 @@ def _upload(value: Any, name: str, limits: Limits) -> Any:
     return read_upload(value, name, limits)
 
 
-IMAGE_INPUTS = ("image", "mask")
+IMAGE_INPUTS = tuple(k for k in input_fields() if k not in image_fields())  # the tasks' own: image, mask
 """Stored settings the page never reads back: the inputs are uploaded again (the PNG records only
 their names and SHA-256, and the server opens no file a PNG names)."""
 
 
 def values_from_png(
-    path: str | os.PathLike, limits: Limits, pool: ModelPool, upscalers: Upscalers | None = None
+    path: str | os.PathLike, limits: ServerLimits, pool: ModelPool, upscalers: Upscalers | None = None
 ) -> tuple[str, dict[str, Any], list[str]]:
     """(mode, form values by key, notes) from a PNG this tool wrote; ValueError if it holds none.
 

@@ -10,14 +10,15 @@ from typing import Any
 
 import gradio as gr
 
+from multidiffusion.app.cancel import CancelCheck, Cancelled
 from multidiffusion.app.context import AppContext
-from multidiffusion.app.jobs import CancelCheck, Cancelled
 from multidiffusion.app.settings import random_seed
 from multidiffusion.engine.schedulers import SCHEDULERS
 from multidiffusion.options import MIN_SIDE
 
 __all__ = [
     "CSS",
+    "DEFAULT_STEPS",
     "PAGE_QUEUE",
     "THEME",
     "client_gone",
@@ -32,6 +33,12 @@ __all__ = [
 ]
 
 log = logging.getLogger("multidiffusion.app")
+
+DEFAULT_STEPS = 25
+"""The Steps slider's starting value: what the command line's examples (20-25) and the demo model's
+evaluation (``demo/model/evaluation.json``: 25) use, and enough for SD's DDIM. A call that leaves
+the steps unset (the API, ``multidiffusion`` without ``--steps``) takes the model family's default
+(50 for SD); a form always sends a number."""
 
 PAGE_QUEUE = "page"
 """The queue of the page's light jobs (colour tables, maps, uploads, settings): one at a time, beside
@@ -147,7 +154,12 @@ def sampling_controls(
                 value=height, label="Height", info=side_info, precision=0, elem_id=f"{prefix}-height"
             )
         fields["num_inference_steps"] = gr.Slider(
-            1, limits.max_steps, value=min(50, limits.max_steps), step=1, label="Steps", elem_id=f"{prefix}-steps"
+            1,
+            limits.max_steps,
+            value=min(DEFAULT_STEPS, limits.max_steps),
+            step=1,
+            label="Steps",
+            elem_id=f"{prefix}-steps",
         )
         fields["guidance_scale"] = gr.Slider(0, 20, value=7.5, step=0.5, label="Guidance", elem_id=f"{prefix}-guidance")
     with gr.Row(equal_height=True):

@@ -16,15 +16,27 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from multidiffusion.cli import batch, img2img, inpaint, outpaint, panorama, regions, serve, upscale
-from multidiffusion.cli.common import EXIT_USAGE, Parser, fail
+from multidiffusion.cli.parser import EXIT_USAGE, Parser, fail, fill_verb
 
-__all__ = ["build_parser", "main"]
+__all__ = ["VERBS", "build_parser", "main"]
 
-VERBS = [panorama, regions, img2img, upscale, inpaint, outpaint, batch, serve]
+VERBS: dict[str, str] = {
+    "panorama": "generate a panorama of any width or height",
+    "regions": "generate an image whose regions follow their own prompts",
+    "img2img": "re-work an image of any size under a prompt",
+    "upscale": "upscale an image, re-worked over windows at low strength",
+    "inpaint": "repaint the masked part of an image",
+    "outpaint": "extend an image beyond its borders",
+    "batch": "generate many images from a JSON-lines file or a folder of scene files",
+    "serve": "start the web app (needs multidiffusion[app])",
+}
+"""Verb -> its one-line summary. Its flags, description and run live in ``multidiffusion.cli.<verb>``
+(``HELP``, ``register(parser)``, ``run(args)``), imported when the verb is chosen."""
 
 
-def build_parser() -> Parser:
+def build_parser(lazy: bool = False) -> Parser:
+    """The command line's parser; ``lazy``: each verb's flags are added only when it is chosen (what
+    :func:`main` uses, so ``multidiffusion --help`` imports no torch)."""
     parser = Parser(
         prog="multidiffusion",
         description="Panoramas of any size, region prompts, and image-to-image, upscaling, inpainting and "
@@ -32,8 +44,10 @@ def build_parser() -> Parser:
         "(MultiDiffusion, Bar-Tal et al., ICML 2023). Run `multidiffusion COMMAND --help` for each command.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for verb in VERBS:
-        verb.register(sub)
+    for verb, summary in VERBS.items():
+        p = sub.add_parser(verb, help=summary)
+        if not lazy:
+            fill_verb(p, verb)
     return parser
 
 
@@ -58,16 +72,16 @@ def _process_group(args: Any) -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``multidiffusion`` command."""
+    parser = build_parser(lazy=True)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
     diffusers_logging.set_verbosity_error()
     transformers_logging.set_verbosity_error()
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return EXIT_USAGE
     try:
         with _process_group(args):
             args.run(args)

@@ -4,7 +4,7 @@ Each JSON line (or scene file) is one task's settings as a scene holds them (``t
 argument names, ``model``, input files relative to the batch file) plus ``output``: the PNG to write,
 relative to ``--output-dir`` (default: the batch file's folder; a scene file's default is its own
 name with ``.png``). Every item is checked up front with the scene parser the verbs use
-(:func:`~multidiffusion.regions.scene.parse_scene`); a bad one is reported with its line number and
+(:func:`~multidiffusion.files.scene.parse_scene`); a bad one is reported with its line number and
 the others still run. The files are read by the bounded readers of :mod:`multidiffusion.io.text`
 (regular files only; a JSON-lines file streamed, at most 16 MB a line), so one bad line or file
 (its size, UTF-8, JSON or TOML, nesting, number length, settings) is that item's error, never the
@@ -52,13 +52,7 @@ examples:
 """
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "batch",
-        help="generate many images from a JSON-lines file or a folder of scene files",
-        description=HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", metavar="FILE", help="a JSON-lines file, or a folder of .toml/.json scene files")
     p.add_argument(
         "--output-dir", metavar="DIR", help="where outputs go, made if missing (default: the batch file's folder)"
@@ -140,7 +134,7 @@ def run(args: argparse.Namespace) -> None:
 
 def _run_item(index: int, item: Item, models: _Models) -> Outcome:
     from multidiffusion.estimate import check_memory
-    from multidiffusion.jobs import run_and_save
+    from multidiffusion.generation import run_and_save
 
     try:
         scene = item.scene  # parsed again: the up-front check kept none

@@ -1,29 +1,30 @@
-"""What the command-line verbs share: the parser, option groups, flags -> API names, loading the
-model, the estimate and the report line. Where settings and weights come from (typed, a scene, a
-PNG's --from) and what each origin may load is :mod:`multidiffusion.cli.sources`."""
+"""What the command-line verbs share: option groups, flags -> API names, loading the model, the
+estimate and the report line (the parser itself: :mod:`multidiffusion.cli.parser`). Where
+settings and weights come from (typed, a scene, a PNG's --from) and what each origin may load is
+:mod:`multidiffusion.cli.sources`."""
 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
+from multidiffusion.cli.parser import fail
+from multidiffusion.conditionings import KINDS
+from multidiffusion.io.ranges import check_lora_weight
 from multidiffusion.io.trust import TypedPath, pickle_allowed, typed_weights
+from multidiffusion.models import model_flags
 from multidiffusion.models.loading import PREDICTION_TYPES
-from multidiffusion.models.sdxl import CROPS_COORDS, ORIGINAL_SIZES
 from multidiffusion.options import SAMPLING_FLAG_NAMES, SCHEDULER_NAMES
 
 DTYPES = ("float32", "float16", "bfloat16")
 
 __all__ = [
-    "EXIT_USAGE",
     "IMAGE_VERBS",
     "SAMPLING_FLAGS",
-    "Parser",
-    "add_control_options",
+    "add_conditioning_options",
     "add_model_options",
     "add_sampling_options",
     "fail",
@@ -31,7 +32,6 @@ __all__ = [
     "in_context",
     "load_model",
     "lora_type",
-    "original_size_type",
     "preflight",
     "report",
     "scene_file",
@@ -39,20 +39,6 @@ __all__ = [
     "window_type",
     "with_flag",
 ]
-
-EXIT_USAGE = 2
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse that reports usage errors as one ``error: ...`` line, exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        fail(re.sub(r"'([^']{40})[^']{21,}'", lambda m: f"'{m[1]}...' ({len(m[0]) - 2:,} characters)", message))
-
-
-def fail(message: str) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(EXIT_USAGE)
 
 
 def window_type(text: str) -> int | tuple[int, int]:
@@ -66,16 +52,6 @@ def window_type(text: str) -> int | tuple[int, int]:
     if len(values) == 2:
         return (values[0], values[1])
     raise argparse.ArgumentTypeError(f"expected an integer or HxW, got {text!r}")
-
-
-def original_size_type(text: str) -> str | tuple[int, int]:
-    """'canvas', 'window' or HxW pixels, e.g. '2048x2048'."""
-    if text in ORIGINAL_SIZES:
-        return text
-    size = window_type(text) if "x" in text.lower() else None
-    if not isinstance(size, tuple):
-        raise argparse.ArgumentTypeError(f"expected canvas, window or HxW pixels, got {text!r}")
-    return size
 
 
 def lora_type(text: str) -> tuple[str, str, float]:
@@ -93,8 +69,10 @@ def lora_type(text: str) -> tuple[str, str, float]:
             pass
     if not spec:
         raise argparse.ArgumentTypeError(f"expected [NAME=]FILE[:WEIGHT], got {text!r}")
-    if not -10 <= weight <= 10:
-        raise argparse.ArgumentTypeError(f"the weight must be a number from -10 to 10, got {weight:g}")
+    try:
+        weight = check_lora_weight("the weight", weight)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return name or Path(spec.rstrip("/")).stem or spec, spec, weight
 
 
@@ -112,16 +90,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         choices=PREDICTION_TYPES,
         help="override the model's (e.g. v_prediction for an SD 2.x 768-v .safetensors file)",
     )
-    g.add_argument(
-        "--crops-coords",
-        choices=CROPS_COORDS,
-        help="SDXL: each view's crop conditioning, (0, 0) or its offset on the canvas (default: zero)",
-    )
-    g.add_argument(
-        "--original-size",
-        type=original_size_type,
-        help="SDXL: each view's original-size conditioning: canvas, window or HxW pixels (default: canvas)",
-    )
+    for flag, _name, kwargs in model_flags():  # every family's options (SDXL's micro-conditioning, T5 length, ...)
+        g.add_argument(flag, **kwargs)
     g.add_argument(
         "--controlnet",
         action="append",
@@ -150,8 +120,6 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 SAMPLING_FLAGS = SAMPLING_FLAG_NAMES
 """Command-line flag (argparse dest) -> API name, for the options every task shares."""
-PER_CONTROL = ("control_image", "control_scale", "control_start", "control_end", "control_preprocessor", "control_mode")
-"""Flags given once per ControlNet (repeated in the order of --controlnet); once: for all."""
 
 
 def add_sampling_options(p: argparse.ArgumentParser) -> None:
@@ -169,7 +137,7 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scheduler", help=f"{', '.join(SCHEDULER_NAMES)} (default ddim, as the paper)")
     g.add_argument("--batch-size", type=int, help="views per model call (default: scales with the model's window)")
     g.add_argument("--num-images", type=int, help="images to generate (out.png, out-2.png, ...)")
-    add_control_options(p)
+    add_conditioning_options(p)
     g.add_argument("-o", "--output", required=True, help="output PNG (parameters are stored in it)")
     g.add_argument("--from", dest="from_png", metavar="PNG", help="reuse the settings stored in a PNG; flags override")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar (and no estimate line)")
@@ -180,73 +148,41 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_control_options(p: argparse.ArgumentParser) -> None:
-    from multidiffusion.preprocessors import PREPROCESSORS
-
-    g = p.add_argument_group("ControlNet (with --controlnet MODEL)")
-    g.add_argument(
-        "--control-image",
-        action="append",
-        metavar="FILE",
-        help="the control image over the whole canvas (same aspect ratio), each view conditioned on its crop; "
-        "repeat: one per --controlnet. upscale: without one, the resized input (Tile ControlNet)",
-    )
-    g.add_argument(
-        "--control-scale", type=float, action="append", metavar="S", help="ControlNet strength (default 1; repeatable)"
-    )
-    g.add_argument(
-        "--control-start",
-        type=float,
-        action="append",
-        metavar="F",
-        help="fraction of the steps where the ControlNet starts acting (default 0; repeatable)",
-    )
-    g.add_argument(
-        "--control-end",
-        type=float,
-        action="append",
-        metavar="F",
-        help="fraction of the steps where it stops (default 1; repeatable)",
-    )
-    g.add_argument(
-        "--guess-mode",
-        action="store_true",
-        default=None,
-        help="the ControlNet sees only the conditional branch (as diffusers' guess_mode)",
-    )
-    g.add_argument(
-        "--control-preprocessor",
-        action="append",
-        choices=tuple(PREPROCESSORS),
-        help="make the control map from the control image: none (default; it is the map), canny edges, tile "
-        "(blurred), tile-grey (repeatable)",
-    )
-    g.add_argument(
-        "--control-mode",
-        type=int,
-        action="append",
-        metavar="N",
-        help="a Union ControlNet's mode for each --control-image (e.g. ControlNet-Union SDXL: 0 openpose, 1 depth, "
-        "2 hed/scribble, 3 canny/lineart, 4 normal, 5 segment, 6 tile, 7 repaint; repeatable)",
-    )
+def add_conditioning_options(p: argparse.ArgumentParser) -> None:
+    """Every conditioning kind's flags (:data:`multidiffusion.conditionings.KINDS`), a group each: a
+    new kind's flags appear on every verb with no edit here."""
+    for kind in KINDS:
+        if kind.flags:
+            g = p.add_argument_group(kind.flag_group or kind.name)
+            for flag in kind.flags:
+                g.add_argument(flag.flag, **flag.kwargs)
 
 
 def flag_values(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
-    """The flags given on the command line, by API name (tuples become lists, as stored; a flag
-    repeated per ControlNet given once is one value, its files absolute paths)."""
+    """The flags given on the command line, by API name (tuples become lists, as stored). A
+    conditioning's flag that repeats (once per ControlNet, per IP-Adapter) given once is one value;
+    its image files are absolute typed paths (:func:`typed_file`)."""
     from multidiffusion.options import CONTROL_INPUT
 
+    repeated = {_dest(f.flag) for kind in KINDS for f in kind.flags if f.kwargs.get("action") == "append"}
+    images = {_dest(f.flag) for kind in KINDS for f in kind.flags if f.field in kind.image_fields}
     values = {}
     for flag, key in flags.items():
         value = getattr(args, flag, None)
         if value is None:
             continue
-        if flag == "control_image":
-            value = [v if v == CONTROL_INPUT else typed_file(v) for v in value]
-        if flag in PER_CONTROL and isinstance(value, list) and len(value) == 1:
+        if flag in images:
+            value = [v if v == CONTROL_INPUT else typed_file(v) for v in value] if isinstance(value, list) else (
+                typed_file(value))  # fmt: skip
+        if flag in repeated and isinstance(value, list) and len(value) == 1:
             value = value[0]
         values[key] = value
     return values
+
+
+def _dest(flag: str) -> str:
+    """argparse's destination of ``flag`` ("--control-image" -> "control_image")."""
+    return flag.lstrip("-").replace("-", "_")
 
 
 IMAGE_VERBS = ("img2img", "upscale", "inpaint", "outpaint")
@@ -256,14 +192,13 @@ IMAGE_VERBS = ("img2img", "upscale", "inpaint", "outpaint")
 def scene_file(path: str, verb: str) -> tuple[dict[str, Any], Path, str]:
     """(contents, folder, name) of a scene file for ``verb``'s task; a scene of another task is
     refused with the command that runs it."""
-    from multidiffusion.regions.scene import read_scene_file
+    from multidiffusion.files.scene import read_scene_file, stored_task
 
     try:
         data = read_scene_file(path)
     except ValueError as exc:
         fail(str(exc))
-    mode = data.get("mode")  # stored parameters copied into a scene name the task "mode"
-    task = data.get("task") or (mode if isinstance(mode, str) else None) or "regions"
+    task = stored_task(data) or "regions"  # stored parameters copied into a scene ("mode" in older PNGs)
     name = Path(path).name
     if task != verb:
         if isinstance(task, str) and task in ("regions", *IMAGE_VERBS):

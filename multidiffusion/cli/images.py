@@ -5,7 +5,7 @@ Settings come from one of three places, with the flags on top: the flags alone, 
 (``--scene FILE``, whose ``task`` must be the verb's; its file names are relative to it and
 confined to its folder) or a PNG we wrote (``--from PNG``: the input files it recorded are never
 read from it, the user gives them again; see :mod:`multidiffusion.io.trust`). All three go through
-:func:`~multidiffusion.regions.scene.parse_scene`, so a bad value gets the options layer's message,
+:func:`~multidiffusion.files.scene.parse_scene`, so a bad value gets the options layer's message,
 with the flag that gave it or the file that held it.
 """
 
@@ -35,8 +35,9 @@ from multidiffusion.cli.sources import (
     stored_data,
     stored_settings,
 )
+from multidiffusion.conditionings import image_fields
 from multidiffusion.io.trust import Origin
-from multidiffusion.options import PLACEMENTS, UPSCALE_FILTERS, WEIGHTS
+from multidiffusion.options import PLACEMENTS, UPSCALE_FILTERS, WEIGHTS, input_fields
 
 __all__ = [
     "DERIVED_SIZE",
@@ -49,18 +50,15 @@ __all__ = [
     "run_image_task",
 ]
 
-INPUTS = ("image", "mask")
+INPUTS = tuple(k for k in input_fields() if k not in image_fields())  # the tasks' own: image, mask
 """Flags (and API names) that are input image files."""
 DERIVED_SIZE = ("upscale", "outpaint")
 """Tasks whose canvas follows from the input and their settings (a stored size is not reused)."""
 
 
-def image_parser(sub: argparse._SubParsersAction, task: str, summary: str, description: str) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        task, help=summary, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def image_parser(p: argparse.ArgumentParser, task: str) -> None:
+    """The verb's parser runs ``task`` (a scene file or --from PNG of another task is refused)."""
     p.set_defaults(task=task)
-    return p
 
 
 def add_image_options(p: argparse.ArgumentParser, strength: float, strength_help: str = "") -> argparse._ArgumentGroup:
@@ -154,9 +152,9 @@ def _typed(given: dict[str, Any]) -> dict[str, Any]:
 
 def run_image_task(args: argparse.Namespace, flags: dict[str, str], inputs: tuple[str, ...] = ("image",)) -> None:
     """Build the task's options from the flags, --scene or --from, load the model, run and save."""
-    from multidiffusion.jobs import run_and_save
-    from multidiffusion.metadata import check_output_path
-    from multidiffusion.regions.scene import parse_scene
+    from multidiffusion.files.metadata import check_output_path
+    from multidiffusion.files.scene import parse_scene
+    from multidiffusion.generation import run_and_save
 
     task: str = args.task
     output = check_output_path(args.output, "--output")

@@ -39,8 +39,8 @@ FLAGS = {
 """Command-line flag (argparse dest) -> API argument (and key in the PNG's stored parameters)."""
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = image_parser(sub, "img2img", "re-work an image of any size under a prompt", HELP)
+def register(p: argparse.ArgumentParser) -> None:
+    image_parser(p, "img2img")
     p.add_argument("prompt", nargs="?", help="what the image should show")
     add_image_options(p, strength=0.75)
     add_window_options(p.add_argument_group("canvas"), resize=True)

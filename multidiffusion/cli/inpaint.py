@@ -42,8 +42,8 @@ FLAGS = {
 """Command-line flag (argparse dest) -> API argument (and key in the PNG's stored parameters)."""
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = image_parser(sub, "inpaint", "repaint the masked part of an image", HELP)
+def register(p: argparse.ArgumentParser) -> None:
+    image_parser(p, "inpaint")
     p.add_argument("prompt", nargs="?", help="what the masked part should show")
     g = add_image_options(p, strength=1.0)
     g.add_argument(

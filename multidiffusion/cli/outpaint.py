@@ -46,8 +46,8 @@ FLAGS = {
 """Command-line flag (argparse dest) -> API argument (and key in the PNG's stored parameters)."""
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = image_parser(sub, "outpaint", "extend an image beyond its borders", HELP)
+def register(p: argparse.ArgumentParser) -> None:
+    image_parser(p, "outpaint")
     p.add_argument("prompt", nargs="?", help="what the extended image shows")
     g = add_image_options(p, strength=1.0)
     for side in ("left", "right", "top", "bottom"):

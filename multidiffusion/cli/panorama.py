@@ -37,13 +37,7 @@ FLAGS = {"prompt": "prompt", **SAMPLING_FLAGS, "placement": "placement", "weight
 """Command-line flag (argparse dest) -> API argument (and key in the PNG's stored parameters)."""
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "panorama",
-        help="generate a panorama of any width or height",
-        description=HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", nargs="?", help="what the panorama shows")
     g = p.add_argument_group("canvas")
     g.add_argument("--width", type=int, help="pixels, a multiple of 8 (default: 4x the model's native size)")
@@ -73,9 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from multidiffusion.jobs import run_and_save
-    from multidiffusion.metadata import check_output_path
-    from multidiffusion.regions.scene import parse_scene
+    from multidiffusion.files.metadata import check_output_path
+    from multidiffusion.files.scene import parse_scene
+    from multidiffusion.generation import run_and_save
 
     output = check_output_path(args.output, "--output")
     stored = stored_settings(args, "panorama")

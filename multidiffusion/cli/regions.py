@@ -22,9 +22,9 @@ from multidiffusion.cli.common import (
     window_type,
 )
 from multidiffusion.cli.sources import control_net_choice, lora_choice, model_choice, stored_data, stored_settings
+from multidiffusion.files.metadata import StoredSettings
+from multidiffusion.files.scene import Scene, parse_region, parse_scene, read_scene_file
 from multidiffusion.io.trust import Origin
-from multidiffusion.metadata import StoredSettings
-from multidiffusion.regions.scene import Scene, parse_region, parse_scene, read_scene_file
 
 HELP = """\
 Generate an image from a region layout: each region gets its own prompt, the background prompt takes
@@ -84,13 +84,7 @@ def box_type(text: str) -> list[int] | list[float]:
         ) from None
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "regions",
-        help="generate an image whose regions follow their own prompts",
-        description=HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("scene", nargs="?", help="scene file (.toml or .json); flags override its settings")
     g = p.add_argument_group("layout")
     g.add_argument("--background", help="prompt for everything outside the regions")
@@ -230,8 +224,8 @@ def _check_layout(scene: Scene) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from multidiffusion.jobs import run_and_save
-    from multidiffusion.metadata import check_output_path, save_png
+    from multidiffusion.files.metadata import check_output_path, save_png
+    from multidiffusion.generation import run_and_save
     from multidiffusion.regions.layout import layout_preview
 
     output = check_output_path(args.output, "--output")
@@ -242,8 +236,9 @@ def run(args: argparse.Namespace) -> None:
     options = scene.options
     _check_layout(scene)
     count = f"{len(options.regions)} region{'s' if len(options.regions) != 1 else ''}"
+    sized = bool(options.height and options.width)
     if args.preview_only:
-        if not (options.height and options.width):
+        if not sized:
             fail("--preview-only needs the canvas size (--width and --height, or in the scene)")
         save_png(layout_preview(options.regions, options.height, options.width, options.background), preview)
         print(f"wrote {preview} ({options.width}x{options.height} layout of {count})")
@@ -253,12 +248,14 @@ def run(args: argparse.Namespace) -> None:
     nets = control_net_choice(args, options.control_image, source, regional, scene, needs_image=True)
     lora_choice(args, stored, options, scene)
     model, allow_pickle, model_options = model_choice(args, stored, scene)
+    if preview is not None and sized:  # every check passed: before loading, so the layout can be checked
+        save_png(layout_preview(options.regions, options.height, options.width, options.background), preview)
+        print(f"wrote {preview} (layout of {count}; loading the model...)", flush=True)
     md = load_model(model, args, allow_pickle, nets, **model_options)
     layout = md.region_layout(options.height, options.width, options.background, options.regions)
-    extra = []
-    if preview is not None:  # written before the run, so a long run can be checked (and stopped)
+    if preview is not None:  # again on the model's own latent grid (and its canvas, when none was given)
         save_png(layout.preview(), preview)
-        print(f"wrote {preview} (layout of {count}; generating...)")
-        extra.append(preview)
+        if not sized:
+            print(f"wrote {preview} (layout of {count}; generating...)")
     preflight(md, options, args, layout=layout)
-    report(run_and_save(md, options, output, layout=layout))
+    report(run_and_save(md, options, output, layout=layout), [preview] if preview is not None else [])

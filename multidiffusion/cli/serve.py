@@ -22,7 +22,7 @@ examples:
 """
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(p: argparse.ArgumentParser) -> None:
     from multidiffusion.app.limits import (
         DEFAULT_MAX_EVALUATIONS,
         DEFAULT_MAX_SIDE,
@@ -30,13 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         DEFAULT_MAX_UPLOAD_MB,
     )
 
-    p = sub.add_parser(
-        "serve",
-        help="start the web app (needs multidiffusion[app])",
-        description=HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        conflict_handler="resolve",  # --model below replaces add_model_options' single --model
-    )
+    p.conflict_handler = "resolve"  # --model below replaces add_model_options' single --model
     g = p.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     g.add_argument("--port", type=int, default=7860, help="port (default 7860)")
@@ -95,14 +89,14 @@ def run(args: argparse.Namespace) -> None:
         import gradio  # noqa: F401
     except ImportError:
         fail("the web app needs Gradio, which is not installed: pip install 'multidiffusion[app]'")
-    from multidiffusion.app.limits import Limits
+    from multidiffusion.app.limits import ServerLimits
     from multidiffusion.app.upscalers import Upscalers, parse_upscaler
 
     if not 1 <= args.port <= 65535:
         fail(f"--port must be from 1 to 65535, got {args.port}")
     if args.queue_size < 1:
         fail(f"--queue-size must be at least 1, got {args.queue_size}")
-    limits = Limits(args.max_side, args.max_steps, args.max_upload_mb, args.max_evaluations)
+    limits = ServerLimits(args.max_side, args.max_steps, args.max_upload_mb, args.max_evaluations)
     upscalers = Upscalers([parse_upscaler(u) for u in args.upscaler or []], bool(args.allow_pickle))
     models = args.model or ["demo"]
     if args.host.startswith("[") and args.host.endswith("]"):  # an IPv6 address as URLs write it

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from multidiffusion.cli.common import fail
+from multidiffusion.files.metadata import StoredSettings, is_model_name, model_label, read_settings
 from multidiffusion.io.trust import TypedPath, pickle_allowed, typed_weights
-from multidiffusion.metadata import StoredSettings, is_model_name, model_label, read_settings
 
 __all__ = [
     "INPUT_FLAGS",
@@ -152,12 +152,13 @@ def same_input(stored: StoredSettings, key: str, value: Any) -> bool:
 def model_choice(
     args: argparse.Namespace, stored: StoredSettings | None, scene: Any = None
 ) -> tuple[str, bool, dict[str, Any]]:
-    """(model, allow_pickle, SDXL options) to load: --model as typed (the only model --allow-pickle
-    covers); else a scene file's model (a file under its folder, or a repo id from the hub); else
-    the model --from's PNG names, if it is the demo or a repo id (stored settings never name files
-    to load, see :mod:`multidiffusion.metadata`); else the demo."""
-    flags = {"crops_coords_top_left": args.crops_coords, "original_size": args.original_size}
-    typed = {k: v for k, v in flags.items() if v is not None}
+    """(model, allow_pickle, model options: the families' flags) to load: --model as typed (the only
+    model --allow-pickle covers); else a scene file's model (a file under its folder, or a repo id
+    from the hub); else the model --from's PNG names, if it is the demo or a repo id (stored
+    settings never name files to load, see :mod:`multidiffusion.files.metadata`); else the demo."""
+    from multidiffusion.models import model_flags
+
+    typed = {name: getattr(args, name) for _, name, _ in model_flags() if getattr(args, name, None) is not None}
     if args.model is not None:  # the stored model's options apply when it is the same model
         same = stored is not None and stored.model == model_label(args.model)
         return args.model, bool(args.allow_pickle), {**(stored.model_options if same else {}), **typed}

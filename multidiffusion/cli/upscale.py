@@ -45,8 +45,8 @@ FLAGS = {
 """Command-line flag (argparse dest) -> API argument (and key in the PNG's stored parameters)."""
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = image_parser(sub, "upscale", "upscale an image, re-worked over windows at low strength", HELP)
+def register(p: argparse.ArgumentParser) -> None:
+    image_parser(p, "upscale")
     p.add_argument("prompt", nargs="?", help="what the image shows (optional)")
     g = add_image_options(p, strength=0.35)
     g.add_argument("--scale", type=float, help=f"how many times larger, 1 to {MAX_SCALE:g} (default 2)")

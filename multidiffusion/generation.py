@@ -1,4 +1,5 @@
-"""One generation as the shells run it: seed -> generate -> PNG(s) -> summary.
+"""One generation as the shells run it: seed -> generate -> PNG(s) -> summary (was ``jobs.py``:
+"job" now means only the engine's view under a prompt).
 
 The command line and the web app both call :func:`run_and_save`, so a seed is resolved, a run is
 timed, files are written (whole or not at all, never for a cancelled run) and a result is
@@ -16,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from multidiffusion.engine import distributed
-from multidiffusion.metadata import check_output_path, numbered_paths
-from multidiffusion.options import SamplingOptions, random_seed
+from multidiffusion.files.metadata import check_output_path, numbered_paths
+from multidiffusion.io.ranges import drawn_seed
+from multidiffusion.options import SamplingOptions
 from multidiffusion.output import MultiDiffusionOutput
 
 __all__ = ["SavedRun", "run_and_save", "summary"]
@@ -56,9 +58,7 @@ def run_and_save(
     reports progress; ``should_stop()`` cancels between steps (nothing is written)."""
     if options.output_type != "pil":
         raise ValueError(f"output_type must be 'pil' to save PNGs, got {options.output_type!r}")
-    if options.seed is None:
-        shard = distributed.active()
-        options.seed = random_seed() if shard is None else shard.agree(random_seed(), "the random seed")
+    options.seed = drawn_seed(options.seed, distributed.active())
     options = options.with_defaults(*md.adapter.sampling_defaults)  # the steps the progress counts
     callback = None
     if on_step is not None:
