@@ -9,6 +9,7 @@ import hashlib
 
 import pytest
 import torch
+from PIL import Image
 
 from devtools.components import tiny_sd_pipeline, tiny_sdxl_pipeline
 from multidiffusion import MultiDiffusion, Region
@@ -245,3 +246,24 @@ def test_the_command_lines_loading_flags_load_the_adapter(tmp_path):
               "weight_name": WEIGHTS})  # fmt: skip
     assert md.pipe.unet.config.encoder_hid_dim_type == "ip_image_proj"
     assert md.ip_adapter_files[0]["file"] == WEIGHTS and len(md.ip_adapter_files[0]["sha256"]) == 64
+
+
+@pytest.mark.parametrize("task", ["img2img", "inpaint", "outpaint", "upscale"])
+def test_every_image_task_takes_the_image(sd_ip, task):
+    picture = reference_image(4, size=128)
+    mask = Image.new("L", (128, 128), 0)
+    mask.paste(255, (32, 32, 96, 96))
+    call = {
+        "img2img": lambda **kw: sd_ip.img2img(picture, "a lake", strength=0.5, **kw),
+        "inpaint": lambda **kw: sd_ip.inpaint(picture, mask, "a lake", strength=0.75, **kw),
+        "outpaint": lambda **kw: sd_ip.outpaint(picture, "a lake", right=64, **kw),
+        "upscale": lambda **kw: sd_ip.upscale(picture.resize((64, 64)), prompt="a lake", scale=2, strength=0.5, **kw),
+    }[task]
+
+    def run(image):
+        generator = torch.Generator().manual_seed(0)
+        return call(num_inference_steps=2, output_type="latent", generator=generator, ip_adapter_image=image)
+
+    plain, seeing = run(None), run(reference_image(1))
+    assert seeing.parameters["ip_adapter_image"] == {"path": None, "sha256": None}
+    assert (seeing.images - plain.images).abs().max().item() > 1e-3
