@@ -109,6 +109,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         "in the regions whose loras name it (NAME, default the file's stem); repeat for several. Recorded in the "
         "PNG by file name and SHA-256, never loaded from it: give it again with --from",
     )
+    for kind in KINDS:  # what loads a kind's weights (--ip-adapter ...): never stored, given again with --from
+        for flag in kind.load_flags:
+            g.add_argument(flag.flag, **flag.kwargs)
     g.add_argument("--device", help="cuda, cpu or mps (default: cuda if present)")
     g.add_argument("--dtype", choices=DTYPES, help="default: float16 on GPU, else float32")
     g.add_argument(
@@ -242,9 +245,10 @@ def load_model(
     **options: Any,
 ):
     """The MultiDiffusion object for ``model`` with --device, --dtype, --config, --prediction-type and
-    --compile, and the ``controlnet`` models (:func:`control_net_choice`; by default --controlnet as
-    typed; pickles only with --allow-pickle); ``options`` are ``from_pretrained``'s SDXL
-    micro-conditioning."""
+    --compile, the ``controlnet`` models (:func:`control_net_choice`; by default --controlnet as
+    typed; pickles only with --allow-pickle), the LoRAs and what every conditioning kind's loading
+    flags give (an IP-Adapter); ``options`` are ``from_pretrained``'s model options (the families'
+    flags)."""
     import torch
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
@@ -271,6 +275,9 @@ def load_model(
             md.load_lora(str(spec) if isinstance(spec, TypedPath) else spec, adapter_name=name, weight=weight)
         except ValueError as exc:
             fail(f"--lora {name}: {exc}")
+    for kind in KINDS:  # a kind's weights from its loading flags (an IP-Adapter), as typed
+        given = {f.field: getattr(args, _dest(f.flag), None) for f in kind.load_flags}
+        kind.load(md, {k: v for k, v in given.items() if v is not None}, bool(getattr(args, "allow_pickle", False)))
     md.set_progress_bar_config(disable=args.quiet, leave=False)
     if getattr(args, "compile", False):
         md.compile()

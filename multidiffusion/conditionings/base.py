@@ -15,6 +15,10 @@ module of this package, listed in :data:`multidiffusion.conditionings.KINDS`. It
 - ``Methods``: a mixin of ``MultiDiffusion`` methods (``load_ip_adapter``, ...), or None;
 - ``flags``: command-line flags, each a :class:`Flag` (flag, option field, argparse keyword
   arguments); a shell adds every kind's flags and maps them to the option fields;
+- ``load_flags`` and ``load(pipeline, values, allow_pickle)``: flags that load the kind's weights
+  (``--ip-adapter``: arguments of its ``Methods``' loader, never options, so stored settings never
+  load a file) and what loads them into a ``MultiDiffusion`` (``values`` by field; ``allow_pickle``
+  as the user typed it); a shell adds every kind's and calls every kind's ``load``;
 - ``image_fields``: option fields that hold input images (PNGs record them as files with their
   SHA-256, ``--from`` asks for them again, trust rules apply); ``image_lists``: those of them that
   hold a list of images; ``region_image_fields``: the same for ``Region``'s fields;
@@ -68,6 +72,10 @@ def _no_record(region: Any) -> dict[str, Any]:
     return {}
 
 
+def _no_load(pipeline: Any, values: dict[str, Any], allow_pickle: bool = False) -> None:
+    return None
+
+
 def _nothing(context: Context, options: Any, task: Any) -> Conditioning | None:
     return None
 
@@ -83,6 +91,8 @@ class ConditioningKind:
     Methods: type | None = None
     flags: tuple[Flag, ...] = ()
     flag_group: str = ""
+    load_flags: tuple[Flag, ...] = ()
+    load: Callable[[Any, dict[str, Any], bool], None] = _no_load
     image_fields: tuple[str, ...] = ()
     image_lists: tuple[str, ...] = ()
     region_image_fields: tuple[str, ...] = ()
