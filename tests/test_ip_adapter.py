@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -18,6 +19,7 @@ from multidiffusion.conditionings.ip_adapter_rows import IPAdapterConditioning
 from multidiffusion.engine.conditioning import ModelCall
 from multidiffusion.engine.fusion import Job
 from multidiffusion.engine.views import View
+from multidiffusion.files.metadata import read_settings
 from multidiffusion.files.scene import load_scene
 
 from .conftest import noise
@@ -267,3 +269,21 @@ def test_every_image_task_takes_the_image(sd_ip, task):
     plain, seeing = run(None), run(reference_image(1))
     assert seeing.parameters["ip_adapter_image"] == {"path": None, "sha256": None}
     assert (seeing.images - plain.images).abs().max().item() > 1e-3
+
+
+def test_a_png_round_trip_makes_the_same_image_with_the_image_given_again(sd_ip, tmp_path):
+    """Saved, read back (as --from does): the scale comes back, the image is a record of its file
+    that is read only when given again (same SHA-256); the same settings make the same pixels."""
+    reference_image(1).save(tmp_path / "style.png")
+    style = str(tmp_path / "style.png")
+    out = sd_ip.panorama(
+        "a lake", height=128, width=128, num_inference_steps=2, ip_adapter_image=style, ip_adapter_scale=0.7,
+        generator=torch.Generator().manual_seed(3),
+    )  # fmt: skip
+    (png,) = out.save(tmp_path / "out.png")
+    stored = read_settings(png)
+    assert stored.values["ip_adapter_scale"] == 0.7 and stored.inputs["ip_adapter_image"]["path"] == style
+    with pytest.raises(ValueError, match="ip_adapter_image"):
+        sd_ip.generate(stored.options())  # a stored record is never opened by itself
+    again = sd_ip.generate(stored.options(ip_adapter_image=style))
+    assert np.array_equal(np.asarray(again.images[0]), np.asarray(out.images[0]))
