@@ -100,20 +100,25 @@ LAYERS = {
                                      "multidiffusion.preprocessors", "multidiffusion.vae", "multidiffusion.models"},
     "multidiffusion.vae": {"multidiffusion.geometry"},  # window geometry, a leaf module
     "multidiffusion.models": {"multidiffusion.engine", "multidiffusion.vae", "multidiffusion.io"},
-    "multidiffusion.regions": {"multidiffusion.engine", "multidiffusion.vae", "multidiffusion.options",
-                               "multidiffusion.conditionings",
+    "multidiffusion.regions": {"multidiffusion.engine", "multidiffusion.vae", "multidiffusion.conditionings",
                                "multidiffusion.io.image_loader", "multidiffusion.io"},
+    # the options check values with io's checks; upscaler files are checked with models.files
+    "multidiffusion.options": {"multidiffusion.engine", "multidiffusion.conditionings", "multidiffusion.regions",
+                               "multidiffusion.io", "multidiffusion.models.files"},
+    # the settings reader, PNG metadata and saving: one floor above the options it builds
+    "multidiffusion.files": {"multidiffusion.io", "multidiffusion.options", "multidiffusion.regions",
+                             "multidiffusion.conditionings", "multidiffusion.models"},
 }  # fmt: skip
 
 
 def test_lower_layers_never_import_the_shells_or_the_public_class():
     edges = graph()
-    shells = ("multidiffusion.cli", "multidiffusion.app", "multidiffusion.pipeline", "multidiffusion.jobs")
+    shells = ("multidiffusion.cli", "multidiffusion.app", "multidiffusion.pipeline", "multidiffusion.generation")
     for module, targets in edges.items():
         if module.startswith(("multidiffusion.cli", "multidiffusion.app")):
             continue
         wrong = [t for t in targets if t.startswith(shells) and not module.startswith("multidiffusion.pipeline")]
-        if module in ("multidiffusion", "multidiffusion.__main__", "multidiffusion.jobs"):
+        if module in ("multidiffusion", "multidiffusion.__main__", "multidiffusion.generation"):
             continue
         assert not wrong, f"{module} imports {wrong}"
     for module, targets in edges.items():

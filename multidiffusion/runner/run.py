@@ -26,7 +26,7 @@ from multidiffusion.engine.adapter import PromptEmbeddings
 from multidiffusion.engine.sampler import GuidedModel, SamplingStats, sample
 from multidiffusion.engine.schedulers import FLOW_SCHEDULERS, SCHEDULERS, make_scheduler, scheduler_name
 from multidiffusion.engine.task import Start, Task
-from multidiffusion.options import random_seed
+from multidiffusion.io.ranges import drawn_seed, steps_that_run
 from multidiffusion.output import MultiDiffusionOutput
 from multidiffusion.runner.estimate import auto_batch, check_budget
 from multidiffusion.vae.codec import decode_latents, decode_to_uint8
@@ -80,10 +80,8 @@ def run(
     started = time.perf_counter()
     adapter, options = task.adapter, task.options
     shard = distributed.active()  # views sharded across processes, or None
-    if generator is None and latents is None and options.seed is not None:
-        generator = torch.Generator("cpu").manual_seed(options.seed)
-    elif generator is None and latents is None and shard is not None:  # every rank must draw the same noise
-        generator = torch.Generator("cpu").manual_seed(shard.agree(random_seed(), "the random seed"))
+    if generator is None and latents is None and (options.seed is not None or shard is not None):
+        generator = torch.Generator("cpu").manual_seed(drawn_seed(options.seed, shard))  # ranks draw the same noise
     slots = task.prompt_slots()
     batch = len(slots.prompts[0]) * options.num_images_per_prompt
     _check_generator(generator, batch)
@@ -137,7 +135,7 @@ def run(
             progress=progress,
         )
     params = {
-        "mode": task.name,
+        "task": task.name,
         **task.parameters(),
         **adapter.parameters(),
         "model": settings.model_name,
@@ -214,7 +212,7 @@ def denoising_timesteps(
     if strength >= 1.0:
         return scheduler.timesteps
     order = getattr(scheduler, "order", 1)
-    first = max(steps - min(int(steps * strength), steps), 0) * order
+    first = max(steps - steps_that_run(steps, strength), 0) * order
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(first)
     return scheduler.timesteps[first:]
