@@ -1,7 +1,7 @@
 """The ControlNets of a call, built from its checked options: the model's nets matched to the
 control images (one per ControlNet, a Union ControlNet's several with their modes, a FLUX
 ControlNet-Union's one pass per image), each image resized to the canvas and made the input its
-net takes (:meth:`~multidiffusion.engine.adapter.ModelAdapter.control_input`), the regions' own
+net takes (:meth:`~multidiffusion.models.base.FamilyAdapter.control_input`), the regions' own
 control images, and the settings as the result records them."""
 
 from __future__ import annotations

@@ -159,9 +159,9 @@ class ControlNetConditioning(Conditioning):
         return self._crops[key]
 
     def residuals(self, active: Sequence[Control], call: ModelCall) -> dict[str, Any]:
-        """The model's extra keyword arguments (:meth:`~ModelAdapter.residual_kwargs`) for the input
+        """The model's extra keyword arguments (the family adapter's ``residual_kwargs``) for the input
         ``call.x`` ([uncond rows; cond rows] when ``call.guided``) of its jobs: the ``active`` ControlNets'
-        outputs (:meth:`~ModelAdapter.run_controlnet`) summed, as diffusers' multi-ControlNet models.
+        outputs (its ``run_controlnet``) summed, as diffusers' multi-ControlNet models.
 
         A ControlNet sees the rows of its jobs (a region's: its prompt slot's only; the other rows get
         zeros) in both guidance branches, or only in the conditional one in guess mode (the

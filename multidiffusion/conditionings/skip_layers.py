@@ -1,5 +1,5 @@
 """Skip-layer guidance (SD 3.5's, as ``StableDiffusion3Pipeline``): at the steps where the model's
-adapter asks for it (:meth:`~multidiffusion.engine.adapter.ModelAdapter.skip_layer_pass`, set with
+adapter asks for it (:meth:`~multidiffusion.models.base.FamilyAdapter.skip_layer_pass`, set with
 the model: ``skip_guidance_layers`` and ``skip_layer_guidance_scale`` / ``_start`` / ``_stop``), the
 conditional rows run again with some of the model's layers skipped, ε_skip, and the guided
 prediction gains
@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from multidiffusion.conditionings.base import ConditioningKind, Context
-from multidiffusion.engine.adapter import ModelAdapter
 from multidiffusion.engine.conditioning import Conditioning, ModelCall, Predict
+from multidiffusion.models.base import FamilyAdapter
 
 __all__ = ["SKIP_LAYERS", "SkipLayerGuidance"]
 
@@ -47,7 +47,7 @@ def prepare(context: Context, options: Any, task: Any) -> Conditioning | None:
     """Skip-layer guidance when the model's adapter has its own ``skip_layer_pass`` (it says per step
     whether it acts)."""
     adapter = context.adapter
-    if type(adapter).skip_layer_pass is ModelAdapter.skip_layer_pass:
+    if type(adapter).skip_layer_pass is FamilyAdapter.skip_layer_pass:
         return None
     return SkipLayerGuidance(adapter)
 

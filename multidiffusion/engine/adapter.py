@@ -14,13 +14,11 @@ The engine calls the model only through the adapter:
   row per model input row (the engine selects rows when guidance branches share work);
 - :meth:`ModelAdapter.predict`: the model's output for a batch of crops (B, C, h, w), the same shape
   back; a diffusion transformer packs the crops into tokens and unpacks its prediction here;
-- ControlNets (:mod:`~multidiffusion.engine.control` crops their input per view and sums them):
-  :meth:`~ModelAdapter.adopt_controlnet` checks one fits the family, :meth:`~ModelAdapter.control_input`
-  says what it takes of the canvas's control image (pixels for a UNet's, VAE latents for a
-  transformer's), :meth:`~ModelAdapter.run_controlnet` runs it on a batch of rows and
-  :meth:`~ModelAdapter.residual_kwargs` names its output for the model (the UNet's
-  ``down_block_additional_residuals``, FLUX's ``controlnet_block_samples``, SD 3's
-  ``block_controlnet_hidden_states``).
+- :meth:`ModelAdapter.network_calls`: forward passes of one ``predict`` (for the statistics).
+
+What conditions the model beyond the prompts (ControlNets, IP-Adapters, LoRA sets, skip-layer
+guidance) reaches it through :class:`~multidiffusion.engine.conditioning.Conditioning`; how a family
+runs its ControlNets, options and latents are the family's (:mod:`multidiffusion.models.base`).
 
 Everything a model takes that is the same for all rows (positional ids, the timestep) is built in
 :meth:`~ModelAdapter.predict`, never put in the keyword arguments.
@@ -98,24 +96,9 @@ class ModelAdapter:
     of it (2 for FLUX and SD 3, whose transformers take 2x2 patches; 1 for UNets)."""
     shares_prefix: bool = True
     """Whether guidance branches may share the first UNet layers (:mod:`~multidiffusion.engine.shared_prefix`)."""
-    controlnet_guess_mode: bool = True
-    """Whether this family's ControlNets have diffusers' ``guess_mode`` (UNets; not FLUX, SD 3)."""
-    controlnet_positive_only: bool = False
-    """With classifier-free guidance, whether the ControlNet runs on the conditional rows only and its
-    output serves both branches (FluxControlNetPipeline with ``true_cfg_scale``), rather than on both
-    branches with their own prompts (the UNet and SD 3 pipelines)."""
 
-    def __init__(self, pipe: Any, controlnet: Any = None):
+    def __init__(self, pipe: Any):
         self.pipe = pipe
-        self.controlnet = controlnet
-
-    @property
-    def controlnets(self) -> list[torch.nn.Module]:
-        """The ControlNets this model runs with (several for a diffusers ``MultiControlNetModel``)."""
-        if self.controlnet is None:
-            return []
-        nets = getattr(self.controlnet, "nets", None)
-        return list(nets) if nets is not None else [self.controlnet]
 
     @property
     def unet(self) -> torch.nn.Module:
@@ -206,55 +189,6 @@ class ModelAdapter:
         """The model's output for the crops ``x`` (rows, C, h, w) at timestep ``t``, conditioned by
         ``kwargs`` (:meth:`unet_kwargs`, rows selected by the engine): (rows, latent channels, h, w)."""
         return self.unet(x, t, return_dict=False, **kwargs)[0]
-
-    def adopt_controlnet(self, net: torch.nn.Module, name: str) -> torch.nn.Module:
-        """``net`` ready to run with this model: ValueError in one line when it was made for another
-        family or model size."""
-        raise NotImplementedError
-
-    def control_input(self, net: torch.nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """What ControlNet ``net`` takes of a canvas-sized control image ``pixels`` (1, 3, H, W) in
-        [0, 1], cropped per view, and the factor from latent view offsets to its grid: for a UNet's
-        ControlNet the pixels themselves (factor: the VAE's)."""
-        return pixels, self.vae_scale_factor
-
-    def run_controlnet(
-        self,
-        net: torch.nn.Module,
-        x: torch.Tensor,
-        t: torch.Tensor,
-        kwargs: dict[str, Any],
-        control: dict[str, Any],
-        guess_mode: bool,
-    ) -> Any:
-        """ControlNet ``net``'s output for model input rows ``x`` at ``t``, with the model's keyword
-        arguments of those rows and its control inputs ``control`` (``controlnet_cond``: the rows'
-        crops of :meth:`control_input`; ``conditioning_scale``; a Union ControlNet's modes): tensors,
-        lists of tensors or None, one row per input row, summed over ControlNets by the engine."""
-        added = kwargs.get("added_cond_kwargs")
-        extra = {"added_cond_kwargs": added} if added is not None else {}
-        channels = net.config.in_channels  # an inpainting UNet's extra channels are not its
-        return net(
-            x[:, :channels],
-            t,
-            encoder_hidden_states=kwargs["encoder_hidden_states"],
-            guess_mode=guess_mode,
-            return_dict=False,
-            **extra,
-            **control,
-        )
-
-    def residual_kwargs(self, residuals: Any) -> dict[str, Any]:
-        """The model's keyword arguments for :meth:`run_controlnet`'s (summed) output."""
-        down, mid = residuals
-        return {"down_block_additional_residuals": list(down), "mid_block_additional_residual": mid}
-
-    def skip_layer_pass(self, step: int, steps: int) -> tuple[dict[str, Any], float] | None:
-        """Skip-layer guidance at step ``step`` of ``steps`` (SD 3.5): the extra keyword arguments of a
-        third pass of the conditional rows with some layers skipped, and its scale s_l, or None (the
-        default: no such guidance). :class:`~multidiffusion.engine.sampler.GuidedModel` then adds
-        s_l (ε_c − ε_skip) to the guided prediction."""
-        return None
 
     def network_calls(self, kwargs: dict[str, Any]) -> int:
         """Forward passes of the network one :meth:`predict` with these ``kwargs`` makes (for the

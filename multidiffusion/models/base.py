@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import torch
+
 from multidiffusion.engine.adapter import ModelAdapter
 from multidiffusion.models.options import ModelOptions, option_fields
 from multidiffusion.vae.codec import vae_scale_factor
@@ -54,6 +56,12 @@ class FamilyAdapter(ModelAdapter):
     """Pipeline components the family needs besides the network."""
     multi_controlnet: ClassVar[str] = "MultiControlNetModel"
     """diffusers' class that runs several of the family's ControlNets as one."""
+    controlnet_guess_mode: bool = True
+    """Whether this family's ControlNets have diffusers' ``guess_mode`` (UNets; not FLUX, SD 3)."""
+    controlnet_positive_only: bool = False
+    """With classifier-free guidance, whether the ControlNet runs on the conditional rows only and its
+    output serves both branches (FluxControlNetPipeline with ``true_cfg_scale``), rather than on both
+    branches with their own prompts (the UNet and SD 3 pipelines)."""
     checkpoint_blocks: ClassVar[str | None] = None
     """A tensor-name prefix that marks the family's single-file transformer checkpoints (FLUX.1's
     ``double_blocks.``; :mod:`~multidiffusion.models.transformer_file`), None: none are read."""
@@ -62,8 +70,8 @@ class FamilyAdapter(ModelAdapter):
         """``pipe``: the family's pipeline or a sibling sharing its components (its ControlNet, if a
         ControlNet pipeline, is kept for every task); ``options``: the family's :attr:`Options`
         (None or left out: the default), checked, then set as attributes."""
-        controlnet = getattr(pipe, "controlnet", None)
-        super().__init__(self.own_pipeline(pipe), controlnet)
+        self.controlnet = getattr(pipe, "controlnet", None)
+        super().__init__(self.own_pipeline(pipe))
         unknown = set(options) - {f.name for f in option_fields(self.Options)}
         if unknown:
             takes = ", ".join(f.name for f in option_fields(self.Options)) or "none"
@@ -71,6 +79,14 @@ class FamilyAdapter(ModelAdapter):
         checked = self.Options(**options)
         for f in option_fields(self.Options):
             setattr(self, f.name, getattr(checked, f.name))
+
+    @property
+    def controlnets(self) -> list[torch.nn.Module]:
+        """The ControlNets this model runs with (several for a diffusers ``MultiControlNetModel``)."""
+        if self.controlnet is None:
+            return []
+        nets = getattr(self.controlnet, "nets", None)
+        return list(nets) if nets is not None else [self.controlnet]
 
     @classmethod
     def own_pipeline(cls, pipe: Any) -> Any:
@@ -138,9 +154,54 @@ class FamilyAdapter(ModelAdapter):
         """The family's options as set (the attributes, checked again), unset ones left out."""
         return self.Options(**{f.name: getattr(self, f.name) for f in option_fields(self.Options)}).record()
 
-    def adopt_controlnet(self, net: Any, name: str) -> Any:
-        """A UNet family's ``ControlNetModel``, checked against the UNet."""
+    def adopt_controlnet(self, net: torch.nn.Module, name: str) -> torch.nn.Module:
+        """``net`` ready to run with this model: ValueError in one line when it was made for another
+        family or model size. UNet families: a ``ControlNetModel`` checked against the UNet."""
         from multidiffusion.models.controlnet import check_controlnet
 
         check_controlnet(net, self.unet, name)
         return net
+
+    def control_input(self, net: torch.nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """What ControlNet ``net`` takes of a canvas-sized control image ``pixels`` (1, 3, H, W) in
+        [0, 1], cropped per view, and the factor from latent view offsets to its grid: for a UNet's
+        ControlNet the pixels themselves (factor: the VAE's)."""
+        return pixels, self.vae_scale_factor
+
+    def run_controlnet(
+        self,
+        net: torch.nn.Module,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        kwargs: dict[str, Any],
+        control: dict[str, Any],
+        guess_mode: bool,
+    ) -> Any:
+        """ControlNet ``net``'s output for model input rows ``x`` at ``t``, with the model's keyword
+        arguments of those rows and its control inputs ``control`` (``controlnet_cond``: the rows'
+        crops of :meth:`control_input`; ``conditioning_scale``; a Union ControlNet's modes): tensors,
+        lists of tensors or None, one row per input row, summed over ControlNets by the ControlNet conditioning."""
+        added = kwargs.get("added_cond_kwargs")
+        extra = {"added_cond_kwargs": added} if added is not None else {}
+        channels = net.config.in_channels  # an inpainting UNet's extra channels are not its
+        return net(
+            x[:, :channels],
+            t,
+            encoder_hidden_states=kwargs["encoder_hidden_states"],
+            guess_mode=guess_mode,
+            return_dict=False,
+            **extra,
+            **control,
+        )
+
+    def residual_kwargs(self, residuals: Any) -> dict[str, Any]:
+        """The model's keyword arguments for :meth:`run_controlnet`'s (summed) output."""
+        down, mid = residuals
+        return {"down_block_additional_residuals": list(down), "mid_block_additional_residual": mid}
+
+    def skip_layer_pass(self, step: int, steps: int) -> tuple[dict[str, Any], float] | None:
+        """Skip-layer guidance at step ``step`` of ``steps`` (SD 3.5): the extra keyword arguments of a
+        third pass of the conditional rows with some layers skipped, and its scale s_l, or None (the
+        default: no such guidance). :mod:`~multidiffusion.conditionings.skip_layers` then adds
+        s_l (ε_c − ε_skip) to the guided prediction."""
+        return None

@@ -3,7 +3,7 @@ first, the hub within ``HUB_TIMEOUT_S``), a single ``.safetensors`` file (pickle
 allowed), an already loaded ``ControlNetModel``, or a list of those for several ControlNets. A
 folder or repo whose config names ``ControlNetUnionModel`` loads as one (ControlNet-Union SDXL),
 ``FluxControlNetModel`` or ``SD3ControlNetModel`` as those (FLUX.1, SD 3 / 3.5). Each is checked
-against the model by its adapter (:meth:`~multidiffusion.engine.adapter.ModelAdapter.adopt_controlnet`).
+against the model by its adapter (:meth:`~multidiffusion.models.base.FamilyAdapter.adopt_controlnet`).
 ``"demo"`` is the demo model's ControlNet, shipped in ``multidiffusion/demo/controlnet`` (its control
 image is a scene's class map: ``devtools.demo.scenes.layout_image``)."""
 
