@@ -298,7 +298,7 @@ FLAGS = (
         dict(
             action="append",
             metavar="FILE",
-            help="a reference image every view sees through the model's IP-Adapter; repeat: one per IP-Adapter",
+            help="a reference image every view sees through the IP-Adapter (--ip-adapter); repeat: one per IP-Adapter",
         ),
     ),
     Flag(
@@ -358,7 +358,7 @@ IP_ADAPTER = ConditioningKind(
     RegionFields=IPAdapterRegionFields,
     Methods=IPAdapterMethods,
     flags=FLAGS,
-    flag_group="IP-Adapter (SD 1.x/2.x, SDXL)",
+    flag_group="IP-Adapter (SD 1.x/2.x, SDXL; with --ip-adapter FOLDER_OR_REPO)",
     load_flags=LOAD_FLAGS,
     load=load,
     image_fields=("ip_adapter_image",),
