@@ -55,6 +55,16 @@ def regions_tab(ctx: AppContext) -> dict[str, Any]:
     """The tab's form components by API name (what a PNG's settings fill in)."""
     height, width = ctx.regions_size
     fields: dict[str, Any] = {}
+    buttons = _prompts(ctx, fields)
+    fields.update(sampling_controls(ctx, "regions", (height, width), _bootstrap))
+    gr.Markdown(HOW_TO)
+    buttons.update(_layout_inputs(fields, width, height))
+    _wire(ctx, fields, buttons, _results())
+    return fields
+
+
+def _prompts(ctx: AppContext, fields: dict[str, Any]) -> dict[str, Any]:
+    """The background and negative prompts, the model and the tab's two buttons (returned by name)."""
     with gr.Row():
         with gr.Column(scale=4):
             fields["background"] = gr.Textbox(
@@ -70,20 +80,24 @@ def regions_tab(ctx: AppContext) -> dict[str, Any]:
             )
         with gr.Column(scale=1, min_width=200):
             generate = gr.Button("Generate", variant="primary", elem_id="regions-generate")
-            preview_button = gr.Button("Preview the layout", elem_id="regions-preview")
+            preview = gr.Button("Preview the layout", elem_id="regions-preview")
             fields["model"] = model_dropdown(ctx, "regions")
+    return {"generate": generate, "preview": preview}
 
-    def bootstrap(row: dict[str, Any]) -> None:
-        row["bootstrap_steps"] = gr.Number(
-            value=-1,
-            label="Bootstrapping steps",
-            info="first steps that denoise each region on a plain background; -1: 40% of the steps (paper: 20 of 50)",
-            precision=0,
-            elem_id="regions-bootstrap",
-        )
 
-    fields.update(sampling_controls(ctx, "regions", (height, width), bootstrap))
-    gr.Markdown(HOW_TO)
+def _bootstrap(row: dict[str, Any]) -> None:
+    """The bootstrapping steps, beside the seed (:func:`sampling_controls`' ``extra``)."""
+    row["bootstrap_steps"] = gr.Number(
+        value=-1,
+        label="Bootstrapping steps",
+        info="first steps that denoise each region on a plain background; -1: 40% of the steps (paper: 20 of 50)",
+        precision=0,
+        elem_id="regions-bootstrap",
+    )
+
+
+def _layout_inputs(fields: dict[str, Any], width: int, height: int) -> dict[str, Any]:
+    """The layout editor, its two buttons (returned by name), the colour table and the boxes."""
     with gr.Row():
         with gr.Column(scale=3):
             fields["layout"] = gr.ImageEditor(
@@ -101,7 +115,7 @@ def regions_tab(ctx: AppContext) -> dict[str, Any]:
             )
             with gr.Row():
                 new_canvas = gr.Button("New blank canvas (width × height)", size="sm", elem_id="regions-new")
-                upload_map = gr.UploadButton(
+                upload = gr.UploadButton(
                     "Upload a colour map", file_types=MAP_TYPES, size="sm", elem_id="regions-upload"
                 )
         with gr.Column(scale=2):
@@ -124,40 +138,30 @@ def regions_tab(ctx: AppContext) -> dict[str, Any]:
                 label="Boxes: x0, y0, x1, y1 as fractions of the canvas (0-1) or pixels",
                 elem_id="regions-boxes",
             )
+    return {"new_canvas": new_canvas, "upload": upload}
+
+
+def _results() -> dict[str, Any]:
+    """The message line, the layout preview, the result and its download button, by name."""
     status = gr.HTML(elem_id="regions-message")
     with gr.Row(equal_height=True):
-        preview = gr.Image(
-            label="Layout: what each prompt controls",
-            type="pil",
-            format="png",
-            interactive=False,
-            height=320,
-            elem_id="regions-preview-image",
-            elem_classes="md-result",
-        )
-        result = gr.Image(
-            label="Result",
-            type="filepath",
-            format="png",
-            interactive=False,
-            height=320,
-            elem_id="regions-result",
-            elem_classes="md-result",
-        )
+        shown = {"elem_classes": "md-result", "format": "png", "interactive": False, "height": 320}
+        preview = gr.Image(label="Layout: what each prompt controls", type="pil", elem_id="regions-preview-image",
+                           **shown)  # fmt: skip
+        result = gr.Image(label="Result", type="filepath", elem_id="regions-result", **shown)
     download = gr.DownloadButton("Download PNG (with its settings)", visible=False, elem_id="regions-download")
+    return {"status": status, "preview": preview, "result": result, "download": download}
+
+
+def _handlers(ctx: AppContext, fields: dict[str, Any]) -> dict[str, Any]:
+    """What the tab's buttons and upload do, by name (Gradio passes the components' values)."""
 
     def form(data: dict[Any, Any]) -> dict[str, Any]:
         return {key: data[component] for key, component in fields.items()}
 
     def run(data: dict[Any, Any], progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
-        out = generate_regions(
-            form(data),
-            pool=ctx.pool,
-            limits=ctx.limits,
-            store=ctx.store,
-            on_step=progress_steps(progress),
-            is_cancelled=client_gone(),
-        )
+        out = generate_regions(form(data), pool=ctx.pool, limits=ctx.limits, store=ctx.store,
+                               on_step=progress_steps(progress), is_cancelled=client_gone())  # fmt: skip
         download_button = gr.DownloadButton(value=str(out.path), visible=True)
         return ctx.store.shown(out.preview), str(out.path), download_button, message("info", out.message)
 
@@ -182,41 +186,45 @@ def regions_tab(ctx: AppContext) -> dict[str, Any]:
         """The layout's colours into the table (keeping the prompts typed for them)."""
         return _colour_rows(layout, table, ctx.limits.max_side), gr.skip()
 
+    return {"run": run, "show_preview": show_preview, "load_map": load_map, "new_layout": new_layout,
+            "colour_table": colour_table}  # fmt: skip
+
+
+def _wire(ctx: AppContext, fields: dict[str, Any], buttons: dict[str, Any], out: dict[str, Any]) -> None:
+    """Connect the buttons and the upload to their handlers: generating and previewing each one at a
+    time, the light jobs on the page's queue."""
+    do = _handlers(ctx, fields)
+    status, generate, preview = out["status"], buttons["generate"], buttons["preview"]
     generate.click(
-        guarded(run, lambda msg: (gr.skip(), gr.skip(), gr.skip(), msg)),
+        guarded(do["run"], lambda msg: (gr.skip(), gr.skip(), gr.skip(), msg)),
         inputs=set(fields.values()),
-        outputs=[preview, result, download, status],
-        show_progress_on=result,
+        outputs=[out["preview"], out["result"], out["download"], status],
+        show_progress_on=out["result"],
         concurrency_limit=1,
         concurrency_id="generate",
     )
-    preview_button.click(
-        guarded(show_preview, lambda msg: (gr.skip(), msg)),
+    preview.click(
+        guarded(do["show_preview"], lambda msg: (gr.skip(), msg)),
         inputs=set(fields.values()),
-        outputs=[preview, status],
+        outputs=[out["preview"], status],
         concurrency_limit=1,
         concurrency_id="preview",
     )
     # the buttons read the layout's colours into the table: the editor reports no brush strokes as they
     # happen, and its change event also fires when a PNG's settings set it (with the table not yet set)
     light = {"concurrency_limit": 1, "concurrency_id": PAGE_QUEUE}  # queued, like every job that does work
-    for trigger in (preview_button.click, generate.click):
-        trigger(
-            guarded(colour_table, lambda msg: (gr.skip(), msg)),
-            inputs=[fields["layout"], fields["colours"]],
-            outputs=[fields["colours"], status],
-            **light,
-        )
-    upload_map.upload(
-        guarded(load_map, lambda msg: (gr.skip(), gr.skip(), gr.skip(), gr.skip(), msg)),
-        inputs=[upload_map, fields["colours"]],
+    for trigger in (preview.click, generate.click):
+        trigger(guarded(do["colour_table"], lambda msg: (gr.skip(), msg)),
+                inputs=[fields["layout"], fields["colours"]], outputs=[fields["colours"], status], **light)  # fmt: skip
+    buttons["upload"].upload(
+        guarded(do["load_map"], lambda msg: (gr.skip(), gr.skip(), gr.skip(), gr.skip(), msg)),
+        inputs=[buttons["upload"], fields["colours"]],
         outputs=[fields["layout"], fields["width"], fields["height"], fields["colours"], status],
         **light,
     )
-    new_canvas.click(
-        guarded(new_layout, lambda msg: (gr.skip(), msg)),
+    buttons["new_canvas"].click(
+        guarded(do["new_layout"], lambda msg: (gr.skip(), msg)),
         inputs=[fields["width"], fields["height"]],
         outputs=[fields["layout"], status],
         **light,
     )
-    return fields
