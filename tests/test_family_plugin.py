@@ -76,6 +76,8 @@ def test_the_api_the_png_reader_and_the_flags_take_the_new_option(sharp, tiny_mo
     monkeypatch.setattr("diffusers.StableDiffusionPipeline.sharp", True, raising=False)  # every SD pipeline is
     loaded = MultiDiffusion.from_pretrained(tiny_model_dir, sharpness=3.0)  # the option, not a diffusers keyword
     assert loaded.family == "sharp" and loaded.adapter.sharpness == 3.0
+    fields = {"prompt": "a lake", "sharpness": 2.0, "clip_skip": None}
+    assert models.take_model_options(fields) == {"sharpness": 2.0} and fields == {"prompt": "a lake"}  # scene files
     stored = settings_from_parameters({"task": "panorama", "prompt": "a lake", "sharpness": 2.0}, "panorama")
     assert stored.model_options == {"sharpness": 2.0} and "sharpness" not in stored.values
     flags = {flag: (name, kwargs) for flag, name, kwargs in models.model_flags()}

@@ -36,6 +36,7 @@ __all__ = [
     "split_model_options",
     "supported_families",
     "supported_pipelines",
+    "take_model_options",
 ]
 
 ADAPTERS: list[type[FamilyAdapter]] = [
@@ -86,6 +87,15 @@ def split_model_options(keywords: dict[str, Any]) -> tuple[dict[str, Any], dict[
     ``from_pretrained`` arguments)."""
     names = family_options()
     return {k: v for k, v in keywords.items() if k in names}, {k: v for k, v in keywords.items() if k not in names}
+
+
+def take_model_options(values: dict[str, Any]) -> dict[str, Any]:
+    """The registered families' model options removed from a settings mapping ``values`` (a PNG's
+    stored parameters, a scene file's fields) and returned, unset (None) ones dropped: what to pass
+    to ``from_pretrained`` with the model, not to the task."""
+    names = family_options()
+    taken = {k: values.pop(k) for k in list(values) if k in names}
+    return {k: v for k, v in taken.items() if v is not None}
 
 
 def supported_pipelines() -> tuple[str, ...]:
