@@ -93,9 +93,8 @@ def imports_of_at(path: Path) -> set[str]:
 LAYERS = {
     # a layer may import only the layers below it (and the standard library / third parties)
     "multidiffusion.io": {"multidiffusion.io.image_loader"},  # trust levels, budgets, bounded readers: the bottom
-    # the engine: over any denoiser, no options, output, metadata, regions, tasks or conditionings
-    # (vae: engine/adapter.py's vae_scale_factor, until the adapter contract leaves the engine)
-    "multidiffusion.engine": {"multidiffusion.geometry", "multidiffusion.vae"},
+    # the engine: over any denoiser, no vae, options, output, metadata, regions, tasks or conditionings
+    "multidiffusion.engine": {"multidiffusion.geometry"},
     "multidiffusion.conditionings": {"multidiffusion.engine", "multidiffusion.io", "multidiffusion.io.image_loader",
                                      "multidiffusion.preprocessors", "multidiffusion.vae", "multidiffusion.models"},
     "multidiffusion.vae": {"multidiffusion.geometry"},  # window geometry, a leaf module
