@@ -37,6 +37,22 @@ def inpaint_tab(ctx: AppContext) -> dict[str, Any]:
     """The tab's form components by API name (what a PNG's settings fill in), ``task`` included;
     ``image`` is the upload's path, kept on the server (the page never sends a path)."""
     fields: dict[str, Any] = {}
+    generate = _prompts(ctx, fields)
+    fields.update(sampling_controls(ctx, "inpaint", None, placement_controls(ctx, "inpaint", "inpaint")))
+    gr.Markdown(HOW_TO)
+    fields["image"] = gr.State(None)
+    with gr.Row():
+        with gr.Column(scale=3):
+            buttons = _editor(fields)
+        with gr.Column(scale=2):
+            buttons["outpaint_only"] = _task_settings(fields)
+    buttons["generate"] = generate
+    _wire(ctx, fields, buttons, result_controls("inpaint"))
+    return fields
+
+
+def _prompts(ctx: AppContext, fields: dict[str, Any]) -> Any:
+    """The prompts, the task and the model; returns the Generate button."""
     with gr.Row():
         with gr.Column(scale=4):
             fields["prompt"] = gr.Textbox(
@@ -53,76 +69,76 @@ def inpaint_tab(ctx: AppContext) -> dict[str, Any]:
             generate = gr.Button("Generate", variant="primary", elem_id="inpaint-generate")
             fields["task"] = gr.Radio(TASKS, value="inpaint", label="Task", elem_id="inpaint-task")
             fields["model"] = model_dropdown(ctx, "inpaint")
-    fields.update(sampling_controls(ctx, "inpaint", None, placement_controls(ctx, "inpaint", "inpaint")))
-    gr.Markdown(HOW_TO)
-    fields["image"] = gr.State(None)
+    return generate
+
+
+def _editor(fields: dict[str, Any]) -> dict[str, Any]:
+    """The image editor (the mask is painted on the image) and its buttons, returned by name."""
+    fields["mask"] = gr.ImageMask(
+        type="pil",
+        image_mode="RGBA",
+        format="png",
+        label="Image (inpaint: paint over what to repaint)",
+        sources=[],  # images come through the upload button, whose file the checked loader reads
+        brush=gr.Brush(colors=[MASK_COLOUR], default_color=MASK_COLOUR, color_mode="fixed"),
+        layers=False,
+        transforms=(),
+        height=360,
+        elem_id="inpaint-editor",
+    )
     with gr.Row():
-        with gr.Column(scale=3):
-            fields["mask"] = gr.ImageMask(
-                type="pil",
-                image_mode="RGBA",
-                format="png",
-                label="Image (inpaint: paint over what to repaint)",
-                sources=[],  # images come through the upload button, whose file the checked loader reads
-                brush=gr.Brush(colors=[MASK_COLOUR], default_color=MASK_COLOUR, color_mode="fixed"),
-                layers=False,
-                transforms=(),
-                height=360,
-                elem_id="inpaint-editor",
-            )
-            with gr.Row():
-                upload = gr.UploadButton("Upload an image", file_types=IMAGE_TYPES, size="sm", elem_id="inpaint-upload")
-                upload_mask = gr.UploadButton(
-                    "Upload a mask", file_types=IMAGE_TYPES, size="sm", elem_id="inpaint-upload-mask"
-                )
-                clear = gr.Button("Clear the mask", size="sm", elem_id="inpaint-clear")
-        with gr.Column(scale=2):
-            fields["strength"] = gr.Slider(
-                0.01,
-                1,
-                value=default_of("inpaint", "strength"),
-                step=0.01,
-                label="Strength",
-                info="1: repaint from noise; lower keeps some of what was there",
-                elem_id="inpaint-strength",
-            )
-            fields["mask_blur"] = gr.Number(
-                value=default_of("inpaint", "mask_blur"),
-                label="Mask blur",
-                info="pixels of feathering at the mask's edge",
-                precision=0,
-                minimum=0,
-                elem_id="inpaint-mask-blur",
-            )
-            with gr.Group(visible=False, elem_id="outpaint-only") as outpaint_only:
-                side = "pixels to add, a multiple of 8"
-                with gr.Row():
-                    for key in ("left", "right", "top", "bottom"):
-                        fields[key] = gr.Number(
-                            value=0, label=key.capitalize(), info=side, precision=0, minimum=0, step=8,
-                            elem_id=f"outpaint-{key}",
-                        )  # fmt: skip
-                fields["overlap"] = gr.Number(
-                    value=default_of("outpaint", "overlap"),
-                    label="Overlap",
-                    info="pixels of the image along each new side repainted too, so the seam blends",
-                    precision=0,
-                    minimum=0,
-                    elem_id="outpaint-overlap",
-                )
-    status, result, download = result_controls("inpaint")
+        upload = gr.UploadButton("Upload an image", file_types=IMAGE_TYPES, size="sm", elem_id="inpaint-upload")
+        upload_mask = gr.UploadButton("Upload a mask", file_types=IMAGE_TYPES, size="sm", elem_id="inpaint-upload-mask")
+        clear = gr.Button("Clear the mask", size="sm", elem_id="inpaint-clear")
+    return {"upload": upload, "upload_mask": upload_mask, "clear": clear}
+
+
+def _task_settings(fields: dict[str, Any]) -> Any:
+    """Strength and mask blur, and outpaint's sides and overlap; returns the group shown for outpaint."""
+    fields["strength"] = gr.Slider(
+        0.01,
+        1,
+        value=default_of("inpaint", "strength"),
+        step=0.01,
+        label="Strength",
+        info="1: repaint from noise; lower keeps some of what was there",
+        elem_id="inpaint-strength",
+    )
+    fields["mask_blur"] = gr.Number(
+        value=default_of("inpaint", "mask_blur"),
+        label="Mask blur",
+        info="pixels of feathering at the mask's edge",
+        precision=0,
+        minimum=0,
+        elem_id="inpaint-mask-blur",
+    )
+    with gr.Group(visible=False, elem_id="outpaint-only") as outpaint_only:
+        side = "pixels to add, a multiple of 8"
+        with gr.Row():
+            for key in ("left", "right", "top", "bottom"):
+                fields[key] = gr.Number(
+                    value=0, label=key.capitalize(), info=side, precision=0, minimum=0, step=8,
+                    elem_id=f"outpaint-{key}",
+                )  # fmt: skip
+        fields["overlap"] = gr.Number(
+            value=default_of("outpaint", "overlap"),
+            label="Overlap",
+            info="pixels of the image along each new side repainted too, so the seam blends",
+            precision=0,
+            minimum=0,
+            elem_id="outpaint-overlap",
+        )
+    return outpaint_only
+
+
+def _handlers(ctx: AppContext, fields: dict[str, Any]) -> dict[str, Any]:
+    """What the tab's buttons, uploads and task choice do, by name."""
 
     def run(data: dict[Any, Any], progress: gr.Progress = gr.Progress()) -> tuple[Any, Any, str]:  # noqa: B008
         values = {key: data[component] for key, component in fields.items()}
-        out = generate_inpaint(
-            values,
-            pool=ctx.pool,
-            limits=ctx.limits,
-            store=ctx.store,
-            choices=ctx.task_choices(values.get("task") or "inpaint"),
-            on_step=progress_steps(progress),
-            is_cancelled=client_gone(),
-        )
+        out = generate_inpaint(values, pool=ctx.pool, limits=ctx.limits, store=ctx.store,
+                               choices=ctx.task_choices(values.get("task") or "inpaint"),
+                               on_step=progress_steps(progress), is_cancelled=client_gone())  # fmt: skip
         return str(out.path), gr.DownloadButton(value=str(out.path), visible=True), message("info", out.message)
 
     def load_image(path: str | None) -> tuple[Any, Any, str]:
@@ -142,8 +158,17 @@ def inpaint_tab(ctx: AppContext) -> dict[str, Any]:
     def task_defaults(task: str) -> tuple[Any, Any]:
         return gr.Slider(value=default_of(task, "strength")), gr.Number(value=default_of(task, "mask_blur"))
 
-    generate.click(
-        guarded(run, lambda msg: (gr.skip(), gr.skip(), msg)),
+    return {"run": run, "load_image": load_image, "load_mask_file": load_mask_file, "clear_mask": clear_mask,
+            "show_task": show_task, "task_defaults": task_defaults}  # fmt: skip
+
+
+def _wire(ctx: AppContext, fields: dict[str, Any], buttons: dict[str, Any], out: tuple[Any, Any, Any]) -> None:
+    """Connect the buttons, uploads and task choice to their handlers (generating one at a time, the
+    light jobs on the page's queue)."""
+    do = _handlers(ctx, fields)
+    status, result, download = out
+    buttons["generate"].click(
+        guarded(do["run"], lambda msg: (gr.skip(), gr.skip(), msg)),
         inputs=set(fields.values()),
         outputs=[result, download, status],
         show_progress_on=result,
@@ -151,26 +176,25 @@ def inpaint_tab(ctx: AppContext) -> dict[str, Any]:
         concurrency_id="generate",
     )
     light = {"concurrency_limit": 1, "concurrency_id": PAGE_QUEUE}  # queued, like every job that does work
-    upload.upload(
-        guarded(load_image, lambda msg: (gr.skip(), gr.skip(), msg)),
-        inputs=upload,
+    buttons["upload"].upload(
+        guarded(do["load_image"], lambda msg: (gr.skip(), gr.skip(), msg)),
+        inputs=buttons["upload"],
         outputs=[fields["mask"], fields["image"], status],
         **light,
     )
-    upload_mask.upload(
-        guarded(load_mask_file, lambda msg: (gr.skip(), msg)),
-        inputs=[upload_mask, fields["image"]],
+    buttons["upload_mask"].upload(
+        guarded(do["load_mask_file"], lambda msg: (gr.skip(), msg)),
+        inputs=[buttons["upload_mask"], fields["image"]],
         outputs=[fields["mask"], status],
         **light,
     )
-    clear.click(
-        guarded(clear_mask, lambda msg: (gr.skip(), msg)),
+    buttons["clear"].click(
+        guarded(do["clear_mask"], lambda msg: (gr.skip(), msg)),
         inputs=fields["image"],
         outputs=[fields["mask"], status],
         **light,
     )
-    fields["task"].change(show_task, inputs=fields["task"], outputs=outpaint_only, **light)
+    fields["task"].change(do["show_task"], inputs=fields["task"], outputs=buttons["outpaint_only"], **light)
     fields["task"].input(
-        task_defaults, inputs=fields["task"], outputs=[fields["strength"], fields["mask_blur"]], **light
+        do["task_defaults"], inputs=fields["task"], outputs=[fields["strength"], fields["mask_blur"]], **light
     )  # a user's choice: not when a PNG's settings set the task
-    return fields

@@ -39,6 +39,17 @@ at its size under the prompt. Low strength keeps the image, high strength re-dra
 def upscale_tab(ctx: AppContext) -> dict[str, Any]:
     """The tab's form components by API name (what a PNG's settings fill in), ``task`` included."""
     fields: dict[str, Any] = {}
+    parts = _inputs(ctx, fields)
+    parts["upscale_only"] = _task_settings(ctx, fields)
+    fields.update(sampling_controls(ctx, "upscale", None, placement_controls(ctx, "upscale", "upscale")))
+    fields.update(control_controls(ctx, "upscale"))
+    _wire(ctx, fields, parts, result_controls("upscale"))
+    return fields
+
+
+def _inputs(ctx: AppContext, fields: dict[str, Any]) -> dict[str, Any]:
+    """The image's upload and preview, the prompts, the task and the model; the preview, the upload
+    button and the Generate button by name."""
     with gr.Row():
         with gr.Column(scale=2, min_width=240):
             # the upload's path, kept on the server: Gradio's image component would open every upload with
@@ -65,6 +76,11 @@ def upscale_tab(ctx: AppContext) -> dict[str, Any]:
             generate = gr.Button("Generate", variant="primary", elem_id="upscale-generate")
             fields["task"] = gr.Radio(TASKS, value="upscale", label="Task", elem_id="upscale-task")
             fields["model"] = model_dropdown(ctx, "upscale")
+    return {"preview": preview, "upload": upload, "generate": generate}
+
+
+def _task_settings(ctx: AppContext, fields: dict[str, Any]) -> Any:
+    """Strength, and upscale's scale, upscaler and noise inversion; returns the row shown for upscale."""
     with gr.Row(equal_height=True):
         fields["strength"] = gr.Slider(
             0.01,
@@ -97,22 +113,17 @@ def upscale_tab(ctx: AppContext) -> dict[str, Any]:
                 info="start from the image's DDIM inversion, not fresh noise: keeps more detail (slower)",
                 elem_id="upscale-inversion",
             )
-    fields.update(sampling_controls(ctx, "upscale", None, placement_controls(ctx, "upscale", "upscale")))
-    fields.update(control_controls(ctx, "upscale"))
-    status, result, download = result_controls("upscale")
+    return upscale_only
+
+
+def _handlers(ctx: AppContext, fields: dict[str, Any]) -> dict[str, Any]:
+    """What the tab's button, upload and task choice do, by name."""
 
     def run(data: dict[Any, Any], progress: gr.Progress = gr.Progress()) -> tuple[Any, Any, str]:  # noqa: B008
         values = {key: data[component] for key, component in fields.items()}
-        out = generate_upscale(
-            values,
-            pool=ctx.pool,
-            limits=ctx.limits,
-            store=ctx.store,
-            upscalers=ctx.upscalers,
-            choices=ctx.task_choices(values.get("task") or "upscale"),
-            on_step=progress_steps(progress),
-            is_cancelled=client_gone(),
-        )
+        out = generate_upscale(values, pool=ctx.pool, limits=ctx.limits, store=ctx.store, upscalers=ctx.upscalers,
+                               choices=ctx.task_choices(values.get("task") or "upscale"),
+                               on_step=progress_steps(progress), is_cancelled=client_gone())  # fmt: skip
         return str(out.path), gr.DownloadButton(value=str(out.path), visible=True), message("info", out.message)
 
     def load_image(path: str | None, task: str, scale: float) -> tuple[Any, Any, str]:
@@ -133,8 +144,16 @@ def upscale_tab(ctx: AppContext) -> dict[str, Any]:
     def task_defaults(task: str) -> Any:
         return gr.Slider(value=default_of(task, "strength"))
 
-    generate.click(
-        guarded(run, lambda msg: (gr.skip(), gr.skip(), msg)),
+    return {"run": run, "load_image": load_image, "show_task": show_task, "task_defaults": task_defaults}
+
+
+def _wire(ctx: AppContext, fields: dict[str, Any], parts: dict[str, Any], out: tuple[Any, Any, Any]) -> None:
+    """Connect the button, the upload and the task choice to their handlers (generating one at a
+    time, the light jobs on the page's queue)."""
+    do = _handlers(ctx, fields)
+    status, result, download = out
+    parts["generate"].click(
+        guarded(do["run"], lambda msg: (gr.skip(), gr.skip(), msg)),
         inputs=set(fields.values()),
         outputs=[result, download, status],
         show_progress_on=result,
@@ -142,12 +161,11 @@ def upscale_tab(ctx: AppContext) -> dict[str, Any]:
         concurrency_id="generate",
     )
     light = {"concurrency_limit": 1, "concurrency_id": PAGE_QUEUE}  # queued, like every job that does work
-    upload.upload(
-        guarded(load_image, lambda msg: (gr.skip(), gr.skip(), msg)),
-        inputs=[upload, fields["task"], fields["scale"]],
-        outputs=[preview, fields["image"], status],
+    parts["upload"].upload(
+        guarded(do["load_image"], lambda msg: (gr.skip(), gr.skip(), msg)),
+        inputs=[parts["upload"], fields["task"], fields["scale"]],
+        outputs=[parts["preview"], fields["image"], status],
         **light,
     )
-    fields["task"].change(show_task, inputs=fields["task"], outputs=upscale_only, **light)
-    fields["task"].input(task_defaults, inputs=fields["task"], outputs=fields["strength"], **light)  # a user's choice
-    return fields
+    fields["task"].change(do["show_task"], inputs=fields["task"], outputs=parts["upscale_only"], **light)
+    fields["task"].input(do["task_defaults"], inputs=fields["task"], outputs=fields["strength"], **light)  # user choice
