@@ -21,6 +21,7 @@ from multidiffusion.app.widgets import (
     progress_steps,
     result_controls,
     sampling_controls,
+    strength_slider,
 )
 
 __all__ = ["IMAGE_TYPES", "inpaint_tab"]
@@ -95,23 +96,10 @@ def _editor(fields: dict[str, Any]) -> dict[str, Any]:
 
 def _task_settings(fields: dict[str, Any]) -> Any:
     """Strength and mask blur, and outpaint's sides and overlap; returns the group shown for outpaint."""
-    fields["strength"] = gr.Slider(
-        0.01,
-        1,
-        value=default_of("inpaint", "strength"),
-        step=0.01,
-        label="Strength",
-        info="1: repaint from noise; lower keeps some of what was there",
-        elem_id="inpaint-strength",
+    fields["strength"] = strength_slider(
+        "inpaint", "inpaint", "1: repaint from noise; lower keeps some of what was there"
     )
-    fields["mask_blur"] = gr.Number(
-        value=default_of("inpaint", "mask_blur"),
-        label="Mask blur",
-        info="pixels of feathering at the mask's edge",
-        precision=0,
-        minimum=0,
-        elem_id="inpaint-mask-blur",
-    )
+    fields["mask_blur"] = _pixels("inpaint", "mask_blur", "Mask blur", "pixels of feathering at the mask's edge")
     with gr.Group(visible=False, elem_id="outpaint-only") as outpaint_only:
         side = "pixels to add, a multiple of 8"
         with gr.Row():
@@ -120,15 +108,15 @@ def _task_settings(fields: dict[str, Any]) -> Any:
                     value=0, label=key.capitalize(), info=side, precision=0, minimum=0, step=8,
                     elem_id=f"outpaint-{key}",
                 )  # fmt: skip
-        fields["overlap"] = gr.Number(
-            value=default_of("outpaint", "overlap"),
-            label="Overlap",
-            info="pixels of the image along each new side repainted too, so the seam blends",
-            precision=0,
-            minimum=0,
-            elem_id="outpaint-overlap",
-        )
+        seam = "pixels of the image along each new side repainted too, so the seam blends"
+        fields["overlap"] = _pixels("outpaint", "overlap", "Overlap", seam)
     return outpaint_only
+
+
+def _pixels(task: str, key: str, label: str, info: str) -> Any:
+    """A number of pixels (0 or more) starting at the task's default; its id is ``{task}-{key}``."""
+    return gr.Number(value=default_of(task, key), label=label, info=info, precision=0, minimum=0,
+                     elem_id=f"{task}-{key.replace('_', '-')}")  # fmt: skip
 
 
 def _handlers(ctx: AppContext, fields: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from multidiffusion.app.widgets import (
     progress_steps,
     result_controls,
     sampling_controls,
+    strength_slider,
 )
 from multidiffusion.options import MAX_SCALE
 
@@ -82,15 +83,7 @@ def _inputs(ctx: AppContext, fields: dict[str, Any]) -> dict[str, Any]:
 def _task_settings(ctx: AppContext, fields: dict[str, Any]) -> Any:
     """Strength, and upscale's scale, upscaler and noise inversion; returns the row shown for upscale."""
     with gr.Row(equal_height=True):
-        fields["strength"] = gr.Slider(
-            0.01,
-            1,
-            value=default_of("upscale", "strength"),
-            step=0.01,
-            label="Strength",
-            info="the fraction of the steps that re-work the image",
-            elem_id="upscale-strength",
-        )
+        fields["strength"] = strength_slider("upscale", "upscale", "the fraction of the steps that re-work the image")
         with gr.Row(elem_id="upscale-only") as upscale_only:
             fields["scale"] = gr.Slider(
                 1,

@@ -12,7 +12,7 @@ import gradio as gr
 
 from multidiffusion.app.cancel import CancelCheck, Cancelled
 from multidiffusion.app.context import AppContext
-from multidiffusion.app.settings import random_seed
+from multidiffusion.app.settings import default_of, random_seed
 from multidiffusion.engine.schedulers import SCHEDULERS
 from multidiffusion.options import MIN_SIDE
 
@@ -30,6 +30,7 @@ __all__ = [
     "progress_steps",
     "result_controls",
     "sampling_controls",
+    "strength_slider",
 ]
 
 log = logging.getLogger("multidiffusion.app")
@@ -183,6 +184,12 @@ def sampling_controls(
         fields["stride"] = gr.Textbox(label="Stride", info="latent pixels; empty: window / 8 (the paper's)")
     dice.click(random_seed, outputs=fields["seed"], queue=False)
     return fields
+
+
+def strength_slider(task: str, prefix: str, info: str) -> Any:
+    """The Strength slider of an image task, starting at the task's default."""
+    return gr.Slider(0.01, 1, value=default_of(task, "strength"), step=0.01, label="Strength", info=info,
+                     elem_id=f"{prefix}-strength")  # fmt: skip
 
 
 def placement_controls(ctx: AppContext, prefix: str, task: str) -> Callable[[dict[str, Any]], None]:
