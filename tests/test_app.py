@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from multidiffusion.app import ModelPool, ServerLimits
+from multidiffusion.app.from_png import values_from_png
 from multidiffusion.app.handlers import OutputStore, generate_panorama
 from multidiffusion.app.settings import (
     PANORAMA_CHOICES,
@@ -20,7 +21,6 @@ from multidiffusion.app.settings import (
     format_window,
     panorama_request,
     parse_window,
-    values_from_png,
 )
 from multidiffusion.cli import main
 from multidiffusion.files.metadata import read_parameters, save_png

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from multidiffusion.app import ModelPool, ServerLimits
+from multidiffusion.app.from_png import values_from_png
 from multidiffusion.app.handlers import (
     Cancelled,
     OutputStore,
@@ -26,7 +27,7 @@ from multidiffusion.app.handlers import (
     load_mask,
 )
 from multidiffusion.app.inputs import MASK_ALPHA, editor_value, mask_from_editor, read_upload
-from multidiffusion.app.settings import inpaint_request, steps_that_run, upscale_request, values_from_png
+from multidiffusion.app.settings import inpaint_request, steps_that_run, upscale_request
 from multidiffusion.app.upscalers import Upscalers, parse_upscaler
 from multidiffusion.files.metadata import read_parameters, save_png
 from multidiffusion.tasks import TASKS

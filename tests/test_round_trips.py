@@ -15,13 +15,13 @@ import pytest
 from PIL import Image
 
 from multidiffusion.app import ModelPool, ServerLimits
+from multidiffusion.app.from_png import values_from_png
 from multidiffusion.app.settings import (
     available_choices,
     inpaint_request,
     panorama_request,
     regions_request,
     upscale_request,
-    values_from_png,
 )
 from multidiffusion.files.metadata import read_settings
 from multidiffusion.pipeline import MultiDiffusion

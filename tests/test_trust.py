@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from multidiffusion.app import ModelPool, ServerLimits
-from multidiffusion.app.settings import values_from_png
+from multidiffusion.app.from_png import values_from_png
 from multidiffusion.files.metadata import settings_from_parameters
 from multidiffusion.files.scene import load_scene, parse_scene
 from multidiffusion.io.trust import Origin, RecordedFile, RepoId, TypedPath, is_repo_id

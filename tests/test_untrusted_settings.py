@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from PIL import Image, PngImagePlugin
 
 from multidiffusion.app import ModelPool, ServerLimits
-from multidiffusion.app.settings import PANORAMA_KEYS, panorama_request, values_from_png
+from multidiffusion.app.from_png import values_from_png
+from multidiffusion.app.settings import PANORAMA_KEYS, panorama_request
 from multidiffusion.files.metadata import METADATA_KEY, settings_from_parameters
 from multidiffusion.files.scene import load_scene, parse_scene
 from multidiffusion.options import MAX_SEED, TASK_OPTIONS, PanoramaOptions, build_options

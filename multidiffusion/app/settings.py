@@ -20,33 +20,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image
-
 from multidiffusion.app.inputs import mask_from_editor, read_upload
-from multidiffusion.app.layout import layout_from_regions, page_regions
+from multidiffusion.app.layout import page_regions
 from multidiffusion.app.limits import ServerLimits
 from multidiffusion.app.models import ModelPool
 from multidiffusion.app.upscalers import Upscalers
-from multidiffusion.conditionings import image_fields
-from multidiffusion.files.metadata import read_settings
-from multidiffusion.files.scene import parse_scene
 from multidiffusion.io import ranges
-from multidiffusion.io.trust import Origin
 from multidiffusion.options import (
     PLACEMENTS,
-    SCHEDULER_NAMES,
     TASK_OPTIONS,
     WEIGHTS,
     SamplingOptions,
     build_options,
     check_choice,
-    input_fields,
     random_seed,
 )
 from multidiffusion.options import Limits as TaskLimits
 
 __all__ = [
-    "IMAGE_INPUTS",
     "IMAGE_KEYS",
     "INPAINT_TASKS",
     "PANORAMA_CHOICES",
@@ -65,7 +56,6 @@ __all__ = [
     "regions_request",
     "steps_that_run",
     "upscale_request",
-    "values_from_png",
 ]
 
 
@@ -307,93 +297,3 @@ def _upload(value: Any, name: str, limits: ServerLimits) -> Any:
     if not isinstance(value, (str, os.PathLike)):
         raise ValueError(f"{name}: expected an uploaded file, got {type(value).__name__}")
     return read_upload(value, name, limits)
-
-
-IMAGE_INPUTS = tuple(k for k in input_fields() if k not in image_fields())  # the tasks' own: image, mask
-"""Stored settings the page never reads back: the inputs are uploaded again (the PNG records only
-their names and SHA-256, and the server opens no file a PNG names)."""
-
-
-def values_from_png(
-    path: str | os.PathLike, limits: ServerLimits, pool: ModelPool, upscalers: Upscalers | None = None
-) -> tuple[str, dict[str, Any], list[str]]:
-    """(mode, form values by key, notes) from a PNG this tool wrote; ValueError if it holds none.
-
-    Settings this server can't honour are adjusted and explained in the notes (a model or an
-    upscaler it doesn't offer, a size above its limits); the form is never given a path to load, and
-    an image task's input image and mask are left for the user to upload again.
-    """
-    limits.check_upload("the PNG", os.path.getsize(path))
-    stored = read_settings(path)  # the library's one reader: masks embedded, never a path
-    mode = stored.task
-    # an upscaler file is kept apart by name (never loaded from a PNG): the form maps it to the
-    # operator's upscaler of that name, if any
-    params = {**stored.values, **stored.files, "model": stored.model}
-    notes: list[str] = []
-    values: dict[str, Any] = {}
-    keys = TASK_KEYS.get(mode, (*PANORAMA_KEYS, "background", "bootstrap_steps"))
-    for key in (*keys, *(c.key for c in PANORAMA_CHOICES)):
-        if params.get(key) is not None:
-            values[key] = params[key]
-    for key in ("window", "stride"):
-        if key in values:
-            values[key] = format_window(values[key])
-    model = values.get("model")
-    if model is not None and model not in pool.names:
-        notes.append(f"model {model!r} is not offered by this server; using {pool.default!r}")
-        values["model"] = pool.default
-    for key in ("width", "height"):
-        if isinstance(values.get(key), int) and values[key] > limits.max_side:
-            notes.append(f"{key} {values[key]} is above this server's limit; set to {limits.max_side}")
-            values[key] = limits.max_side
-    steps = values.get("num_inference_steps")
-    if isinstance(steps, int) and steps > limits.max_steps:
-        notes.append(f"steps {steps} is above this server's limit; set to {limits.max_steps}")
-        values["num_inference_steps"] = limits.max_steps
-    if values.get("scheduler") not in (None, *SCHEDULER_NAMES):
-        notes.append(f"scheduler {values['scheduler']!r} is not in the list; using ddim")
-        values["scheduler"] = "ddim"
-    adjusted = ("scheduler", "width", "height", "num_inference_steps")
-    check = {**stored.values, **{k: values[k] for k in adjusted if k in values}}
-    if mode in TASK_KEYS:
-        values["task"] = mode
-        check = _image_placeholders(mode, check)
-        if "upscaler" in values:
-            upscalers = upscalers or Upscalers()
-            name = upscalers.name_of(values["upscaler"])
-            if name is None:
-                given = values["upscaler"]
-                shown = given.get("path") if isinstance(given, Mapping) else given  # a file's record
-                notes.append(f"upscaler {shown!r} is not offered by this server; using 'lanczos'")
-                name = "lanczos"
-            values["upscaler"] = name  # the operator's: checked when it runs, not with the PNG's settings
-        notes.append("the input image is not stored in the PNG: upload it again" + (
-            " and paint its mask" if mode == "inpaint" else ""))  # fmt: skip
-    try:  # the same checks as a run, once this server's adjustments (noted above) are made, by the one
-        # reader of settings as stored ones: they name no file (masks embedded; records never opened)
-        parse_scene({**check, "task": mode}, source="", origin=Origin.stored())
-    except ValueError as exc:
-        raise ValueError(f"the image's settings can't be used: {exc}") from None
-    if mode == "regions":
-        width, height = values.get("width"), values.get("height")
-        if not (isinstance(width, int) and isinstance(height, int)):
-            raise ValueError("the image's region settings have no canvas size")
-        try:
-            layout, colours, boxes, more = layout_from_regions(params.get("regions") or [], width, height)
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise ValueError(f"the image's regions can't be read: {exc}") from None
-        values.update(layout=layout, colours=colours, boxes=boxes)
-        notes += more
-    return mode, values, notes
-
-
-def _image_placeholders(mode: str, stored: Mapping[str, Any]) -> dict[str, Any]:
-    """``stored`` as an image task's settings are checked here: blank images stand for the inputs
-    (nothing the PNG names is opened), without the stored canvas size (the upload's gives it) or a
-    pickle's permission."""
-    dropped = ("height", "width", "allow_pickle", *IMAGE_INPUTS)
-    out = {k: v for k, v in stored.items() if k not in dropped}
-    out["image"] = Image.new("RGB", (64, 64))
-    if mode == "inpaint":
-        out["mask"] = Image.new("L", (64, 64), 255)
-    return out

@@ -14,10 +14,11 @@ from typing import Any
 import gradio as gr
 
 from multidiffusion.app.context import AppContext
+from multidiffusion.app.from_png import IMAGE_INPUTS, values_from_png
 from multidiffusion.app.inpaint_tab import inpaint_tab
 from multidiffusion.app.panorama_tab import panorama_tab
 from multidiffusion.app.regions_tab import regions_tab
-from multidiffusion.app.settings import IMAGE_INPUTS, INPAINT_TASKS, UPSCALE_TASKS, values_from_png
+from multidiffusion.app.settings import INPAINT_TASKS, UPSCALE_TASKS
 from multidiffusion.app.upscale_tab import upscale_tab
 from multidiffusion.app.widgets import CSS, PAGE_QUEUE, THEME, guarded, message
 
