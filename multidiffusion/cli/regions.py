@@ -86,7 +86,35 @@ def box_type(text: str) -> list[int] | list[float]:
 
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("scene", nargs="?", help="scene file (.toml or .json); flags override its settings")
-    g = p.add_argument_group("layout")
+    _layout_flags(p.add_argument_group("layout"))
+    g = p.add_argument_group("input image (optional)")
+    g.add_argument(
+        "-i",
+        "--image",
+        metavar="FILE",
+        help="re-work this image under the layout instead of starting from noise (the canvas defaults to its size); "
+        "the result's PNG records its path and SHA-256",
+    )
+    g.add_argument(
+        "--strength",
+        type=float,
+        metavar="S",
+        help="with --image: how much of it is re-worked, in (0, 1]: the fraction of the steps that run (default 0.75)",
+    )
+    g = p.add_argument_group("canvas")
+    g.add_argument("--width", type=int, help="pixels, a multiple of 8 (default: the model's native size)")
+    g.add_argument("--height", type=int, help="pixels, a multiple of 8 (default: the model's native size)")
+    g.add_argument("--window", type=window_type, help="window in latent pixels, N or HxW (default: the model's native)")
+    g.add_argument("--stride", type=window_type, help="window stride in latent pixels (default: window / 8)")
+    g.add_argument("--circular", action="store_true", default=None, help="wrap around the horizontal edge")
+    add_sampling_options(p)
+    add_model_options(p)
+    p.set_defaults(run=run, region_specs=None)
+
+
+def _layout_flags(g: argparse._ArgumentGroup) -> None:
+    """The layout's flags: the background, the regions (--region and what follows it), a colour map,
+    bootstrapping and the preview."""
     g.add_argument("--background", help="prompt for everything outside the regions")
     g.add_argument("--region", dest="region_specs", action=RegionAction, metavar="PROMPT", help="a region's prompt")
     g.add_argument(
@@ -128,7 +156,7 @@ def register(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--preview",
         action="store_true",
-        help="also write the layout as OUTPUT-layout.png, before generating (--preview-only: without generating)",
+        help="also write the layout as OUTPUT-layout.png, before the model loads (--preview-only: without generating)",
     )
     g.add_argument("--preview-only", action="store_true", help="write only the layout preview; load no model")
     g.add_argument(
@@ -136,29 +164,6 @@ def register(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="let a scene file read masks, maps and images outside its own folder (refused by default)",
     )
-    g = p.add_argument_group("input image (optional)")
-    g.add_argument(
-        "-i",
-        "--image",
-        metavar="FILE",
-        help="re-work this image under the layout instead of starting from noise (the canvas defaults to its size); "
-        "the result's PNG records its path and SHA-256",
-    )
-    g.add_argument(
-        "--strength",
-        type=float,
-        metavar="S",
-        help="with --image: how much of it is re-worked, in (0, 1]: the fraction of the steps that run (default 0.75)",
-    )
-    g = p.add_argument_group("canvas")
-    g.add_argument("--width", type=int, help="pixels, a multiple of 8 (default: the model's native size)")
-    g.add_argument("--height", type=int, help="pixels, a multiple of 8 (default: the model's native size)")
-    g.add_argument("--window", type=window_type, help="window in latent pixels, N or HxW (default: the model's native)")
-    g.add_argument("--stride", type=window_type, help="window stride in latent pixels (default: window / 8)")
-    g.add_argument("--circular", action="store_true", default=None, help="wrap around the horizontal edge")
-    add_sampling_options(p)
-    add_model_options(p)
-    p.set_defaults(run=run, region_specs=None)
 
 
 def _colour_table(text: str) -> dict[str, Any]:
