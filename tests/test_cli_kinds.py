@@ -81,3 +81,20 @@ def test_an_ip_adapter_from_the_command_line_and_again_from_its_png(adapter, tin
         code == 2
         and err.strip() == "error: --ip-adapter-subfolder: name the IP-Adapter too (--ip-adapter FOLDER_OR_REPO)"
     )
+
+
+def test_a_batch_loads_its_model_with_the_typed_model_flags(monkeypatch):
+    """--original-size, --positions ... typed with `multidiffusion batch` reach the model's loading
+    (they were parsed and then dropped)."""
+    from types import SimpleNamespace
+
+    from multidiffusion.cli import batch
+
+    loaded = []
+    monkeypatch.setattr(batch, "load_model", lambda *a, **k: loaded.append(k) or SimpleNamespace(
+        set_progress_bar_config=lambda **_: None))  # fmt: skip
+    args = _verbs(build_parser())["batch"].parse_args(
+        ["jobs.jsonl", "--original-size", "window", "--positions", "canvas"]
+    )
+    batch._Models(args).get(SimpleNamespace(model=None, controlnet=None))
+    assert loaded == [{"original_size": "window", "positions": "canvas"}]

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from multidiffusion.cli.batch_items import Item, read_items
-from multidiffusion.cli.common import add_model_options, fail, load_model
+from multidiffusion.cli.common import add_model_options, fail, load_model, typed_model_options
 from multidiffusion.cli.sources import named_pickle
 from multidiffusion.io.text import (
     TextFileError,
@@ -172,7 +172,8 @@ class _Models:
                 raise ValueError(refusal)
         if (model, nets) != self.key:
             self.md = None  # free the previous one first
-            md = load_model(model, self.args, typed and bool(self.args.allow_pickle), list(nets) or None)
+            pickles = typed and bool(self.args.allow_pickle)
+            md = load_model(model, self.args, pickles, list(nets) or None, **typed_model_options(self.args))
             md.set_progress_bar_config(disable=True)  # the batch's bar counts images
             self.md, self.key = md, (model, nets)
         return self.md

@@ -36,6 +36,7 @@ __all__ = [
     "report",
     "scene_file",
     "typed_file",
+    "typed_model_options",
     "window_type",
     "with_flag",
 ]
@@ -235,6 +236,11 @@ def with_flag(message: str, flags: dict[str, str], given: dict[str, Any]) -> str
         if key in given and message.startswith((f"{key} ", f"{key}:", f"{key}[")):
             return f"{message} (--{flag.replace('_', '-')})"
     return message
+
+
+def typed_model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The model options typed as flags (every family's: :func:`~multidiffusion.models.model_flags`)."""
+    return {name: getattr(args, name) for _, name, _ in model_flags() if getattr(args, name, None) is not None}
 
 
 def load_model(

@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from multidiffusion.cli.common import fail
+from multidiffusion.cli.common import fail, typed_model_options
 from multidiffusion.files.metadata import StoredSettings, is_model_name, model_label, read_settings
 from multidiffusion.io.trust import TypedPath, pickle_allowed, typed_weights
 
@@ -156,9 +156,7 @@ def model_choice(
     model --allow-pickle covers); else a scene file's model (a file under its folder, or a repo id
     from the hub); else the model --from's PNG names, if it is the demo or a repo id (stored
     settings never name files to load, see :mod:`multidiffusion.files.metadata`); else the demo."""
-    from multidiffusion.models import model_flags
-
-    typed = {name: getattr(args, name) for _, name, _ in model_flags() if getattr(args, name, None) is not None}
+    typed = typed_model_options(args)
     if args.model is not None:  # the stored model's options apply when it is the same model
         same = stored is not None and stored.model == model_label(args.model)
         return args.model, bool(args.allow_pickle), {**(stored.model_options if same else {}), **typed}
