@@ -35,7 +35,7 @@ class FamilyAdapter(ModelAdapter):
     """
 
     family: ClassVar[str] = "base"
-    """Short name, recorded nowhere but shown in messages ("sd", "sdxl", "sd3", "flux")."""
+    """Short name: ``md.family``, and in messages ("sd", "sdxl", "sd3", "flux")."""
     label: ClassVar[str] = ""
     """The family in a few words, for flags' help ("SDXL", "FLUX.1")."""
     description: ClassVar[str] = ""
