@@ -55,18 +55,7 @@ def build_controls(options: Any, adapter: Any, task: Any) -> ControlNetCondition
         own_mode = (modes[i],) if moded and not union else None  # FLUX: a pass per image, with its mode
         controls.append(Control(net, image, scale, start, end, modes=own_mode, factor=factor))
     if union and controls:  # one model, all the images at once
-        ranges = tuple((c.start, c.end) for c in controls)
-        controls = [
-            Control(
-                nets[0],
-                [c.image for c in controls],
-                [float(c.scale) for c in controls],
-                min(r[0] for r in ranges),
-                max(r[1] for r in ranges),
-                modes=tuple(modes),
-                ranges=ranges,
-            )
-        ]
+        controls = [_union_control(nets[0], controls, modes)]
     if moded and regional:
         raise ValueError(f"{regional[0][1]}: a region's control image with a Union ControlNet is not supported")
     start, end = (settings[0][2], settings[0][3]) if settings else (0.0, 1.0)
@@ -79,6 +68,21 @@ def build_controls(options: Any, adapter: Any, task: Any) -> ControlNetCondition
         controls.append(Control(nets[index], latents, scale, start, end, frozenset([slot]), factor=factor))
     recorded = _recorded(settings, options) if settings else {}
     return ControlNetConditioning(controls, adapter.vae_scale_factor, options.guess_mode, recorded)
+
+
+def _union_control(net: Any, controls: list[Control], modes: list[Any]) -> Control:
+    """The one :class:`Control` of a Union ControlNet that takes every control image in one pass,
+    each with its mode, scale and range."""
+    ranges = tuple((c.start, c.end) for c in controls)
+    return Control(
+        net,
+        [c.image for c in controls],
+        [float(c.scale) for c in controls],
+        min(r[0] for r in ranges),
+        max(r[1] for r in ranges),
+        modes=tuple(modes),
+        ranges=ranges,
+    )
 
 
 def _settings(options: Any, adapter: Any) -> list[tuple[Any, float, float, float, str]]:

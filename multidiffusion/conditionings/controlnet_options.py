@@ -102,16 +102,7 @@ def check_controls(options: Any) -> None:
     if not isinstance(options.guess_mode, bool):
         raise ValueError(f"guess_mode must be True or False, got {options.guess_mode!r}")
     if options.control_image is None:
-        for key, default in (
-            ("controlnet_conditioning_scale", 1.0),
-            ("control_guidance_start", 0.0),
-            ("control_guidance_end", 1.0),
-        ):
-            if getattr(options, key) != default:
-                also = ' (control_image="input": the resized input)' if options.input_control else ""
-                raise ValueError(f"{key} applies to a control image: give control_image too{also}")
-        if options.control_mode is not None:
-            raise ValueError("control_mode applies to control images (a Union ControlNet's): give control_image too")
+        _check_without_image(options)
         return
     from multidiffusion.io.image_loader import input_image
 
@@ -149,19 +140,38 @@ def check_controls(options: Any) -> None:
     for i, name in enumerate(chosen):
         check_choice(f"control_preprocessor[{i}]" if n > 1 else "control_preprocessor", name, tuple(PREPROCESSORS))
     options.control_preprocessor = chosen if n > 1 else chosen[0]
-    modes = options.control_mode
-    if modes is not None:
-        listed = list(modes) if isinstance(modes, (list, tuple)) else [modes]
-        if len(listed) != n:
-            raise ValueError(
-                f"control_mode must be an integer or a list of {n} integers (a Union ControlNet's mode for each "
-                f"control image), got {modes!r}"
-            )
-        listed = [check_int(f"control_mode[{i}]" if n > 1 else "control_mode", m, 0) for i, m in enumerate(listed)]
-        options.control_mode = listed if n > 1 else listed[0]
+    options.control_mode = _modes(options.control_mode, n)
     options.controlnet_conditioning_scale = scales if n > 1 else scales[0]
     options.control_guidance_start = starts if n > 1 else starts[0]
     options.control_guidance_end = ends if n > 1 else ends[0]
+
+
+def _check_without_image(options: Any) -> None:
+    """Without a control image, the settings that apply to one must keep their defaults."""
+    for key, default in (
+        ("controlnet_conditioning_scale", 1.0),
+        ("control_guidance_start", 0.0),
+        ("control_guidance_end", 1.0),
+    ):
+        if getattr(options, key) != default:
+            also = ' (control_image="input": the resized input)' if options.input_control else ""
+            raise ValueError(f"{key} applies to a control image: give control_image too{also}")
+    if options.control_mode is not None:
+        raise ValueError("control_mode applies to control images (a Union ControlNet's): give control_image too")
+
+
+def _modes(modes: Any, n: int) -> int | list[int] | None:
+    """A Union ControlNet's ``control_mode``: None, or an integer ≥ 0 per control image (one: the integer)."""
+    if modes is None:
+        return None
+    listed = list(modes) if isinstance(modes, (list, tuple)) else [modes]
+    if len(listed) != n:
+        raise ValueError(
+            f"control_mode must be an integer or a list of {n} integers (a Union ControlNet's mode for each "
+            f"control image), got {modes!r}"
+        )
+    listed = [check_int(f"control_mode[{i}]" if n > 1 else "control_mode", m, 0) for i, m in enumerate(listed)]
+    return listed if n > 1 else listed[0]
 
 
 def control_settings(options: Any) -> list[tuple[Any, float, float, float, str]]:

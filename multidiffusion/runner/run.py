@@ -85,13 +85,7 @@ def run(
     slots = task.prompt_slots()
     batch = len(slots.prompts[0]) * options.num_images_per_prompt
     _check_generator(generator, batch)
-    scheduler = options.scheduler if options.scheduler is not None else settings.scheduler
-    sched = make_scheduler(scheduler, adapter.pipe.scheduler.config)
-    if shard is not None:  # before the inputs are used (the sharded VAE encode included): every input agrees
-        identity = {"model settings": adapter.parameters(), "LoRAs": settings.lora_files, "decoding": settings.decode}
-        shard.check_same("a sharded run", distributed.call_digests(options, sched, adapter.pipe, identity))
-    plan_for_step, timesteps = planned_steps(task, sched, generator)
-    check_budget(task, plan_for_step, batch, len(timesteps), settings.decode)  # model, VAE, prompts: no call yet
+    scheduler, sched, plan_for_step, timesteps = _schedule(task, settings, generator, shard, batch)
 
     h, w = task.latent_size
     vae_tiling = {**settings.decode, "share": shard}  # a sharded run splits the VAE's tiles too
@@ -99,21 +93,8 @@ def run(
     noise = _initial_noise(adapter, (batch, adapter.latent_channels, h, w), generator, latents)
     if shard is not None:
         shard.check_same("a sharded run", _call_fingerprint(task, slots, noise, len(timesteps), plan_for_step(0)))
-    cond, guidance = adapter.condition(slots, options.num_images_per_prompt)
-    conditionings = prepare_conditionings(Context(adapter, pipeline), options, task)
-    if not any(c.branches_differ for c in conditionings):  # else the unconditional branch gets other inputs
-        cond = _without_idle_guidance(cond)
-    stats = SamplingStats()
-    model = GuidedModel(
-        adapter,
-        cond,
-        guidance,
-        (h, w),
-        stats,
-        share_prefix=settings.share_prefix,
-        share_unconditional=settings.share_unconditional,
-        conditionings=conditionings,
-    )
+    model = _guided_model(task, settings, slots, pipeline)
+    stats = model.stats
     batch_size = options.view_batch_size or auto_batch(adapter)
     start = Start(noise, sched, generator, timesteps, model, plan_for_step, batch_size)
     composer = task.composer(start)
@@ -134,31 +115,84 @@ def run(
             callback=callback,
             progress=progress,
         )
-    params = {
+    params = _parameters(task, settings, scheduler, model.conditionings, _seed_of(generator, latents))
+    stats.counts.update(model.counts())
+    images = _decoded(task, x, vae_tiling, stats, shard, reduced)
+    stats.seconds = time.perf_counter() - started
+    return MultiDiffusionOutput(images, params, stats)
+
+
+def _schedule(task: Task, settings: RunSettings, generator: Generator, shard: Any, batch: int) -> tuple:
+    """(the scheduler as given, the call's scheduler, ``plan_for_step``, the timesteps that run),
+    after the ranks of a sharded run agree on every input and the call fits the budget (model, VAE,
+    prompts: before any model call)."""
+    adapter, options = task.adapter, task.options
+    scheduler = options.scheduler if options.scheduler is not None else settings.scheduler
+    sched = make_scheduler(scheduler, adapter.pipe.scheduler.config)
+    if shard is not None:  # before the inputs are used (the sharded VAE encode included): every input agrees
+        identity = {"model settings": adapter.parameters(), "LoRAs": settings.lora_files, "decoding": settings.decode}
+        shard.check_same("a sharded run", distributed.call_digests(options, sched, adapter.pipe, identity))
+    plan_for_step, timesteps = planned_steps(task, sched, generator)
+    check_budget(task, plan_for_step, batch, len(timesteps), settings.decode)
+    return scheduler, sched, plan_for_step, timesteps
+
+
+def _guided_model(task: Task, settings: RunSettings, slots: Any, pipeline: Any) -> GuidedModel:
+    """The call's guided model: its prompts encoded once, its conditionings prepared (every kind's
+    ``prepare``), guidance skipped where it is a no-op."""
+    adapter, options = task.adapter, task.options
+    cond, guidance = adapter.condition(slots, options.num_images_per_prompt)
+    conditionings = prepare_conditionings(Context(adapter, pipeline), options, task)
+    if not any(c.branches_differ for c in conditionings):  # else the unconditional branch gets other inputs
+        cond = _without_idle_guidance(cond)
+    return GuidedModel(
+        adapter,
+        cond,
+        guidance,
+        task.latent_size,
+        SamplingStats(),
+        share_prefix=settings.share_prefix,
+        share_unconditional=settings.share_unconditional,
+        conditionings=conditionings,
+    )
+
+
+def _parameters(
+    task: Task, settings: RunSettings, scheduler: Any, conditionings: list[Any], seed: int | None
+) -> dict[str, Any]:
+    """The settings that regenerate the result: the task's, the model's, the common ones and every
+    conditioning's record."""
+    options = task.options
+    lora_files = {k: dict(v) for k, v in settings.lora_files.items()}
+    return {
         "task": task.name,
         **task.parameters(),
-        **adapter.parameters(),
+        **task.adapter.parameters(),
         "model": settings.model_name,
-        **({"lora_files": {k: dict(v) for k, v in settings.lora_files.items()}} if settings.lora_files else {}),
+        **({"lora_files": lora_files} if lora_files else {}),
         "num_inference_steps": options.num_inference_steps,
         "guidance_scale": options.guidance_scale,
         "num_images_per_prompt": options.num_images_per_prompt,
         "scheduler": _scheduler_label(scheduler),
         "eta": options.eta,
         **{k: v for c in conditionings for k, v in c.record().items()},
-        "seed": _seed_of(generator, latents),
+        "seed": seed,
         "multidiffusion_version": __version__,
     }
-    stats.counts.update(model.counts())
+
+
+def _decoded(task: Task, x: torch.Tensor, vae_tiling: dict, stats: SamplingStats, shard: Any, reduced: int) -> Any:
+    """The sampled latents ``x`` decoded (tiled) to the requested output type; in a sharded run, the
+    bytes exchanged counted (all-reduced since ``reduced``: the sampling's; the VAE's) and the
+    counts summed over the ranks."""
     if shard is not None:
         stats.bytes_all_reduced = shard.bytes_all_reduced - reduced
         exchanged = shard.bytes_all_reduced + shard.bytes_broadcast
-    images = _postprocess(adapter, x, options.output_type, task.circular, vae_tiling)
+    images = _postprocess(task.adapter, x, task.options.output_type, task.circular, vae_tiling)
     if shard is not None:
         stats.vae_bytes = shard.bytes_all_reduced + shard.bytes_broadcast - exchanged
         _sum_counts(stats, shard)
-    stats.seconds = time.perf_counter() - started
-    return MultiDiffusionOutput(images, params, stats)
+    return images
 
 
 def _call_fingerprint(task: Task, slots: Any, noise: torch.Tensor, steps: int, plan: Any) -> dict[str, int]:
