@@ -198,10 +198,8 @@ def estimate_run(
     """The estimate of ``task`` given what the runner has before its first model call: the jobs of
     the first step's plan (or, not ``exact``, their bound from the window grid), the images of the
     batch and the steps that run; ``decode`` the VAE's tiling."""
-    import torch
-
     decode = decode or {}
-    adapter, options = task.adapter, task.options
+    adapter = task.adapter
     extra = task.extra_evaluations(jobs)
     slots = task.prompt_slots()
     window = math.prod(adapter.native_latent_size)
@@ -218,30 +216,11 @@ def estimate_run(
     guided = max(slots.guidance) > 1.0
     vae_cost /= 2 if guided else 1  # a window evaluation runs once per guidance branch: rows, not jobs
     prompt_cost /= 2 if guided else 1
-    # memory: canvas tensors (the adapter's dtype), per-slot weights, the output and input pixels
-    size = task.size
-    item = torch.empty((), dtype=adapter.dtype).element_size()
-    h, w = latent
-    canvas = CANVAS_COPIES * images * adapter.latent_channels * h * w * item + len(slots.prompts) * h * w * 4
-    canvas += jobs * PLAN_BYTES_PER_JOB
-    pixels = images * size[0] * size[1] * 3 * 2  # the 8-bit output and its PIL copy
-    pixels += images * size[0] * size[1] * 3 * 4 if encode_tiles else 0  # the input as float32
-    from multidiffusion.vae.codec import cache_bytes, default_tile
-
-    vae = adapter.vae
-    tile = (decode.get("tile") or default_tile(vae)) * adapter.vae_scale_factor
-    first = _first_channels(vae)
-    vae_work = ACTIVATION_COPIES // 4 * images * first * tile * tile * item  # one tile's activations
-    if kind.startswith("exact"):
-        # the kept activations: at most the cache's budget, and no more than every tile's (a small
-        # canvas keeps little: counting the whole 2 GiB budget refused tiny runs on small machines)
-        vae_work += min(cache_bytes(decode.get("cache_mb"), adapter.device), tiles * vae_work)
-    rows = min(options.view_batch_size or auto_batch(adapter), max(jobs, 1)) * (2 if guided else 1)
-    widest = _first_channels(adapter.unet)
-    views = ACTIVATION_COPIES * rows * widest * window * item
+    vae = (tiles, kind, bool(encode_tiles))
+    canvas, vae_work, views = _memory(task, jobs, images, decode, vae, guided, len(slots.prompts))
     return Estimate(
         task=task.name,
-        size=size,
+        size=task.size,
         images=images,
         jobs_per_step=jobs,
         steps=steps,
@@ -253,13 +232,45 @@ def estimate_run(
         prompt_slots=len(slots.prompts),
         prompt_chars=chars,
         prompt_cost=prompt_cost,
-        canvas_bytes=canvas + pixels,
+        canvas_bytes=canvas,
         vae_bytes=vae_work,
         views_bytes=views,
         available_bytes=available_memory(adapter.device),
         device=str(adapter.device),
         exact=exact,
     )
+
+
+def _memory(
+    task: Any, jobs: int, images: int, decode: dict[str, Any], vae: tuple[int, str, bool], guided: bool, slots: int
+) -> tuple[int, int, int]:
+    """(canvas bytes, VAE bytes, views bytes) of a run: the canvas tensors (the adapter's dtype),
+    per-slot weights, the output and input pixels; one VAE tile's activations and what its cache
+    keeps; a batch of views' activations. ``vae``: (tiles, tiling kind, whether the input is encoded);
+    ``slots``: the prompt slots."""
+    import torch
+
+    from multidiffusion.vae.codec import cache_bytes, default_tile
+
+    adapter, options = task.adapter, task.options
+    tiles, kind, encodes = vae
+    size, (h, w) = task.size, task.latent_size
+    item = torch.empty((), dtype=adapter.dtype).element_size()
+    canvas = CANVAS_COPIES * images * adapter.latent_channels * h * w * item + slots * h * w * 4
+    canvas += jobs * PLAN_BYTES_PER_JOB
+    pixels = images * size[0] * size[1] * 3 * 2  # the 8-bit output and its PIL copy
+    pixels += images * size[0] * size[1] * 3 * 4 if encodes else 0  # the input as float32
+    tile = (decode.get("tile") or default_tile(adapter.vae)) * adapter.vae_scale_factor
+    first = _first_channels(adapter.vae)
+    vae_work = ACTIVATION_COPIES // 4 * images * first * tile * tile * item  # one tile's activations
+    if kind.startswith("exact"):
+        # the kept activations: at most the cache's budget, and no more than every tile's (a small
+        # canvas keeps little: counting the whole 2 GiB budget refused tiny runs on small machines)
+        vae_work += min(cache_bytes(decode.get("cache_mb"), adapter.device), tiles * vae_work)
+    rows = min(options.view_batch_size or auto_batch(adapter), max(jobs, 1)) * (2 if guided else 1)
+    window = math.prod(adapter.native_latent_size)
+    views = ACTIVATION_COPIES * rows * _first_channels(adapter.unet) * window * item
+    return canvas + pixels, vae_work, views
 
 
 def auto_batch(adapter: Any) -> int:
