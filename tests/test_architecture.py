@@ -1,5 +1,7 @@
-"""The package's shape: no import cycles, layers that only look down, no training or test code in
-what the library imports at run time."""
+"""The package's shape: no import cycles (between modules and between packages, imports under
+``TYPE_CHECKING`` included), an engine that only looks down, no module over 400 lines, no training
+or test code in what the library imports at run time. No exceptions lists: a rule that needs one
+is a rule to change, in this file, with the reason."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from pathlib import Path
 import multidiffusion
 
 PACKAGE = Path(multidiffusion.__file__).parent
+MAX_MODULE_LINES = 400
 
 
 def module_name(path: Path) -> str:
@@ -17,26 +20,19 @@ def module_name(path: Path) -> str:
 
 
 def imports_of(path: Path) -> set[str]:
-    """Every package module ``path`` imports, at module level or inside functions (a lazy import is
-    still a dependency), except under ``if TYPE_CHECKING:``."""
+    """Every package module ``path`` imports: at module level, inside functions (a lazy import is
+    still a dependency) and under ``if TYPE_CHECKING:`` (a type-only cycle is still a cycle)."""
     tree = ast.parse(path.read_text())
-    skip: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            skip.update(id(n) for n in ast.walk(node))
     names: set[str] = set()
     package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
     for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(
-                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
-                )
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
             names.add(base)
             names.update(f"{base}.{a.name}" for a in node.names)  # `from pkg import module`
     return names
@@ -47,17 +43,35 @@ def graph() -> dict[str, set[str]]:
     return {name: {m for m in imports_of(path) if m in modules and m != name} for name, path in modules.items()}
 
 
-def test_no_import_cycles():
-    edges = graph()
+def package_of(module: str) -> str:
+    """``multidiffusion.engine.views`` -> ``multidiffusion.engine``; a top-level module is its own package."""
+    return ".".join(module.split(".")[:2])
+
+
+def package_graph() -> dict[str, set[str]]:
+    """Imports between the packages (and top-level modules) of ``multidiffusion``. The root
+    ``multidiffusion/__init__.py`` (the public exports) and ``__main__`` sit above everything."""
+    edges: dict[str, set[str]] = {}
+    for module, targets in graph().items():
+        if module in ("multidiffusion", "multidiffusion.__main__"):
+            continue
+        source = package_of(module)
+        edges.setdefault(source, set())
+        edges[source].update(package_of(t) for t in targets if package_of(t) not in (source, "multidiffusion"))
+    return edges
+
+
+def cycles_in(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one member (Tarjan's algorithm)."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
-    cycles: list[list[str]] = []
+    found: list[list[str]] = []
 
-    def visit(v: str) -> None:  # Tarjan's strongly connected components
+    def visit(v: str) -> None:
         index[v] = low[v] = len(index)
         stack.append(v)
-        for w in edges[v]:
+        for w in sorted(edges.get(v, ())):
             if w not in index:
                 visit(w)
                 low[v] = min(low[v], low[w])
@@ -71,23 +85,63 @@ def test_no_import_cycles():
                 if w == v:
                     break
             if len(component) > 1:
-                cycles.append(sorted(component))
+                found.append(sorted(component))
 
     for v in sorted(edges):
         if v not in index:
             visit(v)
-    assert not cycles, f"import cycles: {cycles}"
+    return found
 
 
-def test_the_cycle_check_finds_a_cycle(tmp_path, monkeypatch):
-    """The check itself works: two modules importing each other are found."""
-    (tmp_path / "a.py").write_text("from multidiffusion.b import x\n")
-    assert "multidiffusion.b" in imports_of_at(tmp_path / "a.py")
+def test_no_import_cycles_between_modules():
+    assert not cycles_in(graph()), f"import cycles: {cycles_in(graph())}"
 
 
-def imports_of_at(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+def test_no_import_cycles_between_packages():
+    assert not cycles_in(package_graph()), f"package cycles: {cycles_in(package_graph())}"
+
+
+def test_the_checks_find_what_they_look_for(tmp_path, monkeypatch):
+    """The checks themselves work: a cycle is found, an import under TYPE_CHECKING counts."""
+    assert cycles_in({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert not cycles_in({"a": {"b"}, "b": set()})
+    source = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from multidiffusion.tasks import x\n"
+    path = PACKAGE / "engine" / "m.py"
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: source)
+    assert "multidiffusion.tasks" in imports_of(path)
+
+
+ENGINE_NEVER_IMPORTS = (
+    "options", "output", "metadata", "regions", "tasks", "conditionings", "models", "vae", "version",
+    "preprocessors", "images", "pipeline", "cli", "app", "jobs",
+)  # fmt: skip
+"""The engine (views, Eq. 5 fusion, the guided model, the sampler, sharding) works over any
+``denoise(crops, t, jobs)`` callable and receives everything else as plain values."""
+
+
+def test_the_engine_only_looks_down():
+    for module, targets in graph().items():
+        if module.startswith("multidiffusion.engine"):
+            above = sorted(t for t in targets if t.split(".")[1] in ENGINE_NEVER_IMPORTS)
+            assert not above, f"{module} imports {above}"
+
+
+def test_only_the_shells_import_the_shells():
+    shells = ("multidiffusion.cli", "multidiffusion.app")
+    for module, targets in graph().items():
+        if module.startswith(shells) or module in ("multidiffusion", "multidiffusion.__main__"):
+            continue
+        wrong = sorted(t for t in targets if t.startswith(shells))
+        assert not wrong, f"{module} imports {wrong}"
+
+
+def test_no_module_over_400_lines():
+    long = {
+        str(p.relative_to(PACKAGE)): n
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"
 
 
 LAYERS = {
@@ -110,17 +164,8 @@ LAYERS = {
 }  # fmt: skip
 
 
-def test_lower_layers_never_import_the_shells_or_the_public_class():
-    edges = graph()
-    shells = ("multidiffusion.cli", "multidiffusion.app", "multidiffusion.pipeline", "multidiffusion.generation")
-    for module, targets in edges.items():
-        if module.startswith(("multidiffusion.cli", "multidiffusion.app")):
-            continue
-        wrong = [t for t in targets if t.startswith(shells) and not module.startswith("multidiffusion.pipeline")]
-        if module in ("multidiffusion", "multidiffusion.__main__", "multidiffusion.generation"):
-            continue
-        assert not wrong, f"{module} imports {wrong}"
-    for module, targets in edges.items():
+def test_lower_layers_import_only_what_their_layer_allows():
+    for module, targets in graph().items():
         for layer, allowed in LAYERS.items():
             if module == layer or module.startswith(layer + "."):
                 outside = {
