@@ -39,6 +39,7 @@ from PIL import Image, PngImagePlugin
 from multidiffusion.conditionings import image_fields, region_image_fields
 from multidiffusion.conditionings.controlnet import CONTROL_INPUT
 from multidiffusion.io.image_loader import ImageLimits, check_file, is_input_record, open_header
+from multidiffusion.io.messages import shown
 from multidiffusion.io.text import parse_json_text
 from multidiffusion.io.trust import RepoId, is_repo_id
 from multidiffusion.models import family_options
@@ -219,10 +220,10 @@ def settings_from_parameters(params: Mapping[str, Any], task: str | None = None)
         raise ValueError("the stored settings are not a table")
     named = [params[key] for key in ("task", "mode") if params.get(key) is not None]
     if len(named) == 2 and named[0] != named[1]:  # "task" now, "mode" in older PNGs: two would switch tasks
-        raise ValueError(f"the stored settings name two tasks: {named[0]!r} and {named[1]!r}")
+        raise ValueError(f"the stored settings name two tasks: {shown(named[0])} and {shown(named[1])}")
     stored_task = named[0] if named else None
     if not isinstance(stored_task, str) or stored_task not in TASK_OPTIONS:
-        raise ValueError(f"the stored settings are for {stored_task!r}, not one of {', '.join(TASK_OPTIONS)}")
+        raise ValueError(f"the stored settings are for {shown(stored_task)}, not one of {', '.join(TASK_OPTIONS)}")
     if task is not None and stored_task != task:
         raise ValueError(f"the image was made by the {stored_task} task, not {task}")
     values = {RENAMED.get(k, k): v for k, v in params.items() if k not in NOT_SETTINGS + NEVER_READ}
