@@ -59,6 +59,10 @@ def test_the_whole_parser_has_every_verb_filled():
             "error: unknown flag --backgrund (did you mean --background?)",
         ),
         (["img2img", "--xyzzy", "a lake"], "error: unknown flag --xyzzy (see `multidiffusion img2img --help`)"),
+        (
+            ["--steps", "5", "panorama"],
+            "error: unknown flag --steps: flags go after the command (`multidiffusion COMMAND --help`)",
+        ),
     ],
 )
 def test_a_misspelled_flag_is_refused_by_its_name_not_taken_as_the_prompt(argv, message, capsys, tmp_path):

@@ -42,6 +42,10 @@ class Parser(argparse.ArgumentParser):
             self._check_flags(args)
         else:  # the top level (whose only flag is --help): the verb is the first other word
             chosen = next((a for a in args if not a.startswith("-")), None)
+            before = args[: args.index(chosen)] if chosen is not None else args
+            wrong = [a for a in before if a.split("=", 1)[0] not in self._option_string_actions]
+            if wrong:
+                self.error(f"unknown flag {wrong[0]}: flags go after the command (`{self.prog} COMMAND --help`)")
             if chosen in verbs[0].choices:
                 fill_verb(verbs[0].choices[chosen], chosen)
         return super().parse_known_args(args, namespace)
