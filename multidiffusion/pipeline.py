@@ -170,7 +170,7 @@ class MultiDiffusion(TaskMethods, ConditioningMethods):
         """``torch.compile`` the UNet in place (``mode``: None, "reduce-overhead", "max-autotune").
 
         The first call of each shape compiles (tens of seconds to minutes), so it pays on long runs
-        on a GPU; measured on a CPU, see the README's "Speed and memory". Shapes are static: keep
+        on a GPU; measured on a CPU, see docs/benchmarks.md, "Speed and memory". Shapes are static: keep
         ``view_batch_size`` dividing the number of views to avoid a second compilation.
         """
         self.adapter.unet.compile(mode=mode, dynamic=False, **kwargs)

@@ -6,7 +6,7 @@ Stable Diffusion 1.x/2.x the time embedding depends on the timestep only): the i
 the first resnet and, in the first transformer block, its input projection and self-attention,
 the costliest single layer at the full window resolution (4096 tokens for SD's 64x64 latents).
 Hooks run those modules on the distinct rows only and copy the results to the others: the same
-output, the same call count, less UNet time (measured in the README's "Speed and memory" and
+output, the same call count, less UNet time (measured in docs/benchmarks.md, "Speed and memory" and
 ``benchmarks/results/``). The batch need not be two equal halves: with a shared unconditional
 branch (regions, :class:`~multidiffusion.engine.sampler.GuidedModel`) the first rows are copies of
 some of the last ones, described by :meth:`SharedPrefix.rows`.

@@ -130,7 +130,7 @@ class PanoramaOptions(SamplingOptions):
     at a fresh seeded offset every step, SpotDiffusion). ``weights``: "uniform" (the paper's W_i = 1)
     or "gaussian" (Mixture of Diffusers); None picks the placement's default: uniform for the grid,
     Gaussian for shifted windows, whose default stride makes them overlap by 1/8 (the setting
-    measured to hide the moving seams; see the README's "Speed and memory").
+    measured to hide the moving seams; see docs/benchmarks.md, "Speed and memory").
     """
 
     task: ClassVar[str] = "panorama"

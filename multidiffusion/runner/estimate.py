@@ -14,7 +14,7 @@ text are converted to that unit:
   demo model gives 2.19x and 1.02x (per its 16 x 16 window's area), so the SD figures are the
   conservative ones.
 - Tiled with canvas-wide GroupNorm statistics, the tiles are run more than once:
-  :data:`VAE_PASSES` (README "Speed and memory": exact statistics 1.4x a whole decode with the
+  :data:`VAE_PASSES` (docs/benchmarks.md "Speed and memory": exact statistics 1.4x a whole decode with the
   default cache, 6.8x with nothing kept; the fast mode 2.15x). A canvas that fits one tile runs once.
 - A prompt slot (a prompt, and its negative) costs :data:`PROMPT_SLOT_COST` for the text encoders'
   pass (2 x parameters x tokens: CLIP-L over 77 tokens is 19 GFLOP, 2 % of SD's UNet; T5-XXL over
@@ -56,7 +56,7 @@ DECODE_PER_WINDOW = 3.2
 ENCODE_PER_WINDOW = 1.4
 """Window evaluations per native window's area encoded (SD 1.5: 1,117 / 803 GFLOP = 1.39)."""
 VAE_PASSES = {"exact": 1.4, "exact, nothing kept": 6.8, "fast": 2.2, "whole": 1.0}
-"""Passes over the tiles, as multiples of one whole-canvas pass (README "Speed and memory", the
+"""Passes over the tiles, as multiples of one whole-canvas pass (docs/benchmarks.md "Speed and memory", the
 1024 px decode: whole 6.0 s, exact 8.6 s, exact with ``cache_mb=0`` 40.3 s, fast 12.9 s)."""
 PROMPT_SLOT_COST = 1.0
 """Window evaluations per prompt slot and image for the text encoders (a few percent, rounded up)."""
@@ -277,7 +277,7 @@ def auto_batch(adapter: Any) -> int:
     """Views per UNet call when not given: about 16k latent pixels of native windows per call on the
     CPU (4 of SD's 64x64 windows, 64 of the demo model's 16x16), 4x that on accelerators, where
     larger batches pay (16 SD windows, 4 SDXL ones). A heuristic: the benchmark calibrates
-    ``view_batch_size`` per configuration (README, "Speed and memory"; ``benchmarks/results/``)."""
+    ``view_batch_size`` per configuration (docs/benchmarks.md, "Speed and memory"; ``benchmarks/results/``)."""
     h, w = adapter.native_latent_size
     budget = 4 * 64 * 64 * (4 if adapter.device.type == "cuda" else 1)
     return max(1, budget // (h * w))

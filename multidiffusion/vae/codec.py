@@ -8,7 +8,7 @@ canvas size. The mid block and its attention run whole up to ``latent_tile`` lat
 and in windows beyond, so no full-image attention matrix of a large canvas is ever formed (see
 :mod:`multidiffusion.vae.stages`). :func:`decode_to_uint8` converts each finished band of rows to 8
 bits at once, so an image costs its 8-bit size plus one tile row. Measured memory and fidelity:
-README, "Speed and memory", and ``benchmarks/results/``.
+docs/benchmarks.md, "Speed and memory", and ``benchmarks/results/``.
 
 A canvas that fits in one tile is decoded whole, exactly as diffusers does. Circular canvases are
 padded with their own opposite edge before decoding and cropped after, so the 0/360-degree seam is
@@ -197,7 +197,7 @@ def decode_latents(
     pass (``"fast"``, see :mod:`multidiffusion.vae.tiles`). The exact passes resume from the tiles'
     activations kept within ``cache_mb`` MiB (:func:`cache_bytes`; 0: every pass from the start,
     the least memory, several times slower, the heap's free pages given back to the system after
-    each tile (:mod:`~multidiffusion.vae.heap`): README "Speed and memory"). With ``circular``,
+    each tile (:mod:`~multidiffusion.vae.heap`): docs/benchmarks.md "Speed and memory"). With ``circular``,
     the canvas wraps horizontally: the left and right edges are decoded as neighbours. A canvas that
     fits in one tile is decoded whole, exactly as diffusers does. ``share``: processes that split the
     tiles, each getting the whole image (:mod:`multidiffusion.vae.tiles`). ``latent_format``: how

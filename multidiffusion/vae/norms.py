@@ -9,7 +9,7 @@ a pass over the tiles per GroupNorm layer, so the tiles' activations where a pas
 (within a memory budget) and the next passes resume there (:meth:`GroupNormStats.sweep`). Or
 fast, in one pass where each tile normalises by its own moments; that skews deeper layers, most on
 trained VAEs. How far each mode's tiled decode is from a whole decode, and what it costs, is
-measured by ``python -m benchmarks --suites decode`` (README, "Speed and memory";
+measured by ``python -m benchmarks --suites decode`` (docs/benchmarks.md, "Speed and memory";
 ``benchmarks/results/``).
 
 With ``share`` (a :class:`Collective`), the ranks split the tiles and exchange the moments (see
@@ -114,7 +114,7 @@ class GroupNormStats:
     recorded with layers 1..k-1 already normalised by canvas statistics, so every tile sees what a
     whole decode computes, up to the tiles' borders. ``mode="fast"`` records all layers in one pass
     in which each tile normalises by its own statistics; per-tile normalisation
-    skews the deeper layers' statistics, most on trained VAEs (README, "Speed and memory").
+    skews the deeper layers' statistics, most on trained VAEs (docs/benchmarks.md, "Speed and memory").
     ``applying()``: each GroupNorm normalises by the totals, in one fused multiply-add.
     """
 

@@ -7,7 +7,7 @@ the latent stage on the whole latent canvas (in windows of ``latent_tile`` only 
 with its exact attention and GroupNorm statistics, keeps its output (a few hundred channels at
 latent resolution) and tiles the pixel stage only. Tile-local attention was the larger error of
 tiling the whole decoder, and it also skewed the GroupNorm statistics the tiles record; how close
-tiled and whole decodes come is measured by ``python -m benchmarks --suites decode`` (README,
+tiled and whole decodes come is measured by ``python -m benchmarks --suites decode`` (docs/benchmarks.md,
 "Speed and memory"; figures in ``benchmarks/results/``).
 """
 
