@@ -283,6 +283,9 @@ def test_a_png_round_trip_makes_the_same_image_with_the_image_given_again(sd_ip,
     (png,) = out.save(tmp_path / "out.png")
     stored = read_settings(png)
     assert stored.values["ip_adapter_scale"] == 0.7 and stored.inputs["ip_adapter_image"]["path"] == style
+    # which weights made it is recorded (file name and SHA-256) and never read back as a setting
+    assert out.parameters["ip_adapter_files"] == sd_ip.ip_adapter_files and len(out.parameters["ip_adapter_files"])
+    assert "ip_adapter_files" not in stored.values and "ip_adapter_files" not in stored.inputs
     with pytest.raises(ValueError, match="ip_adapter_image"):
         sd_ip.generate(stored.options())  # a stored record is never opened by itself
     again = sd_ip.generate(stored.options(ip_adapter_image=style))

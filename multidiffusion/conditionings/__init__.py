@@ -51,6 +51,7 @@ __all__ = [
     "check_region",
     "image_fields",
     "prepare_conditionings",
+    "recorded_only",
     "region_image_fields",
     "region_record",
 ]
@@ -98,6 +99,11 @@ def region_record(region: Any) -> dict[str, Any]:
 def image_fields(lists: bool = False) -> tuple[str, ...]:
     """The option fields that hold input images (``lists``: only those holding a list of them)."""
     return tuple(f for kind in KINDS for f in (kind.image_lists if lists else kind.image_fields))
+
+
+def recorded_only() -> tuple[str, ...]:
+    """Keys the kinds record as notes of what was loaded, never read back as settings."""
+    return tuple(key for kind in KINDS for key in kind.recorded_only)
 
 
 def region_image_fields() -> tuple[str, ...]:

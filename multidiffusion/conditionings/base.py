@@ -22,6 +22,8 @@ module of this package, listed in :data:`multidiffusion.conditionings.KINDS`. It
 - ``image_fields``: option fields that hold input images (PNGs record them as files with their
   SHA-256, ``--from`` asks for them again, trust rules apply); ``image_lists``: those of them that
   hold a list of images; ``region_image_fields``: the same for ``Region``'s fields;
+- ``recorded_only``: keys its ``record()`` writes as a note of what was loaded (``ip_adapter_files``:
+  file names and SHA-256), never settings: stored settings that hold them are read without them;
 - ``check(options)``: validates (and normalises) its option fields in place; a clear
   ``ValueError`` naming the parameter and what is allowed. Called by ``SamplingOptions``;
 - ``check_region(region)``: the same for a ``Region``'s fields; ``region_record(region)``: those
@@ -94,6 +96,7 @@ class ConditioningKind:
     load_flags: tuple[Flag, ...] = ()
     load: Callable[[Any, dict[str, Any], bool], None] = _no_load
     image_fields: tuple[str, ...] = ()
+    recorded_only: tuple[str, ...] = ()
     image_lists: tuple[str, ...] = ()
     region_image_fields: tuple[str, ...] = ()
     check: Callable[[Any], None] = _no_check

@@ -209,6 +209,9 @@ def prepare(context: Context, options: Any, task: Any) -> IPAdapterConditioning 
         record["ip_adapter_image"] = _record_images(canvas)
     if options.ip_adapter_scale is not None:
         record["ip_adapter_scale"] = options.ip_adapter_scale
+    files = getattr(context.pipeline, "ip_adapter_files", None)
+    if files:  # which weights made it (names and SHA-256; never loaded from a result)
+        record["ip_adapter_files"] = [dict(f) for f in files]
     return IPAdapterConditioning(per_slot, batch, options.ip_adapter_scale, record)
 
 
@@ -362,6 +365,7 @@ IP_ADAPTER = ConditioningKind(
     load_flags=LOAD_FLAGS,
     load=load,
     image_fields=("ip_adapter_image",),
+    recorded_only=("ip_adapter_files",),
     image_lists=("ip_adapter_image",),
     region_image_fields=("ip_adapter_image",),
     check=check,

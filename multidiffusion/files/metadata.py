@@ -36,7 +36,7 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from multidiffusion.conditionings import image_fields, region_image_fields
+from multidiffusion.conditionings import image_fields, recorded_only, region_image_fields
 from multidiffusion.conditionings.controlnet import CONTROL_INPUT
 from multidiffusion.io.image_loader import ImageLimits, check_file, is_input_record, open_header
 from multidiffusion.io.messages import shown
@@ -68,7 +68,7 @@ RENAMED = {"tiling": "placement"}
 """Keys of older versions and their names now."""
 FILE_KEYS = ("upscaler",)
 """Stored keys that may name a file to load (weights): kept apart by name, never loaded from a PNG."""
-NEVER_READ = ("allow_pickle", "controlnet", "lora_files")
+NEVER_READ = ("allow_pickle", "controlnet", "lora_files", *recorded_only())
 """Stored keys ignored on reading: only the user, on the command line or in code, allows pickles or
 names a ControlNet or a LoRA to load (the LoRAs' names and file names are kept apart, for a message:
 :attr:`StoredSettings.loras`)."""

@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from multidiffusion.conditionings import ConditioningRegionFields, region_image_fields
+from multidiffusion.conditionings import ConditioningRegionFields, recorded_only, region_image_fields
 from multidiffusion.io.messages import shown
 from multidiffusion.io.ranges import check_lora_weight
 from multidiffusion.io.trust import Origin, RecordedFile, Trust, TypedPath
@@ -68,7 +68,7 @@ REGION_FIELDS: dict[str, str] = {
 }
 """A region table's fields: Region's own, then every conditioning kind's (derived from their types)."""
 SEGMENTATION_FIELDS: dict[str, str] = {"map": "a string (image file)", "colors": "a table of colour = prompt"}
-METADATA_ONLY = ("mode", "multidiffusion_version", "image_index", "lora_files")
+METADATA_ONLY = ("mode", "multidiffusion_version", "image_index", "lora_files", *recorded_only())
 """Keys of the parameters we store in PNGs that are not scene settings (ignored when read back;
 "mode" is what older PNGs called the task)."""
 
