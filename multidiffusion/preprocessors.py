@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFilter
 
+from multidiffusion.io.messages import shown
+
 __all__ = ["PREPROCESSORS", "canny", "preprocess", "tile"]
 
 
@@ -31,7 +33,7 @@ def canny(image: Image.Image, low: int = 100, high: int = 200) -> Image.Image:
         ) from None
     for name, value in (("low", low), ("high", high)):
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1000:
-            raise ValueError(f"canny {name} threshold must be an integer from 0 to 1000, got {value!r}")
+            raise ValueError(f"canny {name} threshold must be an integer from 0 to 1000, got {shown(value)}")
     if low >= high:
         raise ValueError(f"canny: the low threshold must be below the high one, got {low} and {high}")
     edges = cv2.Canny(np.asarray(image.convert("RGB")), low, high)
@@ -43,7 +45,7 @@ def tile(image: Image.Image, factor: int = 4, grey: bool = False, blur: float = 
     Gaussian-blurred by ``blur`` pixels: the low-frequency map a Tile ControlNet keeps the result
     close to, while the model adds detail."""
     if isinstance(factor, bool) or not isinstance(factor, int) or not 1 <= factor <= 64:
-        raise ValueError(f"tile factor must be an integer from 1 to 64, got {factor!r}")
+        raise ValueError(f"tile factor must be an integer from 1 to 64, got {shown(factor)}")
     rgb = image.convert("L").convert("RGB") if grey else image.convert("RGB")
     if factor > 1:
         small = rgb.resize((max(1, rgb.width // factor), max(1, rgb.height // factor)), Image.Resampling.LANCZOS)
@@ -65,5 +67,7 @@ PREPROCESSORS: dict[str, Callable[[Image.Image], Image.Image]] = {
 def preprocess(image: Any, name: str) -> Image.Image:
     """The control map of ``image`` (a PIL image) by the preprocessor ``name``."""
     if name not in PREPROCESSORS:
-        raise ValueError(f"control_preprocessor must be one of {', '.join(map(repr, PREPROCESSORS))}, got {name!r}")
+        raise ValueError(
+            f"control_preprocessor must be one of {', '.join(map(repr, PREPROCESSORS))}, got {shown(name)}"
+        )
     return PREPROCESSORS[name](image)

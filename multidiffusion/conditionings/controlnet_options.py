@@ -100,7 +100,7 @@ def check_controls(options: Any) -> None:
     numbers; each start below its end. Whether the model has as many ControlNets is checked when
     the model is known."""
     if not isinstance(options.guess_mode, bool):
-        raise ValueError(f"guess_mode must be True or False, got {options.guess_mode!r}")
+        raise ValueError(f"guess_mode must be True or False, got {shown(options.guess_mode)}")
     if options.control_image is None:
         _check_without_image(options)
         return
@@ -135,7 +135,7 @@ def check_controls(options: Any) -> None:
     if len(chosen) != n:
         raise ValueError(
             f"control_preprocessor must be a name or a list of {n} names (one per control image), "
-            f"got {options.control_preprocessor!r}"
+            f"got {shown(options.control_preprocessor)}"
         )
     for i, name in enumerate(chosen):
         check_choice(f"control_preprocessor[{i}]" if n > 1 else "control_preprocessor", name, tuple(PREPROCESSORS))
@@ -168,7 +168,7 @@ def _modes(modes: Any, n: int) -> int | list[int] | None:
     if len(listed) != n:
         raise ValueError(
             f"control_mode must be an integer or a list of {n} integers (a Union ControlNet's mode for each "
-            f"control image), got {modes!r}"
+            f"control image), got {shown(modes)}"
         )
     listed = [check_int(f"control_mode[{i}]" if n > 1 else "control_mode", m, 0) for i, m in enumerate(listed)]
     return listed if n > 1 else listed[0]
@@ -205,10 +205,11 @@ def check_region(region: Any) -> None:
         region.control_image = input_image(region.control_image, "control_image")
     scale = region.controlnet_conditioning_scale
     if not _is_number(scale) or not 0 <= scale <= MAX_CONTROL_SCALE:
-        raise ValueError(f"controlnet_conditioning_scale must be a number from 0 to 10, got {scale!r}")
+        raise ValueError(f"controlnet_conditioning_scale must be a number from 0 to 10, got {shown(scale)}")
     if isinstance(region.controlnet, bool) or not isinstance(region.controlnet, int) or region.controlnet < 0:
         raise ValueError(
-            f"controlnet must be the index of one of the model's ControlNets (0, 1, ...), got {region.controlnet!r}"
+            "controlnet must be the index of one of the model's ControlNets (0, 1, ...), "
+            f"got {shown(region.controlnet)}"
         )
 
 

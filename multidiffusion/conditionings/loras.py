@@ -27,6 +27,7 @@ import torch
 
 from multidiffusion.conditionings.base import ConditioningKind, Context
 from multidiffusion.engine.conditioning import Conditioning, ModelCall
+from multidiffusion.io.messages import shown
 from multidiffusion.io.ranges import MAX_LORA_WEIGHT, check_lora_weight
 
 __all__ = ["LORAS", "MAX_LORA_WEIGHT", "LoraRegionFields", "LoraSwitch", "lora_key", "region_lora_sets"]
@@ -62,7 +63,7 @@ def check_region(region: Any) -> None:
     if region.loras is None:
         return
     if not isinstance(region.loras, Mapping) or not all(isinstance(k, str) and k for k in region.loras):
-        raise ValueError(f"loras must be a table of adapter name = weight, got {region.loras!r}")
+        raise ValueError(f"loras must be a table of adapter name = weight, got {shown(region.loras)}")
     region.loras = {k: check_lora_weight(f"loras[{k!r}]", v) for k, v in region.loras.items()}
 
 

@@ -101,14 +101,14 @@ def kind_ok(kind: str, value: Any) -> bool:
 
 def check_fields(data: Any, fields: Mapping[str, str], where: str, label: Any) -> None:
     if not isinstance(data, Mapping):
-        raise ValueError(f"{where} must be a table, got {data!r}")
+        raise ValueError(f"{where} must be a table, got {shown(data)}")
     for key, value in data.items():
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"{where} has an unknown field {key!r}{hint}; allowed: {', '.join(fields)}")
         if value is not None and not kind_ok(fields[key], value):
-            raise ValueError(f"{label(key)} must be {fields[key]}, got {value!r}")
+            raise ValueError(f"{label(key)} must be {fields[key]}, got {shown(value)}")
 
 
 def input_value(value: Any, origin: Origin, where: str) -> Any:
@@ -164,7 +164,7 @@ def segmentation_regions(table: Any, where: str, origin: Origin) -> list[Region]
             fields = {k: v for k, v in REGION_FIELDS.items() if k not in ("mask", "box")}
             check_fields(value, fields, name, lambda key, name=name: f"{name}.{key}")
         elif not isinstance(value, str):
-            raise ValueError(f"{name} must be a prompt or a table of region fields, got {value!r}")
+            raise ValueError(f"{name} must be a prompt or a table of region fields, got {shown(value)}")
         colors[colour] = value
     source = origin.file_name(table["map"], f"{where}.map", "give the map again (--segmentation MAP)")
     try:

@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from multidiffusion.io.messages import shown
+
 __all__ = [
     "ModelOptions",
     "cli_flags",
@@ -60,7 +62,7 @@ class ModelOptions:
                 continue
             choices, check = f.metadata["choices"], f.metadata["check"]
             if choices and value not in choices:
-                raise ValueError(f"{f.name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+                raise ValueError(f"{f.name} must be one of {', '.join(map(repr, choices))}, got {shown(value)}")
             if check is not None:
                 object.__setattr__(self, f.name, check(f.name, value))
         self.check()
@@ -132,7 +134,7 @@ def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 def non_negative(name: str, value: Any) -> float:
     """``value`` as a float when it is a number ≥ 0, else a ``ValueError`` naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"{name} must be a number ≥ 0, got {value!r}")
+        raise ValueError(f"{name} must be a number ≥ 0, got {shown(value)}")
     return float(value)
 
 
@@ -140,7 +142,7 @@ def _integer_from(low: int, high: int | None = None) -> Callable[[str, Any], int
     def check(name: str, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
             allowed = f"from {low} to {high}" if high is not None else f"≥ {low}"
-            raise ValueError(f"{name} must be an integer {allowed}, got {value!r}")
+            raise ValueError(f"{name} must be an integer {allowed}, got {shown(value)}")
         return value
 
     return check

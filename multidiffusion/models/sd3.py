@@ -40,6 +40,7 @@ import torch
 
 from multidiffusion.engine.adapter import PromptEmbeddings, split_slots
 from multidiffusion.engine.fusion import Job
+from multidiffusion.io.messages import shown
 from multidiffusion.models.flow import FlowMatchingAdapter
 from multidiffusion.models.options import ModelOptions, clip_skip, max_sequence_length, non_negative, option
 
@@ -51,7 +52,7 @@ _JOINT_BLOCK = re.compile(r"^(?:model\.diffusion_model\.)?joint_blocks\.(\d+)\."
 def _layers(name: str, value: Any) -> tuple[int, ...]:
     """``skip_guidance_layers`` as a tuple of block indices (checked against the model by the adapter)."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise ValueError(f"{name} must be a list of block indices, got {value!r}")
+        raise ValueError(f"{name} must be a list of block indices, got {shown(value)}")
     return tuple(value)
 
 
@@ -60,7 +61,7 @@ def parse_layers(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",")]
     except ValueError:
-        raise ValueError(f"expected block indices separated by commas (e.g. 7,8,9), got {text!r}") from None
+        raise ValueError(f"expected block indices separated by commas (e.g. 7,8,9), got {shown(text)}") from None
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ import torch
 
 from multidiffusion.engine.adapter import PromptEmbeddings, split_slots
 from multidiffusion.engine.fusion import Job
+from multidiffusion.io.messages import shown
 from multidiffusion.models.base import FamilyAdapter
 from multidiffusion.models.options import ModelOptions, clip_skip, option
 
@@ -57,7 +58,7 @@ def _original_size(name: str, value: Any) -> str | tuple[int, int]:
     ):
         return (int(value[0]), int(value[1]))
     raise ValueError(
-        f"{name} must be 'canvas', 'window' or a (height, width) pair of positive pixel counts, got {value!r}"
+        f"{name} must be 'canvas', 'window' or a (height, width) pair of positive pixel counts, got {shown(value)}"
     )
 
 
@@ -68,7 +69,7 @@ def parse_original_size(text: str) -> str | tuple[int, int]:
     parts = text.lower().split("x")
     if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
         return (int(parts[0]), int(parts[1]))
-    raise ValueError(f"expected canvas, window or HxW pixels, got {text!r}")
+    raise ValueError(f"expected canvas, window or HxW pixels, got {shown(text)}")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 from multidiffusion.io.checks import check_int, check_number, check_same_aspect
+from multidiffusion.io.messages import shown
 from multidiffusion.io.ranges import MAX_STEPS, MIN_SIDE, check_side, check_strength
 from multidiffusion.options.limits import LIBRARY_LIMITS, Limits
 from multidiffusion.options.sampling import PanoramaOptions, SamplingOptions
@@ -95,7 +96,7 @@ class Img2ImgOptions(PanoramaOptions):
         check_input_image(self, self.canvas_of)
         for key, value in zip(("height", "width"), given):
             if self.derived_size and value is not None and value != getattr(self, key):
-                raise ValueError(f"{key}: {self.derived_size} ({getattr(self, key)} here), got {value!r}")
+                raise ValueError(f"{key}: {self.derived_size} ({getattr(self, key)} here), got {shown(value)}")
 
     def canvas_of(self, size: tuple[int, int]) -> tuple[tuple[int, int], str]:
         """The canvas (height, width) an input of ``size`` makes, and what it is (for messages)."""
@@ -129,7 +130,7 @@ class UpscaleOptions(Img2ImgOptions):
         self.upscaler = check_upscaler(self.upscaler, self.allow_pickle)
         for key in ("noise_inversion", "allow_pickle"):
             if not isinstance(getattr(self, key), bool):
-                raise ValueError(f"{key} must be True or False, got {getattr(self, key)!r}")
+                raise ValueError(f"{key} must be True or False, got {shown(getattr(self, key))}")
         if self.inversion_steps is not None:
             self.inversion_steps = check_int("inversion_steps", self.inversion_steps, 1, MAX_STEPS)
         super().__post_init__(limits)

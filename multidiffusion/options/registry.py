@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from multidiffusion.conditionings import KINDS, image_fields
+from multidiffusion.io.messages import shown
 from multidiffusion.options.image_tasks import Img2ImgOptions, InpaintOptions, OutpaintOptions, UpscaleOptions
 from multidiffusion.options.limits import Limits
 from multidiffusion.options.regions import RegionsOptions
@@ -68,7 +69,7 @@ def build_options(task: str, values: Mapping[str, Any], limits: Limits | None = 
     Unknown keys are errors with a suggestion; None values mean "the default"; lists become
     tuples for ``window`` and ``stride``."""
     if task not in TASK_OPTIONS:
-        raise ValueError(f"task must be one of {', '.join(map(repr, TASK_OPTIONS))}, got {task!r}")
+        raise ValueError(f"task must be one of {', '.join(map(repr, TASK_OPTIONS))}, got {shown(task)}")
     if not isinstance(values, Mapping):
         raise ValueError(f"{task} settings must be a table (mapping), got {type(values).__name__}")
     names = option_names(task)

@@ -14,6 +14,7 @@ from multidiffusion.engine.schedulers import FLOW_SCHEDULERS, SCHEDULERS, schedu
 from multidiffusion.engine.views import WEIGHTS
 from multidiffusion.engine.windows import PLACEMENTS
 from multidiffusion.io.checks import check_choice, check_int, check_number
+from multidiffusion.io.messages import shown
 from multidiffusion.io.ranges import (
     check_guidance,
     check_negative,
@@ -80,7 +81,7 @@ class SamplingOptions(ConditioningOptions):
         his = pair("window", self.window) if self.window is not None else (None, None)
         self.stride = _window("stride", self.stride, 1, his)
         if not isinstance(self.circular, bool):
-            raise ValueError(f"circular must be True or False, got {self.circular!r}")
+            raise ValueError(f"circular must be True or False, got {shown(self.circular)}")
         if self.view_batch_size is not None:
             self.view_batch_size = check_int("view_batch_size", self.view_batch_size, 1)
         n = check_int("num_images_per_prompt", self.num_images_per_prompt, 1, lim.max_images, note)

@@ -7,6 +7,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from multidiffusion.io.messages import shown
+
 __all__ = ["MAX_SCALE", "MAX_UPSCALER_BYTES", "UPSCALE_FILTERS", "check_upscaler"]
 
 MAX_SCALE = 8.0
@@ -56,7 +58,9 @@ def _recorded_upscaler(value: Mapping, allow_pickle: bool) -> str:
 
     path, digest = value.get("path"), value.get("sha256")
     if set(value) != {"path", "sha256"} or not isinstance(path, str) or not isinstance(digest, str):
-        raise ValueError(f"upscaler: a stored model file must be {{'path': ..., 'sha256': ...}}, got {dict(value)!r}")
+        raise ValueError(
+            f"upscaler: a stored model file must be {{'path': ..., 'sha256': ...}}, got {shown(dict(value))}"
+        )
     checked = check_upscaler(path, allow_pickle)
     if checked in UPSCALE_FILTERS:
         raise ValueError(f"upscaler: a stored model file must name a file, got the filter {path!r}")

@@ -14,6 +14,7 @@ import torch
 from PIL import Image, ImageColor
 
 from multidiffusion.io.image_loader import DEFAULT_LIMITS, ImageLimits, check_pixels, open_image, to_8bit
+from multidiffusion.io.messages import shown
 from multidiffusion.regions.masks import MaskLike
 
 __all__ = [
@@ -192,7 +193,7 @@ def segmentation_masks(
 def colour_table(table: Mapping[Any, Any], name: str = "colors") -> list[tuple[tuple[int, int, int], Any]]:
     """(rgb, value) pairs of a colour -> value table; duplicate colours (e.g. 'red' and '#ff0000') fail."""
     if not isinstance(table, Mapping) or not table:
-        raise ValueError(f"{name} must be a non-empty table of colour -> prompt, got {table!r}")
+        raise ValueError(f"{name} must be a non-empty table of colour -> prompt, got {shown(table)}")
     pairs: list[tuple[tuple[int, int, int], Any]] = []
     seen: dict[tuple[int, int, int], Any] = {}
     for key, value in table.items():

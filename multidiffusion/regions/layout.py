@@ -108,19 +108,19 @@ class Region(ConditioningRegionFields):
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt.strip():
-            raise ValueError(f"prompt must be a non-empty string, got {self.prompt!r}")
+            raise ValueError(f"prompt must be a non-empty string, got {shown(self.prompt)}")
         if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
-            raise ValueError(f"negative_prompt must be a string or None, got {self.negative_prompt!r}")
+            raise ValueError(f"negative_prompt must be a string or None, got {shown(self.negative_prompt)}")
         if self.mask is not None and self.box is not None:
             raise ValueError("mask and box: give one of them, not both")
         if self.box is not None:
             self.box = _check_box(self.box)
         if not _is_number(self.weight) or self.weight <= 0:
-            raise ValueError(f"weight must be a number > 0, got {self.weight!r}")
+            raise ValueError(f"weight must be a number > 0, got {shown(self.weight)}")
         if self.guidance_scale is not None and (not _is_number(self.guidance_scale) or self.guidance_scale < 0):
-            raise ValueError(f"guidance_scale must be a number ≥ 0 or None, got {self.guidance_scale!r}")
+            raise ValueError(f"guidance_scale must be a number ≥ 0 or None, got {shown(self.guidance_scale)}")
         if not _is_number(self.feather) or not 0 <= self.feather <= MAX_FEATHER:
-            raise ValueError(f"feather must be a number of pixels from 0 to {MAX_FEATHER}, got {self.feather!r}")
+            raise ValueError(f"feather must be a number of pixels from 0 to {MAX_FEATHER}, got {shown(self.feather)}")
         check_prompt_length("prompt", self.prompt)
         if self.negative_prompt is not None:
             check_prompt_length("negative_prompt", self.negative_prompt)
@@ -160,7 +160,7 @@ class Region(ConditioningRegionFields):
                         raise ValueError(f"has fields {sorted(unknown)} (allowed: {allowed})")
                     regions.append(cls(**value, mask=mask))
                 else:
-                    raise ValueError(f"must be a prompt, a Region or a table of Region fields, got {value!r}")
+                    raise ValueError(f"must be a prompt, a Region or a table of Region fields, got {shown(value)}")
             except ValueError as exc:
                 raise ValueError(f"{name}: {exc}") from None
         return regions
@@ -219,9 +219,9 @@ class Region(ConditioningRegionFields):
 
 def _check_box(box: Any) -> tuple[float, ...]:
     if isinstance(box, (str, bytes)) or not isinstance(box, Sequence) or len(box) != 4:
-        raise ValueError(f"box must be 4 numbers (x0, y0, x1, y1), got {box!r}")
+        raise ValueError(f"box must be 4 numbers (x0, y0, x1, y1), got {shown(box)}")
     if not all(_is_number(v) for v in box):
-        raise ValueError(f"box must be 4 numbers (x0, y0, x1, y1), got {box!r}")
+        raise ValueError(f"box must be 4 numbers (x0, y0, x1, y1), got {shown(box)}")
     values = tuple(box)
     if any(isinstance(v, float) for v in values):
         if not all(0 <= v <= 1 for v in values):
@@ -345,7 +345,7 @@ def region_layout(
     background) latent pixels that no region covers.
     """
     if background is not None and (not isinstance(background, str) or not background.strip()):
-        raise ValueError(f"background must be a non-empty prompt or None, got {background!r}")
+        raise ValueError(f"background must be a non-empty prompt or None, got {shown(background)}")
     if height % scale_factor or width % scale_factor:
         raise ValueError(f"height and width must be multiples of {scale_factor}, got {height}x{width}")
     items = as_regions(regions)
