@@ -156,7 +156,7 @@ class _Models:
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
-        self.key: tuple[str, tuple[str, ...]] | None = None
+        self.key: tuple[Any, ...] | None = None
         self.md: Any = None
 
     def get(self, scene: Any) -> Any:
@@ -170,12 +170,14 @@ class _Models:
             refusal = named_pickle(self.args, spec, field, flag)
             if refusal:
                 raise ValueError(refusal)
-        if (model, nets) != self.key:
+        options = {**scene.model_options, **typed_model_options(self.args)}  # a line's, then the flags'
+        key = (model, nets, tuple(sorted(options.items(), key=lambda kv: kv[0])))
+        if key != self.key:
             self.md = None  # free the previous one first
             pickles = typed and bool(self.args.allow_pickle)
-            md = load_model(model, self.args, pickles, list(nets) or None, **typed_model_options(self.args))
+            md = load_model(model, self.args, pickles, list(nets) or None, **options)
             md.set_progress_bar_config(disable=True)  # the batch's bar counts images
-            self.md, self.key = md, (model, nets)
+            self.md, self.key = md, key
         return self.md
 
 

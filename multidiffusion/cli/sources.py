@@ -157,6 +157,8 @@ def model_choice(
     from the hub); else the model --from's PNG names, if it is the demo or a repo id (stored
     settings never name files to load, see :mod:`multidiffusion.files.metadata`); else the demo."""
     typed = typed_model_options(args)
+    if scene is not None:  # a scene's model options (clip_skip, ...) apply to the model it runs with
+        typed = {**scene.model_options, **typed}
     if args.model is not None:  # the stored model's options apply when it is the same model
         same = stored is not None and stored.model == model_label(args.model)
         return args.model, bool(args.allow_pickle), {**(stored.model_options if same else {}), **typed}

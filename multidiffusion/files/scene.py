@@ -76,7 +76,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,7 @@ from multidiffusion.files.scene_fields import (
 from multidiffusion.io.budget import check_embedded
 from multidiffusion.io.messages import shown
 from multidiffusion.io.trust import Origin, is_pickle_path, pickle_allowed
+from multidiffusion.models import take_model_options
 from multidiffusion.options import TASK_OPTIONS, Limits, SamplingOptions, build_options, input_fields, option_names
 from multidiffusion.regions.layout import Region
 
@@ -116,13 +117,15 @@ __all__ = [
 @dataclass
 class Scene:
     """A parsed scene: the checked ``options`` of its task (regions unless the scene says
-    otherwise), the ``model`` to run it with (None: unset) and its ``controlnet`` models (files as
-    absolute paths, repo ids as given; None: unset)."""
+    otherwise), the ``model`` to run it with (None: unset), its ``controlnet`` models (files as
+    absolute paths, repo ids as given; None: unset) and its ``model_options`` (the families'
+    options, e.g. ``clip_skip``: what ``from_pretrained`` takes with the model, not the task)."""
 
     options: SamplingOptions
     model: str | None = None
     controlnet: list[str] | None = None
     loras: list[tuple[str, str, float]] | None = None
+    model_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def task(self) -> str:
@@ -182,6 +185,7 @@ def parse_scene(
     if task not in TASK_OPTIONS:
         raise ValueError(at(source, f"task must be one of {', '.join(map(repr, TASK_OPTIONS))}, got {shown(task)}"))
     model = values.pop("model", None)
+    model_options = take_model_options(values)  # checked by the family when the model loads
     if model is not None:
         model = origin.weights(model, at(source, "model"), "pass --model again")
     if task == "regions":
@@ -237,7 +241,7 @@ def parse_scene(
         options = build_options(task, values, limits)
     except ValueError as exc:
         raise ValueError(at(source, str(exc))) from None
-    return Scene(options, model, controlnet, loras)
+    return Scene(options, model, controlnet, loras, model_options)
 
 
 def _check_pickle_grant(upscaler: Any, allow_pickle: bool, where: str) -> None:

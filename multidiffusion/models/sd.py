@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from multidiffusion.engine.adapter import PromptEmbeddings, split_slots
@@ -45,14 +47,15 @@ class StableDiffusionAdapter(FamilyAdapter):
     ) -> PromptEmbeddings:
         flat = [p for slot in prompts for p in slot]
         flat_neg = [n for slot in negatives for n in slot]
-        pos, neg = self.pipe.encode_prompt(
-            flat,
-            self.device,
-            num_images,
-            guidance,
-            negative_prompt=flat_neg if guidance else None,
-            clip_skip=self.clip_skip,
-        )
+        with _final_norm_reachable(self.pipe.text_encoder if self.clip_skip is not None else None):
+            pos, neg = self.pipe.encode_prompt(
+                flat,
+                self.device,
+                num_images,
+                guidance,
+                negative_prompt=flat_neg if guidance else None,
+                clip_skip=self.clip_skip,
+            )
         slots = len(prompts)
         return PromptEmbeddings(
             positive={"encoder_hidden_states": split_slots(pos, slots)},
@@ -61,3 +64,19 @@ class StableDiffusionAdapter(FamilyAdapter):
 
     def unet_kwargs(self, cond: PromptEmbeddings, jobs: Sequence[Job], canvas: tuple[int, int]) -> dict[str, Any]:
         return {"encoder_hidden_states": cond.gather("encoder_hidden_states", [job.prompt for job in jobs])}
+
+
+@contextlib.contextmanager
+def _final_norm_reachable(encoder: Any) -> Iterator[None]:
+    """With ``clip_skip``, diffusers' ``encode_prompt`` applies the text encoder's final LayerNorm to
+    an earlier layer's hidden states through ``text_encoder.text_model.final_layer_norm``; the
+    ``CLIPTextModel`` of transformers 5 has no ``text_model`` wrapper (the norm is its own
+    attribute), so the call fails. Lend it that name for the call (the same norm, the same result)."""
+    if encoder is None or hasattr(encoder, "text_model") or not hasattr(encoder, "final_layer_norm"):
+        yield  # transformers 4's CLIPTextModel has it; without clip_skip nothing reaches for it
+        return
+    encoder.__dict__["text_model"] = SimpleNamespace(final_layer_norm=encoder.final_layer_norm)
+    try:
+        yield
+    finally:
+        encoder.__dict__.pop("text_model", None)
