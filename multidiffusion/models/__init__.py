@@ -13,6 +13,7 @@ from typing import Any
 
 from multidiffusion.engine.adapter import ModelAdapter, PromptEmbeddings
 from multidiffusion.models.base import FamilyAdapter
+from multidiffusion.models.chroma import ChromaAdapter
 from multidiffusion.models.flux import FluxAdapter
 from multidiffusion.models.options import cli_flags, option_fields
 from multidiffusion.models.sd import StableDiffusionAdapter
@@ -44,6 +45,7 @@ ADAPTERS: list[type[FamilyAdapter]] = [
     StableDiffusionXLAdapter,
     StableDiffusion3Adapter,
     FluxAdapter,
+    ChromaAdapter,
 ]
 """The registered families, in the order they are tried on a pipeline: one line each."""
 
