@@ -19,6 +19,7 @@ from multidiffusion.models.options import cli_flags, option_fields
 from multidiffusion.models.sd import StableDiffusionAdapter
 from multidiffusion.models.sd3 import StableDiffusion3Adapter
 from multidiffusion.models.sdxl import StableDiffusionXLAdapter
+from multidiffusion.models.zimage import ZImageAdapter
 
 __all__ = [
     "ADAPTERS",
@@ -46,6 +47,7 @@ ADAPTERS: list[type[FamilyAdapter]] = [
     StableDiffusion3Adapter,
     FluxAdapter,
     ChromaAdapter,
+    ZImageAdapter,
 ]
 """The registered families, in the order they are tried on a pipeline: one line each."""
 
