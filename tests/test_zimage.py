@@ -1,0 +1,229 @@
+"""Z-Image at one view equals diffusers' ZImagePipeline (max abs diff <= 1e-4), and panoramas and
+region layouts run, on tiny random components built in-process: a Qwen3 text encoder over a
+character vocabulary with a chat template (Qwen3's, without tools), a ZImageTransformer2DModel of
+width 64, a 16-channel VAE (nothing downloaded)."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, ZImageImg2ImgPipeline, ZImagePipeline, ZImageTransformer2DModel
+from PIL import Image
+
+from devtools.dit_components import flow_vae
+from multidiffusion import MultiDiffusion, Region
+from multidiffusion.models.flow import calculate_shift
+from multidiffusion.models.zimage import ZImageAdapter
+
+STEPS = 3
+H = W = 16  # latent pixels: 128 px, the tiny model's native window
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+
+
+def _tokenizer():
+    """A fast tokenizer of single characters with Qwen's special tokens and a chat template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [chr(c) for c in range(32, 127)] + ["\n"]
+    tok = Tokenizer(models.WordLevel({s: i for i, s in enumerate(SPECIAL + chars)}, unk_token=SPECIAL[0]))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token=SPECIAL[0], eos_token=SPECIAL[2], additional_special_tokens=SPECIAL[1:]
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_zimage_pipeline(dynamic: bool = False, seed: int = 0) -> ZImagePipeline:
+    """Z-Image Turbo's scheduler (fixed shift 3) or, with ``dynamic``, a resolution-shifted one."""
+    from transformers import Qwen3Config, Qwen3Model
+
+    tokenizer = _tokenizer()
+    torch.manual_seed(seed)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=256,
+        pad_token_id=0,
+    )
+    text_encoder = Qwen3Model(config).eval()
+    torch.manual_seed(seed)
+    transformer = ZImageTransformer2DModel(
+        in_channels=16,
+        dim=64,
+        n_layers=1,
+        n_refiner_layers=1,
+        n_heads=2,
+        n_kv_heads=2,
+        cap_feat_dim=32,
+        axes_dims=[8, 12, 12],
+        axes_lens=[256, 64, 64],
+    ).eval()
+    if dynamic:
+        scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15)
+    else:
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=False)
+    pipe = ZImagePipeline(
+        scheduler=scheduler,
+        vae=flow_vae(seed=seed),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+    )
+    pipe.default_sample_size = H
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def zimage():
+    return tiny_zimage_pipeline()
+
+
+@pytest.fixture(scope="module")
+def zimage_dynamic():
+    return tiny_zimage_pipeline(dynamic=True, seed=1)
+
+
+def _md(pipe):
+    md = MultiDiffusion(pipe, max_sequence_length=64)
+    md.set_progress_bar_config(disable=True)
+    return md
+
+
+def _latents(seed=0, h=H, w=W):
+    return torch.randn((1, 16, h, w), generator=torch.Generator().manual_seed(seed))
+
+
+def _reference(pipe, latents, **kwargs):
+    return pipe(
+        height=H * 8,
+        width=W * 8,
+        num_inference_steps=STEPS,
+        latents=latents.clone(),
+        output_type="latent",
+        max_sequence_length=64,
+        **kwargs,
+    ).images
+
+
+def _ours(pipe, latents, prompt, **kwargs):
+    return _md(pipe).panorama(
+        prompt, height=H * 8, width=W * 8, num_inference_steps=STEPS, latents=latents, output_type="latent", **kwargs
+    )
+
+
+def test_turbo_without_guidance_equals_the_pipeline(zimage):
+    x = _latents()
+    expected = _reference(zimage, x, prompt="a red ball", guidance_scale=0.0)
+    got = _ours(zimage, x, "a red ball", guidance_scale=0.0)
+    assert got.images.shape == (1, 16, H, W)
+    assert (got.images - expected).abs().max() <= 1e-4
+    assert (got.images - x).abs().max() > 0.1  # it did denoise
+    assert got.stats.evaluations == STEPS  # no unconditional branch
+
+
+@pytest.mark.parametrize("negative", [None, "blurry"])
+def test_guided_resolution_shifted_equals_the_pipeline(zimage_dynamic, negative):
+    """Z-Image's guidance v_c + g (v_c - v_u), the empty negative by default, μ from the view."""
+    pipe = zimage_dynamic
+    x = _latents(1)
+    kwargs = dict(guidance_scale=2.5, negative_prompt=negative)
+    expected = _reference(pipe, x, prompt="a lighthouse", **kwargs)
+    got = _ours(pipe, x, "a lighthouse", **kwargs)
+    assert (got.images - expected).abs().max() <= 1e-4
+    assert got.stats.evaluations == 2 * STEPS and got.stats.model_calls == STEPS
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["turbo", "guided"])
+def test_img2img_equals_the_img2img_pipeline(zimage, zimage_dynamic, dynamic):
+    """The start goes through the flow-matching forward process, drawn in diffusers' order."""
+    pipe = zimage_dynamic if dynamic else zimage
+    reference = ZImageImg2ImgPipeline(**pipe.components)
+    reference.set_progress_bar_config(disable=True)
+    image = Image.fromarray(np.random.default_rng(4).integers(0, 256, (H * 8, W * 8, 3), dtype=np.uint8))
+    kwargs = dict(strength=0.6, num_inference_steps=5, guidance_scale=2.0 if dynamic else 0.0, output_type="latent")
+    expected = reference(
+        prompt="a lake",
+        image=image,
+        height=H * 8,
+        width=W * 8,
+        generator=torch.Generator().manual_seed(5),
+        max_sequence_length=64,
+        **kwargs,
+    ).images
+    got = _md(pipe).img2img(image, "a lake", generator=torch.Generator().manual_seed(5), **kwargs)
+    assert (got.images - expected).abs().max() <= 1e-4
+    assert got.stats.evaluations == (2 if dynamic else 1) * 3  # strength 0.6 of 5 steps
+
+
+def test_the_schedule_shift_comes_from_the_view_not_the_canvas(zimage_dynamic):
+    pipe = zimage_dynamic
+    seen = []
+    _md(pipe).panorama(
+        "a lake",
+        height=H * 8,
+        width=4 * W * 8,
+        window=H,
+        stride=W // 2,
+        num_inference_steps=STEPS,
+        guidance_scale=0.0,
+        output_type="latent",
+        callback_on_step_end=lambda md, i, t, kw: seen.append(float(t)),
+    )
+    _reference(pipe, _latents(), prompt="a lake", guidance_scale=0.0)  # the pipeline at the view's size
+    assert seen == pytest.approx(pipe.scheduler.timesteps.tolist(), abs=1e-4)
+    canvas = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    ZImageAdapter(pipe).set_timesteps(canvas, STEPS, "cpu", (H, 4 * W))  # what the whole canvas would get
+    assert canvas.timesteps[1] > seen[1] + 0.1 and calculate_shift(64) < calculate_shift(256)
+
+
+def test_a_two_view_panorama_covers_the_canvas(zimage):
+    md = _md(zimage)
+    out = md.panorama(
+        "a lake", height=H * 8, width=2 * W * 8, window=H, stride=W // 2, num_inference_steps=2, output_type="latent"
+    )
+    assert out.images.shape == (1, 16, H, 2 * W)
+    assert torch.isfinite(out.images).all()
+    assert out.stats.coverage >= 1.0
+    assert out.stats.jobs == 2 * 3  # 3 views of 16 at stride 8 across 32, each step
+
+
+def test_a_region_layout_runs(zimage):
+    md = _md(zimage)
+    regions = [Region("a red ball", box=(0.0, 0.0, 0.5, 1.0))]
+    out = md.regions(
+        background="a beach",
+        regions=regions,
+        height=H * 8,
+        width=2 * W * 8,
+        window=H,
+        stride=W // 2,
+        num_inference_steps=2,
+        output_type="latent",
+    )
+    assert out.images.shape == (1, 16, H, 2 * W)
+    assert torch.isfinite(out.images).all()
+    assert out.stats.jobs > 2 * 3  # the region's views run besides the background's
+
+
+def test_the_family_is_recognised_with_its_defaults(zimage):
+    md = _md(zimage)
+    assert isinstance(md.adapter, ZImageAdapter) and md.family == "zimage"
+    assert md.adapter.sampling_defaults == (50, 5.0)
+    assert md.adapter.native_latent_size == (H, W)
+    assert md.adapter.parameters() == {"max_sequence_length": 64}
+    with pytest.raises(ValueError, match="max_sequence_length"):
+        MultiDiffusion(zimage, max_sequence_length=0)
+    with pytest.raises(ValueError, match="true_cfg_scale applies to FLUX"):
+        MultiDiffusion(zimage, true_cfg_scale=2.0)  # another family's option
