@@ -25,13 +25,14 @@ What is Chroma's own (ChromaPipeline, as diffusers 0.42 has it):
 **Positions.** ``positions="view"`` (default) gives every view the ids of an image of its own size,
 (0..h/2-1, 0..w/2-1), as the pipeline gives a whole image; ``"canvas"`` gives each view its place on
 the canvas (FLUX.1's option, the same code). Why local by default: Chroma was trained (from
-FLUX.1-schnell's weights, then at 512 and 1024 px) only on whole images whose token grid starts at
-(0, 0) next to text tokens at position 0, and never on images much larger than about 1.5 Mpx. Between
-image tokens rotary attention only sees differences, which both choices give alike; what differs is
-the offset of the image tokens from the text tokens, and with canvas positions a view of a wide
-panorama sits at column ids (up to the canvas's width / 16) the model never saw next to its text.
-Local positions keep every view inside the training distribution; canvas positions remain the option
-to measure on real weights (``docs/benchmarks.md``'s seam metric takes any model).
+FLUX.1-schnell's weights, itself trained so) on images near its native size, each given the ids of
+its own token grid from (0, 0) next to text tokens at position 0, never ids offset as a window of a
+larger canvas. Between image tokens rotary attention only sees differences, which both choices give
+alike; what differs is the offset of the image tokens from the text tokens, and with canvas
+positions a view of a wide panorama sits at column ids (up to the canvas's width / 16 px) the model
+never saw next to its text. Local positions keep every view inside what it was trained on; canvas
+positions remain the option to measure on real weights (``docs/benchmarks.md``'s seam metric takes
+any model).
 
 At one view covering the canvas this is ChromaPipeline step for step (``tests/test_chroma.py``).
 Not here: ControlNets (diffusers has none for Chroma), IP-Adapters, single-file checkpoints.
