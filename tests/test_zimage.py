@@ -199,6 +199,26 @@ def test_a_two_view_panorama_covers_the_canvas(zimage):
     assert out.stats.jobs == 2 * 3  # 3 views of 16 at stride 8 across 32, each step
 
 
+def test_canvas_positions_place_each_view_on_the_canvas(zimage):
+    x = _latents(3, w=2 * W)
+    kwargs = dict(height=H * 8, width=2 * W * 8, window=H, stride=W // 2, num_inference_steps=2, output_type="latent")
+    local = _md(zimage).panorama("a lake", latents=x, **kwargs)
+    md = MultiDiffusion(zimage, max_sequence_length=64, positions="canvas")
+    md.set_progress_bar_config(disable=True)
+    placed = md.panorama("a lake", latents=x, **kwargs)
+    assert placed.parameters["positions"] == "canvas" and local.parameters["positions"] == "view"
+    assert (placed.images - local.images).abs().max() > 1e-3  # the views right of the first moved
+    assert placed.stats.model_calls == local.stats.model_calls  # still one call per batch of views
+    assert "patchify_and_embed" not in vars(zimage.transformer)  # the wrapper is gone after the call
+    one = md.panorama("a lake", latents=_latents(), **{**kwargs, "width": W * 8})  # one view at (0, 0)
+    assert torch.equal(
+        one.images, _md(zimage).panorama("a lake", latents=_latents(), **{**kwargs, "width": W * 8}).images
+    )
+    with pytest.raises(ValueError, match="rotary tables"):  # 64 tokens per side in the tiny model
+        md.panorama("a lake", **{**kwargs, "width": 2 * 64 * 8 + W * 8, "num_inference_steps": 1})
+    assert "patchify_and_embed" not in vars(zimage.transformer)
+
+
 def test_a_region_layout_runs(zimage):
     md = _md(zimage)
     regions = [Region("a red ball", box=(0.0, 0.0, 0.5, 1.0))]
@@ -222,7 +242,7 @@ def test_the_family_is_recognised_with_its_defaults(zimage):
     assert isinstance(md.adapter, ZImageAdapter) and md.family == "zimage"
     assert md.adapter.sampling_defaults == (50, 5.0)
     assert md.adapter.native_latent_size == (H, W)
-    assert md.adapter.parameters() == {"max_sequence_length": 64}
+    assert md.adapter.parameters() == {"positions": "view", "max_sequence_length": 64}
     with pytest.raises(ValueError, match="max_sequence_length"):
         MultiDiffusion(zimage, max_sequence_length=0)
     with pytest.raises(ValueError, match="true_cfg_scale applies to FLUX"):

@@ -11,15 +11,18 @@ over Qwen3 text features, as diffusers' ``ZImagePipeline`` runs it.
   cuts each view into 2x2 patches itself, so a view, stride and offset are multiples of 2 latent
   pixels. Latents <-> pixels: (z - shift_factor) * scaling_factor, read from the VAE's config (the
   default :class:`~multidiffusion.vae.latents.ScaledLatents`).
-- **Positions are local** (each view's own): the transformer builds its rotary ids itself, the
-  caption's tokens at (1..L, 0, 0) and the image's at (L + 1, row, column) from (0, 0) at the
-  image's top-left corner. The model was trained that way on whole images of many sizes and aspect
-  ratios, rows and columns counted from the corner of each, and never saw a window of a larger
-  image; a view shown as an image of its own size is that training distribution. Between image
-  tokens rotary embeddings depend only on differences of positions, so canvas-global ids would
-  change only where the image sits relative to the caption (its first axis), and past the sizes it
-  was trained on they put rows and columns where it never saw any (the rotary tables end at
-  ``axes_lens``, 512 tokens: 8192 px). No canvas mode is offered yet.
+- **Positions** (``positions``): the transformer builds its rotary ids itself, the caption's tokens
+  at (1..L, 0, 0) and the image's at (L + 1, row, column) counted from (0, 0) at the image's
+  top-left corner. ``"view"`` (default) gives every view those ids, as the pipeline gives a whole
+  image; ``"canvas"`` adds the view's place on the canvas (top/2, left/2) to its rows and columns.
+  The default is local because of how the model was trained: on whole images of many sizes and
+  aspect ratios, rows and columns counted from each image's corner, never on a window of a larger
+  image, so a view shown as an image of its own size is the training distribution. Rotary
+  embeddings depend only on differences of positions, so between image tokens both give the same
+  attention; canvas ids change where the image sits relative to the caption, and on a canvas
+  larger than the images it was trained on they reach rows and columns it never saw (its rotary
+  tables end at ``axes_lens``, 512 tokens: 8192 px, past which canvas positions are refused). All
+  rows still go through one transformer call either way.
 - **Timestep**: the transformer takes (1000 - t) / 1000 and predicts -v; :meth:`ZImageAdapter.predict`
   returns v (the flow-matching velocity the other transformers predict), so Eq. 5 fuses v.
 - **Schedule**: sigmas linspace(1, 1/n, n), shifted by μ from the token count of the *view* (what
@@ -35,7 +38,8 @@ At one view covering the canvas this is ZImagePipeline step for step (``tests/te
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,19 +48,26 @@ import torch
 from multidiffusion.engine.adapter import PromptEmbeddings, split_slots
 from multidiffusion.engine.fusion import Job
 from multidiffusion.models.flow import FlowMatchingAdapter
-from multidiffusion.models.options import ModelOptions, max_sequence_length
+from multidiffusion.models.flux import POSITIONS, FluxAdapter
+from multidiffusion.models.options import ModelOptions, max_sequence_length, option
 
 __all__ = ["ZImageAdapter", "ZImageOptions"]
 
 
 @dataclass(frozen=True)
 class ZImageOptions(ModelOptions):
+    positions: str = option(
+        "view",
+        choices=POSITIONS,
+        help="each view's rotary positions: an image of its own size (view) or its place on the canvas",
+    )
     max_sequence_length: int = max_sequence_length(512)
 
 
 class ZImageAdapter(FlowMatchingAdapter):
-    """Z-Image text-to-image transformers (Base, Turbo and fine-tunes). ``max_sequence_length``:
-    Qwen3 tokens of every prompt, chat template included (512, ZImagePipeline's default)."""
+    """Z-Image text-to-image transformers (Base, Turbo and fine-tunes). ``positions``: "view"
+    (default) or "canvas" (module docstring); ``max_sequence_length``: Qwen3 tokens of every prompt,
+    chat template included (512, ZImagePipeline's default)."""
 
     family = "zimage"
     label = "Z-Image"
@@ -68,6 +79,7 @@ class ZImageAdapter(FlowMatchingAdapter):
     components = ("vae", "scheduler", "text_encoder", "tokenizer")
     explicit_sigmas = True
     max_shift_default = 1.15
+    positions: str
 
     @property
     def sampling_defaults(self) -> tuple[int, float]:
@@ -121,16 +133,55 @@ class ZImageAdapter(FlowMatchingAdapter):
 
     def unet_kwargs(self, cond: PromptEmbeddings, jobs: Sequence[Job], canvas: tuple[int, int]) -> dict[str, Any]:
         slots = [job.prompt for job in jobs]
-        return {name: cond.gather(name, slots) for name in cond.positive}
+        kwargs = {name: cond.gather(name, slots) for name in cond.positive}
+        if self.positions == "canvas":  # (top, left) in tokens per row, both branches: as FLUX.1's
+            kwargs["positions"] = cond.cached(
+                ("positions", tuple(job.view for job in jobs), canvas[1]),
+                lambda: FluxAdapter._row_offsets(self, jobs, canvas[1], cond.batch, cond.negative is not None),
+            )
+        return kwargs
 
     def predict(self, x: torch.Tensor, t: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
         """v for the crops ``x`` (rows, C, h, w): each row an image of its own size (local positions),
         its caption cut to its length, all in one transformer call."""
         kwargs = dict(kwargs)
         feats, lens = kwargs.pop("cap_feats"), kwargs.pop("cap_lens").tolist()
+        positions = kwargs.pop("positions", None)
         captions = [feats[i, :n] for i, n in enumerate(lens)]
         n = x.shape[0]
         timestep = (1000 - t.expand(n).to(torch.float32)) / 1000
         images = list(x.to(self.transformer.dtype).unsqueeze(2).unbind(0))
-        out = self.transformer(images, timestep, captions, return_dict=False, **kwargs)[0]
+        with _placed(self.transformer, None if positions is None else positions.tolist()):
+            out = self.transformer(images, timestep, captions, return_dict=False, **kwargs)[0]
         return -torch.stack([o.float() for o in out]).squeeze(2).to(x.dtype)
+
+
+@contextmanager
+def _placed(transformer: Any, offsets: list[list[int]] | None) -> Iterator[None]:
+    """With ``offsets`` ((top, left) in tokens per input row), the transformer's image rotary ids
+    moved by them for the call (its ``patchify_and_embed`` wrapped on the instance, then restored)."""
+    if offsets is None:
+        yield
+        return
+    rows, cols = transformer.config.axes_lens[1:]
+    original = transformer.patchify_and_embed
+
+    def placed(images: list[torch.Tensor], captions: list[torch.Tensor], patch: int, f_patch: int) -> Any:
+        out = original(images, captions, patch, f_patch)
+        for ids, image, (top, left) in zip(out[3], images, offsets):
+            h, w = image.shape[-2] // patch, image.shape[-1] // patch
+            if top + h > rows or left + w > cols:
+                raise ValueError(
+                    f'positions="canvas": the canvas reaches token row {top + h}, column {left + w}, past the '
+                    f'transformer\'s rotary tables ({rows} x {cols} tokens); use positions="view"'
+                )
+            tokens = image.shape[1] // f_patch * h * w
+            ids[:tokens, 1] += top
+            ids[:tokens, 2] += left
+        return out
+
+    transformer.patchify_and_embed = placed
+    try:
+        yield
+    finally:
+        del transformer.patchify_and_embed
