@@ -12,11 +12,14 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
 )
 from PIL import Image
+from safetensors.torch import save_file
 
 from devtools.dit_components import flow_vae, t5_encoder, t5_tokenizer
 from multidiffusion import MultiDiffusion, Region
 from multidiffusion.files.metadata import read_settings
+from multidiffusion.models.files import ModelNotFoundError
 from multidiffusion.models.flux import pack_latents, unpack_latents
+from multidiffusion.models.transformer_file import default_dit_config, dit_family
 
 from .test_scene import run_cli
 
@@ -252,3 +255,38 @@ def test_other_tasks_and_the_png_round_trip(chroma, md, tmp_path, capsys):
     code, _, err = run_cli(["panorama", "--from", first, "--model", folder, "-q", "-o", again], capsys)
     assert code == 0, err
     np.testing.assert_array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(first)))
+
+
+def _shapes(*names):
+    return {name: (2, 2) for name in names}
+
+
+def test_single_file_chroma_transformers_are_told_from_flux(chroma, tmp_path, monkeypatch):
+    """Chroma's files carry FLUX.1's double_blocks. too; its approximator's tensors make it Chroma,
+    read by ChromaTransformer2DModel.from_single_file with the rest from Chroma1-HD or config=."""
+    names = ("double_blocks.0.img_attn.qkv.weight", "distilled_guidance_layer.in_proj.bias")
+    for prefix in ("", "model.diffusion_model."):
+        shapes = _shapes(*(prefix + name for name in names))
+        assert dit_family(shapes) == "chroma" and default_dit_config("chroma", shapes) == "lodestones/Chroma1-HD"
+    assert dit_family(_shapes("double_blocks.0.img_attn.qkv.weight", "guidance_in.in_layer.weight")) == "flux"
+    path = tmp_path / "chroma-finetune.safetensors"
+    save_file({name: torch.zeros(2, 2) for name in names}, path)
+    with pytest.raises(ModelNotFoundError, match=r"single-file Chroma transformer.*lodestones/Chroma1-HD.*config="):
+        MultiDiffusion.from_pretrained(path, device="cpu")
+    calls = {}
+
+    def transformer_from_file(cls, file, **kwargs):
+        calls["transformer"] = (file, kwargs)
+        return chroma.transformer
+
+    def pipeline_from_pretrained(cls, source, **kwargs):
+        calls["pipeline"] = (source, kwargs)
+        return chroma
+
+    monkeypatch.setattr(ChromaTransformer2DModel, "from_single_file", classmethod(transformer_from_file))
+    monkeypatch.setattr(ChromaPipeline, "from_pretrained", classmethod(pipeline_from_pretrained))
+    md = MultiDiffusion.from_pretrained(path, config="my-chroma-folder", device="cpu")
+    assert md.family == "chroma"
+    assert calls["transformer"][0] == str(path) and calls["transformer"][1]["config"] == "my-chroma-folder"
+    source, kwargs = calls["pipeline"]
+    assert source == "my-chroma-folder" and kwargs["transformer"] is chroma.transformer

@@ -45,8 +45,8 @@ ADAPTERS: list[type[FamilyAdapter]] = [
     StableDiffusionAdapter,
     StableDiffusionXLAdapter,
     StableDiffusion3Adapter,
+    ChromaAdapter,  # before FLUX.1: Chroma's single files have FLUX.1's double_blocks. too
     FluxAdapter,
-    ChromaAdapter,
     ZImageAdapter,
 ]
 """The registered families, in the order they are tried on a pipeline: one line each."""

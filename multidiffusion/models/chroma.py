@@ -35,7 +35,10 @@ positions remain the option to measure on real weights (``docs/benchmarks.md``'s
 any model).
 
 At one view covering the canvas this is ChromaPipeline step for step (``tests/test_chroma.py``).
-Not here: ControlNets (diffusers has none for Chroma), IP-Adapters, single-file checkpoints.
+Single-file transformers (lodestones' ``.safetensors``) are told from FLUX.1's by the approximator's
+``distilled_guidance_layer.`` tensors (so Chroma is registered before FLUX.1) and read by diffusers'
+``ChromaTransformer2DModel.from_single_file``, the rest from Chroma1-HD or ``config=``.
+Not here: ControlNets (diffusers has none for Chroma), IP-Adapters.
 """
 
 from __future__ import annotations
@@ -80,8 +83,13 @@ class ChromaAdapter(FluxAdapter):
     pipelines = ("ChromaPipeline",)
     network_classes = ("ChromaTransformer2DModel",)
     components = ("vae", "scheduler", "text_encoder", "tokenizer")
-    checkpoint_blocks = None  # FLUX.1's "double_blocks." is in Chroma's files too: not told apart yet
+    checkpoint_blocks = "distilled_guidance_layer."  # Chroma's own (its files have FLUX.1's double_blocks. too)
     sampling_defaults = (35, 5.0)  # type: ignore[assignment]  # ChromaPipeline's steps and guidance scale
+
+    @classmethod
+    def single_file_config(cls, shapes: dict[str, tuple[int, ...]]) -> str:
+        """Chroma1-HD's configuration and components (diffusers' default for a Chroma file)."""
+        return "lodestones/Chroma1-HD"
 
     @property
     def guidance_embedded(self) -> bool:
