@@ -11,8 +11,11 @@ from PIL import Image
 
 from devtools.dit_components import flow_vae
 from multidiffusion import MultiDiffusion, Region
+from multidiffusion.files.metadata import read_settings
 from multidiffusion.models.flow import calculate_shift
 from multidiffusion.models.zimage import ZImageAdapter
+
+from .test_scene import run_cli
 
 STEPS = 3
 H = W = 16  # latent pixels: 128 px, the tiny model's native window
@@ -247,3 +250,35 @@ def test_the_family_is_recognised_with_its_defaults(zimage):
         MultiDiffusion(zimage, max_sequence_length=0)
     with pytest.raises(ValueError, match="true_cfg_scale applies to FLUX"):
         MultiDiffusion(zimage, true_cfg_scale=2.0)  # another family's option
+
+
+def test_other_tasks_and_the_png_round_trip(zimage, tmp_path, capsys, monkeypatch):
+    """Inpainting, outpainting, upscaling and the fast mode run through the same contract; a panorama
+    saved by the command line from a Z-Image folder is made again from its PNG with the same pixels;
+    a folder named for Turbo takes Turbo's defaults."""
+    md = _md(zimage)
+    rng = np.random.default_rng(6)
+    image = Image.fromarray(rng.integers(0, 256, (H * 8, 2 * W * 8, 3), dtype=np.uint8))
+    mask = Image.fromarray(np.pad(np.full((H * 8, 64), 255, np.uint8), ((0, 0), (96, 96))))
+    kwargs = dict(num_inference_steps=2, window=W, stride=8, output_type="latent")
+    small = image.crop((0, 0, W * 8, H * 8))
+    for out in (
+        md.inpaint(image, mask, "a boat", **kwargs),
+        md.outpaint(small, "a lake", right=W * 8, **kwargs),
+        md.upscale(small.resize((W * 8, H * 4)), scale=2.0, prompt="a lake", strength=0.5, **kwargs),
+        md.panorama("a lake", height=H * 8, width=2 * W * 8, placement="shifted", **kwargs),
+    ):
+        assert out.images.shape == (1, 16, H, 2 * W) and torch.isfinite(out.images).all()
+    folder = tmp_path / "tiny-z-image-turbo"
+    zimage.save_pretrained(folder)
+    first, again = tmp_path / "first.png", tmp_path / "again.png"
+    args = ["--model", folder, "--width", 256, "--height", 128, "--seed", 3, "-q"]
+    args += ["--max-sequence-length", 64, "--positions", "canvas"]
+    code, _, err = run_cli(["panorama", "a lake at dawn", *args, "-o", first], capsys)
+    assert code == 0, err
+    stored = read_settings(first, "panorama")
+    assert stored.model_options == {"positions": "canvas", "max_sequence_length": 64}
+    assert stored.values["num_inference_steps"] == 8 and stored.values["guidance_scale"] == 0.0  # Turbo's
+    code, _, err = run_cli(["panorama", "--from", first, "--model", folder, "-q", "-o", again], capsys)
+    assert code == 0, err
+    np.testing.assert_array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(first)))
