@@ -156,5 +156,8 @@ def clip_skip() -> Any:
 
 
 def max_sequence_length(default: int) -> Any:
-    """``max_sequence_length``: T5 tokens of every prompt, 1 to 512 (``default``: the pipeline's)."""
-    return option(default, help="T5 tokens of every prompt (1 to 512)", check=_integer_from(1, 512), parse=int)
+    """``max_sequence_length``: text-encoder tokens of every prompt (T5's; Z-Image's Qwen3's), 1 to 512
+    (``default``: the pipeline's)."""
+    return option(
+        default, help="text-encoder tokens of every prompt (1 to 512)", check=_integer_from(1, 512), parse=int
+    )
