@@ -96,5 +96,10 @@ def test_a_batch_loads_its_model_with_the_typed_model_flags(monkeypatch):
     args = _verbs(build_parser())["batch"].parse_args(
         ["jobs.jsonl", "--original-size", "window", "--positions", "canvas"]
     )
-    batch._Models(args).get(SimpleNamespace(model=None, controlnet=None))
+    models = batch._Models(args)
+    models.get(SimpleNamespace(model=None, controlnet=None, model_options={}))
     assert loaded == [{"original_size": "window", "positions": "canvas"}]
+    # a line's own model options (a scene's clip_skip) join them, the typed flags winning; other
+    # options are another model: loaded again
+    models.get(SimpleNamespace(model=None, controlnet=None, model_options={"clip_skip": 1, "positions": "view"}))
+    assert loaded[1] == {"clip_skip": 1, "original_size": "window", "positions": "canvas"}
