@@ -21,6 +21,7 @@ from multidiffusion.models.files import ModelNotFoundError
 from multidiffusion.models.flux import pack_latents, unpack_latents
 from multidiffusion.models.transformer_file import default_dit_config, dit_family
 
+from .family_checks import the_other_tasks_run
 from .test_scene import run_cli
 
 STEPS = 3
@@ -231,18 +232,7 @@ def test_options_of_other_families_and_controlnets_are_refused(chroma, md):
 def test_other_tasks_and_the_png_round_trip(chroma, md, tmp_path, capsys):
     """Inpainting, outpainting, upscaling and the fast mode run through the same contract; a panorama saved by
     the command line from a Chroma folder is made again from its PNG with the same pixels."""
-    rng = np.random.default_rng(6)
-    image = Image.fromarray(rng.integers(0, 256, (H * 8, 2 * W * 8, 3), dtype=np.uint8))
-    mask = Image.fromarray(np.pad(np.full((H * 8, 64), 255, np.uint8), ((0, 0), (96, 96))))
-    kwargs = dict(num_inference_steps=2, window=W, stride=8, output_type="latent")
-    small = image.crop((0, 0, W * 8, H * 8))
-    for out in (
-        md.inpaint(image, mask, "a boat", **kwargs),
-        md.outpaint(small, "a lake", right=W * 8, **kwargs),
-        md.upscale(small.resize((W * 8, H * 4)), scale=2.0, prompt="a lake", strength=0.5, **kwargs),
-        md.panorama("a lake", height=H * 8, width=2 * W * 8, placement="shifted", **kwargs),
-    ):
-        assert out.images.shape == (1, 16, H, 2 * W) and torch.isfinite(out.images).all()
+    the_other_tasks_run(md, H, W, 16)
     folder = tmp_path / "tiny-chroma"
     chroma.save_pretrained(folder)
     first, again = tmp_path / "first.png", tmp_path / "again.png"

@@ -51,8 +51,8 @@ import torch
 
 from multidiffusion.engine.adapter import PromptEmbeddings, split_slots
 from multidiffusion.models.flow import FlowMatchingAdapter
-from multidiffusion.models.flux import POSITIONS, FluxAdapter, unpack_latents
-from multidiffusion.models.options import ModelOptions, max_sequence_length, option
+from multidiffusion.models.flux import FluxAdapter, unpack_latents
+from multidiffusion.models.options import ModelOptions, max_sequence_length, positions
 
 __all__ = ["ChromaAdapter", "ChromaOptions"]
 
@@ -63,11 +63,7 @@ TEXT_MASK = "text_attention_mask"
 
 @dataclass(frozen=True)
 class ChromaOptions(ModelOptions):
-    positions: str = option(
-        "view",
-        choices=POSITIONS,
-        help="each view's rotary positions: an image of its own size (view) or its place on the canvas",
-    )
+    positions: str = positions()
     max_sequence_length: int = max_sequence_length(512)
 
 

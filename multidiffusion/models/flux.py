@@ -49,20 +49,14 @@ from multidiffusion.engine.adapter import PromptEmbeddings, map_tensors, split_s
 from multidiffusion.engine.fusion import Job
 from multidiffusion.models.files import has_tensors
 from multidiffusion.models.flow import FlowMatchingAdapter
-from multidiffusion.models.options import ModelOptions, max_sequence_length, non_negative, option
+from multidiffusion.models.options import POSITIONS, ModelOptions, max_sequence_length, non_negative, option, positions
 
 __all__ = ["POSITIONS", "FluxAdapter", "FluxOptions", "pack_latents", "unpack_latents"]
-
-POSITIONS = ("view", "canvas")
 
 
 @dataclass(frozen=True)
 class FluxOptions(ModelOptions):
-    positions: str = option(
-        "view",
-        choices=POSITIONS,
-        help="each view's rotary positions: an image of its own size (view) or its place on the canvas",
-    )
+    positions: str = positions()
     true_cfg_scale: float = option(
         1.0, check=non_negative, parse=float, help="true classifier-free guidance with the negative prompt (≤ 1: off)"
     )

@@ -155,6 +155,20 @@ def clip_skip() -> Any:
     )
 
 
+POSITIONS = ("view", "canvas")
+"""A transformer view's rotary positions: an image of its own size, or its place on the canvas."""
+
+
+def positions() -> Any:
+    """``positions`` of a DiT family: each view's rotary positions, "view" (the view alone, as the
+    pipeline at that size; the default) or "canvas" (its place on the canvas)."""
+    return option(
+        "view",
+        choices=POSITIONS,
+        help="each view's rotary positions: an image of its own size (view) or its place on the canvas",
+    )
+
+
 def max_sequence_length(default: int) -> Any:
     """``max_sequence_length``: text-encoder tokens of every prompt (T5's; Z-Image's Qwen3's), 1 to 512
     (``default``: the pipeline's)."""

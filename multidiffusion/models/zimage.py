@@ -48,19 +48,15 @@ import torch
 from multidiffusion.engine.adapter import PromptEmbeddings, split_slots
 from multidiffusion.engine.fusion import Job
 from multidiffusion.models.flow import FlowMatchingAdapter
-from multidiffusion.models.flux import POSITIONS, FluxAdapter
-from multidiffusion.models.options import ModelOptions, max_sequence_length, option
+from multidiffusion.models.flux import FluxAdapter
+from multidiffusion.models.options import ModelOptions, max_sequence_length, positions
 
 __all__ = ["ZImageAdapter", "ZImageOptions"]
 
 
 @dataclass(frozen=True)
 class ZImageOptions(ModelOptions):
-    positions: str = option(
-        "view",
-        choices=POSITIONS,
-        help="each view's rotary positions: an image of its own size (view) or its place on the canvas",
-    )
+    positions: str = positions()
     max_sequence_length: int = max_sequence_length(512)
 
 
