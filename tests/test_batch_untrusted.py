@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from multidiffusion.cli.batch import read_items
-from multidiffusion.io import text
 from multidiffusion.files.scene import load_scene
+from multidiffusion.io import text
 
 from .test_cli import run
 

@@ -12,8 +12,8 @@ import sys
 import pytest
 from PIL import Image
 
-from multidiffusion.io.budget import MAX_EMBEDDED_IMAGES, MAX_EMBEDDED_PIXELS, check_embedded, embedded_images
 from multidiffusion.files.scene import parse_scene
+from multidiffusion.io.budget import MAX_EMBEDDED_IMAGES, MAX_EMBEDDED_PIXELS, check_embedded, embedded_images
 
 from .test_untrusted_settings import REGIONS, _png_with
 

@@ -77,7 +77,8 @@ def test_other_pipeline_families_are_refused(tiny_model_dir, tmp_path):
     (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "QwenImagePipeline"}))
     with pytest.raises(
         ModelNotFoundError,
-        match=r"QwenImagePipeline; multidiffusion supports Stable Diffusion 1\.x .*\(StableDiffusionPipeline, .*FluxPipeline[^)]*\)",
+        match=r"QwenImagePipeline; multidiffusion supports Stable Diffusion 1\.x "
+        r".*\(StableDiffusionPipeline, .*FluxPipeline[^)]*\)",
     ):
         MultiDiffusion.from_pretrained(folder, device="cpu")
 

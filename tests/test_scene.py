@@ -12,10 +12,10 @@ from PIL import Image
 
 from multidiffusion import MAX_REGIONS, load_scene, region_layout
 from multidiffusion.cli import main
-from multidiffusion.io.trust import TypedPath
 from multidiffusion.files.metadata import read_parameters
-from multidiffusion.regions.masks import load_mask
 from multidiffusion.files.scene import parse_scene
+from multidiffusion.io.trust import TypedPath
+from multidiffusion.regions.masks import load_mask
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "regions"
 

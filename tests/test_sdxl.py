@@ -244,7 +244,7 @@ def test_bad_sdxl_options(xl16, options, match):
 
 
 def test_sdxl_options_on_an_sd_model_are_refused():
-    with pytest.raises(ValueError, match="original_size applies to SDXL models; this model is Stable Diffusion 1.x"):
+    with pytest.raises(ValueError, match=r"original_size applies to SDXL models; this model is Stable Diffusion 1\.x"):
         MultiDiffusion(tiny_sd_pipeline(sample_size=16), original_size="window")
 
 
