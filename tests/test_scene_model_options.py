@@ -58,3 +58,15 @@ def test_clip_skip_takes_an_earlier_layer_through_the_final_norm(tiny_model_dir)
     torch.testing.assert_close(got, want.to(got.dtype))
     assert not torch.allclose(got, last.to(got.dtype))  # not the last layer's
     assert "text_model" not in enc.__dict__  # the name lent for the call is taken back
+
+
+def test_clip_skip_past_the_text_encoders_layers_is_refused_by_name(tiny_model_dir):
+    """A clip_skip the text encoder has no layers for (a 40-digit one from a scene) is one clear
+    error when the model loads, not an IndexError at the first prompt."""
+    import pytest
+
+    from multidiffusion import MultiDiffusion
+
+    for value in (2, 10**39):
+        with pytest.raises(ValueError, match=r"clip_skip must be less than the 2 layers of this model's text_encoder"):
+            MultiDiffusion.from_pretrained(str(tiny_model_dir), clip_skip=value)

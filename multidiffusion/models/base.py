@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 
 from multidiffusion.engine.adapter import ModelAdapter
-from multidiffusion.models.options import ModelOptions, option_fields
+from multidiffusion.models.options import ModelOptions, check_clip_skip, option_fields
 from multidiffusion.vae.codec import vae_scale_factor
 from multidiffusion.vae.latents import LatentFormat, ScaledLatents
 
@@ -79,6 +79,8 @@ class FamilyAdapter(ModelAdapter):
         checked = self.Options(**options)
         for f in option_fields(self.Options):
             setattr(self, f.name, getattr(checked, f.name))
+        if getattr(self, "clip_skip", None) is not None:
+            check_clip_skip(self.clip_skip, self.pipe)
 
     @property
     def controlnets(self) -> list[torch.nn.Module]:

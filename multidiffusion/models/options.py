@@ -169,6 +169,17 @@ def positions() -> Any:
     )
 
 
+def check_clip_skip(value: int, pipe: Any) -> None:
+    """``clip_skip`` against the model: fewer layers than each CLIP text encoder has (diffusers
+    indexes its hidden states from the end; past them it fails with an IndexError)."""
+    for name in ("text_encoder", "text_encoder_2"):
+        layers = getattr(getattr(getattr(pipe, name, None), "config", None), "num_hidden_layers", None)
+        if isinstance(layers, int) and value >= layers:
+            raise ValueError(
+                f"clip_skip must be less than the {layers} layers of this model's {name}, got {shown(value)}"
+            )
+
+
 def max_sequence_length(default: int) -> Any:
     """``max_sequence_length``: text-encoder tokens of every prompt (T5's; Z-Image's Qwen3's), 1 to 512
     (``default``: the pipeline's)."""
