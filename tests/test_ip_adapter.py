@@ -6,6 +6,7 @@ changes the UNet's attention processors."""
 from __future__ import annotations
 
 import hashlib
+import re
 
 import numpy as np
 import pytest
@@ -290,3 +291,20 @@ def test_a_png_round_trip_makes_the_same_image_with_the_image_given_again(sd_ip,
         sd_ip.generate(stored.options())  # a stored record is never opened by itself
     again = sd_ip.generate(stored.options(ip_adapter_image=style))
     assert np.array_equal(np.asarray(again.images[0]), np.asarray(out.images[0]))
+
+
+def test_weights_that_are_no_folder_file_or_repo_id_are_refused_by_name(md16, tmp_path):
+    """Before diffusers reads anything: the source must be a folder holding a regular weights file
+    (not a device behind a link, not missing) or a hub repo id; each refusal one line naming it."""
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "zero.safetensors").symlink_to("/dev/zero")
+    cases = {
+        ("/dev/zero", WEIGHTS): "'/dev/zero' is not a folder",
+        (str(tmp_path / "adapter"), "zero.safetensors"): "no weights file 'zero.safetensors'",
+        (str(tmp_path / "adapter"), WEIGHTS): f"no weights file '{WEIGHTS}'",
+        ("../../x", WEIGHTS): "neither a folder nor a hub repo id",
+    }
+    for (source, name), message in cases.items():
+        with pytest.raises(ValueError, match=re.escape(message)):
+            md16.load_ip_adapter(source, weight_name=name)
+    assert not getattr(md16, "ip_adapter_files", [])

@@ -27,6 +27,7 @@ from typing import Any, TypedDict
 import torch
 
 from multidiffusion.conditionings.base import ConditioningKind, Context, Flag
+from multidiffusion.conditionings.ip_adapter_files import check_weights_source, loaded_files, not_found
 from multidiffusion.conditionings.ip_adapter_rows import IPAdapterConditioning, SlotImage
 from multidiffusion.io.messages import shown
 
@@ -250,14 +251,18 @@ class IPAdapterMethods:
                     f"load_ip_adapter: {name} is a pickle, which can run code when loaded; use the .safetensors file, "
                     "or pass allow_pickle=True (--allow-pickle) if you trust its source"
                 )
-        adapter.pipe.load_ip_adapter(
-            pretrained_model_name_or_path_or_dict,
-            subfolder=subfolder,
-            weight_name=weight_name,
-            image_encoder_folder=image_encoder_folder,
-            **kwargs,
-        )
-        self.ip_adapter_files = _loaded_files(pretrained_model_name_or_path_or_dict, subfolder, names)
+        check_weights_source(pretrained_model_name_or_path_or_dict, subfolder, names)
+        try:
+            adapter.pipe.load_ip_adapter(
+                pretrained_model_name_or_path_or_dict,
+                subfolder=subfolder,
+                weight_name=weight_name,
+                image_encoder_folder=image_encoder_folder,
+                **kwargs,
+            )
+        except OSError as error:  # a repo id the cache and the hub don't have
+            raise ValueError(not_found(pretrained_model_name_or_path_or_dict, error)) from None
+        self.ip_adapter_files = loaded_files(pretrained_model_name_or_path_or_dict, subfolder, names)
         return self
 
     def set_ip_adapter_scale(self, scale: float | list[Any] | dict[str, Any]) -> Any:
@@ -274,24 +279,6 @@ class IPAdapterMethods:
         self.adapter.pipe.unload_ip_adapter()  # type: ignore[attr-defined]
         self.ip_adapter_files = []
         return self
-
-
-def _loaded_files(source: Any, subfolder: Any, names: list[str]) -> list[dict[str, Any]]:
-    """What results record of the loaded weights: a local file's name and SHA-256, a repo id as is."""
-    from multidiffusion.models.files import sha256_file
-
-    if isinstance(source, dict):
-        return [{"file": "a state dict"}]
-    sources = source if isinstance(source, list) else [source] * len(names)
-    folders = subfolder if isinstance(subfolder, list) else [subfolder] * len(names)
-    out = []
-    for src, folder, name in zip(sources, folders, names):
-        path = Path(src).expanduser() / (folder or "") / name
-        if path.is_file():
-            out.append({"file": name, "sha256": sha256_file(path)})
-        else:
-            out.append({"repo": str(src), "subfolder": folder or "", "file": name})
-    return out
 
 
 FLAGS = (
