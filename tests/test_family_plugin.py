@@ -62,7 +62,7 @@ def test_the_registry_line_is_all_a_family_needs(sharp):
         models.adapter_for(sharp, sharpness=-1)
     sharp.sharp = False  # the same components unmarked: plain SD, which takes no sharpness
     assert type(models.adapter_for(sharp)) is StableDiffusionAdapter
-    with pytest.raises(ValueError, match="sharpness applies to SHARP models; this model is Stable Diffusion 1"):
+    with pytest.raises(ValueError, match="sharpness applies to Sharp models; this model is Stable Diffusion 1"):
         models.adapter_for(sharp, sharpness=2.0)
 
 

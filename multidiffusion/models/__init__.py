@@ -153,7 +153,8 @@ def adapter_for(pipe: Any, **options: Any) -> ModelAdapter:
         if takes is None:
             raise ValueError(f"unknown model option {name!r}; the options are {', '.join(takers)}")
         if adapter.family not in takes:
-            names = ", ".join(f.upper() for f in takes)
+            labels = {known.family: known.label or known.family for known in ADAPTERS}
+            names = ", ".join(labels[f] for f in takes)
             raise ValueError(
                 f"{name} applies to {names} models; this model is {adapter.description}, which takes no {name}"
             )
