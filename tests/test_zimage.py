@@ -6,10 +6,10 @@ width 64, a 16-channel VAE (nothing downloaded)."""
 import numpy as np
 import pytest
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, ZImageImg2ImgPipeline, ZImagePipeline, ZImageTransformer2DModel
+from diffusers import ZImageImg2ImgPipeline
 from PIL import Image
 
-from devtools.dit_components import flow_vae
+from devtools.zimage_components import tiny_zimage_pipeline
 from multidiffusion import MultiDiffusion, Region
 from multidiffusion.files.metadata import read_settings
 from multidiffusion.models.flow import calculate_shift
@@ -20,73 +20,6 @@ from .test_scene import run_cli
 
 STEPS = 3
 H = W = 16  # latent pixels: 128 px, the tiny model's native window
-SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n"
-    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
-)
-
-
-def _tokenizer():
-    """A fast tokenizer of single characters with Qwen's special tokens and a chat template."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    chars = [chr(c) for c in range(32, 127)] + ["\n"]
-    tok = Tokenizer(models.WordLevel({s: i for i, s in enumerate(SPECIAL + chars)}, unk_token=SPECIAL[0]))
-    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token=SPECIAL[0], eos_token=SPECIAL[2], additional_special_tokens=SPECIAL[1:]
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
-
-
-def tiny_zimage_pipeline(dynamic: bool = False, seed: int = 0) -> ZImagePipeline:
-    """Z-Image Turbo's scheduler (fixed shift 3) or, with ``dynamic``, a resolution-shifted one."""
-    from transformers import Qwen3Config, Qwen3Model
-
-    tokenizer = _tokenizer()
-    torch.manual_seed(seed)
-    config = Qwen3Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=256,
-        pad_token_id=0,
-    )
-    text_encoder = Qwen3Model(config).eval()
-    torch.manual_seed(seed)
-    transformer = ZImageTransformer2DModel(
-        in_channels=16,
-        dim=64,
-        n_layers=1,
-        n_refiner_layers=1,
-        n_heads=2,
-        n_kv_heads=2,
-        cap_feat_dim=32,
-        axes_dims=[8, 12, 12],
-        axes_lens=[256, 64, 64],
-    ).eval()
-    if dynamic:
-        scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15)
-    else:
-        scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=False)
-    pipe = ZImagePipeline(
-        scheduler=scheduler,
-        vae=flow_vae(seed=seed),
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        transformer=transformer,
-    )
-    pipe.default_sample_size = H
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.fixture(scope="module")
