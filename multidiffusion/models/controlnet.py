@@ -2,7 +2,10 @@
 first, the hub within ``HUB_TIMEOUT_S``), a single ``.safetensors`` file (pickles only when
 allowed), an already loaded ``ControlNetModel``, or a list of those for several ControlNets. A
 folder or repo whose config names ``ControlNetUnionModel`` loads as one (ControlNet-Union SDXL),
-``FluxControlNetModel`` or ``SD3ControlNetModel`` as those (FLUX.1, SD 3 / 3.5). Each is checked
+``FluxControlNetModel``, ``SD3ControlNetModel`` or ``ZImageControlNetModel`` as those (FLUX.1, SD 3 / 3.5,
+Z-Image); a single file holding Z-Image's ControlNet tensors (``control_all_x_embedder.``, the
+Z-Image-Turbo-Fun files) loads as a ``ZImageControlNetModel`` (diffusers' ``from_single_file``, its
+config from the hub's cache or the hub). Each is checked
 against the model by its adapter (:meth:`~multidiffusion.models.base.FamilyAdapter.adopt_controlnet`).
 ``"demo"`` is the demo model's ControlNet, shipped in ``multidiffusion/demo/controlnet`` (its control
 image is a scene's class map: ``devtools.demo.scenes.layout_image``)."""
@@ -16,7 +19,7 @@ from typing import Any
 import torch
 
 from multidiffusion.io.trust import RepoId
-from multidiffusion.models.files import ModelNotFoundError, is_pickle_path, refused_pickle
+from multidiffusion.models.files import ModelNotFoundError, has_tensors, is_pickle_path, refused_pickle
 from multidiffusion.models.hub import ask_hub_in_time, how_to_get, hub_folder, hub_offline
 
 __all__ = [
@@ -50,10 +53,11 @@ CONTROLNET_FAMILIES = {
     "ControlNetUnionModel": "SDXL",
     "FluxControlNetModel": "FLUX.1",
     "SD3ControlNetModel": "SD 3 / 3.5",
+    "ZImageControlNetModel": "Z-Image",
 }
 """diffusers' ControlNet classes -> the family they serve."""
 
-NET_CLASSES = ("ControlNetUnionModel", "FluxControlNetModel", "SD3ControlNetModel")
+NET_CLASSES = ("ControlNetUnionModel", "FluxControlNetModel", "SD3ControlNetModel", "ZImageControlNetModel")
 """Classes a ControlNet folder's config may name besides ``ControlNetModel``."""
 
 
@@ -141,8 +145,6 @@ def load_controlnet(
     spec: Any, *, torch_dtype: torch.dtype | None = None, allow_pickle: bool = False, name: str = "controlnet"
 ) -> torch.nn.Module:
     """One ControlNet from ``spec`` (see the module docstring)."""
-    from diffusers import ControlNetModel
-
     if isinstance(spec, torch.nn.Module):
         return spec
     if not isinstance(spec, (str, os.PathLike)):
@@ -154,14 +156,15 @@ def load_controlnet(
     check_controlnet_source(spec, allow_pickle, name)
     path = Path(spec).expanduser()
     if path.is_file():
+        cls = _file_class(path)
         try:
-            return ControlNetModel.from_single_file(str(path), **kwargs)
+            return cls.from_single_file(str(path), **kwargs)
         except Exception as exc:  # diffusers needs the hub for a single file's config when not cached
             refused = refused_pickle(exc, name)
             if refused is not None:
                 raise refused from None
             raise ModelNotFoundError(
-                f"{name}: could not load {path.name} as a ControlNet ({type(exc).__name__}); give its diffusers "
+                f"{name}: could not load {path.name} as a {cls.__name__} ({type(exc).__name__}); give its diffusers "
                 "folder instead"
             ) from None
     if path.is_dir():
@@ -174,6 +177,26 @@ def load_controlnet(
                 raise
             raise refused from None
     return _load_repo(str(spec), allow_pickle, name, **kwargs)
+
+
+ZIMAGE_FILE_TENSOR = "control_all_x_embedder."
+"""A tensor-name prefix only Z-Image ControlNet files hold (diffusers' own marker for them)."""
+
+
+def _file_class(path: Path) -> type:
+    """The ControlNet class of a single file: ``ZImageControlNetModel`` for a .safetensors file holding
+    Z-Image's ControlNet tensors (only its header is read), else ``ControlNetModel``."""
+    import diffusers
+
+    from multidiffusion.models.single_file import read_shapes
+
+    if path.suffix != ".safetensors" or is_pickle_path(path):
+        return diffusers.ControlNetModel
+    try:
+        names = read_shapes(path)
+    except ModelNotFoundError:  # not a readable file: diffusers' load says so, as for any ControlNet file
+        return diffusers.ControlNetModel
+    return diffusers.ZImageControlNetModel if has_tensors(names, ZIMAGE_FILE_TENSOR) else diffusers.ControlNetModel
 
 
 def _net_class(source: str, **kwargs: Any) -> type:

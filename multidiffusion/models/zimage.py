@@ -33,7 +33,21 @@ over Qwen3 text features, as diffusers' ``ZImagePipeline`` runs it.
   evaluation per view and step. The pipeline's ``cfg_truncation`` and ``cfg_normalization`` (off
   by default there) are not offered.
 
-At one view covering the canvas this is ZImagePipeline step for step (``tests/test_zimage.py``).
+- **ControlNet** (``ZImageControlNetModel``, the Z-Image-Turbo-Fun ControlNets), as
+  ZImageControlNetPipeline runs it: the control image VAE-encoded (the posterior's mode, as the
+  pipeline's ``argmax``), (z - shift_factor) * scaling_factor, zero channels appended up to the net's
+  ``control_in_dim`` (the 2.x nets' 33: their inpainting inputs, zeros in the plain pipeline), and each
+  view given the crop of those canvas latents at its latent place (:mod:`~multidiffusion.models.flow`).
+  The net shares the transformer's embedders and refiners (diffusers' ``from_transformer``) and runs
+  on the same rows: both guidance branches with their own captions, no guess mode. Its output, one
+  hint per main block it feeds, scaled by ``controlnet_conditioning_scale`` (the pipeline's default
+  0.75; ours 1.0, as every family's), is added to the unified [image; caption] token stream after
+  those blocks. Several nets sum their hints per block (held in diffusers' ``MultiControlNetModel``,
+  a plain list here; diffusers has no Z-Image one). With canvas positions the net's rotary ids move
+  with the view's as the transformer's do.
+
+At one view covering the canvas this is ZImagePipeline step for step (``tests/test_zimage.py``), and
+ZImageControlNetPipeline with a ControlNet (``tests/test_zimage_controlnet.py``).
 """
 
 from __future__ import annotations
@@ -147,19 +161,103 @@ class ZImageAdapter(FlowMatchingAdapter):
         n = x.shape[0]
         timestep = (1000 - t.expand(n).to(torch.float32)) / 1000
         images = list(x.to(self.transformer.dtype).unsqueeze(2).unbind(0))
-        with _placed(self.transformer, None if positions is None else positions.tolist()):
+        hints = kwargs.pop("controlnet_block_samples", None)
+        if hints is not None:  # to this call's unified length: its image tokens and longest caption
+            length = _padded(x.shape[-2] // 2 * (x.shape[-1] // 2)) + max(_padded(k) for k in lens)
+            kwargs["controlnet_block_samples"] = {i: _fitted(h, length) for i, h in hints.items()}
+        with _placed(self.transformer, _offsets(positions), self.transformer.config.axes_lens):
             out = self.transformer(images, timestep, captions, return_dict=False, **kwargs)[0]
         return -torch.stack([o.float() for o in out]).squeeze(2).to(x.dtype)
 
+    def adopt_controlnet(self, net: Any, name: str) -> Any:
+        """A ``ZImageControlNetModel`` made for this transformer (its width, heads and norms, blocks it
+        feeds that exist), given the transformer's shared modules as ZImageControlNetPipeline does."""
+        from diffusers import ZImageControlNetModel
+
+        from multidiffusion.models.controlnet import check_controlnet_class
+
+        check_controlnet_class(net, ("ZImageControlNetModel",), "Z-Image", name)
+        c, m = net.config, self.transformer.config
+        for key in ("dim", "n_heads", "n_kv_heads", "qk_norm", "norm_eps"):
+            if c.get(key) != m.get(key):
+                raise ValueError(
+                    f"{name}: this ZImageControlNetModel was made for another Z-Image model ({key}={c.get(key)!r}) "
+                    f"than the one loaded ({key}={m.get(key)!r}); use a ControlNet made for this model"
+                )
+        if max(c.control_layers_places) >= m.n_layers or (c.control_in_dim or 0) < m.in_channels:
+            raise ValueError(
+                f"{name}: this ZImageControlNetModel feeds blocks {list(c.control_layers_places)} with "
+                f"{c.control_in_dim} control channels, but the transformer has {m.n_layers} blocks and "
+                f"{m.in_channels} latent channels; use a ControlNet made for this model"
+            )
+        return ZImageControlNetModel.from_transformer(net, self.transformer)
+
+    def control_input(self, net: Any, pixels: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """ZImageControlNetPipeline's control context: the VAE's latents of the image in [-1, 1] with
+        zero channels up to the net's ``control_in_dim``, cropped at the views' latent offsets."""
+        latents = self.control_latents(pixels)
+        extra = net.config.control_in_dim - latents.shape[1]
+        return torch.cat([latents, latents.new_zeros((1, extra, *latents.shape[2:]))], dim=1), 1
+
+    def run_controlnet(
+        self,
+        net: Any,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        kwargs: dict[str, Any],
+        control: dict[str, Any],
+        guess_mode: bool,
+    ) -> Any:
+        """``net``'s hints for the crops ``x`` as ZImageControlNetPipeline calls it (each row an image
+        of its own, its caption cut to its length), one per main transformer block (None where it
+        feeds none), each padded to the longest unified length any row of the call can have, so
+        that the hints of rows and of several nets add up (:meth:`predict` cuts them to its call's)."""
+        feats, lens = kwargs["cap_feats"], kwargs["cap_lens"].tolist()
+        n, _, h, w = x.shape
+        dtype = self.transformer.dtype
+        images = list(x.to(dtype).unsqueeze(2).unbind(0))
+        context = list(control["controlnet_cond"].to(dtype).unsqueeze(2).unbind(0))
+        captions = [feats[i, :k] for i, k in enumerate(lens)]
+        timestep = (1000 - t.expand(n).to(torch.float32)) / 1000
+        with _placed(net, _offsets(kwargs.get("positions")), self.transformer.config.axes_lens):
+            hints = net(images, timestep, captions, context, conditioning_scale=control["conditioning_scale"])
+        length = _padded(h // 2 * (w // 2)) + _padded(feats.shape[1])
+        return tuple(_fitted(hints[i], length) if i in hints else None for i in range(len(self.transformer.layers)))
+
+    def residual_kwargs(self, residuals: Any) -> dict[str, Any]:
+        return {"controlnet_block_samples": {i: r for i, r in enumerate(residuals) if r is not None}}
+
+
+SEQ_MULTI_OF = 32
+"""The transformer pads image and caption tokens to multiples of this (diffusers' ``SEQ_MULTI_OF``)."""
+
+
+def _padded(tokens: int) -> int:
+    return -(-tokens // SEQ_MULTI_OF) * SEQ_MULTI_OF
+
+
+def _fitted(hint: torch.Tensor, length: int) -> torch.Tensor:
+    """A hint (rows, tokens, dim) cut or zero-padded to ``length`` tokens: past every row's own
+    length its tokens are padding, which the transformer masks."""
+    if hint.shape[1] >= length:
+        return hint[:, :length]
+    return torch.cat([hint, hint.new_zeros((hint.shape[0], length - hint.shape[1], hint.shape[2]))], dim=1)
+
+
+def _offsets(positions: torch.Tensor | None) -> list[list[int]] | None:
+    return None if positions is None else positions.tolist()
+
 
 @contextmanager
-def _placed(transformer: Any, offsets: list[list[int]] | None) -> Iterator[None]:
-    """With ``offsets`` ((top, left) in tokens per input row), the transformer's image rotary ids
-    moved by them for the call (its ``patchify_and_embed`` wrapped on the instance, then restored)."""
+def _placed(transformer: Any, offsets: list[list[int]] | None, axes_lens: Sequence[int]) -> Iterator[None]:
+    """With ``offsets`` ((top, left) in tokens per input row), the image rotary ids of ``transformer``
+    (or of its ControlNet, which builds its own the same way) moved by them for the call (its
+    ``patchify_and_embed`` wrapped on the instance, then restored); ``axes_lens``: the rotary tables'
+    lengths (the transformer's config)."""
     if offsets is None:
         yield
         return
-    rows, cols = transformer.config.axes_lens[1:]
+    rows, cols = axes_lens[1:]
     original = transformer.patchify_and_embed
 
     def placed(images: list[torch.Tensor], captions: list[torch.Tensor], patch: int, f_patch: int) -> Any:
