@@ -28,6 +28,7 @@ from multidiffusion.options import (
 from multidiffusion.output import MultiDiffusionOutput
 from multidiffusion.regions.layout import Region, RegionLayout, region_layout
 from multidiffusion.runner import RunSettings, run
+from multidiffusion.runner.text_encoders import EncodedPrompts
 from multidiffusion.task_methods import TaskMethods
 from multidiffusion.tasks import task_for
 from multidiffusion.tasks.common import canvas_size
@@ -60,6 +61,7 @@ class MultiDiffusion(TaskMethods, ConditioningMethods):
         share_prefix: bool = True,
         share_unconditional: bool = True,
         controlnet: Any = None,
+        release_text_encoders: bool = False,
         **model_options: Any,
     ):
         """``pipe``: any Stable Diffusion 1.x / 2.x / XL pipeline (text-to-image, img2img or inpainting;
@@ -88,7 +90,10 @@ class MultiDiffusion(TaskMethods, ConditioningMethods):
 
         ``controlnet``: a ``ControlNetModel``, its folder, repo id or ``.safetensors`` file, or a list
         of them (several ControlNets); a diffusers ControlNet pipeline passed as ``pipe`` brings its
-        own. Every task then takes ``control_image`` and diffusers' other ControlNet arguments."""
+        own. Every task then takes ``control_image`` and diffusers' other ControlNet arguments.
+
+        ``release_text_encoders``: free the text encoders as soon as the first call has encoded its
+        prompts, before its first step (see :meth:`release_text_encoders`)."""
         self.adapter: ModelAdapter = adapter_for(pipe, **model_options)
         self.set_controlnet(controlnet if controlnet is not None else self.adapter.controlnet)
         self.scheduler = scheduler if scheduler is not None else self.pipe.scheduler
@@ -100,6 +105,7 @@ class MultiDiffusion(TaskMethods, ConditioningMethods):
         self._decode: dict[str, Any] = {}
         self.lora_files: dict[str, dict[str, Any]] = {}
         """LoRAs loaded with :meth:`load_lora`, by adapter name: what results record of them."""
+        self._prompts = EncodedPrompts(release_after_encoding=release_text_encoders)
 
     @classmethod
     def from_pretrained(
@@ -113,6 +119,7 @@ class MultiDiffusion(TaskMethods, ConditioningMethods):
         config: str | None = None,
         prediction_type: str | None = None,
         controlnet: Any = None,
+        release_text_encoders: bool = False,
         **kwargs: Any,
     ) -> MultiDiffusion:
         """Load ``model``: ``"demo"`` (shipped, offline), a Hugging Face repo id (local cache first),
@@ -128,6 +135,8 @@ class MultiDiffusion(TaskMethods, ConditioningMethods):
         flow-matching scheduler for diffusion transformers (SD 3, FLUX). Other keyword arguments go
         to diffusers' ``from_pretrained`` (e.g. ``quantization_config``, ``transformer=``), except the
         model family's options (``clip_skip``, ...: the constructor's ``model_options``).
+        ``release_text_encoders``: free the text encoders once the first call has encoded its prompts
+        (:meth:`release_text_encoders`).
         """
         model_options, kwargs = split_model_options(kwargs)
         pipe = load_pipeline(
@@ -145,6 +154,7 @@ class MultiDiffusion(TaskMethods, ConditioningMethods):
             pipe,
             scheduler=scheduler,
             model_name=model_label(model),
+            release_text_encoders=release_text_encoders,
             **model_options,
         )
         return md.set_controlnet(controlnet, allow_pickle=allow_pickle) if controlnet is not None else md
@@ -201,6 +211,15 @@ class MultiDiffusion(TaskMethods, ConditioningMethods):
         else:
             self.lora_files[name] = {"file": str(lora) if path is not None else "a state dict", "weight": float(weight)}
         return name
+
+    def release_text_encoders(self) -> list[str]:
+        """Free the text encoders (``pipe.text_encoder``, ``_2``, ``_3`` set to None, their memory given
+        back) and return the names freed. The prompts of the last call stay encoded: a call with the
+        same prompts, negatives, guidance scales and images per prompt runs as before (same output);
+        any other prompt is a one-line ValueError. A diffusion transformer's text encoder can be as
+        large as the model (FLUX.2 [dev]: Mistral Small 24B), and a call needs it only before its
+        first step: docs/benchmarks.md, "Memory against width", gives the peaks with and without."""
+        return self._prompts.release(self.pipe)
 
     def set_controlnet(self, controlnet: Any, allow_pickle: bool = False) -> MultiDiffusion:
         """Run with ``controlnet`` (as the constructor takes it; None: without), checked against the
@@ -291,6 +310,7 @@ class MultiDiffusion(TaskMethods, ConditioningMethods):
             progress=self._progress,
             decode=self._decode,
             lora_files=self.lora_files,
+            prompts=self._prompts,
         )
         return run(
             task,

@@ -49,6 +49,8 @@ __all__ = [
     "check_budget",
     "estimate_run",
     "memory_refusal",
+    "model_bytes",
+    "view_activation_bytes",
 ]
 
 DECODE_PER_WINDOW = 3.2
@@ -73,7 +75,12 @@ PLAN_BYTES_PER_JOB = 232
 """Python memory a job of a step's plan holds (tracemalloc's peak over a 255,025-job plan)."""
 ACTIVATION_COPIES = 32
 """Rough: tensors of the network's first block (its widest channels at the window's full size) alive
-at once per batch row. Not measured; the estimate says so."""
+at once per batch row. Not measured for UNets; the estimate says so (transformers:
+:func:`view_activation_bytes`)."""
+MEMORY_SHARE = 1 / 8
+"""Most of the loaded model's bytes a diffusion transformer's batch of views may take in activations
+(:func:`auto_batch`): an eighth, so two guidance branches' rows stay within a quarter, the 1.25x
+bound on a wide panorama's peak against one view's."""
 
 
 @dataclass(frozen=True)
@@ -274,13 +281,52 @@ def _memory(
 
 
 def auto_batch(adapter: Any) -> int:
-    """Views per UNet call when not given: about 16k latent pixels of native windows per call on the
+    """Views per model call when not given: about 16k latent pixels of native windows per call on the
     CPU (4 of SD's 64x64 windows, 64 of the demo model's 16x16), 4x that on accelerators, where
     larger batches pay (16 SD windows, 4 SDXL ones). A heuristic: the benchmark calibrates
-    ``view_batch_size`` per configuration (docs/benchmarks.md, "Speed and memory"; ``benchmarks/results/``)."""
+    ``view_batch_size`` per configuration (docs/benchmarks.md, "Speed and memory"; ``benchmarks/results/``).
+
+    A diffusion transformer's batch is bounded by memory too: its views' activations
+    (:func:`view_activation_bytes` each) stay within :data:`MEMORY_SHARE` of the bytes the model holds
+    (:func:`model_bytes`). A canvas of one view runs one; a wide one runs the bounded batch, so its
+    peak exceeds the single view's by at most that share, whatever the width (issue 27: within 1.25x,
+    measured by ``python -m benchmarks --suites memory-width``)."""
     h, w = adapter.native_latent_size
     budget = 4 * 64 * 64 * (4 if adapter.device.type == "cuda" else 1)
-    return max(1, budget // (h * w))
+    views = max(1, budget // (h * w))
+    if getattr(adapter, "network", "unet") != "transformer":
+        return views
+    return max(1, min(views, int(MEMORY_SHARE * model_bytes(adapter.pipe)) // view_activation_bytes(adapter)))
+
+
+def model_bytes(pipe: Any) -> int:
+    """Bytes of the parameters and buffers of ``pipe``'s modules (network, text encoders, VAE,
+    ControlNet): what a run holds before its first view (text encoders released: without them)."""
+    import torch
+
+    modules = [m for m in getattr(pipe, "components", {}).values() if isinstance(m, torch.nn.Module)]
+    return sum(t.numel() * t.element_size() for m in modules for t in (*m.parameters(), *m.buffers()))
+
+
+def view_activation_bytes(adapter: Any) -> int:
+    """Activations of one view's row through a diffusion transformer at the native window, estimated:
+    :data:`ACTIVATION_COPIES` token-by-hidden tensors over its image tokens and text tokens
+    (``max_sequence_length``, else 512), and on the CPU its attention scores, heads x tokens^2 twice
+    (scores and softmax: the CPU's fused kernel takes no mask, and Chroma's and Z-Image's pass one;
+    CUDA's fused kernels never hold them). Measured on the reduced FLUX.1, Chroma and Z-Image of
+    ``benchmarks/memory_width.py`` (320 tokens, width 128, one head): 2.5, 5.5 and 5 MiB a view
+    added to the live heap; this estimate gives 6 MiB, erring large."""
+    import torch
+
+    h, w = adapter.native_latent_size
+    p = getattr(adapter, "patch_size", 1) or 1
+    tokens = (h // p) * (w // p) + int(getattr(adapter, "max_sequence_length", None) or 512)
+    item = torch.empty((), dtype=adapter.dtype).element_size()
+    config = getattr(adapter.unet, "config", {})
+    heads = int(config.get("num_attention_heads", None) or config.get("n_heads", None) or 1)
+    hidden = _first_channels(adapter.unet)
+    scores = 0 if adapter.device.type == "cuda" else 2 * heads * tokens * tokens * item
+    return ACTIVATION_COPIES * tokens * hidden * item + scores
 
 
 def _first_channels(network: Any) -> int:
@@ -290,7 +336,7 @@ def _first_channels(network: Any) -> int:
     if channels:
         return int(channels[0])
     heads, dim = config.get("num_attention_heads", 0), config.get("attention_head_dim", 0)
-    return int(heads * dim) or 1024
+    return int(heads * dim) or int(config.get("dim", 0) or 0) or 1024  # Z-Image's transformer: dim
 
 
 def _grid_jobs(task: Any) -> int | None:

@@ -29,6 +29,7 @@ from multidiffusion.engine.task import Start, Task
 from multidiffusion.io.ranges import drawn_seed, steps_that_run
 from multidiffusion.output import MultiDiffusionOutput
 from multidiffusion.runner.estimate import auto_batch, check_budget
+from multidiffusion.runner.text_encoders import EncodedPrompts
 from multidiffusion.vae.codec import decode_latents, decode_to_uint8
 from multidiffusion.version import __version__
 
@@ -58,6 +59,8 @@ class RunSettings:
     progress: dict[str, Any] = field(default_factory=dict)
     decode: dict[str, Any] = field(default_factory=dict)
     lora_files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    prompts: EncodedPrompts = field(default_factory=EncodedPrompts)
+    """Encodes each call's prompts, or serves them after the text encoders were released."""
 
 
 def run(
@@ -141,7 +144,7 @@ def _guided_model(task: Task, settings: RunSettings, slots: Any, pipeline: Any) 
     """The call's guided model: its prompts encoded once, its conditionings prepared (every kind's
     ``prepare``), guidance skipped where it is a no-op."""
     adapter, options = task.adapter, task.options
-    cond, guidance = adapter.condition(slots, options.num_images_per_prompt)
+    cond, guidance = settings.prompts.condition(adapter, slots, options.num_images_per_prompt)
     conditionings = prepare_conditionings(Context(adapter, pipeline), options, task)
     if not any(c.branches_differ for c in conditionings):  # else the unconditional branch gets other inputs
         cond = _without_idle_guidance(cond)

@@ -1,0 +1,104 @@
+"""Memory flat in width (issue 27, item 5): the text encoders released after encoding (the last call's
+prompts still run, others are refused in one line, the modules are freed), and a diffusion
+transformer's default batch of views bounded by the memory the model holds. Tiny random FLUX.1 and
+Z-Image built in-process."""
+
+import gc
+import weakref
+
+import pytest
+import torch
+
+from devtools.dit_components import tiny_flux_pipeline
+from devtools.zimage_components import tiny_zimage_pipeline
+from multidiffusion import MultiDiffusion
+from multidiffusion.runner import estimate
+from multidiffusion.runner.estimate import auto_batch, model_bytes, view_activation_bytes
+
+H = W = 16  # latent pixels: the tiny models' native window
+KW = dict(height=H * 8, width=W * 8, num_inference_steps=2, output_type="latent")
+
+
+@pytest.fixture(scope="module")
+def flux_latents():
+    return torch.randn((1, 16, H, W), generator=torch.Generator().manual_seed(0))
+
+
+def _md(pipe, **kwargs):
+    md = MultiDiffusion(pipe, max_sequence_length=16, **kwargs)
+    md.set_progress_bar_config(disable=True)
+    return md
+
+
+def test_after_the_release_the_same_prompts_run_and_new_ones_are_refused(flux_latents):
+    md = _md(tiny_flux_pipeline())
+    encoder = weakref.ref(md.pipe.text_encoder_2)
+    first = md.panorama("a red ball", latents=flux_latents, guidance_scale=3.5, **KW).images
+    assert md.release_text_encoders() == ["text_encoder", "text_encoder_2"]
+    assert md.pipe.text_encoder is None and md.pipe.text_encoder_2 is None
+    gc.collect()
+    assert encoder() is None  # nothing holds the T5 any more: its memory is free
+    again = md.panorama("a red ball", latents=flux_latents, guidance_scale=3.5, **KW).images
+    assert torch.equal(first, again)
+    wide = md.panorama("a red ball", latents=None, guidance_scale=3.5, **{**KW, "width": 2 * W * 8})
+    assert wide.images.shape == (1, 16, H, 2 * W)  # a new canvas, the same prompts: runs
+    for call in (
+        lambda: md.panorama("a blue ball", guidance_scale=3.5, **KW),  # a new prompt
+        lambda: md.panorama("a red ball", guidance_scale=5.0, **KW),  # FLUX.1-dev embeds the scale
+    ):
+        with pytest.raises(ValueError, match=r"^prompts: the text encoders were released") as err:
+            call()
+        assert "\n" not in str(err.value)
+    assert md.release_text_encoders() == []  # releasing again frees nothing and keeps the prompts
+
+
+def test_release_after_the_first_encoding_gives_the_same_result(flux_latents):
+    pipe = tiny_flux_pipeline()
+    kept = _md(pipe).panorama("a lake", latents=flux_latents, guidance_scale=3.5, **KW).images
+    md = _md(pipe, release_text_encoders=True)
+    seen = []
+    out = md.panorama(
+        "a lake",
+        latents=flux_latents,
+        guidance_scale=3.5,
+        callback_on_step_end=lambda p, i, t, d: seen.append(p.pipe.text_encoder_2),
+        **KW,
+    ).images
+    assert seen == [None, None]  # released before the first step
+    assert torch.equal(out, kept)
+    with pytest.raises(ValueError, match="text encoders were released"):
+        md.panorama("a sea", **KW)
+
+
+def test_a_guided_z_image_runs_again_from_the_kept_embeddings():
+    md = MultiDiffusion(tiny_zimage_pipeline(), max_sequence_length=64)
+    md.set_progress_bar_config(disable=True)
+    x = torch.randn((1, 16, H, W), generator=torch.Generator().manual_seed(1))
+    args = dict(negative_prompt="blurry", guidance_scale=4.0, latents=x, **KW)
+    first = md.panorama("a fox", **args).images
+    assert md.release_text_encoders() == ["text_encoder"]
+    assert torch.equal(md.panorama("a fox", **args).images, first)
+    with pytest.raises(ValueError, match="text encoders were released"):
+        md.panorama("a fox", **{**args, "negative_prompt": "dark"})
+
+
+def test_a_transformer_batch_of_views_is_bounded_by_the_models_memory(monkeypatch):
+    md = _md(tiny_flux_pipeline())
+    adapter = md.adapter
+    batch = auto_batch(adapter)
+    share = estimate.MEMORY_SHARE * model_bytes(md.pipe)
+    assert batch == 1 or batch * view_activation_bytes(adapter) <= share
+    assert view_activation_bytes(adapter) > share  # the tiny model: its activations outweigh it, one view a call
+    x = torch.randn((1, 16, H, 3 * W), generator=torch.Generator().manual_seed(2))
+    wide = md.panorama("a lake", latents=x, guidance_scale=3.5, **{**KW, "width": 3 * W * 8, "num_inference_steps": 1})
+    assert wide.stats.model_calls == wide.stats.jobs  # one view per transformer call
+    monkeypatch.setattr(estimate, "MEMORY_SHARE", 1e6)  # memory no object: the CPU's speed heuristic alone
+    assert auto_batch(adapter) == 4 * 64 * 64 // (H * W)
+
+
+def test_a_unets_batch_is_the_speed_heuristic_alone():
+    from devtools.components import tiny_sd_pipeline
+
+    md = MultiDiffusion(tiny_sd_pipeline())
+    h, w = md.adapter.native_latent_size
+    assert auto_batch(md.adapter) == max(1, 4 * 64 * 64 // (h * w))
