@@ -18,6 +18,7 @@ from multidiffusion.io.trust import TypedPath, pickle_allowed, typed_weights
 from multidiffusion.models import model_flags
 from multidiffusion.models.loading import PREDICTION_TYPES
 from multidiffusion.options import SAMPLING_FLAG_NAMES, SCHEDULER_NAMES
+from multidiffusion.options.sampling import STEP_CACHES
 
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -141,6 +142,7 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scheduler", help=f"{', '.join(SCHEDULER_NAMES)} (default ddim, as the paper)")
     g.add_argument("--batch-size", type=int, help="views per model call (default: scales with the model's window)")
     g.add_argument("--num-images", type=int, help="images to generate (out.png, out-2.png, ...)")
+    add_step_cache_options(p)
     add_conditioning_options(p)
     g.add_argument("-o", "--output", required=True, help="output PNG (parameters are stored in it)")
     g.add_argument("--from", dest="from_png", metavar="PNG", help="reuse the settings stored in a PNG; flags override")
@@ -150,6 +152,15 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run even when the estimate says it needs more memory than is available",
     )
+
+
+def add_step_cache_options(p: argparse.ArgumentParser) -> None:
+    """diffusers' cache hooks per batch of views (diffusion transformers; docs/benchmarks.md, "Step caching")."""
+    g = p.add_argument_group("step caching")
+    g.add_argument("--step-cache", choices=STEP_CACHES, help="reuse work between steps (default: off)")
+    g.add_argument("--step-cache-threshold", type=float, help="first_block: residual change that recomputes (0.05)")
+    g.add_argument("--step-cache-interval", type=int, help="taylorseer: steps between full computations (5)")
+    g.add_argument("--step-cache-mb", type=float, help="bound on the cached state of all view batches, MiB (1024)")
 
 
 def add_conditioning_options(p: argparse.ArgumentParser) -> None:

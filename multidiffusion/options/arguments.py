@@ -52,6 +52,10 @@ class SamplingArgs(CallArgs, ConditioningArgs, total=False):
     output_type: str
     scheduler: Any
     eta: float
+    step_cache: str | None
+    step_cache_threshold: float | None
+    step_cache_interval: int | None
+    step_cache_mb: float | None
 
 
 class PlacementArgs(SamplingArgs, total=False):

@@ -26,9 +26,13 @@ from multidiffusion.io.ranges import (
 )
 from multidiffusion.options.limits import LIBRARY_LIMITS, Limits
 
-__all__ = ["OUTPUT_TYPES", "SCHEDULER_NAMES", "PanoramaOptions", "SamplingOptions"]
+__all__ = ["OUTPUT_TYPES", "SCHEDULER_NAMES", "STEP_CACHES", "PanoramaOptions", "SamplingOptions"]
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+STEP_CACHES = ("first_block", "taylorseer")
+"""diffusers' cache hooks a call may put on a diffusion transformer, per batch of views
+(:mod:`multidiffusion.runner.step_cache`): first-block cache (its ``threshold``) and TaylorSeer
+(its ``cache_interval``)."""
 SCHEDULER_NAMES: tuple[str, ...] = (*SCHEDULERS, *FLOW_SCHEDULERS)
 
 
@@ -63,6 +67,10 @@ class SamplingOptions(ConditioningOptions):
     scheduler: Any = None
     eta: float = 0.0
     seed: int | None = None
+    step_cache: str | None = None  # None: every evaluation computed; else one of STEP_CACHES
+    step_cache_threshold: float | None = None  # first_block's residual threshold (None: diffusers' 0.05)
+    step_cache_interval: int | None = None  # taylorseer's steps between full computations (None: diffusers' 5)
+    step_cache_mb: float | None = None  # bound on the cached state of all view batches (None: step_cache's default)
     limits: InitVar[Limits | None] = None
     checked_against: Limits = field(default=LIBRARY_LIMITS, init=False, repr=False, compare=False)
 
@@ -96,7 +104,23 @@ class SamplingOptions(ConditioningOptions):
             )
         self.eta = check_number("eta", self.eta, 0, 1)
         self.seed = check_seed("seed", self.seed)
+        self._check_step_cache()
         check_conditionings(self)  # every conditioning kind's fields (ControlNet's, ...)
+
+    def _check_step_cache(self) -> None:
+        """``step_cache`` a known kind (or None); a kind's own setting only with that kind."""
+        if self.step_cache is not None:
+            check_choice("step_cache", self.step_cache, STEP_CACHES)
+        own = {"step_cache_threshold": "first_block", "step_cache_interval": "taylorseer"}
+        for name, kind in own.items():
+            if getattr(self, name) is not None and self.step_cache != kind:
+                raise ValueError(f"{name} applies to step_cache={kind!r} only, got step_cache={shown(self.step_cache)}")
+        if self.step_cache_threshold is not None:
+            self.step_cache_threshold = check_number("step_cache_threshold", self.step_cache_threshold, 0)
+        if self.step_cache_interval is not None:
+            self.step_cache_interval = check_int("step_cache_interval", self.step_cache_interval, 1, 1000)
+        if self.step_cache_mb is not None:
+            self.step_cache_mb = check_number("step_cache_mb", self.step_cache_mb, 0)
 
     def settings(self) -> dict[str, Any]:
         """The options as a mapping of API names (what ``build_options`` takes back)."""

@@ -29,6 +29,7 @@ from multidiffusion.engine.task import Start, Task
 from multidiffusion.io.ranges import drawn_seed, steps_that_run
 from multidiffusion.output import MultiDiffusionOutput
 from multidiffusion.runner.estimate import auto_batch, check_budget
+from multidiffusion.runner.step_cache import prepare_step_cache
 from multidiffusion.runner.text_encoders import EncodedPrompts
 from multidiffusion.vae.codec import decode_latents, decode_to_uint8
 from multidiffusion.version import __version__
@@ -146,6 +147,7 @@ def _guided_model(task: Task, settings: RunSettings, slots: Any, pipeline: Any) 
     adapter, options = task.adapter, task.options
     cond, guidance = settings.prompts.condition(adapter, slots, options.num_images_per_prompt)
     conditionings = prepare_conditionings(Context(adapter, pipeline), options, task)
+    conditionings += prepare_step_cache(adapter, options)  # a cache context per batch of views
     if not any(c.branches_differ for c in conditionings):  # else the unconditional branch gets other inputs
         cond = _without_idle_guidance(cond)
     return GuidedModel(
