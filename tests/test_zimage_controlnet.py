@@ -23,6 +23,8 @@ from multidiffusion.engine.views import grid_views
 from multidiffusion.models.controlnet import load_controlnet
 from multidiffusion.vae.codec import encode_images
 
+from .test_dit_controlnet import _control_image, _latents
+
 STEPS = 3
 H = W = 16  # latent pixels: 128 px, the tiny model's native window
 V2 = dict(control_in_dim=33, add_control_noise_refiner="control_noise_refiner")  # the 2.x nets' kind
@@ -37,15 +39,6 @@ def zimage():
 @pytest.fixture(scope="module")
 def net(zimage):
     return tiny_zimage_controlnet(zimage.transformer, seed=3)
-
-
-def _control_image(width=W * 8, height=H * 8, seed=0):
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-
-
-def _latents(seed=0, h=H, w=W):
-    return torch.randn((1, 16, h, w), generator=torch.Generator().manual_seed(seed))
 
 
 def _md(pipe, **options):
