@@ -11,10 +11,21 @@ from pathlib import Path
 
 from multidiffusion.io.trust import PICKLE_SUFFIXES, is_pickle_path
 
-__all__ = ["PICKLE_SUFFIXES", "ModelNotFoundError", "has_tensors", "is_pickle_path", "refused_pickle", "sha256_file"]
+__all__ = [
+    "GGUF_SUFFIX",
+    "PICKLE_SUFFIXES",
+    "ModelNotFoundError",
+    "has_tensors",
+    "is_gguf_path",
+    "is_pickle_path",
+    "refused_pickle",
+    "sha256_file",
+]
 
 CHECKPOINT_PREFIXES = ("", "model.diffusion_model.")
 """What single-file checkpoints put before their tensor names (Stability's and ComfyUI's files)."""
+GGUF_SUFFIX = ".gguf"
+"""llama.cpp's GGUF: quantized transformers as ComfyUI-GGUF and the model makers publish them."""
 
 
 class ModelNotFoundError(ValueError):
@@ -35,10 +46,17 @@ def refused_pickle(exc: BaseException, name: str) -> ModelNotFoundError | None:
     )
 
 
-def has_tensors(names: Iterable[str], prefix: str) -> bool:
-    """Whether a checkpoint's tensor ``names`` include one starting with ``prefix``, bare or after
-    one of the :data:`CHECKPOINT_PREFIXES`."""
-    return any(name.startswith(tuple(p + prefix for p in CHECKPOINT_PREFIXES)) for name in names)
+def has_tensors(names: Iterable[str], prefix: str | tuple[str, ...]) -> bool:
+    """Whether a checkpoint's tensor ``names`` include one starting with ``prefix`` (or any of several:
+    a family's original and diffusers names), bare or after one of the :data:`CHECKPOINT_PREFIXES`."""
+    prefixes = (prefix,) if isinstance(prefix, str) else tuple(prefix)
+    starts = tuple(p + q for p in CHECKPOINT_PREFIXES for q in prefixes)
+    return any(name.startswith(starts) for name in names)
+
+
+def is_gguf_path(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a GGUF file (by its suffix, any case)."""
+    return Path(path).suffix.lower() == GGUF_SUFFIX
 
 
 def sha256_file(path: str | os.PathLike) -> str:

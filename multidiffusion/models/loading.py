@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from multidiffusion.io.trust import RepoId
-from multidiffusion.models.files import PICKLE_SUFFIXES, ModelNotFoundError, is_pickle_path
+from multidiffusion.models.files import GGUF_SUFFIX, PICKLE_SUFFIXES, ModelNotFoundError, is_gguf_path, is_pickle_path
 from multidiffusion.models.hub import HUB_TIMEOUT_S, ask_hub, ask_hub_in_time, how_to_get, hub_offline, within_timeout
 
 __all__ = [
@@ -143,8 +143,10 @@ def _load_folder(folder: Path, allow_pickle: bool, **kwargs: Any):
 def _load_file(path: Path, allow_pickle: bool, config: str | None, **kwargs: Any):
     if is_pickle_path(path) and not allow_pickle:
         raise _pickle_refusal(f"{path.name} is a pickle checkpoint")
-    if path.suffix != ".safetensors" and not is_pickle_path(path):
-        raise ModelNotFoundError(f"model file must be a .safetensors checkpoint, got {path.name}")
+    if path.suffix != ".safetensors" and not is_pickle_path(path) and not is_gguf_path(path):
+        raise ModelNotFoundError(f"model file must be a .safetensors or .gguf checkpoint, got {path.name}")
+    if not path.is_file():  # a FIFO or a device is never opened
+        raise ModelNotFoundError(f"model file {path.name} is not a regular file")
     from multidiffusion.models.single_file import load_single_file
 
     return load_single_file(path, config, allow_pickle=allow_pickle, ask_hub=ask_hub_in_time, **kwargs)
@@ -294,7 +296,7 @@ def load_pipeline(
             pipe = _load_folder(path, allow_pickle, safety_checker=None, **kwargs)
         else:
             pipe = _load_file(path, allow_pickle, config, **kwargs)
-    elif Path(name).suffix in (".safetensors", *PICKLE_SUFFIXES) or name.startswith((".", "/", "~")):
+    elif Path(name).suffix in (".safetensors", GGUF_SUFFIX, *PICKLE_SUFFIXES) or name.startswith((".", "/", "~")):
         raise ModelNotFoundError(f"model file or folder {name!r} does not exist")
     else:
         pipe = _load_repo(name, allow_pickle, **kwargs)

@@ -1,5 +1,6 @@
 """Single-file checkpoints (A1111 / CompVis / sgm layout) of SD 1.x, SD 2.x and SDXL; single-file
-FLUX.1 and SD 3 / 3.5 transformers go to :mod:`multidiffusion.models.transformer_file`.
+diffusion transformers (FLUX.1, SD 3 / 3.5, Chroma, Z-Image, ..., GGUF files among them) go to
+:mod:`multidiffusion.models.transformer_file`.
 
 The family is read from the tensor names (and a few shapes), never guessed from the file name:
 
@@ -30,8 +31,8 @@ from typing import Any
 
 import torch
 
-from multidiffusion.models.files import ModelNotFoundError, is_pickle_path
-from multidiffusion.models.transformer_file import dit_family, load_transformer_file
+from multidiffusion.models.files import ModelNotFoundError, is_gguf_path, is_pickle_path
+from multidiffusion.models.transformer_file import dit_family, gguf_shapes, load_transformer_file, transformer_kinds
 
 __all__ = ["DEFAULT_CONFIGS", "checkpoint_family", "load_single_file", "read_shapes"]
 
@@ -47,10 +48,12 @@ _CROSS_ATTENTION = re.compile(re.escape(_UNET) + r".*\.attn2\.to_k\.weight$")
 
 
 def read_shapes(path: str | Path, *, allow_pickle: bool = False) -> dict[str, tuple[int, ...]]:
-    """Tensor name -> shape. For .safetensors only the header is read; any other file is a pickle,
-    loaded (which can run code) only with ``allow_pickle=True`` and otherwise never opened."""
+    """Tensor name -> shape. For .safetensors and .gguf only the header is read; any other file is a
+    pickle, loaded (which can run code) only with ``allow_pickle=True`` and otherwise never opened."""
 
     path = Path(path)
+    if is_gguf_path(path):
+        return gguf_shapes(path)
     if path.suffix == ".safetensors" and not is_pickle_path(path):
         from safetensors import safe_open
 
@@ -96,8 +99,7 @@ def checkpoint_family(
     else:
         raise ModelNotFoundError(
             f"{name} is not a Stable Diffusion checkpoint with a text encoder "
-            "(expected cond_stage_model.* or conditioner.embedders.* tensors), nor a FLUX.1 or SD 3 transformer "
-            "(double_blocks.* or joint_blocks.*)"
+            f"(expected cond_stage_model.* or conditioner.embedders.* tensors), nor {transformer_kinds()}"
         )
     conv_in = shapes.get(_UNET + "input_blocks.0.0.weight")
     if conv_in is not None and conv_in[1] != 4:
@@ -200,7 +202,7 @@ def load_single_file(
     **kwargs: Any,
 ):
     """A StableDiffusion(XL)Pipeline from an original-format checkpoint (see the module doc), or a
-    FLUX.1 / SD 3 pipeline around a single-file transformer; a pickle checkpoint only with
+    transformer family's pipeline around a single-file (or GGUF) transformer; a pickle checkpoint only with
     ``allow_pickle=True``. ``ask_hub(repo, message)``: asked before a configuration repo that is not
     cached is downloaded (the loader's bounded question to the hub, raising ``message(reason)``)."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
@@ -208,8 +210,10 @@ def load_single_file(
 
     shapes = read_shapes(path, allow_pickle=allow_pickle)
     transformer = dit_family(shapes)
-    if transformer is not None:  # FLUX.1, SD 3 / 3.5: the transformer from the file, the rest from config
+    if transformer is not None:  # FLUX.1, SD 3, Z-Image, ...: the transformer from the file, the rest from config
         return load_transformer_file(path, transformer, shapes, config, **kwargs)
+    if is_gguf_path(path):
+        raise ModelNotFoundError(f"{path.name} is a GGUF file but not {transformer_kinds()}, the ones read from GGUF")
     family = checkpoint_family(shapes, path.name)
     local = Path(config).expanduser() if config is not None else None
     cached: Path | None = None

@@ -1,29 +1,43 @@
-"""Single-file diffusion-transformer checkpoints (FLUX.1, SD 3 / 3.5), passed through to diffusers.
+"""Single-file diffusion-transformer checkpoints (FLUX.1, SD 3 / 3.5, Chroma, Z-Image, and any family
+that declares them), passed through to diffusers; GGUF files among them.
 
-The files people share for these families hold the transformer (BFL's ``flux1-dev.safetensors`` and
-its fine-tunes: ``double_blocks.*``; Stability's ``sd3.5_large.safetensors``: ``joint_blocks.*``,
-both possibly under ``model.diffusion_model.``); the text encoders, VAE, tokenizers and scheduler
-come from a diffusers folder or repo id of the same architecture (``config``). The transformer is
-read by diffusers' ``from_single_file`` (its key conversion, its ``quantization_config``: e.g.
-bitsandbytes or torchao), the rest by ``from_pretrained``: nothing is reimplemented here.
+The files people share for these families hold the transformer alone (BFL's ``flux1-dev.safetensors``
+and its fine-tunes: ``double_blocks.*``; Stability's ``sd3.5_large.safetensors``: ``joint_blocks.*``;
+Z-Image's and Chroma's, in their makers' names or diffusers', possibly under ``model.diffusion_model.``
+as ComfyUI saves them; city96's and others' ``.gguf`` quantizations of all of them). The text
+encoders, VAE, tokenizers and scheduler come from a diffusers folder or repo id of the same
+architecture (``config``). The transformer is read by diffusers' ``from_single_file`` (its key
+conversion, its ``quantization_config``), the rest by ``from_pretrained``: nothing is reimplemented.
 
-Without ``config`` the official repo of the variant is used (from the Hugging Face cache, else
-downloaded), as the family's adapter says (``single_file_config``): FLUX.1-dev when the file has
-a guidance embedding (``guidance_in.*``), else FLUX.1-schnell; SD 3.5 large for 38 joint blocks,
-SD 3.5 medium for MMDiT-X blocks (``attn2``), else SD 3 medium. GGUF files are not read here
-(their tensor names need the ``gguf`` package): build the transformer with
-``FluxTransformer2DModel.from_single_file(path, quantization_config=GGUFQuantizationConfig(...))``
-and pass the pipeline to ``MultiDiffusion``.
+**The contract.** A family reads single files by declaring, on its adapter
+(:class:`~multidiffusion.models.base.FamilyAdapter`):
+
+- ``checkpoint_blocks``: a tensor-name prefix, or a tuple of them, that only its transformer files
+  carry (bare or after ``model.diffusion_model.``; families are tried in registry order, so one whose
+  files also carry another's prefix is registered first: Chroma before FLUX.1);
+- ``single_file_config(shapes)``: the repo id whose configuration and other components build the
+  file when no ``config`` is given, chosen from the tensors' names and shapes (dev or schnell, ...).
+
+The transformer class is the family's first ``network_classes`` (it must be one diffusers'
+``from_single_file`` knows); the pipeline class is the one the configuration's ``model_index.json``
+names when it is one of the family's ``pipelines`` (a local folder or a cached repo), else the
+family's ``pipeline_class``.
+
+**GGUF.** A ``.gguf`` file's tensor names are read from its header (the ``gguf`` package:
+``pip install multidiffusion[gguf]``); the transformer is loaded with diffusers'
+``GGUFQuantizationConfig`` whose compute dtype is the load's dtype (the weights stay quantized in
+memory, each layer dequantized as it runs), unless a ``quantization_config`` is given.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-from multidiffusion.models.files import ModelNotFoundError, has_tensors
+from multidiffusion.models.files import ModelNotFoundError, has_tensors, is_gguf_path
 
-__all__ = ["default_dit_config", "dit_family", "load_transformer_file"]
+__all__ = ["default_dit_config", "dit_family", "gguf_shapes", "load_transformer_file", "transformer_kinds"]
 
 
 def _transformer_families() -> dict[str, Any]:
@@ -33,13 +47,27 @@ def _transformer_families() -> dict[str, Any]:
     return {adapter.family: adapter for adapter in ADAPTERS if adapter.checkpoint_blocks is not None}
 
 
+def _prefixes(adapter: Any) -> tuple[str, ...]:
+    blocks = adapter.checkpoint_blocks
+    return (blocks,) if isinstance(blocks, str) else tuple(blocks)
+
+
 def dit_family(shapes: dict[str, tuple[int, ...]]) -> str | None:
     """The family of a transformer checkpoint ('flux', 'sd3', ...) from its tensor names (each
     family's :attr:`~multidiffusion.models.base.FamilyAdapter.checkpoint_blocks`), None for anything else."""
     for family, adapter in _transformer_families().items():
-        if has_tensors(shapes, adapter.checkpoint_blocks):
+        if has_tensors(shapes, _prefixes(adapter)):
             return family
     return None
+
+
+def transformer_kinds() -> str:
+    """The single-file transformers read, in words for messages: "a transformer of FLUX.1 (double_blocks.*), ..."."""
+    kinds = [
+        f"{adapter.label} ({' or '.join(p + '*' for p in _prefixes(adapter))})"
+        for adapter in _transformer_families().values()
+    ]
+    return f"a transformer of {', '.join(kinds)}" if kinds else "a diffusion transformer"
 
 
 def default_dit_config(family: str, shapes: dict[str, tuple[int, ...]]) -> str:
@@ -48,24 +76,80 @@ def default_dit_config(family: str, shapes: dict[str, tuple[int, ...]]) -> str:
     return _transformer_families()[family].single_file_config(shapes)
 
 
+def gguf_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape (torch's order) of a GGUF file, from its header: no tensor is read."""
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        raise ModelNotFoundError(
+            f"{path.name} is a GGUF file; reading one needs the gguf package: pip install 'multidiffusion[gguf]'"
+        ) from None
+    try:
+        reader = GGUFReader(str(path))
+    except Exception as exc:  # gguf raises ValueError, struct errors, ... for a file that is no GGUF
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelNotFoundError(f"{path.name} is not a readable GGUF file: {detail[:200]}") from None
+    return {t.name: tuple(int(n) for n in reversed(t.shape.tolist())) for t in reader.tensors}
+
+
+def _pipeline_class(adapter: Any, source: str) -> Any:
+    """The pipeline class for the configuration ``source``: the one its ``model_index.json`` names when
+    that is one of the family's (FLUX.2 dev or klein, ...), else the family's ``pipeline_class``."""
+    import diffusers
+
+    index = Path(source).expanduser() / "model_index.json"
+    if not index.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(source, "model_index.json")
+        except Exception:  # not a repo id: from_pretrained reports it
+            cached = None
+        index = Path(cached) if isinstance(cached, str) else index
+    try:
+        named = json.loads(index.read_text(encoding="utf-8")).get("_class_name") if index.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        named = None
+    name = named if named in adapter.pipelines else adapter.pipeline_class
+    return getattr(diffusers, name)
+
+
+def _transformer_kwargs(path: Path, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """What the transformer's ``from_single_file`` takes of the load's keywords: the dtype and the
+    quantization config; for a GGUF file without one, ``GGUFQuantizationConfig`` computing in the dtype."""
+    shared = {k: kwargs[k] for k in ("dtype", "torch_dtype", "quantization_config") if k in kwargs}
+    if is_gguf_path(path) and shared.get("quantization_config") is None:
+        import torch
+        from diffusers import GGUFQuantizationConfig
+
+        dtype = shared.get("dtype", shared.get("torch_dtype")) or torch.float32
+        shared["quantization_config"] = GGUFQuantizationConfig(compute_dtype=dtype)
+    return shared
+
+
 def load_transformer_file(
     path: Path, family: str, shapes: dict[str, tuple[int, ...]], config: str | None, **kwargs: Any
 ) -> Any:
-    """The family's pipeline (``FluxPipeline``, ``StableDiffusion3Pipeline``, ...) whose
-    transformer is read from ``path`` and whose other components come from ``config`` (default:
-    :func:`default_dit_config`). ``kwargs`` go to ``from_pretrained``; ``quantization_config`` and
-    the dtype also to the transformer's ``from_single_file``."""
+    """The family's pipeline (``FluxPipeline``, ``ZImagePipeline``, ...) whose transformer is read
+    from ``path`` (``.safetensors`` or ``.gguf``) and whose other components come from ``config``
+    (default: :func:`default_dit_config`). ``kwargs`` go to ``from_pretrained``; ``quantization_config``
+    and the dtype also (the quantization config only) to the transformer's ``from_single_file``."""
     import diffusers
 
     adapter = _transformer_families()[family]
     model_cls = getattr(diffusers, adapter.network_classes[0])
-    pipeline_cls = getattr(diffusers, adapter.pipeline_class)
+    if not hasattr(model_cls, "from_single_file"):
+        raise ModelNotFoundError(
+            f"{path.name} is a single-file {adapter.label} transformer, which diffusers {diffusers.__version__} can't "
+            f"read ({model_cls.__name__} has no from_single_file); use the model's diffusers folder or repo id"
+        )
     source = config if config is not None else default_dit_config(family, shapes)
-    shared = {k: kwargs[k] for k in ("dtype", "torch_dtype", "quantization_config") if k in kwargs}
     rest = {k: v for k, v in kwargs.items() if k != "quantization_config"}
     try:
-        transformer = model_cls.from_single_file(str(path), config=source, subfolder="transformer", **shared)
-        return pipeline_cls.from_pretrained(source, transformer=transformer, **rest)
+        transformer = model_cls.from_single_file(
+            str(path), config=source, subfolder="transformer", **_transformer_kwargs(path, kwargs)
+        )
+        return _pipeline_class(adapter, source).from_pretrained(source, transformer=transformer, **rest)
     except OSError:
         raise ModelNotFoundError(
             f"{path.name} is a single-file {adapter.label} transformer; the rest of the model (text encoders, VAE, "

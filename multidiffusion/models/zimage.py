@@ -89,7 +89,15 @@ class ZImageAdapter(FlowMatchingAdapter):
     components = ("vae", "scheduler", "text_encoder", "tokenizer")
     explicit_sigmas = True
     max_shift_default = 1.15
+    # single-file transformers (diffusers' and Tongyi's / ComfyUI's names alike carry the pad tokens)
+    checkpoint_blocks = ("x_pad_token", "cap_pad_token")
     positions: str
+
+    @classmethod
+    def single_file_config(cls, shapes: dict[str, tuple[int, ...]]) -> str:
+        """Z-Image Turbo's configuration and components (diffusers' default for a Z-Image file: Base
+        and Turbo files have the same tensors; pass config= for Base)."""
+        return "Tongyi-MAI/Z-Image-Turbo"
 
     @property
     def sampling_defaults(self) -> tuple[int, float]:
