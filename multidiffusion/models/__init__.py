@@ -15,6 +15,8 @@ from multidiffusion.engine.adapter import ModelAdapter, PromptEmbeddings
 from multidiffusion.models.base import FamilyAdapter
 from multidiffusion.models.chroma import ChromaAdapter
 from multidiffusion.models.flux import FluxAdapter
+from multidiffusion.models.flux2 import Flux2Adapter
+from multidiffusion.models.flux2_klein import Flux2KleinAdapter
 from multidiffusion.models.options import cli_flags, option_fields
 from multidiffusion.models.sd import StableDiffusionAdapter
 from multidiffusion.models.sd3 import StableDiffusion3Adapter
@@ -48,6 +50,8 @@ ADAPTERS: list[type[FamilyAdapter]] = [
     ChromaAdapter,  # before FLUX.1: Chroma's single files have FLUX.1's double_blocks. too
     FluxAdapter,
     ZImageAdapter,
+    Flux2KleinAdapter,  # the same transformer class as FLUX.2 [dev]'s, told apart by its Qwen3 text encoder
+    Flux2Adapter,
 ]
 """The registered families, in the order they are tried on a pipeline: one line each."""
 

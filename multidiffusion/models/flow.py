@@ -136,14 +136,20 @@ class FlowMatchingAdapter(FamilyAdapter):
         if self.explicit_sigmas and "sigmas" in params and not config.get("use_flow_sigmas", False):
             kwargs["sigmas"] = np.linspace(1.0, 1 / steps, steps)
         if "mu" in params and config.get("use_dynamic_shifting", False):
-            kwargs["mu"] = calculate_shift(
-                self.tokens(view),
-                config.get("base_image_seq_len", 256),
-                config.get("max_image_seq_len", 4096),
-                config.get("base_shift", 0.5),
-                config.get("max_shift", self.max_shift_default),
-            )
+            kwargs["mu"] = self.shift_mu(self.tokens(view), steps, config)
         scheduler.set_timesteps(steps, device=device, **kwargs)
+
+    def shift_mu(self, tokens: int, steps: int, config: Any) -> float:
+        """μ of the resolution shift for an image of ``tokens`` tokens sampled in ``steps`` steps, as
+        the family's pipeline computes it: :func:`calculate_shift` from the scheduler's ``config``
+        (FLUX.1, SD 3, Z-Image); FLUX.2 overrides it with its empirical μ, which also depends on ``steps``."""
+        return calculate_shift(
+            tokens,
+            config.get("base_image_seq_len", 256),
+            config.get("max_image_seq_len", 4096),
+            config.get("base_shift", 0.5),
+            config.get("max_shift", self.max_shift_default),
+        )
 
     def adopt_controlnet(self, net: Any, name: str) -> Any:
         """A family that runs no ControlNet yet refuses one in a line (FLUX.1 and SD 3 run theirs)."""
