@@ -5,7 +5,7 @@ One mapping per node module, merged here: adding a module is one line in ``_MODU
 
 import importlib
 
-_MODULES = ("loaders",)
+_MODULES = ("loaders", "tiled")
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}

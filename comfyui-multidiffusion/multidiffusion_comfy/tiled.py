@@ -1,0 +1,227 @@
+"""The MultiDiffusion MODEL patch: tiled and panorama sampling with ComfyUI's stock samplers.
+
+The patch installs a ``model_function_wrapper`` (ComfyUI's hook around every model call). For a
+call on the canvas x at sigma, it runs ComfyUI's own ``apply_model`` on the views F_i(x) of the
+step, a batch of views at a time, and returns their fusion by the paper's Eq. 5,
+
+    Φ(x) = Σ_i F_i⁻¹(W_i ⊙ Φ(F_i(x))) / Σ_i F_i⁻¹(W_i),
+
+computed by our engine (:func:`multidiffusion.engine.fusion.fused_prediction`). ComfyUI's model
+returns the denoised estimate x0 = x − σ ε (or the flow model's equivalent), affine in the model's
+output with coefficients shared by all views, so fusing x0 is fusing ε. The sampler, its scheduler
+and classifier-free guidance (after the call, on the fused cond and uncond predictions; Eq. 5 is
+linear, so this equals fusing guided predictions) are ComfyUI's, untouched: every model ComfyUI
+loads and every sampler it offers work.
+
+Windows are the paper's grid (stride 1/8 of the window) or the fast mode's shifted windows, a
+fresh seeded offset each step (SpotDiffusion; docs/fast-mode.md); weights uniform (the paper) or
+Gaussian (Mixture of Diffusers); circular wraps windows around the horizontal edge (360-degree).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from multidiffusion.engine.fusion import FusionPlan, Job, fused_prediction
+from multidiffusion.engine.views import WEIGHTS
+from multidiffusion.engine.windows import PLACEMENTS, Windows, default_stride, panorama_plans
+
+from .crops import call_model, latent_factor, patch_multiple, step_index, view_inputs
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "MultiDiffusionTiled", "TiledWrapper"]
+
+
+class TiledWrapper:
+    """ComfyUI's ``model_function_wrapper`` fusing the views of each step by Eq. 5.
+
+    ``window`` and ``stride`` are (rows, columns) in latent pixels (stride None: the placement's
+    default, :func:`~multidiffusion.engine.windows.default_stride`); ``multiple``: a DiT's patch size.
+    ``previous``: a wrapper installed before this one, which then runs on each batch of crops.
+    """
+
+    def __init__(
+        self,
+        window: tuple[int, int],
+        stride: tuple[int, int] | None = None,
+        placement: str = "grid",
+        weights: str | None = None,
+        circular: bool = False,
+        view_batch_size: int | None = None,
+        seed: int = 0,
+        multiple: int = 1,
+        previous: Callable | None = None,
+    ):
+        if placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
+        weights = weights or ("gaussian" if placement == "shifted" else "uniform")
+        if weights not in WEIGHTS:
+            raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+        if min(window) < 1 or (stride is not None and min(stride) < 1):
+            raise ValueError(f"window and stride must be at least 1 latent pixel, got {window} and {stride}")
+        self.window, self.stride, self.placement, self.weights = window, stride, placement, weights
+        self.circular, self.view_batch_size, self.seed, self.multiple = circular, view_batch_size, seed, multiple
+        self.previous = previous
+        self._plans: dict[tuple, Callable[[int], FusionPlan]] = {}
+
+    def plan(self, canvas: tuple[int, int], step: int, device: torch.device) -> FusionPlan:
+        """The views and weights of ``step`` on a ``canvas`` of (rows, columns) latent pixels."""
+        key = (canvas, str(device))
+        if key not in self._plans:
+            window = (min(self.window[0], canvas[0]), min(self.window[1], canvas[1]))
+            stride = self.stride or default_stride(window, self.placement, self.multiple)
+            windows = Windows(canvas, window, stride, self.placement, self.circular, self.seed, self.multiple)
+            self._plans[key] = panorama_plans(windows, self.weights, device=device)
+        return self._plans[key](step)
+
+    def __call__(self, apply_model: Callable[..., torch.Tensor], args: dict[str, Any]) -> torch.Tensor:
+        x, t, c = args["input"], args["timestep"], args["c"]
+        chunks = list(args["cond_or_uncond"])
+        if x.dim() < 4:
+            raise ValueError(f"the MultiDiffusion patch needs latents (B, C, H, W), got shape {tuple(x.shape)}")
+        canvas = (x.shape[-2], x.shape[-1])
+        step = step_index(c.get("transformer_options", {}), t)
+        plan = self.plan(canvas, step, x.device)
+        rows = x.shape[0]
+
+        def denoise(crops: torch.Tensor, sigma: torch.Tensor, jobs: list[Job]) -> torch.Tensor:
+            views = [job.view for job in jobs]
+            inputs = view_inputs(c, views, rows, canvas)
+            return call_model(apply_model, self.previous, crops, sigma.repeat(len(jobs)), inputs, chunks * len(jobs))
+
+        return fused_prediction(denoise, x, t, plan, self.view_batch_size)
+
+
+_PIXELS = {"min": 8, "max": 16384, "step": 8}
+
+
+class MultiDiffusionTiled:
+    """Node: patches a MODEL so every sampler denoises the canvas in windows fused by Eq. 5."""
+
+    CATEGORY = "sampling/multidiffusion"
+    RETURN_TYPES = ("MODEL",)
+    OUTPUT_TOOLTIPS = ("The model, denoising any canvas size in windows fused by MultiDiffusion's Eq. 5.",)
+    FUNCTION = "patch"
+    DESCRIPTION = (
+        "MultiDiffusion (Bar-Tal et al., ICML 2023) for panoramas and large images: the sampler's canvas is "
+        "denoised in windows of the model's native size and their predictions are fused per pixel (the paper's "
+        "Eq. 5), each step. Works with the stock KSampler / SamplerCustom and any model ComfyUI loads."
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The diffusion model to patch (any model ComfyUI loads)."}),
+                "tile_width": (
+                    "INT",
+                    {
+                        "default": 512,
+                        **_PIXELS,
+                        "tooltip": "Window width in pixels: the model's native size "
+                        "(SD 1.x: 512, SDXL / FLUX: 1024). Larger than the canvas: the canvas's width.",
+                    },
+                ),
+                "tile_height": (
+                    "INT",
+                    {"default": 512, **_PIXELS, "tooltip": "Window height in pixels (as tile_width)."},
+                ),
+                "stride": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 16384,
+                        "step": 8,
+                        "tooltip": "Distance between windows in "
+                        "pixels, both axes. 0: the placement's default (grid: 1/8 of the window, the paper's; "
+                        "shifted: 7/8, windows overlapping by 1/8).",
+                    },
+                ),
+                "placement": (
+                    list(PLACEMENTS),
+                    {
+                        "default": "grid",
+                        "tooltip": "grid: the paper's fixed sliding windows (exact, ~7 model "
+                        "calls per pixel on a panorama). shifted: fast mode, a few windows at a fresh random offset "
+                        "each step so no seam stays (~1.2 calls per pixel).",
+                    },
+                ),
+                "weights": (
+                    ["default", *WEIGHTS],
+                    {
+                        "default": "default",
+                        "tooltip": "Per-pixel weights W_i of each window in Eq. 5: uniform "
+                        "(the paper's) or gaussian (centre-weighted, Mixture of Diffusers). default: uniform on "
+                        "the grid, gaussian when shifted.",
+                    },
+                ),
+                "circular": (
+                    "BOOLEAN",
+                    {
+                        "default": False,
+                        "tooltip": "360-degree panorama: windows wrap around the left/right "
+                        "edge so the two ends join seamlessly (decode it with the circular tiled VAE decode).",
+                    },
+                ),
+                "view_batch_size": (
+                    "INT",
+                    {
+                        "default": 1,
+                        "min": 0,
+                        "max": 256,
+                        "tooltip": "Windows per model call (more: faster, "
+                        "more memory). 0: all windows of a step in one call.",
+                    },
+                ),
+                "seed": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 0xFFFFFFFFFFFFFFFF,
+                        "tooltip": "Seed of the shifted placement's window offsets (the grid does not use it).",
+                    },
+                ),
+            }
+        }
+
+    def patch(
+        self,
+        model: Any,
+        tile_width: int,
+        tile_height: int,
+        stride: int,
+        placement: str,
+        weights: str,
+        circular: bool,
+        view_batch_size: int,
+        seed: int,
+    ) -> tuple[Any]:
+        f = latent_factor(model)
+        multiple = patch_multiple(model)
+        window = (
+            max(multiple, tile_height // f // multiple * multiple),
+            max(multiple, tile_width // f // multiple * multiple),
+        )
+        strides = None if stride == 0 else (max(multiple, stride // f // multiple * multiple),) * 2
+        patched = model.clone()
+        wrapper = TiledWrapper(
+            window,
+            strides,
+            placement,
+            None if weights == "default" else weights,
+            circular,
+            view_batch_size or None,
+            seed % 2**63,
+            multiple,
+            patched.model_options.get("model_function_wrapper"),
+        )
+        patched.set_model_unet_function_wrapper(wrapper)
+        return (patched,)
+
+
+NODE_CLASS_MAPPINGS = {"MultiDiffusionTiled": MultiDiffusionTiled}
+NODE_DISPLAY_NAME_MAPPINGS = {"MultiDiffusionTiled": "MultiDiffusion (tiled / panorama)"}
