@@ -187,14 +187,14 @@ def _file_class(path: Path) -> type:
     """The ControlNet class of a single file: ``ZImageControlNetModel`` for a .safetensors file holding
     Z-Image's ControlNet tensors (only its header is read), else ``ControlNetModel``."""
     import diffusers
-
-    from multidiffusion.models.single_file import read_shapes
+    from safetensors import safe_open
 
     if path.suffix != ".safetensors" or is_pickle_path(path):
         return diffusers.ControlNetModel
     try:
-        names = read_shapes(path)
-    except ModelNotFoundError:  # not a readable file: diffusers' load says so, as for any ControlNet file
+        with safe_open(str(path), framework="pt") as f:
+            names = list(f.keys())
+    except Exception:  # unreadable (safetensors raises its own types): diffusers' load below reports it
         return diffusers.ControlNetModel
     return diffusers.ZImageControlNetModel if has_tensors(names, ZIMAGE_FILE_TENSOR) else diffusers.ControlNetModel
 
