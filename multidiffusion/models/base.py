@@ -62,9 +62,9 @@ class FamilyAdapter(ModelAdapter):
     """With classifier-free guidance, whether the ControlNet runs on the conditional rows only and its
     output serves both branches (FluxControlNetPipeline with ``true_cfg_scale``), rather than on both
     branches with their own prompts (the UNet and SD 3 pipelines)."""
-    checkpoint_blocks: ClassVar[str | None] = None
-    """A tensor-name prefix that marks the family's single-file transformer checkpoints (FLUX.1's
-    ``double_blocks.``; :mod:`~multidiffusion.models.transformer_file`), None: none are read."""
+    checkpoint_blocks: ClassVar[str | tuple[str, ...] | None] = None
+    """A tensor-name prefix, or several, that mark the family's single-file transformer checkpoints
+    (FLUX.1's ``double_blocks.``; :mod:`~multidiffusion.models.transformer_file`), None: none are read."""
 
     def __init__(self, pipe: Any, **options: Any):
         """``pipe``: the family's pipeline or a sibling sharing its components (its ControlNet, if a
@@ -141,6 +141,15 @@ class FamilyAdapter(ModelAdapter):
         """The repo id whose configuration and other components build a single-file transformer
         checkpoint with these tensors (names -> shapes) when no ``config`` is given."""
         raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network runs, so where the engine builds its tensors: the network's device, or
+        under diffusers' model or group offloading (its hooks on the network) the pipeline's execution
+        device, the accelerator, while the modules rest on the CPU between calls."""
+        net = self.unet
+        hooked = getattr(net, "_hf_hook", None) is not None or getattr(net, "_diffusers_hook", None) is not None
+        return self.pipe._execution_device if hooked else net.device
 
     @property
     def vae_scale_factor(self) -> int:

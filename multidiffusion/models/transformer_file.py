@@ -127,6 +127,24 @@ def _transformer_kwargs(path: Path, kwargs: dict[str, Any]) -> dict[str, Any]:
     return shared
 
 
+def _check_quantization(config: Any) -> None:
+    """A model ``quantization_config`` (bitsandbytes, torchao, GGUF, ...) checked as diffusers checks
+    it before loading (its package installed, a GPU where it needs one), in one line: its refusal is
+    not a sign that the file doesn't fit its configuration."""
+    if config is None or not hasattr(config, "quant_method"):  # a pipeline's config: diffusers checks it
+        return
+    from diffusers.quantizers.auto import DiffusersAutoQuantizer
+
+    try:
+        DiffusersAutoQuantizer.from_config(config).validate_environment()
+    except (RuntimeError, ImportError, ValueError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        method = getattr(config.quant_method, "value", config.quant_method)
+        raise ModelNotFoundError(
+            f"quantization_config: diffusers can't quantize with {method} here ({detail[:200]})"
+        ) from None
+
+
 def load_transformer_file(
     path: Path, family: str, shapes: dict[str, tuple[int, ...]], config: str | None, **kwargs: Any
 ) -> Any:
@@ -143,6 +161,7 @@ def load_transformer_file(
             f"{path.name} is a single-file {adapter.label} transformer, which diffusers {diffusers.__version__} can't "
             f"read ({model_cls.__name__} has no from_single_file); use the model's diffusers folder or repo id"
         )
+    _check_quantization(kwargs.get("quantization_config"))
     source = config if config is not None else default_dit_config(family, shapes)
     rest = {k: v for k, v in kwargs.items() if k != "quantization_config"}
     try:
