@@ -118,7 +118,7 @@ def test_img2img_equals_the_pipeline_from_the_same_noised_start(klein):
 
 def test_the_family_is_told_from_dev_with_its_defaults(klein, klein_distilled):
     md = _md(klein)
-    assert type(md.adapter) is Flux2KleinAdapter and md.family == "flux2-klein"
+    assert type(md.adapter) is Flux2KleinAdapter and md.family == "flux2_klein"
     assert not Flux2Adapter.claims(klein) and Flux2KleinAdapter.claims(klein)
     assert md.adapter.sampling_defaults == (50, 4.0)
     assert _md(klein_distilled).adapter.sampling_defaults == (4, 1.0)

@@ -34,7 +34,7 @@ class Flux2KleinAdapter(Flux2Adapter):
     """FLUX.2 [klein] text-to-image (base: true CFG; distilled: none). ``positions`` and
     ``max_sequence_length`` (Qwen3 tokens, chat template included; 512) as for [dev]."""
 
-    family = "flux2-klein"
+    family = "flux2_klein"
     label = "FLUX.2 [klein]"
     description = "FLUX.2 [klein] (Flux2Transformer2DModel, Qwen3 text encoder)"
     pipeline_class = "Flux2KleinPipeline"
