@@ -1,4 +1,5 @@
-"""Single-file checkpoints of SD 1.x, 2.x and SDXL, written by the test in the original layout."""
+"""Single-file checkpoints of SD 1.x, 2.x and SDXL, written by the test in the original layout; a Chroma
+transformer file read by diffusers' from_single_file (Z-Image's and GGUF files: test_quantized_loading.py)."""
 
 import json
 import shutil
@@ -274,3 +275,26 @@ def test_a_component_missing_from_the_file_is_not_unpickled_from_the_config(tiny
     with pytest.raises(ModelNotFoundError, match=r"has no text_encoder weights, so they would come from config .*"):
         MultiDiffusion.from_pretrained(path, config=str(config), device="cpu")
     assert not marker.exists()
+
+
+def test_chroma_single_file_transformers_load_through_diffusers(tmp_path):
+    """A Chroma transformer file (here in diffusers' names, told from FLUX.1's by its approximator) is
+    read by ChromaTransformer2DModel.from_single_file itself, the rest from the folder: the same model."""
+    from safetensors.torch import save_file
+
+    from .test_chroma import TEXT, tiny_chroma_pipeline
+
+    chroma = tiny_chroma_pipeline()
+    folder = tmp_path / "tiny-chroma"
+    chroma.save_pretrained(folder)
+    path = tmp_path / "chroma-unlocked.safetensors"
+    save_file({k: v.contiguous() for k, v in chroma.transformer.state_dict().items()}, path)
+    loaded = MultiDiffusion.from_pretrained(path, config=str(folder), device="cpu", max_sequence_length=TEXT)
+    assert loaded.family == "chroma" and type(loaded.pipe.transformer).__name__ == "ChromaTransformer2DModel"
+    reference = MultiDiffusion(chroma, max_sequence_length=TEXT)
+    latents = noise((1, 16, 16, 16), seed=3)
+    args = dict(height=128, width=128, num_inference_steps=2, guidance_scale=1.0, output_type="latent")
+    for md in (loaded, reference):
+        md.set_progress_bar_config(disable=True)
+    got = loaded.panorama("a red barn", latents=latents.clone(), **args).images
+    assert torch.equal(got, reference.panorama("a red barn", latents=latents.clone(), **args).images)
