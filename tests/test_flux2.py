@@ -245,3 +245,16 @@ def test_other_tasks_and_the_png_round_trip(flux2, tmp_path, capsys):
     code, _, err = run_cli(["panorama", "--from", first, "--model", folder, "-q", "-o", again], capsys)
     assert code == 0, err
     np.testing.assert_array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(first)))
+
+
+def test_pipelines_it_cannot_drive_are_refused_in_one_line(flux2):
+    from diffusers import Flux2Pipeline
+
+    from devtools.flux2_components import tiny_flux2_transformer
+
+    with pytest.raises(ValueError, match=r"pipe must have a 'text_encoder' for this FLUX2 model"):
+        MultiDiffusion(Flux2Pipeline(**{**flux2.components, "text_encoder": None}))
+    wide = tiny_flux2_transformer()
+    wide.register_to_config(in_channels=256)  # an image-conditioned variant's input
+    with pytest.raises(ValueError, match=r"takes 256 input channels but FLUX2 text-to-image takes 128"):
+        MultiDiffusion(Flux2Pipeline(**{**flux2.components, "transformer": wide}))

@@ -150,3 +150,13 @@ def test_panorama_regions_other_tasks_and_the_png_round_trip(klein_distilled, tm
     code, _, err = run_cli(["panorama", "--from", first, "--model", folder, "-q", "-o", again], capsys)
     assert code == 0, err
     np.testing.assert_array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(first)))
+
+
+def test_a_sibling_pipeline_runs_as_the_text_to_image_one(klein_distilled):
+    """Flux2KleinInpaintPipeline's components are driven as Flux2KleinPipeline (``from_pipe``), the
+    distilled flag kept."""
+    from diffusers import Flux2KleinInpaintPipeline
+
+    md = MultiDiffusion(Flux2KleinInpaintPipeline(**klein_distilled.components, is_distilled=True))
+    assert type(md.pipe).__name__ == "Flux2KleinPipeline" and md.family == "flux2_klein"
+    assert md.adapter.distilled and md.adapter.transformer is klein_distilled.transformer
