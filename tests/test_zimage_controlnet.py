@@ -20,9 +20,11 @@ from devtools.zimage_components import tiny_zimage_controlnet, tiny_zimage_pipel
 from multidiffusion import MultiDiffusion
 from multidiffusion.conditionings.controlnet_run import control_crop
 from multidiffusion.engine.views import grid_views
+from multidiffusion.files.metadata import read_parameters
 from multidiffusion.models.controlnet import load_controlnet
 from multidiffusion.vae.codec import encode_images
 
+from .test_cli_images import pixels, run_fails, run_ok
 from .test_dit_controlnet import _control_image, _latents
 
 STEPS = 3
@@ -135,7 +137,6 @@ def test_regions_img2img_and_upscale_take_the_controlnet(zimage, net):
     """A region's own control image conditions only its jobs; img2img follows its control image; an
     upscale with none conditions each view on its resized input (the Tile ControlNet convention)."""
     md = _md(zimage, controlnet=net)
-    md.share_unconditional = False
     kwargs = dict(height=H * 8, width=W * 8, num_inference_steps=2, guidance_scale=0.0, output_type="latent")
     kwargs["latents"] = _latents(6)
     box = {"prompt": "a person", "box": (32, 32, 96, 128)}
@@ -225,3 +226,28 @@ def test_controlnets_of_another_family_are_refused_in_one_line(zimage, net, sd16
     md = _md(zimage, controlnet=net)
     with pytest.raises(ValueError, match="guess_mode: ZIMAGE ControlNets have no guess mode"):
         md.panorama("a lake", height=H * 8, width=W * 8, control_image=_control_image(), guess_mode=True)
+
+
+def test_the_command_line_runs_a_zimage_controlnet_folder(zimage, tmp_path, capsys):
+    """`--controlnet FOLDER --control-image FILE` on a Z-Image folder: the image is made with the net
+    (it differs from the run without) and records the control image and scale; a FLUX ControlNet
+    folder is refused in one line (exit 2)."""
+    model, net_dir, edges = tmp_path / "zimage", tmp_path / "controlnet", tmp_path / "edges.png"
+    zimage.save_pretrained(model)
+    tiny_zimage_controlnet(zimage.transformer, seed=12).save_pretrained(net_dir)
+    _control_image(width=2 * W * 8, seed=12).save(edges)
+    args = ["panorama", "a lake", "--model", model, "--width", 2 * W * 8, "--height", H * 8, "--steps", 2]
+    args += ["--seed", 1, "--guidance", 0, "--max-sequence-length", 64, "-q"]
+    first, plain = tmp_path / "first.png", tmp_path / "plain.png"
+    run_ok([*args, "--controlnet", net_dir, "--control-image", edges, "--control-scale", 0.75, "-o", first], capsys)
+    run_ok([*args, "-o", plain], capsys)
+    assert Image.open(first).size == (2 * W * 8, H * 8)
+    assert not np.array_equal(pixels(first), pixels(plain))
+    params = read_parameters(first)
+    assert params["controlnet_conditioning_scale"] == 0.75 and params["control_image"][0]["path"] == str(edges)
+    flux_dir = tmp_path / "flux-controlnet"
+    tiny_flux_controlnet(tiny_flux_pipeline(sample_size=16).transformer).save_pretrained(flux_dir)
+    err = run_fails(
+        [*args, "--controlnet", flux_dir, "--control-image", edges, "-o", tmp_path / "x.png"], capsys, tmp_path
+    )
+    assert "FluxControlNetModel is a ControlNet for FLUX.1 models, but the model loaded is Z-Image" in err
