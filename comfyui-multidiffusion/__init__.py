@@ -5,7 +5,12 @@ One mapping per node module, merged here: adding a module is one line in ``_MODU
 
 import importlib
 
-_MODULES = ("loaders", "tiled")
+_MODULES = (
+    "loaders",
+    "demo_controlnet",
+    "tiled",
+    "vae",
+)
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}

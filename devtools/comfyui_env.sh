@@ -23,13 +23,19 @@ pipi=(pip install --isolated --quiet)
 
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 py="$venv/bin/python"
-"$py" -m "${pipi[@]}" torch==2.13.0 torchvision==0.28.0
-reqs="$(mktemp)"
-trap 'rm -f "$reqs"' EXIT
-grep -vE '^[[:space:]]*(torch|torchvision|torchaudio)[[:space:]]*$' "$comfy/requirements.txt" >"$reqs"
-"$py" -m "${pipi[@]}" -r "$reqs" requests "pytest>=8"
-# our package: torch is already satisfied, so pip keeps the pair above (checked below)
-"$py" -m "${pipi[@]}" -e "$repo" -e "$repo/comfyui-multidiffusion"
+# what the environment was built from: when none of it changed, only the check below runs
+stamp="$venv/.multidiffusion-comfyui-env"
+inputs="$(cat "$0" "$comfy/requirements.txt" "$repo/pyproject.toml" "$repo/comfyui-multidiffusion/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$inputs" ]; then
+  rm -f "$stamp"
+  "$py" -m "${pipi[@]}" torch==2.13.0 torchvision==0.28.0
+  reqs="$(mktemp)"
+  trap 'rm -f "$reqs"' EXIT
+  grep -vE '^[[:space:]]*(torch|torchvision|torchaudio)[[:space:]]*$' "$comfy/requirements.txt" >"$reqs"
+  "$py" -m "${pipi[@]}" -r "$reqs" requests "pytest>=8"
+  # our package: torch is already satisfied, so pip keeps the pair above (checked below)
+  "$py" -m "${pipi[@]}" -e "$repo" -e "$repo/comfyui-multidiffusion"
+fi
 
 "$py" - <<'PY'
 import torch, torchvision
@@ -38,4 +44,5 @@ torchvision.ops.nms  # the operator that fails to load against a mismatched torc
 import multidiffusion, multidiffusion_comfy  # noqa: F401
 print(f"torch {torch.__version__} torchvision {torchvision.__version__} (cuda build {torch.version.cuda})")
 PY
+echo "$inputs" >"$stamp"
 printf "comfyui env ready: %s  (%s min, %s on disk)\n" "$py" "$(awk -v s="$start" -v e="$(date +%s)" 'BEGIN{printf "%.1f", (e-s)/60}')" "$(du -sh "$venv" | cut -f1)"

@@ -105,10 +105,13 @@ def demo_unet_config(unet: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def unet_to_ldm(state: dict[str, torch.Tensor], unet_config: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """diffusers UNet weights under LDM names, with ComfyUI's map for this config; a weight the map
-    does not name is an error (the config and the weights disagree)."""
-    names = comfy.utils.unet_to_diffusers(unet_config)
+def unet_to_ldm(
+    state: dict[str, torch.Tensor], unet_config: dict[str, Any], extra_names: dict[str, str] | None = None
+) -> dict[str, torch.Tensor]:
+    """diffusers UNet weights under LDM names, with ComfyUI's map for this config (and ``extra_names``,
+    diffusers name -> LDM name, for a ControlNet's own layers); a weight the map does not name is an
+    error (the config and the weights disagree)."""
+    names = {**comfy.utils.unet_to_diffusers(unet_config), **(extra_names or {})}
     missing = sorted(set(state) - set(names))
     if missing:
         raise ValueError(f"unet weights without an LDM name for this config: {missing[:5]}")

@@ -120,3 +120,47 @@ def test_vae_decode_equals_the_diffusers_vae(loaded, library):
     want = ((image + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
     diff = (got - want).abs().max().item()
     assert diff <= 1e-4, diff
+
+
+@pytest.fixture(scope="module")
+def controlnet(comfy):
+    return tiny.node_module("demo_controlnet").MultiDiffusionDemoControlNetLoader().load()[0]
+
+
+def test_controlnet_residuals_equal_the_diffusers_controlnet(controlnet, library):
+    """ComfyUI's ControlNet network with the demo weights gives diffusers' residuals for the same
+    latents, timestep, prompt embedding and control image (in [0, 1], as both hand it over)."""
+    from diffusers import ControlNetModel
+
+    from multidiffusion.models.controlnet import DEMO_CONTROLNET_DIR
+
+    ours = ControlNetModel.from_pretrained(DEMO_CONTROLNET_DIR, torch_dtype=torch.float32).eval()
+    g = torch.Generator().manual_seed(5)
+    x, hint = torch.randn(1, 4, H, W, generator=g), torch.rand(1, 3, 4 * H, 4 * W, generator=g)
+    context = library.adapter.encode([[PROMPT]], [[NEGATIVE]], 1, False).positive["encoder_hidden_states"][0]
+    t = torch.tensor([421.0])
+    assert controlnet.compression_ratio == 4
+    with torch.no_grad():
+        got = controlnet.control_model(x=x, hint=hint, timesteps=t, context=context)
+        down, mid = ours(x, t, encoder_hidden_states=context, controlnet_cond=hint, return_dict=False)
+    assert len(got["output"]) == len(down)
+    diffs = [(a - b).abs().max().item() for a, b in zip([*got["output"], *got["middle"]], [*down, mid])]
+    assert max(diffs) <= 1e-4, diffs
+    assert max(d.abs().max().item() for d in down) > 1e-3  # the residuals are not all zero
+
+
+def test_apply_controlnet_changes_the_ksampler_result(comfy, loaded, controlnet):
+    """The stock Apply ControlNet node drives the demo ControlNet (control image at 4x the latent)."""
+    import nodes
+
+    model, clip, _ = loaded
+    latent = {"samples": torch.zeros(1, 4, H, W)}
+    positive, negative = _encode(clip, PROMPT), _encode(clip, NEGATIVE)
+    image = torch.zeros(1, 4 * H, 4 * W, 3)
+    image[:, : 2 * H] = torch.tensor([0.4, 0.6, 0.9])  # sky over sea, in any palette: a real control
+    apply = nodes.ControlNetApplyAdvanced()
+    controlled = apply.apply_controlnet(positive, negative, controlnet, image, 1.0, 0.0, 1.0)
+    plain = nodes.KSampler().sample(model, SEED, 2, CFG, "euler", "normal", positive, negative, latent)[0]
+    steered = nodes.KSampler().sample(model, SEED, 2, CFG, "euler", "normal", *controlled, latent)[0]
+    diff = (plain["samples"] - steered["samples"]).abs().max().item()
+    assert torch.isfinite(steered["samples"]).all() and diff > 1e-3, diff
