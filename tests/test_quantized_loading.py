@@ -111,12 +111,17 @@ def original_state_dict(transformer, prefix="model.diffusion_model."):
     return state
 
 
-@pytest.mark.parametrize("names", ["diffusers", "original"])
+@pytest.mark.parametrize("names", ["diffusers", "diffusers under ComfyUI's prefix", "original"])
 def test_z_image_single_file_transformers_load_through_diffusers(names, zimage, zimage_dir, reference, tmp_path):
     """The file's transformer read by ZImageTransformer2DModel.from_single_file (its converter for the
-    makers' names), the rest from the folder: the same model, the same result."""
-    path = tmp_path / f"z-image-{names}.safetensors"
-    state = zimage.transformer.state_dict() if names == "diffusers" else original_state_dict(zimage.transformer)
+    makers' names; diffusers' names as they are, under ComfyUI's prefix too), the rest from the
+    folder: the same model, the same result."""
+    path = tmp_path / "z-image.safetensors"
+    state = zimage.transformer.state_dict()
+    if names == "original":
+        state = original_state_dict(zimage.transformer)
+    elif names != "diffusers":
+        state = {"model.diffusion_model." + k: v for k, v in state.items()}
     save_file({k: v.contiguous() for k, v in state.items()}, path)
     md = MultiDiffusion.from_pretrained(path, config=str(zimage_dir), device="cpu", max_sequence_length=64)
     assert md.family == "zimage" and type(md.pipe).__name__ == "ZImagePipeline"

@@ -127,6 +127,32 @@ def _transformer_kwargs(path: Path, kwargs: dict[str, Any]) -> dict[str, Any]:
     return shared
 
 
+_COMFY_PREFIX = "model.diffusion_model."
+
+
+def _unprefixed(path: Path, shapes: dict[str, tuple[int, ...]], model_cls: Any, source: str) -> dict[str, Any] | None:
+    """The file's tensors without ComfyUI's ``model.diffusion_model.`` when, without it, their names are
+    exactly the diffusers model's (a diffusers-named file saved by ComfyUI, which diffusers would
+    otherwise run through its converter for the makers' names); None for any other file."""
+    if not shapes or not all(name.startswith(_COMFY_PREFIX) for name in shapes):
+        return None
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():  # the model's names from its configuration, no weights allocated
+        expected = set(model_cls.from_config(model_cls.load_config(source, subfolder="transformer")).state_dict())
+    if {name[len(_COMFY_PREFIX) :] for name in shapes} != expected:
+        return None
+    if is_gguf_path(path):
+        from diffusers.models.model_loading_utils import load_gguf_checkpoint
+
+        state = load_gguf_checkpoint(str(path))
+    else:
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    return {name[len(_COMFY_PREFIX) :]: tensor for name, tensor in state.items()}
+
+
 def _check_quantization(config: Any) -> None:
     """A model ``quantization_config`` (bitsandbytes, torchao, GGUF, ...) checked as diffusers checks
     it before loading (its package installed, a GPU where it needs one), in one line: its refusal is
@@ -165,8 +191,12 @@ def load_transformer_file(
     source = config if config is not None else default_dit_config(family, shapes)
     rest = {k: v for k, v in kwargs.items() if k != "quantization_config"}
     try:
+        weights = _unprefixed(path, shapes, model_cls, source)
         transformer = model_cls.from_single_file(
-            str(path), config=source, subfolder="transformer", **_transformer_kwargs(path, kwargs)
+            str(path) if weights is None else weights,
+            config=source,
+            subfolder="transformer",
+            **_transformer_kwargs(path, kwargs),
         )
         return _pipeline_class(adapter, source).from_pretrained(source, transformer=transformer, **rest)
     except OSError:
