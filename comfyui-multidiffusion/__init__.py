@@ -9,6 +9,7 @@ _MODULES = (
     "loaders",
     "demo_controlnet",
     "tiled",
+    "regions",
     "vae",
 )
 
