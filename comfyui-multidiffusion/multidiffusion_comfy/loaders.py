@@ -136,7 +136,11 @@ def load_demo_model() -> comfy.model_patcher.ModelPatcher:
         raise ValueError("demo scheduler: only epsilon prediction with scaled_linear betas is supported")
     unet_config = demo_unet_config(unet)
     model_config = _DemoSD1(unet_config)
-    model_config.latent_format = comfy.latent_formats.SD15(scale_factor=_config("vae")["scaling_factor"])
+    vae = _config("vae")
+    model_config.latent_format = comfy.latent_formats.SD15(scale_factor=vae["scaling_factor"])
+    # pixels per latent pixel, where nodes that size windows in pixels look (the pack's tiled node;
+    # later ComfyUI versions name it so): 4 for the demo, not SD's 8
+    model_config.latent_format.spacial_downscale_ratio = 2 ** (len(vae["block_out_channels"]) - 1)
     model_config.sampling_settings = {
         "beta_schedule": "linear",
         "linear_start": scheduler["beta_start"],

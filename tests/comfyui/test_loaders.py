@@ -62,6 +62,11 @@ def test_node_declares_its_outputs(comfy):
     assert node.INPUT_TYPES() == {"required": {}}
 
 
+def test_the_model_knows_its_latent_factor(loaded):
+    model, _, vae = loaded
+    assert model.model.latent_format.spacial_downscale_ratio == vae.downscale_ratio == 4
+
+
 def test_clip_text_encode_equals_the_library_prompt_embeddings(loaded, library):
     _, clip, _ = loaded
     ours = library.adapter.encode([[PROMPT]], [[NEGATIVE]], 1, True)

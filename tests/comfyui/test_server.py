@@ -32,6 +32,7 @@ WORKFLOWS = sorted(EXAMPLES.glob("*.api.json"))
 # (width, height) of each example's saved image: every API-format example must have its line
 EXPECTED_SIZE = {
     "demo_txt2img": (96, 64),  # Empty Latent Image 192 x 128: latents 24 x 16, the demo VAE's x4
+    "demo_panorama": (256, 64),  # 512 x 128: latents 64 x 16, four 16 x 16 windows wide, circular
 }
 PACK_DIR_NAME = PACK.name  # conftest links the pack into custom_nodes under its own folder name
 MODULE = f"custom_nodes.{PACK_DIR_NAME}"  # ComfyUI's python_module of the pack's nodes
@@ -96,6 +97,18 @@ def test_object_info_lists_the_pack_nodes_with_tooltips(comfyui_server):
                 options = spec[1] if len(spec) > 1 else {}
                 assert options.get("tooltip"), f"{name}.{key} has no tooltip"
         assert len(node.get("output_tooltips", [])) == len(node["output"]), name
+
+
+def test_ui_format_workflows_are_their_api_format(comfyui_server):
+    """Each example's UI-format file (what ComfyUI's page loads) is the conversion of its API-format
+    file with this ComfyUI's node definitions: regenerate with ``python -m devtools.comfyui_workflow``."""
+    from devtools.comfyui_workflow import api_to_ui
+
+    info = comfyui_server.get("/object_info")
+    for path in WORKFLOWS:
+        ui = path.with_name(path.name.removesuffix(".api.json") + ".json")
+        assert ui.is_file(), f"{ui} missing: python -m devtools.comfyui_workflow URL {path}"
+        assert json.loads(ui.read_text()) == api_to_ui(json.loads(path.read_text()), info), ui
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name.removesuffix(".api.json"))
