@@ -202,3 +202,32 @@ def test_the_patch_chains_a_wrapper_installed_before_it(comfy, tiled):
     out = wrapper(lambda x, t, **c: x + 1, {"input": x, "timestep": torch.ones(2), "c": {}, "cond_or_uncond": [0, 1]})
     assert seen == [(4, 4, 4, 4)]  # both views in one call (view_batch_size None: all)
     assert torch.equal(out, 2 * (x + 1))
+
+
+def test_controlnet_residuals_follow_the_views(comfy, tiled):
+    """The stock Apply ControlNet on the demo model and ControlNet (ComfyUI computes the residuals on
+    the canvas; the patch cuts them per view at each residual's resolution): at one view the patched
+    KSampler equals the stock one with the ControlNet; on three views it runs and the control steers it."""
+    import nodes
+
+    model, clip, _ = tiny.node_module("loaders").MultiDiffusionDemoModelLoader().load()
+    controlnet = tiny.node_module("demo_controlnet").MultiDiffusionDemoControlNetLoader().load()[0]
+    h, w = 16, 32  # demo latents (factor 4): 64 x 128 px
+    latent = {"samples": torch.zeros(1, 4, h, w)}
+    positive = clip.encode_from_tokens_scheduled(clip.tokenize("a lighthouse above the sea"))
+    negative = clip.encode_from_tokens_scheduled(clip.tokenize("blurry"))
+    image = torch.zeros(1, 4 * h, 4 * w, 3)
+    image[:, : 2 * h] = torch.tensor([0.4, 0.6, 0.9])
+    controlled = nodes.ControlNetApplyAdvanced().apply_controlnet(positive, negative, controlnet, image, 1.0, 0.0, 1.0)
+
+    def run(m, conds):
+        return nodes.KSampler().sample(m, 7, 2, CFG, "euler", "normal", *conds, latent)[0]["samples"]
+
+    one_view = _patched(tiled, model, 512, 512, 0, "grid", "default", False, 1, 0)
+    diff = (run(one_view, controlled) - run(model, controlled)).abs().max().item()
+    print(f"ControlNet, one view: patched vs stock KSampler max|diff| = {diff:.3g}")
+    assert diff <= 1e-5
+    views = _patched(tiled, model, 64, 64, 32, "grid", "uniform", False, 0, 0)  # views at 0, 8, 16 latents
+    steered, free = run(views, controlled), run(views, (positive, negative))
+    assert torch.isfinite(steered).all()
+    assert (steered - free).abs().max() > 1e-3
