@@ -20,7 +20,8 @@ conversion, its ``quantization_config``), the rest by ``from_pretrained``: nothi
 
 The transformer class is the family's first ``network_classes`` (it must be one diffusers'
 ``from_single_file`` knows); the pipeline class is the one the configuration's ``model_index.json``
-names when it is one of the family's ``pipelines`` (a local folder or a cached repo), else the
+names (a local folder or a cached repo) when a registered family with that transformer class drives
+it (so one family may declare the files of its variants: FLUX.2 [dev] and [klein]), else the
 family's ``pipeline_class``.
 
 **GGUF.** A ``.gguf`` file's tensor names are read from its header (the ``gguf`` package:
@@ -94,8 +95,14 @@ def gguf_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
 def _pipeline_class(adapter: Any, source: str) -> Any:
     """The pipeline class for the configuration ``source``: the one its ``model_index.json`` names when
-    that is one of the family's (FLUX.2 dev or klein, ...), else the family's ``pipeline_class``."""
+    a registered family with the same transformer class drives it (FLUX.2 [dev] or [klein], Qwen-Image
+    or its Edit), else the family's ``pipeline_class``."""
     import diffusers
+
+    from multidiffusion.models import ADAPTERS
+
+    network = adapter.network_classes[0]
+    known = {name for other in ADAPTERS if network in other.network_classes for name in other.pipelines}
 
     index = Path(source).expanduser() / "model_index.json"
     if not index.is_file():
@@ -110,7 +117,7 @@ def _pipeline_class(adapter: Any, source: str) -> Any:
         named = json.loads(index.read_text(encoding="utf-8")).get("_class_name") if index.is_file() else None
     except (OSError, ValueError, AttributeError):
         named = None
-    name = named if named in adapter.pipelines else adapter.pipeline_class
+    name = named if named in known else adapter.pipeline_class
     return getattr(diffusers, name)
 
 
