@@ -171,7 +171,7 @@ class ZImageAdapter(FlowMatchingAdapter):
         images = list(x.to(self.transformer.dtype).unsqueeze(2).unbind(0))
         hints = kwargs.pop("controlnet_block_samples", None)
         if hints is not None:  # to this call's unified length: its image tokens and longest caption
-            length = _padded(x.shape[-2] // 2 * (x.shape[-1] // 2)) + max(_padded(k) for k in lens)
+            length = _padded(self.tokens(x.shape[-2:])) + max(_padded(k) for k in lens)
             kwargs["controlnet_block_samples"] = {i: _fitted(h, length) for i, h in hints.items()}
         with _placed(self.transformer, _offsets(positions), self.transformer.config.axes_lens):
             out = self.transformer(images, timestep, captions, return_dict=False, **kwargs)[0]
@@ -229,7 +229,7 @@ class ZImageAdapter(FlowMatchingAdapter):
         timestep = (1000 - t.expand(n).to(torch.float32)) / 1000
         with _placed(net, _offsets(kwargs.get("positions")), self.transformer.config.axes_lens):
             hints = net(images, timestep, captions, context, conditioning_scale=control["conditioning_scale"])
-        length = _padded(h // 2 * (w // 2)) + _padded(feats.shape[1])
+        length = _padded(self.tokens((h, w))) + _padded(feats.shape[1])
         return tuple(_fitted(hints[i], length) if i in hints else None for i in range(len(self.transformer.layers)))
 
     def residual_kwargs(self, residuals: Any) -> dict[str, Any]:
