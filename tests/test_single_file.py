@@ -298,3 +298,12 @@ def test_chroma_single_file_transformers_load_through_diffusers(tmp_path):
         md.set_progress_bar_config(disable=True)
     got = loaded.panorama("a red barn", latents=latents.clone(), **args).images
     assert torch.equal(got, reference.panorama("a red barn", latents=latents.clone(), **args).images)
+
+
+def test_a_model_file_that_is_no_regular_file_is_refused_unopened(tmp_path):
+    import os
+
+    fifo = tmp_path / "model.safetensors"
+    os.mkfifo(fifo)  # opening it to read would wait for a writer forever
+    with pytest.raises(ModelNotFoundError, match=r"model file model\.safetensors is not a regular file"):
+        MultiDiffusion.from_pretrained(fifo, device="cpu")
