@@ -6,6 +6,7 @@ model and group offloading. Each loaded model runs a one-view panorama compared 
 was made from, or with ZImagePipeline around the same quantized transformer."""
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -223,6 +224,20 @@ def test_gguf_files_that_are_no_transformer_read_here_are_refused_by_name(tmp_pa
     broken.write_bytes(b"not a gguf file at all")
     with pytest.raises(ModelNotFoundError, match=r"broken\.gguf is not a readable GGUF file"):
         MultiDiffusion.from_pretrained(broken, device="cpu")
+
+
+def test_gguf_model_files_follow_the_trust_rules_of_weights(tmp_path):
+    """A .gguf model is weights: a scene names one under its own folder only, stored settings never."""
+    from multidiffusion.io.trust import Origin, RepoId, typed_weights
+
+    scene = Origin.file(tmp_path, "scene.toml")
+    assert scene.weights("models/z.gguf", "model") == str(tmp_path / "models" / "z.gguf")
+    assert not isinstance(scene.weights("models/z.gguf", "model"), RepoId)  # a file, never a repo id
+    with pytest.raises(ValueError, match=r"model '\.\./z\.gguf' is outside the scene's folder"):
+        scene.weights("../z.gguf", "model")
+    with pytest.raises(ValueError, match="settings stored in a PNG or sent in a request name no files"):
+        Origin.stored().weights("z.gguf", "model")
+    assert str(typed_weights("z.gguf")) == str(Path.cwd() / "z.gguf")  # typed: a path here, not a repo
 
 
 def test_a_gguf_file_without_the_gguf_package_says_what_to_install(gguf_file, monkeypatch):
