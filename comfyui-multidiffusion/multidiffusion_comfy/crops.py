@@ -28,7 +28,16 @@ import torch
 
 from multidiffusion.engine.views import View, crop
 
-__all__ = ["SPATIAL_KEYS", "call_model", "cat_rows", "latent_factor", "patch_multiple", "step_index", "view_inputs"]
+__all__ = [
+    "SPATIAL_KEYS",
+    "call_model",
+    "cat_rows",
+    "control_multiple",
+    "latent_factor",
+    "patch_multiple",
+    "step_index",
+    "view_inputs",
+]
 
 SPATIAL_KEYS = ("c_concat", "control")
 """Keys of ``c`` whose tensors lie on the canvas and are cropped per view."""
@@ -43,8 +52,9 @@ def _crop_at_scale(value: torch.Tensor, view: View, canvas: tuple[int, int], key
     box = (view.top * scale_h, view.left * scale_w, view.height * scale_h, view.width * scale_w)
     if abs(scale_h - scale_w) > 1e-9 or any(abs(v - round(v)) > 1e-9 for v in box):
         raise ValueError(
-            f"{key}: a {h}x{w} tensor on a {canvas[0]}x{canvas[1]} latent canvas can't be cut at the view "
-            f"{view} (the window, stride and canvas must be multiples of the tensor's down-sampling)"
+            f"{key}: a {h}x{w} map on a {canvas[0]}x{canvas[1]} latent canvas can't be cut at the view {view}: "
+            f"with a ControlNet, the canvas, window and stride must be multiples of {round(canvas[0] / h)} latent "
+            "pixels (its coarsest residual's grid)"
         )
     top, left, height, width = (round(v) for v in box)
     return crop(value, View(top, left, height, width))
@@ -82,6 +92,28 @@ def view_inputs(c: dict[str, Any], views: Sequence[View], rows: int, canvas: tup
         else:
             out[key] = _per_view(value, views, rows, canvas, key, key in SPATIAL_KEYS)
     return out
+
+
+def control_multiple(c: dict[str, Any], canvas: tuple[int, int]) -> int:
+    """The down-sampling of the coarsest ControlNet residual in ``c`` (1 without one): views must
+    start at multiples of it for every residual to be cut on its own grid (SD's UNet: 8)."""
+    need = 1
+
+    def visit(value: Any) -> None:
+        nonlocal need
+        if isinstance(value, torch.Tensor) and value.dim() >= 4 and 0 < value.shape[-2] < canvas[0]:
+            ratio = canvas[0] / value.shape[-2]
+            if ratio == int(ratio):
+                need = math.lcm(need, int(ratio))
+        elif isinstance(value, dict):
+            for v in value.values():
+                visit(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                visit(v)
+
+    visit(c.get("control"))
+    return need
 
 
 def call_model(

@@ -16,10 +16,13 @@ loads and every sampler it offers work.
 Windows are the paper's grid (stride 1/8 of the window) or the fast mode's shifted windows, a
 fresh seeded offset each step (SpotDiffusion; docs/fast-mode.md); weights uniform (the paper) or
 Gaussian (Mixture of Diffusers); circular wraps windows around the horizontal edge (360-degree).
+With a ControlNet (its residuals computed by ComfyUI on the canvas, cut per view), window starts
+and the default stride snap to its coarsest residual's grid (SD: 8 latent pixels, 64 px).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +32,7 @@ from multidiffusion.engine.fusion import FusionPlan, Job, fused_prediction
 from multidiffusion.engine.views import WEIGHTS
 from multidiffusion.engine.windows import PLACEMENTS, Windows, default_stride, panorama_plans
 
-from .crops import call_model, latent_factor, patch_multiple, step_index, view_inputs
+from .crops import call_model, control_multiple, latent_factor, patch_multiple, step_index, view_inputs
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "MultiDiffusionTiled", "TiledWrapper"]
 
@@ -66,13 +69,15 @@ class TiledWrapper:
         self.previous = previous
         self._plans: dict[tuple, Callable[[int], FusionPlan]] = {}
 
-    def plan(self, canvas: tuple[int, int], step: int, device: torch.device) -> FusionPlan:
-        """The views and weights of ``step`` on a ``canvas`` of (rows, columns) latent pixels."""
-        key = (canvas, str(device))
+    def plan(self, canvas: tuple[int, int], step: int, device: torch.device, align: int = 1) -> FusionPlan:
+        """The views and weights of ``step`` on a ``canvas`` of (rows, columns) latent pixels; window
+        starts are multiples of ``align`` too (a ControlNet's coarsest residual grid)."""
+        key = (canvas, str(device), align)
         if key not in self._plans:
-            window = (min(self.window[0], canvas[0]), min(self.window[1], canvas[1]))
-            stride = self.stride or default_stride(window, self.placement, self.multiple)
-            windows = Windows(canvas, window, stride, self.placement, self.circular, self.seed, self.multiple)
+            m = math.lcm(self.multiple, align)
+            window = tuple(max(m, min(w, c) // m * m) if c >= m else c for w, c in zip(self.window, canvas))
+            stride = self.stride or default_stride(window, self.placement, m)
+            windows = Windows(canvas, window, stride, self.placement, self.circular, self.seed, m)
             self._plans[key] = panorama_plans(windows, self.weights, device=device)
         return self._plans[key](step)
 
@@ -83,7 +88,7 @@ class TiledWrapper:
             raise ValueError(f"the MultiDiffusion patch needs latents (B, C, H, W), got shape {tuple(x.shape)}")
         canvas = (x.shape[-2], x.shape[-1])
         step = step_index(c.get("transformer_options", {}), t)
-        plan = self.plan(canvas, step, x.device)
+        plan = self.plan(canvas, step, x.device, control_multiple(c, canvas))
         rows = x.shape[0]
 
         def denoise(crops: torch.Tensor, sigma: torch.Tensor, jobs: list[Job]) -> torch.Tensor:

@@ -231,3 +231,10 @@ def test_controlnet_residuals_follow_the_views(comfy, tiled):
     steered, free = run(views, controlled), run(views, (positive, negative))
     assert torch.isfinite(steered).all()
     assert (steered - free).abs().max() > 1e-3
+    # shifted windows at random offsets snap to the coarsest residual's grid, so the cuts stay exact
+    assert (
+        tiny.node_module("crops").control_multiple({"control": {"output": [torch.zeros(1, 4, h // 4, w // 4)]}}, (h, w))
+        == 4
+    )
+    shifted = _patched(tiled, model, 64, 64, 0, "shifted", "default", False, 0, 3)
+    assert torch.isfinite(run(shifted, controlled)).all()
