@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 from multidiffusion import ModelNotFoundError, MultiDiffusion
 
+from .test_loading_errors import online_env, silent_hub  # noqa: F401  (silent_hub: a fixture)
 from .test_scene import run_cli
 from .test_zimage import tiny_zimage_pipeline
 
@@ -135,6 +136,49 @@ def test_a_z_image_file_without_its_configuration_names_turbo_and_config(zimage,
     save_file({"model.diffusion_model.x_pad_token": torch.zeros(1, 64)}, path)
     with pytest.raises(ModelNotFoundError, match=r"single-file Z-Image transformer.*Tongyi-MAI/Z-Image-Turbo.*config="):
         MultiDiffusion.from_pretrained(path, device="cpu")
+
+
+_TRANSFORMER_FILE_ON_A_SILENT_HUB = """
+import json, sys, time
+from diffusers import DiffusionPipeline  # imported first (seconds): the bound is on waiting for the hub
+from safetensors.torch import save_file
+import torch
+from multidiffusion import ModelNotFoundError, MultiDiffusion
+from multidiffusion.models import hub
+
+hub.HUB_TIMEOUT_S = 2.0
+save_file({"x_pad_token": torch.zeros(1, 64)}, sys.argv[1])  # a Z-Image file; its configuration is not cached
+start = time.monotonic()
+try:
+    MultiDiffusion.from_pretrained(sys.argv[1], device="cpu")
+    error = None
+except ModelNotFoundError as exc:
+    error = str(exc)
+print(json.dumps({"elapsed": time.monotonic() - start, "error": error}))
+"""
+
+
+def test_a_transformer_files_configuration_is_asked_of_the_hub_within_the_bound(silent_hub, tmp_path):  # noqa: F811
+    """Without config= the configuration repo is downloaded; the hub must answer within the loader's
+    bound first (before: diffusers asked it with no limit, as for the SD checkpoints' configurations)."""
+    import json
+    import subprocess
+
+    url, accepted = silent_hub
+    args = [sys.executable, "-c", _TRANSFORMER_FILE_ON_A_SILENT_HUB, str(tmp_path / "z-image.safetensors")]
+    env = online_env(url, tmp_path / "hf-home")
+    try:
+        run = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("still waiting for the silent hub after 120 s")
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert accepted, "the hub was never asked"
+    message = result["error"]
+    assert message is not None and "\n" not in message
+    assert "single-file Z-Image transformer" in message and "Tongyi-MAI/Z-Image-Turbo" in message
+    assert f"{url} did not answer within 2 s" in message and "config=" in message
+    assert result["elapsed"] < 2 + 5
 
 
 # -- GGUF ----------------------------------------------------------------------------------------------

@@ -211,7 +211,7 @@ def load_single_file(
     shapes = read_shapes(path, allow_pickle=allow_pickle)
     transformer = dit_family(shapes)
     if transformer is not None:  # FLUX.1, SD 3, Z-Image, ...: the transformer from the file, the rest from config
-        return load_transformer_file(path, transformer, shapes, config, **kwargs)
+        return load_transformer_file(path, transformer, shapes, config, ask_hub=ask_hub, **kwargs)
     if is_gguf_path(path):
         raise ModelNotFoundError(f"{path.name} is a GGUF file but not {transformer_kinds()}, the ones read from GGUF")
     family = checkpoint_family(shapes, path.name)

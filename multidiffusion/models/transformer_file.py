@@ -33,6 +33,7 @@ memory, each layer dequantized as it runs), unless a ``quantization_config`` is 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -178,13 +179,43 @@ def _check_quantization(config: Any) -> None:
         ) from None
 
 
+def _unavailable(name: str, label: str, source: str, reason: str | None = None) -> str:
+    why = f" ({reason})" if reason else ""
+    return (
+        f"{name} is a single-file {label} transformer; the rest of the model (text encoders, VAE, scheduler) and "
+        f"its configuration come from {source}, which is not in the local Hugging Face cache and could not be "
+        f"downloaded{why}. Pass config= (a diffusers folder of the same architecture; --config on the command line)"
+    )
+
+
+def _ask_before_download(source: str, ask_hub: Callable[..., None] | None, message: Callable[[str], str]) -> None:
+    """A configuration repo neither local nor cached: the hub must answer within the loader's bound
+    (``ask_hub``) before diffusers asks it without one."""
+    if ask_hub is None or Path(source).expanduser().is_dir():
+        return
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(source, "model_index.json")
+    except Exception:  # not a repo id: from_single_file reports it
+        return
+    if not isinstance(cached, str):
+        ask_hub(source, message)
+
+
 def load_transformer_file(
-    path: Path, family: str, shapes: dict[str, tuple[int, ...]], config: str | None, **kwargs: Any
+    path: Path,
+    family: str,
+    shapes: dict[str, tuple[int, ...]],
+    config: str | None,
+    ask_hub: Callable[..., None] | None = None,
+    **kwargs: Any,
 ) -> Any:
     """The family's pipeline (``FluxPipeline``, ``ZImagePipeline``, ...) whose transformer is read
     from ``path`` (``.safetensors`` or ``.gguf``) and whose other components come from ``config``
     (default: :func:`default_dit_config`). ``kwargs`` go to ``from_pretrained``; ``quantization_config``
-    and the dtype also (the quantization config only) to the transformer's ``from_single_file``."""
+    and the dtype also (the quantization config only) to the transformer's ``from_single_file``.
+    ``ask_hub(repo, message)``: asked before a configuration repo that is not cached is downloaded."""
     import diffusers
 
     adapter = _transformer_families()[family]
@@ -197,6 +228,7 @@ def load_transformer_file(
     _check_quantization(kwargs.get("quantization_config"))
     source = config if config is not None else default_dit_config(family, shapes)
     rest = {k: v for k, v in kwargs.items() if k != "quantization_config"}
+    _ask_before_download(source, ask_hub, lambda reason: _unavailable(path.name, adapter.label, source, reason))
     try:
         weights = _unprefixed(path, shapes, model_cls, source)
         transformer = model_cls.from_single_file(
@@ -207,12 +239,7 @@ def load_transformer_file(
         )
         return _pipeline_class(adapter, source).from_pretrained(source, transformer=transformer, **rest)
     except OSError:
-        raise ModelNotFoundError(
-            f"{path.name} is a single-file {adapter.label} transformer; the rest of the model (text encoders, VAE, "
-            f"scheduler) and its configuration come from {source}, which is not in the local Hugging Face cache "
-            "and could not be downloaded. Pass config= (a diffusers folder of the same architecture; --config on "
-            "the command line)"
-        ) from None
+        raise ModelNotFoundError(_unavailable(path.name, adapter.label, source)) from None
     except (ValueError, KeyError, IndexError, RuntimeError) as exc:  # names or shapes that don't fit
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelNotFoundError(
