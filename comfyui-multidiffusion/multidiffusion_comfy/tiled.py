@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from multidiffusion.engine.fusion import FusionPlan, Job, fused_prediction
-from multidiffusion.engine.views import WEIGHTS
+from multidiffusion.engine.views import WEIGHTS, View
 from multidiffusion.engine.windows import PLACEMENTS, Windows, default_stride, panorama_plans
 
 from .crops import call_model, control_multiple, latent_factor, patch_multiple, step_index, view_inputs
@@ -56,7 +56,10 @@ class TiledWrapper:
         seed: int = 0,
         multiple: int = 1,
         previous: Callable | None = None,
+        positions: str = "view",
     ):
+        if positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
         if placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
         weights = weights or ("gaussian" if placement == "shifted" else "uniform")
@@ -66,7 +69,7 @@ class TiledWrapper:
             raise ValueError(f"window and stride must be at least 1 latent pixel, got {window} and {stride}")
         self.window, self.stride, self.placement, self.weights = window, stride, placement, weights
         self.circular, self.view_batch_size, self.seed, self.multiple = circular, view_batch_size, seed, multiple
-        self.previous = previous
+        self.previous, self.positions = previous, positions
         self._plans: dict[tuple, Callable[[int], FusionPlan]] = {}
 
     def plan(self, canvas: tuple[int, int], step: int, device: torch.device, align: int = 1) -> FusionPlan:
@@ -94,9 +97,27 @@ class TiledWrapper:
         def denoise(crops: torch.Tensor, sigma: torch.Tensor, jobs: list[Job]) -> torch.Tensor:
             views = [job.view for job in jobs]
             inputs = view_inputs(c, views, rows, canvas)
+            if self.positions == "canvas":
+                inputs["transformer_options"] = _placed(inputs.get("transformer_options", {}), views[0], self.multiple)
             return call_model(apply_model, self.previous, crops, sigma.repeat(len(jobs)), inputs, chunks * len(jobs))
 
-        return fused_prediction(denoise, x, t, plan, self.view_batch_size)
+        batch = 1 if self.positions == "canvas" else self.view_batch_size
+        return fused_prediction(denoise, x, t, plan, batch)
+
+
+POSITIONS = ("view", "canvas")
+"""Rotary positions of a DiT's image tokens in a window: the window's own (as a whole image of its
+size) or its place on the canvas (library: ``positions``, :mod:`multidiffusion.models.flux`)."""
+
+
+def _placed(options: dict[str, Any], view: View, patch: int) -> dict[str, Any]:
+    """``transformer_options`` whose ``rope_options`` shift the window's tokens to its place on the
+    canvas (in tokens: latent pixels / patch size), added to any shift already set. FLUX, Lumina /
+    Z-Image and Wan read them; other models ignore them."""
+    rope = dict(options.get("rope_options") or {})
+    rope["shift_y"] = rope.get("shift_y", 0.0) + view.top / patch
+    rope["shift_x"] = rope.get("shift_x", 0.0) + view.left / patch
+    return {**options, "rope_options": rope}
 
 
 _PIXELS = {"min": 8, "max": 16384, "step": 8}
@@ -181,6 +202,15 @@ class MultiDiffusionTiled:
                         "more memory). 0: all windows of a step in one call.",
                     },
                 ),
+                "positions": (
+                    list(POSITIONS),
+                    {
+                        "default": "view",
+                        "tooltip": "DiT models (FLUX, Z-Image, Lumina): view gives each window the rotary "
+                        "positions of an image of its size; canvas gives it its place on the canvas (one "
+                        "window per model call). UNets (SD 1.x, SDXL) ignore it.",
+                    },
+                ),
                 "seed": (
                     "INT",
                     {
@@ -204,6 +234,7 @@ class MultiDiffusionTiled:
         circular: bool,
         view_batch_size: int,
         seed: int,
+        positions: str = "view",
     ) -> tuple[Any]:
         f = latent_factor(model)
         multiple = patch_multiple(model)
@@ -223,6 +254,7 @@ class MultiDiffusionTiled:
             seed % 2**63,
             multiple,
             patched.model_options.get("model_function_wrapper"),
+            positions,
         )
         patched.set_model_unet_function_wrapper(wrapper)
         return (patched,)
