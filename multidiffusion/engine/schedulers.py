@@ -7,6 +7,13 @@ are shortcuts for the command line and the web app. A1111 and ComfyUI spellings 
 :data:`SCHEDULERS` are the DDPM family's (SD 1.x, 2.x, XL); :data:`FLOW_SCHEDULERS` the flow-matching
 ones of diffusion transformers (SD 3, FLUX), built from the model's own scheduler config so its shift
 settings carry over. A model refuses the other family's (its adapter's ``set_timesteps``).
+
+Few-step models sample with their distillation's schedule: ``lcm`` (LCMScheduler: LCM models and
+LCM-LoRAs), ``tcd`` (TCDScheduler; the call's ``eta`` is TCD's gamma, the share of noise re-injected
+each step, passed to ``step`` as diffusers' pipelines pass ``eta``), and the "trailing" timestep
+spacing that Lightning and Hyper-SD LoRAs were distilled on (``euler_trailing``: SDXL-Lightning's
+``EulerDiscreteScheduler(timestep_spacing="trailing")``; ``ddim_trailing``: Hyper-SD's DDIM), whose
+first step starts at the last training timestep (999), where "leading" spacing starts one stride lower.
 """
 
 from __future__ import annotations
@@ -37,6 +44,11 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "dpm++2s": ("DPMSolverSinglestepScheduler", {}),
     "unipc": ("UniPCMultistepScheduler", {}),
     "deis": ("DEISMultistepScheduler", {}),
+    # few-step models' own schedules (docs/models.md, "Few-step models")
+    "lcm": ("LCMScheduler", {}),  # LCM models and LCM-LoRAs; keeps the config's original_inference_steps
+    "tcd": ("TCDScheduler", {}),  # TCD LoRAs; its gamma is the call's eta, passed to each step
+    "euler_trailing": ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}),  # SDXL-Lightning
+    "ddim_trailing": ("DDIMScheduler", {"timestep_spacing": "trailing"}),  # Hyper-SD
 }
 
 FLOW_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -52,6 +64,7 @@ _ALIASES = {
     "dpmsolver": "dpm++2m",
     "dpm2ancestral": "dpm2_a",
     "uni_pc": "unipc",
+    "lightning": "euler_trailing",
 }
 
 

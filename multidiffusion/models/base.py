@@ -118,7 +118,8 @@ class FamilyAdapter(ModelAdapter):
 
     @classmethod
     def check_network(cls, pipe: Any) -> None:
-        """UNets: text-to-image or inpainting inputs, no guidance embedding."""
+        """UNets: text-to-image or inpainting inputs (a guidance embedding, LCM's, is taken:
+        :mod:`~multidiffusion.models.guidance_embedding`)."""
         unet_config = pipe.unet.config
         latent = pipe.vae.config.latent_channels
         if unet_config.in_channels not in (latent, 2 * latent + 1):
@@ -127,13 +128,6 @@ class FamilyAdapter(ModelAdapter):
                 f"only text-to-image UNets ({latent} channels) and inpainting UNets ({2 * latent + 1}: latents, mask "
                 "and masked image) are supported; depth and upscaling UNets need another image input, use the base "
                 "model they were made from"
-            )
-        if unet_config.get("time_cond_proj_dim") is not None:
-            raise ValueError(
-                f"the UNet has a guidance embedding (time_cond_proj_dim={unet_config.get('time_cond_proj_dim')}): it "
-                "is a latent consistency (LCM) model, distilled to take the guidance scale as an input, which is not "
-                "supported yet (it would run as plain classifier-free guidance and give a wrong image); use the "
-                "model it was distilled from"
             )
 
     @classmethod
@@ -209,6 +203,20 @@ class FamilyAdapter(ModelAdapter):
         """The model's keyword arguments for :meth:`run_controlnet`'s (summed) output."""
         down, mid = residuals
         return {"down_block_additional_residuals": list(down), "mid_block_additional_residual": mid}
+
+    def reference_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """Reference-image editing (the ``edit`` task): (height, width) in pixels to which the family's
+        edit pipeline brings a whole reference image of ``size`` pixels (for the optional whole-image
+        reference and an encoder that sees the image). A family that edits overrides this and
+        :meth:`reference_inputs`; by default editing is refused in one line."""
+        raise ValueError(f"edit: {self.label or self.family} models take no reference images; use an editing model")
+
+    def reference_inputs(self, references: list[torch.Tensor]) -> dict[str, Any]:
+        """The model's keyword arguments for reference latents: ``references`` holds tensors (rows, C,
+        h_i, w_i), one row per model input row (the view's crop of the reference image first, then
+        the optional whole image); :meth:`predict` consumes what this returns (Qwen-Image-Edit
+        appends their tokens after the image's; FLUX.2 would add its reference tokens and ids)."""
+        raise ValueError(f"edit: {self.label or self.family} models take no reference images; use an editing model")
 
     def skip_layer_pass(self, step: int, steps: int) -> tuple[dict[str, Any], float] | None:
         """Skip-layer guidance at step ``step`` of ``steps`` (SD 3.5): the extra keyword arguments of a

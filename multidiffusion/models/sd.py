@@ -11,6 +11,7 @@ from typing import Any
 from multidiffusion.engine.adapter import PromptEmbeddings, split_slots
 from multidiffusion.engine.fusion import Job
 from multidiffusion.models.base import FamilyAdapter
+from multidiffusion.models.guidance_embedding import GuidanceEmbedding
 from multidiffusion.models.options import ModelOptions, clip_skip
 
 __all__ = ["StableDiffusionAdapter", "StableDiffusionOptions"]
@@ -21,16 +22,18 @@ class StableDiffusionOptions(ModelOptions):
     clip_skip: int | None = clip_skip()
 
 
-class StableDiffusionAdapter(FamilyAdapter):
+class StableDiffusionAdapter(GuidanceEmbedding, FamilyAdapter):
     """Text encoding through the pipeline's own ``encode_prompt``, so LoRA scales, textual
-    inversions and clip skip set on the pipeline apply as they would in diffusers."""
+    inversions and clip skip set on the pipeline apply as they would in diffusers. An LCM UNet takes
+    its guidance scale as an embedding (:mod:`~multidiffusion.models.guidance_embedding`)."""
 
     family = "sd"
     label = "SD 1.x/2.x"
     description = "Stable Diffusion 1.x / 2.x (UNet2DConditionModel)"
     Options = StableDiffusionOptions
     pipeline_class = "StableDiffusionPipeline"
-    pipelines = ("StableDiffusionPipeline", "StableDiffusionInpaintPipeline")  # inpainting: md.inpaint / outpaint
+    # inpainting: md.inpaint / outpaint; LCM models' folders name their own pipeline
+    pipelines = ("StableDiffusionPipeline", "StableDiffusionInpaintPipeline", "LatentConsistencyModelPipeline")
     clip_skip: int | None
 
     @classmethod
@@ -63,7 +66,10 @@ class StableDiffusionAdapter(FamilyAdapter):
         )
 
     def unet_kwargs(self, cond: PromptEmbeddings, jobs: Sequence[Job], canvas: tuple[int, int]) -> dict[str, Any]:
-        return {"encoder_hidden_states": cond.gather("encoder_hidden_states", [job.prompt for job in jobs])}
+        return {
+            "encoder_hidden_states": cond.gather("encoder_hidden_states", [job.prompt for job in jobs]),
+            **self.guidance_inputs(cond, jobs),
+        }
 
 
 @contextlib.contextmanager

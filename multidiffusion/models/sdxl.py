@@ -39,6 +39,7 @@ from multidiffusion.engine.adapter import PromptEmbeddings, split_slots
 from multidiffusion.engine.fusion import Job
 from multidiffusion.io.messages import shown
 from multidiffusion.models.base import FamilyAdapter
+from multidiffusion.models.guidance_embedding import GuidanceEmbedding
 from multidiffusion.models.options import ModelOptions, clip_skip, option
 
 __all__ = ["CROPS_COORDS", "ORIGINAL_SIZES", "StableDiffusionXLAdapter", "StableDiffusionXLOptions"]
@@ -90,7 +91,7 @@ class StableDiffusionXLOptions(ModelOptions):
     )
 
 
-class StableDiffusionXLAdapter(FamilyAdapter):
+class StableDiffusionXLAdapter(GuidanceEmbedding, FamilyAdapter):
     """SDXL base models and their fine-tunes. Text encoding goes through the pipeline's own
     ``encode_prompt`` (both encoders, pooled embedding; LoRAs, textual inversions and clip skip
     apply); the time ids are built per view (see the module docstring for the options)."""
@@ -102,7 +103,7 @@ class StableDiffusionXLAdapter(FamilyAdapter):
     pipeline_class = "StableDiffusionXLPipeline"
     pipelines = ("StableDiffusionXLPipeline", "StableDiffusionXLInpaintPipeline")
     components = ("vae", "scheduler", "text_encoder_2", "tokenizer_2")
-    sampling_defaults = (50, 5.0)  # StableDiffusionXLPipeline's
+    family_sampling_defaults = (50, 5.0)  # StableDiffusionXLPipeline's (an LCM UNet: 4 steps at w 8)
     clip_skip: int | None
     crops_coords_top_left: str
     original_size: str | tuple[int, int]
@@ -171,6 +172,7 @@ class StableDiffusionXLAdapter(FamilyAdapter):
                     lambda: self.time_ids(jobs, canvas, cond.batch, cond.negative is not None, text_embeds.dtype),
                 ),
             },
+            **self.guidance_inputs(cond, jobs),
         }
 
     def time_ids(

@@ -1,0 +1,220 @@
+"""Issue 29, item 1: few-step models and schedules at one view equal their diffusers pipelines (max
+|diff| <= 1e-4) on tiny random components: LCM models (a UNet with a guidance embedding,
+``time_cond_proj_dim``) for SD 1.x and SDXL, TCD, Lightning's trailing Euler and Hyper-SD's trailing
+DDIM, FLUX.1 [schnell] at its pipeline's 4 steps; every task runs with an LCM model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    DDIMScheduler,
+    EulerDiscreteScheduler,
+    LatentConsistencyModelPipeline,
+    LCMScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    TCDScheduler,
+    UNet2DConditionModel,
+)
+from PIL import Image
+
+from devtools.components import tiny_sd_pipeline, tiny_sdxl_pipeline
+from multidiffusion import MultiDiffusion, Region
+
+from .conftest import noise
+from .family_checks import the_other_tasks_run
+
+H = W = 16  # latent pixels: the tiny models' native window (128 px)
+TOL = 1e-4
+
+
+def _lcm_unet(like: Any, seed: int = 3) -> Any:
+    """``like``'s architecture with a guidance embedding (``time_cond_proj_dim``), as LCM models have."""
+    config = {k: v for k, v in like.config.items() if not k.startswith("_")}
+    torch.manual_seed(seed)
+    return UNet2DConditionModel.from_config({**config, "time_cond_proj_dim": 16}).eval()
+
+
+def _md(pipe: Any, **kwargs: Any) -> MultiDiffusion:
+    md = MultiDiffusion(pipe, **kwargs)
+    md.set_progress_bar_config(disable=True)
+    return md
+
+
+@pytest.fixture(scope="module")
+def sd() -> Any:
+    return tiny_sd_pipeline(sample_size=H)
+
+
+@pytest.fixture(scope="module")
+def lcm(sd: Any) -> Any:
+    """An SD 1.x LCM model as its folder loads: LCM UNet, LCMScheduler."""
+    components = {
+        **sd.components,
+        "unet": _lcm_unet(sd.unet),
+        "scheduler": LCMScheduler.from_config(sd.scheduler.config),
+    }
+    components = {k: v for k, v in components.items() if k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")}
+    pipe = LatentConsistencyModelPipeline(
+        **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def md_lcm(lcm: Any) -> MultiDiffusion:
+    return _md(StableDiffusionPipeline(**lcm.components))
+
+
+def _generator(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_lcm_one_view_equals_the_lcm_pipeline(lcm, md_lcm):
+    """w goes in as the UNet's timestep_cond (w − 1 embedded), one evaluation per view and step, no
+    unconditional branch; LCMScheduler's noise between steps drawn from the generator in diffusers' order."""
+    x = noise((1, 4, H, W), seed=1)
+    kwargs = dict(num_inference_steps=4, guidance_scale=8.0, output_type="latent")
+    expected = lcm("a red ball", latents=x.clone(), generator=_generator(5), **kwargs).images
+    got = md_lcm.panorama("a red ball", height=H * 8, width=W * 8, latents=x.clone(), generator=_generator(5), **kwargs)
+    diff = (got.images - expected).abs().max().item()
+    assert diff <= TOL, diff
+    assert got.stats.evaluations == 4  # one row per step: no classifier-free guidance batch
+    other_w = md_lcm.panorama(
+        "a red ball",
+        height=H * 8,
+        width=W * 8,
+        latents=x.clone(),
+        generator=_generator(5),
+        **{**kwargs, "guidance_scale": 2.0},
+    )
+    assert (other_w.images - got.images).abs().max() > 1e-3  # the embedding acts
+    assert got.parameters["scheduler"] != "ddim"
+
+
+def test_lcm_defaults_are_the_pipelines_example(md_lcm):
+    """4 steps at w = 8 (LatentConsistencyModelPipeline's example), recorded in the result."""
+    assert md_lcm.adapter.sampling_defaults == (4, 8.0)
+    out = md_lcm.panorama("a lake", height=H * 8, width=W * 8, output_type="latent", generator=_generator(1))
+    assert out.parameters["num_inference_steps"] == 4 and out.parameters["guidance_scale"] == 8.0
+    assert out.stats.steps == 4
+
+
+def test_lcm_model_folder_loads_with_its_own_scheduler(lcm, tmp_path):
+    """The refusal of issue 25 lifted: an LCM folder loads, keeps LCMScheduler (not the paper's DDIM)."""
+    lcm.save_pretrained(tmp_path / "lcm")
+    md = MultiDiffusion.from_pretrained(tmp_path / "lcm", device="cpu")
+    assert type(md.scheduler).__name__ == "LCMScheduler"
+
+
+def test_sdxl_lcm_equals_the_sdxl_pipeline():
+    """StableDiffusionXLPipeline with an LCM UNet runs the guidance embedding and no CFG batch."""
+    base = tiny_sdxl_pipeline(sample_size=H)
+    pipe = StableDiffusionXLPipeline(
+        **{
+            **base.components,
+            "unet": _lcm_unet(base.unet),
+            "scheduler": LCMScheduler.from_config(base.scheduler.config),
+        }
+    )
+    pipe.set_progress_bar_config(disable=True)
+    x = noise((1, 4, H, W), seed=2)
+    kwargs = dict(num_inference_steps=4, guidance_scale=6.0, output_type="latent")
+    expected = pipe("a lake", height=H * 8, width=W * 8, latents=x.clone(), generator=_generator(3), **kwargs).images
+    md = _md(pipe)
+    got = md.panorama("a lake", height=H * 8, width=W * 8, latents=x.clone(), generator=_generator(3), **kwargs)
+    diff = (got.images - expected).abs().max().item()
+    assert diff <= TOL, diff
+    assert got.stats.evaluations == 4 and md.adapter.sampling_defaults == (4, 8.0)
+    # the trailing Euler of SDXL-Lightning on the plain SDXL UNet (a LoRA is weights): 4 steps, no guidance
+    lightning = StableDiffusionXLPipeline(
+        **{
+            **base.components,
+            "scheduler": EulerDiscreteScheduler.from_config(base.scheduler.config, timestep_spacing="trailing"),
+        }
+    )
+    lightning.set_progress_bar_config(disable=True)
+    kwargs = dict(num_inference_steps=4, guidance_scale=0.0, output_type="latent")
+    expected = lightning("a lake", height=H * 8, width=W * 8, latents=x.clone(), **kwargs).images
+    got = _md(base, scheduler="euler_trailing").panorama(
+        "a lake", height=H * 8, width=W * 8, latents=x.clone(), **kwargs
+    )
+    diff = (got.images - expected).abs().max().item()
+    assert diff <= TOL, diff
+    assert lightning.scheduler.timesteps[0] == 999  # trailing: the first step at the last training timestep
+
+
+@pytest.mark.parametrize(
+    ("name", "scheduler", "call"),
+    [
+        ("tcd", lambda c: TCDScheduler.from_config(c), dict(guidance_scale=0.0, eta=0.3)),  # diffusers' TCD example
+        (
+            "ddim_trailing",
+            lambda c: DDIMScheduler.from_config(c, timestep_spacing="trailing"),
+            dict(guidance_scale=0.0),
+        ),
+        ("lcm", lambda c: LCMScheduler.from_config(c), dict(guidance_scale=1.0)),  # an LCM-LoRA set-up
+    ],
+)
+def test_few_step_schedules_equal_the_sd_pipeline(sd, name, scheduler, call):
+    """TCD (its gamma as the step's eta), Hyper-SD's trailing DDIM, LCM-LoRA: by name, equal to
+    StableDiffusionPipeline given the same scheduler config."""
+    pipe = StableDiffusionPipeline(**{**sd.components, "scheduler": scheduler(sd.scheduler.config)})
+    pipe.set_progress_bar_config(disable=True)
+    x = noise((1, 4, H, W), seed=4)
+    kwargs = dict(num_inference_steps=4, output_type="latent", **call)
+    expected = pipe("a boat", latents=x.clone(), generator=_generator(6), **kwargs).images
+    got = _md(sd, scheduler=name).panorama(
+        "a boat", height=H * 8, width=W * 8, latents=x.clone(), generator=_generator(6), **kwargs
+    )
+    diff = (got.images - expected).abs().max().item()
+    assert diff <= TOL, (name, diff)
+    assert got.parameters["scheduler"] == name
+
+
+def test_flux_schnell_runs_as_its_pipeline():
+    """FLUX.1 [schnell]: no guidance embedding, the pipeline example's 4 steps and 256 text tokens."""
+    from devtools.dit_components import tiny_flux_pipeline
+    from multidiffusion.models.flux import pack_latents, unpack_latents
+
+    schnell = tiny_flux_pipeline(sample_size=H, guidance_embeds=False, seed=1)
+    md = _md(schnell, max_sequence_length=256)
+    assert md.adapter.sampling_defaults == (4, 0.0)
+    x = torch.randn((1, 16, H, W), generator=_generator(2))
+    expected = schnell(
+        "a lake",
+        height=H * 8,
+        width=W * 8,
+        num_inference_steps=4,
+        guidance_scale=0.0,
+        max_sequence_length=256,
+        latents=pack_latents(x),
+        output_type="latent",
+    ).images
+    got = md.panorama("a lake", height=H * 8, width=W * 8, latents=x, output_type="latent")  # the defaults
+    diff = (got.images - unpack_latents(expected, H, W)).abs().max().item()
+    assert diff <= TOL, diff
+    assert got.parameters["num_inference_steps"] == 4 and got.stats.evaluations == 4
+
+
+def test_every_task_runs_with_an_lcm_model(md_lcm):
+    """Panorama, regions (each region its own w), img2img, and inpaint, outpaint, upscale, fast mode."""
+    kwargs: dict[str, Any] = dict(num_inference_steps=2, output_type="latent", generator=_generator(0))
+    pano = md_lcm.panorama("a lake", height=H * 8, width=2 * W * 8, window=W, stride=8, **kwargs)
+    assert pano.images.shape == (1, 4, H, 2 * W) and pano.stats.evaluations == 2 * 3  # 3 views, one row each
+    regions = [
+        Region("a red ball", box=(0.0, 0.0, 0.5, 1.0), guidance_scale=4.0),
+        Region("a dog", box=(0.5, 0.0, 1.0, 1.0)),
+    ]
+    out = md_lcm.regions(H * 8, 2 * W * 8, "a beach", regions, bootstrap_steps=1, **kwargs)
+    assert torch.isfinite(out.images).all()
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(0, 256, (H * 8, W * 8, 3), dtype=np.uint8))
+    out = md_lcm.img2img(image, "a lake", strength=0.5, num_inference_steps=4, output_type="latent")
+    assert torch.isfinite(out.images).all() and out.stats.steps == 2
+    the_other_tasks_run(md_lcm, H, W, 4)
