@@ -33,9 +33,8 @@ def import_comfy() -> SimpleNamespace:
     path = comfyui_path()
     if not (path / "comfy").is_dir():
         pytest.skip(f"ComfyUI not found at {path} (set COMFYUI_PATH)")
-    for p in (str(path), str(PACK)):
-        if p not in sys.path:
-            sys.path.insert(0, p)
+    added = [p for p in (str(path), str(PACK)) if p not in sys.path]
+    sys.path[:0] = added
     try:
         import comfy.cli_args
 
@@ -43,6 +42,11 @@ def import_comfy() -> SimpleNamespace:
         names = ("model_management", "model_base", "supported_models", "model_patcher", "sample", "samplers", "sd")
         modules = {name: importlib.import_module(f"comfy.{name}") for name in names}
     except Exception as exc:  # ComfyUI's imports fail in our main venv (torchvision): skip, saying why
+        for p in added:  # ComfyUI's top-level packages (utils, app, ...) must not shadow anything else
+            sys.path.remove(p)
+        for name, module in list(sys.modules.items()):  # nor its half-imported modules
+            if str(getattr(module, "__file__", None) or "").startswith(str(path)):
+                del sys.modules[name]
         pytest.skip(
             f"ComfyUI at {path} can't be imported here ({type(exc).__name__}: {exc}); run these tests "
             "with the ComfyUI environment (devtools/comfyui_env.sh)"
