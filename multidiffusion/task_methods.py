@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from multidiffusion.options import (
+    EditOptions,
     Img2ImgOptions,
     InpaintOptions,
     OutpaintOptions,
@@ -33,7 +34,7 @@ __all__ = ["TaskMethods"]
 
 
 class TaskMethods:
-    """``panorama``, ``regions``, ``img2img``, ``upscale``, ``inpaint`` and ``outpaint``: each runs
+    """``panorama``, ``regions``, ``img2img``, ``upscale``, ``inpaint``, ``outpaint`` and ``edit``: each runs
     through ``self.generate(options, generator=..., latents=..., callback_on_step_end=...)``."""
 
     generate: Callable[..., MultiDiffusionOutput]
@@ -210,6 +211,30 @@ class TaskMethods:
         sides = dict(left=left, right=right, top=top, bottom=bottom)
         given = dict(image=image, prompt=prompt, overlap=overlap, mask_blur=mask_blur, strength=strength)
         return self._run(OutpaintOptions, kwargs, **sides, **given)
+
+    @task_method(EditOptions, PlacementArgs)
+    def edit(
+        self,
+        image: Any,
+        prompt: str | list[str],
+        whole_reference: bool = False,
+        strength: float = 1.0,
+        height: int | None = None,
+        width: int | None = None,
+        **kwargs: Unpack[PlacementArgs],
+    ) -> MultiDiffusionOutput:
+        """Edit ``image`` (any size) as ``prompt`` instructs, with an editing model (Qwen-Image-Edit):
+        the canvas is the image's size (or ``height`` x ``width``) under :meth:`panorama`'s windows,
+        and each window is given its crop of the image as the model's reference image, so a 4K photo
+        is edited tile by tile at the model's native size. The prompt is encoded once with the whole
+        image (brought to the model's reference size, as its pipeline). ``whole_reference`` also
+        gives every window the whole image at that size as a second reference. ``strength`` 1 (the
+        default, as the edit pipelines) starts from noise; less starts from the image noised to that
+        step. The rest are :meth:`panorama`'s arguments. At one window covering a canvas of the
+        pipeline's reference size this equals diffusers' ``QwenImageEditPipeline``.
+        """
+        given = dict(image=image, prompt=prompt, whole_reference=whole_reference, strength=strength)
+        return self._run(EditOptions, kwargs, **given, height=height, width=width)
 
     def _run(self, task: type[SamplingOptions], keywords: dict[str, Any], **given: Any) -> MultiDiffusionOutput:
         """Run a task method: its options from its own arguments and the shared keywords, the call's

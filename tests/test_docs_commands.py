@@ -60,6 +60,7 @@ SKIP_VERBS = {
     "serve": "starts the web app's server and blocks until stopped (the app has its own tests)",
     "batch": "its settings are in the items of a file, which flags can't shrink to the demo's scale; "
     "tests/test_batch.py runs it and checks the shipped examples/batch/jobs.jsonl",
+    "edit": "needs an editing model (Qwen-Image-Edit), which the demo is not; tests/test_edit.py runs the verb",
 }
 # Options that need what the demo is not (a real checkpoint of another family) or take minutes on a CPU.
 SKIP_OPTIONS = {

@@ -71,13 +71,13 @@ def test_folder_without_weights(tiny_model_dir, tmp_path):
 
 
 def test_other_pipeline_families_are_refused(tiny_model_dir, tmp_path):
-    folder = tmp_path / "qwen"
+    folder = tmp_path / "hunyuan"
     shutil.copytree(tiny_model_dir, folder)
     index = json.loads((folder / "model_index.json").read_text())
-    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "QwenImagePipeline"}))
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "HunyuanDiTPipeline"}))
     with pytest.raises(
         ModelNotFoundError,
-        match=r"QwenImagePipeline; multidiffusion supports Stable Diffusion 1\.x "
+        match=r"HunyuanDiTPipeline; multidiffusion supports Stable Diffusion 1\.x "
         r".*\(StableDiffusionPipeline, .*FluxPipeline[^)]*\)",
     ):
         MultiDiffusion.from_pretrained(folder, device="cpu")

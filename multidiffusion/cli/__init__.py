@@ -27,6 +27,7 @@ VERBS: dict[str, str] = {
     "upscale": "upscale an image, re-worked over windows at low strength",
     "inpaint": "repaint the masked part of an image",
     "outpaint": "extend an image beyond its borders",
+    "edit": "edit an image of any size as a prompt instructs (an editing model)",
     "batch": "generate many images from a JSON-lines file or a folder of scene files",
     "serve": "start the web app (needs multidiffusion[app])",
 }

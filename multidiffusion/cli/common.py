@@ -200,7 +200,7 @@ def _dest(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")
 
 
-IMAGE_VERBS = ("img2img", "upscale", "inpaint", "outpaint")
+IMAGE_VERBS = ("img2img", "upscale", "inpaint", "outpaint", "edit")
 """The verbs that take an input image and, with --scene, scene files of their task."""
 
 

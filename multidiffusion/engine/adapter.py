@@ -185,6 +185,12 @@ class ModelAdapter:
             )
         scheduler.set_timesteps(steps, device=device)
 
+    def guide(self, uncond: torch.Tensor, cond: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+        """The guided prediction of one batch from its two branches: classifier-free guidance,
+        ε_u + s (ε_c − ε_u) (a family whose pipeline guides otherwise overrides it: Qwen-Image
+        rescales the result per token to the conditional branch's norm)."""
+        return uncond + scale * (cond - uncond)
+
     def predict(self, x: torch.Tensor, t: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
         """The model's output for the crops ``x`` (rows, C, h, w) at timestep ``t``, conditioned by
         ``kwargs`` (:meth:`unet_kwargs`, rows selected by the engine): (rows, latent channels, h, w)."""

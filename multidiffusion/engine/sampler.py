@@ -157,7 +157,7 @@ class GuidedModel:
         else:
             shared, cond = out[: x.shape[0] - n], out[x.shape[0] - n :]
             uncond = shared.index_select(0, _job_rows(groups[1], per, out.device))
-        guided_out = uncond + self._scale(jobs, per) * (cond - uncond)
+        guided_out = self.adapter.guide(uncond, cond, self._scale(jobs, per))
         terms = [c for c in active if c.adds_guidance]
         if not terms:
             return guided_out

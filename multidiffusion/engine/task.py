@@ -128,6 +128,12 @@ class Task:
         initial noise times the scheduler's ``init_noise_sigma`` (1 for flow matching)."""
         return start.noise * initial_sigma(start.scheduler)
 
+    def conditionings(self) -> list[Any]:
+        """What the task itself conditions the model on, after :meth:`prepare`: prepared
+        :class:`~multidiffusion.engine.conditioning.Conditioning` objects (an edit's reference
+        latents per view), added to the call's; none by default."""
+        return []
+
     def after_step(self, start: Start) -> AfterStep | None:
         """What replaces the canvas after each scheduler step (inpainting's blending), or None."""
         return None

@@ -18,6 +18,7 @@ from multidiffusion.models.flux import FluxAdapter
 from multidiffusion.models.flux2 import Flux2Adapter
 from multidiffusion.models.flux2_klein import Flux2KleinAdapter
 from multidiffusion.models.options import cli_flags, option_fields
+from multidiffusion.models.qwenimage import QwenImageAdapter
 from multidiffusion.models.sd import StableDiffusionAdapter
 from multidiffusion.models.sd3 import StableDiffusion3Adapter
 from multidiffusion.models.sdxl import StableDiffusionXLAdapter
@@ -52,6 +53,7 @@ ADAPTERS: list[type[FamilyAdapter]] = [
     ZImageAdapter,
     Flux2KleinAdapter,  # the same transformer class as FLUX.2 [dev]'s, told apart by its Qwen3 text encoder
     Flux2Adapter,
+    QwenImageAdapter,
 ]
 """The registered families, in the order they are tried on a pipeline: one line each."""
 

@@ -34,6 +34,7 @@ from multidiffusion.io.ranges import __all__ as _ranges
 from multidiffusion.options.image_tasks import (
     INPUT,
     MASK_INPUT,
+    EditOptions,
     Img2ImgOptions,
     InpaintOptions,
     OutpaintOptions,
@@ -66,6 +67,7 @@ __all__ = [
     "TASK_OPTIONS",
     "UPSCALE_FILTERS",
     "WEIGHTS",
+    "EditOptions",
     "Img2ImgOptions",
     "InpaintOptions",
     "Limits",

@@ -25,6 +25,7 @@ from multidiffusion.options.upscaler import MAX_SCALE, check_upscaler
 __all__ = [
     "INPUT",
     "MASK_INPUT",
+    "EditOptions",
     "Img2ImgOptions",
     "InpaintOptions",
     "OutpaintOptions",
@@ -68,7 +69,7 @@ def check_input_image(
                 raise ValueError(
                     f"image is {w}x{h} px, which makes a canvas {value} px in {key} ({what}); a canvas side must be "
                     f"at least {MIN_SIDE} px: give a larger image"
-                    + (" or height and width" if options.task in ("img2img", "inpaint", "regions") else "")
+                    + (" or height and width" if options.task in ("img2img", "edit", "inpaint", "regions") else "")
                 )
             setattr(options, key, check_side(key, value - value % 8, 8, lim.max_side, lim.suffix() or note))
 
@@ -101,6 +102,25 @@ class Img2ImgOptions(PanoramaOptions):
     def canvas_of(self, size: tuple[int, int]) -> tuple[tuple[int, int], str]:
         """The canvas (height, width) an input of ``size`` makes, and what it is (for messages)."""
         return _same_size(size)
+
+
+@dataclass
+class EditOptions(Img2ImgOptions):
+    """Reference-image editing of an image of any size with an editing model (Qwen-Image-Edit):
+    each window is given its crop of ``image`` as the model's reference, and with
+    ``whole_reference`` the whole image brought to the model's reference size too; the prompt is the
+    instruction. ``strength`` 1 (default) starts from noise as the edit pipelines; less starts from
+    the image noised to that step (:mod:`multidiffusion.tasks.edit`)."""
+
+    task: ClassVar[str] = "edit"
+
+    strength: float = 1.0
+    whole_reference: bool = False
+
+    def __post_init__(self, limits: Limits | None) -> None:
+        if not isinstance(self.whole_reference, bool):
+            raise ValueError(f"whole_reference must be True or False, got {shown(self.whole_reference)}")
+        super().__post_init__(limits)
 
 
 @dataclass

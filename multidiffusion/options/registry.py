@@ -11,7 +11,13 @@ from typing import Any
 
 from multidiffusion.conditionings import KINDS, image_fields
 from multidiffusion.io.messages import shown
-from multidiffusion.options.image_tasks import Img2ImgOptions, InpaintOptions, OutpaintOptions, UpscaleOptions
+from multidiffusion.options.image_tasks import (
+    EditOptions,
+    Img2ImgOptions,
+    InpaintOptions,
+    OutpaintOptions,
+    UpscaleOptions,
+)
 from multidiffusion.options.limits import Limits
 from multidiffusion.options.regions import RegionsOptions
 from multidiffusion.options.sampling import PanoramaOptions, SamplingOptions
@@ -26,6 +32,7 @@ TASK_OPTIONS: dict[str, type[SamplingOptions]] = {
     "upscale": UpscaleOptions,
     "inpaint": InpaintOptions,
     "outpaint": OutpaintOptions,
+    "edit": EditOptions,
 }
 """Task name -> its options class. A new task registers its class here."""
 

@@ -146,7 +146,7 @@ def _guided_model(task: Task, settings: RunSettings, slots: Any, pipeline: Any) 
     ``prepare``), guidance skipped where it is a no-op."""
     adapter, options = task.adapter, task.options
     cond, guidance = settings.prompts.condition(adapter, slots, options.num_images_per_prompt)
-    conditionings = prepare_conditionings(Context(adapter, pipeline), options, task)
+    conditionings = prepare_conditionings(Context(adapter, pipeline), options, task) + task.conditionings()
     conditionings += prepare_step_cache(adapter, options)  # a cache context per batch of views
     if not any(c.branches_differ for c in conditionings):  # else the unconditional branch gets other inputs
         cond = _without_idle_guidance(cond)

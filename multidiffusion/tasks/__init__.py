@@ -4,6 +4,7 @@ rest. A new task adds a module here, its options class in :mod:`multidiffusion.o
 in :data:`TASKS`."""
 
 from multidiffusion.engine.task import Task
+from multidiffusion.tasks.edit import EditTask
 from multidiffusion.tasks.img2img import Img2ImgTask
 from multidiffusion.tasks.inpaint import InpaintTask
 from multidiffusion.tasks.outpaint import OutpaintTask
@@ -13,6 +14,7 @@ from multidiffusion.tasks.upscale import UpscaleTask
 
 __all__ = [
     "TASKS",
+    "EditTask",
     "Img2ImgTask",
     "InpaintTask",
     "OutpaintTask",
@@ -29,6 +31,7 @@ TASKS: dict[str, type[Task]] = {
     "inpaint": InpaintTask,
     "outpaint": OutpaintTask,
     "upscale": UpscaleTask,
+    "edit": EditTask,
 }
 """Task name (as in :data:`multidiffusion.options.TASK_OPTIONS` and stored PNGs) -> its class."""
 
