@@ -25,17 +25,17 @@ def _lcm_unet(like):
     return UNet2DConditionModel.from_config({**config, "time_cond_proj_dim": 8}).eval()
 
 
-def test_an_lcm_unet_is_refused_by_name(sd16, tmp_path):
-    """Before: the UNet's guidance embedding was never fed and the model ran as plain CFG (a wrong image)."""
+def test_an_lcm_unet_runs_with_its_guidance_embedding(sd16, tmp_path):
+    """Before: the UNet's guidance embedding was never fed and the model ran as plain CFG (a wrong image);
+    then it was refused by name. Now (issue 29) w reaches it as ``timestep_cond``, one evaluation per
+    view and step (tests/test_few_step.py: equal to LatentConsistencyModelPipeline)."""
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline(**{**sd16.components, "unet": _lcm_unet(sd16.unet)})
-    with pytest.raises(ValueError, match=r"time_cond_proj_dim=8.*latent consistency \(LCM\) model.*not supported yet"):
-        MultiDiffusion(pipe)
     pipe.save_pretrained(tmp_path / "lcm")
-    with pytest.raises(ValueError, match=r"LCM\) model.*not supported yet") as info:
-        MultiDiffusion.from_pretrained(tmp_path / "lcm", device="cpu")
-    assert "\n" not in str(info.value)
+    md = MultiDiffusion.from_pretrained(tmp_path / "lcm", device="cpu")
+    out = md.panorama("a lake", height=128, width=128, num_inference_steps=2, output_type="latent")
+    assert out.stats.evaluations == 2  # no unconditional rows: w is an input, not classifier-free guidance
 
 
 def test_an_all_black_inpaint_mask_is_refused_before_any_model_call(md16, monkeypatch):
