@@ -218,3 +218,54 @@ def test_every_task_runs_with_an_lcm_model(md_lcm):
     out = md_lcm.img2img(image, "a lake", strength=0.5, num_inference_steps=4, output_type="latent")
     assert torch.isfinite(out.images).all() and out.stats.steps == 2
     the_other_tasks_run(md_lcm, H, W, 4)
+
+
+def _per_view_loop(pipe: Any, scheduler: Any, x: torch.Tensor, steps: int, w: float, pre_average: bool) -> torch.Tensor:
+    """A 3-view panorama (16 x 32 latents, windows 16, stride 8) of an LCM UNet at w, written out per view.
+
+    ``pre_average``: StreamMultiDiffusion's latent pre-averaging, each view's denoised estimate fused by
+    Eq. 5 (W_i = 1), then one re-noising of the canvas with one noise draw (LCMScheduler's own formula);
+    else the paper's loop, a scheduler step per view (its own noise draw) and the stepped views averaged."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from multidiffusion.engine.views import crop, grid_views, paste_add
+
+    views = grid_views(H, 2 * W, (H, W), (8, 8))
+    embeds = pipe.encode_prompt("a lake", "cpu", 1, False)[0]
+    cond = pipe.get_guidance_scale_embedding(torch.tensor([w - 1.0]), embedding_dim=16)
+    scheduler.set_timesteps(steps)
+    generator, per_view = _generator(9), _generator(10)
+    for i, t in enumerate(scheduler.timesteps):
+        value, count = torch.zeros_like(x), torch.zeros_like(x[:, :1])
+        for view in views:
+            eps = pipe.unet(crop(x, view), t, encoder_hidden_states=embeds, timestep_cond=cond).sample
+            scheduler._step_index = i  # the same step for every view
+            out = scheduler.step(eps, t, crop(x, view), generator=per_view, return_dict=False)
+            paste_add(value, view, out[1] if pre_average else out[0])  # denoised, or the view's x_{t-1}
+            paste_add(count, view, torch.ones_like(count[..., : view.height, : view.width]))
+        x = value / count
+        if pre_average and i < steps - 1:
+            alpha_prev = scheduler.alphas_cumprod[scheduler.timesteps[i + 1]]
+            noise = randn_tensor(x.shape, generator=generator, dtype=x.dtype)
+            x = alpha_prev.sqrt() * x + (1 - alpha_prev).sqrt() * noise
+    return x
+
+
+@torch.no_grad()
+def test_the_fused_step_is_latent_pre_averaging(lcm, md_lcm):
+    """Issue 29 item 2's first fix is what this engine computes already. Eq. 5 is a per-pixel convex
+    combination and every view sees the canvas's x_t at a pixel, so fusing each view's denoised
+    estimate (affine in (x_t, ε_i) with coefficients shared by the views: LCM's c_skip x_t + c_out x̂_0)
+    equals the denoised estimate of the fused ε; the canvas is then re-noised once, one noise draw.
+    The paper's loop (a step per view, each drawing its own noise, stepped views averaged) differs for
+    LCM (averaged independent noises shrink), and equals the fused step for DDIM η = 0 (no noise)."""
+    x = noise((1, 4, H, 2 * W), seed=11)
+    kwargs = dict(height=H * 8, width=2 * W * 8, window=W, stride=8, output_type="latent", latents=x.clone())
+    ours = md_lcm.panorama("a lake", num_inference_steps=4, guidance_scale=8.0, generator=_generator(9), **kwargs)
+    pre_averaged = _per_view_loop(lcm, LCMScheduler.from_config(lcm.scheduler.config), x, 4, 8.0, True)
+    per_view = _per_view_loop(lcm, LCMScheduler.from_config(lcm.scheduler.config), x, 4, 8.0, False)
+    assert (ours.images - pre_averaged).abs().max() <= TOL
+    assert (ours.images - per_view).abs().max() > 1e-2
+    ddim = md_lcm.panorama("a lake", num_inference_steps=4, guidance_scale=8.0, scheduler="ddim", **kwargs)
+    paper = _per_view_loop(lcm, DDIMScheduler.from_config(lcm.scheduler.config), x, 4, 8.0, False)
+    assert (ddim.images - paper).abs().max() <= TOL
