@@ -195,11 +195,11 @@ class MultiDiffusionTiled:
                 "view_batch_size": (
                     "INT",
                     {
-                        "default": 1,
+                        "default": 8,
                         "min": 0,
                         "max": 256,
-                        "tooltip": "Windows per model call (more: faster, "
-                        "more memory). 0: all windows of a step in one call.",
+                        "tooltip": "Windows per model call: more is faster (each call has a fixed cost) and "
+                        "takes more memory; lower it if the GPU runs out. 0: all windows of a step in one call.",
                     },
                 ),
                 "positions": (
