@@ -284,6 +284,17 @@ class MultiDiffusionRegion:
     def add(self, conditioning: list, mask: torch.Tensor, strength: float, regions: list | None = None) -> tuple[list]:
         if not conditioning:
             raise ValueError("conditioning is empty")
+        if len(conditioning) > 1:
+            raise ValueError(
+                f"conditioning holds {len(conditioning)} prompts; a region takes one (join them with Conditioning "
+                "(Concat), or give each its own region)"
+            )
+        unsupported = sorted({"control", "hooks"} & set(conditioning[0][1]))
+        if unsupported:
+            raise ValueError(
+                f"conditioning carries {', '.join(unsupported)}: a region's own ControlNet or LoRA hooks are not "
+                "supported yet; apply the ControlNet to the sampler's positive (it then steers the whole canvas)"
+            )
         m = mask if mask.dim() == 2 else mask.reshape(-1, *mask.shape[-2:])[0]
         return ([*(regions or []), (conditioning, m, float(strength))],)
 

@@ -210,3 +210,8 @@ def test_bad_inputs_are_refused(nodes, scene):
         nodes.RegionsWrapper([])
     with pytest.raises(ValueError, match="vae"):
         nodes.RegionsWrapper(_regions(nodes, scene), bootstrap_steps=3)
+    (m1, _), conds = scene
+    with pytest.raises(ValueError, match="one"):
+        nodes.MultiDiffusionRegion().add(conds[1] + conds[2], m1, 1.0)
+    with pytest.raises(ValueError, match="ControlNet"):
+        nodes.MultiDiffusionRegion().add([[conds[1][0][0], {"control": object()}]], m1, 1.0)
