@@ -208,3 +208,27 @@ def test_bad_values_are_one_line_errors_naming_the_parameter(flux, options, matc
 def test_a_unet_is_refused_by_name(md16):
     with pytest.raises(ValueError, match=r"^step_cache: .*diffusion transformers.*UNet2DConditionModel$"):
         md16.panorama("a hill", height=128, width=128, num_inference_steps=1, step_cache="first_block")
+
+
+def test_what_diffusers_cannot_cache_is_refused_by_name():
+    """Chroma's blocks are unknown to diffusers 0.42's first-block cache (refused before any model
+    call; TaylorSeer runs and skips); on FLUX.2 its hooks fail inside the model: a one-line
+    ValueError naming step_cache, and the hooks are gone after it."""
+    from devtools.family_components import tiny_chroma_pipeline
+    from devtools.flux2_components import tiny_flux2_klein_pipeline
+
+    chroma = MultiDiffusion(tiny_chroma_pipeline())
+    chroma.set_progress_bar_config(disable=True)
+    with pytest.raises(ValueError, match=r"^step_cache: .*first_block.*ChromaTransformerBlock.*'taylorseer'$"):
+        _pano(chroma, _noise(), step_cache="first_block")
+    out = _pano(chroma, _noise(), num_inference_steps=4, step_cache="taylorseer", step_cache_interval=2)
+    assert out.stats.step_cache_skipped == out.stats.evaluations // 4  # step 3 of 4 predicted, both branches
+    flux2 = MultiDiffusion(tiny_flux2_klein_pipeline(distilled=True))
+    flux2.set_progress_bar_config(disable=True)
+    touched = _touched(flux2.pipe.transformer)
+    h = flux2.adapter.native_latent_size[0]
+    x = torch.randn((1, flux2.adapter.latent_channels, h, h), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"^step_cache: diffusers' first_block cache fails on the Flux2") as error:
+        _pano(flux2, x, num_inference_steps=2, step_cache="first_block")
+    assert "\n" not in str(error.value)
+    assert _touched(flux2.pipe.transformer) == touched

@@ -33,6 +33,7 @@ user's pipeline.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -73,11 +74,24 @@ def prepare_step_cache(adapter: Any, options: Any) -> tuple[Conditioning, ...]:
         threshold = options.step_cache_threshold if options.step_cache_threshold is not None else 0.05
         record = {"step_cache": kind, "step_cache_threshold": threshold, "step_cache_mb": mb}
         return (StepCache(_first_block_config(threshold), record, blocks[-1]),)
-    if not any(re.fullmatch(p, n) for n, _ in transformer.named_modules() for p in _TAYLORSEER_PATTERNS):
-        raise ValueError(f"step_cache: diffusers' TaylorSeer finds no attention modules (*blocks.N.attn) in {name}")
+    patterns = _taylorseer_patterns(transformer, name)
     interval = options.step_cache_interval if options.step_cache_interval is not None else 5
     record = {"step_cache": kind, "step_cache_interval": interval, "step_cache_mb": mb}
-    return (StepCache(_taylorseer_config(interval), record, blocks[-1]),)
+    return (StepCache(_taylorseer_config(interval, patterns), record, blocks[-1]),)
+
+
+def _taylorseer_patterns(transformer: torch.nn.Module, name: str) -> list[str] | None:
+    """The attention modules TaylorSeer predicts: diffusers' default patterns (None) where they find
+    any (``*blocks.N.attn``: FLUX.1, SD 3, Chroma), else every block's ``attention`` (Z-Image's
+    ``layers.N.attention``); ValueError naming ``step_cache`` when neither does."""
+    names = [n for n, _ in transformer.named_modules()]
+    if any(re.fullmatch(p, n) for n in names for p in _TAYLORSEER_PATTERNS):
+        return None
+    blocks = "|".join(_BLOCK_LISTS)
+    patterns = [rf"^({blocks})\.\d+\.attention$"]
+    if not any(re.fullmatch(patterns[0], n) for n in names):
+        raise ValueError(f"step_cache: diffusers' TaylorSeer finds no attention modules (blocks.N.attn) in {name}")
+    return patterns
 
 
 def _first_block_config(threshold: float) -> Any:
@@ -86,10 +100,10 @@ def _first_block_config(threshold: float) -> Any:
     return FirstBlockCacheConfig(threshold=threshold)
 
 
-def _taylorseer_config(interval: int) -> Any:
+def _taylorseer_config(interval: int, patterns: list[str] | None) -> Any:
     from diffusers.hooks import TaylorSeerCacheConfig
 
-    return TaylorSeerCacheConfig(cache_interval=interval)
+    return TaylorSeerCacheConfig(cache_interval=interval, cache_identifiers=patterns)
 
 
 def _install(transformer: torch.nn.Module, config: Any) -> list[tuple[Any, str]]:
@@ -132,12 +146,15 @@ def _check_block_metadata(blocks: list[torch.nn.Module], name: str) -> None:
         )
     for block in blocks:
         try:
-            TransformerBlockRegistry.get(type(block))
+            metadata = TransformerBlockRegistry.get(type(block))
         except ValueError:
+            metadata = None
+        if metadata is None or metadata.hidden_states_argument_name not in inspect.signature(block.forward).parameters:
+            why = "does not know" if metadata is None else "misreads the arguments of"  # Z-Image's block takes x
             raise ValueError(
-                f"step_cache: diffusers 0.42's first_block cache does not know {type(block).__name__} "
-                f"(in {name}); try step_cache='taylorseer'"
-            ) from None
+                f"step_cache: diffusers 0.42's first_block cache {why} {type(block).__name__} (in {name}); "
+                "try step_cache='taylorseer'"
+            )
 
 
 def _probe(block: torch.nn.Module) -> torch.nn.Module:
@@ -210,6 +227,14 @@ class StepCache(Conditioning):
         self._state_managers = _managers(transformer)
         try:
             yield
+        except (TypeError, ValueError, AttributeError, IndexError) as error:
+            if not _raised_in_hooks(error):
+                raise
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ValueError(
+                f"step_cache: diffusers' {self._record['step_cache']} cache fails on the {type(transformer).__name__} "
+                f"({type(error).__name__}: {first}); try the other step_cache or none"
+            ) from error
         finally:
             self._close()
             for handle in handles:
@@ -234,8 +259,8 @@ class StepCache(Conditioning):
         key = (self._call, self._forwards)
         self._forwards += 1
         name = self._names.setdefault(key, f"views-{len(self._names)}")
-        hidden = kwargs.get("hidden_states", args[0] if args else None)
-        self._rows = int(hidden.shape[0]) if isinstance(hidden, torch.Tensor) else 1
+        hidden = kwargs.get("hidden_states", kwargs.get("x", args[0] if args else None))
+        self._rows = int(hidden.shape[0]) if isinstance(hidden, torch.Tensor) else len(hidden)  # Z-Image: a list
         self._name, self._seen = name, self._probe_calls
         self._open = CacheMixin.cache_context(module, name)
         self._open.__enter__()
@@ -279,6 +304,16 @@ class StepCache(Conditioning):
         for manager in self._state_managers:
             manager._state_cache.pop(name, None)
         self._bytes.pop(name, None)
+
+
+def _raised_in_hooks(error: BaseException) -> bool:
+    """Whether ``error`` was raised inside diffusers' hooks (a hook that does not fit the model:
+    FLUX.2's blocks under first_block), not by the model or the caller."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    path = tb.tb_frame.f_code.co_filename.replace("\\", "/") if tb is not None else ""
+    return "/diffusers/hooks/" in path
 
 
 def _managers(transformer: torch.nn.Module) -> list[Any]:
