@@ -10,7 +10,8 @@
 # PyPI's default torch/torchvision pair runs fine on a CPU. `--isolated` makes pip ignore this
 # machine's pip settings (which prefer a local CPU-only torch wheel).
 # Then: ComfyUI's requirements.txt minus torch/torchvision/torchaudio (its audio nodes then fail to
-# import, harmlessly), `requests` (ComfyUI imports it without listing it), pytest, and this
+# import, harmlessly), `requests` (ComfyUI imports it without listing it), pytest, Playwright (the
+# browser test drives Debian's chromium), and this
 # project (editable, without re-resolving torch) with its ComfyUI node pack.
 set -euo pipefail
 venv="${1:?usage: devtools/comfyui_env.sh VENV_DIR [COMFYUI_DIR]}"
@@ -32,7 +33,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$inputs" ]; then
   reqs="$(mktemp)"
   trap 'rm -f "$reqs"' EXIT
   grep -vE '^[[:space:]]*(torch|torchvision|torchaudio)[[:space:]]*$' "$comfy/requirements.txt" >"$reqs"
-  "$py" -m "${pipi[@]}" -r "$reqs" requests "pytest>=8"
+  "$py" -m "${pipi[@]}" -r "$reqs" requests "pytest>=8" "playwright>=1.65,<2"
   # our package: torch is already satisfied, so pip keeps the pair above (checked below)
   "$py" -m "${pipi[@]}" -e "$repo" -e "$repo/comfyui-multidiffusion"
 fi

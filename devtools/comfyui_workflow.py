@@ -10,7 +10,8 @@ test_server.py checks the committed UI files against this conversion.
 
 writes ``examples/comfyui/demo_txt2img.json`` next to it. Widgets follow the inputs' order in the
 node's definition, a seed-like input (``control_after_generate``) gets its "fixed" control widget
-after it, as the page lays them out; nodes go in columns by their distance from the sources.
+after it, as the page lays them out (so does any input named ``seed`` or ``noise_seed``); nodes go
+in columns by their distance from the sources.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 __all__ = ["api_to_ui"]
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+SEED_NAMES = {"seed", "noise_seed"}  # the page gives these a control widget even unflagged
 COLUMN, ROW = 380, 260  # layout pitch in page pixels
 NODE_SIZE = [320, 200]
 
@@ -70,7 +72,7 @@ def api_to_ui(api: dict[str, Any], object_info: dict[str, Any]) -> dict[str, Any
                     if isinstance(value, list):
                         raise ValueError(f"node {node_id}: linked widget input {name!r} is not supported")
                     widgets.append(value)
-                    if len(spec) > 1 and spec[1].get("control_after_generate"):
+                    if name in SEED_NAMES or (len(spec) > 1 and spec[1].get("control_after_generate")):
                         widgets.append("fixed")
                 else:
                     link = len(links) + 1

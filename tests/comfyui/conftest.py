@@ -115,6 +115,9 @@ def comfyui_server() -> Iterator[ComfyServer]:
     for name in ("custom_nodes", "user", "input", "output", "temp"):
         (base / name).mkdir()
     (base / "custom_nodes" / PACK_DIR_NAME).symlink_to(PACK, target_is_directory=True)
+    # the page's settings: a returning user (no template browser over the graph on first load)
+    (base / "user" / "default").mkdir()
+    (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps({"Comfy.TutorialCompleted": True}))
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log = base / "server.log"
@@ -126,6 +129,7 @@ def comfyui_server() -> Iterator[ComfyServer]:
         "--disable-auto-launch", "--preview-method", "none",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
+    env.setdefault("OMP_NUM_THREADS", "1")  # two threads on a busy 2-core machine: 10-20x slower
     with log.open("w") as out:
         process = subprocess.Popen(command, cwd=comfyui, stdout=out, stderr=subprocess.STDOUT, env=env)
     server = ComfyServer(url, base, log, process)

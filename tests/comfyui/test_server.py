@@ -33,6 +33,8 @@ WORKFLOWS = sorted(EXAMPLES.glob("*.api.json"))
 EXPECTED_SIZE = {
     "demo_txt2img": (96, 64),  # Empty Latent Image 192 x 128: latents 24 x 16, the demo VAE's x4
     "demo_panorama": (256, 64),  # 512 x 128: latents 64 x 16, four 16 x 16 windows wide, circular
+    "demo_regions": (128, 64),  # 256 x 128: latents 32 x 16, two half-width regions over a background
+    "demo_upscale": (192, 128),  # the 96 x 64 txt2img image upscaled 2x and re-worked over windows
 }
 PACK_DIR_NAME = PACK.name  # conftest links the pack into custom_nodes under its own folder name
 MODULE = f"custom_nodes.{PACK_DIR_NAME}"  # ComfyUI's python_module of the pack's nodes
