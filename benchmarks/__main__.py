@@ -29,6 +29,7 @@ SUITES = (
     "upscale-peer",
     "upscale-quality",
     "dit",
+    "step-cache",
     "demo",
     "demo-bootstrap",
     "demo-controlnet",
@@ -228,6 +229,13 @@ def main(argv: list[str] | None = None) -> int:
 
         add(dit_rows(args.quick, device, steps, repeats))
         add(memory_rows(args.quick, device, steps))
+    if "step-cache" in suites:
+        from .step_cache_bench import step_cache_rows
+        from .step_cache_bench import table as step_cache_table
+
+        new = step_cache_rows(args.quick, device, args.steps or (4 if args.quick else 20), repeats)
+        print(step_cache_table(new), flush=True)
+        rows += new
     demo_parts = [part for part in ("bootstrap", "controlnet") if "demo" in suites or f"demo-{part}" in suites]
     if demo_parts:
         from .demo_quality import demo_rows
