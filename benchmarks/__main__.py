@@ -1,6 +1,7 @@
 """``python -m benchmarks``: speed and memory of multidiffusion against its peers; prints a Markdown
 table and writes the figures as JSON. ``--suites dit``: the diffusion transformers (FLUX.1, SD 3) on
-reduced random-weight models of their shapes (:mod:`benchmarks.dit_bench`).
+reduced random-weight models of their shapes (:mod:`benchmarks.dit_bench`); ``--suites memory-width``:
+peak memory at 1x, 2x, 4x the native width for every family of 2026 (:mod:`benchmarks.memory_width`).
 
 On a CPU it uses an SD 2-base-shaped random-weight UNet at 1/10 of SD's width (``--model reduced``)
 and few steps: model calls, coverage and time ratios carry over to the real model, absolute times
@@ -30,6 +31,7 @@ SUITES = (
     "upscale-quality",
     "dit",
     "step-cache",
+    "memory-width",
     "demo",
     "demo-bootstrap",
     "demo-controlnet",
@@ -69,7 +71,7 @@ def table(rows: list[dict]) -> str:
                 "",
                 r.get("notes", ""),
             ]
-        elif r["suite"] in ("upscale-memory", "dit-memory"):
+        elif r["suite"] in ("upscale-memory", "dit-memory", "memory-width"):
             cells = [
                 r["config"],
                 r["peer"],
@@ -229,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
 
         add(dit_rows(args.quick, device, steps, repeats))
         add(memory_rows(args.quick, device, steps))
+    if "memory-width" in suites:
+        from .memory_width import memory_width_rows
+
+        add(memory_width_rows(args.quick, device, 2))
     if "step-cache" in suites:
         from .step_cache_bench import step_cache_rows
         from .step_cache_bench import table as step_cache_table

@@ -161,9 +161,43 @@ def _reduced_zimage(native: int, text: int) -> Any:
     return pipe
 
 
+def _reduced_flux2(klein: bool) -> Callable[[int, int], Any] | None:
+    """FLUX.2 [dev] / [klein] from :mod:`devtools.flux2_components` (None while it is missing) with
+    FLUX.2's transformer shape (heads of 128, rotary axes (32, 32, 32, 32), MLP ratio 3) at one head
+    and (2, 4) blocks instead of 48 and (8, 48), and text encoders 384 wide instead of 16 (Mistral 3's
+    30 layers, Qwen3's 27), so text encoder and transformer stand as FLUX.2's do (Mistral Small 24B
+    to 32B; Qwen3 to [klein]'s 4B and 9B): about 0.8."""
+    try:
+        flux2 = importlib.import_module("devtools.flux2_components")
+    except ImportError:
+        return None
+
+    def build(native: int, text: int) -> Any:
+        from diffusers import Flux2Transformer2DModel
+
+        tiny = flux2.tiny_flux2_klein_pipeline if klein else flux2.tiny_flux2_pipeline
+        width, flux2.TEXT_WIDTH = flux2.TEXT_WIDTH, 384  # the builders read it when they build
+        try:
+            pipe = tiny(sample_size=native)
+        finally:
+            flux2.TEXT_WIDTH = width
+        torch.manual_seed(0)
+        pipe.transformer = Flux2Transformer2DModel(
+            num_layers=2,
+            num_single_layers=4,
+            attention_head_dim=128,
+            num_attention_heads=1,
+            joint_attention_dim=3 * 384,
+            guidance_embeds=not klein,
+        ).eval()
+        return pipe
+
+    return build
+
+
 def _optional(module: str, name: str) -> Callable[[int, int], Any] | None:
     """``module.name`` called with the reduced sizes it takes, or None while the module or the
-    function is missing (FLUX.2 and Qwen-Image are written alongside)."""
+    function is missing (Qwen-Image is written alongside)."""
     try:
         builder = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):
@@ -188,8 +222,8 @@ def reduced_families() -> dict[str, Callable[[int, int], Any]]:
     devtools modules have landed."""
     families: dict[str, Callable[[int, int], Any] | None] = {
         "FLUX.1": _reduced_flux,
-        "FLUX.2 [dev]": _optional("devtools.flux2_components", "tiny_flux2_pipeline"),
-        "FLUX.2 [klein]": _optional("devtools.flux2_components", "tiny_flux2_klein_pipeline"),
+        "FLUX.2 [dev]": _reduced_flux2(klein=False),
+        "FLUX.2 [klein]": _reduced_flux2(klein=True),
         "Qwen-Image": _optional("devtools.qwen_components", "tiny_qwenimage_pipeline"),
         "Z-Image": _reduced_zimage,
         "Chroma": _reduced_chroma,

@@ -102,3 +102,38 @@ def test_a_unets_batch_is_the_speed_heuristic_alone():
     md = MultiDiffusion(tiny_sd_pipeline())
     h, w = md.adapter.native_latent_size
     assert auto_batch(md.adapter) == max(1, 4 * 64 * 64 // (h * w))
+
+
+def test_the_memory_width_measurement_in_process():
+    """One measurement of ``python -m benchmarks --suites memory-width`` (normally in a fresh process
+    each): a FLUX.1-shaped 2x panorama after the text encoders were released."""
+    from benchmarks.memory_width import measure
+
+    threads = torch.get_num_threads()
+    try:
+        got = measure("FLUX.1", 2, True, 1, torch.device("cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    assert got["views"] == 9 and got["model_calls"] == 9  # one view a call: the bound on the reduced model
+    assert got["text_encoders"] == "released" and got["text_encoders_mb"] > 1
+    kept = got["weights_mb"] + got["text_encoders_mb"]
+    assert got["weights_mb"] < kept and got["peak_mb"] > got["weights_mb"]
+
+
+@pytest.mark.slow
+def test_the_memory_width_suite_in_quick_mode(tmp_path):
+    """The suite's quick mode on one family (4 fresh processes: about a minute on 2 loaded cores)."""
+    import json
+
+    from benchmarks.__main__ import SUITES
+    from benchmarks.memory_width import main
+
+    assert "memory-width" in SUITES
+    out = tmp_path / "memory.json"
+    assert main(["--quick", "--families", "FLUX.1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["text_encoders"] for r in rows] == ["kept", "released"]
+    for r in rows:
+        assert set(r["ratios"]) == {"1x", "2x"} and r["ratios"]["1x"] == 1.0
+        assert r["detail"]["2x"]["views"] == 9 and r["within_bound"]
+    assert rows[1]["detail"]["1x"]["weights_mb"] < rows[0]["detail"]["1x"]["weights_mb"]
