@@ -16,7 +16,7 @@ import torch
 
 from multidiffusion.conditionings import ConditioningMethods
 from multidiffusion.engine.adapter import ModelAdapter
-from multidiffusion.engine.schedulers import make_scheduler
+from multidiffusion.engine.schedulers import few_step_schedule, make_scheduler
 from multidiffusion.files.metadata import model_label
 from multidiffusion.models import adapter_for, split_model_options
 from multidiffusion.models.guidance_embedding import embeds_guidance
@@ -132,9 +132,9 @@ class MultiDiffusion(TaskMethods, ConditioningMethods):
         to CUDA when present, ``torch_dtype`` to float16 on accelerators and float32 on the CPU.
         ``controlnet``: a ControlNet folder, repo id or ``.safetensors`` file (or a list), loaded
         the same way (pickles only with ``allow_pickle``) and checked against the model's family.
-        ``scheduler`` defaults to "ddim" (the paper's sampler) for UNet models (an LCM model keeps its own
-        LCMScheduler) and to the model's own flow-matching scheduler for diffusion transformers (SD 3,
-        FLUX). Other keyword arguments go
+        ``scheduler`` defaults to "ddim" (the paper's sampler) for UNet models (a few-step model keeps its
+        own: an LCM UNet's LCMScheduler, SD-Turbo's trailing Euler) and to the model's own flow-matching
+        scheduler for diffusion transformers (SD 3, FLUX). Other keyword arguments go
         to diffusers' ``from_pretrained`` (e.g. ``quantization_config``, ``transformer=``), except the
         model family's options (``clip_skip``, ...: the constructor's ``model_options``).
         ``release_text_encoders``: free the text encoders once the first call has encoded its prompts
@@ -150,8 +150,8 @@ class MultiDiffusion(TaskMethods, ConditioningMethods):
             prediction_type=prediction_type,
             **kwargs,
         )
-        if scheduler is None and getattr(pipe, "transformer", None) is None and not embeds_guidance(pipe.unet):
-            scheduler = "ddim"  # an LCM model keeps its own LCMScheduler
+        if scheduler is None and getattr(pipe, "transformer", None) is None and not _few_step(pipe):
+            scheduler = "ddim"
         md = cls(
             pipe,
             scheduler=scheduler,
@@ -323,3 +323,9 @@ class MultiDiffusion(TaskMethods, ConditioningMethods):
             pipeline=self,
             should_stop=should_stop,
         )
+
+
+def _few_step(pipe: Any) -> bool:
+    """A distilled few-step UNet model, which samples with its own scheduler (not the paper's DDIM):
+    an LCM UNet, or a scheduler config of a few-step schedule (:func:`few_step_schedule`)."""
+    return embeds_guidance(pipe.unet) or few_step_schedule(pipe.scheduler.config)

@@ -12,6 +12,7 @@ import pytest
 import torch
 from diffusers import (
     DDIMScheduler,
+    EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     LatentConsistencyModelPipeline,
     LCMScheduler,
@@ -175,6 +176,44 @@ def test_few_step_schedules_equal_the_sd_pipeline(sd, name, scheduler, call):
     diff = (got.images - expected).abs().max().item()
     assert diff <= TOL, (name, diff)
     assert got.parameters["scheduler"] == name
+
+
+def test_turbo_one_step_equals_its_pipeline(sd, tmp_path):
+    """SD-Turbo: 1 step of trailing Euler at guidance 0 (its folder's scheduler, kept by loading: the
+    paper's DDIM with "leading" spacing would take its one step at t = 1); SDXL-Turbo: trailing Euler a."""
+    turbo = StableDiffusionPipeline(
+        **{
+            **sd.components,
+            "scheduler": EulerDiscreteScheduler.from_config(sd.scheduler.config, timestep_spacing="trailing"),
+        }
+    )
+    turbo.set_progress_bar_config(disable=True)
+    x = noise((1, 4, H, W), seed=12)
+    kwargs = dict(num_inference_steps=1, guidance_scale=0.0, output_type="latent")
+    expected = turbo("a cat", latents=x.clone(), **kwargs).images
+    turbo.save_pretrained(tmp_path / "turbo")
+    md = MultiDiffusion.from_pretrained(tmp_path / "turbo", device="cpu")
+    assert type(md.scheduler).__name__ == "EulerDiscreteScheduler"
+    got = md.panorama("a cat", height=H * 8, width=W * 8, latents=x.clone(), **kwargs)
+    assert (got.images - expected).abs().max() <= TOL and got.stats.evaluations == 1
+    by_name = _md(sd, scheduler="euler_trailing").panorama(
+        "a cat", height=H * 8, width=W * 8, latents=x.clone(), **kwargs
+    )
+    assert (by_name.images - expected).abs().max() <= TOL
+    xl = tiny_sdxl_pipeline(sample_size=H)
+    xl_turbo = StableDiffusionXLPipeline(
+        **{
+            **xl.components,
+            "scheduler": EulerAncestralDiscreteScheduler.from_config(xl.scheduler.config, timestep_spacing="trailing"),
+        }
+    )
+    xl_turbo.set_progress_bar_config(disable=True)
+    kwargs = dict(num_inference_steps=2, guidance_scale=0.0, output_type="latent")
+    expected = xl_turbo("a cat", height=H * 8, width=W * 8, latents=x.clone(), generator=_generator(4), **kwargs).images
+    got = _md(xl, scheduler="euler_a_trailing").panorama(
+        "a cat", height=H * 8, width=W * 8, latents=x.clone(), generator=_generator(4), **kwargs
+    )
+    assert (got.images - expected).abs().max() <= TOL
 
 
 def test_flux_schnell_runs_as_its_pipeline():

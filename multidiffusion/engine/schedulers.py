@@ -12,8 +12,9 @@ Few-step models sample with their distillation's schedule: ``lcm`` (LCMScheduler
 LCM-LoRAs), ``tcd`` (TCDScheduler; the call's ``eta`` is TCD's gamma, the share of noise re-injected
 each step, passed to ``step`` as diffusers' pipelines pass ``eta``), and the "trailing" timestep
 spacing that Lightning and Hyper-SD LoRAs were distilled on (``euler_trailing``: SDXL-Lightning's
-``EulerDiscreteScheduler(timestep_spacing="trailing")``; ``ddim_trailing``: Hyper-SD's DDIM), whose
-first step starts at the last training timestep (999), where "leading" spacing starts one stride lower.
+``EulerDiscreteScheduler(timestep_spacing="trailing")``, SD-Turbo's; ``ddim_trailing``: Hyper-SD's DDIM;
+``euler_a_trailing``: SDXL-Turbo's), whose first step starts at the last training timestep (999), where
+"leading" spacing starts one stride lower (at 1 step, "leading" starts at t = 1: no image at all).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 import diffusers
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-__all__ = ["FLOW_SCHEDULERS", "SCHEDULERS", "make_scheduler", "scheduler_name"]
+__all__ = ["FLOW_SCHEDULERS", "SCHEDULERS", "few_step_schedule", "make_scheduler", "scheduler_name"]
 
 # canonical name -> (diffusers class name, config overrides)
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -49,6 +50,7 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "tcd": ("TCDScheduler", {}),  # TCD LoRAs; its gamma is the call's eta, passed to each step
     "euler_trailing": ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}),  # SDXL-Lightning
     "ddim_trailing": ("DDIMScheduler", {"timestep_spacing": "trailing"}),  # Hyper-SD
+    "euler_a_trailing": ("EulerAncestralDiscreteScheduler", {"timestep_spacing": "trailing"}),  # SDXL-Turbo
 }
 
 FLOW_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -94,3 +96,10 @@ def make_scheduler(name_or_scheduler: str | SchedulerMixin, config: Any) -> Sche
     cls_name, overrides = _ALL[scheduler_name(name_or_scheduler)]
     cls = getattr(diffusers, cls_name)
     return cls.from_config(config, **overrides)
+
+
+def few_step_schedule(config: Any) -> bool:
+    """Whether a model's scheduler config is a distilled few-step model's own (LCM, TCD, or "trailing"
+    timestep spacing: SD-Turbo, SDXL-Turbo, Lightning), which loading keeps instead of the paper's DDIM."""
+    few_step = config.get("_class_name") in ("LCMScheduler", "TCDScheduler")
+    return few_step or config.get("timestep_spacing") == "trailing"
