@@ -35,24 +35,39 @@ def _image(h, w, seed=4):
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
 
 
-def test_one_view_equals_the_edit_pipeline(edit_pipe):
-    """At the pipeline's reference size (1024 px square: its ~1 MP area) and one window covering the
-    canvas, the view's crop of the reference is the pipeline's whole reference: the same latents."""
-    image, size = _image(1024, 1024), 1024 // 8
+def test_one_view_equals_the_edit_pipeline(edit_pipe, monkeypatch):
+    """At the pipeline's reference size and one window covering the canvas, the view's crop of the
+    reference is the pipeline's whole reference: the same latents. The pipeline's ~1 MP reference
+    area is brought down to 256 x 256 on both sides (its calculate_dimensions, our reference_area)
+    to keep the test small; the sizes the two compute at the real area are compared separately."""
+    from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit as module
+
+    md = _md(edit_pipe)
+    assert md.adapter.reference_area == 1024 * 1024
+    for h, w in ((768, 1360), (1024, 1024), (4000, 3000)):
+        width, height, _ = module.calculate_dimensions(1024 * 1024, w / h)
+        assert md.adapter.reference_size((h, w)) == (height, width)
+    real = module.calculate_dimensions
+    monkeypatch.setattr(module, "calculate_dimensions", lambda area, ratio: real(256 * 256, ratio))
+    md.adapter.reference_area = 256 * 256
+    image, size = _image(256, 256), 256 // 8
     noise = torch.randn((1, 16, size, size), generator=torch.Generator().manual_seed(0))
     packed = QwenImageEditPipeline._pack_latents(noise, 1, 16, size, size)
-    kwargs = dict(num_inference_steps=2, output_type="latent")
-    expected = edit_pipe(
-        image=image, prompt="make it red", negative_prompt=" ", true_cfg_scale=4.0, latents=packed, **kwargs
-    ).images
-    expected = QwenImageEditPipeline._unpack_latents(expected, 1024, 1024, 8)[:, :, 0]
-    md = _md(edit_pipe)
-    md.set_vae_tiling(tile=size)  # the pipeline encodes the reference whole
-    got = md.edit(image, "make it red", negative_prompt=" ", guidance_scale=4.0, window=size, latents=noise, **kwargs)
-    diff = float((got.images - expected).abs().max())
-    assert got.images.shape == (1, 16, size, size)
-    assert diff <= 1e-4, diff
-    assert got.stats.jobs == 2 and got.stats.evaluations == 4  # one view, both branches, 2 steps
+    for negative, scale in ((" ", 4.0), (None, 1.0)):
+        kwargs = dict(num_inference_steps=2, output_type="latent")
+        expected = edit_pipe(
+            image=image, prompt="make it red", negative_prompt=negative, true_cfg_scale=scale, latents=packed, **kwargs
+        ).images
+        expected = QwenImageEditPipeline._unpack_latents(expected, 256, 256, 8)[:, :, 0]
+        md.set_vae_tiling(tile=size)  # the pipeline encodes the reference whole
+        got = md.edit(
+            image, "make it red", negative_prompt=negative, guidance_scale=scale, window=size, latents=noise, **kwargs
+        )
+        diff = float((got.images - expected).abs().max())
+        assert got.images.shape == (1, 16, size, size)
+        assert diff <= 1e-4, diff
+        assert (got.images - noise).abs().max() > 0.1  # it did denoise
+        assert got.stats.jobs == 2 and got.stats.evaluations == (4 if scale > 1 else 2)  # one view, 2 steps
 
 
 def test_a_canvas_three_times_native_edits_each_view_with_its_crop(edit_pipe):
@@ -71,6 +86,15 @@ def test_a_canvas_three_times_native_edits_each_view_with_its_crop(edit_pipe):
     whole = md.edit(image, "make it red", output_type="latent", latents=x, whole_reference=True, **kwargs)
     assert whole.images.shape == (1, 16, N, 3 * N) and torch.isfinite(whole.images).all()
     assert (whole.images - crops).abs().max() > 1e-4  # the second reference changes the result
+
+
+def test_several_prompts_each_read_the_image(edit_pipe):
+    """Prompts of different lengths, each encoded with the image (one VL pass per text), padded."""
+    prompts = ["make it red", "turn the whole scene into a watercolour"]
+    out = _md(edit_pipe).edit(
+        _image(N * 8, N * 8), prompts, num_inference_steps=2, guidance_scale=2.0, output_type="latent"
+    )
+    assert out.images.shape == (2, 16, N, N) and (out.images[0] - out.images[1]).abs().max() > 1e-4
 
 
 def test_editing_needs_an_editing_model():

@@ -100,8 +100,8 @@ class QwenImageAdapter(FlowMatchingAdapter):
     def __init__(self, pipe: Any, **options: Any):
         self.processor = getattr(pipe, "processor", None)  # Qwen-Image-Edit's: the VL encoder sees images
         self.edit_pipe = pipe if type(pipe).__name__.startswith("QwenImageEdit") else None
-        super().__init__(pipe, **options)
         self._image_vae: tuple[Any, ImageVae] | None = None
+        super().__init__(pipe, **options)
 
     @classmethod
     def check_network(cls, pipe: Any) -> None:
@@ -170,10 +170,19 @@ class QwenImageAdapter(FlowMatchingAdapter):
                     num_images_per_prompt=num_images,
                     max_sequence_length=self.max_sequence_length,
                 )
-            else:
-                embeds, mask = self.edit_pipeline.encode_prompt(
-                    prompt=texts, image=image, device=self.device, num_images_per_prompt=num_images
+            else:  # one text per call: the processor pairs each text's image token with one image
+                rows = [
+                    self.edit_pipeline.encode_prompt(
+                        prompt=[text], image=image, device=self.device, num_images_per_prompt=num_images
+                    )[0]
+                    for text in texts
+                ]
+                length = max(r.shape[1] for r in rows)
+                embeds = torch.cat([F.pad(r, (0, 0, 0, length - r.shape[1])) for r in rows])
+                mask = torch.cat(
+                    [F.pad(torch.ones(r.shape[:2], dtype=torch.long), (0, length - len(r[0]))) for r in rows]
                 )
+                return embeds, mask.to(embeds.device)
             if mask is None:
                 mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
             return embeds, mask
