@@ -129,7 +129,11 @@ def test_grid_step_equals_eq5_of_the_same_denoiser(comfy, model, tiled, prompts)
     embeddings = [(prompts[0] if k == 0 else prompts[1])[0][0] for k in chunks]
     want = fused_prediction(_plain_denoiser(apply_model, embeddings), x, sigma, plan)
     diff = (out - want).abs().max().item()
-    print(f"grid, 2 views: patched call vs Eq. 5: max|diff| = {diff:.3g} (|x0| max {want.abs().max():.3g})")
+    term = (want - x).abs().max().item()  # the model's own share of x0 = x - σ ε
+    print(
+        f"grid, 2 views: patched call vs Eq. 5: max|diff| = {diff:.3g} "
+        f"(|x0| max {want.abs().max():.3g}, |σ ε| {term:.3g})"
+    )
     assert diff <= 1e-5
     # the whole KSampler step: ComfyUI's guidance after fusion = Eq. 5 of the guided predictions
     x0 = x[: x.shape[0] // len(chunks)]

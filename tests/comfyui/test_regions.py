@@ -131,7 +131,11 @@ def test_regions_equal_the_librarys_fused_regions_in_a_ksampler_step(comfy, mode
     # the patched call, branch by branch: Eq. 5 of the positive rows; the negative rows' Eq. 5 is u(x)
     want = fused_prediction(_branch(apply_model, positives), x, sigma, plan)
     diff = (out[pos : pos + 1] - want).abs().max().item()
-    print(f"regions, positive rows vs library Eq. 5: max|diff| = {diff:.3g} (|x0| max {want.abs().max():.3g})")
+    term = (want - x).abs().max().item()  # the model's own share of x0 = x - σ ε
+    print(
+        f"regions, positive rows vs library Eq. 5: max|diff| = {diff:.3g} "
+        f"(|x0| max {want.abs().max():.3g}, |σ ε| {term:.3g})"
+    )
     assert diff <= 1e-5
     unguided = apply_model(x, sigma, c_crossattn=conds[3][0][0])
     assert (out[neg : neg + 1] - unguided).abs().max() <= 1e-5
