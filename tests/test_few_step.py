@@ -16,6 +16,7 @@ from diffusers import (
     EulerDiscreteScheduler,
     LatentConsistencyModelPipeline,
     LCMScheduler,
+    StableDiffusionImg2ImgPipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     TCDScheduler,
@@ -242,7 +243,9 @@ def test_flux_schnell_runs_as_its_pipeline():
 
 
 def test_every_task_runs_with_an_lcm_model(md_lcm):
-    """Panorama, regions (each region its own w), img2img, and inpaint, outpaint, upscale, fast mode."""
+    """Panorama, regions (each region its own w), img2img (equal at one view to StableDiffusionImg2ImgPipeline
+    with the LCM UNet; LatentConsistencyModelImg2ImgPipeline instead spreads all its steps below the
+    strength), and inpaint, outpaint, upscale, fast mode."""
     kwargs: dict[str, Any] = dict(num_inference_steps=2, output_type="latent", generator=_generator(0))
     pano = md_lcm.panorama("a lake", height=H * 8, width=2 * W * 8, window=W, stride=8, **kwargs)
     assert pano.images.shape == (1, 4, H, 2 * W) and pano.stats.evaluations == 2 * 3  # 3 views, one row each
@@ -254,8 +257,13 @@ def test_every_task_runs_with_an_lcm_model(md_lcm):
     assert torch.isfinite(out.images).all()
     rng = np.random.default_rng(1)
     image = Image.fromarray(rng.integers(0, 256, (H * 8, W * 8, 3), dtype=np.uint8))
-    out = md_lcm.img2img(image, "a lake", strength=0.5, num_inference_steps=4, output_type="latent")
-    assert torch.isfinite(out.images).all() and out.stats.steps == 2
+    i2i = dict(strength=0.5, num_inference_steps=4, guidance_scale=8.0, output_type="latent")
+    out = md_lcm.img2img(image, "a lake", generator=_generator(3), **i2i)
+    assert out.stats.steps == 2  # the last 4 * 0.5 of the 4-step schedule, as diffusers' img2img pipeline
+    reference = StableDiffusionImg2ImgPipeline(**md_lcm.adapter.pipe.components)
+    reference.set_progress_bar_config(disable=True)
+    expected = reference("a lake", image=image, generator=_generator(3), **i2i).images
+    assert (out.images - expected).abs().max() <= TOL
     the_other_tasks_run(md_lcm, H, W, 4)
 
 
