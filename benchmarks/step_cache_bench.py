@@ -10,11 +10,12 @@ model's residuals change between steps in no way a trained one's do.
 
 What one row is: the family's panorama, native height and 3x native width (quick: 2x), the paper's
 grid (default stride), default ``view_batch_size``, from the same noise, uncached and then cached
-(``step_cache=...``), timed on the same warm model (the uncached time is the median of the repeats,
-each cached setting its own median). Reported: evaluations (transformer rows) computed and skipped
-(``stats.step_cache_skipped``: rows whose last block was not run), the speed-up (uncached / cached
-seconds), max |diff| of the latents, and max |diff| and PSNR of the decoded images (pixels in [0, 1])
-against the uncached result, the cached state's peak (MiB) and contexts (view batches with a cache).
+(``step_cache=...``), timed on the same warm model (after a one-step warm-up) in pairs, a cached
+run then an uncached one, so that both see the same load (medians of ``--repeats`` pairs).
+Reported: evaluations (transformer rows) computed and skipped (``stats.step_cache_skipped``: rows
+whose last block was not run), the speed-up (uncached / cached seconds), max |diff| of the latents,
+and max |diff| and PSNR of the decoded images (pixels in [0, 1]) against the uncached result, the
+cached state's peak (MiB) and contexts (view batches with a cache).
 A family and kind that diffusers 0.42 cannot cache is a row saying why (the one-line refusal).
 
 The reduced models are those of the memory benchmark (:func:`devtools.family_components.reduced_families`,
@@ -78,13 +79,18 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return math.inf if mse == 0 else 10 * math.log10(1 / mse)
 
 
-def _timed(run: Callable[[], Any], repeats: int) -> tuple[Any, float]:
-    times, out = [], None
+def _paired(md: Any, args: dict[str, Any], setting: dict[str, Any], repeats: int) -> tuple[Any, float, float]:
+    """(the cached result, median cached seconds, median uncached seconds): ``repeats`` pairs of a
+    cached then an uncached run."""
+    cached, plain, out = [], [], None
     for _ in range(repeats):
         start = time.perf_counter()
-        out = run()
-        times.append(time.perf_counter() - start)
-    return out, sorted(times)[len(times) // 2]
+        out = md.panorama(PROMPT, **args, **setting)
+        cached.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        md.panorama(PROMPT, **args)
+        plain.append(time.perf_counter() - start)
+    return out, sorted(cached)[len(cached) // 2], sorted(plain)[len(plain) // 2]
 
 
 def family_rows(label: str, md: Any, steps: int, repeats: int, widths: int, device: torch.device) -> list[dict]:
@@ -92,7 +98,8 @@ def family_rows(label: str, md: Any, steps: int, repeats: int, widths: int, devi
     h, w = md.adapter.native_latent_size
     x = noise((1, md.adapter.latent_channels, h, widths * w)).to(device=device, dtype=md.dtype)
     args = dict(height=h * 8, width=widths * w * 8, num_inference_steps=steps, latents=x, output_type="latent")
-    plain, plain_s = _timed(lambda: md.panorama(PROMPT, **args), repeats)
+    md.panorama(PROMPT, **{**args, "num_inference_steps": 1})  # warm-up: first-call costs out of the timings
+    plain = md.panorama(PROMPT, **args)
     reference = _decoded(md, plain.images)
     rows = []
     for setting in SETTINGS:
@@ -104,10 +111,9 @@ def family_rows(label: str, md: Any, steps: int, repeats: int, widths: int, devi
             "settings": setting,
             "canvas_px": [h * 8, widths * w * 8],
             "steps": steps,
-            "seconds_uncached": plain_s,
         }
-        try:
-            out, seconds = _timed(lambda setting=setting: md.panorama(PROMPT, **args, **setting), repeats)
+        try:  # cached and uncached runs in pairs, so that both see the same load
+            out, seconds, plain_s = _paired(md, args, setting, repeats)
         except ValueError as error:
             rows.append({**row, "refused": str(error), "notes": f"refused: {error}"})
             print(f"  {row['config']}: {error}", flush=True)
@@ -118,6 +124,7 @@ def family_rows(label: str, md: Any, steps: int, repeats: int, widths: int, devi
             evaluations=s.evaluations,
             skipped=s.step_cache_skipped,
             skipped_fraction=s.step_cache_skipped / s.evaluations,
+            seconds_uncached=plain_s,
             seconds_cached=seconds,
             speedup=plain_s / seconds,
             latent_max_diff=float((out.images - plain.images).abs().max()),
