@@ -23,6 +23,7 @@ from multidiffusion.engine.adapter import ModelAdapter, PromptEmbeddings, select
 from multidiffusion.engine.conditioning import Conditioning, ModelCall
 from multidiffusion.engine.fusion import Denoiser, FusionPlan, InputComposer, Job, fused_prediction
 from multidiffusion.engine.noising import scale_input
+from multidiffusion.engine.pre_average import input_rate, pre_averaged
 from multidiffusion.engine.shared_prefix import SharedPrefix
 
 __all__ = ["GuidedModel", "SamplingStats", "sample"]
@@ -272,6 +273,7 @@ def sample(
     eta: float = 0.0,
     callback: StepCallback | None = None,
     progress: dict | None = None,
+    pre_average: bool = False,
 ) -> torch.Tensor:
     """Run the MultiDiffusion process Ψ over ``timesteps`` from ``latents`` (in the scheduler's units:
     noise times ``init_noise_sigma`` for text-to-image, a noised image for image-to-image) to clean
@@ -286,6 +288,8 @@ def sample(
     fresh for the shifted fast mode); ``composer_for_step(i, t)`` may rewrite the crops fed to the
     model (bootstrapping of regions, an inpainting model's mask channels); ``callback(i, t, x)`` may
     replace the canvas after each step (inpainting's blending, the caller's callback).
+    ``pre_average``: where a composer rewrites a job's input, fuse the views' own denoised estimates
+    (latent pre-averaging, :mod:`~multidiffusion.engine.pre_average`); elsewhere it changes nothing.
     """
     x = latents
     extra = _step_kwargs(scheduler, generator, eta)
@@ -301,7 +305,10 @@ def sample(
                 at_step(i, len(timesteps))
             x_in = scale_input(scheduler, x, t)
             compose = composer_for_step(i, t) if composer_for_step is not None else None
-            prediction = fused_prediction(model, x_in, t, plan_for_step(i), batch_size, compose)
+            denoise = model
+            if pre_average and compose is not None:
+                denoise, compose = pre_averaged(model, compose, input_rate(scheduler, t))
+            prediction = fused_prediction(denoise, x_in, t, plan_for_step(i), batch_size, compose)
             x = scheduler.step(prediction, t, x, return_dict=False, **extra)[0]
             if stats is not None:
                 stats.steps += 1

@@ -56,6 +56,7 @@ class SamplingArgs(CallArgs, ConditioningArgs, total=False):
     step_cache_threshold: float | None
     step_cache_interval: int | None
     step_cache_mb: float | None
+    pre_average: bool
 
 
 class PlacementArgs(SamplingArgs, total=False):

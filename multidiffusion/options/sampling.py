@@ -71,6 +71,7 @@ class SamplingOptions(ConditioningOptions):
     step_cache_threshold: float | None = None  # first_block's residual threshold (None: diffusers' 0.05)
     step_cache_interval: int | None = None  # taylorseer's steps between full computations (None: diffusers' 5)
     step_cache_mb: float | None = None  # bound on the cached state of all view batches (None: step_cache's default)
+    pre_average: bool = False  # fuse views' own denoised estimates (engine.pre_average): bootstrapped soft masks
     limits: InitVar[Limits | None] = None
     checked_against: Limits = field(default=LIBRARY_LIMITS, init=False, repr=False, compare=False)
 
@@ -90,6 +91,8 @@ class SamplingOptions(ConditioningOptions):
         self.stride = _window("stride", self.stride, 1, his)
         if not isinstance(self.circular, bool):
             raise ValueError(f"circular must be True or False, got {shown(self.circular)}")
+        if not isinstance(self.pre_average, bool):
+            raise ValueError(f"pre_average must be True or False, got {shown(self.pre_average)}")
         if self.view_batch_size is not None:
             self.view_batch_size = check_int("view_batch_size", self.view_batch_size, 1)
         n = check_int("num_images_per_prompt", self.num_images_per_prompt, 1, lim.max_images, note)

@@ -118,6 +118,7 @@ def run(
             eta=options.eta,
             callback=callback,
             progress=progress,
+            pre_average=options.pre_average,
         )
     params = _parameters(task, settings, scheduler, model.conditionings, _seed_of(generator, latents))
     stats.counts.update(model.counts())
