@@ -379,7 +379,9 @@ def test_pre_averaging_changes_only_soft_bootstrapped_regions(md_lcm):
     def both(task: str, *args: Any, **kwargs: Any) -> list[torch.Tensor]:
         kwargs.update(num_inference_steps=3, output_type="latent")
         method = getattr(md_lcm, task)
-        return [method(*args, generator=_generator(17), pre_average=p, **kwargs).images for p in (False, True)]
+        outs = [method(*args, generator=_generator(17), pre_average=p, **kwargs) for p in (False, True)]
+        assert "pre_average" not in outs[0].parameters and outs[1].parameters["pre_average"] is True  # recorded
+        return [out.images for out in outs]
 
     one_view = both("panorama", "a lake", height=H * 8, width=W * 8, latents=x[..., :W].clone())
     panorama = both("panorama", "a lake", height=H * 8, width=2 * W * 8, window=W, stride=8, latents=x.clone())

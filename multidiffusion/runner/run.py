@@ -181,6 +181,7 @@ def _parameters(
         "num_images_per_prompt": options.num_images_per_prompt,
         "scheduler": _scheduler_label(scheduler),
         "eta": options.eta,
+        **({"pre_average": True} if options.pre_average else {}),
         **{k: v for c in conditionings for k, v in c.record().items()},
         "seed": seed,
         "multidiffusion_version": __version__,
