@@ -32,6 +32,7 @@ from multidiffusion.regions.bootstrap import MAX_COLOURS, BootstrapBackgrounds
 from multidiffusion.regions.layout import Region, RegionLayout, region_layout
 
 from .crops import SPATIAL_KEYS, call_model, cat_rows, latent_factor, step_index, view_inputs
+from .region_control import merged_control, prepare_controls
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "RegionsWrapper"]
 
@@ -76,6 +77,11 @@ class RegionsWrapper:
         if bootstrap_steps and vae is None:
             raise ValueError("bootstrap_steps > 0 needs the vae input (it encodes the plain-colour backgrounds)")
         self.regions = list(regions)
+        self.controls = [cond[0][1].get("control") for cond, _, _ in self.regions]
+        if window is not None and any(c is not None for c in self.controls):
+            raise ValueError(
+                "a region's own ControlNet needs the whole canvas as one view (tile_width and tile_height 0)"
+            )
         self.factor, self.window, self.stride = factor, window, stride
         self.bootstrap_steps, self.vae, self.seed = bootstrap_steps, vae, seed
         self.view_batch_size, self.previous = view_batch_size, previous
@@ -168,6 +174,8 @@ class RegionsWrapper:
         n, per = x.shape[0], x.shape[0] // len(chunks)
         step = step_index(c.get("transformer_options", {}), t)
         bootstrap = step < self.bootstrap_steps
+        if any(control is not None for control in self.controls):
+            prepare_controls(self.controls, apply_model.__self__)
         out: torch.Tensor | None = None
         for negative in (False, True):  # the positive rows, then the negative ones
             picked = [i for i, kind in enumerate(chunks) if (kind == NEGATIVE) == negative]
@@ -211,6 +219,11 @@ class RegionsWrapper:
             for name in {name for inputs_k in conds for name in inputs_k}:
                 if isinstance(inputs.get(name), torch.Tensor):
                     inputs[name] = self._replace(inputs[name], name, jobs, rows, per, conds)
+            if conds and any(control is not None for control in self.controls):
+                sigmas = sigma.repeat(len(jobs))
+                inputs["control"] = merged_control(
+                    inputs.get("control"), self.controls, crops, sigmas, jobs, inputs, rows, len(chunks)
+                )
             return call_model(apply_model, self.previous, crops, sigma.repeat(len(jobs)), inputs, chunks * len(jobs))
 
         plan = shared_plan if negative and not bootstrap else jobs_plan
@@ -289,11 +302,10 @@ class MultiDiffusionRegion:
                 f"conditioning holds {len(conditioning)} prompts; a region takes one (join them with Conditioning "
                 "(Concat), or give each its own region)"
             )
-        unsupported = sorted({"control", "hooks"} & set(conditioning[0][1]))
-        if unsupported:
+        if "hooks" in conditioning[0][1]:
             raise ValueError(
-                f"conditioning carries {', '.join(unsupported)}: a region's own ControlNet or LoRA hooks are not "
-                "supported yet; apply the ControlNet to the sampler's positive (it then steers the whole canvas)"
+                "conditioning carries LoRA hooks: a region's own LoRA is not supported yet (load the LoRA on the "
+                "model: it then applies to the whole canvas)"
             )
         m = mask if mask.dim() == 2 else mask.reshape(-1, *mask.shape[-2:])[0]
         return ([*(regions or []), (conditioning, m, float(strength))],)

@@ -217,5 +217,53 @@ def test_bad_inputs_are_refused(nodes, scene):
     (m1, _), conds = scene
     with pytest.raises(ValueError, match="one"):
         nodes.MultiDiffusionRegion().add(conds[1] + conds[2], m1, 1.0)
-    with pytest.raises(ValueError, match="ControlNet"):
-        nodes.MultiDiffusionRegion().add([[conds[1][0][0], {"control": object()}]], m1, 1.0)
+    with pytest.raises(ValueError, match="LoRA"):
+        nodes.MultiDiffusionRegion().add([[conds[1][0][0], {"hooks": object()}]], m1, 1.0)
+    with_control = nodes.MultiDiffusionRegion().add([[conds[1][0][0], {"control": object()}]], m1, 1.0)[0]
+    with pytest.raises(ValueError, match="whole canvas"):
+        nodes.RegionsWrapper(with_control, F, (16, 16))
+
+
+def test_a_regions_own_controlnet(comfy, nodes):
+    """A region's conditioning through the stock Apply ControlNet (demo model and ControlNet): a region
+    covering the whole canvas gives the stock KSampler's result with that conditioning as the positive
+    (its ControlNet on the positive rows only); a half-canvas region's ControlNet steers the result."""
+    import nodes as comfy_nodes
+
+    model, clip, _ = tiny.node_module("loaders").MultiDiffusionDemoModelLoader().load()
+    controlnet = tiny.node_module("demo_controlnet").MultiDiffusionDemoControlNetLoader().load()[0]
+    h, w = 16, 32  # demo latents (factor 4): 64 x 128 px
+    latent = {"samples": torch.zeros(1, 4, h, w)}
+
+    def encode(text: str) -> list:
+        return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+    background, region, negative = encode("a desert"), encode("the sea"), encode("blurry")
+    image = torch.zeros(1, 4 * h, 4 * w, 3)
+    image[:, : 2 * h] = torch.tensor([0.4, 0.6, 0.9])
+    apply = comfy_nodes.ControlNetApplyAdvanced()
+    controlled = apply.apply_controlnet(region, region, controlnet, image, 1.0, 0.0, 1.0)[0]
+
+    def run(m, positive):
+        return comfy_nodes.KSampler().sample(m, 7, 2, CFG, "euler", "normal", positive, negative, latent)[0]["samples"]
+
+    whole = nodes.MultiDiffusionRegion().add(controlled, torch.ones(4 * h, 4 * w), 1.0)[0]
+    patched = nodes.MultiDiffusionRegions().patch(model, whole, 0, 0, 0, 0, 0)[0]
+    diff = (run(patched, background) - run(model, controlled)).abs().max().item()
+    print(f"a region's own ControlNet, region = whole canvas: vs stock KSampler max|diff| = {diff:.3g}")
+    assert diff <= 1e-5
+    half = torch.zeros(4 * h, 4 * w)
+    half[:, : 2 * w] = 1
+    steered = run(
+        nodes.MultiDiffusionRegions().patch(
+            model, nodes.MultiDiffusionRegion().add(controlled, half, 1.0)[0], 0, 0, 0, 0, 0
+        )[0],
+        background,
+    )
+    free = run(
+        nodes.MultiDiffusionRegions().patch(
+            model, nodes.MultiDiffusionRegion().add(region, half, 1.0)[0], 0, 0, 0, 0, 0
+        )[0],
+        background,
+    )
+    assert torch.isfinite(steered).all() and (steered - free).abs().max() > 1e-3
