@@ -37,13 +37,27 @@ tokens with 4-axis rotary positions, and a distilled guidance embedding; as diff
   guidance and no negative prompt (``Flux2Pipeline`` has none; a negative prompt given is not used);
   each prompt slot may carry its own scale (regions).
 
+- **Reference images** (``md.edit``, :mod:`multidiffusion.tasks.edit`): the pipeline's ``image=``
+  encodes each reference (the posterior's mode, normalised as above), packs it into tokens appended
+  after the image's, the k-th (k = 0, 1, ...) at rotary ids (10 + 10k, i, j, 0): its own time
+  index, its grid counted from (0, 0); the transformer's output is cut back to the image tokens.
+  Here reference 0 is each view's crop of the input (at the view's own place with canvas
+  positions), reference 1 the optional whole image at the pipeline's size (≤ 1 MP, sides
+  multiples of 16: :meth:`Flux2Adapter.reference_size`). The prompt does not see the image (the
+  pipeline's Mistral / Qwen3 ``encode_prompt`` takes none; only its caption upsampling, not done here,
+  would read it). At one view this is Flux2Pipeline / Flux2KleinPipeline with ``image=``
+  (``tests/test_flux2_edit.py``).
+- **Single files**: a transformer file in BFL's or diffusers' names (told by
+  ``single_stream_modulation.``) loads through ``Flux2Transformer2DModel.from_single_file``;
+  [klein] 4B / 9B by the text width of its ``txt_in`` (:meth:`Flux2Adapter.single_file_config`).
+
 At one view covering the canvas this is Flux2Pipeline step for step (``tests/test_flux2.py``).
-Not here: reference images (``image=``: FLUX.2's editing), caption upsampling, ControlNets (diffusers
-has none for FLUX.2), single-file checkpoints.
+Not here: caption upsampling, ControlNets (diffusers has none for FLUX.2).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -110,11 +124,12 @@ class Flux2Latents:
         return unpatchify((patchify(z) - mean) / std)
 
 
-def image_ids(rows: int, cols: int, top: int = 0, left: int = 0, device: Any = None) -> torch.Tensor:
-    """(rows · cols, 4) rotary ids (0, top + i, left + j, 0) of a token grid, row-major (Flux2Pipeline's
-    ``_prepare_latent_ids`` at top = left = 0)."""
+def image_ids(rows: int, cols: int, top: int = 0, left: int = 0, device: Any = None, time: int = 0) -> torch.Tensor:
+    """(rows · cols, 4) rotary ids (time, top + i, left + j, 0) of a token grid, row-major (Flux2Pipeline's
+    ``_prepare_latent_ids`` at time = top = left = 0; its ``_prepare_image_ids`` of the k-th reference
+    image at time = 10 + 10k)."""
     zero = torch.zeros(1, dtype=torch.int64)
-    grid = torch.cartesian_prod(zero, torch.arange(rows) + top, torch.arange(cols) + left, zero)
+    grid = torch.cartesian_prod(torch.tensor([time]), torch.arange(rows) + top, torch.arange(cols) + left, zero)
     return grid.to(device=device, dtype=torch.int64)
 
 
@@ -123,6 +138,13 @@ def text_ids(length: int, device: Any = None) -> torch.Tensor:
     ids = torch.zeros(length, 4, dtype=torch.int64, device=device)
     ids[:, 3] = torch.arange(length, device=device)
     return ids
+
+
+REFERENCES = "reference_latents"
+"""The model input holding each row's reference latents (editing): a list of (rows, 32, h_k, w_k)."""
+
+REFERENCE_TIME = 10
+"""The time-axis spacing of reference images' rotary ids (``_prepare_image_ids``' ``scale``)."""
 
 
 def is_klein(pipe: Any) -> bool:
@@ -152,6 +174,21 @@ class Flux2Adapter(FlowMatchingAdapter):
 
     klein = False
     """Whether the family is [klein] (a Qwen3 text encoder) rather than [dev] (Mistral 3)."""
+
+    reference_area = 1024 * 1024
+    """Pixels above which the pipeline brings a reference image down to this area (``image=``)."""
+
+    checkpoint_blocks = ("single_stream_modulation.",)  # BFL's .lin. and diffusers' .linear.
+
+    @classmethod
+    def single_file_config(cls, shapes: dict[str, tuple[int, ...]]) -> str:
+        """FLUX.2 [klein] by its text width (Qwen3 4B: 7680, 8B: 12288), else [dev]."""
+        width = next(
+            (s[1] for k, s in shapes.items() if k.endswith(("txt_in.weight", "context_embedder.weight"))), None
+        )
+        return {7680: "black-forest-labs/FLUX.2-klein-4B", 12288: "black-forest-labs/FLUX.2-klein-9B"}.get(
+            width, "black-forest-labs/FLUX.2-dev"
+        )
 
     @classmethod
     def claims(cls, pipe: Any) -> bool:
@@ -227,28 +264,52 @@ class Flux2Adapter(FlowMatchingAdapter):
         positions = kwargs.get("positions")
         return 1 if positions is None else len(torch.unique(positions, dim=0))
 
+    def reference_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """Flux2Pipeline's size for a reference image of ``size`` (height, width) pixels: over
+        :attr:`reference_area` (1 MP) scaled down to it (each side truncated), then each side floored
+        to a multiple of 16 (the VAE's 8 times the 2x2 patch)."""
+        h, w = size
+        if h * w > self.reference_area:
+            scale = math.sqrt(self.reference_area / (h * w))
+            h, w = int(h * scale), int(w * scale)
+        multiple = 2 * self.vae_scale_factor
+        return h // multiple * multiple, w // multiple * multiple
+
+    def reference_inputs(self, references: list[torch.Tensor]) -> dict[str, Any]:
+        """FLUX.2's reference images: each (rows, 32, h_k, w_k) packed into tokens after the image's,
+        the k-th at time index 10 + 10k (module docstring)."""
+        return {REFERENCES: list(references)}
+
     def predict(self, x: torch.Tensor, t: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
-        """v for the crops ``x`` (rows, 32, h, w): packed to 128-channel tokens, through the
-        transformer with the text ids and the views' image ids (one call, or one per distinct view
-        place with canvas positions), unpacked."""
+        """v for the crops ``x`` (rows, 32, h, w): packed to 128-channel tokens (reference tokens after
+        them when editing), through the transformer with the text ids and the views' image ids (one
+        call, or one per distinct view place with canvas positions), cut back to the image tokens,
+        unpacked."""
         n, _, h, w = x.shape
         positions = kwargs.get("positions")
         text = kwargs["encoder_hidden_states"]
         guidance = kwargs.get("guidance")
-        tokens = pack_latents(x).to(self.transformer.dtype)
+        dtype = self.transformer.dtype
+        tokens = pack_latents(x).to(dtype)
+        references = [pack_latents(r.to(x.dtype)).to(dtype) for r in kwargs.get(REFERENCES, ())]
+        shapes = [r.shape[-2:] for r in kwargs.get(REFERENCES, ())]
         timestep = t.expand(n).to(x.dtype) / 1000
         txt_ids = text_ids(text.shape[1], x.device)
 
         def run(rows: Any, top: int, left: int) -> torch.Tensor:
+            ids = [image_ids(h // 2, w // 2, top, left, x.device)]
+            for k, (rh, rw) in enumerate(shapes):  # the view's crop at the view's place, the whole image at (0, 0)
+                place = (top, left) if k == 0 else (0, 0)
+                ids.append(image_ids(rh // 2, rw // 2, *place, x.device, time=REFERENCE_TIME * (k + 1)))
             return self.transformer(
-                hidden_states=tokens[rows],
+                hidden_states=torch.cat([tokens[rows], *(r[rows] for r in references)], dim=1),
                 encoder_hidden_states=text[rows],
                 timestep=timestep[rows],
-                img_ids=image_ids(h // 2, w // 2, top, left, x.device),
+                img_ids=torch.cat(ids),
                 txt_ids=txt_ids,
                 guidance=None if guidance is None else guidance[rows],
                 return_dict=False,
-            )[0]
+            )[0][:, : tokens.shape[1]]
 
         if positions is None:
             out = run(slice(None), 0, 0)

@@ -41,6 +41,7 @@ class Flux2KleinAdapter(Flux2Adapter):
     pipelines = ("Flux2KleinPipeline",)
 
     klein = True
+    checkpoint_blocks = None  # [dev]'s single_file_config names the [klein] repos; else this claims every FLUX.2 file
 
     @property
     def distilled(self) -> bool:
