@@ -26,7 +26,7 @@ __all__ = ["api_to_ui"]
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 SEED_NAMES = {"seed", "noise_seed"}  # the page gives these a control widget even unflagged
-COLUMN, ROW = 380, 260  # layout pitch in page pixels
+COLUMN, ROW = 460, 260  # layout pitch in page pixels (long titles widen a node)
 NODE_SIZE = [320, 200]
 
 

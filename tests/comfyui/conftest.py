@@ -115,9 +115,15 @@ def comfyui_server() -> Iterator[ComfyServer]:
     for name in ("custom_nodes", "user", "input", "output", "temp"):
         (base / name).mkdir()
     (base / "custom_nodes" / PACK_DIR_NAME).symlink_to(PACK, target_is_directory=True)
-    # the page's settings: a returning user (no template browser over the graph on first load)
+    # the page's settings: a returning user (no template browser over the graph on first load), nodes
+    # drawn in full at any zoom and no minimap (for the browser test's screenshots)
+    settings = {
+        "Comfy.TutorialCompleted": True,
+        "LiteGraph.Canvas.MinFontSizeForLOD": 0,
+        "Comfy.Minimap.Visible": False,
+    }
     (base / "user" / "default").mkdir()
-    (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps({"Comfy.TutorialCompleted": True}))
+    (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps(settings))
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log = base / "server.log"

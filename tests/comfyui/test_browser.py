@@ -37,7 +37,7 @@ def page(comfyui_server):
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=_chromium(), args=["--headless", "--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1600, "height": 900})
+        page = browser.new_page(viewport={"width": 1920, "height": 1080})
         page.set_default_timeout(120_000)
         page.goto(comfyui_server.url + "/")
         page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph")
@@ -62,7 +62,7 @@ def test_example_workflow_loads_in_the_page(page, path: Path, tmp_path: Path):
     shot = tmp_path / f"comfyui-{path.name.removesuffix('.json')}.png"
     page.screenshot(path=str(shot))
     pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float64)
-    assert pixels.shape[:2] == (900, 1600) and pixels.std() > 10
+    assert pixels.shape[:2] == (1080, 1920) and pixels.std() > 10
     folder = os.environ.get("MULTIDIFFUSION_SCREENSHOTS")
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
