@@ -142,6 +142,12 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scheduler", help=f"{', '.join(SCHEDULER_NAMES)} (default ddim, as the paper)")
     g.add_argument("--batch-size", type=int, help="views per model call (default: scales with the model's window)")
     g.add_argument("--num-images", type=int, help="images to generate (out.png, out-2.png, ...)")
+    g.add_argument(
+        "--pre-average",
+        action="store_true",
+        default=None,
+        help="fuse each view's own denoised estimate (latent pre-averaging; changes bootstrapped soft masks only)",
+    )
     add_step_cache_options(p)
     add_conditioning_options(p)
     g.add_argument("-o", "--output", required=True, help="output PNG (parameters are stored in it)")

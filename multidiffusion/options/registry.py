@@ -50,6 +50,7 @@ SAMPLING_FLAG_NAMES = {
     "scheduler": "scheduler",
     "batch_size": "view_batch_size",
     "num_images": "num_images_per_prompt",
+    "pre_average": "pre_average",
     **{name: name for name in ("step_cache", "step_cache_threshold", "step_cache_interval", "step_cache_mb")},
     **{flag.flag.lstrip("-").replace("-", "_"): flag.field for kind in KINDS for flag in kind.flags},
 }
