@@ -203,3 +203,29 @@ def test_the_least_memory_decode_gives_freed_memory_back_after_each_tile(sd16, m
     decode_latents(sd16.vae, z, tile=16, overlap=8, cache_mb=0)
     passes = len(calls) // 5
     assert len(calls) == 5 * passes and passes > 2 and set(calls) == {"cpu"}, calls
+
+
+@torch.no_grad()
+def test_tiled_paths_call_the_offload_hook_as_vae_encode_and_decode_do(sd16):
+    """Under model CPU offloading the VAE waits on the CPU until its accelerate hook's pre_forward
+    moves it (diffusers calls it in vae.encode/decode); the tiled paths run the VAE's submodules, so
+    they must call it themselves, once per encode or decode, before any submodule runs."""
+    from multidiffusion.vae.codec import encode_images
+
+    vae = sd16.vae
+    calls = []
+
+    class Hook:
+        def pre_forward(self, module):
+            calls.append(module)
+            return (), {}
+
+    vae._hf_hook = Hook()
+    try:
+        z = smooth_latents(16, 48)  # 1 x 3 tiles: the tiled path, not vae.decode
+        image = decode_latents(vae, z, tile=16, overlap=8)
+        assert len(calls) == 1 and calls[0] is vae, len(calls)
+        encode_images(vae, image.clamp(-1, 1), tile=16, overlap=8)
+        assert len(calls) == 2 and calls[1] is vae, len(calls)
+    finally:
+        del vae._hf_hook

@@ -239,6 +239,6 @@ def load_controlnets(
     for i, s in enumerate(specs):
         label = "controlnet" if len(specs) == 1 else f"controlnet[{i}]"
         net = load_controlnet(s, torch_dtype=torch_dtype or unet.dtype, allow_pickle=allow_pickle, name=label)
-        net = adapter.adopt_controlnet(net.to(unet.device, unet.dtype), label)
+        net = adapter.adopt_controlnet(net.to(adapter.device, unet.dtype), label)
         nets.append(net)
     return nets[0] if len(nets) == 1 else getattr(diffusers, adapter.multi_controlnet)(nets)

@@ -162,7 +162,7 @@ class InpaintTask(Img2ImgTask):
                 masked = masked_image.encode(self._generator, images, self._vae_tiling, pixels=masked_pixels)
             else:  # diffusers encodes it anyway and discards it: draw its sample, encode nothing
                 h, w = self.latent_size
-                device = adapter.vae.device
+                device = adapter.device  # the execution device, also under CPU offloading
                 randn_tensor((1, adapter.latent_channels, h, w), generator=self._generator, device=device)
                 masked = None
             m = latent_mask(self.mask, self.latent_size).to(device=adapter.device, dtype=adapter.dtype)

@@ -75,6 +75,16 @@ def _upcast_if_needed(vae: nn.Module) -> Iterator[torch.dtype]:
         yield dtype
 
 
+def _onload(vae: nn.Module) -> None:
+    """Under diffusers' model CPU offloading the VAE rests on the CPU and its accelerate hook moves it
+    to the execution device when ``vae.encode``/``vae.decode`` are called (diffusers'
+    ``apply_forward_hook``). The tiled paths call the VAE's submodules, past that hook: call it here
+    first, as those methods do."""
+    hook = getattr(vae, "_hf_hook", None)
+    if hook is not None and hasattr(hook, "pre_forward"):
+        hook.pre_forward(vae)
+
+
 CACHE_MB = 2048
 """Most memory (MiB) the exact statistics keep by default to resume their passes (see
 :class:`~multidiffusion.vae.norms.GroupNormStats`), and at most a quarter of what is free."""
@@ -149,6 +159,7 @@ def _decode(
     tile, overlap = _check_tiles(vae, tile, overlap, norm_stats)
     cache = cache_bytes(cache_mb, latents.device)
     f = vae_scale_factor(vae)
+    _onload(vae)
     with _upcast_if_needed(vae) as dtype:
         z = (latent_format or ScaledLatents.of(vae)).to_vae(latents).to(dtype)
         pad = min(max(overlap, 8), z.shape[-1]) if circular else 0
@@ -279,6 +290,7 @@ def encode_images(
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
     tile, overlap = _check_tiles(vae, tile, overlap, norm_stats)
+    _onload(vae)
     cache = cache_bytes(cache_mb, vae.device)
     f = vae_scale_factor(vae)
     if images.shape[-2] % f or images.shape[-1] % f:
