@@ -13,10 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from devtools.flux2_components import tiny_flux2_pipeline
+from devtools.flux2_components import tiny_flux2_klein_pipeline, tiny_flux2_pipeline
 from multidiffusion import MultiDiffusion, Region
 from multidiffusion.files.metadata import read_settings
 from multidiffusion.models.flux2 import Flux2Adapter, Flux2Latents, patchify, unpatchify
+from multidiffusion.models.transformer_file import default_dit_config, dit_family
 from multidiffusion.vae.codec import encode_images
 
 from .family_checks import the_other_tasks_run
@@ -258,3 +259,37 @@ def test_pipelines_it_cannot_drive_are_refused_in_one_line(flux2):
     wide.register_to_config(in_channels=256)  # an image-conditioned variant's input
     with pytest.raises(ValueError, match=r"takes 256 input channels but FLUX2 text-to-image takes 128"):
         MultiDiffusion(Flux2Pipeline(**{**flux2.components, "transformer": wide}))
+
+
+def test_single_file_transformers_in_diffusers_names_load_as_the_folders(flux2, tmp_path):
+    """A FLUX.2 transformer file (BFL's names or diffusers', bare or under ComfyUI's prefix) is told by
+    ``single_stream_modulation.`` and read by Flux2Transformer2DModel.from_single_file with the rest
+    from ``config=``: [dev] and [klein] (the folder's model_index picks the pipeline) each equal to the
+    folder's model; without a config the variant is named by the text width of ``txt_in``."""
+    from safetensors.torch import save_file
+
+    for name in ("single_stream_modulation.lin.weight", "model.diffusion_model.single_stream_modulation.linear.weight"):
+        assert dit_family({name: (2, 2), "double_blocks.0.img_attn.qkv.weight": (2, 2)}) == "flux2"
+    for width, repo in ((7680, "FLUX.2-klein-4B"), (12288, "FLUX.2-klein-9B"), (15360, "FLUX.2-dev")):
+        for key in ("txt_in.weight", "context_embedder.weight"):
+            assert default_dit_config("flux2", {key: (3072, width)}) == f"black-forest-labs/{repo}"
+    for pipe, family in ((flux2, "flux2"), (tiny_flux2_klein_pipeline(), "flux2_klein")):
+        folder = tmp_path / family
+        pipe.save_pretrained(folder)
+        state = pipe.transformer.state_dict()
+        for prefix in ("", "model.diffusion_model."):
+            path = tmp_path / f"{family}-{len(prefix)}.safetensors"
+            save_file({prefix + k: v.contiguous() for k, v in state.items()}, path)
+            md = MultiDiffusion.from_pretrained(path, config=str(folder), device="cpu", max_sequence_length=TOKENS)
+            assert md.family == family and type(md.pipe).__name__ == type(pipe).__name__
+            loaded = md.pipe.transformer.state_dict()
+            diff = max(float((loaded[k].float() - v.float()).abs().max()) for k, v in state.items())
+            assert loaded.keys() == state.keys() and diff == 0.0, diff
+            md.set_progress_bar_config(disable=True)
+            x, kwargs = _latents(), dict(height=H * 8, width=W * 8, output_type="latent", num_inference_steps=2)
+            got = md.panorama("a red ball", latents=x, **kwargs).images
+            expected = _md(pipe).panorama("a red ball", latents=x, **kwargs).images
+            print(
+                f"{family} single file ({prefix or 'bare'}): weights {diff}, result {(got - expected).abs().max():.1e}"
+            )
+            assert (got - expected).abs().max() <= 1e-5

@@ -49,10 +49,10 @@ ADAPTERS: list[type[FamilyAdapter]] = [
     StableDiffusionXLAdapter,
     StableDiffusion3Adapter,
     ChromaAdapter,  # before FLUX.1: Chroma's single files have FLUX.1's double_blocks. too
+    Flux2KleinAdapter,  # the same transformer class as FLUX.2 [dev]'s, told apart by its Qwen3 text encoder
+    Flux2Adapter,  # before FLUX.1: BFL's FLUX.2 files have FLUX.1's double_blocks. too
     FluxAdapter,
     ZImageAdapter,
-    Flux2KleinAdapter,  # the same transformer class as FLUX.2 [dev]'s, told apart by its Qwen3 text encoder
-    Flux2Adapter,
     QwenImageAdapter,
 ]
 """The registered families, in the order they are tried on a pipeline: one line each."""
