@@ -393,3 +393,27 @@ def test_pre_averaging_changes_only_soft_bootstrapped_regions(md_lcm):
     assert (plain - pre).abs().max() > 1e-3
     with pytest.raises(ValueError, match="pre_average must be True or False"):
         md_lcm.panorama("a lake", height=H * 8, width=W * 8, pre_average="yes")
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "prediction_type"),
+    [(DDIMScheduler, "epsilon"), (DDIMScheduler, "v_prediction"), (EulerDiscreteScheduler, "epsilon")],
+)
+def test_the_pre_averaging_rate_keeps_each_views_denoised_estimate(scheduler, prediction_type):
+    """p + r(t) (x − x_k) applied to the canvas x gives the x̂_0 that p gives from the view's input x_k
+    (the scheduler's own pred_original_sample; inputs in the scaled units the model sees)."""
+    from multidiffusion.engine.noising import scale_input
+    from multidiffusion.engine.pre_average import input_rate
+
+    s = scheduler.from_config(DDIMScheduler().config, prediction_type=prediction_type)
+    s.set_timesteps(10)
+    t = s.timesteps[3]
+    x = noise((1, 4, 8, 8), seed=18) * s.init_noise_sigma
+    scaled = scale_input(s, x, t)
+    unscale = scaled.flatten()[0] / x.flatten()[0]  # Euler: 1 / √(σ² + 1); DDIM: 1
+    x_k, p = scaled + noise((1, 4, 8, 8), seed=19), noise((1, 4, 8, 8), seed=20)
+    own = s.step(p, t, x_k / unscale).pred_original_sample
+    if getattr(s, "step_index", None) is not None:  # Euler counted the first step: the same step again
+        s._step_index = 3
+    canvas = s.step(p + input_rate(s, t) * (scaled - x_k), t, x).pred_original_sample
+    assert (own - canvas).abs().max() <= 1e-4
