@@ -97,6 +97,20 @@ def test_several_prompts_each_read_the_image(edit_pipe):
     assert out.images.shape == (2, 16, N, N) and (out.images[0] - out.images[1]).abs().max() > 1e-4
 
 
+def test_released_text_encoders_keep_the_prompt_of_one_image_only():
+    """After release_text_encoders the kept embeddings serve the same prompt with the same image; the
+    encoder read the image, so another image is refused in one line, not served stale embeddings."""
+    md = _md(tiny_qwenimage_edit_pipeline())
+    kwargs = dict(num_inference_steps=2, guidance_scale=1.0, output_type="latent")
+    image = _image(N * 8, N * 8)
+    first = md.edit(image, "make it red", generator=torch.Generator().manual_seed(1), **kwargs)
+    md.release_text_encoders()
+    again = md.edit(image, "make it red", generator=torch.Generator().manual_seed(1), **kwargs)
+    assert torch.equal(first.images, again.images)
+    with pytest.raises(ValueError, match="an edit's image"):
+        md.edit(_image(N * 8, N * 8, seed=9), "make it red", **kwargs)
+
+
 def test_editing_needs_an_editing_model():
     md = _md(tiny_qwenimage_pipeline())
     with pytest.raises(ValueError, match="editing needs a Qwen-Image-Edit model"):

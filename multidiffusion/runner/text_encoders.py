@@ -12,6 +12,7 @@ images per prompt) runs from the kept embeddings, and a call with others is refu
 from __future__ import annotations
 
 import gc
+import hashlib
 from typing import Any
 
 from multidiffusion.engine.adapter import PromptEmbeddings
@@ -25,10 +26,12 @@ TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 def _key(slots: Any, num_images: int) -> tuple:
     """What the embeddings of a call depend on, besides the encoders: the prompts and negatives of
     every slot, the slots' guidance scales (FLUX.1 embeds them; Z-Image encodes the negatives only
-    when guided) and the images per prompt."""
+    when guided), the images per prompt, and an edit's image (Qwen-Image-Edit's encoder reads it)."""
     prompts = tuple(tuple(slot) for slot in slots.prompts)
     negatives = tuple(tuple(slot) for slot in slots.negatives)
-    return prompts, negatives, tuple(float(g) for g in slots.guidance), int(num_images)
+    image = getattr(slots, "image", None)
+    seen = None if image is None else (image.size, image.mode, hashlib.sha256(image.tobytes()).hexdigest())
+    return prompts, negatives, tuple(float(g) for g in slots.guidance), int(num_images), seen
 
 
 def _copy(cond: PromptEmbeddings) -> PromptEmbeddings:
@@ -57,8 +60,9 @@ class EncodedPrompts:
         if self.released:
             if key != self._key or self._kept is None:
                 raise ValueError(
-                    "prompts: the text encoders were released (release_text_encoders), so only the prompts of the "
-                    "last call before the release can run again; load the model again to use new prompts"
+                    "prompts: the text encoders were released (release_text_encoders), so only the prompts (and an "
+                    "edit's image) of the last call before the release can run again; load the model again to use "
+                    "new prompts"
                 )
             cond, guidance = self._kept
             return _copy(cond), list(guidance)
