@@ -232,3 +232,17 @@ def test_what_diffusers_cannot_cache_is_refused_by_name():
         _pano(flux2, x, num_inference_steps=2, step_cache="first_block")
     assert "\n" not in str(error.value)
     assert _touched(flux2.pipe.transformer) == touched
+
+
+def test_the_fast_modes_moving_windows_are_never_cached_and_their_state_is_freed(flux):
+    """Shifted windows (the fast mode) change every step: no batch of views comes back, so nothing is
+    skipped, the result is the uncached one, and the state of a step's batches is freed when the
+    step after next starts (at most two steps' batches hold state)."""
+    x = _noise(2 * N, seed=7)
+    options = dict(placement="shifted", view_batch_size=1)
+    plain = _pano(flux, x, **options)
+    got = _pano(flux, x, step_cache="taylorseer", step_cache_interval=1, **options)
+    assert got.stats.step_cache_skipped == 0
+    assert torch.equal(got.images, plain.images)
+    per_step = got.stats.jobs // STEPS
+    assert per_step < got.stats.step_cache_contexts <= 2 * per_step
