@@ -19,6 +19,7 @@ from multidiffusion.app.layout import (
     merge_colour_table,
     read_map,
 )
+from multidiffusion.app.live_tab import live_checkbox, live_counters, wire_live
 from multidiffusion.app.widgets import (
     PAGE_QUEUE,
     client_gone,
@@ -59,8 +60,15 @@ def regions_tab(ctx: AppContext) -> dict[str, Any]:
     fields.update(sampling_controls(ctx, "regions", (height, width), _bootstrap))
     gr.Markdown(HOW_TO)
     buttons.update(_layout_inputs(fields, width, height))
-    _wire(ctx, fields, buttons, _results())
+    results = _results()
+    _wire(ctx, fields, buttons, results)
+    wire_live(ctx, fields, {"live": buttons["live"], "live_stats": results["live_stats"]}, results, _form(fields))
     return fields
+
+
+def _form(fields: dict[str, Any]) -> Any:
+    """The form's values by API name, from the values Gradio passes by component."""
+    return lambda data: {key: data[component] for key, component in fields.items()}
 
 
 def _prompts(ctx: AppContext, fields: dict[str, Any]) -> dict[str, Any]:
@@ -81,8 +89,9 @@ def _prompts(ctx: AppContext, fields: dict[str, Any]) -> dict[str, Any]:
         with gr.Column(scale=1, min_width=200):
             generate = gr.Button("Generate", variant="primary", elem_id="regions-generate")
             preview = gr.Button("Preview the layout", elem_id="regions-preview")
+            live = live_checkbox()
             fields["model"] = model_dropdown(ctx, "regions")
-    return {"generate": generate, "preview": preview}
+    return {"generate": generate, "preview": preview, "live": live}
 
 
 def _bootstrap(row: dict[str, Any]) -> None:
@@ -150,14 +159,14 @@ def _results() -> dict[str, Any]:
                            **shown)  # fmt: skip
         result = gr.Image(label="Result", type="filepath", elem_id="regions-result", **shown)
     download = gr.DownloadButton("Download PNG (with its settings)", visible=False, elem_id="regions-download")
-    return {"status": status, "preview": preview, "result": result, "download": download}
+    stats = live_counters()  # the Live mode's counters
+    return {"status": status, "preview": preview, "result": result, "download": download, "live_stats": stats}
 
 
 def _handlers(ctx: AppContext, fields: dict[str, Any]) -> dict[str, Any]:
     """What the tab's buttons and upload do, by name (Gradio passes the components' values)."""
 
-    def form(data: dict[Any, Any]) -> dict[str, Any]:
-        return {key: data[component] for key, component in fields.items()}
+    form = _form(fields)
 
     def run(data: dict[Any, Any], progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
         out = generate_regions(form(data), pool=ctx.pool, limits=ctx.limits, store=ctx.store,
