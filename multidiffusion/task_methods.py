@@ -88,6 +88,8 @@ class TaskMethods:
         bootstrap_steps: int | None = None,
         image: Any = None,
         strength: float | None = None,
+        bootstrap_centre: bool = False,
+        mask_schedule: str = "soft",
         **kwargs: Unpack[SamplingArgs],
     ) -> MultiDiffusionOutput:
         """Region-based generation (paper Sec. 4.2): each region of the canvas gets its own prompt.
@@ -110,9 +112,14 @@ class TaskMethods:
 
         ``image`` (a file, PIL image, array or tensor) re-works that image under the layout from
         ``strength`` (default 0.75), as :meth:`img2img` does; the canvas defaults to its size.
+
+        For few steps (:mod:`~multidiffusion.regions.few_step`): ``bootstrap_centre`` draws each region
+        at its view's centre while bootstrapping and moves it back; ``mask_schedule="quantized"``
+        thresholds the region masks at each step's noise level.
         """
         given = dict(height=height, width=width, background=background, regions=regions, image=image)
-        return self._run(RegionsOptions, kwargs, **given, bootstrap_steps=bootstrap_steps, strength=strength)
+        few = dict(bootstrap_centre=bootstrap_centre, mask_schedule=mask_schedule)
+        return self._run(RegionsOptions, kwargs, **given, bootstrap_steps=bootstrap_steps, strength=strength, **few)
 
     @task_method(Img2ImgOptions, PlacementArgs)
     def img2img(

@@ -46,6 +46,8 @@ examples:
 FLAGS = {
     "background": "background",
     "bootstrap_steps": "bootstrap_steps",
+    "bootstrap_centre": "bootstrap_centre",
+    "mask_schedule": "mask_schedule",
     **SAMPLING_FLAGS,
     "image": "image",
     "strength": "strength",
@@ -152,6 +154,17 @@ def _layout_flags(g: argparse._ArgumentGroup) -> None:
         type=int,
         metavar="N",
         help="steps that denoise each region over a random plain background (default 40%% of the steps)",
+    )
+    g.add_argument(
+        "--bootstrap-centre",
+        action="store_true",
+        default=None,
+        help="while bootstrapping, draw each region at its view's centre and move it back (few steps)",
+    )
+    g.add_argument(
+        "--mask-schedule",
+        choices=("soft", "quantized"),
+        help="quantized: threshold the region masks at each step's noise level (few steps; default soft)",
     )
     g.add_argument(
         "--preview",

@@ -306,8 +306,11 @@ def sample(
             x_in = scale_input(scheduler, x, t)
             compose = composer_for_step(i, t) if composer_for_step is not None else None
             denoise = model
+            around = getattr(compose, "around", None)  # a composer that also moves the model's output back
+            if around is not None:
+                denoise = around(model)
             if pre_average and compose is not None:
-                denoise, compose = pre_averaged(model, compose, input_rate(scheduler, t))
+                denoise, compose = pre_averaged(denoise, compose, input_rate(scheduler, t))
             prediction = fused_prediction(denoise, x_in, t, plan_for_step(i), batch_size, compose)
             x = scheduler.step(prediction, t, x, return_dict=False, **extra)[0]
             if stats is not None:

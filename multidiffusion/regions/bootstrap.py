@@ -98,10 +98,13 @@ def bootstrap_composer(
     backgrounds: BootstrapBackgrounds,
     noise: torch.Tensor,
     scheduler,
+    around: Callable | None = None,
 ) -> Callable[[int, torch.Tensor], InputComposer | None]:
     """``composer_for_step(i, t)`` for :func:`~multidiffusion.engine.sampler.sample`: during the first
     ``backgrounds.steps`` steps, a composer that puts each foreground job's region over its noised
-    background; None afterwards. ``noise`` is the canvas's initial noise (B, C, H, W), unscaled."""
+    background; None afterwards. ``noise`` is the canvas's initial noise (B, C, H, W), unscaled.
+    ``around``: wraps the model while the composer runs (mask-centring, :mod:`.few_step`); the
+    sampler reads it as the composer's ``around`` attribute."""
     index = {view: i for i, view in enumerate(views)}
     masks = layout.masks.to(device=noise.device, dtype=noise.dtype)
 
@@ -124,6 +127,8 @@ def bootstrap_composer(
                 out[j * n : (j + 1) * n] = m * crops[j * n : (j + 1) * n] + (1 - m) * noised
             return out
 
+        if around is not None:
+            compose.around = around  # type: ignore[attr-defined]
         return compose
 
     return for_step

@@ -3,6 +3,7 @@ background the complement of their union; bootstrapping composes regions over pl
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,7 @@ from multidiffusion.engine.task import PromptSlots, Start, StepComposer, Task
 from multidiffusion.engine.views import grid_views
 from multidiffusion.options import RegionsOptions
 from multidiffusion.regions.bootstrap import bootstrap_composer, draw_backgrounds
+from multidiffusion.regions.few_step import centred_denoiser, noise_level, quantized_weights
 from multidiffusion.regions.layout import RegionLayout, region_layout
 from multidiffusion.tasks.common import canvas_size, window_and_stride, window_parameters
 from multidiffusion.tasks.images import EncodedImage
@@ -43,6 +45,8 @@ class RegionsTask(Task):
         self.layout = layout
         self.views = grid_views(*self.latent_size, self.window, self.stride, circular=self.circular)
         self._plan: FusionPlan | None = None
+        self._levels: list[float] | None = None  # the steps' noise levels, for quantized masks
+        self._quantized: dict[bytes, FusionPlan] = {}
         self.input = EncodedImage(options.image, self._size, adapter) if options.image is not None else None
 
     @property
@@ -63,13 +67,27 @@ class RegionsTask(Task):
 
     def plans(self, seed: int) -> Callable[[int], FusionPlan]:
         if self._plan is None:
-            jobs = self.layout.jobs(self.views)
-            sets = region_lora_sets(self.region_slots())
-            if sets:  # a region's LoRA set keeps its jobs in batches of their own
-                jobs = [Job(j.view, j.prompt, j.weight, sets[j.prompt][0] if j.prompt in sets else None) for j in jobs]
-            self._plan = FusionPlan(jobs, self.latent_size, self.adapter.device)
+            self._plan = self._plan_of(self.layout)
         plan = self._plan
-        return lambda step: plan
+        if self.options.mask_schedule != "quantized":
+            return lambda step: plan
+        return lambda step: plan if self._levels is None else self._quantized_plan(self._levels[step])
+
+    def _quantized_plan(self, level: float) -> FusionPlan:
+        """The step's plan with masks thresholded at its noise level (:mod:`~multidiffusion.regions.few_step`);
+        the soft plan until :meth:`composer` has read the levels off the scheduler."""
+        weights = quantized_weights(self.layout, level)
+        key = weights.numpy().tobytes()
+        if key not in self._quantized:
+            self._quantized[key] = self._plan_of(dataclasses.replace(self.layout, weights=weights))
+        return self._quantized[key]
+
+    def _plan_of(self, layout: RegionLayout) -> FusionPlan:
+        jobs = layout.jobs(self.views)
+        sets = region_lora_sets(self.region_slots())
+        if sets:  # a region's LoRA set keeps its jobs in batches of their own
+            jobs = [Job(j.view, j.prompt, j.weight, sets[j.prompt][0] if j.prompt in sets else None) for j in jobs]
+        return FusionPlan(jobs, self.latent_size, self.adapter.device)
 
     @property
     def strength(self) -> float:
@@ -85,7 +103,10 @@ class RegionsTask(Task):
 
     def composer(self, start: Start) -> StepComposer | None:
         """Bootstrapping (:mod:`multidiffusion.regions.bootstrap`) for the first ``bootstrap_steps``;
-        the backgrounds are drawn from the call's generator after the initial noise."""
+        the backgrounds are drawn from the call's generator after the initial noise. With quantized
+        masks, reads each step's noise level off the scheduler first (the plans use them)."""
+        if self.options.mask_schedule == "quantized" and start.timesteps is not None:
+            self._levels = [noise_level(start.scheduler, t) for t in start.timesteps]
         steps = self.options.bootstrap_steps
         if not steps or not self.layout.regions:
             return None
@@ -100,7 +121,8 @@ class RegionsTask(Task):
             dtype=self.adapter.dtype,
             latent_format=self.adapter.latent_format,
         )
-        return bootstrap_composer(self.layout, self.views, backgrounds, start.noise, start.scheduler)
+        around = centred_denoiser(self.layout) if self.options.bootstrap_centre else None
+        return bootstrap_composer(self.layout, self.views, backgrounds, start.noise, start.scheduler, around)
 
     def parameters(self) -> dict[str, Any]:
         o = self.options
@@ -109,6 +131,8 @@ class RegionsTask(Task):
             "negative_prompt": o.negative_prompt,
             "regions": self.layout.region_parameters(),
             "bootstrap_steps": o.bootstrap_steps,
+            **({"bootstrap_centre": True} if o.bootstrap_centre else {}),
+            **({"mask_schedule": o.mask_schedule} if o.mask_schedule != "soft" else {}),
             "height": self.size[0],
             "width": self.size[1],
             **window_parameters(self.window, self.stride),
