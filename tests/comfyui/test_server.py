@@ -31,6 +31,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "comfyui"
 WORKFLOWS = sorted(EXAMPLES.glob("*.api.json"))
 # (width, height) of each example's saved image: every API-format example must have its line
 EXPECTED_SIZE = {
+    "demo_controlnet": (128, 64),  # a layout drawn with stock image nodes steering the demo ControlNet
     "demo_txt2img": (96, 64),  # Empty Latent Image 192 x 128: latents 24 x 16, the demo VAE's x4
     "demo_panorama": (256, 64),  # 512 x 128: latents 64 x 16, four 16 x 16 windows wide, circular
     "demo_regions": (128, 64),  # 256 x 128: latents 32 x 16, two half-width regions over a background
