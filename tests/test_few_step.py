@@ -417,3 +417,16 @@ def test_the_pre_averaging_rate_keeps_each_views_denoised_estimate(scheduler, pr
         s._step_index = 3
     canvas = s.step(p + input_rate(s, t) * (scaled - x_k), t, x).pred_original_sample
     assert (own - canvas).abs().max() <= 1e-4
+
+
+def test_the_estimate_counts_one_branch_for_an_lcm_model(md_lcm):
+    """An LCM UNet embeds w: the estimate counts one row per window, as the run evaluates them."""
+    from multidiffusion.estimate import estimate
+    from multidiffusion.options import PanoramaOptions
+
+    options = PanoramaOptions(
+        prompt="a lake", height=H * 8, width=2 * W * 8, window=W, stride=8, num_inference_steps=2, guidance_scale=8.0
+    )
+    found = estimate(md_lcm, options)
+    out = md_lcm.generate(PanoramaOptions(**{**options.settings(), "output_type": "latent"}))
+    assert found.branches == 1 and found.evaluations == out.stats.jobs == out.stats.evaluations

@@ -167,10 +167,17 @@ class ModelAdapter:
         """Keyword arguments of the model call for a batch of jobs (``canvas`` in latent pixels)."""
         raise NotImplementedError
 
+    def classifier_free(self, slots: Prompts) -> bool:
+        """Whether a call with these prompt slots runs classifier-free guidance: a second, negative
+        branch of every window (the cost estimate counts its rows). diffusers' rule: some slot's
+        scale exceeds 1. A family whose guidance is embedded, distilled away or on another scale
+        says so here, and its :meth:`condition` follows the same rule."""
+        return max(slots.guidance) > 1.0
+
     def condition(self, slots: Prompts, num_images: int) -> tuple[PromptEmbeddings, list[float]]:
         """The prompts encoded once for the call, and the classifier-free guidance scale of each slot:
-        guidance runs when some slot's scale exceeds 1 (diffusers' rule)."""
-        guided = max(slots.guidance) > 1.0
+        guidance runs when :meth:`classifier_free` says so."""
+        guided = self.classifier_free(slots)
         return self.encode(slots.prompts, slots.negatives, num_images, guided), list(slots.guidance)
 
     def set_timesteps(self, scheduler: Any, steps: int, device: Any, view: tuple[int, int]) -> None:

@@ -92,6 +92,10 @@ class ChromaAdapter(FluxAdapter):
         """Chroma has no guidance embedding."""
         return False
 
+    def classifier_free(self, slots: Any) -> bool:
+        """ChromaPipeline's plain rule (not FLUX.1's true CFG): some slot's scale exceeds 1."""
+        return max(slots.guidance) > 1.0
+
     def condition(self, slots: Any, num_images: int) -> tuple[PromptEmbeddings, list[float]]:
         """Plain classifier-free guidance, as ChromaPipeline: on when some slot's scale exceeds 1, with
         the negative prompt ("" when none)."""

@@ -134,12 +134,15 @@ class FluxAdapter(FlowMatchingAdapter):
         """Whether the transformer takes the guidance scale as an input (guidance-distilled: dev)."""
         return bool(self.transformer.config.guidance_embeds)
 
+    def classifier_free(self, slots: Any) -> bool:
+        """True CFG (FluxPipeline's): ``true_cfg_scale`` > 1 and some negative prompt given; the
+        guidance embedding (dev) costs no second branch."""
+        return self.true_cfg_scale > 1 and any(n for slot in slots.negatives for n in slot)
+
     def condition(self, slots: Any, num_images: int) -> tuple[PromptEmbeddings, list[float]]:
         """Prompts encoded once; true CFG when ``true_cfg_scale`` > 1 and some negative is given; the
         guidance embedding (dev) of each slot is the slot's ``guidance_scale``."""
-        negatives_given = any(n for slot in slots.negatives for n in slot)
-        guided = self.true_cfg_scale > 1 and negatives_given
-        cond = self.encode(slots.prompts, slots.negatives, num_images, guided)
+        cond = self.encode(slots.prompts, slots.negatives, num_images, self.classifier_free(slots))
         if self.guidance_embedded:
             scales = torch.tensor(slots.guidance, dtype=torch.float32, device=self.device)
             per_image = scales[:, None].expand(-1, cond.batch).contiguous()  # (P, B)

@@ -218,10 +218,14 @@ class Flux2Adapter(FlowMatchingAdapter):
 
         return compute_empirical_mu(image_seq_len=tokens, num_steps=steps)
 
+    def classifier_free(self, slots: Any) -> bool:
+        """[dev]: never (its guidance is embedded)."""
+        return False
+
     def condition(self, slots: Any, num_images: int) -> tuple[PromptEmbeddings, list[float]]:
         """Prompts encoded once, no classifier-free guidance; each slot's ``guidance_scale`` becomes
         the transformer's guidance input."""
-        cond = self.encode(slots.prompts, slots.negatives, num_images, False)
+        cond = self.encode(slots.prompts, slots.negatives, num_images, self.classifier_free(slots))
         if self.guidance_embedded:
             scales = torch.tensor(slots.guidance, dtype=torch.float32, device=self.device)
             cond.positive["guidance"] = scales[:, None].expand(-1, cond.batch).contiguous()  # (P, B)

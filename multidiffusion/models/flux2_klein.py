@@ -54,6 +54,10 @@ class Flux2KleinAdapter(Flux2Adapter):
         without guidance (1.0), as BFL run it."""
         return (4, 1.0) if self.distilled else (50, 4.0)
 
+    def classifier_free(self, slots: Any) -> bool:
+        """A base model: some slot's scale exceeds 1; a distilled one: never."""
+        return not self.distilled and max(slots.guidance) > 1.0
+
     def condition(self, slots: Any, num_images: int) -> tuple[PromptEmbeddings, list[float]]:
         """Plain classifier-free guidance on ``guidance_scale`` (> 1: on) for a base model; none for a
         distilled one."""

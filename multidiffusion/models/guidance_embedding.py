@@ -44,6 +44,10 @@ class GuidanceEmbedding:
     device: torch.device
     dtype: torch.dtype
 
+    def classifier_free(self, slots: Any) -> bool:
+        """No negative branch for an LCM UNet (the scale is embedded); the family's rule otherwise."""
+        return not embeds_guidance(self.unet) and super().classifier_free(slots)  # type: ignore[misc]
+
     def condition(self, slots: Any, num_images: int) -> tuple[PromptEmbeddings, list[float]]:
         """Prompts encoded once without a negative branch, and each slot's w − 1 embedded (the
         model's ``timestep_cond``), for an LCM UNet; the family's classifier-free guidance otherwise."""

@@ -133,6 +133,10 @@ class QwenImageAdapter(FlowMatchingAdapter):
     def guidance_embedded(self) -> bool:
         return bool(self.transformer.config.guidance_embeds)
 
+    def classifier_free(self, slots: Any) -> bool:
+        """True CFG when some slot's scale exceeds 1, unless the transformer embeds guidance."""
+        return not self.guidance_embedded and max(slots.guidance) > 1.0
+
     def condition(self, slots: Any, num_images: int) -> tuple[PromptEmbeddings, list[float]]:
         """True CFG when some slot's scale exceeds 1; a guidance-distilled transformer takes each
         slot's scale as its guidance embedding and runs unguided. Slots that carry an ``image`` (the
@@ -142,8 +146,7 @@ class QwenImageAdapter(FlowMatchingAdapter):
         if image is not None:
             h, w = self.reference_size((image.height, image.width))
             image = self.edit_pipeline.image_processor.resize(image, h, w)
-        guided = not self.guidance_embedded and max(slots.guidance) > 1.0
-        cond = self.encode(slots.prompts, slots.negatives, num_images, guided, image=image)
+        cond = self.encode(slots.prompts, slots.negatives, num_images, self.classifier_free(slots), image=image)
         if not self.guidance_embedded:
             return cond, list(slots.guidance)
         scales = torch.tensor(slots.guidance, dtype=torch.float32, device=self.device)

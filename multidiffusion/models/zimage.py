@@ -112,10 +112,13 @@ class ZImageAdapter(FlowMatchingAdapter):
         size = getattr(self.pipe, "default_sample_size", 128)
         return size, size
 
+    def classifier_free(self, slots: Any) -> bool:
+        """ZImagePipeline's rule: guidance g > 0 (its scale is the engine's 1 + g)."""
+        return max(slots.guidance) > 0
+
     def condition(self, slots: Any, num_images: int) -> tuple[PromptEmbeddings, list[float]]:
         """Prompts encoded once; guidance when some slot's g > 0, at the engine's scale 1 + g."""
-        guided = max(slots.guidance) > 0
-        cond = self.encode(slots.prompts, slots.negatives, num_images, guided)
+        cond = self.encode(slots.prompts, slots.negatives, num_images, self.classifier_free(slots))
         return cond, [1.0 + g for g in slots.guidance]
 
     def encode(

@@ -220,7 +220,7 @@ def estimate_run(
     texts = [t for group in (*slots.prompts, *slots.negatives) for t in group if t]
     chars = sum(len(t) for t in texts)
     prompt_cost = PROMPT_SLOT_COST * len(slots.prompts) * images + chars / PROMPT_CHARS_PER_EVALUATION
-    guided = max(slots.guidance) > 1.0
+    guided = adapter.classifier_free(slots)
     vae_cost /= 2 if guided else 1  # a window evaluation runs once per guidance branch: rows, not jobs
     prompt_cost /= 2 if guided else 1
     vae = (tiles, kind, bool(encode_tiles))
