@@ -137,3 +137,29 @@ def test_the_memory_width_suite_in_quick_mode(tmp_path):
         assert set(r["ratios"]) == {"1x", "2x"} and r["ratios"]["1x"] == 1.0
         assert r["detail"]["2x"]["views"] == 9 and r["within_bound"]
     assert rows[1]["detail"]["1x"]["weights_mb"] < rows[0]["detail"]["1x"]["weights_mb"]
+
+
+def test_the_kept_embeddings_are_keyed_by_what_the_slots_carry():
+    """The edit task's slots carry its reference image (Qwen-Image-Edit's text encoder reads it): a
+    new image with the same prompt is a miss, the same pixels a hit."""
+    from dataclasses import dataclass
+
+    import numpy as np
+    from PIL import Image
+
+    from multidiffusion.engine.task import PromptSlots
+    from multidiffusion.runner.text_encoders import _key
+
+    @dataclass
+    class WithImage(PromptSlots):
+        image: object = None
+
+    pixels = np.zeros((8, 8, 3), np.uint8)
+    one = WithImage([["a"]], [[""]], [4.0], image=Image.fromarray(pixels))
+    same = WithImage([["a"]], [[""]], [4.0], image=Image.fromarray(pixels.copy()))
+    other = WithImage([["a"]], [[""]], [4.0], image=Image.fromarray(pixels + 1))
+    assert _key(one, 1) == _key(same, 1) != _key(other, 1)
+    assert _key(PromptSlots([["a"]], [[""]], [4.0]), 1) != _key(one, 1)
+    assert _key(WithImage([["a"]], [[""]], [4.0], image=torch.ones(2)), 1) == _key(
+        WithImage([["a"]], [[""]], [4.0], image=torch.ones(2)), 1
+    )

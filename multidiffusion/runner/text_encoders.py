@@ -5,12 +5,14 @@ memory as the transformer (FLUX.2 [dev]'s Mistral Small 24B next to its 32B tran
 :meth:`EncodedPrompts.condition` stands in the runner where the adapter's ``condition`` is called.
 While the text encoders are loaded it encodes every call's prompts (never serving old embeddings:
 a LoRA or textual inversion may have changed the encoders since) and keeps the last call's; after
-:meth:`EncodedPrompts.release`, a call with those same prompts (and negatives, guidance scales and
-images per prompt) runs from the kept embeddings, and a call with others is refused in one line.
+:meth:`EncodedPrompts.release`, a call with those same prompts (and negatives, guidance scales,
+images per prompt and any reference image the task's slots carry) runs from the kept embeddings,
+and a call with others is refused in one line.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import hashlib
 from typing import Any
@@ -26,12 +28,38 @@ TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 def _key(slots: Any, num_images: int) -> tuple:
     """What the embeddings of a call depend on, besides the encoders: the prompts and negatives of
     every slot, the slots' guidance scales (FLUX.1 embeds them; Z-Image encodes the negatives only
-    when guided), the images per prompt, and an edit's image (Qwen-Image-Edit's encoder reads it)."""
+    when guided), the images per prompt, and whatever else a task's slots carry (the edit task's
+    reference image, which Qwen-Image-Edit's text encoder reads with the prompt)."""
     prompts = tuple(tuple(slot) for slot in slots.prompts)
     negatives = tuple(tuple(slot) for slot in slots.negatives)
-    image = getattr(slots, "image", None)
-    seen = None if image is None else (image.size, image.mode, hashlib.sha256(image.tobytes()).hexdigest())
-    return prompts, negatives, tuple(float(g) for g in slots.guidance), int(num_images), seen
+    known = {"prompts", "negatives", "guidance"}
+    extra = [] if not dataclasses.is_dataclass(slots) else [f.name for f in dataclasses.fields(slots)]
+    carried = tuple((name, _fingerprint(getattr(slots, name))) for name in extra if name not in known)
+    return prompts, negatives, tuple(float(g) for g in slots.guidance), int(num_images), carried
+
+
+def _fingerprint(value: Any) -> Any:
+    """``value`` as something comparable across calls: plain values as they are, images, arrays and
+    tensors by their shape and a SHA-256 of their bytes, any other object by its identity (so a new
+    one never matches: refused rather than served another input's embeddings)."""
+    import torch
+
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return tuple(_fingerprint(v) for v in value)
+    if isinstance(value, torch.Tensor):
+        data = value.detach().cpu().contiguous()
+        return (
+            "tensor",
+            tuple(data.shape),
+            str(data.dtype),
+            hashlib.sha256(data.view(torch.uint8).numpy()).hexdigest(),
+        )
+    if hasattr(value, "tobytes") and hasattr(value, "size"):  # PIL images and numpy arrays
+        shape = getattr(value, "shape", None) or (getattr(value, "mode", ""), value.size)
+        return (type(value).__name__, shape, hashlib.sha256(value.tobytes()).hexdigest())
+    return (type(value).__name__, id(value))
 
 
 def _copy(cond: PromptEmbeddings) -> PromptEmbeddings:
