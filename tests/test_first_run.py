@@ -76,8 +76,10 @@ def test_a_misspelled_flag_is_refused_by_its_name_not_taken_as_the_prompt(argv, 
 
 def test_abbreviations_and_values_after_a_double_dash_still_parse(tmp_path):
     parser = build_parser()
-    args = parser.parse_args(["panorama", "--step", "5", "-o", str(tmp_path / "a.png"), "--", "--not-a-flag"])
-    assert args.steps == 5 and args.prompt == "--not-a-flag"
+    args = parser.parse_args(["panorama", "--see", "5", "-o", str(tmp_path / "a.png"), "--", "--not-a-flag"])
+    assert args.seed == 5 and args.prompt == "--not-a-flag"
+    with pytest.raises(SystemExit):  # --step could be --steps or one of the --step-cache flags
+        parser.parse_args(["panorama", "--step", "5", "a lake"])
 
 
 def test_the_package_import_silences_only_transformers_torchvision_fallback_notes():
