@@ -138,17 +138,12 @@ def _transformer_kwargs(path: Path, kwargs: dict[str, Any]) -> dict[str, Any]:
 _COMFY_PREFIX = "model.diffusion_model."
 
 
-def _unprefixed(path: Path, shapes: dict[str, tuple[int, ...]], model_cls: Any, source: str) -> dict[str, Any] | None:
-    """The file's tensors without ComfyUI's ``model.diffusion_model.`` when, without it, their names are
-    exactly the diffusers model's (a diffusers-named file saved by ComfyUI, which diffusers would
-    otherwise run through its converter for the makers' names); None for any other file."""
+def _unprefixed(path: Path, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any] | None:
+    """The file's tensors without ComfyUI's ``model.diffusion_model.`` when every name carries it (as
+    ComfyUI saves a transformer), None for any other file. Bare, the names are what diffusers reads:
+    its own (which it would otherwise run through its converter for the makers' names) or the
+    makers' (FLUX.2's converter reads block numbers from bare names only)."""
     if not shapes or not all(name.startswith(_COMFY_PREFIX) for name in shapes):
-        return None
-    from accelerate import init_empty_weights
-
-    with init_empty_weights():  # the model's names from its configuration, no weights allocated
-        expected = set(model_cls.from_config(model_cls.load_config(source, subfolder="transformer")).state_dict())
-    if {name[len(_COMFY_PREFIX) :] for name in shapes} != expected:
         return None
     if is_gguf_path(path):
         from diffusers.models.model_loading_utils import load_gguf_checkpoint
@@ -230,7 +225,7 @@ def load_transformer_file(
     rest = {k: v for k, v in kwargs.items() if k != "quantization_config"}
     _ask_before_download(source, ask_hub, lambda reason: _unavailable(path.name, adapter.label, source, reason))
     try:
-        weights = _unprefixed(path, shapes, model_cls, source)
+        weights = _unprefixed(path, shapes)
         transformer = model_cls.from_single_file(
             str(path) if weights is None else weights,
             config=source,
