@@ -162,6 +162,13 @@ def test_the_schedule_shift_comes_from_the_view_not_the_canvas(qwen):
     assert canvas.timesteps[1] > seen[1] + 0.1 and calculate_shift(64) < calculate_shift(256)
 
 
+def test_one_step_is_refused_where_the_terminal_stretch_gives_nan_timesteps(qwen):
+    """Qwen-Image's scheduler stretches the schedule to end at shift_terminal: at one step that divides
+    by zero (QwenImagePipeline runs on NaN timesteps); here it is a one-line refusal."""
+    with pytest.raises(ValueError, match=r"num_inference_steps: 1 steps give .*use 2 or more"):
+        _md(qwen).panorama("a lake", height=H * 8, width=W * 8, num_inference_steps=1, output_type="latent")
+
+
 def test_a_panorama_twice_the_width_and_a_region_layout_give_images(qwen):
     md = _md(qwen)
     kwargs = dict(height=H * 8, width=2 * W * 8, window=H, stride=W // 2, num_inference_steps=2)

@@ -138,6 +138,11 @@ class FlowMatchingAdapter(FamilyAdapter):
         if "mu" in params and config.get("use_dynamic_shifting", False):
             kwargs["mu"] = self.shift_mu(self.tokens(view), steps, config)
         scheduler.set_timesteps(steps, device=device, **kwargs)
+        if torch.isnan(torch.as_tensor(scheduler.timesteps, dtype=torch.float32)).any():
+            raise ValueError(  # Qwen-Image's shift_terminal stretch divides by zero at one step
+                f"num_inference_steps: {steps} steps give {type(scheduler).__name__} with this configuration "
+                "NaN timesteps (its shift_terminal stretch needs at least 2 steps); use 2 or more"
+            )
 
     def shift_mu(self, tokens: int, steps: int, config: Any) -> float:
         """μ of the resolution shift for an image of ``tokens`` tokens sampled in ``steps`` steps, as
