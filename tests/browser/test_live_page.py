@@ -86,13 +86,18 @@ def test_live_strokes_render_without_generate_and_never_queue(page, tmp_path):
     burst = 6
     for k in range(burst):
         stroke(page, 0.1 + 0.05 * k, 0.2 + 0.05 * k, 0.2 + 0.1 * k, moves=2)
-    last = 2 + burst
-    wait_for_frame(page, last)  # the newest stroke's render is the one shown
-    page.wait_for_function(
-        "n => (document.querySelector('#regions-live-stats')?.innerText || '').includes(`pushes ${n} `)", arg=last
+    # the editor uploads each stroke's picture before it reports it, and strokes made during an upload
+    # are reported together (one change event): the burst gives 1 to `burst` pushes
+    page.wait_for_timeout(5000)
+    page.wait_for_function(  # settled: the newest push's frame is the one shown
+        """() => {
+            const m = (document.querySelector('#regions-live-stats')?.innerText || '').match(/pushes (\\d+) /);
+            return m && (document.querySelector('#regions-message')?.innerText || '').includes(`Live frame ${m[1]}:`);
+        }""",
+        timeout=GENERATE_MS,
     )
     c = counters(page)
-    assert c["pushes"] == last and c["failed"] == 0, c
+    assert 4 <= c["pushes"] <= 2 + burst and c["failed"] == 0, c  # the burst reached the server as 2+ pushes
     assert c["max_waiting"] <= 1, c  # at most one render ever waited
     assert c["started"] + c["dropped"] == c["pushes"], c  # each push rendered or dropped: nothing queued
     assert c["finished"] + c["cancelled"] == c["started"], c
