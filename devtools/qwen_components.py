@@ -6,7 +6,8 @@ that down-samples by 8 to 16 latent channels with per-channel ``latents_mean`` /
 a Qwen2.5-VL text encoder (``Qwen2_5_VLForConditionalGeneration``, vision tower included, so the Edit
 pipeline's image goes through it) over a character vocabulary with the chat tokens the pipelines'
 templates use (``<|im_start|>``, ``<|im_end|>``, ``<|vision_start|>``, ``<|image_pad|>``,
-``<|vision_end|>``), and for Edit a ``Qwen2VLProcessor``.
+``<|vision_end|>``), for Edit a ``Qwen2VLProcessor``, and a ``QwenImageControlNetModel`` matched to
+the transformer (``tests/test_qwenimage_controlnet.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["qwen_tokenizer", "tiny_qwenimage_edit_pipeline", "tiny_qwenimage_pipeline"]
+__all__ = ["qwen_tokenizer", "tiny_qwenimage_controlnet", "tiny_qwenimage_edit_pipeline", "tiny_qwenimage_pipeline"]
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|image_pad|>", "<|vision_end|>"]
 TEXT_WIDTH = 32
@@ -73,7 +74,7 @@ def _text_encoder(tokenizer: Any, seed: int) -> Any:
     return Qwen2_5_VLForConditionalGeneration(config).eval()
 
 
-def _transformer(seed: int, guidance_embeds: bool = False) -> Any:
+def _transformer(seed: int, guidance_embeds: bool = False, layers: int = 1) -> Any:
     from diffusers import QwenImageTransformer2DModel
 
     torch.manual_seed(seed)
@@ -81,7 +82,7 @@ def _transformer(seed: int, guidance_embeds: bool = False) -> Any:
         patch_size=2,
         in_channels=64,
         out_channels=16,
-        num_layers=1,
+        num_layers=layers,
         attention_head_dim=16,
         num_attention_heads=2,
         joint_attention_dim=TEXT_WIDTH,
@@ -115,9 +116,11 @@ def _scheduler() -> Any:
     )
 
 
-def tiny_qwenimage_pipeline(seed: int = 0, sample_size: int = 16, guidance_embeds: bool = False) -> Any:
+def tiny_qwenimage_pipeline(
+    seed: int = 0, sample_size: int = 16, guidance_embeds: bool = False, layers: int = 1
+) -> Any:
     """A ``QwenImagePipeline`` of tiny random components; native size ``sample_size`` latent pixels
-    (``sample_size * 8`` px)."""
+    (``sample_size * 8`` px); ``layers`` transformer blocks (a ControlNet's hints go into them)."""
     from diffusers import QwenImagePipeline
 
     tokenizer = qwen_tokenizer()
@@ -126,7 +129,7 @@ def tiny_qwenimage_pipeline(seed: int = 0, sample_size: int = 16, guidance_embed
         vae=qwen_vae(seed),
         text_encoder=_text_encoder(tokenizer, seed),
         tokenizer=tokenizer,
-        transformer=_transformer(seed, guidance_embeds),
+        transformer=_transformer(seed, guidance_embeds, layers),
     )
     pipe.default_sample_size = sample_size
     pipe.set_progress_bar_config(disable=True)
@@ -153,3 +156,22 @@ def tiny_qwenimage_edit_pipeline(seed: int = 0, sample_size: int = 16) -> Any:
     pipe.default_sample_size = sample_size
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def tiny_qwenimage_controlnet(transformer: Any, seed: int = 0, layers: int = 1, **config: Any) -> Any:
+    """A random ``QwenImageControlNetModel`` for ``transformer`` (its width, heads, patches and text
+    width; ``config`` overrides, e.g. ``num_attention_heads``) of ``layers`` blocks, started from the
+    transformer's as diffusers' ``from_transformer`` does (random where its width differs), its
+    zero-initialised outputs and control embedder drawn at random so that its hints matter."""
+    from diffusers import QwenImageControlNetModel
+
+    from devtools.dit_components import _weighted
+
+    m = transformer.config
+    shape = {"attention_head_dim": m.attention_head_dim, "num_attention_heads": m.num_attention_heads}
+    config = {**shape, **config}
+    same = all(config[k] == v for k, v in shape.items())
+    net = QwenImageControlNetModel.from_transformer(
+        transformer, num_layers=layers, load_weights_from_transformer=same, **config
+    )
+    return _weighted(net, seed)

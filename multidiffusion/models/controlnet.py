@@ -2,10 +2,10 @@
 first, the hub within ``HUB_TIMEOUT_S``), a single ``.safetensors`` file (pickles only when
 allowed), an already loaded ``ControlNetModel``, or a list of those for several ControlNets. A
 folder or repo whose config names ``ControlNetUnionModel`` loads as one (ControlNet-Union SDXL),
-``FluxControlNetModel``, ``SD3ControlNetModel`` or ``ZImageControlNetModel`` as those (FLUX.1, SD 3 / 3.5,
-Z-Image); a single file holding Z-Image's ControlNet tensors (``control_all_x_embedder.``, the
-Z-Image-Turbo-Fun files) loads as a ``ZImageControlNetModel`` (diffusers' ``from_single_file``, its
-config from the hub's cache or the hub). Each is checked
+``FluxControlNetModel``, ``SD3ControlNetModel``, ``ZImageControlNetModel`` or ``QwenImageControlNetModel``
+as those (FLUX.1, SD 3 / 3.5, Z-Image, Qwen-Image); a single file holding Z-Image's ControlNet tensors
+(``control_all_x_embedder.``, the Z-Image-Turbo-Fun files) loads as a ``ZImageControlNetModel``
+(diffusers' ``from_single_file``, its config from the hub's cache or the hub). Each is checked
 against the model by its adapter (:meth:`~multidiffusion.models.base.FamilyAdapter.adopt_controlnet`).
 ``"demo"`` is the demo model's ControlNet, shipped in ``multidiffusion/demo/controlnet`` (its control
 image is a scene's class map: ``devtools.demo.scenes.layout_image``)."""
@@ -54,10 +54,17 @@ CONTROLNET_FAMILIES = {
     "FluxControlNetModel": "FLUX.1",
     "SD3ControlNetModel": "SD 3 / 3.5",
     "ZImageControlNetModel": "Z-Image",
+    "QwenImageControlNetModel": "Qwen-Image",
 }
 """diffusers' ControlNet classes -> the family they serve."""
 
-NET_CLASSES = ("ControlNetUnionModel", "FluxControlNetModel", "SD3ControlNetModel", "ZImageControlNetModel")
+NET_CLASSES = (
+    "ControlNetUnionModel",
+    "FluxControlNetModel",
+    "SD3ControlNetModel",
+    "ZImageControlNetModel",
+    "QwenImageControlNetModel",
+)
 """Classes a ControlNet folder's config may name besides ``ControlNetModel``."""
 
 

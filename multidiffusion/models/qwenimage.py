@@ -45,7 +45,9 @@ runs it.
 At one view covering the canvas this is QwenImagePipeline, and img2img QwenImageImg2ImgPipeline,
 step for step (``tests/test_qwenimage.py``). Editing (Qwen-Image-Edit, the ``edit`` task): each view
 also sees reference latents (:meth:`QwenImageAdapter.reference_inputs`, ``tests/test_edit.py``).
-Not here: ControlNets, the layered and inpainting pipelines' own inputs.
+ControlNets (``QwenImageControlNetModel``) as QwenImageControlNetPipeline runs them:
+:mod:`multidiffusion.models.qwenimage_controlnet` (``tests/test_qwenimage_controlnet.py``). Not
+here: the layered and inpainting pipelines' own inputs.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ from multidiffusion.engine.fusion import Job
 from multidiffusion.models.flow import FlowMatchingAdapter
 from multidiffusion.models.flux import pack_latents, unpack_latents
 from multidiffusion.models.options import ModelOptions, max_sequence_length, positions
+from multidiffusion.models.qwenimage_controlnet import QwenImageControlNet
+from multidiffusion.models.qwenimage_positions import placed_rope
 from multidiffusion.models.qwenimage_vae import ImageVae
 
 __all__ = ["QwenImageAdapter", "QwenImageOptions"]
@@ -77,7 +81,7 @@ class QwenImageOptions(ModelOptions):
     max_sequence_length: int = max_sequence_length(512)
 
 
-class QwenImageAdapter(FlowMatchingAdapter):
+class QwenImageAdapter(QwenImageControlNet, FlowMatchingAdapter):
     """Qwen-Image text-to-image and Qwen-Image-Edit transformers. ``positions``: "view" (default)
     or "canvas" (module docstring); ``max_sequence_length``: Qwen2.5-VL tokens of every prompt after
     the template's dropped prefix (512, QwenImagePipeline's default)."""
@@ -282,7 +286,7 @@ class QwenImageAdapter(FlowMatchingAdapter):
             shapes.append((1, reference.shape[-2] // 2, reference.shape[-1] // 2))
         mask = kwargs.pop("encoder_hidden_states_mask")
         guidance = kwargs.pop("guidance", None)
-        with _placed(self.transformer, place):
+        with placed_rope(self.transformer, place):
             out = self.transformer(
                 hidden_states=tokens,
                 timestep=t.expand(n).to(x.dtype) / 1000,
@@ -300,48 +304,3 @@ def _token_norm(v: torch.Tensor) -> torch.Tensor:
     norm of the pipeline's packed token, spread back over the patch's pixels: (rows, 1, h, w)."""
     squares = F.avg_pool2d(v.pow(2).sum(1, keepdim=True), 2) * 4
     return squares.sqrt().repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
-
-
-class _placed:
-    """With ``place`` (top, left, canvas rows, canvas columns in tokens), the transformer's rotary
-    positions for the call are those of the view's place in the canvas's centred grid (a reference
-    crop of the view's size at the same place, its own frame index; a whole-image reference on its
-    own centred grid) and the text's after the
-    canvas's; the module's ``forward`` is wrapped on the instance and restored after."""
-
-    def __init__(self, transformer: Any, place: list[int] | None):
-        self.rope, self.place = transformer.pos_embed, place
-
-    def __enter__(self) -> None:
-        if self.place is None:
-            return
-        rope, (top, left, rows, cols) = self.rope, self.place
-        original = rope.forward
-
-        def placed(video_fhw: Any, device: Any = None, max_txt_seq_len: Any = None) -> Any:
-            shapes = video_fhw[0] if isinstance(video_fhw, list) and isinstance(video_fhw[0], list) else video_fhw
-            shapes = shapes if isinstance(shapes, list) else [shapes]
-            freqs = []
-            for idx, (frames, h, w) in enumerate(shapes):
-                if (h, w) != tuple(shapes[0][1:]):  # a whole-image reference: centred on its own grid
-                    freqs.append(rope._compute_video_freqs(frames, h, w, idx, device))
-                    continue
-                grid = rope._compute_video_freqs(frames, rows, cols, idx, device).view(frames, rows, cols, -1)
-                r = torch.arange(top, top + h, device=grid.device)
-                c = torch.arange(left, left + w, device=grid.device) % cols
-                freqs.append(grid[:, r][:, :, c].reshape(frames * h * w, -1))
-            start = max(rows // 2, cols // 2)
-            if start + int(max_txt_seq_len) > rope.pos_freqs.shape[0]:
-                raise ValueError(
-                    f'positions="canvas": the canvas ({rows} x {cols} tokens) puts the text past the transformer\'s '
-                    f'rotary table ({rope.pos_freqs.shape[0]} positions); use positions="view"'
-                )
-            text = rope.pos_freqs.to(device)[start : start + int(max_txt_seq_len)]
-            return torch.cat(freqs), text
-
-        rope.forward = placed
-        del original
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.place is not None:
-            del self.rope.forward
