@@ -5,7 +5,8 @@ steps of a few-step scheduler (the demo is not distilled: the plain demo with ``
 and without each fix (latent pre-averaging, mask-centring bootstrapping, quantized masks, all three),
 and at 25 steps for reference. Bootstrapping at its default (40 % of the steps).
 
-``python -m benchmarks.few_step_regions [--seeds 16] [--scheduler euler_trailing]``; results in
+``python -m benchmarks.few_step_regions [--seeds 16] [--scheduler euler_trailing] [--feather 4]`` (``--feather``:
+soft region edges, where pre-averaging and quantized masks act); results in
 docs/demo-model.md.
 """
 
@@ -31,8 +32,11 @@ FIXES = {
 """Column name -> the options that turn the fix on."""
 
 
-def fidelity(md: MultiDiffusion, steps: int, scheduler: str, fix: dict, seeds: range) -> list[float]:
-    """Per case, the mean over ``seeds`` of the region colour's fraction inside its box."""
+def fidelity(
+    md: MultiDiffusion, steps: int, scheduler: str, fix: dict, seeds: range, feather: float = 0.0
+) -> list[float]:
+    """Per case, the mean over ``seeds`` of the region colour's fraction inside its box (``feather``:
+    the region's soft edge in pixels; the box measured is the box as given)."""
     means = []
     for background, prompt, colour, box in CASES:
         mask = np.zeros((64, 64), bool)
@@ -40,8 +44,8 @@ def fidelity(md: MultiDiffusion, steps: int, scheduler: str, fix: dict, seeds: r
         fractions = []
         for seed in seeds:
             out = md.regions(
-                height=64, width=64, background=background, regions=[Region(prompt, box=box)], scheduler=scheduler,
-                num_inference_steps=steps, generator=torch.Generator().manual_seed(seed), **fix,
+                height=64, width=64, background=background, regions=[Region(prompt, box=box, feather=feather)],
+                scheduler=scheduler, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed), **fix,
             )  # fmt: skip
             fractions.append(colour_fractions(np.asarray(out.images[0]), mask).get(colour, 0.0))
         means.append(float(np.mean(fractions)))
@@ -54,6 +58,7 @@ def main() -> None:
     parser.add_argument("--scheduler", default="euler_trailing")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--reference-steps", type=int, default=25, help="0: no reference column")
+    parser.add_argument("--feather", type=float, default=0.0, help="soft region edges, pixels (default 0)")
     parser.add_argument("--fixes", default=",".join(FIXES), help=f"comma-separated, of {', '.join(FIXES)}")
     args = parser.parse_args()
     md = MultiDiffusion.from_pretrained("demo", device="cpu")
@@ -63,16 +68,18 @@ def main() -> None:
     started = time.perf_counter()
     for name in filter(None, args.fixes.split(",")):
         fix = FIXES[name]
-        columns[f"{args.steps} steps, {name}"] = fidelity(md, args.steps, args.scheduler, fix, seeds)
+        columns[f"{args.steps} steps, {name}"] = fidelity(md, args.steps, args.scheduler, fix, seeds, args.feather)
     if args.reference_steps:
-        columns[f"{args.reference_steps} steps, none"] = fidelity(md, args.reference_steps, args.scheduler, {}, seeds)
+        columns[f"{args.reference_steps} steps, none"] = fidelity(
+            md, args.reference_steps, args.scheduler, {}, seeds, args.feather
+        )
     elapsed = time.perf_counter() - started
     print(f"| region prompt | colour | {' | '.join(columns)} |")
     print("|---|---|" + "---|" * len(columns))
     for i, (_, prompt, colour, _) in enumerate(CASES):
         print(f"| {prompt} | {colour} | " + " | ".join(f"{c[i]:.2f}" for c in columns.values()) + " |")
     print("| **mean** | | " + " | ".join(f"**{np.mean(c):.3f}**" for c in columns.values()) + " |")
-    print(f"\n{args.seeds} seeds, scheduler {args.scheduler}, {elapsed:.0f} s wall")
+    print(f"\n{args.seeds} seeds, scheduler {args.scheduler}, feather {args.feather:g}, {elapsed:.0f} s wall")
 
 
 if __name__ == "__main__":
