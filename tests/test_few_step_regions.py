@@ -56,6 +56,15 @@ def test_centring_a_centred_mask_is_the_identity(md16):
     assert params["bootstrap_centre"] is True
 
 
+def test_centring_a_centred_mask_under_pre_averaging_is_the_identity(md16):
+    soft = [Region("a red house", box=(32, 32, 96, 96), feather=10)]  # symmetric: still centred, soft edges
+    assert centring_shift(region_layout(soft, 128, 128, 8, "a beach").masks[1]) == (0, 0)
+    averaged, _ = _run(md16, soft, pre_average=True)
+    both, _ = _run(md16, soft, pre_average=True, bootstrap_centre=True)
+    assert torch.equal(averaged, both)
+    assert not torch.equal(averaged, _run(md16, soft)[0])  # pre-averaging acts on the soft edges
+
+
 def test_centring_rolls_the_input_to_the_centre_and_the_output_back():
     layout = region_layout(OFF_CENTRE, 128, 128, 8, "a beach")  # latent rows 0..4, columns 0..5
     assert centring_shift(layout.masks[1]) == (6, 5)  # centroid (y 2, x 2.5) to (7.5, 7.5), rounded
