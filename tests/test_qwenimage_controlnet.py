@@ -15,7 +15,7 @@ import torch
 from diffusers import ControlNetModel, MultiControlNetModel, QwenImageControlNetModel, QwenImageControlNetPipeline
 
 from devtools.dit_components import tiny_flux_controlnet, tiny_flux_pipeline
-from devtools.qwen_components import tiny_qwenimage_controlnet, tiny_qwenimage_pipeline
+from devtools.qwen_components import tiny_qwenimage_controlnet, tiny_qwenimage_edit_pipeline, tiny_qwenimage_pipeline
 from multidiffusion import MultiDiffusion
 from multidiffusion.conditionings.controlnet_run import control_crop
 from multidiffusion.engine.views import grid_views
@@ -125,7 +125,8 @@ def test_a_2x_panorama_gives_each_view_its_crop_of_the_control_latents(qwen, net
     rotary positions are moved for the call and put back after it."""
     md = _md(qwen, controlnet=net, positions=positions)
     image = _control_image(width=2 * W * 8, seed=5)
-    spy = ControlSpy(net)
+    spy, rotary = ControlSpy(net), []
+    hook = net.pos_embed.register_forward_hook(lambda module, args, out: rotary.append(out[0].clone()))
     try:
         out = md.panorama(
             "a lake",
@@ -141,7 +142,9 @@ def test_a_2x_panorama_gives_each_view_its_crop_of_the_control_latents(qwen, net
         )
     finally:
         spy.close()
+        hook.remove()
     assert out.images.shape == (1, H * 8, 2 * W * 8, 3) and np.isfinite(out.images).all()
+    assert len(rotary) == 6 and torch.equal(rotary[0], rotary[1]) == (positions == "view")  # the net's, moved
     latents = _canvas_latents(qwen, image)
     views = grid_views(H, 2 * W, (H, W), (W // 2, W // 2))
     assert len(spy.seen) == 2 * len(views) == 6
@@ -186,3 +189,20 @@ def test_controlnets_of_another_family_are_refused_in_one_line(qwen, net, sd16):
     md = _md(qwen, controlnet=net)
     with pytest.raises(ValueError, match="guess_mode: QWENIMAGE ControlNets have no guess mode"):
         md.panorama("a lake", height=H * 8, width=W * 8, control_image=_control_image(), guess_mode=True)
+
+
+def test_an_edit_model_takes_a_controlnet():
+    """Qwen-Image-Edit with a ControlNet (no diffusers pipeline has both): the net's hints cover the
+    view's image tokens and are zero for the reference tokens after them (the view's crop and the
+    whole image here); the edit is finite and follows the control image."""
+    edit = tiny_qwenimage_edit_pipeline()
+    md = _md(edit, controlnet=tiny_qwenimage_controlnet(edit.transformer, seed=13))
+    md.adapter.reference_area = 128 * 128  # the whole-image reference at the tiny model's size
+    image = _control_image(width=2 * W * 8, seed=14)
+    x = _latents(14, w=2 * W)
+    kwargs = dict(window=H, stride=W // 2, num_inference_steps=2, guidance_scale=1.0, output_type="latent")
+    kwargs.update(latents=x, whole_reference=True)
+    one = md.edit(image, "make it red", control_image=_control_image(width=2 * W * 8, seed=15), **kwargs)
+    other = md.edit(image, "make it red", control_image=_control_image(width=2 * W * 8, seed=16), **kwargs)
+    assert one.images.shape == (1, 16, H, 2 * W) and torch.isfinite(one.images).all()
+    assert (one.images - other.images).abs().max() > 1e-3

@@ -284,6 +284,9 @@ class QwenImageAdapter(QwenImageControlNet, FlowMatchingAdapter):
         for reference in kwargs.pop(REFERENCE, ()):
             tokens = torch.cat([tokens, pack_latents(reference.to(x.dtype))], dim=1)
             shapes.append((1, reference.shape[-2] // 2, reference.shape[-1] // 2))
+        hints = kwargs.get("controlnet_block_samples")
+        if hints is not None and tokens.shape[1] > hints[0].shape[1]:  # a ControlNet's: none for reference tokens
+            kwargs["controlnet_block_samples"] = [F.pad(h, (0, 0, 0, tokens.shape[1] - h.shape[1])) for h in hints]
         mask = kwargs.pop("encoder_hidden_states_mask")
         guidance = kwargs.pop("guidance", None)
         with placed_rope(self.transformer, place):

@@ -16,11 +16,13 @@ diffusers' ``QwenImageControlNetPipeline`` runs them, mixed into
   branches of true CFG (:attr:`controlnet_positive_only`); no guess mode.
 - **Positions**: with ``positions="canvas"`` the net's rotary positions move with the view's, as
   the transformer's, one call per place.
+- **Editing** (Qwen-Image-Edit, for which diffusers has no ControlNet pipeline): the net sees the
+  view's image tokens only, and its hints are zero for the reference tokens appended after them
+  (:meth:`~multidiffusion.models.qwenimage.QwenImageAdapter.predict` pads them).
 
 Several nets are held in diffusers' ``MultiControlNetModel`` (``QwenImageMultiControlNetModel``
 runs only one net) and their hints summed. Not here: the inpainting ControlNets (their
-``extra_condition_channels`` of mask and masked image, ``QwenImageControlNetInpaintPipeline``),
-and a ControlNet with an edit model's reference tokens.
+``extra_condition_channels`` of mask and masked image, ``QwenImageControlNetInpaintPipeline``).
 """
 
 from __future__ import annotations
