@@ -23,13 +23,16 @@ is replaced by its threshold
 which is StreamMultiDiffusion's rule (noise levels against the soft mask), with the mask divided by
 its peak so that a region never vanishes (a feathered mask's peak is 254/255 = 0.996 after 8-bit
 rasterising, below σ = 0.998 of t = 999, and the region had no weight at the first step: measured on
-the demo, fidelity 0.33 to 0.02). At high noise only the mask's core (its peak) speaks for the
-region, and the region grows into its soft edge as the noise falls; every step's masks are binary,
-the last step's the most generous. Weights follow the layout's
-rule (W_k = weight_k · M_k,i, background clamp(1 − Σ_k M_k,i, 0, 1)). A latent pixel the threshold
-leaves to no prompt at all (possible only without a background prompt) keeps its soft weights. A
-binary mask on the latent grid is unchanged (1 > σ for σ < 1): quantization acts on soft edges
-(feathering, box edges that cut a latent pixel). The bootstrapping composite keeps the soft masks.
+the demo, fidelity 0.33 to 0.02; dividing by the peak only gets 0.08 back, see below). At high
+noise only the mask's core (its peak) speaks for the region, and the region grows into its soft
+edge as the noise falls; every step's masks are binary, the last step's the most generous. Weights
+follow the layout's rule (W_k = weight_k · M_k,i, background clamp(1 − Σ_k M_k,i, 0, 1)). A latent
+pixel the threshold leaves to no prompt at all (possible only without a background prompt) keeps
+its soft weights. A binary mask on the latent grid is unchanged (1 > σ for σ < 1): quantization
+acts on soft edges (feathering, box edges that cut a latent pixel). The bootstrapping composite keeps the soft masks.
+Measured on the demo at 4 steps (docs/demo-model.md, Regions at few steps), this rule starves small
+soft regions: their core is a few latent pixels for most of the steps, and fidelity falls (feather
+4 px: 0.33 to 0.08); hence off by default.
 """
 
 from __future__ import annotations
