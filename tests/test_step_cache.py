@@ -53,6 +53,10 @@ def _cached_pipeline(pipe, config, **kwargs):
     """The diffusers pipeline with ``config`` on its transformer, one cache context around the call
     (SD 3's pipeline sets none itself; FLUX.1's sets "cond", which wins inside)."""
     first_block = isinstance(config, FirstBlockCacheConfig)
+    for module in pipe.transformer.modules():  # a registry a pipeline call left (its cache_context) hides
+        registry = vars(module).get("_diffusers_hook")  # hooks added after it from diffusers' own contexts
+        if registry is not None and not registry.hooks:
+            del module._diffusers_hook
     (apply_first_block_cache if first_block else apply_taylorseer_cache)(pipe.transformer, config)
     try:
         with CacheMixin.cache_context(pipe.transformer, "cond"):
