@@ -221,7 +221,7 @@ def test_a_region_layout_runs(md):
 
 
 def test_options_of_other_families_and_controlnets_are_refused(chroma, md):
-    with pytest.raises(ValueError, match="true_cfg_scale applies to FLUX.1 models; this model is Chroma"):
+    with pytest.raises(ValueError, match=r"true_cfg_scale applies to FLUX\.1 models; this model is Chroma"):
         MultiDiffusion(chroma, true_cfg_scale=4.0)
     with pytest.raises(ValueError, match="positions must be one of 'view', 'canvas'"):
         MultiDiffusion(chroma, positions="global")
