@@ -9,6 +9,7 @@ import io
 import re
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from .conftest import GENERATE_MS
@@ -54,6 +55,7 @@ def stroke(page, x0: float, x1: float, y: float, moves: int = 3) -> None:
     page.mouse.up()
 
 
+@pytest.mark.slow  # about 40 s of strokes and renders: in CI's slow run, not the default one
 def test_live_strokes_render_without_generate_and_never_queue(page, tmp_path):
     open_regions(page)
     page.locator(UPLOAD).set_input_files(str(colour_map(tmp_path / "map.png")))
