@@ -28,3 +28,13 @@ def test_the_gpu_suite_stops_with_a_message_without_cuda(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: the gpu suite needs a CUDA GPU") and err.count("\n") == 1
     assert not (tmp_path / "gpu.json").exists()
+
+
+def test_the_positions_seam_benchmark_scores_both_modes_on_any_model():
+    """The plumbing of benchmarks/positions_seams.py on the tests' tiny FLUX.1 (random weights: the
+    scores say nothing about seams; real weights are the point)."""
+    from benchmarks.positions_seams import positions_seam_rows
+
+    rows = positions_seam_rows("tiny:flux", seeds=1, steps=1, views_wide=2)
+    assert [r["config"].rsplit("=", 1)[1] for r in rows] == ["view", "canvas"]
+    assert all(r["seam"] > 0 for r in rows) and rows[1]["ratio"] == pytest.approx(rows[1]["seam"] / rows[0]["seam"])
