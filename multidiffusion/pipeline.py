@@ -223,6 +223,16 @@ class MultiDiffusion(TaskMethods, ConditioningMethods):
         first step: docs/benchmarks.md, "Memory against width", gives the peaks with and without."""
         return self._prompts.release(self.pipe)
 
+    def stream(self, layouts: Any, **defaults: Any) -> Any:
+        """Region layouts rendered as they come, for live painting from Python: each item of
+        ``layouts`` (``regions``' arguments over ``defaults``, or ``RegionsOptions``) renders as soon
+        as it arrives; a newer one cancels the render in progress at its next step and at most the
+        newest waits; each finished frame is yielded (:func:`multidiffusion.live.stream`, whose
+        ``LiveRegions`` is the push-and-wait form the web app's live mode uses)."""
+        from multidiffusion.live import stream
+
+        return stream(self, layouts, **defaults)
+
     def set_controlnet(self, controlnet: Any, allow_pickle: bool = False) -> MultiDiffusion:
         """Run with ``controlnet`` (as the constructor takes it; None: without), checked against the
         model's family."""

@@ -173,6 +173,8 @@ def test_stream_yields_the_newest_layouts_render(demo):
     layouts = [{"regions": [Region("a red house", box=(0.05 * k, 0.1, 0.45, 0.9))]} for k in range(4)]
     common = {**SIZE, "background": "a green meadow", "num_inference_steps": 2, "seed": 7}
     frames = list(stream(demo, iter(layouts), **common))
+    again = list(demo.stream(iter(layouts), **common))  # the method is the same loop
+    assert again and again[-1].version == 4 and pixels(again[-1].image).tolist() == pixels(frames[-1].image).tolist()
     common_call = {k: v for k, v in common.items() if k != "seed"}
     assert frames and frames[-1].version == 4 and len(frames) <= 4
     assert [f.version for f in frames] == sorted({f.version for f in frames})
