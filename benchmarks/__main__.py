@@ -36,6 +36,7 @@ SUITES = (
     "demo-bootstrap",
     "demo-controlnet",
     "distributed",
+    "live-fps",
     "gpu",
 )
 DEFAULT_SUITES = SUITES[:8]
@@ -84,6 +85,9 @@ def table(rows: list[dict]) -> str:
                 "",
                 f"peak ratio {r['memory_ratio']:.2f}x (added by the call: {r['delta_ratio']:.2f}x)",
             ]
+        elif r["suite"] == "live-fps":
+            cells = [r["config"], r["path"], "", fmt(r["seconds"], ".3f", " s"), fmt(r["speedup_vs_base"], ".1f", "x")]
+            cells += ["", "", "", "", f"{r['fps']:.2f} frames/s, ratio to {r['base_steps']} steps; {r['notes']}"]
         elif r["suite"] == "upscale-quality":
             cells = [r["config"], r["peer"], "", fmt(r["seconds"], ".1f", " s"), "", "", "", "", "", r["notes"]]
         elif r["suite"] == "decode":
@@ -247,6 +251,14 @@ def main(argv: list[str] | None = None) -> int:
         from .demo_quality import demo_rows
 
         add(demo_rows(args.model if args.model not in ("reduced", "full") else None, args.quick, demo_parts))
+    if "live-fps" in suites:
+        from .live_fps import live_fps_rows
+        from .live_fps import table as live_fps_table
+
+        demo_model = args.model if args.model not in ("reduced", "full") else None
+        new = live_fps_rows(demo_model, args.quick, max(args.repeats, 10))
+        print(live_fps_table(new), flush=True)
+        rows += new
     if "gpu" in suites:
         from .gpu_suite import gpu_rows
 

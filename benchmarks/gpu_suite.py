@@ -14,7 +14,9 @@ VAEs; text encoders of their widths but 2 layers, see :mod:`devtools.components`
 5. the tiled decode of each model's panorama (exact GroupNorm statistics): time, peak memory;
 6. with more than one GPU visible: SD 2-base 512 x 4608 exact on 1..N GPUs (NCCL, views sharded),
    and the time of one all-reduce of a step's numerator;
-7. ``md.compile()`` against eager (SD 2-base 512 x 2048; the first call's compilation timed).
+7. ``md.compile()`` against eager (SD 2-base 512 x 2048; the first call's compilation timed);
+8. live regions (:mod:`benchmarks.live_fps`): a 512 x 512 3-region layout on the SD 2-base-shaped model
+   standing for SD-Turbo (SD 2.1-base's UNet), frames per second at 1, 2, 4 steps against 50 (CUDA only).
 
 Each item runs only while the budget (:data:`BUDGET_SECONDS`) allows; one that fails or is skipped
 leaves a row saying so, and the JSON is written whatever happens. Installs nothing; without CUDA the
@@ -355,6 +357,16 @@ def gpu_rows(
                 60,
                 lambda: _scaling(plan, gpus, wide.peer_m.seconds, t_view, views),
             )
+        if cuda:
+            from .live_fps import gpu_live_rows
+
+            runner.item("SD-Turbo-shaped 3 regions 512 x 512: live fps", 30,
+                        lambda: gpu_live_rows(found["sd"].md, repeats=10))  # fmt: skip
+        else:
+            from .live_fps import gpu_skip_row
+
+            runner.rows.append(gpu_skip_row(device))
+            runner.report(runner.rows[-1:])
         sd = found.pop("sd")
         if plan.compile:
             runner.item("SD 2-base: torch.compile", 120, lambda: compile_unet(sd, plan.sd_width))
