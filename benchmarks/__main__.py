@@ -257,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
 
         demo_model = args.model if args.model not in ("reduced", "full") else None
         new = live_fps_rows(demo_model, args.quick, max(args.repeats, 10))
+        info["live_fps"] = {"model": demo_model or "demo", "repeats": 1 if args.quick else max(args.repeats, 10)}
         print(live_fps_table(new), flush=True)
         rows += new
     if "gpu" in suites:
