@@ -37,8 +37,8 @@ DEMO_LAYOUT: dict[str, Any] = {
     "height": 64,
     "width": 128,
 }
-"""The demo's live canvas (128 x 64 px, as the web app's Live mode and docs/regions.md): a background and
-three boxes, in pixels."""
+"""The demo's live canvas (128 x 64 px, as docs/regions.md's live example): a background and three boxes,
+in pixels."""
 
 
 def turbo_layout(size: int = 512) -> dict[str, Any]:
