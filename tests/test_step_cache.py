@@ -201,6 +201,7 @@ def test_the_command_line_takes_the_flags():
         ({"step_cache": "taylorseer", "step_cache_interval": 0}, r"^step_cache_interval must be an integer"),
         ({"step_cache": "first_block", "step_cache_threshold": -1}, r"^step_cache_threshold must be a number"),
         ({"step_cache": "first_block", "step_cache_mb": float("nan")}, r"^step_cache_mb must be a number"),
+        ({"step_cache": "taylorseer", "step_cache_mb": 1e308}, r"^step_cache_mb must be a number from 0 to 1073741824"),
     ],
 )
 def test_bad_values_are_one_line_errors_naming_the_parameter(flux, options, match):

@@ -123,7 +123,7 @@ class SamplingOptions(ConditioningOptions):
         if self.step_cache_interval is not None:
             self.step_cache_interval = check_int("step_cache_interval", self.step_cache_interval, 1, 1000)
         if self.step_cache_mb is not None:
-            self.step_cache_mb = check_number("step_cache_mb", self.step_cache_mb, 0)
+            self.step_cache_mb = check_number("step_cache_mb", self.step_cache_mb, 0, 2**30)  # up to 1 PiB
 
     def settings(self) -> dict[str, Any]:
         """The options as a mapping of API names (what ``build_options`` takes back)."""

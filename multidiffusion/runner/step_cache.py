@@ -63,8 +63,8 @@ def prepare_step_cache(adapter: Any, options: Any) -> tuple[Conditioning, ...]:
     blocks = _blocks(transformer)
     if not blocks:
         raise ValueError(
-            f"step_cache: diffusers' cache hooks work on diffusion transformers (FLUX.1, SD 3, Chroma, Z-Image); "
-            f"this model's network is a {name}"
+            "step_cache: diffusers' cache hooks work on diffusion transformers (FLUX, SD 3, Qwen-Image, Z-Image, "
+            f"Chroma); this model's network is a {name}"
         )
     if getattr(transformer, "_cache_config", None) is not None:
         raise ValueError(f"step_cache: the {name} already has a diffusers cache enabled; disable it first")
