@@ -11,6 +11,7 @@ _MODULES = (
     "tiled",
     "regions",
     "vae",
+    "upscale",
 )
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}

@@ -1,4 +1,6 @@
-"""The demo ControlNet shipped in ``multidiffusion`` as a ComfyUI CONTROL_NET.
+"""The demo ControlNets shipped in ``multidiffusion`` as ComfyUI CONTROL_NETs: the layout one
+(``demo``) and the Tile one (``demo-tile``: its control image is the image itself, an upscale's
+resized input; trained by ``python -m devtools.demo.train_controlnet --control tile``).
 
 A diffusers ``ControlNetModel`` is the UNet's encoder half plus three things of its own: a small
 convolutional encoder of the control image (``controlnet_cond_embedding``), a zero-initialised 1x1
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 from typing import Any
 
 import comfy.cldm.cldm
@@ -26,7 +29,7 @@ import torch
 from comfy.ldm.modules.diffusionmodules.openaimodel import TimestepEmbedSequential
 from safetensors.torch import load_file
 
-from multidiffusion.models.controlnet import DEMO_CONTROLNET_DIR
+from multidiffusion.models.controlnet import DEMO_CONTROLNETS
 
 from .loaders import DTYPE, demo_unet_config, unet_to_ldm
 
@@ -34,6 +37,7 @@ __all__ = [
     "NODE_CLASS_MAPPINGS",
     "NODE_DISPLAY_NAME_MAPPINGS",
     "MultiDiffusionDemoControlNetLoader",
+    "MultiDiffusionDemoTileControlNetLoader",
     "load_demo_controlnet",
 ]
 
@@ -68,17 +72,19 @@ def _controlnet_names(state: dict[str, torch.Tensor], blocks: int) -> dict[str, 
     return names
 
 
-def load_demo_controlnet() -> comfy.controlnet.ControlNet:
-    """The demo ControlNet (trained on colour-coded layouts of the demo scenes) as a ComfyUI CONTROL_NET."""
-    config: dict[str, Any] = json.loads((DEMO_CONTROLNET_DIR / "config.json").read_text())
+def load_demo_controlnet(name: str = "demo") -> comfy.controlnet.ControlNet:
+    """A shipped demo ControlNet as a ComfyUI CONTROL_NET: ``"demo"`` (trained on colour-coded layouts
+    of the demo scenes) or ``"demo-tile"`` (on the scenes themselves, down- and up-sampled)."""
+    if name not in DEMO_CONTROLNETS:
+        raise ValueError(f"name must be one of {', '.join(DEMO_CONTROLNETS)}, got {name!r}")
+    folder: Path = DEMO_CONTROLNETS[name]
+    config: dict[str, Any] = json.loads((folder / "config.json").read_text())
     channels = config["conditioning_embedding_out_channels"]
     # a ControlNet has no decoder half: its up path mirrors the down path only to fill in the config
     up = [kind.replace("Down", "Up") for kind in reversed(config["down_block_types"])]
     unet_config = demo_unet_config({**config, "sample_size": 16, "out_channels": 4, "up_block_types": up})
     unet_config.pop("out_channels")
-    weights = {
-        k: v.to(DTYPE) for k, v in load_file(DEMO_CONTROLNET_DIR / "diffusion_pytorch_model.safetensors").items()
-    }
+    weights = {k: v.to(DTYPE) for k, v in load_file(folder / "diffusion_pytorch_model.safetensors").items()}
     state = unet_to_ldm(weights, unet_config, _controlnet_names(weights, 2 * (len(channels) - 1)))
     model = comfy.cldm.cldm.ControlNet(
         **unet_config,
@@ -90,7 +96,7 @@ def load_demo_controlnet() -> comfy.controlnet.ControlNet:
     model.input_hint_block = _hint_encoder(channels, config["conditioning_channels"], unet_config["model_channels"])
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"demo controlnet: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(f"{name} controlnet: missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.eval()
     return comfy.controlnet.ControlNet(
         model,
@@ -122,5 +128,28 @@ class MultiDiffusionDemoControlNetLoader:
         return (load_demo_controlnet(),)
 
 
-NODE_CLASS_MAPPINGS = {"MultiDiffusionDemoControlNetLoader": MultiDiffusionDemoControlNetLoader}
-NODE_DISPLAY_NAME_MAPPINGS = {"MultiDiffusionDemoControlNetLoader": "Load Demo ControlNet (MultiDiffusion)"}
+class MultiDiffusionDemoTileControlNetLoader(MultiDiffusionDemoControlNetLoader):
+    """The demo Tile ControlNet shipped with multidiffusion, for upscaling with the demo model."""
+
+    DESCRIPTION = (
+        "Loads the tiny Tile ControlNet shipped in the multidiffusion package (no download), for the demo model of "
+        "Load Demo Model (MultiDiffusion). Its control image is the image itself, as blurry as an upscaler leaves "
+        "it (the upscaled input of a tiled upscale): it keeps the result on the input's layout and colours while "
+        "the model adds detail, as the SD 1.5 / SDXL Tile ControlNets do."
+    )
+    OUTPUT_TOOLTIPS = (
+        "The demo Tile ControlNet, for Apply ControlNet with the demo model (image: the upscaled input).",
+    )
+
+    def load(self) -> tuple[Any]:
+        return (load_demo_controlnet("demo-tile"),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "MultiDiffusionDemoControlNetLoader": MultiDiffusionDemoControlNetLoader,
+    "MultiDiffusionDemoTileControlNetLoader": MultiDiffusionDemoTileControlNetLoader,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "MultiDiffusionDemoControlNetLoader": "Load Demo ControlNet (MultiDiffusion)",
+    "MultiDiffusionDemoTileControlNetLoader": "Load Demo Tile ControlNet (MultiDiffusion)",
+}

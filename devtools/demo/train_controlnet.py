@@ -10,6 +10,15 @@ The ControlNet starts as a copy of the demo UNet's encoder (``ControlNetModel.fr
 conditioning embedding that down-samples by 4 like the demo VAE) and learns against the frozen UNet
 and text encoder: epsilon prediction, min-SNR-5 weights, 10% empty captions, EMA. Written to
 ``multidiffusion/demo/controlnet`` (float16 .safetensors) with a ``training_log.json``.
+
+**Tile ControlNet** (``--control tile``, written to ``multidiffusion/demo/controlnet-tile``): the
+control image is the training image itself, degraded as an upscaler's output is: down-sampled by a
+factor drawn from [2, 4] (area average), up-sampled back (bicubic) and sometimes blurred (Gaussian,
+σ up to 1 px), drawn afresh at every step (:func:`tile_degrade`). That is what a Tile ControlNet sees
+in a 2x upscale: each window's crop of the resized input. It learns to put back the detail the
+degradation removed while keeping the layout and colours, so an upscale follows its input instead of
+the model's habit. Half the captions are empty (``--caption-dropout`` 0.5 by default for tiles):
+upscales usually run with an empty or generic prompt, and the control image alone must carry it.
 """
 
 from __future__ import annotations
@@ -34,6 +43,11 @@ from devtools.demo.train import Progress, _lr_at, _snr_weights, encode_images
 log = logging.getLogger("devtools.demo.train_controlnet")
 
 DEFAULT_CONTROLNET_DIR = DEFAULT_MODEL_DIR.parent / "controlnet"
+DEFAULT_TILE_DIR = DEFAULT_MODEL_DIR.parent / "controlnet-tile"
+CONTROLS = {
+    "layout": "class map of the scene layout (devtools.demo.scenes.render_layout / layout_image)",
+    "tile": "the image itself, down-sampled 2-4x (area), up-sampled back (bicubic), sometimes blurred (tile_degrade)",
+}
 CONDITIONING_CHANNELS = (16, 32, 64)  # 64 px -> 16 latents: down-sampling 4, as the demo VAE
 
 
@@ -49,6 +63,33 @@ def make_layout_dataset(seed: int, n: int, size: int = 64) -> tuple[np.ndarray, 
         controls[i] = layout_image(labels)
         captions.append(caption_scene(scene, rng))
     return images, controls, captions
+
+
+def tile_degrade(images: torch.Tensor, generator: torch.Generator, max_blur: float = 1.0) -> torch.Tensor:
+    """A Tile ControlNet's control images from ``images`` (B, 3, H, W) in [0, 1]: each down-sampled by
+    its own factor in [2, 4] (area average: the detail a smaller source never had), up-sampled back
+    to (H, W) (bicubic, as upscalers' filters do) and, for half of them, blurred by a Gaussian of σ
+    in (0, ``max_blur``] px. Clamped to [0, 1]."""
+    import torch.nn.functional as F
+
+    b, _, h, w = images.shape
+    factors = torch.empty(b).uniform_(2.0, 4.0, generator=generator)
+    sigmas = torch.empty(b).uniform_(0.0, max_blur, generator=generator) * (torch.rand(b, generator=generator) < 0.5)
+    out = torch.empty_like(images)
+    for i in range(b):
+        small = (max(1, round(h / float(factors[i]))), max(1, round(w / float(factors[i]))))
+        x = F.interpolate(images[i : i + 1], size=small, mode="area")
+        x = F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False)
+        sigma = float(sigmas[i])
+        if sigma > 0.05:
+            r = torch.arange(-2, 3, dtype=x.dtype)
+            k = torch.exp(-(r**2) / (2 * sigma**2))
+            k = k / k.sum()
+            x = F.pad(x, (2, 2, 2, 2), mode="replicate")
+            x = F.conv2d(x, k.view(1, 1, 1, 5).repeat(3, 1, 1, 1), groups=3)
+            x = F.conv2d(x, k.view(1, 1, 5, 1).repeat(3, 1, 1, 1), groups=3)
+        out[i] = x[0]
+    return out.clamp_(0, 1)
 
 
 def build_controlnet(unet: torch.nn.Module) -> torch.nn.Module:
@@ -71,7 +112,9 @@ def run(args: argparse.Namespace) -> Path:
     t0 = time.time()
     images, controls, captions = make_layout_dataset(args.seed, args.num_images)
     latents = encode_images(vae, images, bf16=False) * vae.config.scaling_factor
-    cond = to_tensor(controls).add_(1).div_(2)  # [0, 1], as the pipelines feed control images
+    tile = args.control == "tile"
+    # [0, 1], as the pipelines feed control images; a tile's are degraded afresh at each step
+    cond = to_tensor(images if tile else controls).add_(1).div_(2)
     tokenizer = CLIPTokenizer.from_pretrained(str(Path(args.model) / "tokenizer"))
     ids = tokenize(tokenizer, captions)
     empty = tokenize(tokenizer, [""])[0]
@@ -97,6 +140,8 @@ def run(args: argparse.Namespace) -> Path:
     for step in range(args.steps):
         idx = torch.randint(0, len(latents), (args.batch_size,), generator=gen)
         x0, c, s = latents[idx], cond[idx], states[idx].clone()
+        if tile:
+            c = tile_degrade(c, gen)
         s[torch.rand(args.batch_size, generator=gen) < args.caption_dropout] = empty_states
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch_size,), generator=gen)
@@ -122,7 +167,7 @@ def run(args: argparse.Namespace) -> Path:
     record = {
         "base_model": os.path.relpath(args.model),
         "config": {k: v for k, v in vars(args).items() if k not in ("output", "model")},
-        "control": "class map of the scene layout (devtools.demo.scenes.render_layout / layout_image)",
+        "control": CONTROLS[args.control],
         "conditioning_embedding_out_channels": list(CONDITIONING_CHANNELS),
         "parameters": count_parameters(ema),
         "wall_time_s": {
@@ -146,19 +191,25 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m devtools.demo.train_controlnet``."""
     p = argparse.ArgumentParser(prog="python -m devtools.demo.train_controlnet", description=__doc__)
     p.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="the demo pipeline folder it controls")
-    p.add_argument("--output", default=str(DEFAULT_CONTROLNET_DIR))
+    p.add_argument("--control", choices=tuple(CONTROLS), default="layout", help="what the control image is")
+    p.add_argument("--output", default=None, help="default: multidiffusion/demo/controlnet (-tile for tiles)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-images", type=int, default=8000)
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--caption-dropout", type=float, default=0.1)
+    p.add_argument("--caption-dropout", type=float, default=None, help="default: 0.1 (layout), 0.5 (tile)")
     p.add_argument("--ema-decay", type=float, default=0.99)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--log-every", type=int, default=25)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    run(p.parse_args(argv))
+    args = p.parse_args(argv)
+    if args.output is None:
+        args.output = str(DEFAULT_TILE_DIR if args.control == "tile" else DEFAULT_CONTROLNET_DIR)
+    if args.caption_dropout is None:
+        args.caption_dropout = 0.5 if args.control == "tile" else 0.1
+    run(args)
 
 
 if __name__ == "__main__":

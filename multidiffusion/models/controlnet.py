@@ -8,7 +8,10 @@ as those (FLUX.1, SD 3 / 3.5, Z-Image, Qwen-Image); a single file holding Z-Imag
 (diffusers' ``from_single_file``, its config from the hub's cache or the hub). Each is checked
 against the model by its adapter (:meth:`~multidiffusion.models.base.FamilyAdapter.adopt_controlnet`).
 ``"demo"`` is the demo model's ControlNet, shipped in ``multidiffusion/demo/controlnet`` (its control
-image is a scene's class map: ``devtools.demo.scenes.layout_image``)."""
+image is a scene's class map: ``devtools.demo.scenes.layout_image``); ``"demo-tile"`` its Tile
+ControlNet, in ``multidiffusion/demo/controlnet-tile`` (its control image is the image itself,
+preprocessor ``none``: an upscale's resized input, as ``python -m devtools.demo.train_controlnet
+--control tile`` trained it)."""
 
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from multidiffusion.models.files import ModelNotFoundError, has_tensors, is_pick
 from multidiffusion.models.hub import ask_hub_in_time, how_to_get, hub_folder, hub_offline
 
 __all__ = [
+    "DEMO_CONTROLNETS",
     "DEMO_CONTROLNET_DIR",
     "check_controlnet",
     "check_controlnet_class",
@@ -32,19 +36,24 @@ __all__ = [
     "load_controlnets",
 ]
 
-_KINDS = "'demo', a ControlNet folder, a Hugging Face repo id, a .safetensors file or a ControlNetModel"
+_KINDS = "'demo', 'demo-tile', a ControlNet folder, a Hugging Face repo id, a .safetensors file or a ControlNetModel"
 DEMO_CONTROLNET_DIR = Path(__file__).parents[1] / "demo" / "controlnet"
+DEMO_CONTROLNETS = {"demo": DEMO_CONTROLNET_DIR, "demo-tile": DEMO_CONTROLNET_DIR.parent / "controlnet-tile"}
+"""The shipped demo ControlNets by name: the layout one and the Tile one."""
 
 
 def _resolve(spec: str | os.PathLike) -> str | os.PathLike:
-    """``"demo"`` -> the shipped demo ControlNet's folder (which must be there); anything else as given."""
-    if isinstance(spec, str) and spec == "demo":
-        if not (DEMO_CONTROLNET_DIR / "config.json").is_file():
+    """``"demo"`` / ``"demo-tile"`` -> the shipped demo ControlNet's folder (which must be there);
+    anything else as given."""
+    if isinstance(spec, str) and spec in DEMO_CONTROLNETS:
+        folder = DEMO_CONTROLNETS[spec]
+        if not (folder / "config.json").is_file():
+            tile = " --control tile" if spec == "demo-tile" else ""
             raise ModelNotFoundError(
-                f"the demo ControlNet's weights are missing from {DEMO_CONTROLNET_DIR}; reinstall multidiffusion "
-                "or train them with `python -m devtools.demo.train_controlnet`"
+                f"the {spec} ControlNet's weights are missing from {folder}; reinstall multidiffusion "
+                f"or train them with `python -m devtools.demo.train_controlnet{tile}`"
             )
-        return DEMO_CONTROLNET_DIR
+        return folder
     return spec
 
 
