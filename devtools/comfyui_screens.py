@@ -11,11 +11,13 @@ It starts ComfyUI's server headless on loopback exactly as the tests do (``tests
 - writes the node tables between the ``<!-- nodes:begin -->`` / ``<!-- nodes:end -->`` markers of
   ``docs/comfyui.md`` from the server's ``/object_info`` (every input, its ComfyUI type, default, range
   and tooltip), or with ``--check`` only says whether the page's tables are still what the server lists;
-- queues each API-format example (``examples/comfyui/*.api.json``) through ``/prompt`` and copies its
-  saved image to ``docs/images/comfyui/<example>-result.png`` (printing the time each took);
+- queues each API-format demo example (``examples/comfyui/demo_*.api.json``; the others name real
+  checkpoints, not here) through ``/prompt`` and copies its saved image to
+  ``docs/images/comfyui/<example>-result.png`` (printing the time each took);
 - loads each UI-format example into ComfyUI's page in headless Chromium (Playwright), fits the view to
   the graph (the page sized to the graph's shape) and saves ``docs/images/comfyui/<example>-graph.png``,
-  palette-quantized where needed so each file stays under 300 KB in the repository.
+  palette-quantized where needed so each file stays under 300 KB in the repository. The graph loads
+  into the page's open workflow (one tab: loading with no workflow opens a second "Unsaved Workflow").
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ FIT = """([margin, left, top, right, bottom]) => {
   canvas.ds.offset[0] = -x0 + (left + (w - scale * (x1 - x0)) / 2) / scale;
   canvas.ds.offset[1] = -y0 + (top + (h - scale * (y1 - y0)) / 2) / scale;
   canvas.setDirty(true, true);
+}"""
+# Load a workflow into the open tab (its ComfyWorkflow), not a new temporary one beside it.
+LOAD = """async workflow => {
+  const open = window.app.extensionManager?.workflow?.activeWorkflow ?? null;
+  await window.app.loadGraphData(workflow, true, true, open);
 }"""
 INSETS = (64, 104, 16, 64)  # CSS pixels of the page's own bars over the canvas: left, top, right, bottom
 
@@ -174,7 +181,7 @@ def screenshots(server, names: list[str]) -> None:
             page.set_default_timeout(120_000)
             page.goto(server.url + "/")
             page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph")
-            page.evaluate("workflow => window.app.loadGraphData(workflow)", workflow)
+            page.evaluate(LOAD, workflow)
             page.wait_for_function("n => window.app.graph._nodes.length === n", arg=len(workflow["nodes"]))
             page.evaluate(FIT, [MARGIN, *INSETS])
             page.wait_for_timeout(1000)  # the canvas draws on the next frames
@@ -191,8 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only check the page's node tables")
     parser.add_argument("--no-images", action="store_true", help="write the node tables only")
     parser.add_argument("--only-graphs", action="store_true", help="the tables and the screenshots, not the results")
+    parser.add_argument("--only", nargs="*", help="these examples only (names without .api.json)")
     args = parser.parse_args(argv)
     names = sorted(p.name.removesuffix(".api.json") for p in EXAMPLES.glob("*.api.json"))
+    names = [n for n in names if not args.only or n in args.only]
     with _server() as server:
         text = PAGE.read_text()
         updated = with_tables(text, node_tables(server.get("/object_info")))
@@ -203,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_images:
             IMAGES.mkdir(parents=True, exist_ok=True)
             if not args.only_graphs:
-                results(server, names)
+                results(server, [n for n in names if n.startswith("demo_")])
             screenshots(server, names)
     return 0
 

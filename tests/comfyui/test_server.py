@@ -1,9 +1,11 @@
 """End to end: ComfyUI's own server, headless on loopback, with the pack in its ``custom_nodes``.
 
 The pack loads with no error line in the server log; ``/object_info`` lists every node of the pack
-with a tooltip on every input; each API-format example workflow under ``examples/comfyui/`` (demo
-model versions) is queued through ``/prompt``, run to completion (``/history``) and its saved image
-checked: its size, finite, not blank. The server (conftest's ``comfyui_server``) is stopped and its
+with a tooltip on every input; each API-format demo example workflow under ``examples/comfyui/``
+(``demo_*``) is queued through ``/prompt``, run to completion (``/history``) and its saved image
+checked: its size, finite, not blank. The others name real checkpoints (not here): every node type
+they use exists in ``/object_info``, every input value is one its spec allows, every link joins an
+output to an input of its type. The server (conftest's ``comfyui_server``) is stopped and its
 temporary folders removed at the end of the session.
 
 Run with the ComfyUI environment (devtools/comfyui_env.sh):
@@ -29,6 +31,10 @@ from comfy_tiny import PACK
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "comfyui"
 WORKFLOWS = sorted(EXAMPLES.glob("*.api.json"))
+DEMOS = [w for w in WORKFLOWS if w.name.startswith("demo_")]  # run here; the others name real weights
+REAL = [w for w in WORKFLOWS if w not in DEMOS]
+# weights files the real examples name (ComfyUI lists the files it finds: none here), by node and input
+MODEL_FILES = {("CheckpointLoaderSimple", "ckpt_name"), ("ControlNetLoader", "control_net_name")}
 # (width, height) of each example's saved image: every API-format example must have its line
 EXPECTED_SIZE = {
     "demo_controlnet": (128, 64),  # a layout drawn with stock image nodes steering the demo ControlNet
@@ -36,6 +42,7 @@ EXPECTED_SIZE = {
     "demo_panorama": (256, 64),  # 512 x 128: latents 64 x 16, four 16 x 16 windows wide, circular
     "demo_regions": (128, 64),  # 256 x 128: latents 32 x 16, two half-width regions over a background
     "demo_upscale": (192, 128),  # the 96 x 64 txt2img image upscaled 2x and re-worked over windows
+    "demo_tile_upscale": (192, 128),  # the same 2x, from its noise inversion, with the demo Tile ControlNet
 }
 PACK_DIR_NAME = PACK.name  # conftest links the pack into custom_nodes under its own folder name
 MODULE = f"custom_nodes.{PACK_DIR_NAME}"  # ComfyUI's python_module of the pack's nodes
@@ -60,7 +67,7 @@ def test_tracebacks_are_cut_at_their_exception_line():
 
 def test_every_example_has_an_expected_size():
     assert WORKFLOWS, f"no API-format workflow in {EXAMPLES}"
-    assert {w.name.removesuffix(".api.json") for w in WORKFLOWS} == set(EXPECTED_SIZE)
+    assert {w.name.removesuffix(".api.json") for w in DEMOS} == set(EXPECTED_SIZE)
 
 
 def test_the_pack_loads_without_an_error_line(comfyui_server):
@@ -114,7 +121,57 @@ def test_ui_format_workflows_are_their_api_format(comfyui_server):
         assert json.loads(ui.read_text()) == api_to_ui(json.loads(path.read_text()), info), ui
 
 
-@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name.removesuffix(".api.json"))
+def _allowed(node: str, name: str, spec: list, value: object) -> str | None:
+    """Why ``value`` is not allowed by the input ``spec`` (None when it is)."""
+    kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
+    if isinstance(kind, list) or kind == "COMBO":
+        choices = kind if isinstance(kind, list) else options.get("options", [])
+        if (node, name) in MODEL_FILES:
+            ok = isinstance(value, str) and value.endswith((".safetensors", ".pth", ".ckpt"))
+            return None if ok else f"{value!r} is not a weights file name"
+        return None if value in choices else f"{value!r} not in {choices}"
+    if kind in ("INT", "FLOAT"):
+        if isinstance(value, bool) or not isinstance(value, int if kind == "INT" else (int, float)):
+            return f"{value!r} is not {kind}"
+        low, high = options.get("min", -float("inf")), options.get("max", float("inf"))
+        return None if low <= value <= high else f"{value} outside [{low}, {high}]"
+    if kind == "BOOLEAN":
+        return None if isinstance(value, bool) else f"{value!r} is not a boolean"
+    if kind == "STRING":
+        return None if isinstance(value, str) else f"{value!r} is not a string"
+    return f"a {kind} input needs a link, got {value!r}"
+
+
+@pytest.mark.parametrize("path", REAL, ids=lambda p: p.name.removesuffix(".api.json"))
+def test_real_model_example_fits_the_node_specs(comfyui_server, path: Path):
+    """An example naming real weights (not run here): node types known, required inputs given, values
+    allowed by the specs (weights files by their name only), links from an output of the input's type."""
+    info = comfyui_server.get("/object_info")
+    workflow = json.loads(path.read_text())
+    problems = []
+    for node_id, node in workflow.items():
+        kind = node["class_type"]
+        if kind not in info:
+            problems.append(f"{node_id}: unknown node type {kind}")
+            continue
+        specs = {**info[kind]["input"].get("required", {}), **info[kind]["input"].get("optional", {})}
+        missing = set(info[kind]["input"].get("required", {})) - set(node["inputs"])
+        problems += [f"{node_id} {kind}: required input {m!r} missing" for m in sorted(missing)]
+        for name, value in node["inputs"].items():
+            if name not in specs:
+                problems.append(f"{node_id} {kind}: no input {name!r}")
+            elif isinstance(value, list):
+                source, slot = value
+                outputs = info[workflow[source]["class_type"]]["output"]
+                want = specs[name][0]
+                if slot >= len(outputs) or (outputs[slot] != want and "*" not in (want, outputs[slot])):
+                    problems.append(f"{node_id} {kind}.{name}: linked to {source}[{slot}], not a {want}")
+            elif (why := _allowed(kind, name, specs[name], value)) is not None:
+                problems.append(f"{node_id} {kind}.{name}: {why}")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("path", DEMOS, ids=lambda p: p.name.removesuffix(".api.json"))
 def test_example_workflow_runs_to_an_image(comfyui_server, path: Path):
     workflow = json.loads(path.read_text())
     start = time.perf_counter()

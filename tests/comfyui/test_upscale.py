@@ -146,3 +146,26 @@ def test_the_noise_refuses_another_latent_and_bad_sigmas(setup):
         upscale.invert(guider, sigmas[-1:], {"samples": latent})
     with pytest.raises(ValueError, match="sigmas"):
         upscale.invert(guider, sigmas.flip(0), {"samples": latent})
+
+
+@torch.no_grad()
+def test_demo_tile_controlnet_loads_with_the_diffusers_residuals(comfy):
+    """The pack's demo Tile ControlNet (ComfyUI's ControlNet network, the shipped ``demo-tile`` weights)
+    gives the residuals of the same weights in diffusers for the same inputs."""
+    from diffusers import ControlNetModel
+
+    from multidiffusion.models.controlnet import DEMO_CONTROLNETS
+
+    loaded = tiny.node_module("demo_controlnet").MultiDiffusionDemoTileControlNetLoader().load()[0]
+    ours = ControlNetModel.from_pretrained(DEMO_CONTROLNETS["demo-tile"], torch_dtype=torch.float32).eval()
+    g = torch.Generator().manual_seed(6)
+    h, w = 16, 24
+    x, hint = torch.randn(1, 4, h, w, generator=g), torch.rand(1, 3, 4 * h, 4 * w, generator=g)
+    context = torch.randn(1, 8, ours.config.cross_attention_dim, generator=g)
+    t = torch.tensor([300.0])
+    got = loaded.control_model(x=x, hint=hint, timesteps=t, context=context)
+    down, mid = ours(x, t, encoder_hidden_states=context, controlnet_cond=hint, return_dict=False)
+    diffs = [(a - b).abs().max().item() for a, b in zip([*got["output"], *got["middle"]], [*down, mid])]
+    print(f"demo-tile ControlNet, ComfyUI vs diffusers residuals: max|diff| = {max(diffs):.3g}")
+    assert len(got["output"]) == len(down) and max(diffs) <= 1e-4
+    assert max(d.abs().max().item() for d in down) > 1e-3
