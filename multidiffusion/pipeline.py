@@ -103,7 +103,7 @@ class MultiDiffusion(TaskMethods, ConditioningMethods):
         self.share_prefix = share_prefix
         self.share_unconditional = share_unconditional
         self._progress: dict[str, Any] = {}
-        self._decode: dict[str, Any] = {}
+        self._decode: dict[str, Any] = {"edge_pad": "auto"}  # see set_vae_tiling
         self.lora_files: dict[str, dict[str, Any]] = {}
         """LoRAs loaded with :meth:`load_lora`, by adapter name: what results record of them."""
         self._prompts = EncodedPrompts(release_after_encoding=release_text_encoders)
@@ -248,6 +248,7 @@ class MultiDiffusion(TaskMethods, ConditioningMethods):
         overlap: int | None = None,
         norm_stats: str = "exact",
         cache_mb: float | None = None,
+        edge_pad: int | str = "auto",
     ) -> MultiDiffusion:
         """How canvases larger than the VAE's tile are decoded and encoded (see
         :func:`~multidiffusion.vae.codec.decode_latents`): ``tile`` and ``overlap`` in latent pixels
@@ -256,13 +257,19 @@ class MultiDiffusion(TaskMethods, ConditioningMethods):
         faithful on trained VAEs); ``cache_mb``: the memory the exact statistics may keep to resume
         their passes (default: 2048 MiB, at most a quarter of the free memory; 0: the least memory,
         several times slower, with the memory freed by each tile given back to the system on the
-        CPU, see :mod:`multidiffusion.vae.heap`)."""
+        CPU, see :mod:`multidiffusion.vae.heap`); ``edge_pad``: latent pixels replicated beyond the
+        canvas' edges for the decode ("auto": 2 on canvases larger than the VAE's native size, none at
+        one view, decoded as diffusers; 0: never), which keeps a decoder's frame out of the image
+        (:mod:`multidiffusion.vae.edges`)."""
         from multidiffusion.vae.codec import check_cache_mb
+        from multidiffusion.vae.edges import check_edge_pad
         from multidiffusion.vae.tiles import NORM_STATS
 
         check_choice("norm_stats", norm_stats, NORM_STATS)
         check_cache_mb(cache_mb)
+        check_edge_pad(edge_pad)
         self._decode = {"tile": tile, "overlap": overlap, "norm_stats": norm_stats, "cache_mb": cache_mb}
+        self._decode["edge_pad"] = edge_pad
         return self
 
     def set_progress_bar_config(self, **kwargs: Any) -> None:

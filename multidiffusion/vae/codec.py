@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
+from multidiffusion.vae.edges import resolve_edge_pad
 from multidiffusion.vae.latents import LatentFormat, ScaledLatents
 from multidiffusion.vae.norms import NORM_STATS, Collective, GroupNormStats
 from multidiffusion.vae.stages import decoder_stages, encoder_stages, run_latent_stage
@@ -152,6 +153,7 @@ def _decode(
     share: Collective | None = None,
     cache_mb: float | None = None,
     latent_format: LatentFormat | None = None,
+    edge_pad: int | str = 0,
 ) -> None:
     """Decode into ``write(first_row, rows)``: bands of image rows, full width, wrap padding removed;
     with ``share``, the ranks split the pixel stage's tiles (:func:`~multidiffusion.vae.tiles.run_tiled`)
@@ -162,14 +164,22 @@ def _decode(
     _onload(vae)
     with _upcast_if_needed(vae) as dtype:
         z = (latent_format or ScaledLatents.of(vae)).to_vae(latents).to(dtype)
+        height = z.shape[-2] * f
         pad = min(max(overlap, 8), z.shape[-1]) if circular else 0
         if pad:
             z = torch.cat([z[..., -pad:], z, z[..., :pad]], dim=-1)
+        edge = resolve_edge_pad(vae, edge_pad, latents.shape[-2:])
+        if edge:  # the canvas' own edges, replicated (circular canvases already have real neighbours)
+            z = torch.nn.functional.pad(z, (0 if pad else edge, 0 if pad else edge, edge, edge), mode="replicate")
+            pad = pad or edge
         cols = slice(pad * f, (z.shape[-1] - pad) * f)
+        top = edge * f
         h, w = z.shape[-2:]
 
         def emit(row: int, rows: torch.Tensor) -> None:
-            write(row, rows[..., cols])
+            lo, hi = max(row, top), min(row + rows.shape[-2], top + height)
+            if hi > lo:
+                write(lo - top, rows[..., lo - row : hi - row, cols])
 
         stages = decoder_stages(vae)
         if h <= tile and w <= tile:
@@ -197,6 +207,7 @@ def decode_latents(
     share: Collective | None = None,
     cache_mb: float | None = None,
     latent_format: LatentFormat | None = None,
+    edge_pad: int | str = 0,
 ) -> torch.Tensor:
     """Decode diffusion latents (B, C, h, w) to images (B, 3, h*f, w*f) in [-1, 1].
 
@@ -213,6 +224,9 @@ def decode_latents(
     fits in one tile is decoded whole, exactly as diffusers does. ``share``: processes that split the
     tiles, each getting the whole image (:mod:`multidiffusion.vae.tiles`). ``latent_format``: how
     the model's latents map to the VAE's (its adapter's; default: :class:`ScaledLatents` of the VAE).
+    ``edge_pad``: latent pixels replicated beyond the canvas' edges before decoding and cropped after
+    (0, the default: the decoder's zero padding, as diffusers; "auto": a few on canvases larger than
+    the VAE's native size), which keeps a decoder's frame out of the image (:mod:`multidiffusion.vae.edges`).
     """
     f = vae_scale_factor(vae)
     shape = (latents.shape[0], vae.config.out_channels, latents.shape[-2] * f, latents.shape[-1] * f)
@@ -221,7 +235,9 @@ def decode_latents(
     def write(row: int, rows: torch.Tensor) -> None:
         image[..., row : row + rows.shape[-2], :] = rows
 
-    _decode(vae, latents, circular, tile, overlap, write, latent_tile, norm_stats, share, cache_mb, latent_format)
+    _decode(
+        vae, latents, circular, tile, overlap, write, latent_tile, norm_stats, share, cache_mb, latent_format, edge_pad
+    )
     return image
 
 
@@ -238,6 +254,7 @@ def decode_to_uint8(
     share: Collective | None = None,
     cache_mb: float | None = None,
     latent_format: LatentFormat | None = None,
+    edge_pad: int | str = 0,
 ) -> torch.Tensor:
     """Like :func:`decode_latents`, but straight to 8-bit images (B, H, W, 3) on the CPU, converted
     one band of rows at a time (as diffusers' ``numpy_to_pil`` rounds), so no float copy of the
@@ -250,7 +267,9 @@ def decode_to_uint8(
         rows = rows.float().mul_(0.5).add_(0.5).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
         image[:, row : row + rows.shape[-2]] = rows.permute(0, 2, 3, 1).cpu()
 
-    _decode(vae, latents, circular, tile, overlap, write, latent_tile, norm_stats, share, cache_mb, latent_format)
+    _decode(
+        vae, latents, circular, tile, overlap, write, latent_tile, norm_stats, share, cache_mb, latent_format, edge_pad
+    )
     return image
 
 
