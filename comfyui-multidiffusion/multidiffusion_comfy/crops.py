@@ -7,9 +7,10 @@ canvas (the cond and uncond chunks of the batch one after another, ``cond_or_unc
 crops view-major, (V*N, C, h, w); :func:`view_inputs` makes ``c`` match those rows:
 
 - ``c_concat`` (an inpainting model's mask and masked image) and ``control`` (a ControlNet's
-  residuals, computed by ComfyUI on the canvas before the wrapper runs) are spatial: each view gets
-  its own crop, at the tensor's own resolution (a residual at 1/2 or 1/4 of the latent grid is
-  cropped at that scale).
+  residuals where ComfyUI computed them on the canvas before the wrapper ran: a T2I-Adapter, or a
+  patch that is not the model's outermost wrapper; ControlNets proper run per window,
+  :mod:`.window_control`) are spatial: each view gets its own crop, at the tensor's own resolution
+  (a residual at 1/2 or 1/4 of the latent grid is cropped at that scale).
 - Every other tensor with one row per batch row (``c_crossattn``, SDXL's ``y``, FLUX's
   ``guidance``, ...) is repeated once per view.
 - ``transformer_options`` gets ``cond_or_uncond`` and ``uuids`` repeated per view, so patches that
@@ -33,6 +34,7 @@ __all__ = [
     "call_model",
     "cat_rows",
     "control_multiple",
+    "crop_at_scale",
     "latent_factor",
     "patch_multiple",
     "step_index",
@@ -43,8 +45,9 @@ SPATIAL_KEYS = ("c_concat", "control")
 """Keys of ``c`` whose tensors lie on the canvas and are cropped per view."""
 
 
-def _crop_at_scale(value: torch.Tensor, view: View, canvas: tuple[int, int], key: str) -> torch.Tensor:
-    """F_i of a tensor whose last two axes cover the canvas at an integer scale (or 1/scale) of it."""
+def crop_at_scale(value: torch.Tensor, view: View, canvas: tuple[int, int], key: str) -> torch.Tensor:
+    """F_i of a tensor whose last two axes cover the canvas at an integer scale (or 1/scale) of it
+    (a residual at 1/2 of the latent grid, a ControlNet hint at 8 times it)."""
     h, w = value.shape[-2:]
     if (h, w) == canvas:
         return crop(value, view)
@@ -70,7 +73,7 @@ def _per_view(value: Any, views: Sequence[View], rows: int, canvas: tuple[int, i
                     f"{key}: a tensor of shape {tuple(value.shape)} is not a map of the canvas, so it can't be cut "
                     "into views (a DiT ControlNet's token residuals are not supported by the tiled patch)"
                 )
-            return torch.cat([_crop_at_scale(value, v, canvas, key) for v in views])
+            return torch.cat([crop_at_scale(value, v, canvas, key) for v in views])
         return value.repeat(len(views), *([1] * (value.dim() - 1)))
     if isinstance(value, dict):
         return {k: _per_view(v, views, rows, canvas, key, spatial) for k, v in value.items()}

@@ -4,9 +4,12 @@ A region whose conditioning went through ComfyUI's Apply ControlNet carries a Co
 (``"control"``). The sampler never sees that conditioning, so the patch does what the sampler does for
 its own prompts: ``pre_run`` (the ControlNet's sigma range) and loading its model, then per model call
 ``get_control`` on the region jobs' crops (after bootstrapping's composition, as the model sees them),
-under the region's own cross-attention context. Jobs of other prompts keep the residuals ComfyUI
-computed for the sampler's positive (or none); the batch's ``control`` holds each job's rows, zeros
-where a job has none at a position the others have.
+under the region's own cross-attention context, with the ControlNet's hint cut to the job's view
+(:mod:`.window_control`: in windows too, a region's ControlNet sees its window of the hint). Jobs of
+other prompts keep the residuals of the sampler's positive (or none); the batch's ``control`` holds
+each job's rows, zeros where a job has none at a position the others have. A control that is not a
+ControlNet (a T2I-Adapter) is prepared by ComfyUI for the crop's size, so it needs the whole canvas
+as the one view.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import Any
 import torch
 
 from multidiffusion.engine.fusion import Job
+
+from .window_control import WindowControls, runs_per_window
 
 __all__ = ["merged_control", "prepare_controls"]
 
@@ -51,9 +56,12 @@ def merged_control(
     inputs: dict[str, Any],
     rows: int,
     chunks: int,
+    windows: WindowControls | None = None,
+    canvas: tuple[int, int] | None = None,
 ) -> dict | None:
     """The ``control`` of a batch of jobs: region k's ControlNet (``controls[k]``, or None) for the jobs
-    of region k (prompt slot k + 1), the base's rows for the others."""
+    of region k (prompt slot k + 1), the base's rows for the others. ``windows`` runs a ControlNet on
+    the job's view of its hint on the ``canvas``; without it, ComfyUI's ``get_control`` as is."""
     options = inputs.get("transformer_options", {})
     parts = []
     for j, job in enumerate(jobs):
@@ -65,7 +73,10 @@ def merged_control(
         cond = {
             k: v[block] for k, v in inputs.items() if isinstance(v, torch.Tensor) and v.shape[0] == len(jobs) * rows
         }
-        parts.append(control.get_control(crops[block], sigma[block], cond, chunks, options))
+        if windows is not None and canvas is not None and runs_per_window(control):
+            parts.append(windows.residuals(control, crops[block], sigma[block], cond, [job.view], canvas, chunks))
+        else:
+            parts.append(control.get_control(crops[block], sigma[block], cond, chunks, options))
     present = [p for p in parts if p is not None]
     if not present:
         return None

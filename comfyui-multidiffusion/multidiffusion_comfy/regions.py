@@ -33,6 +33,7 @@ from multidiffusion.regions.layout import Region, RegionLayout, region_layout
 
 from .crops import SPATIAL_KEYS, call_model, cat_rows, latent_factor, step_index, view_inputs
 from .region_control import merged_control, prepare_controls
+from .window_control import DeferredControl, WindowControls, runs_per_window
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "RegionsWrapper"]
 
@@ -78,14 +79,16 @@ class RegionsWrapper:
             raise ValueError("bootstrap_steps > 0 needs the vae input (it encodes the plain-colour backgrounds)")
         self.regions = list(regions)
         self.controls = [cond[0][1].get("control") for cond, _, _ in self.regions]
-        if window is not None and any(c is not None for c in self.controls):
+        if window is not None and any(c is not None and not runs_per_window(c) for c in self.controls):
             raise ValueError(
-                "a region's own ControlNet needs the whole canvas as one view (tile_width and tile_height 0)"
+                "a region's own T2I-Adapter (a control that is not a ControlNet) needs the whole canvas as one "
+                "view (tile_width and tile_height 0)"
             )
         self.factor, self.window, self.stride = factor, window, stride
         self.bootstrap_steps, self.vae, self.seed = bootstrap_steps, vae, seed
         self.view_batch_size, self.previous = view_batch_size, previous
         self._cache: dict[Any, Any] = {}
+        self.window_controls = WindowControls(self)
 
     # -- what depends on the canvas ---------------------------------------------------------------
     def layout(self, canvas: tuple[int, int]) -> tuple[RegionLayout, list[View]]:
@@ -215,15 +218,23 @@ class RegionsWrapper:
         compose = self._composer(model, layout, views, x, t, per, step) if bootstrap else None
 
         def denoise(crops: torch.Tensor, sigma: torch.Tensor, jobs: list[Job]) -> torch.Tensor:
-            inputs = view_inputs(c, [job.view for job in jobs], rows, canvas)
+            views = [job.view for job in jobs]
+            inputs = view_inputs(c, views, rows, canvas)
+            if isinstance(inputs.get("control"), DeferredControl):  # the sampler's ControlNet, per window
+                sigmas = sigma.repeat(len(jobs))
+                control = inputs["control"].control
+                inputs["control"] = self.window_controls.residuals(
+                    control, crops, sigmas, inputs, views, canvas, len(chunks)
+                )
             for name in {name for inputs_k in conds for name in inputs_k}:
                 if isinstance(inputs.get(name), torch.Tensor):
                     inputs[name] = self._replace(inputs[name], name, jobs, rows, per, conds)
             if conds and any(control is not None for control in self.controls):
                 sigmas = sigma.repeat(len(jobs))
                 inputs["control"] = merged_control(
-                    inputs.get("control"), self.controls, crops, sigmas, jobs, inputs, rows, len(chunks)
-                )
+                    inputs.get("control"), self.controls, crops, sigmas, jobs, inputs, rows, len(chunks),
+                    self.window_controls, canvas,
+                )  # fmt: skip
             return call_model(apply_model, self.previous, crops, sigma.repeat(len(jobs)), inputs, chunks * len(jobs))
 
         plan = shared_plan if negative and not bootstrap else jobs_plan
@@ -366,6 +377,7 @@ class MultiDiffusionRegions:
         previous = patched.model_options.get("model_function_wrapper")
         wrapper = RegionsWrapper(regions, f, window, strides, bootstrap_steps, vae, seed % 2**63, None, previous)
         patched.set_model_unet_function_wrapper(wrapper)
+        wrapper.window_controls.install(patched)
         return (patched,)
 
 

@@ -16,8 +16,11 @@ loads and every sampler it offers work.
 Windows are the paper's grid (stride 1/8 of the window) or the fast mode's shifted windows, a
 fresh seeded offset each step (SpotDiffusion; docs/fast-mode.md); weights uniform (the paper) or
 Gaussian (Mixture of Diffusers); circular wraps windows around the horizontal edge (360-degree).
-With a ControlNet (its residuals computed by ComfyUI on the canvas, cut per view), window starts
-and the default stride snap to its coarsest residual's grid (SD: 8 latent pixels, 64 px).
+A ControlNet runs per window (:mod:`.window_control`): each window's residuals come from that
+window's latents and its crop of the hint, so the ControlNet's memory is the window's, not the
+canvas's, and a tile ControlNet sees its tile. Residuals ComfyUI computed on the canvas (a T2I-Adapter,
+or this patch wrapped by another) are cut per view; then window starts and the default stride snap to
+the coarsest residual's grid (SD: 8 latent pixels, 64 px).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from multidiffusion.engine.views import WEIGHTS, View
 from multidiffusion.engine.windows import PLACEMENTS, Windows, default_stride, panorama_plans
 
 from .crops import call_model, control_multiple, latent_factor, patch_multiple, step_index, view_inputs
+from .window_control import DeferredControl, WindowControls
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "MultiDiffusionTiled", "TiledWrapper"]
 
@@ -43,6 +47,8 @@ class TiledWrapper:
     ``window`` and ``stride`` are (rows, columns) in latent pixels (stride None: the placement's
     default, :func:`~multidiffusion.engine.windows.default_stride`); ``multiple``: a DiT's patch size.
     ``previous``: a wrapper installed before this one, which then runs on each batch of crops.
+    ``controls``: runs the ControlNets per window once :meth:`WindowControls.install` put its
+    wrappers on the patched model.
     """
 
     def __init__(
@@ -71,6 +77,7 @@ class TiledWrapper:
         self.circular, self.view_batch_size, self.seed, self.multiple = circular, view_batch_size, seed, multiple
         self.previous, self.positions = previous, positions
         self._plans: dict[tuple, Callable[[int], FusionPlan]] = {}
+        self.controls = WindowControls(self)
 
     def plan(self, canvas: tuple[int, int], step: int, device: torch.device, align: int = 1) -> FusionPlan:
         """The views and weights of ``step`` on a ``canvas`` of (rows, columns) latent pixels; window
@@ -93,10 +100,16 @@ class TiledWrapper:
         step = step_index(c.get("transformer_options", {}), t)
         plan = self.plan(canvas, step, x.device, control_multiple(c, canvas))
         rows = x.shape[0]
+        deferred = c.get("control") if isinstance(c.get("control"), DeferredControl) else None
 
         def denoise(crops: torch.Tensor, sigma: torch.Tensor, jobs: list[Job]) -> torch.Tensor:
             views = [job.view for job in jobs]
             inputs = view_inputs(c, views, rows, canvas)
+            if deferred is not None:
+                sigmas = sigma.repeat(len(jobs))
+                inputs["control"] = self.controls.residuals(
+                    deferred.control, crops, sigmas, inputs, views, canvas, len(chunks)
+                )
             if self.positions == "canvas":
                 inputs["transformer_options"] = _placed(inputs.get("transformer_options", {}), views[0], self.multiple)
             return call_model(apply_model, self.previous, crops, sigma.repeat(len(jobs)), inputs, chunks * len(jobs))
@@ -104,6 +117,9 @@ class TiledWrapper:
         batch = 1 if self.positions == "canvas" else self.view_batch_size
         return fused_prediction(denoise, x, t, plan, batch)
 
+
+CONTROLS = ("window", "canvas")
+"""Where the node runs a ControlNet: per window (:mod:`.window_control`) or ComfyUI's way, on the canvas."""
 
 POSITIONS = ("view", "canvas")
 """Rotary positions of a DiT's image tokens in a window: the window's own (as a whole image of its
@@ -220,7 +236,19 @@ class MultiDiffusionTiled:
                         "tooltip": "Seed of the shifted placement's window offsets (the grid does not use it).",
                     },
                 ),
-            }
+            },
+            "optional": {
+                "controlnet": (
+                    list(CONTROLS),
+                    {
+                        "default": "window",
+                        "tooltip": "Where a ControlNet runs. window: on each window's latents and its crop of "
+                        "the hint (memory of one window batch; a tile ControlNet sees its tile; as many ControlNet "
+                        "calls as model calls). canvas: ComfyUI's, once per step on the whole canvas, residuals "
+                        "cut per window (cheaper on small canvases, memory grows with the canvas).",
+                    },
+                ),
+            },
         }
 
     def patch(
@@ -235,7 +263,10 @@ class MultiDiffusionTiled:
         view_batch_size: int,
         seed: int,
         positions: str = "view",
+        controlnet: str = "window",
     ) -> tuple[Any]:
+        if controlnet not in CONTROLS:
+            raise ValueError(f"controlnet must be one of {', '.join(CONTROLS)}, got {controlnet!r}")
         f = latent_factor(model)
         multiple = patch_multiple(model)
         window = (
@@ -257,6 +288,8 @@ class MultiDiffusionTiled:
             positions,
         )
         patched.set_model_unet_function_wrapper(wrapper)
+        if controlnet == "window":
+            wrapper.controls.install(patched)
         return (patched,)
 
 

@@ -209,9 +209,11 @@ def test_the_patch_chains_a_wrapper_installed_before_it(comfy, tiled):
 
 
 def test_controlnet_residuals_follow_the_views(comfy, tiled):
-    """The stock Apply ControlNet on the demo model and ControlNet (ComfyUI computes the residuals on
-    the canvas; the patch cuts them per view at each residual's resolution): at one view the patched
-    KSampler equals the stock one with the ControlNet; on three views it runs and the control steers it."""
+    """The stock Apply ControlNet on the demo model and ControlNet (run per window by the patch:
+    tests/comfyui/test_window_control.py): at one view the patched KSampler equals the stock one with
+    the ControlNet; on three views it runs and the control steers it. Residuals ComfyUI computed on the
+    canvas (``controlnet="canvas"``) are cut per view at each residual's resolution, window starts
+    snapped to the coarsest residual's grid."""
     import nodes
 
     model, clip, _ = tiny.node_module("loaders").MultiDiffusionDemoModelLoader().load()
