@@ -6,7 +6,8 @@ run (the ratio). Two paths: a plain ``md.regions`` call, and :class:`~multidiffu
 overhead (or saving) shows.
 
 - CPU (``python -m benchmarks --suites live-fps``): the shipped demo model at its size, 128 x 64 px,
-  against 25 steps. ``--model`` names another model (the distilled few-step demo once it exists).
+  against 25 steps. ``--model`` names another model; ``--model demo-lcm`` (the distilled few-step demo)
+  runs it with its LCMScheduler at guidance 1 against the base demo's 25 steps in the same run.
 - GPU (an item of ``--suites gpu``, :func:`gpu_live_rows`): 512 x 512 on SD-Turbo-shaped random weights
   (SD 2.1-base's UNet, random), no guidance as SD-Turbo runs, against the 50-step grid with classifier-free
   guidance 7.5 (the base model's usual setting, two evaluations a step).
@@ -102,21 +103,35 @@ def _rows(name: str, measured: list[dict], base_steps: int, notes: str) -> list[
 
 
 def live_fps_rows(model: str | None = None, quick: bool = False, repeats: int = 10, seed: int = 1) -> list[dict]:
-    """The CPU suite: :data:`DEMO_LAYOUT` on ``model`` (default the shipped demo) at
-    :data:`FEW_STEPS` of ``euler_trailing`` and at 25 steps (``quick``: 1 step against 2, one repeat)."""
+    """The CPU suite: :data:`DEMO_LAYOUT` on ``model`` (default the shipped demo) at :data:`FEW_STEPS` of
+    ``euler_trailing`` and at 25 steps (``quick``: 1 step against 2, one repeat). ``"demo-lcm"`` (the
+    distilled few-step demo): its own LCMScheduler at guidance 1 (one evaluation a view and step, as
+    LCM-LoRAs run), against the base demo's 25 ``euler_trailing`` steps at its default guidance, in the
+    same run."""
     from multidiffusion import MultiDiffusion
 
+    lcm = model == "demo-lcm"
     md = MultiDiffusion.from_pretrained(model or "demo", device="cpu")
     md.set_progress_bar_config(disable=True)
     steps, base = ((1,), 2) if quick else (FEW_STEPS, 25)
-    settings = [{"num_inference_steps": n, "scheduler": SCHEDULER} for n in (*steps, base)]
-    measured = _measure(md, DEMO_LAYOUT, settings, 1 if quick else repeats, seed)
-    notes = (
-        f"{'the given model ' + model if model else 'the plain demo'} with {SCHEDULER}, guidance at its default; "
-        "bootstrapping at its default (40 % of the steps)"
-    )
-    if not model:
-        notes += "; the distilled few-step demo (issue 29 item 3) does not exist yet: pass --model when it does"
+    few: dict[str, Any] = {"guidance_scale": 1.0} if lcm else {"scheduler": SCHEDULER}
+    settings = [{"num_inference_steps": n, **few} for n in steps]
+    base_settings = [{"num_inference_steps": base, "scheduler": SCHEDULER}]
+    n = 1 if quick else repeats
+    if lcm:
+        base_md = MultiDiffusion.from_pretrained("demo", device="cpu")
+        base_md.set_progress_bar_config(disable=True)
+        measured = _measure(md, DEMO_LAYOUT, settings, n, seed) + _measure(base_md, DEMO_LAYOUT, base_settings, n, seed)
+        notes = (
+            "demo-lcm (the demo distilled into an LCM-LoRA) with its LCMScheduler at guidance 1, against the base "
+            f"demo at {base} {SCHEDULER} steps, guidance 7.5; bootstrapping at its default (40 % of the steps)"
+        )
+    else:
+        measured = _measure(md, DEMO_LAYOUT, settings + base_settings, n, seed)
+        notes = (
+            f"{'the given model ' + model if model else 'the plain demo'} with {SCHEDULER}, guidance at its "
+            "default; bootstrapping at its default (40 % of the steps)"
+        )
     return _rows(f"{model or 'demo'} 3 regions 128 x 64", measured, base, notes)
 
 

@@ -82,7 +82,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument(
         "--model",
-        help="'demo' (shipped, offline), a Hugging Face repo id, a diffusers folder or a .safetensors "
+        help="'demo' or 'demo-lcm' (its few-step LCM-LoRA; both shipped, offline), a Hugging Face repo id, "
+        "a diffusers folder or a .safetensors "
         "checkpoint (default: demo)",
     )
     g.add_argument("--config", help="for a .safetensors file: diffusers folder or repo id with its config")

@@ -74,7 +74,7 @@ def register(p: argparse.ArgumentParser) -> None:
         "--model",
         action="append",
         metavar="MODEL",
-        help="a model the page offers: 'demo', a repo id, a diffusers folder or a .safetensors file; "
+        help="a model the page offers: 'demo', 'demo-lcm', a repo id, a diffusers folder or a .safetensors file; "
         "repeat for a list (default: demo)",
     )
     p.set_defaults(run=run, quiet=True)

@@ -41,7 +41,7 @@ from multidiffusion.conditionings.controlnet import CONTROL_INPUT
 from multidiffusion.io.image_loader import ImageLimits, check_file, is_input_record, open_header
 from multidiffusion.io.messages import shown
 from multidiffusion.io.text import parse_json_text
-from multidiffusion.io.trust import RepoId, is_repo_id
+from multidiffusion.io.trust import SHIPPED_MODELS, RepoId, is_repo_id
 from multidiffusion.models import family_options
 from multidiffusion.options import TASK_OPTIONS, UPSCALE_FILTERS, Limits, SamplingOptions, build_options, input_fields
 
@@ -154,10 +154,11 @@ def model_label(model: str | os.PathLike) -> str:
 
 
 def is_model_name(name: Any) -> bool:
-    """True for "demo" and Hugging Face repo ids ("org/name"): what stored settings may load by
-    themselves (a repo id from the hub and its cache only, :class:`~multidiffusion.io.trust.RepoId`).
+    """True for the shipped models ("demo", "demo-lcm") and Hugging Face repo ids ("org/name"): what
+    stored settings may load by themselves (a repo id from the hub and its cache only,
+    :class:`~multidiffusion.io.trust.RepoId`).
     Paths, file names (.safetensors, .ckpt, ...) and anything odd are not."""
-    return name == "demo" or is_repo_id(name)
+    return name in SHIPPED_MODELS or is_repo_id(name)
 
 
 def _open_png(source: str | os.PathLike) -> Image.Image:

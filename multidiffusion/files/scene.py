@@ -97,7 +97,7 @@ from multidiffusion.files.scene_fields import (
 )
 from multidiffusion.io.budget import check_embedded
 from multidiffusion.io.messages import shown
-from multidiffusion.io.trust import Origin, is_pickle_path, pickle_allowed
+from multidiffusion.io.trust import SHIPPED_MODELS, Origin, is_pickle_path, pickle_allowed
 from multidiffusion.models import take_model_options
 from multidiffusion.options import TASK_OPTIONS, Limits, SamplingOptions, build_options, input_fields, option_names
 from multidiffusion.regions.layout import Region
@@ -187,7 +187,7 @@ def parse_scene(
     model = values.pop("model", None)
     model_options = take_model_options(values)  # checked by the family when the model loads
     if model is not None:
-        model = origin.weights(model, at(source, "model"), "pass --model again")
+        model = origin.weights(model, at(source, "model"), "pass --model again", shipped=SHIPPED_MODELS)
     if task == "regions":
         regions = [
             table if isinstance(table, Region) else parse_region(table, at(source, f"regions[{i}]"), origin)

@@ -41,6 +41,7 @@ from multidiffusion.io.messages import shown
 
 __all__ = [
     "PICKLE_SUFFIXES",
+    "SHIPPED_MODELS",
     "WEIGHT_SUFFIXES",
     "Origin",
     "RecordedFile",
@@ -54,6 +55,8 @@ __all__ = [
     "typed_weights",
 ]
 
+SHIPPED_MODELS = ("demo", "demo-lcm")
+"""Models shipped with the package, loadable by name from anywhere (a stored setting included)."""
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".bin", ".pt", ".pth", ".gguf", ".sft")
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 """File endings of pickles: opening one can run code, so only a path the user typed, with
@@ -250,15 +253,16 @@ class Origin:
         path = value["path"] if self.trust == Trust.TYPED else self._confined(value["path"], field)
         return RecordedFile(path, value["sha256"].lower())
 
-    def weights(self, value: str, field: str, again: str = "") -> str | RepoId:
+    def weights(self, value: str, field: str, again: str = "", shipped: tuple[str, ...] = ("demo",)) -> str | RepoId:
         """A setting that names weights (a model, a ControlNet, a LoRA). ``"demo"`` from anywhere;
         typed: as given. From a file: a name that exists under its folder or looks like a path (a
         ``./`` or ``/`` start, a weights ending) is a file there (confined); else a repo id
         (:class:`RepoId`, hub only); anything else is refused. Stored: ``"demo"`` or a repo id (hub
-        only); a file is refused (``again`` says how to give it)."""
+        only); a file is refused (``again`` says how to give it). ``shipped``: the names taken as they are
+        (a model field passes :data:`SHIPPED_MODELS`)."""
         if not isinstance(value, str) or not value or "\0" in value:
             raise ValueError(f"{field} must be a name: 'demo', a file or a Hugging Face repo id, got {shown(value)}")
-        if value == "demo" or self.trust == Trust.TYPED:
+        if value in shipped or self.trust == Trust.TYPED:
             return value
         if self.trust == Trust.STORED:
             if is_repo_id(value):

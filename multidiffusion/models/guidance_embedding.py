@@ -28,6 +28,9 @@ __all__ = ["LCM_SAMPLING_DEFAULTS", "GuidanceEmbedding", "embeds_guidance"]
 
 LCM_SAMPLING_DEFAULTS = (4, 8.0)
 """(steps, w) as ``LatentConsistencyModelPipeline``'s example runs an LCM model."""
+LCM_LORA_SAMPLING_DEFAULTS = (4, 1.0)
+"""(steps, guidance) of a plain UNet whose own scheduler is LCMScheduler (an LCM-LoRA fused in, as the
+few-step demo "demo-lcm"): diffusers' LCM-LoRA examples, 4 steps without classifier-free guidance."""
 
 
 def embeds_guidance(unet: Any) -> bool:
@@ -68,9 +71,12 @@ class GuidanceEmbedding:
 
     @property
     def sampling_defaults(self) -> tuple[int, float]:
-        """LCM models: 4 steps at w = 8 (the LCM pipeline's example); others: the family's."""
+        """LCM models: 4 steps at w = 8 (the LCM pipeline's example); a plain UNet with its own
+        LCMScheduler (an LCM-LoRA fused): 4 steps at guidance 1; others: the family's."""
         if embeds_guidance(self.unet):
             return LCM_SAMPLING_DEFAULTS
+        if self.pipe.scheduler.config.get("_class_name") == "LCMScheduler":
+            return LCM_LORA_SAMPLING_DEFAULTS
         return self.family_sampling_defaults
 
     family_sampling_defaults: tuple[int, float] = (50, 7.5)

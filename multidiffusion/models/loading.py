@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from multidiffusion.io.trust import RepoId
+from multidiffusion.io.trust import SHIPPED_MODELS, RepoId
 from multidiffusion.models.files import GGUF_SUFFIX, PICKLE_SUFFIXES, ModelNotFoundError, is_gguf_path, is_pickle_path
 from multidiffusion.models.hub import HUB_TIMEOUT_S, ask_hub, ask_hub_in_time, how_to_get, hub_offline, within_timeout
 
@@ -252,8 +252,8 @@ def load_pipeline(
     prediction_type: str | None = None,
     **kwargs: Any,
 ):
-    """A diffusers pipeline for ``model``: "demo", a repo id, a diffusers folder or a checkpoint file
-    (SD 1.x, 2.x or SDXL; see :mod:`multidiffusion.models.single_file`).
+    """A diffusers pipeline for ``model``: "demo" ("demo-lcm": the few-step demo), a repo id, a diffusers
+    folder or a checkpoint file (SD 1.x, 2.x or SDXL; see :mod:`multidiffusion.models.single_file`).
 
     Loading tries the local cache first; a repo id not there is downloaded unless HF_HUB_OFFLINE is
     set, and ``ModelNotFoundError`` follows when the hub has not answered within ``HUB_TIMEOUT_S``.
@@ -281,13 +281,17 @@ def load_pipeline(
             raise ValueError(f"config must be a diffusers folder or a repo id, got the file {config!r}")
     device = check_device(device)
     kwargs = {**_dtype_kwarg(check_dtype(torch_dtype, device)), **kwargs}
-    if name == "demo":
+    if name in SHIPPED_MODELS:
         if not (DEMO_MODEL_DIR / "model_index.json").is_file():
             raise ModelNotFoundError(
                 f"the demo model's weights are missing from {DEMO_MODEL_DIR}; reinstall multidiffusion "
                 "or train them with `python -m devtools.demo.train`"
             )
         pipe = _load_folder(DEMO_MODEL_DIR, allow_pickle=False, **kwargs)
+        if name == "demo-lcm":  # the demo with its LCM-LoRA fused in, and LCMScheduler
+            from multidiffusion.models.demo_lcm import make_demo_lcm
+
+            make_demo_lcm(pipe, keep_scheduler="scheduler" in kwargs)
     elif isinstance(model, RepoId):  # named by a scene or a PNG: the hub's, never a folder here
         pipe = _load_repo(name, allow_pickle, **kwargs)
     elif Path(name).expanduser().exists():
