@@ -10,10 +10,15 @@ neighbours (360-degree panoramas).
 Our tiling drives a diffusers ``AutoencoderKL`` (it splits the decoder at its latent resolution by
 the diffusers module names). ComfyUI's VAE of the SD family (SD 1.x/2.x, SDXL, SD 3.5, FLUX.1:
 ``first_stage_model`` with the original ldm ``Encoder``/``Decoder``) has the same layers under the
-original names, so its weights are renamed into a diffusers ``AutoencoderKL`` once per VAE object
-(diffusers' own ldm-to-diffusers key map; weights copied, kept on the CPU between decodes). Other
-VAEs (video, TAESD, Stable Cascade) are refused by name. ComfyUI's LATENT holds the VAE's own
-latents (the model's scaling is undone after sampling), so the latents go to the VAE as they are.
+original names. For each decode or encode, ComfyUI's model management loads its VAE to the VAE's
+device (``load_models_gpu``, fully, as its own decode does), and a diffusers ``AutoencoderKL`` is
+built around *the same tensors*: made on the meta device (no memory), its parameters then assigned
+the loaded module's own weights under diffusers' names (diffusers' ldm-to-diffusers key map; the
+attention's 1x1 convolutions become linear weights as views). No second copy of the weights exists
+(about 335 MB for SDXL's VAE in float32 before); the view is dropped after the call, so ComfyUI
+stays free to move or unload its VAE. Other VAEs (video, TAESD, Stable Cascade) are refused by name.
+ComfyUI's LATENT holds the VAE's own latents (the model's scaling is undone after sampling), so the
+latents go to the VAE as they are.
 """
 
 from __future__ import annotations
@@ -34,9 +39,9 @@ __all__ = [
     "MultiDiffusionVAEDecode",
     "MultiDiffusionVAEEncode",
     "diffusers_vae",
+    "loaded_vae",
 ]
 
-_CACHE = "_multidiffusion_diffusers_vae"
 RAW_LATENTS = ScaledLatents(1.0)
 """ComfyUI's LATENT is in the VAE's own units: no scaling either way."""
 
@@ -80,41 +85,39 @@ def _diffusers_config(sd: dict[str, torch.Tensor], name: str) -> dict[str, Any]:
 
 
 def diffusers_vae(vae: Any, name: str = "vae") -> torch.nn.Module:
-    """ComfyUI's VAE object as a diffusers ``AutoencoderKL`` with the same weights (made once, kept on
-    the VAE object, on the CPU in the VAE's dtype)."""
-    cached = getattr(vae, _CACHE, None)
-    if cached is not None:
-        return cached
+    """ComfyUI's VAE object as a diffusers ``AutoencoderKL`` whose parameters are the VAE module's own
+    tensors (shared storage, wherever ComfyUI has put them now): no weights are copied."""
     from diffusers import AutoencoderKL
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
     model = getattr(vae, "first_stage_model", None)
     if model is None:
         raise ValueError(f"{name} must be a ComfyUI VAE (with a first_stage_model), got {type(vae).__name__}")
-    sd = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+    sd = model.state_dict()  # detached tensors sharing the module's storage
     config = _diffusers_config(sd, name)
     converted = convert_ldm_vae_checkpoint(sd, config)
-    out = AutoencoderKL(**config)
-    missing = out.load_state_dict(converted, strict=False).missing_keys
+    with torch.device("meta"):
+        out = AutoencoderKL(**config)
+    missing = out.load_state_dict(converted, strict=False, assign=True).missing_keys
     if missing:
         raise ValueError(f"{name}: this VAE's layers don't map onto an AutoencoderKL (missing {sorted(missing)[:4]})")
-    dtype = getattr(vae, "vae_dtype", torch.float32)
-    if dtype != torch.float32:
-        out = out.to(dtype=dtype)
-    out = out.eval().requires_grad_(False)
-    setattr(vae, _CACHE, out)
-    return out
+    return out.eval().requires_grad_(False)
 
 
 @contextlib.contextmanager
-def _on_device(module: torch.nn.Module, device: Any) -> Iterator[torch.nn.Module]:
-    """The module on ComfyUI's VAE device for one call, back on the CPU after."""
-    device = torch.device(device or "cpu")
-    module.to(device)
+def loaded_vae(vae: Any, name: str = "vae") -> Iterator[torch.nn.Module]:
+    """:func:`diffusers_vae` of the VAE as ComfyUI's model management loaded it for this call (all of
+    it, on the VAE's device, as ComfyUI's own decode loads it)."""
+    patcher = getattr(vae, "patcher", None)
+    if patcher is not None and getattr(vae, "first_stage_model", None) is not None:
+        import comfy.model_management
+
+        comfy.model_management.load_models_gpu([patcher], force_full_load=True)
+    view = diffusers_vae(vae, name)
     try:
-        yield module
+        yield view
     finally:
-        module.to("cpu")
+        del view
 
 
 def _tiles(vae: torch.nn.Module, tile_size: int, overlap: int) -> tuple[int, int]:
@@ -166,13 +169,11 @@ class MultiDiffusionVAEDecode:
     def decode(
         self, samples: dict, vae: Any, tile_size: int, overlap: int, circular: bool, norm_stats: str
     ) -> tuple[torch.Tensor]:
-        model = diffusers_vae(vae)
-        tile, lap = _tiles(model, tile_size, overlap)
         z = samples["samples"]
         if z.dim() == 5:  # a single-frame video latent
             z = z[:, :, 0]
-        device = getattr(vae, "device", None)
-        with _on_device(model, device):
+        with loaded_vae(vae) as model:
+            tile, lap = _tiles(model, tile_size, overlap)
             image = decode_latents(
                 model, z.to(device=model.device, dtype=model.dtype), circular=circular, tile=tile, overlap=lap,
                 norm_stats=norm_stats, latent_format=RAW_LATENTS,
@@ -206,14 +207,13 @@ class MultiDiffusionVAEEncode:
         }
 
     def encode(self, pixels: torch.Tensor, vae: Any, tile_size: int, overlap: int, norm_stats: str) -> tuple[dict]:
-        model = diffusers_vae(vae)
-        tile, lap = _tiles(model, tile_size, overlap)
-        f = 2 ** (len(model.config.block_out_channels) - 1)
-        h, w = pixels.shape[1] // f * f, pixels.shape[2] // f * f
-        if not h or not w:
-            raise ValueError(f"pixels must be at least {f} x {f}, got {pixels.shape[2]} x {pixels.shape[1]}")
-        images = pixels[:, :h, :w, :3].movedim(-1, 1) * 2 - 1
-        with _on_device(model, getattr(vae, "device", None)):
+        with loaded_vae(vae) as model:
+            tile, lap = _tiles(model, tile_size, overlap)
+            f = 2 ** (len(model.config.block_out_channels) - 1)
+            h, w = pixels.shape[1] // f * f, pixels.shape[2] // f * f
+            if not h or not w:
+                raise ValueError(f"pixels must be at least {f} x {f}, got {pixels.shape[2]} x {pixels.shape[1]}")
+            images = pixels[:, :h, :w, :3].movedim(-1, 1) * 2 - 1
             z = encode_images(
                 model, images.to(device=model.device, dtype=model.dtype), tile=tile, overlap=lap,
                 norm_stats=norm_stats, latent_format=RAW_LATENTS,

@@ -1,9 +1,10 @@
 """The exact tiled VAE nodes over ComfyUI's own VAE object (tiny weights).
 
 A tiny diffusers ``AutoencoderKL`` (four blocks of 32 channels, factor 8 as SD's) is loaded into
-ComfyUI's ``comfy.sd.VAE`` (ComfyUI renames it to the original ldm layout); the nodes map it back to
-diffusers and tile it with our codec. Their output equals our library's tiled decode / encode of the
-original diffusers VAE on the same latents, and a single-tile decode equals ComfyUI's own decode.
+ComfyUI's ``comfy.sd.VAE`` (ComfyUI renames it to the original ldm layout); the nodes view ComfyUI's
+loaded module as a diffusers one (its own tensors, no copy) and tile it with our codec. Their output
+equals our library's tiled decode / encode of the original diffusers VAE on the same latents, and a
+single-tile decode equals ComfyUI's own decode.
 
 Run with the ComfyUI environment: ``/work/comfy-venv/bin/python -m pytest -q tests/comfyui/test_vae.py``.
 """
@@ -115,3 +116,18 @@ def test_other_vaes_are_refused_by_name(nodes):
 
     with pytest.raises(ValueError, match="VAE Decode \\(Tiled\\)"):
         nodes.diffusers_vae(Odd())
+
+
+def test_no_second_copy_of_the_weights(comfy, vaes, nodes):
+    """The diffusers view holds the ComfyUI module's own tensors (the same storage), ComfyUI's model
+    management loaded the VAE for the call, and nothing is kept on the VAE object afterwards."""
+    theirs = vaes[1]
+    module = theirs.first_stage_model
+    storages = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    with nodes.loaded_vae(theirs) as view:
+        params = list(view.parameters())
+        assert params and all(p.untyped_storage().data_ptr() in storages for p in params)
+        assert sum(p.numel() for p in params) == sum(p.numel() for p in module.parameters())
+        assert not any(p.is_meta for p in params) and not any(b.is_meta for b in view.buffers())
+        assert any(m.model is theirs.patcher for m in comfy.model_management.current_loaded_models)
+    assert not any(isinstance(v, torch.nn.Module) for k, v in vars(theirs).items() if k != "first_stage_model")
