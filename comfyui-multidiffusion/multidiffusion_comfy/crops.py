@@ -37,6 +37,7 @@ __all__ = [
     "crop_at_scale",
     "latent_factor",
     "patch_multiple",
+    "select_rows",
     "step_index",
     "view_inputs",
 ]
@@ -131,6 +132,17 @@ def call_model(
     if previous is not None:
         return previous(apply_model, {"input": x, "timestep": t, "c": c, "cond_or_uncond": cond_or_uncond})
     return apply_model(x, t, **c)
+
+
+def select_rows(value: Any, index: torch.Tensor, n: int) -> Any:
+    """The batch rows ``index`` of every tensor in ``value`` (nested dicts, lists) that has ``n`` rows."""
+    if isinstance(value, torch.Tensor):
+        return value.index_select(0, index.to(value.device)) if value.dim() and value.shape[0] == n else value
+    if isinstance(value, dict):
+        return {k: select_rows(v, index, n) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(select_rows(v, index, n) for v in value)
+    return value
 
 
 def cat_rows(pieces: Sequence[torch.Tensor]) -> torch.Tensor:

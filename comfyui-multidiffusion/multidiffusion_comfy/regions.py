@@ -31,25 +31,15 @@ from multidiffusion.engine.views import View, crop, grid_views
 from multidiffusion.regions.bootstrap import MAX_COLOURS, BootstrapBackgrounds
 from multidiffusion.regions.layout import Region, RegionLayout, region_layout
 
-from .crops import SPATIAL_KEYS, call_model, cat_rows, latent_factor, step_index, view_inputs
+from .crops import SPATIAL_KEYS, call_model, cat_rows, latent_factor, select_rows, step_index, view_inputs
 from .region_control import merged_control, prepare_controls
+from .region_hooks import RegionHooks, check_hooks
 from .window_control import DeferredControl, WindowControls, runs_per_window
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "RegionsWrapper"]
 
 NEGATIVE = 1
 """ComfyUI's ``cond_or_uncond`` value of the negative rows."""
-
-
-def _rows(value: Any, index: torch.Tensor, n: int) -> Any:
-    """The batch rows ``index`` of every tensor in ``value`` that has ``n`` rows."""
-    if isinstance(value, torch.Tensor):
-        return value.index_select(0, index.to(value.device)) if value.dim() and value.shape[0] == n else value
-    if isinstance(value, dict):
-        return {k: _rows(v, index, n) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_rows(v, index, n) for v in value)
-    return value
 
 
 class RegionsWrapper:
@@ -79,6 +69,11 @@ class RegionsWrapper:
             raise ValueError("bootstrap_steps > 0 needs the vae input (it encodes the plain-colour backgrounds)")
         self.regions = list(regions)
         self.controls = [cond[0][1].get("control") for cond, _, _ in self.regions]
+        hooks = [cond[0][1].get("hooks") for cond, _, _ in self.regions]
+        for k, group in enumerate(hooks):
+            if group is not None:
+                check_hooks(group, f"regions[{k}]")
+        self.region_hooks = RegionHooks(hooks)
         if window is not None and any(c is not None and not runs_per_window(c) for c in self.controls):
             raise ValueError(
                 "a region's own T2I-Adapter (a control that is not a ControlNet) needs the whole canvas as one "
@@ -186,7 +181,7 @@ class RegionsWrapper:
                 continue
             index = torch.cat([torch.arange(i * per, (i + 1) * per) for i in picked]).to(x.device)
             sub = {"input": x.index_select(0, index), "timestep": t.index_select(0, index)}
-            sub["c"] = {k: v if k == "transformer_options" else _rows(v, index, n) for k, v in c.items()}
+            sub["c"] = {k: v if k == "transformer_options" else select_rows(v, index, n) for k, v in c.items()}
             options = c.get("transformer_options")
             if isinstance(options, dict):  # the chunks of these rows, for patches that split the batch
                 options = {**options, "cond_or_uncond": [chunks[i] for i in picked]}
@@ -235,7 +230,12 @@ class RegionsWrapper:
                     inputs.get("control"), self.controls, crops, sigmas, jobs, inputs, rows, len(chunks),
                     self.window_controls, canvas,
                 )  # fmt: skip
-            return call_model(apply_model, self.previous, crops, sigma.repeat(len(jobs)), inputs, chunks * len(jobs))
+            if negative:  # a region's LoRA hooks its own prompt's rows only
+                return call(crops, sigma.repeat(len(jobs)), inputs, chunks * len(jobs))
+            return self.region_hooks.call(call, model, crops, sigma.repeat(len(jobs)), inputs, jobs, chunks)
+
+        def call(crops: torch.Tensor, sigmas: torch.Tensor, inputs: dict, kinds: list[int]) -> torch.Tensor:
+            return call_model(apply_model, self.previous, crops, sigmas, inputs, kinds)
 
         plan = shared_plan if negative and not bootstrap else jobs_plan
         return fused_prediction(denoise, x, t, plan, self.view_batch_size, compose)
@@ -314,10 +314,7 @@ class MultiDiffusionRegion:
                 "(Concat), or give each its own region)"
             )
         if "hooks" in conditioning[0][1]:
-            raise ValueError(
-                "conditioning carries LoRA hooks: a region's own LoRA is not supported yet (load the LoRA on the "
-                "model: it then applies to the whole canvas)"
-            )
+            check_hooks(conditioning[0][1]["hooks"], "conditioning")
         m = mask if mask.dim() == 2 else mask.reshape(-1, *mask.shape[-2:])[0]
         return ([*(regions or []), (conditioning, m, float(strength))],)
 
@@ -378,6 +375,7 @@ class MultiDiffusionRegions:
         wrapper = RegionsWrapper(regions, f, window, strides, bootstrap_steps, vae, seed % 2**63, None, previous)
         patched.set_model_unet_function_wrapper(wrapper)
         wrapper.window_controls.install(patched)
+        wrapper.region_hooks.install(patched)
         return (patched,)
 
 

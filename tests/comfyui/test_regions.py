@@ -217,10 +217,10 @@ def test_bad_inputs_are_refused(nodes, scene):
     (m1, _), conds = scene
     with pytest.raises(ValueError, match="one"):
         nodes.MultiDiffusionRegion().add(conds[1] + conds[2], m1, 1.0)
-    with pytest.raises(ValueError, match="LoRA"):
+    with pytest.raises(ValueError, match="hook group"):  # a region's LoRA: tests/comfyui/test_region_lora.py
         nodes.MultiDiffusionRegion().add([[conds[1][0][0], {"hooks": object()}]], m1, 1.0)
     with_control = nodes.MultiDiffusionRegion().add([[conds[1][0][0], {"control": object()}]], m1, 1.0)[0]
-    with pytest.raises(ValueError, match="whole canvas"):
+    with pytest.raises(ValueError, match="whole canvas"):  # not a ControlNet: prepared for the crop's size
         nodes.RegionsWrapper(with_control, F, (16, 16))
 
 
