@@ -14,9 +14,10 @@ and both branches share the weights, so this equals Eq. 5 of the guided predicti
 
 Bootstrapping (paper Sec. 4.2), for the first ``bootstrap_steps`` steps: a region's job sees its own
 region over a random constant colour, x_k = M_k ⊙ x + (1 − M_k) ⊙ noise(enc(colour), σ), noised by
-ComfyUI's own ``noise_scaling`` for the model (σ-space for SD, flow interpolation for FLUX / SD 3).
-The colours, their picks (as the library draws them, :func:`~multidiffusion.regions.bootstrap.
-draw_backgrounds`) and the noise come from the node's seed; the colours are encoded by the VAE input.
+ComfyUI's own ``noise_scaling`` for the model (σ-space for SD, flow interpolation for FLUX / SD 3),
+with the sampler's initial noise (the library's choice; :mod:`.sampler_noise`). The colours and their
+picks (as the library draws them, :func:`~multidiffusion.regions.bootstrap.draw_backgrounds`) come
+from the node's seed; the colours are encoded by the VAE input.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from multidiffusion.regions.layout import Region, RegionLayout, region_layout
 from .crops import SPATIAL_KEYS, call_model, cat_rows, latent_factor, select_rows, step_index, view_inputs
 from .region_control import merged_control, prepare_controls
 from .region_hooks import RegionHooks, check_hooks
+from .sampler_noise import SamplerNoise
 from .window_control import DeferredControl, WindowControls, runs_per_window
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "RegionsWrapper"]
@@ -83,7 +85,7 @@ class RegionsWrapper:
         self.bootstrap_steps, self.vae, self.seed = bootstrap_steps, vae, seed
         self.view_batch_size, self.previous = view_batch_size, previous
         self._cache: dict[Any, Any] = {}
-        self.window_controls = WindowControls(self)
+        self.window_controls, self.sampler_noise = WindowControls(self), SamplerNoise()
 
     # -- what depends on the canvas ---------------------------------------------------------------
     def layout(self, canvas: tuple[int, int]) -> tuple[RegionLayout, list[View]]:
@@ -139,7 +141,11 @@ class RegionsWrapper:
         return self._cache[key]
 
     def noise(self, shape: Sequence[int], device: torch.device) -> torch.Tensor:
-        """The bootstrapping noise of a canvas batch (B, C, H, W), from the seed."""
+        """The bootstrapping noise of a canvas batch (B, C, H, W): the sampler's initial noise, as the
+        library's (:mod:`.sampler_noise`); from the seed outside a sampler run."""
+        sampled = self.sampler_noise.get(shape, device)
+        if sampled is not None:
+            return sampled
         key = ("noise", tuple(shape), str(device))
         if key not in self._cache:
             g = torch.Generator().manual_seed(self.seed)
@@ -342,7 +348,7 @@ class MultiDiffusionRegions:
                                     "each region is denoised over a random plain colour so objects fill their masks "
                                     "(the paper: 20 of 50). Needs the vae input."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Seed of the "
-                         "bootstrapping colours and noise."}),
+                         "bootstrapping colours (their noise is the sampler's initial noise)."}),
                 "tile_width": ("INT", {"default": 0, "min": 0, "max": 16384, "step": 8, "tooltip": "Window width "
                                "in pixels for canvases larger than the model's native size; 0: the whole canvas "
                                "is one view."}),
@@ -376,6 +382,7 @@ class MultiDiffusionRegions:
         patched.set_model_unet_function_wrapper(wrapper)
         wrapper.window_controls.install(patched)
         wrapper.region_hooks.install(patched)
+        wrapper.sampler_noise.install(patched)
         return (patched,)
 
 

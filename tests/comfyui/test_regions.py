@@ -267,3 +267,29 @@ def test_a_regions_own_controlnet(comfy, nodes):
         background,
     )
     assert torch.isfinite(steered).all() and (steered - free).abs().max() > 1e-3
+
+
+def test_bootstrapping_noise_is_the_samplers_initial_noise(comfy, model, nodes, scene):
+    """In a sampler run, bootstrapping noises the backgrounds with the sampler's own initial noise (the
+    library's choice), not one drawn from the node's seed; outside a run, the seed's."""
+    from test_vae import vaes
+
+    _, conds = scene
+    vae = vaes.__wrapped__(comfy)[1]
+    seen: list[torch.Tensor] = []
+    holder: list = []
+
+    def record(apply_model, args):
+        seen.append(holder[0].noise((1, 4, H, W), args["input"].device).clone())
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    recorded = model.clone()
+    recorded.set_model_unet_function_wrapper(record)
+    patched = nodes.MultiDiffusionRegions().patch(recorded, _regions(nodes, scene), 1, 9, 0, 0, 0, vae)[0]
+    holder.append(patched.model_options["model_function_wrapper"])
+    latent = torch.zeros(1, 4, H, W)
+    noise = comfy.sample.prepare_noise(latent, 42)
+    comfy.sample.sample(patched, noise, 2, CFG, "euler", "normal", conds[0], conds[3], latent, disable_pbar=True)
+    assert seen and all(torch.equal(s, noise) for s in seen)
+    outside = holder[0].noise((1, 4, H, W), torch.device("cpu"))
+    assert not torch.equal(outside, noise)  # the seed's, after the run
