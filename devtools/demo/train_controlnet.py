@@ -231,7 +231,11 @@ def evaluate_tile(seeds: int = 4, strength: float = 0.5, steps: int = 20, thread
                 rows.setdefault(key, []).append(_upscale_scores(out.images[0], source, truth))
         log.info("scene %d of %d scored", seed + 1, seeds)
     return {
-        key: {"vs_source_downscaled": float(np.mean([r[0] for r in v])), "vs_truth": float(np.mean([r[1] for r in v]))}
+        key: {
+            "vs_source_downscaled": float(np.mean([r[0] for r in v])),
+            "vs_truth": float(np.mean([r[1] for r in v])),
+            "per_scene": [[round(a, 2), round(b, 2)] for a, b in v],
+        }
         for key, v in rows.items()
     }
 
