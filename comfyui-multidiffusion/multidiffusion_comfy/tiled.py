@@ -36,6 +36,7 @@ from multidiffusion.engine.views import WEIGHTS, View
 from multidiffusion.engine.windows import PLACEMENTS, Windows, default_stride, panorama_plans
 
 from .crops import call_model, control_multiple, latent_factor, patch_multiple, step_index, view_inputs
+from .size_cond import SIZES, per_window_y
 from .window_control import DeferredControl, WindowControls
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "MultiDiffusionTiled", "TiledWrapper"]
@@ -63,7 +64,11 @@ class TiledWrapper:
         multiple: int = 1,
         previous: Callable | None = None,
         positions: str = "view",
+        sdxl_size: str = "conditioning",
+        factor: int = 8,
     ):
+        if sdxl_size not in SIZES:
+            raise ValueError(f"sdxl_size must be one of {', '.join(SIZES)}, got {sdxl_size!r}")
         if positions not in POSITIONS:
             raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
         if placement not in PLACEMENTS:
@@ -75,7 +80,7 @@ class TiledWrapper:
             raise ValueError(f"window and stride must be at least 1 latent pixel, got {window} and {stride}")
         self.window, self.stride, self.placement, self.weights = window, stride, placement, weights
         self.circular, self.view_batch_size, self.seed, self.multiple = circular, view_batch_size, seed, multiple
-        self.previous, self.positions = previous, positions
+        self.previous, self.positions, self.sdxl_size, self.factor = previous, positions, sdxl_size, factor
         self._plans: dict[tuple, Callable[[int], FusionPlan]] = {}
         self.controls = WindowControls(self)
 
@@ -110,6 +115,9 @@ class TiledWrapper:
                 inputs["control"] = self.controls.residuals(
                     deferred.control, crops, sigmas, inputs, views, canvas, len(chunks)
                 )
+            if "y" in inputs and self.sdxl_size != "conditioning":
+                model = getattr(apply_model, "__self__", None)
+                inputs["y"] = per_window_y(model, inputs["y"], views, rows, self.factor, canvas, self.sdxl_size)
             if self.positions == "canvas":
                 inputs["transformer_options"] = _placed(inputs.get("transformer_options", {}), views[0], self.multiple)
             return call_model(apply_model, self.previous, crops, sigma.repeat(len(jobs)), inputs, chunks * len(jobs))
@@ -238,6 +246,16 @@ class MultiDiffusionTiled:
                 ),
             },
             "optional": {
+                "sdxl_size": (
+                    list(SIZES),
+                    {
+                        "default": "conditioning",
+                        "tooltip": "SDXL's size conditioning per window. conditioning: the prompt's sizes for every "
+                        "window (ComfyUI's). window: each window's target size is its own (the library's default; "
+                        "original size and crop stay the prompt's). window+offset: and its crop is its offset on "
+                        "the canvas. Other models ignore it.",
+                    },
+                ),
                 "controlnet": (
                     list(CONTROLS),
                     {
@@ -264,6 +282,7 @@ class MultiDiffusionTiled:
         seed: int,
         positions: str = "view",
         controlnet: str = "window",
+        sdxl_size: str = "conditioning",
     ) -> tuple[Any]:
         if controlnet not in CONTROLS:
             raise ValueError(f"controlnet must be one of {', '.join(CONTROLS)}, got {controlnet!r}")
@@ -286,6 +305,8 @@ class MultiDiffusionTiled:
             multiple,
             patched.model_options.get("model_function_wrapper"),
             positions,
+            sdxl_size,
+            f,
         )
         patched.set_model_unet_function_wrapper(wrapper)
         if controlnet == "window":
