@@ -188,3 +188,33 @@ def test_canvas_residuals_when_wrapped_or_asked(demo, calls, how):
     out = _ksampler(patched, *_controlled(controlnet, image, positive, negative))
     assert torch.isfinite(out).all()
     assert calls and all(x.shape[-1] == W for x, *_ in calls)  # on the canvas
+
+
+def test_each_windows_residuals_are_the_librarys_per_view_controlnet(demo, calls):
+    """The library's per-view ControlNet (:mod:`multidiffusion.conditionings.controlnet_run`: the
+    diffusers ControlNet on F_i(x_t) with ``control_crop`` of the control image) on the same weights
+    gives each window's residuals (the model's input scaling and timestep of the sigma as ComfyUI's)."""
+    from diffusers import ControlNetModel
+
+    from multidiffusion.conditionings.controlnet_run import control_crop
+    from multidiffusion.engine.views import View
+    from multidiffusion.models.controlnet import DEMO_CONTROLNET_DIR
+
+    model, controlnet, image, positive, negative, _ = demo
+    library = ControlNetModel.from_pretrained(DEMO_CONTROLNET_DIR, torch_dtype=torch.float32).eval()
+    _ksampler(_tiled(model, 64, 64, 1), *_controlled(controlnet, image, positive, negative), steps=1)
+    sampling, full = model.model.model_sampling, image.movedim(-1, 1)
+    worst, lefts = 0.0, set()
+    for x, t, context, hint, residuals in list(calls):
+        left = next(c for c in (0, 16) if torch.equal(hint[:1], control_crop(full, View(0, c, H, H), 4)))
+        lefts.add(left)
+        with torch.no_grad():
+            down, mid = library(
+                sampling.calculate_input(t, x), sampling.timestep(t), encoder_hidden_states=context,
+                controlnet_cond=control_crop(full, View(0, left, H, H), 4).expand(x.shape[0], -1, -1, -1),
+                return_dict=False,
+            )  # fmt: skip
+        pairs = zip([*residuals["output"], *residuals["middle"]], [*down, mid], strict=True)
+        worst = max(worst, *((a - b).abs().max().item() for a, b in pairs))
+    print(f"ControlNet per window vs the library's per-view ControlNet (diffusers): max|diff| = {worst:.3g}")
+    assert lefts == {0, 16} and worst <= 1e-4
