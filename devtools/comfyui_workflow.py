@@ -11,7 +11,8 @@ test_server.py checks the committed UI files against this conversion.
 writes ``examples/comfyui/demo_txt2img.json`` next to it. Widgets follow the inputs' order in the
 node's definition, a seed-like input (``control_after_generate``) gets its "fixed" control widget
 after it, as the page lays them out (so does any input named ``seed`` or ``noise_seed``); nodes go
-in columns by their distance from the sources.
+in columns by their distance from the sources. A widget input the API file leaves out gets its
+default, as the page would give it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,18 @@ NODE_SIZE = [320, 200]
 def _is_widget(spec: list) -> bool:
     kind = spec[0]
     return isinstance(kind, list) or kind in WIDGET_TYPES
+
+
+def _default(spec: list) -> Any:
+    """The value the page gives a widget the workflow does not set: its default, else a combo's first
+    choice (so a widget input added to a node later, optional ones included, keeps the file's values
+    where they belong: the page fills widgets by position)."""
+    options = spec[1] if len(spec) > 1 else {}
+    if "default" in options:
+        return options["default"]
+    if isinstance(spec[0], list) and spec[0]:
+        return spec[0][0]
+    return {"INT": 0, "FLOAT": 0.0, "BOOLEAN": False, "STRING": ""}.get(spec[0])
 
 
 def _columns(api: dict[str, Any]) -> dict[str, int]:
@@ -65,9 +78,9 @@ def api_to_ui(api: dict[str, Any], object_info: dict[str, Any]) -> dict[str, Any
         for section in ("required", "optional"):
             for name in info.get("input_order", {}).get(section, []):
                 spec = info["input"][section][name]
-                if name not in node["inputs"]:
+                if name not in node["inputs"] and not _is_widget(spec):
                     continue
-                value = node["inputs"][name]
+                value = node["inputs"][name] if name in node["inputs"] else _default(spec)
                 if _is_widget(spec):
                     if isinstance(value, list):
                         raise ValueError(f"node {node_id}: linked widget input {name!r} is not supported")
