@@ -218,3 +218,19 @@ def test_each_windows_residuals_are_the_librarys_per_view_controlnet(demo, calls
         worst = max(worst, *((a - b).abs().max().item() for a, b in pairs))
     print(f"ControlNet per window vs the library's per-view ControlNet (diffusers): max|diff| = {worst:.3g}")
     assert lefts == {0, 16} and worst <= 1e-4
+
+
+def test_the_samplers_controlnet_under_windowed_regions(demo, calls):
+    """The sampler's own ControlNet (on its positive) under the Regions patch in windows runs per window
+    too, and steers the result."""
+    model, controlnet, image, positive, negative, encode = demo
+    regions = tiny.node_module("regions")
+    half = torch.zeros(4 * H, 4 * W)
+    half[:, : 3 * W] = 1
+    patched = regions.MultiDiffusionRegions().patch(
+        model, regions.MultiDiffusionRegion().add(encode("the sea"), half, 1.0)[0], 0, 0, 64, 64, 64
+    )[0]
+    steered = _ksampler(patched, *_controlled(controlnet, image, positive, negative))
+    assert calls and all(x.shape[-2:] == (H, H) for x, *_ in calls)
+    free = _ksampler(patched, positive, negative)
+    assert torch.isfinite(steered).all() and (steered - free).abs().max() > 1e-3
