@@ -169,3 +169,42 @@ def test_demo_tile_controlnet_loads_with_the_diffusers_residuals(comfy):
     print(f"demo-tile ControlNet, ComfyUI vs diffusers residuals: max|diff| = {max(diffs):.3g}")
     assert len(got["output"]) == len(down) and max(diffs) <= 1e-4
     assert max(d.abs().max().item() for d in down) > 1e-3
+
+
+@torch.no_grad()
+def test_flow_model_inversion_equals_the_library_flow_inversion(comfy):
+    """A FLUX.1-shaped flow model (ComfyUI's ``model_sampling`` CONST): the node climbs by Euler on the
+    velocity, = the library's ``flow_invert`` over its own two windows with ComfyUI's model as the
+    denoiser, and the NOISE is the one whose (1 − σ) z_0 + σ ε̃ is the inverted sample."""
+    import comfy.samplers
+    from test_patch import _tiny_flux
+
+    from multidiffusion.engine.inversion import flow_invert, implied_flow_noise
+
+    flux = _tiny_flux(comfy)
+    tiled = tiny.node_module("tiled")
+    patched = tiled.MultiDiffusionTiled().patch(flux, 64, 64, 32, "grid", "uniform", False, 0, 0)[0]  # 8 latents
+    g = torch.Generator().manual_seed(9)
+    context, pooled = torch.randn(1, 5, 32, generator=g), torch.randn(1, 32, generator=g)
+    guider = comfy.samplers.CFGGuider(patched)
+    guider.set_conds([[context, {"pooled_output": pooled}]], [])
+    guider.set_cfg(1.0)  # a distilled flow model: no negative branch
+    sigmas = comfy.samplers.calculate_sigmas(flux.get_model_object("model_sampling"), "simple", 10)[-4:]
+    latent = torch.randn(1, 16, 8, 12, generator=g)
+    got = tiny.node_module("upscale").invert(guider, sigmas, {"samples": latent})
+
+    base = flux.model
+    z0 = base.process_latent_in(latent)
+    levels = sigmas[:-1].flip(0)
+    plan = FusionPlan([Job(v, 0) for v in grid_views(8, 12, (8, 8), (4, 4))], (8, 12))
+
+    def velocity(x: torch.Tensor, sigma: torch.Tensor, jobs) -> torch.Tensor:
+        k = len(jobs)
+        s = sigma.reshape(1).repeat(x.shape[0])
+        return (x - base.apply_model(x, s, c_crossattn=context.repeat(k, 1, 1), y=pooled.repeat(k, 1))) / sigma
+
+    want = implied_flow_noise(z0, flow_invert(velocity, z0, levels, levels.double(), lambda k: plan), float(levels[-1]))
+    diff = (got - want).abs().max().item()
+    print(f"flow inversion, FLUX-shaped, 2 windows, 3 steps: node vs library max|diff| = {diff:.3g}")
+    assert len(plan.jobs) == 2 and got.abs().max() > 0.1
+    assert diff <= 1e-5
