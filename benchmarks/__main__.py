@@ -37,6 +37,7 @@ SUITES = (
     "demo-controlnet",
     "distributed",
     "live-fps",
+    "demo-border",
     "gpu",
 )
 DEFAULT_SUITES = SUITES[:8]
@@ -259,6 +260,12 @@ def main(argv: list[str] | None = None) -> int:
         new = live_fps_rows(demo_model, args.quick, max(args.repeats, 10))
         info["live_fps"] = {"model": demo_model or "demo", "repeats": 1 if args.quick else max(args.repeats, 10)}
         print(live_fps_table(new), flush=True)
+        rows += new
+    if "demo-border" in suites:
+        from .demo_border import table as border_table
+
+        new = S.demo_border(args.quick, args.model if args.model not in ("reduced", "full") else None)
+        print(border_table(new), flush=True)
         rows += new
     if "gpu" in suites:
         from .gpu_suite import gpu_rows

@@ -180,3 +180,12 @@ def upscale_quality(quick: bool, device: torch.device) -> list[dict]:
     """Lanczos, independent tiles and ours on demo panoramas: PSNR back, detail, seams
     (:func:`benchmarks.upscale.quality_rows`)."""
     return upscale.quality_rows(quick, device)
+
+
+def demo_border(quick: bool, model: str | None = None) -> list[dict]:
+    """The demo's frame: edge-to-inside ratios per cause, shipped decoder (``demo-border``,
+    :func:`benchmarks.demo_border.border_rows`; ``python -m benchmarks.demo_border`` also decodes
+    with a baseline VAE)."""
+    from .demo_border import border_rows
+
+    return border_rows(quick, model)

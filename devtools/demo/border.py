@@ -6,12 +6,12 @@ whole 64 px images, the demo decoder learnt to draw the landscape's edges with a
 other colour (the "frame"). This script fine-tunes the decoder (and ``post_quant_conv``) alone, so
 the encoder, and with it the latent space the UNet and the demo ControlNet learnt, stays fixed:
 
-- **crops that move the image's edges**: each step decodes latent crops of a random size (8 to 16
-  latent pixels high, 8 to 32 wide) at random offsets of the encoded 64 x 128 scenes, and compares
-  with the same crop of the pixels. A crop's edges fall anywhere in the scene, inside content as a
-  panorama window's do, so the decoder cannot learn one fixed border; whole 64 px images (whose
-  latents carry the encoder's own frame, what the UNet learnt to produce) stay in the mix
-  (``--whole-share``);
+- **whole images** (``--num-whole`` native 64 px scenes encoded alone: their latents carry the
+  encoder's own framed edges, as the UNet's do, since it learnt them) and, with ``--whole-share``
+  below 1, **crops that move the image's edges**: latent crops of a random size (8 to 16 latent
+  pixels high, 8 to 32 wide) at random offsets of encoded 64 x ``--scene-width`` scenes, compared
+  with the same crops of the pixels, so that a crop's edges fall inside content as a panorama
+  window's do;
 - **a loss that weights the border**: L1 + MSE per pixel, times ``--border-weight`` on the
   ``--border`` outermost pixel rows and columns (1 elsewhere), normalised by the weights' sum.
 
@@ -76,14 +76,15 @@ class BorderConfig:
     output: str = str(DEFAULT_MODEL_DIR)
     seed: int = 7
     num_images: int = 1500
+    num_whole: int = 1500
     scene_width: int = 128
     steps: int = 300
     batch_size: int = 8
-    lr: float = 1e-4
+    lr: float = 3e-4
     warmup: int = 20
-    border: int = 3
-    border_weight: float = 4.0
-    whole_share: float = 0.25
+    border: int = 2
+    border_weight: float = 8.0
+    whole_share: float = 1.0
     held_out: int = 256
     threads: int = 1
     log_every: int = 25
@@ -160,8 +161,8 @@ def run(cfg: BorderConfig) -> dict:
     vae.requires_grad_(False)
     f = 2 ** (len(vae.config.block_out_channels) - 1)
     rng = np.random.default_rng(cfg.seed)
-    images, _, _ = generate(rng, cfg.num_images, 64, cfg.scene_width)
-    squares, _, _ = generate(rng, max(1, cfg.num_images // 4), 64)
+    images, _, _ = generate(rng, cfg.num_images if cfg.whole_share < 1 else 1, 64, cfg.scene_width)
+    squares, _, _ = generate(rng, cfg.num_whole, 64)
     held, _, _ = generate(np.random.default_rng(cfg.seed + 1000), cfg.held_out, 64)
     held_x = to_tensor(held)
     data_s = time.time() - t_start

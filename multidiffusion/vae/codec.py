@@ -168,7 +168,7 @@ def _decode(
         pad = min(max(overlap, 8), z.shape[-1]) if circular else 0
         if pad:
             z = torch.cat([z[..., -pad:], z, z[..., :pad]], dim=-1)
-        edge = resolve_edge_pad(vae, edge_pad, latents.shape[-2:])
+        edge = resolve_edge_pad(vae, edge_pad, latents.shape)
         if edge:  # the canvas' own edges, replicated (circular canvases already have real neighbours)
             z = torch.nn.functional.pad(z, (0 if pad else edge, 0 if pad else edge, edge, edge), mode="replicate")
             pad = pad or edge

@@ -34,14 +34,18 @@ def check_edge_pad(edge_pad: int | str) -> None:
         raise ValueError(f"edge_pad must be 'auto' or an integer ≥ 0 (latent pixels), got {edge_pad!r}")
 
 
-def resolve_edge_pad(vae: nn.Module, edge_pad: int | str, size: Sequence[int]) -> int:
-    """Latent pixels to replicate on each side of a canvas of ``size`` (rows, columns) latent pixels:
+def resolve_edge_pad(vae: nn.Module, edge_pad: int | str, shape: Sequence[int]) -> int:
+    """Latent pixels to replicate on each side of latents of ``shape`` (B, C, rows, columns):
     ``edge_pad`` itself, or under "auto" :data:`EDGE_PAD` when the canvas exceeds the VAE's native
-    sample on either side and 0 otherwise (the one-view decode stays diffusers')."""
+    sample on either side and 0 otherwise (the one-view decode stays diffusers'). "auto" leaves
+    VAEs without a 2-D ``sample_size`` and ``block_out_channels`` (video VAEs' 5-D latents) alone."""
     check_edge_pad(edge_pad)
     if edge_pad != "auto":
         return int(edge_pad)
-    sample = vae.config.sample_size
+    config = vae.config
+    sample, blocks = getattr(config, "sample_size", None), getattr(config, "block_out_channels", None)
+    if len(shape) != 4 or not sample or not blocks:
+        return 0
     sample = sample[0] if isinstance(sample, (list, tuple)) else sample
-    f = 2 ** (len(vae.config.block_out_channels) - 1)
-    return EDGE_PAD if max(size) * f > int(sample) else 0
+    f = 2 ** (len(blocks) - 1)
+    return EDGE_PAD if max(shape[-2:]) * f > int(sample) else 0
