@@ -96,6 +96,20 @@ def test_an_upscale_scene_takes_input_as_its_control_image(scene_dir):
     assert scene.options.control_image == ["input"]
 
 
+def test_a_scene_names_the_shipped_controlnets_by_name_and_nothing_else_bare(scene_dir):
+    """ "demo" and "demo-tile" are the package's ControlNets, taken as names; a bare name that is
+    neither shipped, a file there nor a repo id is refused (a model's shipped name is no ControlNet)."""
+
+    def scene(controlnet):
+        fields = {"task": "upscale", "image": "photo.png", "controlnet": controlnet}
+        return _write(scene_dir, "up.json", json.dumps(fields))
+
+    assert load_scene(scene("demo-tile")).controlnet == ["demo-tile"]
+    assert load_scene(scene(["demo"])).controlnet == ["demo"]
+    with pytest.raises(ValueError, match="controlnet 'demo-lcm' is neither a file"):
+        load_scene(scene("demo-lcm"))
+
+
 def test_stored_settings_never_name_a_controlnet_or_an_unchecked_control_file():
     base = {"mode": "regions", "background": "x", "controlnet": "/models/evil"}
     assert "controlnet" not in settings_from_parameters(base).values  # never read back

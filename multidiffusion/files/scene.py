@@ -97,7 +97,7 @@ from multidiffusion.files.scene_fields import (
 )
 from multidiffusion.io.budget import check_embedded
 from multidiffusion.io.messages import shown
-from multidiffusion.io.trust import SHIPPED_MODELS, Origin, is_pickle_path, pickle_allowed
+from multidiffusion.io.trust import SHIPPED_CONTROLNETS, SHIPPED_MODELS, Origin, is_pickle_path, pickle_allowed
 from multidiffusion.models import take_model_options
 from multidiffusion.options import TASK_OPTIONS, Limits, SamplingOptions, build_options, input_fields, option_names
 from multidiffusion.regions.layout import Region
@@ -219,7 +219,11 @@ def parse_scene(
         specs = [controlnet] if isinstance(controlnet, str) else controlnet
         controlnet = [
             weights_value(
-                spec, origin, at(source, "controlnet" if len(specs) == 1 else f"controlnet[{i}]"), "--controlnet"
+                spec,
+                origin,
+                at(source, "controlnet" if len(specs) == 1 else f"controlnet[{i}]"),
+                "--controlnet",
+                shipped=SHIPPED_CONTROLNETS,
             )
             for i, spec in enumerate(specs)
         ]

@@ -174,14 +174,15 @@ def segmentation_regions(table: Any, where: str, origin: Origin) -> list[Region]
         raise ValueError(text if text.startswith(where) else f"{where}: {text}") from None
 
 
-def weights_value(spec: Any, origin: Origin, where: str, flag: str) -> str:
+def weights_value(spec: Any, origin: Origin, where: str, flag: str, shipped: tuple[str, ...] = ("demo",)) -> str:
     """Weights a scene names (a ControlNet, a LoRA): as its ``origin`` may (a file under its folder,
-    a hub repo id). Stored settings name none at all, not even a repo id: the flag gives it again."""
+    a hub repo id, one of the ``shipped`` names). Stored settings name none at all, not even a repo id:
+    the flag gives it again."""
     if origin.trust == Trust.STORED:
         raise ValueError(
             f"{where}: settings stored in a PNG or sent in a request name no ControlNet or LoRA; pass {flag}"
         )
-    return origin.weights(spec, where, f"pass {flag} again")
+    return origin.weights(spec, where, f"pass {flag} again", shipped=shipped)
 
 
 def loras_table(table: Any, origin: Origin, source: str) -> list[tuple[str, str, float]] | None:

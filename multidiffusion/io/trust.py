@@ -41,6 +41,7 @@ from multidiffusion.io.messages import shown
 
 __all__ = [
     "PICKLE_SUFFIXES",
+    "SHIPPED_CONTROLNETS",
     "SHIPPED_MODELS",
     "WEIGHT_SUFFIXES",
     "Origin",
@@ -57,6 +58,8 @@ __all__ = [
 
 SHIPPED_MODELS = ("demo", "demo-lcm")
 """Models shipped with the package, loadable by name from anywhere (a stored setting included)."""
+SHIPPED_CONTROLNETS = ("demo", "demo-tile")
+"""ControlNets shipped with the package (the demo's layout and Tile nets), named as they are by a scene."""
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".bin", ".pt", ".pth", ".gguf", ".sft")
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 """File endings of pickles: opening one can run code, so only a path the user typed, with
@@ -155,11 +158,14 @@ def pickle_allowed(value: Any, allow_pickle: bool) -> bool:
 
 
 def typed_weights(spec: str | os.PathLike) -> str | TypedPath:
-    """Weights the user typed (``--model``, ``--controlnet``, ``--lora``): ``"demo"`` and names that
-    are no path here as given (a repo id); a path as an absolute :class:`TypedPath`."""
+    """Weights the user typed (``--model``, ``--controlnet``, ``--lora``): the shipped names ("demo",
+    "demo-lcm", "demo-tile") and names that are no path here as given (a repo id); a path as an absolute
+    :class:`TypedPath`."""
     text = os.fspath(spec)
     path = Path(text).expanduser()
-    if text != "demo" and (path.exists() or text.startswith((".", "/", "~")) or path.suffix in WEIGHT_SUFFIXES):
+    if text in (*SHIPPED_MODELS, *SHIPPED_CONTROLNETS):
+        return text
+    if path.exists() or text.startswith((".", "/", "~")) or path.suffix in WEIGHT_SUFFIXES:
         return TypedPath(path.absolute())
     return text
 
