@@ -16,7 +16,7 @@ def test_quick_run_measures_both_paths_against_the_base():
         assert r["seconds"] > 0 and r["fps"] == pytest.approx(1 / r["seconds"])
         base = next(b for b in rows if b["path"] == r["path"] and b["steps"] == r["base_steps"])
         assert r["speedup_vs_base"] == pytest.approx(base["seconds"] / r["seconds"])
-    assert "does not exist yet" in rows[0]["notes"]
+    assert "the plain demo" in rows[0]["notes"]  # the default model: demo, not demo-lcm
     assert table(rows).count("\n") == len(rows) + 1
 
 
